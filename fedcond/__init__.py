@@ -1,0 +1,1 @@
+"""fedcond: federated and continual learning on distilled data."""

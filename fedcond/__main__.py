@@ -1,0 +1,5 @@
+import sys
+
+from fedcond.cli import main
+
+sys.exit(main())

@@ -1,0 +1,214 @@
+"""``fedcond distill`` and ``fedcond coreset``: condense one dataset and evaluate the result."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from fedcond.cli.common import (
+    CommandError,
+    add_common_arguments,
+    add_data_arguments,
+    console,
+    data_config_from,
+    prepare_run_folder,
+    print_table,
+    write_metrics,
+)
+from fedcond.config import DistillConfig, EvalConfig, parse_config
+from fedcond.data.registry import DatasetSplits, load_dataset
+from fedcond.devices import resolve_device
+from fedcond.distill.coreset import select_coreset
+from fedcond.distill.dm import DistributionMatching
+from fedcond.distill.evaluate import evaluate_synthetic
+from fedcond.distill.synthetic import SyntheticSet
+from fedcond.plots import save_image_grid
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    distill = subparsers.add_parser("distill", help="condense a dataset with distribution matching")
+    _add_budget_arguments(distill)
+    distill.add_argument("--iterations", type=int, default=1000, help="DM iterations (default 1000)")
+    distill.add_argument("--init", choices=("real", "noise"), default="real", help="synthetic init")
+    distill.add_argument("--batch-real", type=int, default=256, help="real images per class and iteration")
+    distill.add_argument("--lr-img", type=float, default=1.0, help="SGD learning rate on pixels")
+    distill.add_argument("--no-dsa", action="store_true", help="disable siamese augmentation")
+    distill.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast")
+    distill.add_argument("--compile", action="store_true", help="torch.compile the embedding network")
+    distill.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint period (0: off)")
+    distill.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    distill.add_argument("--dp-epsilon", type=float, default=None, help="differentially private DM: target epsilon")
+    distill.add_argument("--dp-delta", type=float, default=1e-5, help="DP delta (default 1e-5)")
+    distill.add_argument("--dp-clip", type=float, default=1.0, help="per-sample embedding clipping bound")
+    distill.add_argument("--dp-accountant", choices=("rdp", "prv"), default="rdp", help="privacy accountant")
+    add_common_arguments(distill, default_out="runs/distill")
+    distill.set_defaults(run=run_distill)
+
+    coreset = subparsers.add_parser("coreset", help="random or herding coreset at the same budget")
+    coreset.add_argument("--method", choices=("random", "herding"), default="random")
+    _add_budget_arguments(coreset)
+    add_common_arguments(coreset, default_out="runs/coreset")
+    coreset.set_defaults(run=run_coreset)
+
+
+def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    parser.add_argument("--ipc", type=int, default=10, help="images per class (default 10)")
+    parser.add_argument("--eval-runs", type=int, default=3, help="networks trained for evaluation (0 skips)")
+    parser.add_argument("--eval-epochs", type=int, default=300, help="epochs per evaluation network")
+    parser.add_argument("--eval-model", default="convnet", help="evaluation network (convnet or mlp)")
+
+
+def _load(args: argparse.Namespace) -> DatasetSplits:
+    if args.ipc <= 0:
+        raise CommandError(f"--ipc must be positive, got {args.ipc}")
+    if args.eval_runs < 0 or args.eval_epochs < 0:
+        raise CommandError("--eval-runs and --eval-epochs must be >= 0")
+    return load_dataset(data_config_from(args))
+
+
+def _evaluate(
+    args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSplits, metrics: dict[str, Any]
+) -> None:
+    eval_config = parse_config(EvalConfig, {"runs": args.eval_runs, "epochs": args.eval_epochs, "model": args.eval_model})
+    metrics["eval_runs"] = eval_config.runs
+    metrics["eval_epochs"] = eval_config.epochs
+    if eval_config.runs == 0:
+        metrics["test_accuracy_mean"] = None
+        metrics["test_accuracy_std"] = None
+        metrics["test_accuracies"] = []
+        return
+    with console.status(f"evaluating: {eval_config.runs} x {eval_config.model}, {eval_config.epochs} epochs"):
+        result = evaluate_synthetic(synthetic, splits.test, eval_config, seed=args.seed, device=resolve_device(args.device))
+    metrics["test_accuracy_mean"] = result.mean
+    metrics["test_accuracy_std"] = result.std
+    metrics["test_accuracies"] = result.accuracies
+
+
+def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSplits, metrics: dict[str, Any]) -> None:
+    path = synthetic.save(args.out / "synthetic.npz")
+    save_image_grid(
+        synthetic.images,
+        synthetic.labels,
+        splits.spec,
+        args.out / "synthetic.png",
+        title=f"{metrics.get('method', 'dm')} {splits.spec.name} ipc={synthetic.meta['ipc']}",
+    )
+    metrics["synthetic_path"] = str(path)
+    _evaluate(args, synthetic, splits, metrics)
+    write_metrics(args.out, metrics)
+    acc = metrics["test_accuracy_mean"]
+    print_table(
+        "fedcond " + args.command,
+        [
+            {
+                "dataset": metrics["dataset"],
+                "method": metrics["method"],
+                "ipc": metrics["ipc"],
+                "images": len(synthetic),
+                "test acc": "skipped" if acc is None else f"{100 * acc:.2f} ± {100 * metrics['test_accuracy_std']:.2f}%",
+                **({"epsilon": round(metrics["epsilon"], 3)} if "epsilon" in metrics else {}),
+            }
+        ],
+    )
+    console.print(f"wrote {args.out}/metrics.json, synthetic.png, {path.name}")
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    out = prepare_run_folder(args.out)
+    splits = _load(args)
+    config = parse_config(
+        DistillConfig,
+        {
+            "ipc": args.ipc,
+            "iterations": args.iterations,
+            "init": args.init,
+            "batch_real": args.batch_real,
+            "lr_img": args.lr_img,
+            "dsa": not args.no_dsa,
+            "mixed_precision": not args.no_bf16,
+            "compile": args.compile,
+            "checkpoint_every": args.checkpoint_every,
+            "seed": args.seed,
+        },
+    )
+    if args.iterations < 0:
+        raise CommandError(f"--iterations must be >= 0, got {args.iterations}")
+    statistics, dp_report = _dp_statistics(args, config, splits)
+    if statistics is not None and config.init != "noise":
+        console.print("[yellow]DP forces --init noise (real init would publish real images)[/]")
+        config = parse_config(DistillConfig, {**_as_dict(config), "init": "noise"})
+    if config.init == "real":
+        small = [c for c, n in enumerate(splits.train.class_counts().tolist()) if 0 < n < config.ipc]
+        if small:
+            raise CommandError(
+                f"classes {small} hold fewer than ipc={config.ipc} images; real init needs ipc per class "
+                "(lower --ipc or use --init noise)"
+            )
+    engine = DistributionMatching(
+        config, device=resolve_device(args.device), real_statistics=statistics, progress=True
+    )
+    start = time.perf_counter()
+    result = engine.condense(
+        splits.train, checkpoint_path=out / "checkpoint.npz" if config.checkpoint_every else None, resume=args.resume
+    )
+    elapsed = time.perf_counter() - start
+    synthetic = result.synthetic
+    metrics: dict[str, Any] = {
+        "dataset": splits.spec.name,
+        "method": "dm",
+        "ipc": config.ipc,
+        "iterations": config.iterations,
+        "init": config.init,
+        "seed": args.seed,
+        "device": str(engine.device),
+        "distill_seconds": elapsed,
+        "iterations_per_second": result.iterations_per_second,
+        "final_loss": result.losses[-1] if result.losses else None,
+        "loss_history": result.losses[:: max(1, len(result.losses) // 200)],
+        "skipped_classes": result.skipped_classes,
+    }
+    if dp_report is not None:
+        epsilon, delta = dp_report(result)
+        metrics.update({"epsilon": epsilon, "delta": delta})
+        synthetic = SyntheticSet(synthetic.images, synthetic.labels, {**synthetic.meta, "epsilon": epsilon, "delta": delta})
+    _finish(args, synthetic, splits, metrics)
+    return 0
+
+
+def _as_dict(config: DistillConfig) -> dict[str, Any]:
+    from fedcond.config import flatten_config
+
+    return flatten_config(config)
+
+
+def _dp_statistics(args: argparse.Namespace, config: DistillConfig, splits: DatasetSplits):  # noqa: ANN202
+    """The DP real-statistics object and a reporter of the spent (epsilon, delta), or (None, None)."""
+    if args.dp_epsilon is None:
+        return None, None
+    from fedcond.privacy.dp import dp_statistics_for  # privacy is optional at import time
+
+    return dp_statistics_for(
+        dp={"epsilon": args.dp_epsilon, "delta": args.dp_delta, "clip_norm": args.dp_clip, "accountant": args.dp_accountant},
+        distill=config,
+        class_counts=splits.train.class_counts(),
+    )
+
+
+def run_coreset(args: argparse.Namespace) -> int:
+    prepare_run_folder(args.out)
+    splits = _load(args)
+    start = time.perf_counter()
+    synthetic = select_coreset(splits.train, ipc=args.ipc, method=args.method, seed=args.seed)
+    metrics: dict[str, Any] = {
+        "dataset": splits.spec.name,
+        "method": args.method,
+        "ipc": args.ipc,
+        "seed": args.seed,
+        "select_seconds": time.perf_counter() - start,
+    }
+    _finish(args, synthetic, splits, metrics)
+    return 0

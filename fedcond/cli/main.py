@@ -1,0 +1,65 @@
+"""Entry point: builds the parser from the sub-command modules and runs one."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from fedcond.cli.common import CommandError
+
+__all__ = ["build_parser", "main"]
+
+# Each module defines ``register(subparsers)`` adding its parser with ``set_defaults(run=...)``.
+_COMMAND_MODULES = (
+    "fedcond.cli.distill",
+    "fedcond.cli.simulate",
+    "fedcond.cli.continual",
+    "fedcond.cli.audit",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedcond",
+        description="Federated and continual learning on distilled data (distribution matching).",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except (CommandError, ValueError, FileNotFoundError) as exc:
+        # ConfigError, DatasetNotFoundError and SyntheticSetError derive from these:
+        # bad input gets one line naming the problem, never a traceback.
+        print(f"fedcond {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""Dataset registry: every dataset is loaded in bulk into normalised tensors.
+
+Each loader returns a :class:`DatasetSplits` whose ``train`` and ``test`` are
+:class:`ArrayDataset` objects (``images`` float32 ``N x C x H x W`` in the dataset's
+normalised space, ``labels`` int64). Arrays are converted in one vectorised step; nothing
+iterates over ``dataset[i]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedcond.config import DataConfig
+
+__all__ = [
+    "ArrayDataset",
+    "DatasetNotFoundError",
+    "DatasetSpec",
+    "DatasetSplits",
+    "available_datasets",
+    "load_dataset",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset's files are not where they were looked for; the message names them."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Static description of a dataset.
+
+    Attributes
+    ----------
+    name : str
+        Registry name.
+    num_classes, channels : int
+        Label count and image channels.
+    image_size : tuple[int, int]
+        Height and width.
+    mean, std : tuple[float, ...]
+        Per-channel normalisation applied to pixels in ``[0, 1]``.
+    """
+
+    name: str
+    num_classes: int
+    channels: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)``."""
+        return (self.channels, *self.image_size)
+
+    def denormalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Map normalised images back to ``[0, 1]`` pixels (clamped), for figures."""
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        return (images * std + mean).clamp(0.0, 1.0)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Map ``[0, 1]`` pixels into the normalised space."""
+        mean = torch.tensor(self.mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+        return (pixels - mean) / std
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Images and labels held as tensors.
+
+    Attributes
+    ----------
+    images : torch.Tensor
+        float32 ``N x C x H x W``, normalised.
+    labels : torch.Tensor
+        int64 ``N``.
+    spec : DatasetSpec
+        The dataset the arrays come from.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    spec: DatasetSpec
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.shape[1:] != self.spec.image_shape:
+            raise ValueError(
+                f"{self.spec.name}: images have shape {tuple(self.images.shape)}, "
+                f"expected N x {self.spec.image_shape}"
+            )
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(
+                f"{self.spec.name}: {self.labels.shape[0]} labels for {self.images.shape[0]} images"
+            )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: torch.Tensor | np.ndarray | list[int]) -> ArrayDataset:
+        """The samples at ``indices`` (a copy-free view where torch allows)."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        return ArrayDataset(self.images[idx], self.labels[idx], self.spec)
+
+    def class_counts(self) -> torch.Tensor:
+        """Samples per class, length ``num_classes``."""
+        return torch.bincount(self.labels, minlength=self.spec.num_classes)
+
+    def to_torch_dataset(self) -> torch.utils.data.TensorDataset:
+        """A ``TensorDataset`` of ``(image, label)`` pairs for DataLoaders and Avalanche."""
+        return torch.utils.data.TensorDataset(self.images, self.labels)
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """Train and test splits of one dataset."""
+
+    train: ArrayDataset
+    test: ArrayDataset
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.train.spec
+
+
+# --------------------------------------------------------------------------------------- specs
+_SPECS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec("digits", 10, 1, (8, 8), (0.3050,), (0.3769,)),
+    "mnist": DatasetSpec("mnist", 10, 1, (28, 28), (0.1307,), (0.3081,)),
+    "fashion-mnist": DatasetSpec("fashion-mnist", 10, 1, (28, 28), (0.2861,), (0.3530,)),
+    "cifar10": DatasetSpec(
+        "cifar10", 10, 3, (32, 32), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100", 100, 3, (32, 32), (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)
+    ),
+    "svhn": DatasetSpec(
+        "svhn", 10, 3, (32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+    ),
+}
+
+_EXPECTED_FILES: dict[str, str] = {
+    "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "fashion-mnist": "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "cifar10": "cifar-10-batches-py/{data_batch_1..5,test_batch}",
+    "cifar100": "cifar-100-python/{train,test}",
+    "svhn": "{train,test}_32x32.mat",
+}
+
+DIGIT_DATASETS = frozenset({"digits", "mnist", "svhn"})
+
+
+def available_datasets() -> list[str]:
+    """Registry names accepted by :func:`load_dataset`."""
+    return sorted([*_SPECS, "imagefolder"])
+
+
+def _to_normalised(pixels_uint8: np.ndarray | torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    """``N x C x H x W`` uint8 pixels -> normalised float32, in one vectorised step."""
+    tensor = torch.as_tensor(np.asarray(pixels_uint8))
+    images = tensor.to(torch.float32).div_(255.0)
+    return spec.normalise(images).contiguous()
+
+
+def _load_digits(config: DataConfig) -> DatasetSplits:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    pixels = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+    labels = bunch.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=0.2, random_state=0, stratify=labels
+    )
+    spec = _SPECS["digits"]
+    images = spec.normalise(torch.from_numpy(pixels))
+    labels_t = torch.from_numpy(labels)
+    return DatasetSplits(
+        ArrayDataset(images[train_idx].contiguous(), labels_t[train_idx], spec),
+        ArrayDataset(images[test_idx].contiguous(), labels_t[test_idx], spec),
+    )
+
+
+def _require_root(config: DataConfig) -> Path:
+    if config.data_dir is None:
+        raise DatasetNotFoundError(
+            f"dataset {config.dataset!r} needs --data-dir pointing at a torchvision-layout root "
+            f"holding {_EXPECTED_FILES.get(config.dataset, 'train/ and test/')} "
+            "(or pass --download to fetch it)"
+        )
+    return Path(config.data_dir).expanduser()
+
+
+def _torchvision_split(factory: Callable[..., object], config: DataConfig, **kwargs: object) -> object:
+    root = _require_root(config)
+    try:
+        return factory(root=str(root), download=config.download, **kwargs)
+    except RuntimeError as exc:
+        raise DatasetNotFoundError(
+            f"dataset {config.dataset!r} not found under {root}: expected "
+            f"{root}/{_EXPECTED_FILES[config.dataset]} (pass --download to fetch it). "
+            f"torchvision said: {exc}"
+        ) from exc
+
+
+def _load_torchvision(config: DataConfig) -> DatasetSplits:
+    import torchvision.datasets as tvd
+
+    name = config.dataset
+    spec = _SPECS[name]
+
+    def split(train: bool) -> ArrayDataset:
+        if name in ("mnist", "fashion-mnist"):
+            factory = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
+            ds = _torchvision_split(factory, config, train=train)
+            pixels = ds.data.unsqueeze(1)  # type: ignore[attr-defined]
+            labels = torch.as_tensor(ds.targets, dtype=torch.long)  # type: ignore[attr-defined]
+        elif name in ("cifar10", "cifar100"):
+            factory = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+            ds = _torchvision_split(factory, config, train=train)
+            pixels = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # type: ignore[attr-defined]
+            labels = torch.as_tensor(ds.targets, dtype=torch.long)  # type: ignore[attr-defined]
+        else:  # svhn
+            ds = _torchvision_split(tvd.SVHN, config, split="train" if train else "test")
+            pixels = ds.data  # type: ignore[attr-defined]
+            labels = torch.as_tensor(ds.labels, dtype=torch.long)  # type: ignore[attr-defined]
+        return ArrayDataset(_to_normalised(pixels, spec), labels, spec)
+
+    return DatasetSplits(split(True), split(False))
+
+
+def _load_imagefolder(config: DataConfig) -> DatasetSplits:
+    from PIL import Image
+
+    root = _require_root(config)
+    train_dir, test_dir = root / "train", root / "test"
+    for d in (train_dir, test_dir):
+        if not d.is_dir():
+            raise DatasetNotFoundError(
+                f"imagefolder dataset expects {train_dir}/<class>/*.png and {test_dir}/<class>/*.png; "
+                f"{d} is missing"
+            )
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise DatasetNotFoundError(f"no class folders under {train_dir}")
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+    def read(split_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        arrays: list[np.ndarray] = []
+        labels: list[int] = []
+        for label, cls in enumerate(classes):
+            folder = split_dir / cls
+            files = sorted(p for p in folder.glob("*") if p.suffix.lower() in suffixes) if folder.is_dir() else []
+            for path in files:
+                with Image.open(path) as img:
+                    arrays.append(np.asarray(img.convert(mode)))
+                labels.append(label)
+        if not arrays:
+            raise DatasetNotFoundError(f"no images found under {split_dir}/<class>/")
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1:
+            raise ValueError(f"images under {split_dir} differ in size: {sorted(shapes)[:4]}; resize them first")
+        stacked = np.stack(arrays)
+        if stacked.ndim == 3:
+            stacked = stacked[:, None]
+        else:
+            stacked = stacked.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(stacked), np.asarray(labels, dtype=np.int64)
+
+    first = next(p for p in (train_dir / classes[0]).glob("*") if p.suffix.lower() in suffixes)
+    with Image.open(first) as img:
+        mode = "L" if img.mode in ("L", "1", "I", "I;16") else "RGB"
+    train_px, train_y = read(train_dir)
+    test_px, test_y = read(test_dir)
+    pixels = train_px.astype(np.float32) / 255.0
+    mean = tuple(float(m) for m in pixels.mean(axis=(0, 2, 3)))
+    std = tuple(max(float(s), 1e-6) for s in pixels.std(axis=(0, 2, 3)))
+    spec = DatasetSpec("imagefolder", len(classes), train_px.shape[1], tuple(train_px.shape[2:]), mean, std)  # type: ignore[arg-type]
+    return DatasetSplits(
+        ArrayDataset(_to_normalised(train_px, spec), torch.from_numpy(train_y), spec),
+        ArrayDataset(_to_normalised(test_px, spec), torch.from_numpy(test_y), spec),
+    )
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The static spec of a registered dataset (not available for ``imagefolder``)."""
+    if name not in _SPECS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(available_datasets())}")
+    return _SPECS[name]
+
+
+def load_dataset(config: DataConfig | str) -> DatasetSplits:
+    """Load a registered dataset's train and test splits as normalised tensors.
+
+    Parameters
+    ----------
+    config : DataConfig | str
+        Dataset name, root folder and download switch (a bare name means bundled data).
+
+    Raises
+    ------
+    ValueError
+        For an unknown dataset name.
+    DatasetNotFoundError
+        When the files are missing; the message names the expected files and folder.
+    """
+    if isinstance(config, str):
+        config = DataConfig(dataset=config)
+    name = config.dataset.lower()
+    if name != config.dataset:
+        config = DataConfig(dataset=name, data_dir=config.data_dir, download=config.download)
+    if name == "digits":
+        return _load_digits(config)
+    if name == "imagefolder":
+        return _load_imagefolder(config)
+    if name in _SPECS:
+        return _load_torchvision(config)
+    raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(available_datasets())}")

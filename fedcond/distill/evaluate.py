@@ -1,0 +1,188 @@
+"""The field's evaluation protocol and the shared supervised-training loop.
+
+:func:`train_model` trains one network on a (small) tensor dataset: SGD with momentum and
+weight decay, learning rate x0.1 at half of the epochs, optional DSA augmentation. It is used
+by the evaluation protocol, the federated server, GDumb-style continual learning and the
+privacy audits' target and shadow models. :func:`evaluate_synthetic` trains ``runs`` freshly
+initialised networks on a synthetic set and reports test accuracy as mean +- std.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedcond.config import AugmentConfig, EvalConfig
+from fedcond.data.registry import DIGIT_DATASETS, ArrayDataset, DatasetSpec
+from fedcond.devices import autocast_context, resolve_device
+from fedcond.distill.augment import SiameseAugment
+from fedcond.distill.synthetic import SyntheticSet
+from fedcond.models import get_model
+
+__all__ = ["EvalResult", "accuracy", "evaluate_synthetic", "predict_logits", "train_model"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Test accuracies of the evaluation runs (fractions in [0, 1])."""
+
+    accuracies: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies) if self.accuracies else float("nan")
+
+    @property
+    def std(self) -> float:
+        return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}%"
+
+
+def train_model(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 256,
+    augment: SiameseAugment | None = None,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    mixed_precision: bool = False,
+    proximal_mu: float = 0.0,
+) -> nn.Module:
+    """Train ``model`` in place with the DD evaluation recipe and return it.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network (moved to ``device``).
+    images, labels : torch.Tensor
+        Training data (any device; moved batch-wise).
+    epochs : int
+        Passes over the data; the learning rate drops x0.1 after half of them.
+    augment : SiameseAugment | None
+        DSA applied independently to every training batch.
+    generator : torch.Generator
+        Drives shuffling and augmentation.
+    proximal_mu : float
+        FedProx term ``mu/2 ||w - w0||^2`` towards the initial weights (0 disables).
+    """
+    device = resolve_device(device)
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    model.to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    decay_at = epochs // 2
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    x_all = images.to(device)
+    y_all = labels.to(device)
+    n = x_all.shape[0]
+    for epoch in range(epochs):
+        if epoch == decay_at and epoch > 0:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.1
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            x, y = x_all[idx], y_all[idx]
+            if augment is not None:
+                x = augment(x, generator=generator)
+            with autocast_context(device, enabled=mixed_precision):
+                loss = F.cross_entropy(model(x), y)
+            if anchor is not None:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+                loss = loss + 0.5 * proximal_mu * prox
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return model
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, *, device: torch.device | str = "cpu", batch_size: int = 1024
+) -> torch.Tensor:
+    """Logits of ``model`` on ``images`` (float32, on CPU), in eval mode."""
+    device = resolve_device(device)
+    model.to(device).eval()
+    outputs = [model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    model.train()
+    return torch.cat(outputs) if outputs else torch.zeros(0)
+
+
+def accuracy(model: nn.Module, data: ArrayDataset, *, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy of ``model`` on ``data`` (fraction)."""
+    logits = predict_logits(model, data.images, device=device)
+    return float((logits.argmax(1) == data.labels).float().mean())
+
+
+def augment_for(spec: DatasetSpec, config: AugmentConfig | None = None) -> SiameseAugment:
+    """The DSA augmentation appropriate for ``spec`` (no flips on digit datasets)."""
+    return SiameseAugment(config, drop_flip=spec.name in DIGIT_DATASETS)
+
+
+def evaluate_synthetic(
+    synthetic: SyntheticSet | tuple[torch.Tensor, torch.Tensor],
+    test: ArrayDataset,
+    config: EvalConfig,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> EvalResult:
+    """Train ``config.runs`` fresh networks on ``synthetic`` and test each on ``test``.
+
+    Parameters
+    ----------
+    synthetic : SyntheticSet | (images, labels)
+        Training data (a synthetic set or a coreset).
+    test : ArrayDataset
+        The real held-out test set.
+    config : EvalConfig
+        Runs, epochs and the optimiser recipe.
+    seed : int
+        Run ``k`` initialises and trains from ``seed + k``.
+    """
+    if isinstance(synthetic, SyntheticSet):
+        images, labels = synthetic.images, synthetic.labels
+        SyntheticSet(images, labels, {"num_classes": test.spec.num_classes}).validate(
+            image_shape=test.spec.image_shape
+        )
+    else:
+        images, labels = synthetic
+    if config.runs < 0:
+        raise ValueError(f"eval runs must be >= 0, got {config.runs}")
+    augment = augment_for(test.spec) if config.dsa else None
+    accuracies: list[float] = []
+    for run in range(config.runs):
+        generator = torch.Generator().manual_seed(seed + run)
+        model = get_model(config.model, test.spec, generator=generator)
+        train_model(
+            model,
+            images,
+            labels,
+            epochs=config.epochs,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            batch_size=config.batch_size,
+            augment=augment,
+            generator=generator,
+            device=device,
+        )
+        acc = accuracy(model, test, device=device)
+        logger.info("evaluation run %d/%d: %.2f%%", run + 1, config.runs, 100 * acc)
+        accuracies.append(acc)
+    return EvalResult(accuracies)

@@ -1,0 +1,91 @@
+"""How distribution matching samples real images and summarises their embeddings.
+
+This is the seam between the DM engine and privacy: the engine asks a
+:class:`RealStatistics` object for (1) the real batch of the iteration and (2) the per-class
+mean embeddings of that batch. :class:`MeanStatistics` is the plain, non-private version
+(a fixed-size batch per class without replacement, exact means). The differentially private
+version (Poisson sampling, per-sample clipping, Gaussian noise, accounting) lives in
+``fedcond.privacy`` and plugs in here, so the engine never imports Opacus.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["MeanStatistics", "RealBatch", "RealStatistics", "class_means"]
+
+
+class RealBatch(tuple):
+    """``(indices, groups)``: rows of the training tensor and the class of each row."""
+
+    __slots__ = ()
+
+    def __new__(cls, indices: torch.Tensor, groups: torch.Tensor) -> RealBatch:
+        return super().__new__(cls, (indices, groups))
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return self[0]
+
+    @property
+    def groups(self) -> torch.Tensor:
+        return self[1]
+
+
+@runtime_checkable
+class RealStatistics(Protocol):
+    """What DM needs from the real side of each iteration."""
+
+    def sample_batch(
+        self, class_pools: list[torch.Tensor], *, generator: torch.Generator
+    ) -> RealBatch:
+        """Choose this iteration's real images: indices into the training tensor and classes."""
+        ...
+
+    def class_means(
+        self, embeddings: torch.Tensor, groups: torch.Tensor, *, num_classes: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """``num_classes x D`` per-class mean embedding (rows of absent classes are unused)."""
+        ...
+
+
+def class_means(embeddings: torch.Tensor, groups: torch.Tensor, *, num_classes: int) -> torch.Tensor:
+    """Exact per-class mean of ``embeddings`` (float32), zero rows for empty classes."""
+    emb = embeddings.float()
+    sums = torch.zeros(num_classes, emb.shape[1], device=emb.device).index_add_(0, groups, emb)
+    counts = torch.bincount(groups, minlength=num_classes).clamp_min(1).to(emb.device)
+    return sums / counts.unsqueeze(1)
+
+
+class MeanStatistics:
+    """Non-private statistics: up to ``batch_size`` images per class without replacement.
+
+    Parameters
+    ----------
+    batch_size : int
+        Real images per class and iteration (DM's ``batch_real``, 256 by default).
+    """
+
+    def __init__(self, *, batch_size: int = 256) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_real must be positive, got {batch_size}")
+        self.batch_size = batch_size
+
+    def sample_batch(self, class_pools: list[torch.Tensor], *, generator: torch.Generator) -> RealBatch:
+        indices: list[torch.Tensor] = []
+        groups: list[torch.Tensor] = []
+        for c, pool in enumerate(class_pools):
+            if pool.numel() == 0:
+                continue
+            take = min(self.batch_size, pool.numel())
+            choice = torch.randperm(pool.numel(), generator=generator)[:take]
+            indices.append(pool[choice])
+            groups.append(torch.full((take,), c, dtype=torch.long))
+        return RealBatch(torch.cat(indices), torch.cat(groups))
+
+    def class_means(
+        self, embeddings: torch.Tensor, groups: torch.Tensor, *, num_classes: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        return class_means(embeddings, groups, num_classes=num_classes)

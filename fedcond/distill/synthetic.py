@@ -1,0 +1,181 @@
+"""The synthetic set: images, labels and metadata, saved and loaded without pickle.
+
+The file format is a NumPy ``.npz`` archive with three members: ``images`` (float32
+``N x C x H x W``), ``labels`` (int64 ``N``) and ``meta`` (a UTF-8 JSON string). Loading uses
+``allow_pickle=False``, so a file can never execute code, and validates shapes, dtypes,
+finiteness and the label range before anything is returned.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["SyntheticSet", "SyntheticSetError", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+
+
+class SyntheticSetError(ValueError):
+    """A synthetic set (in memory or on disk) is malformed; the message says how."""
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    """A condensed dataset.
+
+    Attributes
+    ----------
+    images : torch.Tensor
+        float32 ``N x C x H x W`` in the dataset's normalised space.
+    labels : torch.Tensor
+        int64 ``N``.
+    meta : dict
+        ``dataset``, ``num_classes``, ``mean``, ``std``, ``ipc``, ``method``, ``init``, ``seed``,
+        ``iterations`` and, under DP, ``epsilon``/``delta``. JSON-serialisable values only.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta.get("num_classes", int(self.labels.max()) + 1 if len(self) else 0))
+
+    def class_counts(self) -> torch.Tensor:
+        """Images per class, length ``num_classes``."""
+        return torch.bincount(self.labels, minlength=self.num_classes)
+
+    def validate(
+        self,
+        *,
+        num_classes: int | None = None,
+        image_shape: tuple[int, ...] | None = None,
+        max_images: int | None = None,
+    ) -> None:
+        """Check dtypes, shapes, finiteness and the label range.
+
+        Raises
+        ------
+        SyntheticSetError
+            Naming the first problem found.
+        """
+        images, labels = self.images, self.labels
+        if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+            raise SyntheticSetError("images and labels must be torch tensors")
+        if images.dtype != torch.float32:
+            raise SyntheticSetError(f"images must be float32, got {images.dtype}")
+        if labels.dtype != torch.int64:
+            raise SyntheticSetError(f"labels must be int64, got {labels.dtype}")
+        if images.ndim != 4:
+            raise SyntheticSetError(f"images must be N x C x H x W, got shape {tuple(images.shape)}")
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise SyntheticSetError(
+                f"{images.shape[0]} images but labels of shape {tuple(labels.shape)}"
+            )
+        if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
+            raise SyntheticSetError(
+                f"images are {tuple(images.shape[1:])}, the dataset's images are {tuple(image_shape)}"
+            )
+        if not bool(torch.isfinite(images).all()):
+            bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+            raise SyntheticSetError(f"{bad} image(s) contain NaN or infinite values")
+        classes = num_classes if num_classes is not None else self.meta.get("num_classes")
+        if len(labels):
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or (classes is not None and high >= int(classes)):
+                raise SyntheticSetError(
+                    f"labels span [{low}, {high}], outside the valid range [0, {classes})"
+                )
+        if max_images is not None and images.shape[0] > max_images:
+            raise SyntheticSetError(f"{images.shape[0]} images exceed the cap of {max_images}")
+
+    # --------------------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the set as ``.npz`` (no pickle). Returns the path written.
+
+        The file is written to a temporary name and renamed, so an interrupted save never
+        leaves a truncated file where a good one was.
+        """
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {**self.meta, "format_version": FORMAT_VERSION}
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as fh:
+            np.savez(
+                fh,
+                images=self.images.detach().cpu().numpy(),
+                labels=self.labels.detach().cpu().numpy(),
+                meta=np.array(json.dumps(meta)),
+            )
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        num_classes: int | None = None,
+        image_shape: tuple[int, ...] | None = None,
+    ) -> SyntheticSet:
+        """Read a set written by :meth:`save`, refusing anything malformed.
+
+        Parameters
+        ----------
+        path : str | Path
+            The ``.npz`` file.
+        num_classes, image_shape : optional
+            When given, the set must match them (e.g. the dataset it will be evaluated on).
+
+        Raises
+        ------
+        SyntheticSetError
+            If the file is missing, truncated, not a synthetic-set archive, or inconsistent.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise SyntheticSetError(f"synthetic set file {path} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                missing = {"images", "labels", "meta"} - set(archive.files)
+                if missing:
+                    raise SyntheticSetError(f"{path} is not a fedcond synthetic set (missing {sorted(missing)})")
+                images = np.array(archive["images"])
+                labels = np.array(archive["labels"])
+                meta_raw = archive["meta"]
+                meta = json.loads(str(meta_raw.item() if meta_raw.ndim == 0 else meta_raw))
+        except SyntheticSetError:
+            raise
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+            raise SyntheticSetError(
+                f"{path} is truncated, corrupted or not a fedcond synthetic set: {exc}"
+            ) from exc
+        if not isinstance(meta, dict):
+            raise SyntheticSetError(f"{path}: metadata is not a JSON object")
+        if images.dtype != np.float32 or labels.dtype != np.int64:
+            raise SyntheticSetError(
+                f"{path}: expected float32 images and int64 labels, got {images.dtype} and {labels.dtype}"
+            )
+        synthetic = cls(torch.from_numpy(images), torch.from_numpy(labels), meta)
+        synthetic.validate(num_classes=num_classes, image_shape=image_shape)
+        return synthetic
+
+    def to(self, device: torch.device | str) -> SyntheticSet:
+        """A copy on ``device``."""
+        return SyntheticSet(self.images.to(device), self.labels.to(device), dict(self.meta))
