@@ -192,16 +192,46 @@ class FederatedConfig:
 
 @dataclass(frozen=True)
 class ContinualConfig:
-    """A class-incremental continual-learning run."""
+    """A class-incremental continual-learning run (see ``docs/continual.md``).
+
+    Attributes
+    ----------
+    benchmark : str
+        ``split-digits``, ``split-mnist`` or ``split-fashion-mnist`` (5 experiences x 2 classes).
+    replay : str
+        ``none``, ``random``, ``herding``, ``distilled`` or ``joint`` (the offline upper bound).
+    memory_per_class : int
+        Replay images per class (every replay kind holds exactly the same number of images).
+    max_memory : int | None
+        When set, a fixed total budget divided over the classes seen so far (older classes
+        shrink as new ones arrive) instead of ``memory_per_class`` images per class.
+    epochs, batch_size, lr, momentum, weight_decay
+        Naive (fine-tuning) training per experience; replay batches add ``batch_size``
+        memory images to each minibatch.
+    gdumb : bool
+        GDumb-style protocol: after each experience a fresh network is trained on the memory
+        alone, for ``gdumb_epochs`` epochs with DSA augmentation.
+    train_per_class, test_per_class : int | None
+        Optional seeded per-class subsampling of the train/test splits (CPU budgets).
+    num_experiences : int
+        Experiences in the class-incremental stream.
+    """
 
     benchmark: str = "split-digits"
     replay: str = "distilled"
     memory_per_class: int = 10
+    max_memory: int | None = None
     epochs: int = 5
     batch_size: int = 64
     lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
     model: str = "convnet"
     gdumb: bool = False
+    gdumb_epochs: int = 100
+    train_per_class: int | None = None
+    test_per_class: int | None = None
+    num_experiences: int = 5
     seed: int = 0
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(iterations=200))
 
