@@ -182,6 +182,8 @@ class FederatedConfig:
     proximal_mu: float = 0.01
     fraction_train: float = 1.0
     min_reply_fraction: float = 0.5
+    min_available_nodes: int = 1
+    round_timeout: float = 3600.0
     server_epochs: int = 300
     server_lr: float = 0.01
     model: str = "convnet"

@@ -19,3 +19,21 @@ __all__ = [
     "get_spec",
     "load_dataset",
 ]
+
+from fedcond.data.partition import (  # noqa: E402
+    PARTITION_METHODS,
+    PartitionError,
+    dirichlet_partition,
+    iid_partition,
+    partition_indices,
+    shard_partition,
+)
+
+__all__ += [
+    "PARTITION_METHODS",
+    "PartitionError",
+    "dirichlet_partition",
+    "iid_partition",
+    "partition_indices",
+    "shard_partition",
+]

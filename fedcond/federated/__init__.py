@@ -1,0 +1,36 @@
+"""Federated condensation on Flower: clients distill, the server aggregates synthetic sets.
+
+Importing this package imports Flower; the engine (:mod:`fedcond.distill`) never does.
+"""
+
+from fedcond.federated.accounting import CountingGrid, RoundTraffic
+from fedcond.federated.aggregation import AggregatedSet, aggregate_sets
+from fedcond.federated.baselines import baseline_strategy
+from fedcond.federated.client import CondenseOutcome, client_partition, condense_partition, local_train
+from fedcond.federated.job import STRATEGIES, FederatedJob, job_from_mapping, job_to_mapping
+from fedcond.federated.server_app import FederatedReport, run_federated
+from fedcond.federated.strategy import FedCond, RoundReport
+from fedcond.federated.validation import ClientSet, ReplyRejected, validate_reply
+
+__all__ = [
+    "STRATEGIES",
+    "AggregatedSet",
+    "ClientSet",
+    "CondenseOutcome",
+    "CountingGrid",
+    "FedCond",
+    "FederatedJob",
+    "FederatedReport",
+    "ReplyRejected",
+    "RoundReport",
+    "RoundTraffic",
+    "aggregate_sets",
+    "baseline_strategy",
+    "client_partition",
+    "condense_partition",
+    "job_from_mapping",
+    "job_to_mapping",
+    "local_train",
+    "run_federated",
+    "validate_reply",
+]

@@ -1,0 +1,82 @@
+"""Aggregating validated client sets: concatenate per class, weight by real class counts.
+
+Client ``k`` sends ``m_kc`` synthetic images for class ``c`` condensed from ``n_kc`` real ones.
+Each such image stands for ``n_kc / m_kc`` real samples, so it gets the loss weight
+
+    w = (n_kc / m_kc) * (M / N)
+
+(``M`` synthetic images, ``N`` real samples in all). The weighted union then reproduces the
+federation's real class distribution and, within a class, each client's share of it, while
+the mean weight stays 1 (the learning rate keeps its meaning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fedcond.federated.validation import ClientSet
+
+__all__ = ["AggregatedSet", "aggregate_sets"]
+
+
+@dataclass(frozen=True)
+class AggregatedSet:
+    """The server's training set for the global model.
+
+    Attributes
+    ----------
+    images, labels : torch.Tensor
+        The union of the client sets, grouped by class (class 0 first).
+    weights : torch.Tensor
+        float32 per-image loss weights (mean 1).
+    real_counts : torch.Tensor
+        Real samples per class summed over the contributing clients.
+    node_ids : list[int]
+        Clients whose sets are in the union.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    weights: torch.Tensor
+    real_counts: torch.Tensor
+    node_ids: list[int]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def aggregate_sets(sets: Sequence[ClientSet], *, num_classes: int) -> AggregatedSet:
+    """Concatenate the sets per class and derive class-count weights.
+
+    Raises
+    ------
+    ValueError
+        When ``sets`` is empty or holds no image at all.
+    """
+    if not sets:
+        raise ValueError("no client set to aggregate")
+    real_counts = torch.stack([s.class_counts for s in sets]).sum(0)
+    total_real = int(real_counts.sum())
+    total_images = sum(len(s.synthetic) for s in sets)
+    if total_images == 0 or total_real == 0:
+        raise ValueError("the client sets hold no images")
+    images, labels, weights = [], [], []
+    for c in range(num_classes):
+        for s in sets:
+            mask = s.synthetic.labels == c
+            m = int(mask.sum())
+            if m == 0:
+                continue
+            images.append(s.synthetic.images[mask])
+            labels.append(s.synthetic.labels[mask])
+            weights.append(torch.full((m,), float(s.class_counts[c]) / m * total_images / total_real))
+    return AggregatedSet(
+        torch.cat(images),
+        torch.cat(labels),
+        torch.cat(weights).float(),
+        real_counts,
+        [s.node_id for s in sets],
+    )

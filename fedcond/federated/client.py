@@ -1,0 +1,250 @@
+"""What a client does with its own data, free of Flower: load its partition, condense, train.
+
+:mod:`fedcond.federated.client_app` wraps these functions in a Flower ``ClientApp``; tests
+and benchmarks can call them directly. Raw data never leaves these functions: ``condense_partition``
+returns a synthetic set and ``local_train`` a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedcond.config import DataConfig, DistillConfig, DPConfig
+from fedcond.data.partition import partition_indices
+from fedcond.data.registry import ArrayDataset, DatasetSplits, load_dataset
+from fedcond.distill.dm import DistributionMatching
+from fedcond.distill.evaluate import train_model
+from fedcond.distill.synthetic import SyntheticSet
+from fedcond.federated.job import FederatedJob
+
+__all__ = [
+    "CondenseOutcome",
+    "client_partition",
+    "condense_partition",
+    "initial_images",
+    "load_splits",
+    "local_train",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_splits(dataset: str, data_dir: str | None, download: bool) -> DatasetSplits:
+    return load_dataset(DataConfig(dataset=dataset, data_dir=Path(data_dir) if data_dir else None, download=download))
+
+
+def load_splits(data: DataConfig) -> DatasetSplits:
+    """The dataset's splits, loaded once per process (Ray actors serve many clients)."""
+    return _cached_splits(data.dataset, str(data.data_dir) if data.data_dir else None, data.download)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_partition(
+    dataset: str, data_dir: str | None, method: str, num_partitions: int, seed: int, alpha: float, shards: int, min_size: int
+) -> tuple[np.ndarray, ...]:
+    labels = _cached_splits(dataset, data_dir, False).train.labels.numpy()
+    return tuple(
+        partition_indices(
+            labels,
+            method=method,
+            num_partitions=num_partitions,
+            seed=seed,
+            alpha=alpha,
+            shards_per_client=shards,
+            min_partition_size=min_size,
+        )
+    )
+
+
+def client_partition(job: FederatedJob, *, partition_id: int, num_partitions: int) -> ArrayDataset:
+    """Training samples of client ``partition_id`` out of ``num_partitions``.
+
+    Raises
+    ------
+    ValueError
+        When ``partition_id`` is outside ``[0, num_partitions)``.
+    """
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition id {partition_id} is outside [0, {num_partitions})")
+    fed = job.federated
+    splits = load_splits(job.data)
+    parts = _cached_partition(
+        job.data.dataset,
+        str(job.data.data_dir) if job.data.data_dir else None,
+        fed.partition,
+        num_partitions,
+        fed.seed,
+        fed.alpha,
+        fed.shards_per_client,
+        fed.min_partition_size,
+    )
+    return splits.train.subset(parts[partition_id])
+
+
+@dataclass(frozen=True)
+class CondenseOutcome:
+    """A client's condensation result.
+
+    Attributes
+    ----------
+    synthetic : SyntheticSet
+        Images sorted by label; classes the client lacks are absent.
+    seconds : float
+        DM optimisation time (all class groups).
+    final_loss : float
+        Sum of the groups' last DM losses (NaN with zero iterations).
+    epsilon, delta : float | None
+        Spent privacy budget under DP, else ``None``.
+    """
+
+    synthetic: SyntheticSet
+    seconds: float
+    final_loss: float
+    epsilon: float | None = None
+    delta: float | None = None
+    skipped_classes: list[int] = field(default_factory=list)
+
+
+def initial_images(
+    data: ArrayDataset, *, classes: list[int], ipc: int, init: str, generator: torch.Generator
+) -> torch.Tensor:
+    """Initial synthetic images, ``ipc`` per class in ``classes`` (label order).
+
+    Real init draws real images without replacement; a class with fewer than ``ipc`` images
+    repeats them, each repeat jittered by N(0, 0.1^2) so DM can move the copies apart.
+    """
+    if init == "noise":
+        return torch.randn((len(classes) * ipc, *data.spec.image_shape), generator=generator)
+    chunks = []
+    for c in classes:
+        pool = (data.labels == c).nonzero().flatten()
+        order = torch.randperm(pool.numel(), generator=generator)
+        picks = pool[order[torch.arange(ipc) % pool.numel()]]
+        chunk = data.images[picks].clone()
+        repeats = torch.arange(ipc) >= pool.numel()
+        if bool(repeats.any()):
+            noise = 0.1 * torch.randn((int(repeats.sum()), *data.spec.image_shape), generator=generator)
+            chunk[repeats] += noise
+        chunks.append(chunk)
+    return torch.cat(chunks)
+
+
+def _write_start_checkpoint(path: Path, images: torch.Tensor, *, seed: int) -> Path:
+    """A DM checkpoint at iteration 0 holding ``images``: DM's seam for a custom start."""
+    np.savez(
+        path,
+        images=images.float().numpy(),
+        momentum=np.zeros(0, np.float32),
+        generator=torch.Generator().manual_seed(seed).get_state().numpy(),
+        iteration=np.array(0, dtype=np.int64),
+    )
+    return path
+
+
+def condense_partition(
+    data: ArrayDataset,
+    *,
+    distill: DistillConfig,
+    device: torch.device | str = "cpu",
+    dp: DPConfig | None = None,
+    embedder: nn.Module | None = None,
+    warm_start: SyntheticSet | None = None,
+) -> CondenseOutcome:
+    """Condense a client's partition with DM into ``ipc`` images per class it holds.
+
+    Non-IID clients often hold a class with fewer real images than ``ipc``; real init then
+    repeats that class's images (jittered) so one DM run still covers every class. The start
+    point reaches DM through its checkpoint seam (a checkpoint at iteration 0), which is also
+    how a warm start from the previous round's set works. Under DP the init is noise (real
+    init would publish real images).
+
+    Parameters
+    ----------
+    data : ArrayDataset
+        The client's real training data (never returned).
+    distill : DistillConfig
+        DM settings (ipc, iterations, init ...).
+    dp : DPConfig | None
+        Differentially private DM via ``fedcond.privacy.dp.dp_statistics_for``.
+    embedder : nn.Module | None
+        Multi-round mode: the global model as DM's embedding network.
+    warm_start : SyntheticSet | None
+        The client's previous synthetic set (from ``Context.state``); used as the start point
+        when it holds exactly ``ipc`` images of each class present.
+    """
+    counts = data.class_counts()
+    present = [c for c in range(data.spec.num_classes) if counts[c] > 0]
+    if not present:
+        raise ValueError("the client's partition is empty")
+    skipped = [c for c in range(data.spec.num_classes) if counts[c] == 0]
+    statistics, reporter = None, None
+    init = distill.init
+    if dp is not None:
+        from fedcond.privacy.dp import dp_statistics_for  # privacy is optional at import time
+
+        init = "noise"
+        statistics, reporter = dp_statistics_for(
+            dp=dp, distill=dataclasses.replace(distill, init="noise"), class_counts=counts
+        )
+    generator = torch.Generator().manual_seed(distill.seed)
+    expected_labels = torch.tensor(present).repeat_interleave(distill.ipc)
+    if warm_start is not None and torch.equal(warm_start.labels, expected_labels):
+        start = warm_start.images
+    else:
+        start = initial_images(data, classes=present, ipc=distill.ipc, init=init, generator=generator)
+    # DM builds its own init first; "noise" never fails on small classes, the checkpoint replaces it
+    config = dataclasses.replace(distill, init="noise", checkpoint_every=0)
+    with tempfile.TemporaryDirectory(prefix="fedcond-start-") as tmp:
+        checkpoint = _write_start_checkpoint(Path(tmp) / "start.npz", start, seed=distill.seed)
+        engine = DistributionMatching(config, device=device, real_statistics=statistics, embedder=embedder)
+        result = engine.condense(data, checkpoint_path=checkpoint, resume=True)
+    meta = {**result.synthetic.meta, "init": init, "warm_start": start is not None and warm_start is not None}
+    epsilon = delta = None
+    if reporter is not None:
+        epsilon, delta = (float(v) for v in reporter(result))
+        meta.update({"epsilon": epsilon, "delta": delta})
+    synthetic = SyntheticSet(result.synthetic.images, result.synthetic.labels, meta)
+    loss = result.losses[-1] if result.losses else float("nan")
+    return CondenseOutcome(synthetic, result.seconds, loss, epsilon, delta, skipped)
+
+
+def local_train(
+    model: nn.Module,
+    data: ArrayDataset,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    proximal_mu: float = 0.0,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """FedAvg/FedProx local update: SGD (momentum 0.9, weight decay 5e-4) on the client's data.
+
+    ``proximal_mu > 0`` adds FedProx's ``mu/2 ||w - w_global||^2`` (the model arrives holding
+    the global weights).
+    """
+    return train_model(
+        model,
+        data.images,
+        data.labels,
+        epochs=epochs,
+        lr=lr,
+        momentum=0.9,
+        weight_decay=5e-4,
+        batch_size=batch_size,
+        augment=None,
+        generator=generator,
+        device=device,
+        proximal_mu=proximal_mu,
+    )

@@ -1,0 +1,109 @@
+"""A federated job: the dataset, the :class:`FederatedConfig` and where to run/write.
+
+One flat mapping format serves the TOML files in ``configs/``, ``fedcond simulate --set``,
+Flower's ``run_config`` (``[tool.flwr.app.config]`` and ``flwr run --run-config``) and the
+``ConfigRecord`` the server sends to clients:
+
+- ``dataset``, ``data-dir``, ``download`` go to :class:`DataConfig`;
+- ``device`` and ``out`` are run options;
+- every other key (``strategy``, ``num-clients``, ``distill.ipc``, ``dp.epsilon`` ...) goes to
+  :class:`FederatedConfig` through :func:`fedcond.config.parse_config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedcond.config import ConfigError, DataConfig, FederatedConfig, flatten_config, parse_config
+
+__all__ = ["STRATEGIES", "FederatedJob", "job_from_mapping", "job_to_mapping"]
+
+STRATEGIES = ("fedcond", "fedavg", "fedprox")
+_DATA_KEYS = {"dataset": "dataset", "data_dir": "data_dir", "download": "download"}
+_RUN_KEYS = ("device", "out")
+_IGNORED = ("server_round",)  # injected into train configs by Flower's strategies
+
+
+@dataclass(frozen=True)
+class FederatedJob:
+    """Everything a federated run needs, typed.
+
+    Attributes
+    ----------
+    data : DataConfig
+        The dataset (clients partition its training split; the server tests on its test split).
+    federated : FederatedConfig
+        Strategy, partitioning, client condensation and server training settings.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``, for clients and server alike.
+    out : Path | None
+        Run folder for ``metrics.json`` (``flwr run`` path; the CLI passes ``--out``).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+    device: str = "auto"
+    out: Path | None = None
+
+
+def _key(raw: str) -> str:
+    return str(raw).strip().replace("-", "_")
+
+
+def job_from_mapping(values: Mapping[str, Any] | None) -> FederatedJob:
+    """Parse a flat (dotted, hyphen-or-underscore) mapping into a :class:`FederatedJob`.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown key, a wrong type, or an unknown strategy.
+    """
+    data: dict[str, Any] = {}
+    fed: dict[str, Any] = {}
+    run: dict[str, Any] = {}
+    for raw, value in (values or {}).items():
+        key = _key(raw)
+        if key in _DATA_KEYS:
+            data[_DATA_KEYS[key]] = value
+        elif key in _RUN_KEYS:
+            run[key] = value
+        elif key in _IGNORED:
+            continue
+        else:
+            fed[key] = value
+    if data.get("data_dir") in ("", None):
+        data.pop("data_dir", None)
+    federated = parse_config(FederatedConfig, fed)
+    if federated.strategy not in STRATEGIES:
+        raise ConfigError(f"config key 'strategy': {federated.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    device = str(run.get("device", "auto"))
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"config key 'device': {device!r} is not one of auto, cpu, cuda")
+    out = run.get("out")
+    return FederatedJob(
+        data=parse_config(DataConfig, data),
+        federated=federated,
+        device=device,
+        out=Path(out) if out not in (None, "") else None,
+    )
+
+
+def job_to_mapping(job: FederatedJob) -> dict[str, Any]:
+    """The flat mapping :func:`job_from_mapping` reads back (``None`` values are left out).
+
+    Values are str/int/float/bool only, so the result fits a Flower ``ConfigRecord``.
+    """
+    flat: dict[str, Any] = {f"{k}": v for k, v in flatten_config(job.federated).items()}
+    if job.federated.dp is None:
+        flat.pop("dp", None)
+    flat["dataset"] = job.data.dataset
+    flat["download"] = job.data.download
+    if job.data.data_dir is not None:
+        flat["data_dir"] = str(job.data.data_dir)
+    flat["device"] = job.device
+    if job.out is not None:
+        flat["out"] = str(job.out)
+    return {k: v for k, v in flat.items() if v is not None}

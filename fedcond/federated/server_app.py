@@ -1,0 +1,179 @@
+"""The Flower ``ServerApp`` and :func:`run_federated`, the server side of every engine.
+
+``run_federated(grid, job)`` builds the strategy (:class:`FedCond`, or Flower's FedAvg/FedProx),
+wraps the grid in a :class:`CountingGrid`, runs the strategy's ``start()`` loop with a
+centralised evaluation on the real test set, and returns a :class:`FederatedReport` whose
+``metrics()`` is the ``metrics.json`` content of DESIGN.md section 3.
+
+The module-level ``app`` is what ``flwr run .`` (``[tool.flwr.app.components]``) loads: it
+reads the job from ``context.run_config`` (``[tool.flwr.app.config]`` plus ``--run-config``
+overrides) and writes ``metrics.json`` to the ``out`` folder when one is configured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from fedcond.devices import resolve_device
+from fedcond.distill.evaluate import accuracy
+from fedcond.federated.accounting import CountingGrid
+from fedcond.federated.baselines import baseline_strategy
+from fedcond.federated.client import load_splits
+from fedcond.federated.job import FederatedJob, job_from_mapping, job_to_mapping
+from fedcond.federated.records import model_from_record, model_to_record
+from fedcond.federated.strategy import FedCond
+from fedcond.models import get_model
+
+__all__ = ["FederatedReport", "app", "run_federated"]
+
+logger = logging.getLogger(__name__)
+
+TEST_ACCURACY = "test-accuracy"
+
+
+@dataclass
+class FederatedReport:
+    """Outcome of one federated run (see :meth:`metrics`)."""
+
+    job: FederatedJob
+    test_accuracy: float
+    uplink_bytes: int
+    downlink_bytes: int
+    wall_seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    num_nodes: int = 0
+    final_arrays: ArrayRecord | None = None
+
+    def metrics(self) -> dict[str, Any]:
+        """The DESIGN.md ``fedcond simulate`` keys plus the flattened config."""
+        fed = self.job.federated
+        return {
+            "strategy": fed.strategy,
+            "dataset": self.job.data.dataset,
+            "num_clients": self.num_nodes or fed.num_clients,
+            "partition": fed.partition,
+            "alpha": fed.alpha,
+            "rounds": fed.rounds,
+            "test_accuracy": self.test_accuracy,
+            "uplink_bytes": self.uplink_bytes,
+            "downlink_bytes": self.downlink_bytes,
+            "wall_seconds": self.wall_seconds,
+            "history": self.history,
+            "config": job_to_mapping(self.job),
+        }
+
+
+def _evaluate_fn(job: FederatedJob):  # noqa: ANN202 - Flower's evaluate_fn signature
+    splits = load_splits(job.data)
+    device = resolve_device(job.device)
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if len(arrays) == 0:
+            return None
+        model = model_from_record(get_model(job.federated.model, splits.spec), arrays)
+        return MetricRecord({TEST_ACCURACY: accuracy(model, splits.test, device=device)})
+
+    return evaluate
+
+
+def run_federated(grid: Grid, job: FederatedJob) -> FederatedReport:
+    """Run ``job`` on ``grid`` (simulation or deployment) and report.
+
+    Parameters
+    ----------
+    grid : Grid
+        The Grid the ServerApp received.
+    job : FederatedJob
+        Dataset, strategy and all settings; sent to the clients in every train message.
+    """
+    fed = job.federated
+    splits = load_splits(job.data)
+    spec = splits.spec
+    device = resolve_device(job.device)
+    counting = CountingGrid(grid)
+    if fed.strategy == "fedcond":
+        strategy = FedCond(spec=spec, config=fed, device=device, min_available_nodes=max(1, fed.min_available_nodes))
+    else:
+        strategy = baseline_strategy(fed)
+    initial = get_model(fed.model, spec, generator=torch.Generator().manual_seed(fed.seed))
+    start = time.perf_counter()
+    result = strategy.start(
+        grid=counting,
+        initial_arrays=model_to_record(initial),
+        num_rounds=fed.rounds,
+        timeout=fed.round_timeout,
+        train_config=ConfigRecord(job_to_mapping(job)),
+        evaluate_fn=_evaluate_fn(job),
+    )
+    wall = time.perf_counter() - start
+    traffic = counting.traffic
+    history: list[dict[str, Any]] = []
+    uplink_total = downlink_total = 0
+    fedcond_rounds = {r.server_round: r.as_dict() for r in getattr(strategy, "rounds", [])}
+    for server_round in range(0, fed.rounds + 1):
+        t = traffic.get(server_round)
+        up, down = (t.uplink_bytes, t.downlink_bytes) if t else (0, 0)
+        uplink_total += up
+        downlink_total += down
+        evaluated = result.evaluate_metrics_serverapp.get(server_round)
+        entry: dict[str, Any] = {
+            "round": server_round,
+            "test_accuracy": float(evaluated[TEST_ACCURACY]) if evaluated is not None else None,
+            "uplink_bytes": up,
+            "downlink_bytes": down,
+            "cumulative_uplink_bytes": uplink_total,
+            "cumulative_downlink_bytes": downlink_total,
+        }
+        if t is not None:
+            entry["messages_sent"] = t.messages_sent
+            entry["replies_received"] = t.replies_received
+        if server_round in fedcond_rounds:
+            entry.update({k: v for k, v in fedcond_rounds[server_round].items() if k != "round"})
+        train_metrics = result.train_metrics_clientapp.get(server_round)
+        if train_metrics is not None and fed.strategy != "fedcond":
+            entry["client_metrics"] = {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))}
+        history.append(entry)
+    accuracies = [h["test_accuracy"] for h in history if h["test_accuracy"] is not None]
+    report = FederatedReport(
+        job=job,
+        test_accuracy=accuracies[-1] if accuracies else float("nan"),
+        uplink_bytes=uplink_total,
+        downlink_bytes=downlink_total,
+        wall_seconds=wall,
+        history=history,
+        num_nodes=len(list(grid.get_node_ids())),
+        final_arrays=result.arrays,
+    )
+    logger.info(
+        "%s finished: test accuracy %.4f, uplink %d B, downlink %d B, %.1fs",
+        fed.strategy,
+        report.test_accuracy,
+        report.uplink_bytes,
+        report.downlink_bytes,
+        wall,
+    )
+    return report
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """``flwr run .`` entry point: the job comes from ``context.run_config``."""
+    job = job_from_mapping(dict(context.run_config))
+    report = run_federated(grid, job)
+    if job.out is not None:
+        out = Path(job.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(report.metrics(), indent=2, default=str) + "\n")
+        logger.info("wrote %s", out / "metrics.json")

@@ -1,0 +1,135 @@
+"""Run a :class:`FederatedJob` on Flower's Simulation Engine (Ray backend), in-process.
+
+This is the driver behind ``fedcond simulate`` and the benchmark. The ServerApp runs
+:func:`run_federated` in a thread of this process (so the report comes back as an object);
+every virtual SuperNode runs :data:`fedcond.federated.client_app.app` in a Ray actor.
+
+Resources: each client asks for ``cpus_per_client`` CPUs out of the ``num_cpus`` given to Ray,
+so at most ``num_cpus // cpus_per_client`` clients run at once whatever their number (memory
+stays bounded: actors are reused); with CUDA each client also gets ``1 / concurrency`` of a GPU.
+Flower and Ray keep their state under ``FLWR_HOME``/``RAY_TMPDIR`` (the CLI points both into
+the run folder) and Flower's runtime dependency installation is disabled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from fedcond.federated.client_app import app as client_app
+from fedcond.federated.job import FederatedJob
+from fedcond.federated.server_app import FederatedReport, run_federated
+
+__all__ = ["SimulationError", "backend_config_for", "simulate"]
+
+logger = logging.getLogger(__name__)
+
+# AF_UNIX socket paths are limited to 107 bytes; Ray nests ~60 more characters under its temp dir
+_MAX_RAY_TMPDIR = 45
+
+
+class SimulationError(RuntimeError):
+    """The simulation did not produce a report (the ServerApp failed)."""
+
+
+def backend_config_for(*, num_cpus: int, cpus_per_client: int, use_gpu: bool) -> dict[str, Any]:
+    """Ray backend settings: bounded client concurrency, GPU fractions when CUDA is present."""
+    concurrency = max(1, num_cpus // max(1, cpus_per_client))
+    resources: dict[str, Any] = {"num_cpus": cpus_per_client, "num_gpus": (1.0 / concurrency) if use_gpu else 0.0}
+    init_args: dict[str, Any] = {"num_cpus": num_cpus, "logging_level": "ERROR", "log_to_driver": False}
+    if use_gpu:
+        init_args["num_gpus"] = 1
+    return {"client_resources": resources, "init_args": init_args}
+
+
+def _ray_tmpdir() -> tuple[str | None, Path | None]:
+    """A temp dir for Ray short enough for socket paths (linked from RAY_TMPDIR when too long)."""
+    wanted = os.environ.get("RAY_TMPDIR")
+    if not wanted:
+        return None, None
+    Path(wanted).mkdir(parents=True, exist_ok=True)
+    if len(wanted) <= _MAX_RAY_TMPDIR:
+        return wanted, None
+    short = Path(tempfile.mkdtemp(prefix="fcray-"))
+    link = Path(wanted) / "ray-session"
+    if not link.exists():
+        link.symlink_to(short, target_is_directory=True)
+    return str(short), short
+
+
+def simulate(
+    job: FederatedJob,
+    *,
+    num_cpus: int | None = None,
+    cpus_per_client: int = 1,
+    max_concurrent_clients: int = 2,
+) -> FederatedReport:
+    """Simulate ``job`` with ``job.federated.num_clients`` virtual SuperNodes.
+
+    Parameters
+    ----------
+    job : FederatedJob
+        The federated job (strategy, dataset, partitions, settings).
+    num_cpus : int | None
+        CPUs handed to Ray; default ``min(os.cpu_count(), max_concurrent_clients * cpus_per_client)``.
+    cpus_per_client : int
+        CPUs each client reserves (Ray limits concurrency with it).
+    max_concurrent_clients : int
+        Upper bound on clients running at once (memory budget).
+
+    Raises
+    ------
+    SimulationError
+        When the ServerApp raised or returned nothing.
+    """
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    if num_cpus is None:
+        num_cpus = max(1, min(os.cpu_count() or 1, max_concurrent_clients * cpus_per_client))
+    use_gpu = torch.cuda.is_available() and job.device != "cpu"
+    backend_config = backend_config_for(num_cpus=num_cpus, cpus_per_client=cpus_per_client, use_gpu=use_gpu)
+    tmpdir, cleanup = _ray_tmpdir()
+    if tmpdir is not None:
+        backend_config["init_args"]["_temp_dir"] = tmpdir
+    holder: dict[str, Any] = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        try:
+            holder["report"] = run_federated(grid, job)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            holder["error"] = exc
+            raise
+
+    logger.info(
+        "simulating %s: %d clients, Ray with %d CPUs, %s per client",
+        job.federated.strategy,
+        job.federated.num_clients,
+        num_cpus,
+        backend_config["client_resources"],
+    )
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=job.federated.num_clients,
+            backend_name="ray",
+            backend_config=backend_config,
+        )
+    finally:
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+    if "error" in holder:
+        raise SimulationError(f"the federated run failed: {holder['error']}") from holder["error"]
+    if "report" not in holder:
+        raise SimulationError("the simulation ended without a report (see the Flower log above)")
+    return holder["report"]

@@ -1,0 +1,240 @@
+"""``FedCond``: a Flower strategy whose clients send synthetic sets instead of weights.
+
+It implements Flower's :class:`flwr.serverapp.strategy.Strategy` steps and is driven by the
+inherited ``start()`` loop:
+
+- ``configure_train`` samples nodes and sends each a ``train.condense`` message with the
+  condensation config; in multi-round mode from round 2 on it also sends the global model,
+  which clients use as DM's embedding network;
+- ``aggregate_train`` validates every reply (:func:`validate_reply`), drops and logs bad ones,
+  keeps each client's newest accepted set (a client that fails later keeps its earlier set in
+  the union: nothing already aggregated is lost), and, when at least ``min_reply_fraction``
+  of the sampled clients replied validly, trains a fresh global model on the class-weighted
+  union (:func:`train_global_model`) and returns its arrays;
+- evaluation is centralised on the server's real test set (``start(evaluate_fn=...)``), so
+  ``configure_evaluate`` sends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedcond.config import FederatedConfig
+from fedcond.data.registry import DatasetSpec
+from fedcond.federated.aggregation import AggregatedSet, aggregate_sets
+from fedcond.federated.records import CONDENSE_ACTION, CONFIG_KEY, MODEL_KEY, SERVER_ROUND, model_to_record
+from fedcond.federated.server_training import train_global_model
+from fedcond.federated.validation import ClientSet, ReplyRejected, validate_reply
+
+__all__ = ["FedCond", "RoundReport"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundReport:
+    """What happened in one FedCond round (for ``metrics.json``'s history)."""
+
+    server_round: int
+    sampled: int = 0
+    accepted: list[int] = field(default_factory=list)
+    dropped: dict[int, str] = field(default_factory=dict)
+    union_images: int = 0
+    trained: bool = False
+    server_seconds: float = 0.0
+    client_metrics: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.server_round,
+            "sampled": self.sampled,
+            "accepted": len(self.accepted),
+            "dropped": {str(k): v for k, v in self.dropped.items()},
+            "union_images": self.union_images,
+            "trained": self.trained,
+            "server_seconds": self.server_seconds,
+            **self.client_metrics,
+        }
+
+
+class FedCond(Strategy):
+    """Federated condensation: aggregate synthetic sets, train the global model on them.
+
+    Parameters
+    ----------
+    spec : DatasetSpec
+        The dataset: image shape and class count every reply must match.
+    config : FederatedConfig
+        ``rounds`` (1 = one-shot), ``fraction_train``, ``min_reply_fraction``, the server
+        recipe (``model``, ``server_epochs``, ``server_lr``) and ``distill.ipc`` (the size cap).
+    device : torch.device | str
+        Where the server trains the global model.
+    min_available_nodes : int
+        Wait for this many connected nodes before sampling.
+
+    Examples
+    --------
+    >>> strategy = FedCond(spec=get_spec("digits"), config=FederatedConfig())  # doctest: +SKIP
+    >>> result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=1,
+    ...                         train_config=ConfigRecord(job_to_mapping(job)))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: DatasetSpec,
+        config: FederatedConfig,
+        device: torch.device | str = "cpu",
+        min_available_nodes: int = 1,
+    ) -> None:
+        if not 0 < config.fraction_train <= 1:
+            raise ValueError(f"fraction_train must be in (0, 1], got {config.fraction_train}")
+        if not 0 <= config.min_reply_fraction <= 1:
+            raise ValueError(f"min_reply_fraction must be in [0, 1], got {config.min_reply_fraction}")
+        self.spec = spec
+        self.config = config
+        self.device = device
+        self.min_available_nodes = min_available_nodes
+        self.max_images = config.distill.ipc * spec.num_classes
+        self.client_sets: dict[int, ClientSet] = {}
+        self.rounds: list[RoundReport] = []
+        self.union: AggregatedSet | None = None
+
+    # ------------------------------------------------------------------ Strategy steps
+    def summary(self) -> None:
+        cfg = self.config
+        mode = "one-shot" if cfg.rounds == 1 else f"multi-round ({cfg.rounds})"
+        logger.info(
+            "FedCond %s: ipc=%d iterations=%d, cap %d images/client, server %s x %d epochs, min reply fraction %.2f",
+            mode,
+            cfg.distill.ipc,
+            cfg.distill.iterations,
+            self.max_images,
+            cfg.model,
+            cfg.server_epochs,
+            cfg.min_reply_fraction,
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        node_ids = sorted(grid.get_node_ids())
+        while len(node_ids) < self.min_available_nodes:
+            logger.info("waiting for %d nodes (%d connected)", self.min_available_nodes, len(node_ids))
+            time.sleep(1.0)
+            node_ids = sorted(grid.get_node_ids())
+        sample_size = max(1, int(round(len(node_ids) * self.config.fraction_train)))
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + server_round)
+        chosen = sorted(node_ids[i] for i in torch.randperm(len(node_ids), generator=generator)[:sample_size].tolist())
+        train_config = ConfigRecord(dict(config))
+        train_config[SERVER_ROUND] = server_round
+        content = RecordDict({CONFIG_KEY: train_config})
+        if server_round > 1 and len(arrays) > 0:
+            content[MODEL_KEY] = arrays  # multi-round: the global model becomes DM's embedder
+        self.rounds.append(RoundReport(server_round, sampled=len(chosen)))
+        logger.info("round %d: sampled %d of %d nodes", server_round, len(chosen), len(node_ids))
+        return [
+            Message(content=content, message_type=f"train.{CONDENSE_ACTION}", dst_node_id=node_id)
+            for node_id in chosen
+        ]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        report = self._report(server_round)
+        for reply in replies:
+            node_id = int(reply.metadata.src_node_id)
+            try:
+                accepted = validate_reply(
+                    reply,
+                    num_classes=self.spec.num_classes,
+                    image_shape=self.spec.image_shape,
+                    max_images=self.max_images,
+                )
+            except ReplyRejected as exc:
+                report.dropped[node_id] = str(exc)
+                logger.warning("round %d: dropped reply of node %d: %s", server_round, node_id, exc)
+                continue
+            self.client_sets[node_id] = accepted
+            report.accepted.append(node_id)
+        missing = report.sampled - len(report.accepted) - len(report.dropped)
+        if missing > 0:
+            logger.warning("round %d: %d sampled node(s) did not reply in time", server_round, missing)
+        report.client_metrics = self._mean_client_metrics(report.accepted)
+        needed = self.config.min_reply_fraction * report.sampled
+        if len(report.accepted) < needed or not self.client_sets:
+            logger.error(
+                "round %d: only %d of %d sampled clients replied validly (need %.1f); the global model is kept",
+                server_round,
+                len(report.accepted),
+                report.sampled,
+                needed,
+            )
+            return None, self._metrics(report)
+        start = time.perf_counter()
+        self.union = aggregate_sets(list(self.client_sets.values()), num_classes=self.spec.num_classes)
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + 500 + server_round)
+        model = train_global_model(
+            self.union,
+            spec=self.spec,
+            model_name=self.config.model,
+            epochs=self.config.server_epochs,
+            lr=self.config.server_lr,
+            generator=generator,
+            device=self.device,
+        )
+        report.union_images = len(self.union)
+        report.trained = True
+        report.server_seconds = time.perf_counter() - start
+        logger.info(
+            "round %d: global model trained on %d synthetic images from %d clients in %.1fs",
+            server_round,
+            len(self.union),
+            len(self.union.node_ids),
+            report.server_seconds,
+        )
+        return model_to_record(model), self._metrics(report)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []  # the server evaluates on its real test set (start's evaluate_fn)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
+
+    # ------------------------------------------------------------------ helpers
+    def _report(self, server_round: int) -> RoundReport:
+        if self.rounds and self.rounds[-1].server_round == server_round:
+            return self.rounds[-1]
+        report = RoundReport(server_round)
+        self.rounds.append(report)
+        return report
+
+    def _mean_client_metrics(self, node_ids: list[int]) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for node_id in node_ids:
+            for key, value in self.client_sets[node_id].metrics.items():
+                if key != "class-counts":
+                    sums[key] = sums.get(key, 0.0) + float(value)
+        return {f"client-mean-{k}": v / len(node_ids) for k, v in sums.items()} if node_ids else {}
+
+    @staticmethod
+    def _metrics(report: RoundReport) -> MetricRecord:
+        return MetricRecord(
+            {
+                "accepted": len(report.accepted),
+                "dropped": len(report.dropped),
+                "union-images": report.union_images,
+                **{k: float(v) for k, v in report.client_metrics.items()},
+            }
+        )

@@ -1,0 +1,120 @@
+"""Server-side checks of a FedCond reply before anything of it is aggregated.
+
+A reply is accepted only when it is not an error message, carries the synthetic-set
+``ArrayRecord`` and the ``MetricRecord`` under the expected keys, the arrays have the declared
+dtypes and shapes of the dataset, every value is finite, labels lie in range, the set holds
+no more than ``ipc x classes`` images, and the reported per-class counts are consistent.
+Anything else raises :class:`ReplyRejected` with the reason, which the strategy logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
+from fedcond.federated.records import (
+    CLASS_COUNTS,
+    IMAGES,
+    LABELS,
+    METRICS_KEY,
+    NUM_EXAMPLES,
+    SYNTHETIC_KEY,
+    synthetic_from_record,
+)
+
+__all__ = ["ClientSet", "ReplyRejected", "validate_reply"]
+
+
+class ReplyRejected(ValueError):
+    """A client reply failed validation; the message is the logged reason."""
+
+
+@dataclass(frozen=True)
+class ClientSet:
+    """A validated reply: the client's synthetic set and its real per-class counts.
+
+    Attributes
+    ----------
+    node_id : int
+        The Flower node that sent it.
+    synthetic : SyntheticSet
+        Validated images and labels.
+    class_counts : torch.Tensor
+        int64, length ``num_classes``: real samples per class on that client.
+    metrics : dict
+        The reply's scalar metrics (seconds, loss, epsilon ...).
+    """
+
+    node_id: int
+    synthetic: SyntheticSet
+    class_counts: torch.Tensor
+    metrics: dict
+
+
+def _metric_record(message: Message) -> MetricRecord:
+    if METRICS_KEY not in message.content.metric_records:
+        raise ReplyRejected(f"no MetricRecord under {METRICS_KEY!r}")
+    return message.content.metric_records[METRICS_KEY]
+
+
+def _array_record(message: Message) -> ArrayRecord:
+    if SYNTHETIC_KEY not in message.content.array_records:
+        raise ReplyRejected(f"no ArrayRecord under {SYNTHETIC_KEY!r}")
+    return message.content.array_records[SYNTHETIC_KEY]
+
+
+def validate_reply(
+    message: Message,
+    *,
+    num_classes: int,
+    image_shape: tuple[int, ...],
+    max_images: int,
+) -> ClientSet:
+    """Check one reply and return its content, or raise :class:`ReplyRejected`.
+
+    Parameters
+    ----------
+    message : Message
+        A reply to a FedCond train message.
+    num_classes, image_shape : int, tuple
+        The dataset's, which every synthetic image must match.
+    max_images : int
+        The size cap, ``ipc x num_classes``.
+    """
+    node_id = int(message.metadata.src_node_id)
+    if message.has_error():
+        raise ReplyRejected(f"client error: {message.error.reason}")
+    arrays = _array_record(message)
+    metrics = _metric_record(message)
+    # cheap structural checks before any array is decoded
+    for key in (IMAGES, LABELS):
+        if key not in arrays:
+            raise ReplyRejected(f"synthetic-set record lacks array {key!r}")
+    images_arr, labels_arr = arrays[IMAGES], arrays[LABELS]
+    if len(images_arr.shape) != 4 or tuple(images_arr.shape[1:]) != tuple(image_shape):
+        raise ReplyRejected(f"images have shape {tuple(images_arr.shape)}, expected N x {tuple(image_shape)}")
+    if images_arr.shape[0] > max_images:
+        raise ReplyRejected(f"{images_arr.shape[0]} images exceed the cap of {max_images}")
+    try:
+        synthetic = synthetic_from_record(arrays, meta={"num_classes": num_classes})
+        synthetic.validate(num_classes=num_classes, image_shape=tuple(image_shape), max_images=max_images)
+    except (SyntheticSetError, ValueError) as exc:
+        raise ReplyRejected(str(exc)) from exc
+    counts_value = metrics.get(CLASS_COUNTS)
+    if not isinstance(counts_value, list) or len(counts_value) != num_classes:
+        raise ReplyRejected(f"metric {CLASS_COUNTS!r} must list {num_classes} per-class counts")
+    if any(isinstance(v, float) and not float(v).is_integer() for v in counts_value) or min(counts_value) < 0:
+        raise ReplyRejected(f"metric {CLASS_COUNTS!r} must hold non-negative integers")
+    counts = torch.tensor([int(v) for v in counts_value], dtype=torch.int64)
+    held = synthetic.class_counts()
+    orphans = [c for c in range(num_classes) if held[c] > 0 and counts[c] == 0]
+    if orphans:
+        raise ReplyRejected(f"synthetic images of classes {orphans} the client reports no real samples of")
+    num_examples = metrics.get(NUM_EXAMPLES)
+    if not isinstance(num_examples, (int, float)) or int(num_examples) != int(counts.sum()):
+        raise ReplyRejected(f"metric {NUM_EXAMPLES!r} ({num_examples}) disagrees with the class counts")
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    return ClientSet(node_id, synthetic, counts, scalars)
