@@ -1,0 +1,100 @@
+"""``fedcond audit``: recoverability and membership-inference audit of a synthetic set."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from fedcond.cli.common import (
+    CommandError,
+    add_common_arguments,
+    add_data_arguments,
+    console,
+    data_config_from,
+    overrides_from,
+    prepare_run_folder,
+    print_table,
+    write_metrics,
+)
+from fedcond.config import AuditConfig, parse_config
+from fedcond.data.registry import load_dataset
+from fedcond.devices import resolve_device
+from fedcond.distill.synthetic import SyntheticSet
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    audit = subparsers.add_parser(
+        "audit", help="memorisation and membership-inference audit of a synthetic set"
+    )
+    audit.add_argument("--synthetic", type=Path, required=True, help="synthetic set file (.npz)")
+    add_data_arguments(audit)
+    audit.add_argument("--shadow-models", type=int, default=4, help="LiRA shadow models per target (default 4)")
+    audit.add_argument("--target-epochs", type=int, default=100, help="epochs of every attacked/shadow model")
+    audit.add_argument("--reference-size", type=int, default=1000, help="real images of the reference model")
+    audit.add_argument("--quantile", type=float, default=0.01, help="nearest-neighbour calibration quantile")
+    audit.add_argument("--no-feature-space", action="store_true", help="pixel-space nearest neighbours only")
+    audit.add_argument("--set", action="append", metavar="KEY=VALUE", help="any AuditConfig field")
+    add_common_arguments(audit, default_out="runs/audit")
+    audit.set_defaults(run=run_audit_command)
+
+
+def run_audit_command(args: argparse.Namespace) -> int:
+    from fedcond.privacy.audit import LEAKS, run_audit
+    from fedcond.privacy.figures import save_nearest_neighbours, save_roc
+
+    out = prepare_run_folder(args.out)
+    config = parse_config(
+        AuditConfig,
+        {
+            "shadow_models": args.shadow_models,
+            "target_epochs": args.target_epochs,
+            "reference_size": args.reference_size,
+            "calibration_quantile": args.quantile,
+            "feature_space": not args.no_feature_space,
+            "seed": args.seed,
+            **overrides_from(args.set),
+        },
+    )
+    if config.shadow_models < 0 or config.target_epochs <= 0:
+        raise CommandError("--shadow-models must be >= 0 and --target-epochs > 0")
+    splits = load_dataset(data_config_from(args))
+    synthetic = SyntheticSet.load(args.synthetic)
+    device = resolve_device(args.device)
+    with console.status("auditing") as status:
+        report = run_audit(synthetic, splits, config, device=device, status=lambda m: status.update(f"audit: {m}"))
+    space = report.recoverability.pixel
+    ref_idx = report.recoverability.reference_indices
+    save_nearest_neighbours(
+        space, synthetic.images, splits.train.images, splits.test.images[ref_idx], splits.spec, out / "nearest_neighbours.png"
+    )
+    save_roc({"synthetic": report.target, "real": report.reference}, out / "roc.png")
+    metrics: dict[str, Any] = {
+        "dataset": splits.spec.name,
+        "synthetic": str(args.synthetic),
+        "synthetic_meta": synthetic.meta,
+        "seed": args.seed,
+        **report.metrics(),
+    }
+    write_metrics(out, metrics)
+    print_table(
+        "fedcond audit",
+        [
+            {
+                "model": name,
+                "nn match": f"{100 * report.recoverability.nn_match_rate:.1f}%" if name == "synthetic" else "-",
+                "MIA AUC": f"{result.strongest.auc:.3f} ({result.strongest.attack})",
+                "TPR@1%FPR": f"{100 * result.strongest.tpr_at_1pct_fpr:.1f}%",
+                "TPR@0.1%FPR": f"{100 * result.strongest.tpr_at_01pct_fpr:.1f}%",
+            }
+            for name, result in (("synthetic", report.target), ("real (reference)", report.reference))
+        ],
+    )
+    colour = "red" if report.verdict == LEAKS else "green"
+    console.print(f"verdict: [{colour}]{report.verdict}[/]")
+    for reason in report.reasons:
+        console.print(f"  - {reason}")
+    console.print(f"wrote {out}/metrics.json, nearest_neighbours.png, roc.png")
+    return 0

@@ -1,0 +1,69 @@
+"""Privacy: memorisation and membership-inference audits, and differentially private DM.
+
+``recoverability`` and ``membership`` hold the attacks (pure functions plus a stateful twin),
+``audit`` runs the whole audit and gives a verdict, ``dp`` is the DP ``RealStatistics`` seam
+for the DM engine and ``accounting`` wraps Opacus' accountants. Opacus is imported by ``dp`` and
+``accounting`` only.
+"""
+
+from fedcond.privacy.audit import LEAKS, NO_EVIDENCE, AuditReport, check_compatible, run_audit, verdict_for
+from fedcond.privacy.membership import (
+    AttackResult,
+    MembershipResult,
+    lira_scores,
+    loss_scores,
+    membership_inference,
+    roc_curve,
+    tpr_at_fpr,
+    train_shadow_models,
+)
+from fedcond.privacy.recoverability import (
+    CalibrationError,
+    Recoverability,
+    RecoverabilityResult,
+    calibrate_threshold,
+    nearest_neighbours,
+    recoverability,
+)
+
+__all__ = [
+    "LEAKS",
+    "NO_EVIDENCE",
+    "AttackResult",
+    "AuditReport",
+    "CalibrationError",
+    "MembershipResult",
+    "Recoverability",
+    "RecoverabilityResult",
+    "calibrate_threshold",
+    "check_compatible",
+    "lira_scores",
+    "loss_scores",
+    "membership_inference",
+    "nearest_neighbours",
+    "recoverability",
+    "roc_curve",
+    "run_audit",
+    "tpr_at_fpr",
+    "train_shadow_models",
+    "verdict_for",
+]
+
+_LAZY = {
+    "DPMeanStatistics": "fedcond.privacy.dp",
+    "DPPlan": "fedcond.privacy.dp",
+    "dp_statistics_for": "fedcond.privacy.dp",
+    "PrivacyAccountant": "fedcond.privacy.accounting",
+    "PrivacyBudgetError": "fedcond.privacy.accounting",
+    "calibrate_noise_multiplier": "fedcond.privacy.accounting",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    """DP names import Opacus, so they load on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

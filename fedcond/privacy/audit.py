@@ -1,0 +1,249 @@
+"""The whole privacy audit of a synthetic set: recoverability + membership inference + verdict.
+
+Data roles (see ``docs/privacy.md``):
+
+* **members**: the dataset's train split, the real data the synthetic set was condensed from;
+* **non-members**: the test split (disjoint, same distribution), split once at random into a
+  *calibration* half (sets the nearest-neighbour threshold; also a source of shadow data) and a
+  *reference* half (nearest non-member; the non-member candidates of the attacks).
+
+Attacked models: a network trained on the synthetic set (the target), and, as the reference
+point, the same recipe trained on ``reference_size`` real training images. Offline-LiRA shadow
+models use the same recipe on real data disjoint from every candidate.
+
+The verdict is ``"leaks"`` when a test rejects "no leakage" at the configured significance
+(Bonferroni over the tests run): more nearest-neighbour matches than the calibrated rate allows
+(binomial test), or an attack AUC whose lower confidence bound exceeds 0.5. Otherwise it is
+``"no evidence of leakage at this attack strength"``. It is never "private": an audit can show
+leakage, never its absence.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from scipy import stats
+
+from fedcond.config import AuditConfig
+from fedcond.data.registry import ArrayDataset, DatasetSplits, DatasetSpec
+from fedcond.distill.evaluate import accuracy, augment_for, train_model
+from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
+from fedcond.models import get_model
+from fedcond.privacy.membership import MembershipResult, membership_inference, train_shadow_models
+from fedcond.privacy.recoverability import RecoverabilityResult, recoverability
+
+__all__ = ["LEAKS", "NO_EVIDENCE", "AuditReport", "check_compatible", "run_audit", "verdict_for"]
+
+logger = logging.getLogger(__name__)
+
+LEAKS = "leaks"
+NO_EVIDENCE = "no evidence of leakage at this attack strength"
+
+
+def check_compatible(synthetic: SyntheticSet, spec: DatasetSpec, *, tolerance: float = 1e-4) -> None:
+    """Refuse a synthetic set made for another dataset or normalisation.
+
+    Raises
+    ------
+    SyntheticSetError
+        If the image shape, label range, recorded dataset or normalisation mean/std differ.
+    """
+    synthetic.validate(num_classes=spec.num_classes, image_shape=spec.image_shape)
+    meta = synthetic.meta
+    name = meta.get("dataset")
+    if name is not None and name != spec.name:
+        raise SyntheticSetError(f"the synthetic set was made from {name!r}, the audit dataset is {spec.name!r}")
+    for key, expected in (("mean", spec.mean), ("std", spec.std)):
+        got = meta.get(key)
+        if got is None:
+            continue
+        got_list = [float(v) for v in (got if isinstance(got, (list, tuple)) else [got])]
+        if len(got_list) != len(expected) or any(abs(a - b) > tolerance for a, b in zip(got_list, expected)):
+            raise SyntheticSetError(
+                f"the synthetic set's normalisation {key} {got_list} does not match {spec.name}'s {list(expected)}"
+            )
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """Everything the audit measured, and its verdict."""
+
+    recoverability: RecoverabilityResult
+    target: MembershipResult
+    reference: MembershipResult
+    verdict: str
+    reasons: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, Any]:
+        """Flat JSON-friendly metrics (the ``fedcond audit`` metrics.json keys)."""
+        strongest = self.target.strongest
+        out: dict[str, Any] = {
+            **self.recoverability.metrics(),
+            "mia_auc": strongest.auc,
+            "mia_tpr_at_1pct_fpr": strongest.tpr_at_1pct_fpr,
+            "mia_tpr_at_01pct_fpr": strongest.tpr_at_01pct_fpr,
+            "mia_strongest_attack": strongest.attack,
+            **self.target.metrics("mia_"),
+            "reference_mia_auc": self.reference.strongest.auc,
+            "reference_mia_tpr_at_1pct_fpr": self.reference.strongest.tpr_at_1pct_fpr,
+            **self.reference.metrics("reference_mia_"),
+            "verdict": self.verdict,
+            "verdict_reasons": self.reasons,
+        }
+        out.update(self.details)
+        return out
+
+
+def verdict_for(
+    recovery: RecoverabilityResult, target: MembershipResult, *, significance: float
+) -> tuple[str, list[str]]:
+    """``(verdict, reasons)`` from one-sided tests, Bonferroni-corrected over all tests."""
+    tests = len(recovery.spaces) + len(target.attacks)
+    alpha = significance / tests
+    z = float(stats.norm.ppf(1 - alpha))
+    reasons: list[str] = []
+    n = recovery.num_synthetic
+    for name, space in recovery.spaces.items():
+        k = int(round(space.nn_match_rate * n))
+        p = float(stats.binom.sf(k - 1, n, recovery.quantile)) if k > 0 else 1.0
+        if p < alpha:
+            reasons.append(
+                f"{name} space: {k}/{n} synthetic images are closer to a training image than the "
+                f"{recovery.quantile:g}-quantile of fresh samples (binomial p={p:.2g})"
+            )
+    for name, attack in target.attacks.items():
+        from fedcond.privacy.membership import auc_lower_bound
+
+        lower = auc_lower_bound(attack.auc, members=attack.members, nonmembers=attack.nonmembers, z=z)
+        if lower > 0.5:
+            reasons.append(f"{name} attack: AUC {attack.auc:.3f} (lower bound {lower:.3f} > 0.5)")
+    return (LEAKS if reasons else NO_EVIDENCE), reasons
+
+
+def _trainer(config: AuditConfig, spec: DatasetSpec, device: torch.device | str) -> Callable[..., torch.nn.Module]:
+    augment = augment_for(spec)
+
+    def train(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.nn.Module:
+        model = get_model(config.model, spec, generator=generator)
+        return train_model(
+            model, images, labels, epochs=config.target_epochs, augment=augment, generator=generator, device=device
+        )
+
+    return train
+
+
+def run_audit(
+    synthetic: SyntheticSet,
+    splits: DatasetSplits,
+    config: AuditConfig | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    status: Callable[[str], None] | None = None,
+) -> AuditReport:
+    """Audit ``synthetic`` (condensed from ``splits.train``) against ``splits.test``.
+
+    Parameters
+    ----------
+    synthetic : SyntheticSet
+        The set under audit; must match the dataset's shape and normalisation.
+    splits : DatasetSplits
+        ``train`` = members, ``test`` = held-out non-members.
+    config : AuditConfig | None
+        Attack strength and calibration (defaults when ``None``).
+    status : callable | None
+        Receives a short message before each stage (the CLI shows it).
+
+    Raises
+    ------
+    SyntheticSetError
+        For a set that does not match the dataset.
+    CalibrationError
+        For too few held-out images.
+    """
+    config = config or AuditConfig()
+    if config.shadow_models < 0 or config.target_epochs <= 0 or config.reference_size <= 0:
+        raise ValueError("audit shadow_models must be >= 0, target_epochs and reference_size > 0")
+    if not 0 < config.significance < 1:
+        raise ValueError(f"audit significance must lie in (0, 1), got {config.significance}")
+    spec = splits.spec
+    check_compatible(synthetic, spec)
+    say = status or (lambda message: logger.info(message))
+    train, test = splits.train, splits.test
+    generator = torch.Generator().manual_seed(config.seed)
+
+    say("nearest neighbours (pixel and feature space)")
+    features = None
+    if config.feature_space:
+        net = get_model("convnet", spec, generator=torch.Generator().manual_seed(config.seed + 1))
+        net.eval()
+        features = net.embed
+    recovery = recoverability(
+        synthetic.images,
+        train.images,
+        test.images,
+        quantile=config.calibration_quantile,
+        features=features,
+        generator=generator,
+    )
+    ref_idx = recovery.reference_indices
+    assert ref_idx is not None
+    cal_mask = torch.ones(len(test), dtype=torch.bool)
+    cal_mask[ref_idx] = False
+
+    # candidates: members from the reference model's training subset R, non-members from the reference half
+    real_subset = torch.randperm(len(train), generator=generator)[: min(config.reference_size, len(train))]
+    m = min(config.max_candidates, ref_idx.numel(), real_subset.numel())
+    members = (train.images[real_subset[:m]], train.labels[real_subset[:m]])
+    nonmembers = (test.images[ref_idx[:m]], test.labels[ref_idx[:m]])
+    outside = torch.ones(len(train), dtype=torch.bool)
+    outside[real_subset] = False
+    pool = (
+        torch.cat([train.images[outside], test.images[cal_mask]]),
+        torch.cat([train.labels[outside], test.labels[cal_mask]]),
+    )
+    train_fn = _trainer(config, spec, device)
+
+    say(f"membership inference on a model trained on the synthetic set ({config.shadow_models} shadow models)")
+    target_model = train_fn(synthetic.images, synthetic.labels, generator)
+    shadows = train_shadow_models(
+        pool, count=config.shadow_models, size=len(synthetic), train=train_fn, generator=generator
+    )
+    target = membership_inference(target_model, members, nonmembers, shadow_models=shadows, device=device)
+
+    say(f"reference: the same attacks on a model trained on {real_subset.numel()} real images")
+    reference_model = train_fn(train.images[real_subset], train.labels[real_subset], generator)
+    ref_shadows = train_shadow_models(
+        pool,
+        count=config.shadow_models,
+        size=min(real_subset.numel(), pool[0].shape[0] // 2 or 1),
+        train=train_fn,
+        generator=generator,
+    )
+    reference = membership_inference(reference_model, members, nonmembers, shadow_models=ref_shadows, device=device)
+
+    verdict, reasons = verdict_for(recovery, target, significance=config.significance)
+    holdout = ArrayDataset(nonmembers[0], nonmembers[1], spec)
+    details = {
+        "num_synthetic": len(synthetic),
+        "num_members": int(m),
+        "num_nonmembers": int(m),
+        "num_train": len(train),
+        "num_held_out": len(test),
+        "num_calibration": int(cal_mask.sum()),
+        "shadow_models": config.shadow_models,
+        "target_epochs": config.target_epochs,
+        "reference_size": int(real_subset.numel()),
+        "target_accuracy": accuracy(target_model, holdout, device=device),
+        "reference_accuracy": accuracy(reference_model, holdout, device=device),
+        "significance": config.significance,
+        "held_out_split": "test split: random halves = calibration / non-member reference",
+    }
+    if not math.isfinite(recovery.nn_distance_ratio):
+        logger.warning("nearest-neighbour distance ratio is not finite (a zero held-out distance)")
+    return AuditReport(recovery, target, reference, verdict, reasons, details)

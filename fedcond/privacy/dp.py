@@ -1,0 +1,279 @@
+"""Differentially private distribution matching: the DP ``RealStatistics`` for the DM engine.
+
+The mechanism, per DM iteration:
+
+1. **Poisson sampling.** Every real image is in the iteration's batch independently with
+   probability ``q`` (one rate for all classes).
+2. **Per-sample clipping.** The embedding network is freshly random (data independent) and
+   normalises per instance, so each sample's embedding depends on that sample alone. Each
+   embedding ``e`` (dimension ``D``) is put on a size-independent scale, ``e / sqrt(D)`` (its
+   root-mean-square coordinate, a public rescaling), and clipped to L2 norm ``<= C``.
+3. **Gaussian noise** ``N(0, sigma^2 C^2 I)`` is added to each class's *sum* of clipped
+   embeddings; the noisy sum is divided by the expected batch size ``q * n_c`` and scaled back
+   by ``sqrt(D)``.
+
+Adding or removing one image changes exactly one class's sum by at most ``C`` in L2, so the
+concatenation of all classes' sums has sensitivity ``C``: one iteration is one
+Poisson-subsampled Gaussian mechanism with noise multiplier ``sigma`` and rate ``q``, and the run
+is its ``iterations``-fold composition. ``sigma`` is calibrated with Opacus
+(:func:`fedcond.privacy.accounting.calibrate_noise_multiplier`) so the whole run spends at most
+the requested ``(epsilon, delta)``. Class counts ``n_c`` are treated as public (see
+``docs/privacy.md``). Everything after the noisy sums (the synthetic-image updates) is
+post-processing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedcond.config import DistillConfig, DPConfig, parse_config
+from fedcond.distill.dm import CondensationResult
+from fedcond.distill.statistics import RealBatch
+from fedcond.privacy.accounting import (
+    ACCOUNTANTS,
+    PrivacyAccountant,
+    PrivacyBudgetError,
+    calibrate_noise_multiplier,
+    check_budget,
+)
+
+__all__ = [
+    "DPMeanStatistics",
+    "DPPlan",
+    "clip_embeddings",
+    "dp_statistics_for",
+    "noisy_class_sums",
+    "plan_dp",
+    "poisson_sample",
+    "sample_rate_for",
+]
+
+logger = logging.getLogger(__name__)
+
+Reporter = Callable[[CondensationResult], tuple[float, float]]
+
+
+# ----------------------------------------------------------------------------- pure functions
+def clip_embeddings(embeddings: torch.Tensor, *, max_norm: float) -> torch.Tensor:
+    """Scale each row of ``embeddings`` down to L2 norm ``<= max_norm`` (float32 copy)."""
+    if max_norm <= 0:
+        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    emb = embeddings.float()
+    norms = emb.norm(dim=1, keepdim=True)
+    factor = (max_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
+    return emb * factor
+
+
+def poisson_sample(
+    class_pools: list[torch.Tensor], *, sample_rate: float, generator: torch.Generator
+) -> RealBatch:
+    """Keep every index of every class pool independently with probability ``sample_rate``.
+
+    The generator consumes one uniform draw per real image, a data-independent amount given
+    the (public) class counts. Returns the indices grouped and sorted by class.
+    """
+    indices: list[torch.Tensor] = []
+    groups: list[torch.Tensor] = []
+    for c, pool in enumerate(class_pools):
+        if pool.numel() == 0:
+            continue
+        keep = torch.rand(pool.numel(), generator=generator) < sample_rate
+        chosen = pool[keep]
+        indices.append(chosen)
+        groups.append(torch.full((chosen.numel(),), c, dtype=torch.long))
+    if not indices:
+        return RealBatch(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    return RealBatch(torch.cat(indices), torch.cat(groups))
+
+
+def noisy_class_sums(
+    embeddings: torch.Tensor,
+    groups: torch.Tensor,
+    *,
+    num_classes: int,
+    clip_norm: float,
+    noise_multiplier: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Per-class sums of clipped embeddings plus ``N(0, (noise_multiplier * clip_norm)^2)`` noise.
+
+    Returns a float32 ``num_classes x D`` tensor on the embeddings' device. The noise is drawn
+    on CPU from ``generator`` (so runs are reproducible across devices).
+    """
+    clipped = clip_embeddings(embeddings, max_norm=clip_norm)
+    sums = torch.zeros(num_classes, clipped.shape[1], device=clipped.device).index_add_(
+        0, groups.to(clipped.device), clipped
+    )
+    noise = torch.randn(sums.shape, generator=generator) * (noise_multiplier * clip_norm)
+    return sums + noise.to(sums.device)
+
+
+def sample_rate_for(*, batch_real: int, class_counts: torch.Tensor) -> float:
+    """Default Poisson rate: ``batch_real / smallest non-empty class``, capped at 1.
+
+    Every class then gets at least ``batch_real`` real images per iteration in expectation.
+    """
+    counts = [int(n) for n in class_counts.tolist() if int(n) > 0]
+    if not counts:
+        raise ValueError("no class holds any real image: nothing to condense under DP")
+    return min(1.0, batch_real / min(counts))
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class DPPlan:
+    """A calibrated DP-DM run: the mechanism's parameters and the budget they meet."""
+
+    epsilon: float
+    delta: float
+    sample_rate: float
+    noise_multiplier: float
+    clip_norm: float
+    steps: int
+    accountant: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def plan_dp(config: DPConfig, *, iterations: int, batch_real: int, class_counts: torch.Tensor) -> DPPlan:
+    """Validate ``config`` and calibrate sigma for ``iterations`` steps.
+
+    Raises
+    ------
+    PrivacyBudgetError
+        For epsilon <= 0, delta outside (0, 1), a non-positive clip norm, a sample rate outside
+        [0, 1] or an unknown accountant.
+    """
+    check_budget(epsilon=config.epsilon, delta=config.delta)
+    if not config.clip_norm > 0:
+        raise PrivacyBudgetError(f"DP clip norm must be positive, got {config.clip_norm}")
+    if not 0 <= config.sample_rate <= 1:
+        raise PrivacyBudgetError(f"DP sample rate must lie in [0, 1] (0: derive), got {config.sample_rate}")
+    if config.accountant not in ACCOUNTANTS:
+        raise PrivacyBudgetError(
+            f"unknown DP accountant {config.accountant!r}; choose one of {', '.join(ACCOUNTANTS)}"
+        )
+    q = config.sample_rate or sample_rate_for(batch_real=batch_real, class_counts=class_counts)
+    sigma = calibrate_noise_multiplier(
+        epsilon=config.epsilon, delta=config.delta, sample_rate=q, steps=iterations, accountant=config.accountant
+    )
+    return DPPlan(config.epsilon, config.delta, q, sigma, config.clip_norm, iterations, config.accountant)
+
+
+# ----------------------------------------------------------------------------- stateful seam
+class DPMeanStatistics:
+    """DP implementation of ``fedcond.distill.statistics.RealStatistics``.
+
+    Parameters
+    ----------
+    plan : DPPlan
+        Sampling rate, noise multiplier, clip norm and the number of steps it was calibrated for.
+    class_counts : torch.Tensor
+        Real images per class (public; the normaliser is ``q * n_c``).
+    accountant : PrivacyAccountant | None
+        Receives one step per call of :meth:`class_means`; a new one when ``None``.
+
+    Raises
+    ------
+    PrivacyBudgetError
+        From :meth:`class_means` when called more often than ``plan.steps``: the budget was
+        calibrated for that many iterations and would otherwise be exceeded.
+    """
+
+    def __init__(
+        self, plan: DPPlan, *, class_counts: torch.Tensor, accountant: PrivacyAccountant | None = None
+    ) -> None:
+        self.plan = plan
+        self.expected_counts = class_counts.float() * plan.sample_rate
+        self.accountant = accountant or PrivacyAccountant(plan.accountant)
+
+    @property
+    def steps(self) -> int:
+        return self.accountant.steps
+
+    def sample_batch(self, class_pools: list[torch.Tensor], *, generator: torch.Generator) -> RealBatch:
+        return poisson_sample(class_pools, sample_rate=self.plan.sample_rate, generator=generator)
+
+    def class_means(
+        self, embeddings: torch.Tensor, groups: torch.Tensor, *, num_classes: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        if self.steps >= self.plan.steps:
+            raise PrivacyBudgetError(
+                f"the DP budget (epsilon={self.plan.epsilon}, delta={self.plan.delta}) was calibrated for "
+                f"{self.plan.steps} iterations and all are spent; a new condensation needs a new budget"
+            )
+        dim = embeddings.shape[1]
+        scale = math.sqrt(dim)
+        sums = noisy_class_sums(
+            embeddings.float() / scale,
+            groups,
+            num_classes=num_classes,
+            clip_norm=self.plan.clip_norm,
+            noise_multiplier=self.plan.noise_multiplier,
+            generator=generator,
+        )
+        self.accountant.step(noise_multiplier=self.plan.noise_multiplier, sample_rate=self.plan.sample_rate)
+        expected = self.expected_counts.to(sums.device)
+        if expected.numel() < num_classes:
+            expected = torch.cat([expected, torch.zeros(num_classes - expected.numel(), device=sums.device)])
+        return sums / expected[:num_classes].clamp_min(1e-12).unsqueeze(1) * scale
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far by this object's iterations at the plan's delta."""
+        return self.accountant.epsilon(delta=self.plan.delta)
+
+
+def dp_statistics_for(
+    *, dp: DPConfig | Mapping[str, Any], distill: DistillConfig, class_counts: torch.Tensor
+) -> tuple[DPMeanStatistics, Reporter]:
+    """The DP real-statistics object for one condensation run and its epsilon reporter.
+
+    Parameters
+    ----------
+    dp : DPConfig | Mapping
+        Target budget, clip norm, sample rate (0: ``batch_real / smallest class``) and accountant.
+    distill : DistillConfig
+        The run's settings: ``iterations`` steps are accounted for, ``batch_real`` sets the rate.
+        DP requires ``init="noise"`` (real init would publish real images); callers switch it.
+    class_counts : torch.Tensor
+        Real images per class on this client.
+
+    Returns
+    -------
+    (statistics, reporter)
+        Pass ``statistics`` as ``real_statistics`` to ``DistributionMatching``; after
+        ``condense``, ``reporter(result)`` returns the spent ``(epsilon, delta)``, which never
+        exceeds the request.
+
+    Raises
+    ------
+    PrivacyBudgetError
+        For an invalid budget or settings (see :func:`plan_dp`).
+    """
+    config = dp if isinstance(dp, DPConfig) else parse_config(DPConfig, dp)
+    plan = plan_dp(config, iterations=distill.iterations, batch_real=distill.batch_real, class_counts=class_counts)
+    statistics = DPMeanStatistics(plan, class_counts=class_counts)
+    logger.info(
+        "DP-DM: epsilon=%g delta=%g q=%.4f sigma=%.3f C=%g over %d iterations (%s)",
+        plan.epsilon, plan.delta, plan.sample_rate, plan.noise_multiplier, plan.clip_norm, plan.steps, plan.accountant,
+    )
+
+    def reporter(result: CondensationResult) -> tuple[float, float]:
+        # Iterations run before a resume were not seen by this object: count the whole plan.
+        accountant = PrivacyAccountant(plan.accountant)
+        accountant.load_state_dict(statistics.accountant.state_dict())
+        missing = plan.steps - accountant.steps
+        accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=missing)
+        epsilon = accountant.epsilon(delta=plan.delta)
+        if epsilon > plan.epsilon + 1e-9:
+            raise PrivacyBudgetError(f"spent epsilon {epsilon:.4f} exceeds the requested {plan.epsilon}")
+        return epsilon, plan.delta
+
+    return statistics, reporter

@@ -1,0 +1,76 @@
+"""Audit figures: nearest-neighbour pairs and ROC curves on log-log axes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedcond.data.registry import DatasetSpec
+from fedcond.plots import save_line_plot
+from fedcond.privacy.membership import MembershipResult
+from fedcond.privacy.recoverability import SpaceResult
+
+__all__ = ["save_nearest_neighbours", "save_roc"]
+
+
+def save_nearest_neighbours(
+    space: SpaceResult,
+    synthetic: torch.Tensor,
+    train: torch.Tensor,
+    held_out_reference: torch.Tensor,
+    spec: DatasetSpec,
+    path: str | Path,
+    *,
+    pairs: int = 8,
+) -> Path:
+    """The ``pairs`` synthetic images closest to a training image, one row each:
+    synthetic | nearest train | nearest held-out, with the distances in the titles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = torch.argsort(space.to_train.distances)[:pairs]
+    rows = max(1, order.numel())
+    fig, axes = plt.subplots(rows, 3, figsize=(4.2, 1.4 * rows), squeeze=False)
+    for r, i in enumerate(order.tolist()):
+        triple = (
+            (synthetic[i], "synthetic"),
+            (train[int(space.to_train.indices[i])], f"train d={float(space.to_train.distances[i]):.2f}"),
+            (
+                held_out_reference[int(space.to_held_out.indices[i])],
+                f"held-out d={float(space.to_held_out.distances[i]):.2f}",
+            ),
+        )
+        for c, (img, title) in enumerate(triple):
+            pixels = spec.denormalise(img[None].float().cpu())[0].clamp(0, 1).permute(1, 2, 0).numpy()
+            ax = axes[r][c]
+            ax.imshow(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=1)
+            ax.set_title(title, fontsize=6)
+            ax.axis("off")
+    fig.suptitle(f"closest pairs ({space.space} space, threshold {space.threshold:.2f})", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save_roc(results: dict[str, MembershipResult], path: str | Path) -> Path:
+    """ROC curves ``{target name: result}`` of every attack, log-log axes (FPR > 0 only)."""
+    series = {}
+    for target, result in results.items():
+        for name, attack in result.attacks.items():
+            fpr, tpr = attack.curve.fpr, attack.curve.tpr
+            keep = (fpr > 0) & (tpr > 0)
+            if keep.any():
+                series[f"{target} {name} (AUC {attack.auc:.3f})"] = (
+                    np.asarray(fpr[keep]).tolist(),
+                    np.asarray(tpr[keep]).tolist(),
+                )
+    return save_line_plot(
+        series, path, xlabel="false positive rate", ylabel="true positive rate", log_axes=True, diagonal=True,
+        title="membership inference ROC",
+    )

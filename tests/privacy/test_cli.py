@@ -1,0 +1,92 @@
+"""``fedcond audit`` and ``fedcond distill --dp-epsilon`` end to end on digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedcond.cli.main import main
+from fedcond.distill.synthetic import SyntheticSet
+
+FAST_AUDIT = ["--target-epochs", "5", "--shadow-models", "1", "--reference-size", "200", "--set", "model=mlp"]
+
+
+@pytest.fixture(scope="module")
+def copied_set(tmp_path_factory) -> Path:
+    """Real init with zero iterations: the synthetic set *is* 20 training images."""
+    out = tmp_path_factory.mktemp("distill")
+    assert main(["distill", "--ipc", "2", "--iterations", "0", "--eval-runs", "0", "--out", str(out), "--device", "cpu"]) == 0
+    return out / "synthetic.npz"
+
+
+def test_audit_of_copied_training_images_reports_leakage(copied_set: Path, tmp_path: Path) -> None:
+    out = tmp_path / "audit"
+    assert main(["audit", "--synthetic", str(copied_set), "--out", str(out), "--device", "cpu", *FAST_AUDIT]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("nn_match_rate", "nn_distance_ratio", "mia_auc", "mia_tpr_at_1pct_fpr", "verdict"):
+        assert key in metrics
+    assert metrics["nn_match_rate"] == 1.0
+    assert metrics["nn_distance_ratio"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["verdict"] == "leaks"
+    assert 0.0 <= metrics["mia_auc"] <= 1.0
+    assert (out / "nearest_neighbours.png").stat().st_size > 0
+    assert (out / "roc.png").stat().st_size > 0
+
+
+def test_audit_of_pure_noise_finds_no_memorisation(copied_set: Path, tmp_path: Path) -> None:
+    real = SyntheticSet.load(copied_set)
+    noise = SyntheticSet(torch.randn_like(real.images), real.labels, dict(real.meta))
+    path = noise.save(tmp_path / "noise.npz")
+    out = tmp_path / "audit"
+    assert main(["audit", "--synthetic", str(path), "--out", str(out), "--device", "cpu", *FAST_AUDIT]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["nn_match_rate"] == 0.0
+    assert metrics["verdict"] in ("leaks", "no evidence of leakage at this attack strength")
+    assert metrics["verdict"] != "private"
+
+
+def test_audit_refuses_a_set_with_another_normalisation(copied_set: Path, tmp_path: Path, capsys) -> None:
+    real = SyntheticSet.load(copied_set)
+    wrong = SyntheticSet(real.images, real.labels, {**real.meta, "mean": [0.5], "std": [0.5]})
+    path = wrong.save(tmp_path / "wrong.npz")
+    assert main(["audit", "--synthetic", str(path), "--out", str(tmp_path / "a"), *FAST_AUDIT]) == 2
+    assert "normalisation mean" in capsys.readouterr().err
+
+
+def test_audit_refuses_a_set_of_another_shape(tmp_path: Path, capsys) -> None:
+    bad = SyntheticSet(torch.zeros(10, 1, 28, 28), torch.arange(10), {"num_classes": 10})
+    path = bad.save(tmp_path / "mnist_like.npz")
+    assert main(["audit", "--synthetic", str(path), "--out", str(tmp_path / "a"), *FAST_AUDIT]) == 2
+    assert "(1, 8, 8)" in capsys.readouterr().err
+
+
+def test_audit_needs_enough_held_out_images(copied_set: Path, tmp_path: Path, capsys) -> None:
+    # quantile 0.001 needs 1000 calibration images; digits' test split has 360
+    argv = ["audit", "--synthetic", str(copied_set), "--out", str(tmp_path / "a"), "--quantile", "0.001", *FAST_AUDIT]
+    assert main(argv) == 2
+    assert "at least 1000" in capsys.readouterr().err
+
+
+def test_dp_distill_reports_epsilon_within_the_request(tmp_path: Path) -> None:
+    out = tmp_path / "dp"
+    argv = [
+        "distill", "--ipc", "1", "--iterations", "3", "--batch-real", "32", "--eval-runs", "0", "--no-dsa",
+        "--dp-epsilon", "2", "--dp-delta", "1e-5", "--out", str(out), "--device", "cpu",
+    ]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < metrics["epsilon"] <= 2.0
+    assert metrics["delta"] == 1e-5
+    assert metrics["init"] == "noise"  # DP forces noise init
+    meta = SyntheticSet.load(out / "synthetic.npz").meta
+    assert meta["epsilon"] == metrics["epsilon"]
+
+
+@pytest.mark.parametrize(("flags", "match"), [(["--dp-epsilon", "0"], "epsilon"), (["--dp-epsilon", "1", "--dp-delta", "1"], "delta")])
+def test_dp_distill_rejects_a_bad_budget(tmp_path: Path, capsys, flags: list[str], match: str) -> None:
+    argv = ["distill", "--ipc", "1", "--iterations", "2", "--eval-runs", "0", "--out", str(tmp_path / "x"), *flags]
+    assert main(argv) == 2
+    assert match in capsys.readouterr().err

@@ -1,0 +1,120 @@
+"""DP distribution matching: clipping, Poisson sampling, noise scale, budget bookkeeping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedcond.config import DistillConfig, DPConfig
+from fedcond.data.registry import load_dataset
+from fedcond.distill.dm import DistributionMatching
+from fedcond.privacy.accounting import PrivacyBudgetError, epsilon_for
+from fedcond.privacy.dp import (
+    DPMeanStatistics,
+    clip_embeddings,
+    dp_statistics_for,
+    noisy_class_sums,
+    plan_dp,
+    poisson_sample,
+    sample_rate_for,
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    scale=st.floats(1e-3, 1e3),
+    max_norm=st.floats(1e-2, 10.0),
+)
+def test_clipping_bound_holds_per_sample(seed: int, scale: float, max_norm: float) -> None:
+    emb = torch.randn(64, 32, generator=torch.Generator().manual_seed(seed)) * scale
+    clipped = clip_embeddings(emb, max_norm=max_norm)
+    norms = clipped.norm(dim=1)
+    assert bool((norms <= max_norm * (1 + 1e-5)).all())
+    small = emb.norm(dim=1) <= max_norm
+    assert torch.allclose(clipped[small], emb[small])  # rows inside the ball are untouched
+    # direction is preserved
+    cos = torch.nn.functional.cosine_similarity(clipped, emb, dim=1)
+    assert bool((cos > 0.9999).all())
+
+
+def test_noiseless_sums_are_sums_of_clipped_rows() -> None:
+    emb = torch.tensor([[3.0, 4.0], [0.3, 0.4], [6.0, 8.0]])
+    groups = torch.tensor([0, 0, 1])
+    sums = noisy_class_sums(
+        emb, groups, num_classes=3, clip_norm=1.0, noise_multiplier=0.0, generator=torch.Generator()
+    )
+    assert torch.allclose(sums, torch.tensor([[0.6 + 0.3, 0.8 + 0.4], [0.6, 0.8], [0.0, 0.0]]))
+
+
+def test_noise_has_the_calibrated_scale() -> None:
+    emb = torch.zeros(1, 20_000)
+    sums = noisy_class_sums(
+        emb, torch.tensor([0]), num_classes=1, clip_norm=0.5, noise_multiplier=3.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert float(sums.std()) == pytest.approx(1.5, rel=0.03)
+
+
+def test_poisson_sampling_rate_and_grouping() -> None:
+    pools = [torch.arange(0, 4000), torch.arange(4000, 6000), torch.zeros(0, dtype=torch.long)]
+    batch = poisson_sample(pools, sample_rate=0.25, generator=torch.Generator().manual_seed(1))
+    counts = torch.bincount(batch.groups, minlength=3)
+    assert counts[0] == pytest.approx(1000, abs=100)
+    assert counts[1] == pytest.approx(500, abs=75)
+    assert counts[2] == 0
+    assert bool((batch.groups[:-1] <= batch.groups[1:]).all())
+    assert bool(((batch.indices < 4000) == (batch.groups == 0)).all())
+
+
+def test_default_sample_rate_is_batch_over_smallest_class() -> None:
+    assert sample_rate_for(batch_real=50, class_counts=torch.tensor([200, 100, 0])) == 0.5
+    assert sample_rate_for(batch_real=500, class_counts=torch.tensor([200, 100])) == 1.0
+
+
+def test_statistics_refuse_to_exceed_the_budget() -> None:
+    plan = plan_dp(DPConfig(epsilon=2.0), iterations=3, batch_real=10, class_counts=torch.tensor([50, 50]))
+    stats = DPMeanStatistics(plan, class_counts=torch.tensor([50, 50]))
+    emb, groups = torch.randn(8, 16), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    for _ in range(3):
+        out = stats.class_means(emb, groups, num_classes=2, generator=torch.Generator())
+        assert out.shape == (2, 16)
+    assert stats.epsilon() <= 2.0
+    with pytest.raises(PrivacyBudgetError, match="3 iterations"):
+        stats.class_means(emb, groups, num_classes=2, generator=torch.Generator())
+
+
+@pytest.mark.parametrize(
+    ("dp", "match"),
+    [
+        ({"epsilon": 0}, "epsilon"),
+        ({"epsilon": -2}, "epsilon"),
+        ({"epsilon": 1, "delta": 0}, "delta"),
+        ({"epsilon": 1, "delta": 1.5}, "delta"),
+        ({"epsilon": 1, "clip_norm": 0}, "clip"),
+        ({"epsilon": 1, "accountant": "moments"}, "accountant"),
+    ],
+)
+def test_bad_dp_settings_are_clear_errors(dp: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        dp_statistics_for(dp=dp, distill=DistillConfig(iterations=5), class_counts=torch.tensor([10, 10]))
+
+
+def test_dp_dm_end_to_end_reports_spent_epsilon() -> None:
+    splits = load_dataset("digits")
+    config = DistillConfig(ipc=1, iterations=4, init="noise", batch_real=32, dsa=False, mixed_precision=False)
+    stats, reporter = dp_statistics_for(
+        dp={"epsilon": 1.0, "delta": 1e-5}, distill=config, class_counts=splits.train.class_counts()
+    )
+    result = DistributionMatching(config, real_statistics=stats).condense(splits.train)
+    epsilon, delta = reporter(result)
+    assert delta == 1e-5
+    assert 0.5 < epsilon <= 1.0
+    plan = stats.plan
+    assert epsilon == pytest.approx(
+        epsilon_for(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=4, delta=1e-5)
+    )
+    assert stats.steps == 4
+    assert len(result.synthetic) == 10
+    assert bool(torch.isfinite(result.synthetic.images).all())

@@ -1,0 +1,74 @@
+"""Membership inference: chance on a model that never saw the members, success on an overfit one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedcond.data.registry import load_dataset
+from fedcond.distill.evaluate import train_model
+from fedcond.models import get_model
+from fedcond.privacy.membership import (
+    attack_result,
+    lira_scores,
+    logit_confidence,
+    membership_inference,
+    roc_curve,
+    tpr_at_fpr,
+    train_shadow_models,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _train(images, labels, generator, epochs=60):
+    model = get_model("mlp", load_dataset("digits").spec, generator=generator)
+    return train_model(model, images, labels, epochs=epochs, lr=0.05, weight_decay=0.0, batch_size=64, generator=generator)
+
+
+def test_roc_helpers_on_known_scores() -> None:
+    perfect = roc_curve(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0]))
+    assert perfect.auc == 1.0
+    assert tpr_at_fpr(perfect, fpr=0.0) == 1.0
+    tied = attack_result("x", torch.zeros(50), torch.zeros(50))
+    assert tied.auc == 0.5
+    assert tied.tpr_at_1pct_fpr == 0.0
+
+
+def test_logit_confidence_is_log_odds_of_the_true_class() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    p = torch.softmax(logits, 1)[0, 0]
+    assert float(logit_confidence(logits, torch.tensor([0]))) == pytest.approx(float(torch.log(p / (1 - p))), rel=1e-5)
+    z = lira_scores(torch.tensor([1.0, 5.0]), torch.tensor([[0.0, 5.0], [2.0, 5.0]]))
+    assert float(z[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_attack_on_a_model_that_never_saw_the_members_is_chance(digits) -> None:
+    g = torch.Generator().manual_seed(0)
+    train = digits.train
+    target = _train(train.images[:600], train.labels[:600], g)
+    unseen_members = (train.images[600:900], train.labels[600:900])  # "members" it never saw
+    nonmembers = (digits.test.images[:300], digits.test.labels[:300])
+    shadows = train_shadow_models(
+        (train.images[900:], train.labels[900:]), count=2, size=300, train=_train, generator=g
+    )
+    result = membership_inference(target, unseen_members, nonmembers, shadow_models=shadows)
+    for attack in result.attacks.values():
+        assert attack.auc == pytest.approx(0.5, abs=0.08), attack.attack
+        assert attack.auc_lower < 0.5
+
+
+def test_attack_detects_members_of_an_overfit_model(digits) -> None:
+    g = torch.Generator().manual_seed(1)
+    train = digits.train
+    # tiny training set, no weight decay: memorised, the attack must be able to succeed
+    target = _train(train.images[:100], train.labels[:100], g, epochs=150)
+    members = (train.images[:100], train.labels[:100])
+    nonmembers = (digits.test.images[:100], digits.test.labels[:100])
+    shadows = train_shadow_models((train.images[500:], train.labels[500:]), count=2, size=100, train=_train, generator=g)
+    result = membership_inference(target, members, nonmembers, shadow_models=shadows)
+    assert result.attacks["loss"].auc > 0.6
+    assert result.strongest.auc_lower > 0.5

@@ -1,0 +1,83 @@
+"""Nearest-neighbour memorisation audit on digits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedcond.data.registry import load_dataset
+from fedcond.privacy.recoverability import (
+    CalibrationError,
+    Recoverability,
+    calibrate_threshold,
+    nearest_neighbours,
+    recoverability,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_nearest_neighbours_matches_brute_force() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, r = torch.randn(37, 5, generator=g), torch.randn(101, 5, generator=g)
+    nn = nearest_neighbours(q, r, batch_size=8)
+    d = torch.cdist(q, r)
+    assert torch.equal(nn.indices, d.argmin(1))
+    assert torch.allclose(nn.distances, d.min(1).values, atol=1e-4)
+
+
+def test_exact_training_images_are_all_matched(digits) -> None:
+    copies = digits.train.images[:50]
+    result = recoverability(copies, digits.train.images, digits.test.images, features=None)
+    assert result.nn_match_rate == pytest.approx(1.0)
+    assert result.pixel.nn_distance_ratio == pytest.approx(0.0, abs=1e-3)
+    assert torch.equal(result.pixel.to_train.indices, torch.arange(50))
+
+
+def test_pure_noise_is_not_matched(digits) -> None:
+    noise = torch.randn(50, *digits.spec.image_shape, generator=torch.Generator().manual_seed(3))
+    result = recoverability(noise, digits.train.images, digits.test.images)
+    assert result.nn_match_rate == pytest.approx(0.0, abs=0.02)
+
+
+def test_fresh_held_out_images_match_at_about_the_calibrated_rate(digits) -> None:
+    # images from neither split: a different half of the test split must be matched rarely
+    g = torch.Generator().manual_seed(0)
+    fresh = digits.test.images[:180]
+    result = recoverability(fresh, digits.train.images, digits.test.images[180:], quantile=0.05, generator=g)
+    assert result.pixel.nn_match_rate < 0.15
+    assert result.pixel.calibration_match_rate <= 0.06
+
+
+def test_feature_space_is_audited_when_features_are_given(digits) -> None:
+    features = lambda x: x.flatten(1)[:, :16]  # noqa: E731
+    result = recoverability(digits.train.images[:10], digits.train.images, digits.test.images, features=features)
+    assert set(result.spaces) == {"pixel", "feature"}
+    assert result.spaces["feature"].nn_match_rate == pytest.approx(1.0)
+
+
+def test_too_few_held_out_images_is_a_clear_error(digits) -> None:
+    with pytest.raises(CalibrationError, match="at least 100"):
+        recoverability(digits.train.images[:5], digits.train.images, digits.test.images[:150], quantile=0.01)
+    with pytest.raises(CalibrationError, match="held-out"):
+        calibrate_threshold(torch.rand(10), quantile=0.01)
+
+
+def test_shape_mismatch_is_a_clear_error(digits) -> None:
+    with pytest.raises(ValueError, match="shapes differ"):
+        recoverability(torch.zeros(3, 1, 28, 28), digits.train.images, digits.test.images)
+
+
+def test_stateful_twin_equals_the_function(digits) -> None:
+    metric = Recoverability(digits.train.images, digits.test.images, seed=4)
+    metric.update(digits.train.images[:7])
+    metric.update(torch.randn(13, *digits.spec.image_shape))
+    stateful = metric.compute()
+    functional = recoverability(
+        torch.cat(metric._batches), digits.train.images, digits.test.images, generator=torch.Generator().manual_seed(4)
+    )
+    assert stateful.metrics() == functional.metrics()
+    assert stateful.nn_match_rate == pytest.approx(7 / 20)
