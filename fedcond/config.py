@@ -240,13 +240,22 @@ class ContinualConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """Recoverability and membership-inference audit settings."""
+    """Recoverability and membership-inference audit settings.
+
+    ``reference_size`` real training images train the real-data reference model;
+    ``max_candidates`` caps the members and non-members each attack scores; ``significance``
+    is the one-sided test level behind the verdict; ``model`` is the attacked architecture.
+    """
 
     shadow_models: int = 4
     target_epochs: int = 100
     feature_space: bool = True
     calibration_quantile: float = 0.01
     seed: int = 0
+    reference_size: int = 1000
+    max_candidates: int = 1000
+    significance: float = 0.01
+    model: str = "convnet"
 
 
 T = TypeVar("T")
