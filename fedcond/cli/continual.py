@@ -1,0 +1,151 @@
+"""``fedcond continual``: one class-incremental run with a chosen replay kind."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from fedcond.cli.common import (
+    CommandError,
+    add_common_arguments,
+    console,
+    overrides_from,
+    prepare_run_folder,
+    print_table,
+    write_metrics,
+)
+from fedcond.config import ContinualConfig, flatten_config, load_toml, parse_config
+
+__all__ = ["register"]
+
+_BENCHMARKS = ("split-digits", "split-mnist", "split-fashion-mnist")
+_REPLAYS = ("none", "random", "herding", "distilled", "joint")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "continual",
+        help="class-incremental learning with none/random/herding/distilled replay (Avalanche)",
+        description=(
+            "Class-incremental split benchmark (5 experiences x 2 classes, seeded class order). "
+            "Every replay kind holds the same number of images; --gdumb trains a fresh network on "
+            "the memory alone after each experience (the DM paper's protocol)."
+        ),
+    )
+    parser.add_argument("--config", type=Path, default=None, help="TOML file with [continual] settings")
+    parser.add_argument("--benchmark", choices=_BENCHMARKS, default=None, help="default split-digits (bundled)")
+    parser.add_argument("--replay", choices=_REPLAYS, default=None, help="default distilled")
+    parser.add_argument("--memory-per-class", type=int, default=None, help="replay images per class (default 10)")
+    parser.add_argument(
+        "--max-memory", type=int, default=None, help="fixed total budget shared by the classes seen so far"
+    )
+    parser.add_argument("--gdumb", action="store_true", help="train from scratch on the memory after each experience")
+    parser.add_argument("--gdumb-epochs", type=int, default=None, help="epochs of each GDumb training (default 100)")
+    parser.add_argument("--epochs", type=int, default=None, help="Naive epochs per experience (default 5)")
+    parser.add_argument("--batch-size", type=int, default=None, help="minibatch (and memory minibatch) size")
+    parser.add_argument("--lr", type=float, default=None, help="SGD learning rate (default 0.01)")
+    parser.add_argument("--iterations", type=int, default=None, help="DM iterations per experience (default 200)")
+    parser.add_argument("--batch-real", type=int, default=None, help="DM real images per class and iteration")
+    parser.add_argument("--train-per-class", type=int, default=None, help="subsample the training split (seeded)")
+    parser.add_argument("--test-per-class", type=int, default=None, help="subsample the test split (seeded)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="torchvision-layout root (MNIST, Fashion-MNIST)")
+    parser.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any continual key")
+    add_common_arguments(parser, default_out="runs/continual")
+    parser.set_defaults(run=run_continual_command)
+
+
+def config_from(args: argparse.Namespace) -> ContinualConfig:
+    """The typed config: TOML file, then flags, then ``--set`` overrides."""
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        table = load_toml(args.config)
+        scoped = {k.removeprefix("continual."): v for k, v in table.items() if k.startswith("continual.")}
+        values.update(scoped or table)
+    flags = {
+        "benchmark": args.benchmark,
+        "replay": args.replay,
+        "memory_per_class": args.memory_per_class,
+        "max_memory": args.max_memory,
+        "gdumb_epochs": args.gdumb_epochs,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "distill.iterations": args.iterations,
+        "distill.batch_real": args.batch_real,
+        "train_per_class": args.train_per_class,
+        "test_per_class": args.test_per_class,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.gdumb:
+        values["gdumb"] = True
+    values["seed"] = args.seed
+    values.update(overrides_from(args.set))
+    config = parse_config(ContinualConfig, values)
+    if config.memory_per_class <= 0:
+        raise CommandError(f"--memory-per-class must be positive, got {config.memory_per_class}")
+    if config.distill.iterations < 0:
+        raise CommandError(f"--iterations must be >= 0, got {config.distill.iterations}")
+    return config
+
+
+def run_continual_command(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedcond.continual.figures import save_accuracy_matrix
+    from fedcond.continual.runner import run_continual, validate_continual_config
+
+    out = prepare_run_folder(args.out)
+    config = config_from(args)
+    validate_continual_config(config)
+    protocol = "gdumb" if config.gdumb else ("joint" if config.replay == "joint" else "naive")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"{config.benchmark} {config.replay} ({protocol})", total=config.num_experiences)
+
+        def on_experience(i: int, total: int, row: list[float], memory: int) -> None:
+            bar.update(task, completed=i + 1)
+            console.log(f"experience {i + 1}/{total}: mean acc {100 * sum(row) / len(row):.1f}%, memory {memory} images")
+
+        result = run_continual(
+            config,
+            data_dir=args.data_dir,
+            download=args.download,
+            device=args.device,
+            cache_dir=out / ".state" / "dm-cache",
+            on_experience=on_experience,
+        )
+    metrics = {**result.to_metrics(), "protocol": protocol, "config": flatten_config(config)}
+    write_metrics(out, metrics)
+    save_accuracy_matrix(
+        result.accuracy_matrix,
+        out / "accuracy_matrix.png",
+        experience_classes=result.experience_classes,
+        title=f"{config.benchmark} {config.replay} ({protocol}), {result.memory_images} images",
+    )
+    forgetting = result.forgetting
+    print_table(
+        "fedcond continual",
+        [
+            {
+                "benchmark": result.benchmark,
+                "replay": result.replay,
+                "protocol": protocol,
+                "memory images": result.memory_images,
+                "final avg acc": f"{100 * result.final_average_accuracy:.2f}%",
+                "forgetting": "n/a" if forgetting is None else f"{100 * forgetting:.2f}",
+                "wall s": round(result.wall_seconds, 1),
+                "DM s": round(result.condense_seconds, 1),
+            }
+        ],
+    )
+    print_table(
+        "accuracy matrix (%): row = after experience i, column = test classes of experience j",
+        [
+            {"after": i, **{str(tuple(c)): f"{100 * a:.1f}" for c, a in zip(result.experience_classes, row, strict=True)}}
+            for i, row in enumerate(result.accuracy_matrix)
+        ],
+    )
+    console.print(f"wrote {out}/metrics.json, accuracy_matrix.png")
+    return 0

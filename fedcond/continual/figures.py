@@ -1,0 +1,46 @@
+"""The accuracy-matrix heat map written next to ``metrics.json``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["save_accuracy_matrix"]
+
+
+def save_accuracy_matrix(
+    matrix: Sequence[Sequence[float]],
+    path: str | Path,
+    *,
+    experience_classes: Sequence[Sequence[int]] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Heat map of ``A[i][j]`` (rows: after experience i; columns: test classes of experience j)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = np.asarray(matrix, dtype=float) * 100
+    rows, cols = values.shape
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * cols, 1.0 + 0.7 * rows))
+    image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis")
+    for i in range(rows):
+        for j in range(cols):
+            ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                    color="white" if values[i, j] < 60 else "black")
+    labels = [f"{j}" for j in range(cols)]
+    if experience_classes is not None:
+        labels = [f"{j}\n{tuple(c)}" for j, c in enumerate(experience_classes)]
+    ax.set_xticks(range(cols), labels, fontsize=7)
+    ax.set_yticks(range(rows), [f"after {i}" for i in range(rows)] if rows > 1 else ["joint"], fontsize=7)
+    ax.set_xlabel("test experience (classes)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="accuracy (%)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,139 @@
+"""DistilledBuffer: exact budgets, importance-ordered shrinking, edge cases, caching."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedcond.continual import DistilledBuffer, class_quotas
+from fedcond.data.registry import ArrayDataset
+
+from .conftest import TINY_DM
+
+
+def _experience(stream, i: int) -> ArrayDataset:
+    return stream.train_data(i)
+
+
+def test_class_quotas_per_class_and_adaptive() -> None:
+    assert class_quotas([3, 1], max_size=20, total_num_classes=10) == {3: 2, 1: 2}
+    assert class_quotas([3, 1, 4], max_size=10) == {3: 4, 1: 3, 4: 3}
+    assert class_quotas([], max_size=10) == {}
+
+
+@settings(max_examples=200, deadline=None)
+@given(max_size=st.integers(1, 300), n=st.integers(1, 40))
+def test_adaptive_quotas_fill_the_budget_and_never_grow(max_size: int, n: int) -> None:
+    if n > max_size:
+        with pytest.raises(ValueError, match="smaller than the"):
+            class_quotas(list(range(n)), max_size=max_size)
+        return
+    quotas = class_quotas(list(range(n)), max_size=max_size)
+    assert sum(quotas.values()) == max_size
+    assert min(quotas.values()) >= 1
+    if n + 1 <= max_size:
+        more = class_quotas(list(range(n + 1)), max_size=max_size)
+        assert all(more[c] <= quotas[c] for c in quotas)
+
+
+def test_budget_errors_are_named(digits_stream) -> None:
+    spec = digits_stream.spec
+    with pytest.raises(ValueError, match="budget must be positive"):
+        class_quotas([1], max_size=0)
+    with pytest.raises(ValueError, match="memory_per_class must be positive"):
+        DistilledBuffer.per_class(0, num_classes=10, spec=spec)
+    with pytest.raises(ValueError, match="memory_per_class must be positive"):
+        DistilledBuffer.per_class(-3, num_classes=10, spec=spec)
+    with pytest.raises(ValueError, match="budget of 5 images is smaller than the 10 classes"):
+        DistilledBuffer(5, spec=spec, adaptive_size=False, total_num_classes=10)
+    buffer = DistilledBuffer(3, spec=spec, distill=TINY_DM)  # adaptive: fine until a 4th class arrives
+    buffer.update_from_tensors(*_tensors(_experience(digits_stream, 0)))
+    with pytest.raises(ValueError, match="budget of 3 images is smaller than the 4 classes"):
+        buffer.update_from_tensors(*_tensors(_experience(digits_stream, 1)))
+
+
+def _tensors(data: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    return data.images, data.labels
+
+
+def test_per_class_buffer_holds_exactly_its_budget_with_the_right_labels(digits_stream) -> None:
+    buffer = DistilledBuffer.per_class(3, num_classes=10, spec=digits_stream.spec, distill=TINY_DM)
+    seen: list[int] = []
+    for i in range(3):
+        data = _experience(digits_stream, i)
+        buffer.update_from_tensors(data.images, data.labels)
+        seen += digits_stream.experience_classes[i]
+        assert buffer.class_counts() == {c: 3 for c in sorted(seen, key=seen.index)}
+        assert len(buffer.buffer) == 3 * len(seen)
+        labels = torch.as_tensor(list(buffer.buffer.targets))
+        assert sorted(labels.tolist()) == sorted(c for c in seen for _ in range(3))
+    # DM moved the images away from their real initialisation
+    images, labels = buffer.tensors()
+    real = digits_stream.train.images.flatten(1)
+    distances = torch.cdist(images.flatten(1), real).min(1).values
+    assert bool((distances > 1e-4).all())
+    # oldest first; within an experience, classes in increasing order
+    assert buffer.seen_classes == [c for i in range(3) for c in sorted(digits_stream.experience_classes[i])]
+
+
+def test_fixed_total_budget_shrinks_older_classes_to_their_importance_prefix(digits_stream) -> None:
+    buffer = DistilledBuffer(8, spec=digits_stream.spec, distill=TINY_DM)
+    first = digits_stream.experience_classes[0]
+    buffer.update_from_tensors(*_tensors(_experience(digits_stream, 0)))
+    assert buffer.class_counts() == {c: 4 for c in first}
+    before = {c: buffer._memory[c].clone() for c in first}
+    buffer.update_from_tensors(*_tensors(_experience(digits_stream, 1)))
+    assert len(buffer.buffer) == 8 and set(buffer.class_counts().values()) == {2}
+    for c in first:
+        assert torch.equal(buffer._memory[c], before[c][:2])
+    buffer.update_from_tensors(*_tensors(_experience(digits_stream, 2)))
+    counts = buffer.class_counts()
+    assert sum(counts.values()) == len(buffer.buffer) == 8
+    assert [counts[c] for c in buffer.seen_classes] == [2, 2, 1, 1, 1, 1]  # oldest get the remainder
+    buffer.resize(None, 6)
+    assert set(buffer.class_counts().values()) == {1} and len(buffer.buffer) == 6
+
+
+def test_class_with_a_single_sample_is_condensed_from_noise_to_its_full_quota(digits_stream, caplog) -> None:
+    data = _experience(digits_stream, 0)
+    a, b = digits_stream.experience_classes[0]
+    keep = torch.cat([torch.nonzero(data.labels == a).flatten(), torch.nonzero(data.labels == b).flatten()[:1]])
+    buffer = DistilledBuffer.per_class(3, num_classes=10, spec=digits_stream.spec, distill=TINY_DM)
+    with caplog.at_level(logging.WARNING, logger="fedcond.continual.buffers"):
+        buffer.update_from_tensors(data.images[keep], data.labels[keep])
+    assert buffer.class_counts() == {a: 3, b: 3}
+    assert "fewer real images than the quota" in caplog.text and str(b) in caplog.text
+
+
+def test_bad_experiences_are_refused(digits_stream) -> None:
+    buffer = DistilledBuffer.per_class(2, num_classes=10, spec=digits_stream.spec, distill=TINY_DM)
+    with pytest.raises(ValueError, match="empty experience"):
+        buffer.update_from_tensors(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="outside the 10 classes"):
+        buffer.update_from_tensors(torch.zeros(2, 1, 8, 8), torch.tensor([0, 12]))
+
+
+def test_a_returning_class_is_recondensed_within_its_quota(digits_stream) -> None:
+    buffer = DistilledBuffer.per_class(2, num_classes=10, spec=digits_stream.spec, distill=TINY_DM)
+    data = _experience(digits_stream, 0)
+    buffer.update_from_tensors(data.images, data.labels)
+    old = buffer.tensors()[0].clone()
+    buffer.update_from_tensors(data.images, data.labels)
+    assert buffer.class_counts() == {c: 2 for c in digits_stream.experience_classes[0]}
+    assert not torch.equal(buffer.tensors()[0], old)
+
+
+def test_cache_reuses_a_condensation(digits_stream, tmp_path) -> None:
+    data = _experience(digits_stream, 0)
+    first = DistilledBuffer.per_class(2, num_classes=10, spec=digits_stream.spec, distill=TINY_DM, cache_dir=tmp_path)
+    first.update_from_tensors(data.images, data.labels)
+    assert first.condense_seconds > 0 and list(tmp_path.glob("dm-*.npz"))
+    second = DistilledBuffer.per_class(2, num_classes=10, spec=digits_stream.spec, distill=TINY_DM, cache_dir=tmp_path)
+    second.update_from_tensors(data.images, data.labels)
+    assert second.condense_seconds == 0
+    assert torch.equal(first.tensors()[0], second.tensors()[0])
+    assert len(second.synthetic_set()) == 4

@@ -1,0 +1,47 @@
+"""``fedcond continual``: the DESIGN.md contract and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+from fedcond.cli.main import main
+
+
+def test_continual_command_writes_the_contracted_metrics(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    code = main(
+        [
+            "continual", "--benchmark", "split-digits", "--replay", "distilled", "--memory-per-class", "1",
+            "--epochs", "1", "--iterations", "2", "--batch-real", "16", "--train-per-class", "20",
+            "--test-per-class", "10", "--out", str(out), "--seed", "3", "--device", "cpu",
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("benchmark", "replay", "memory_images", "final_average_accuracy", "forgetting", "accuracy_matrix"):
+        assert key in metrics
+    assert metrics["benchmark"] == "split-digits" and metrics["replay"] == "distilled"
+    assert metrics["memory_images"] == 10
+    assert len(metrics["accuracy_matrix"]) == 5
+    assert metrics["config"]["seed"] == 3
+    assert (out / "accuracy_matrix.png").stat().st_size > 1000
+    assert list((out / ".state" / "dm-cache").glob("*.npz"))  # DM state stays in the run folder
+
+
+def test_bad_memory_is_one_clear_error(tmp_path, capsys) -> None:
+    code = main(["continual", "--memory-per-class", "0", "--out", str(tmp_path / "x")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--memory-per-class must be positive" in err and "Traceback" not in err
+
+
+def test_gdumb_without_memory_is_refused(tmp_path, capsys) -> None:
+    code = main(["continual", "--replay", "none", "--gdumb", "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "GDumb trains on the memory alone" in capsys.readouterr().err
+
+
+def test_total_budget_below_class_count_is_refused(tmp_path, capsys) -> None:
+    code = main(["continual", "--replay", "random", "--max-memory", "4", "--epochs", "1", "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "smaller than the 10 classes" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""run_continual: equal memory between replay kinds, reproducibility, metrics, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fedcond.continual import (
+    MEMORY_KINDS,
+    average_accuracy,
+    forgetting,
+    make_storage_policy,
+    run_continual,
+    validate_continual_config,
+)
+
+from .conftest import tiny_config
+
+
+def test_every_replay_kind_holds_the_same_memory_after_every_experience(digits_stream) -> None:
+    results = {kind: run_continual(tiny_config(replay=kind), benchmark=digits_stream) for kind in MEMORY_KINDS}
+    for kind, result in results.items():
+        assert result.memory_per_experience == [4, 8, 12, 16, 20], kind
+        assert result.memory_class_counts[-1] == {c: 2 for c in range(10)}, kind
+        assert result.memory_images == 20
+        assert len(result.accuracy_matrix) == 5 and all(len(row) == 5 for row in result.accuracy_matrix)
+
+
+def test_fixed_total_budget_is_equal_across_kinds_too(digits_stream) -> None:
+    sizes = {}
+    for kind in MEMORY_KINDS:
+        result = run_continual(tiny_config(replay=kind, max_memory=15, gdumb=True), benchmark=digits_stream)
+        sizes[kind] = result.memory_per_experience
+        assert sum(result.memory_class_counts[-1].values()) == 15
+        assert set(result.memory_class_counts[-1]) == set(range(10))
+    assert sizes["random"] == sizes["herding"] == sizes["distilled"] == [15] * 5
+
+
+def test_a_run_is_reproducible_from_its_seed(digits_stream) -> None:
+    config = tiny_config(replay="distilled", seed=0)
+    first = run_continual(config, benchmark=digits_stream)
+    again = run_continual(config, benchmark=digits_stream)
+    assert first.accuracy_matrix == again.accuracy_matrix
+    assert first.memory_class_counts == again.memory_class_counts
+    random_a = run_continual(tiny_config(replay="random"), benchmark=digits_stream)
+    random_b = run_continual(tiny_config(replay="random"), benchmark=digits_stream)
+    assert random_a.accuracy_matrix == random_b.accuracy_matrix
+
+
+def test_another_seed_gives_another_class_order() -> None:
+    a = run_continual(tiny_config(replay="none", seed=0))
+    b = run_continual(tiny_config(replay="none", seed=5))
+    assert a.class_order != b.class_order
+
+
+def test_gdumb_trains_on_the_memory_alone_and_beats_chance(digits_stream) -> None:
+    result = run_continual(tiny_config(replay="herding", gdumb=True, memory_per_class=5, gdumb_epochs=30), benchmark=digits_stream)
+    assert result.memory_per_experience == [10, 20, 30, 40, 50]
+    assert result.final_average_accuracy > 0.3  # 10 classes: chance is 0.1
+    metrics = result.to_metrics()
+    for key in ("benchmark", "replay", "memory_images", "final_average_accuracy", "forgetting", "accuracy_matrix"):
+        assert key in metrics
+
+
+def test_joint_is_a_single_row_without_forgetting(digits_stream) -> None:
+    result = run_continual(tiny_config(replay="joint"), benchmark=digits_stream)
+    assert len(result.accuracy_matrix) == 1 and result.forgetting is None and result.memory_images == 0
+
+
+def test_accuracy_and_forgetting_on_a_known_matrix() -> None:
+    matrix = [[0.9, 0.0, 0.0], [0.6, 0.8, 0.0], [0.3, 0.7, 0.9]]
+    assert average_accuracy(matrix) == pytest.approx((0.3 + 0.7 + 0.9) / 3)
+    assert forgetting(matrix) == pytest.approx(((0.9 - 0.3) + (0.8 - 0.7)) / 2)
+    assert forgetting([[0.5, 0.5]]) is None
+    with pytest.raises(ValueError, match="empty"):
+        average_accuracy([])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"memory_per_class": 0}, "memory_per_class must be positive"),
+        ({"memory_per_class": -2}, "memory_per_class must be positive"),
+        ({"replay": "reservoir"}, "unknown replay 'reservoir'"),
+        ({"replay": "none", "gdumb": True}, "GDumb trains on the memory alone"),
+        ({"epochs": 0}, "epochs must be positive"),
+        ({"max_memory": 0}, "max_memory must be positive"),
+    ],
+)
+def test_bad_configurations_are_named(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_continual_config(tiny_config(**overrides))
+
+
+def test_a_total_budget_smaller_than_the_classes_is_refused(digits_stream) -> None:
+    for kind in MEMORY_KINDS:
+        with pytest.raises(ValueError, match="budget of 7 images is smaller than the 10 classes"):
+            make_storage_policy(kind, spec=digits_stream.spec, memory_per_class=1, max_memory=7)
+    with pytest.raises(ValueError, match="smaller than the 10 classes"):
+        run_continual(dataclasses.replace(tiny_config(), max_memory=7), benchmark=digits_stream)
