@@ -37,7 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     distill.add_argument("--lr-img", type=float, default=1.0, help="SGD learning rate on pixels")
     distill.add_argument("--no-dsa", action="store_true", help="disable siamese augmentation")
     distill.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast")
-    distill.add_argument("--compile", action="store_true", help="torch.compile the embedding network")
+    distill.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile the real-side forward (auto: on from 300 iterations)",
+    )
     distill.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint period (0: off)")
     distill.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     distill.add_argument("--dp-epsilon", type=float, default=None, help="differentially private DM: target epsilon")
@@ -130,7 +135,7 @@ def run_distill(args: argparse.Namespace) -> int:
             "lr_img": args.lr_img,
             "dsa": not args.no_dsa,
             "mixed_precision": not args.no_bf16,
-            "compile": args.compile,
+            "compile": args.compile == "on" or (args.compile == "auto" and args.iterations >= 300),
             "checkpoint_every": args.checkpoint_every,
             "seed": args.seed,
         },

@@ -13,7 +13,6 @@ supports it, in bf16 autocast.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from fedcond.devices import autocast_context, resolve_device
 from fedcond.distill.augment import SiameseAugment
 from fedcond.distill.statistics import MeanStatistics, RealStatistics, class_means
 from fedcond.distill.synthetic import SyntheticSet
-from fedcond.models import get_model
+from fedcond.models import get_model, reset_parameters
 
 __all__ = ["CondensationResult", "DistributionMatching", "dm_loss", "initial_synthetic"]
 
@@ -164,6 +163,8 @@ class DistributionMatching:
         self.statistics = real_statistics or MeanStatistics(batch_size=config.batch_real)
         self.embedder = embedder
         self.progress = progress
+        self._net: nn.Module | None = None
+        self._real_embed: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------ public
     def condense(
@@ -257,7 +258,7 @@ class DistributionMatching:
                 if augment is not None:
                     slots = _slots_within_groups(real_groups, num_classes, slots_per_class)
                     real = augment.apply(real, params, slots)
-                real_emb = net.embed(real.contiguous(memory_format=memory_format))
+                real_emb = self._embed_real(real.contiguous(memory_format=memory_format))
             real_means = self.statistics.class_means(
                 real_emb, real_groups.to(device), num_classes=num_classes, generator=generator
             ).clone()
@@ -308,16 +309,43 @@ class DistributionMatching:
     def _embedding_network(
         self, spec: object, generator: torch.Generator, memory_format: torch.memory_format
     ) -> nn.Module:
+        """This iteration's embedding network: the supplied one, or the reused module re-drawn."""
         if self.embedder is not None:
-            net = self.embedder.to(self.device)
-        else:
+            net = self.embedder
+        elif self._net is None:
             net = get_model(self.config.model, spec, generator=generator)  # type: ignore[arg-type]
-            net = net.to(self.device)
-        net = net.to(memory_format=memory_format)
-        net.train()
-        for p in net.parameters():
-            p.requires_grad_(False)
+        else:
+            # one module for the whole run, re-initialised in place: no allocation per iteration,
+            # and a compiled forward stays valid (weights are graph inputs, not constants)
+            net = reset_parameters(self._net, generator=generator)
+        if net is not self._net:
+            net = net.to(self.device, memory_format=memory_format)
+            net.train()
+            for p in net.parameters():
+                p.requires_grad_(False)
+            self._net = net
+            self._real_embed = self._maybe_compile(net)
         return net
+
+    def _embed_real(self, images: torch.Tensor) -> torch.Tensor:
+        assert self._real_embed is not None
+        try:
+            return self._real_embed(images)
+        except Exception as exc:  # noqa: BLE001 - a failed compile falls back to eager, once
+            if self._net is None or self._real_embed == self._net.embed:
+                raise
+            logger.warning("compiled forward failed (%s); falling back to eager mode", exc)
+            self._real_embed = self._net.embed
+            return self._real_embed(images)
+
+    def _maybe_compile(self, net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        if not self.config.compile:
+            return net.embed
+        try:
+            return torch.compile(net.embed, dynamic=False)
+        except Exception as exc:  # noqa: BLE001 - compile support varies by platform
+            logger.warning("torch.compile unavailable (%s); using eager mode", exc)
+            return net.embed
 
     @staticmethod
     def _save_checkpoint(

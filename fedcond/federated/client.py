@@ -30,9 +30,11 @@ __all__ = [
     "CondenseOutcome",
     "client_partition",
     "condense_partition",
+    "federated_test_set",
     "initial_images",
     "load_splits",
     "local_train",
+    "per_class_subset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,22 +50,51 @@ def load_splits(data: DataConfig) -> DatasetSplits:
     return _cached_splits(data.dataset, str(data.data_dir) if data.data_dir else None, data.download)
 
 
+def per_class_subset(labels: torch.Tensor, *, per_class: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``per_class`` samples of every class (all when ``None``), seeded."""
+    if per_class is None:
+        return np.arange(len(labels))
+    if per_class < 1:
+        raise ValueError(f"per-class subsample size must be >= 1, got {per_class}")
+    rng = np.random.default_rng(seed)
+    labels_np = labels.numpy()
+    keep = [rng.permutation(np.flatnonzero(labels_np == c))[:per_class] for c in np.unique(labels_np)]
+    return np.sort(np.concatenate(keep))
+
+
+def federated_test_set(job: FederatedJob) -> ArrayDataset:
+    """The server's held-out real test set (optionally ``test_per_class`` per class)."""
+    test = load_splits(job.data).test
+    fed = job.federated
+    if fed.test_per_class is None:
+        return test
+    return test.subset(per_class_subset(test.labels, per_class=fed.test_per_class, seed=fed.seed))
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_partition(
-    dataset: str, data_dir: str | None, method: str, num_partitions: int, seed: int, alpha: float, shards: int, min_size: int
+    dataset: str,
+    data_dir: str | None,
+    method: str,
+    num_partitions: int,
+    seed: int,
+    alpha: float,
+    shards: int,
+    min_size: int,
+    per_class: int | None,
 ) -> tuple[np.ndarray, ...]:
-    labels = _cached_splits(dataset, data_dir, False).train.labels.numpy()
-    return tuple(
-        partition_indices(
-            labels,
-            method=method,
-            num_partitions=num_partitions,
-            seed=seed,
-            alpha=alpha,
-            shards_per_client=shards,
-            min_partition_size=min_size,
-        )
+    labels = _cached_splits(dataset, data_dir, False).train.labels
+    pool = per_class_subset(labels, per_class=per_class, seed=seed)
+    parts = partition_indices(
+        labels.numpy()[pool],
+        method=method,
+        num_partitions=num_partitions,
+        seed=seed,
+        alpha=alpha,
+        shards_per_client=shards,
+        min_partition_size=min_size,
     )
+    return tuple(pool[part] for part in parts)
 
 
 def client_partition(job: FederatedJob, *, partition_id: int, num_partitions: int) -> ArrayDataset:
@@ -87,6 +118,7 @@ def client_partition(job: FederatedJob, *, partition_id: int, num_partitions: in
         fed.alpha,
         fed.shards_per_client,
         fed.min_partition_size,
+        fed.train_per_class,
     )
     return splits.train.subset(parts[partition_id])
 

@@ -27,7 +27,7 @@ from fedcond.devices import resolve_device
 from fedcond.distill.evaluate import accuracy
 from fedcond.federated.accounting import CountingGrid
 from fedcond.federated.baselines import baseline_strategy
-from fedcond.federated.client import load_splits
+from fedcond.federated.client import federated_test_set, load_splits
 from fedcond.federated.job import FederatedJob, job_from_mapping, job_to_mapping
 from fedcond.federated.records import model_from_record, model_to_record
 from fedcond.federated.strategy import FedCond
@@ -73,14 +73,14 @@ class FederatedReport:
 
 
 def _evaluate_fn(job: FederatedJob):  # noqa: ANN202 - Flower's evaluate_fn signature
-    splits = load_splits(job.data)
+    test = federated_test_set(job)
     device = resolve_device(job.device)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if len(arrays) == 0:
             return None
-        model = model_from_record(get_model(job.federated.model, splits.spec), arrays)
-        return MetricRecord({TEST_ACCURACY: accuracy(model, splits.test, device=device)})
+        model = model_from_record(get_model(job.federated.model, test.spec), arrays)
+        return MetricRecord({TEST_ACCURACY: accuracy(model, test, device=device)})
 
     return evaluate
 

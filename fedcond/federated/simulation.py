@@ -26,10 +26,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from fedcond.federated.client_app import app as client_app
+from fedcond.federated.inprocess import InProcessGrid, task_identity
 from fedcond.federated.job import FederatedJob
 from fedcond.federated.server_app import FederatedReport, run_federated
 
-__all__ = ["SimulationError", "backend_config_for", "simulate"]
+__all__ = ["ENGINES", "SimulationError", "backend_config_for", "simulate", "simulate_in_process"]
+
+ENGINES = ("ray", "inprocess")
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,12 @@ def backend_config_for(*, num_cpus: int, cpus_per_client: int, use_gpu: bool) ->
     """Ray backend settings: bounded client concurrency, GPU fractions when CUDA is present."""
     concurrency = max(1, num_cpus // max(1, cpus_per_client))
     resources: dict[str, Any] = {"num_cpus": cpus_per_client, "num_gpus": (1.0 / concurrency) if use_gpu else 0.0}
-    init_args: dict[str, Any] = {"num_cpus": num_cpus, "logging_level": "ERROR", "log_to_driver": False}
+    init_args: dict[str, Any] = {
+        "num_cpus": num_cpus,
+        "logging_level": "ERROR",
+        "log_to_driver": False,
+        "include_dashboard": False,
+    }
     if use_gpu:
         init_args["num_gpus"] = 1
     return {"client_resources": resources, "init_args": init_args}
@@ -60,15 +68,25 @@ def _ray_tmpdir() -> tuple[str | None, Path | None]:
     if len(wanted) <= _MAX_RAY_TMPDIR:
         return wanted, None
     short = Path(tempfile.mkdtemp(prefix="fcray-"))
-    link = Path(wanted) / "ray-session"
+    link = Path(wanted) / "ray-session"  # points at the latest session's short temp dir
+    if link.is_symlink():
+        link.unlink()
     if not link.exists():
         link.symlink_to(short, target_is_directory=True)
     return str(short), short
 
 
+def simulate_in_process(job: FederatedJob) -> FederatedReport:
+    """Run ``job`` with :class:`InProcessGrid`: sequential clients, no Ray (tests, CPU benchmarks)."""
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    with task_identity():
+        return run_federated(InProcessGrid(client_app, num_nodes=job.federated.num_clients), job)
+
+
 def simulate(
     job: FederatedJob,
     *,
+    engine: str = "ray",
     num_cpus: int | None = None,
     cpus_per_client: int = 1,
     max_concurrent_clients: int = 2,
@@ -79,6 +97,8 @@ def simulate(
     ----------
     job : FederatedJob
         The federated job (strategy, dataset, partitions, settings).
+    engine : str
+        ``ray`` (Flower's Simulation Engine) or ``inprocess`` (:func:`simulate_in_process`).
     num_cpus : int | None
         CPUs handed to Ray; default ``min(os.cpu_count(), max_concurrent_clients * cpus_per_client)``.
     cpus_per_client : int
@@ -91,6 +111,10 @@ def simulate(
     SimulationError
         When the ServerApp raised or returned nothing.
     """
+    if engine == "inprocess":
+        return simulate_in_process(job)
+    if engine != "ray":
+        raise ValueError(f"unknown simulation engine {engine!r}; choose one of {', '.join(ENGINES)}")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     if num_cpus is None:
         num_cpus = max(1, min(os.cpu_count() or 1, max_concurrent_clients * cpus_per_client))

@@ -145,6 +145,7 @@ def run_audit(
     *,
     device: torch.device | str = "cpu",
     status: Callable[[str], None] | None = None,
+    reference: tuple[MembershipResult, float] | None = None,
 ) -> AuditReport:
     """Audit ``synthetic`` (condensed from ``splits.train``) against ``splits.test``.
 
@@ -158,6 +159,10 @@ def run_audit(
         Attack strength and calibration (defaults when ``None``).
     status : callable | None
         Receives a short message before each stage (the CLI shows it).
+    reference : (MembershipResult, accuracy) | None
+        The real-data reference attack of an earlier audit with the same dataset and config
+        (``report.reference, report.details["reference_accuracy"]``): reused instead of
+        retraining the reference and its shadow models.
 
     Raises
     ------
@@ -216,19 +221,25 @@ def run_audit(
     )
     target = membership_inference(target_model, members, nonmembers, shadow_models=shadows, device=device)
 
-    say(f"reference: the same attacks on a model trained on {real_subset.numel()} real images")
-    reference_model = train_fn(train.images[real_subset], train.labels[real_subset], generator)
-    ref_shadows = train_shadow_models(
-        pool,
-        count=config.shadow_models,
-        size=min(real_subset.numel(), pool[0].shape[0] // 2 or 1),
-        train=train_fn,
-        generator=generator,
-    )
-    reference = membership_inference(reference_model, members, nonmembers, shadow_models=ref_shadows, device=device)
+    holdout = ArrayDataset(nonmembers[0], nonmembers[1], spec)
+    if reference is None:
+        say(f"reference: the same attacks on a model trained on {real_subset.numel()} real images")
+        reference_model = train_fn(train.images[real_subset], train.labels[real_subset], generator)
+        ref_shadows = train_shadow_models(
+            pool,
+            count=config.shadow_models,
+            size=min(real_subset.numel(), pool[0].shape[0] // 2 or 1),
+            train=train_fn,
+            generator=generator,
+        )
+        reference_result = membership_inference(
+            reference_model, members, nonmembers, shadow_models=ref_shadows, device=device
+        )
+        reference_accuracy = accuracy(reference_model, holdout, device=device)
+    else:
+        reference_result, reference_accuracy = reference
 
     verdict, reasons = verdict_for(recovery, target, significance=config.significance)
-    holdout = ArrayDataset(nonmembers[0], nonmembers[1], spec)
     details = {
         "num_synthetic": len(synthetic),
         "num_members": int(m),
@@ -240,10 +251,10 @@ def run_audit(
         "target_epochs": config.target_epochs,
         "reference_size": int(real_subset.numel()),
         "target_accuracy": accuracy(target_model, holdout, device=device),
-        "reference_accuracy": accuracy(reference_model, holdout, device=device),
+        "reference_accuracy": reference_accuracy,
         "significance": config.significance,
         "held_out_split": "test split: random halves = calibration / non-member reference",
     }
     if not math.isfinite(recovery.nn_distance_ratio):
         logger.warning("nearest-neighbour distance ratio is not finite (a zero held-out distance)")
-    return AuditReport(recovery, target, reference, verdict, reasons, details)
+    return AuditReport(recovery, target, reference_result, verdict, reasons, details)
