@@ -187,6 +187,8 @@ class FederatedConfig:
     round_timeout: float = 3600.0
     train_per_class: int | None = None
     test_per_class: int | None = None
+    train_per_class: int | None = None
+    test_per_class: int | None = None
     server_epochs: int = 300
     server_lr: float = 0.01
     model: str = "convnet"

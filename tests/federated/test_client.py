@@ -1,0 +1,117 @@
+"""Client side without Ray: partitions missing classes, the ClientApp handlers, Context.state."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from fedcond.config import DistillConfig
+from fedcond.federated.client import client_partition, condense_partition, initial_images
+from fedcond.federated.client_app import app
+from fedcond.federated.job import job_from_mapping, job_to_mapping
+from fedcond.federated.records import (
+    CLASS_COUNTS,
+    CONDENSE_ACTION,
+    CONFIG_KEY,
+    MEMORY_KEY,
+    METRICS_KEY,
+    MODEL_KEY,
+    NUM_EXAMPLES,
+    SYNTHETIC_KEY,
+    model_to_record,
+    synthetic_from_record,
+)
+from fedcond.federated.validation import validate_reply
+from fedcond.models import get_model
+
+JOB = {"num_clients": 4, "alpha": 0.1, "distill.ipc": 3, "distill.iterations": 2, "device": "cpu",
+       "distill.mixed_precision": False}
+
+
+def test_partition_missing_classes_condenses_only_present_ones():
+    job = job_from_mapping(JOB)
+    data = client_partition(job, partition_id=1, num_partitions=4)
+    counts = data.class_counts()
+    assert (counts == 0).any(), "Dirichlet(0.1) leaves this client without some classes"
+    outcome = condense_partition(data, distill=job.federated.distill)
+    held = outcome.synthetic.class_counts()
+    assert torch.equal(held > 0, counts > 0)
+    assert set(held[counts > 0].tolist()) == {3}
+    assert outcome.skipped_classes == [c for c in range(10) if counts[c] == 0]
+
+
+def test_real_init_repeats_a_class_smaller_than_ipc():
+    job = job_from_mapping(JOB)
+    data = client_partition(job, partition_id=0, num_partitions=4)
+    small = data.subset(torch.nonzero(data.labels == int(data.labels[0])).flatten()[:2])
+    start = initial_images(small, classes=[int(small.labels[0])], ipc=5, init="real", generator=torch.Generator())
+    assert start.shape == (5, 1, 8, 8)
+    assert torch.isfinite(start).all()
+    assert not torch.equal(start[2], start[0]) and not torch.equal(start[2], start[1]), "repeats are jittered"
+
+
+def test_bad_partition_id_names_the_problem():
+    with pytest.raises(ValueError, match="partition id 7 is outside"):
+        client_partition(job_from_mapping(JOB), partition_id=7, num_partitions=4)
+
+
+def _context(partition_id: int) -> Context:
+    return Context(run_id=1, node_id=100 + partition_id, node_config={"partition-id": partition_id,
+                   "num-partitions": 4}, state=RecordDict(), run_config={})
+
+
+def _train_message(node_id: int, server_round: int, extra: dict | None = None) -> Message:
+    config = ConfigRecord({**job_to_mapping(job_from_mapping(JOB)), "server-round": server_round})
+    return Message(content=RecordDict({CONFIG_KEY: config, **(extra or {})}), dst_node_id=node_id,
+                   message_type=f"train.{CONDENSE_ACTION}")
+
+
+def test_condense_handler_replies_a_valid_set_and_keeps_memory_in_context_state(task_identity):
+    context = _context(2)
+    reply = app(_train_message(102, 1), context)
+    assert not reply.has_error()
+    accepted = validate_reply(reply, num_classes=10, image_shape=(1, 8, 8), max_images=30)
+    metrics = reply.content.metric_records[METRICS_KEY]
+    assert metrics[NUM_EXAMPLES] == sum(metrics[CLASS_COUNTS])
+    memory = synthetic_from_record(context.state.array_records[MEMORY_KEY])
+    assert torch.equal(memory.images, accepted.synthetic.images)
+    # round 2, multi-round: the global model is the embedder and the memory is the start point
+    model = model_to_record(get_model("convnet", __import__("fedcond.data", fromlist=["get_spec"]).get_spec("digits")))
+    second = app(_train_message(102, 2, {MODEL_KEY: model}), context)
+    again = synthetic_from_record(second.content.array_records[SYNTHETIC_KEY])
+    assert torch.equal(again.labels, memory.labels)
+    assert (again.images - memory.images).abs().mean() < (again.images.std() * 0.5), "warm start from memory"
+
+
+def test_fedavg_train_handler_returns_weights_and_num_examples(task_identity):
+    spec = __import__("fedcond.data", fromlist=["get_spec"]).get_spec("digits")
+    model = get_model("convnet", spec, generator=torch.Generator().manual_seed(0))
+    config = ConfigRecord({**job_to_mapping(job_from_mapping({**JOB, "strategy": "fedavg"})), "server-round": 1,
+                           "proximal-mu": 0.1})
+    message = Message(content=RecordDict({CONFIG_KEY: config, MODEL_KEY: model_to_record(model)}), dst_node_id=101,
+                      message_type="train")
+    reply = app(message, _context(1))
+    arrays = reply.content.array_records[MODEL_KEY]
+    assert set(arrays.keys()) == set(model.state_dict().keys())
+    assert reply.content.metric_records[METRICS_KEY][NUM_EXAMPLES] > 0
+    changed = any(not torch.equal(a, b) for a, b in zip(arrays.to_torch_state_dict().values(),
+                                                         model.state_dict().values(), strict=True))
+    assert changed
+
+
+def test_a_crashing_client_raises_so_flower_reports_an_error(task_identity, caplog):
+    message = _train_message(109, 1)
+    context = Context(run_id=1, node_id=109, node_config={"partition-id": 9, "num-partitions": 4},
+                      state=RecordDict(), run_config={})
+    with caplog.at_level(logging.ERROR), pytest.raises(ValueError, match="partition id 9"):
+        app(message, context)
+
+
+def test_distill_config_survives_the_config_record():
+    job = job_from_mapping({**JOB, "distill.init": "noise", "dp.epsilon": 4.0})
+    back = job_from_mapping(dict(ConfigRecord(job_to_mapping(job))))
+    assert back == job
+    assert isinstance(back.federated.distill, DistillConfig)

@@ -1,0 +1,134 @@
+"""FedCond's server steps on mock replies, malicious and broken ones included."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+from fedcond.config import FederatedConfig, parse_config
+from fedcond.federated.aggregation import aggregate_sets
+from fedcond.federated.records import CONFIG_KEY, MODEL_KEY, SERVER_ROUND, SYNTHETIC_KEY
+from fedcond.federated.strategy import FedCond
+from fedcond.federated.validation import ReplyRejected, validate_reply
+
+from .conftest import error_reply, request_to, synthetic_reply
+
+
+class FakeGrid:
+    """Only what configure_train needs."""
+
+    def __init__(self, node_ids):
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self):
+        return list(self.node_ids)
+
+
+def _strategy(spec, **overrides) -> FedCond:
+    config = parse_config(
+        FederatedConfig, {"server_epochs": 2, "distill.ipc": 2, "min_reply_fraction": 0.5, **overrides}
+    )
+    return FedCond(spec=spec, config=config, device="cpu")
+
+
+def _configure(strategy: FedCond, nodes, server_round=1, arrays=None) -> list[Message]:
+    return list(strategy.configure_train(server_round, arrays or ArrayRecord(), ConfigRecord({"x": 1}), FakeGrid(nodes)))
+
+
+def test_configure_train_sends_condense_messages_with_the_round(task_identity, digits_spec):
+    strategy = _strategy(digits_spec)
+    messages = _configure(strategy, [11, 12, 13])
+    assert sorted(m.metadata.dst_node_id for m in messages) == [11, 12, 13]
+    assert all(m.metadata.message_type == "train.condense" for m in messages)
+    assert messages[0].content.config_records[CONFIG_KEY][SERVER_ROUND] == 1
+    assert MODEL_KEY not in messages[0].content.array_records  # round 1: clients use random nets
+
+
+def test_multi_round_sends_the_global_model_from_round_two(task_identity, digits_spec):
+    strategy = _strategy(digits_spec, rounds=3)
+    model = ArrayRecord({"w": __import__("flwr.app", fromlist=["Array"]).Array(np.ones(3, np.float32))})
+    messages = _configure(strategy, [1, 2], server_round=2, arrays=model)
+    assert all(MODEL_KEY in m.content.array_records for m in messages)
+
+
+def test_good_replies_are_aggregated_and_a_model_is_trained(task_identity, digits_spec):
+    strategy = _strategy(digits_spec)
+    _configure(strategy, [1, 2])
+    replies = [synthetic_reply(1, classes={0: 50, 1: 5}), synthetic_reply(2, classes={1: 45, 2: 30})]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and len(arrays) > 0
+    assert metrics["accepted"] == 2 and metrics["dropped"] == 0
+    assert strategy.union is not None and len(strategy.union) == 8
+    assert strategy.union.labels.tolist() == [0, 0, 1, 1, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize(
+    ("make_reply", "reason"),
+    [
+        (lambda: synthetic_reply(9, classes={0: 10}, images=torch.randn(2, 1, 7, 7)), "shape"),
+        (lambda: synthetic_reply(9, classes={0: 10}, images=torch.full((2, 1, 8, 8), float("nan"))), "NaN"),
+        (lambda: synthetic_reply(9, classes={0: 10}, labels=torch.tensor([0, 12])), "outside the valid range"),
+        (lambda: synthetic_reply(9, classes={0: 10}, labels=torch.zeros(500, dtype=torch.long)), "exceed the cap"),
+        (lambda: synthetic_reply(9, classes={0: 10}, labels=torch.tensor([0.0, 0.0])), "int64"),
+        (lambda: synthetic_reply(9, classes={0: 10}, counts=[10] * 3), "per-class counts"),
+        (lambda: synthetic_reply(9, classes={0: 10}, labels=torch.tensor([0, 3])), "no real samples"),
+        (lambda: error_reply(9), "client error: ValueError: client crashed"),
+    ],
+    ids=["wrong-shape", "nan", "label-range", "over-cap", "dtype", "counts", "orphan-class", "client-exception"],
+)
+def test_malicious_or_broken_reply_is_dropped_and_the_round_goes_on(
+    task_identity, digits_spec, caplog, make_reply, reason
+):
+    strategy = _strategy(digits_spec)
+    _configure(strategy, [1, 2, 9])
+    replies = [synthetic_reply(1, classes={0: 50}), make_reply(), synthetic_reply(2, classes={1: 40})]
+    with caplog.at_level(logging.WARNING, logger="fedcond.federated.strategy"):
+        arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None, "two of three valid replies meet min_reply_fraction=0.5"
+    assert metrics["accepted"] == 2 and metrics["dropped"] == 1
+    assert reason in strategy.rounds[-1].dropped[9]
+    assert any("dropped reply of node 9" in r.message for r in caplog.records)
+    assert set(strategy.union.node_ids) == {1, 2}
+
+
+def test_missing_records_are_rejected_with_a_reason(task_identity, digits_spec):
+    empty = Message(RecordDict(), reply_to=request_to(4))
+    with pytest.raises(ReplyRejected, match=SYNTHETIC_KEY):
+        validate_reply(empty, num_classes=10, image_shape=(1, 8, 8), max_images=20)
+
+
+def test_too_few_valid_replies_keep_the_previous_model(task_identity, digits_spec):
+    strategy = _strategy(digits_spec, min_reply_fraction=0.75)
+    _configure(strategy, [1, 2, 3, 4])
+    replies = [synthetic_reply(1, classes={0: 9}), error_reply(2), error_reply(3), error_reply(4)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is None
+    assert metrics["accepted"] == 1 and not strategy.rounds[-1].trained
+
+
+def test_a_client_failing_later_keeps_its_earlier_set(task_identity, digits_spec):
+    strategy = _strategy(digits_spec, rounds=2, min_reply_fraction=0.5)
+    _configure(strategy, [1, 2], server_round=1)
+    strategy.aggregate_train(1, [synthetic_reply(1, classes={0: 20}), synthetic_reply(2, classes={5: 20})])
+    _configure(strategy, [1, 2], server_round=2)
+    arrays, _ = strategy.aggregate_train(2, [synthetic_reply(1, classes={0: 20}, seed=5), error_reply(2)])
+    assert arrays is not None
+    assert sorted(set(strategy.union.labels.tolist())) == [0, 5], "node 2's round-1 set is not lost"
+
+
+def test_class_count_weights_follow_real_counts(task_identity, digits_spec):
+    strategy = _strategy(digits_spec)
+    replies = [synthetic_reply(1, classes={0: 90, 1: 10}), synthetic_reply(2, classes={0: 10})]
+    sets = [validate_reply(r, num_classes=10, image_shape=(1, 8, 8), max_images=20) for r in replies]
+    union = aggregate_sets(sets, num_classes=10)
+    assert union.weights.mean().item() == pytest.approx(1.0)
+    w = union.weights
+    # class 0: client 1 (90 real, 2 images) vs client 2 (10 real, 2 images) -> 9:1 per image
+    assert (w[0] / w[2]).item() == pytest.approx(9.0)
+    # class totals follow the real class counts (100 vs 10)
+    assert (w[union.labels == 0].sum() / w[union.labels == 1].sum()).item() == pytest.approx(10.0)
+    assert strategy.max_images == 20
