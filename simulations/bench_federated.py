@@ -1,0 +1,226 @@
+"""Benchmark: FedCond one-shot / multi-round vs Flower's FedAvg / FedProx (JSON + PNG out).
+
+For each dataset and partition: FedCond one-shot, FedCond multi-round, FedAvg and FedProx
+(20 rounds x 1 local epoch by default) on the same partitions, model and test set; test
+accuracy (mean +- std over seeds), uplink/downlink bytes, the uplink ratio to FedAvg, wall
+time and the process's peak RSS. The target checked: FedCond one-shot accuracy >= FedAvg's
+with <= 1/10 of its uplink bytes.
+
+The runs use the in-process engine (:func:`fedcond.federated.simulation.simulate_in_process`):
+the same ServerApp/ClientApp code and messages as the Ray and Deployment engines, so the byte
+counts are identical, but without Ray's start-up and low-priority actors on a shared 2-core CPU.
+
+    python simulations/bench_federated.py --out results/federated --datasets digits
+    python simulations/bench_federated.py --out results/federated-mnist --datasets mnist \
+        --data-dir ../shared/data --partitions dirichlet-0.1
+
+Results are written after every run (``results.json``), so an interrupted benchmark keeps
+what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedcond.federated.job import job_from_mapping
+from fedcond.federated.simulation import simulate
+
+# per-dataset recipes (CPU budgets: MNIST is subsampled, see docs/federated.md)
+RECIPES: dict[str, dict[str, Any]] = {
+    "digits": {
+        "common": {"dataset": "digits"},
+        "fedcond": {"distill.ipc": 10, "distill.iterations": 200, "server_epochs": 300},
+        "multi": {"distill.ipc": 10, "distill.iterations": 100, "server_epochs": 300, "rounds": 3},
+    },
+    "mnist": {
+        "common": {"dataset": "mnist", "train_per_class": 300, "test_per_class": 100},
+        "fedcond": {"distill.ipc": 10, "distill.iterations": 100, "distill.batch_real": 64, "server_epochs": 100},
+        "multi": {
+            "distill.ipc": 10,
+            "distill.iterations": 50,
+            "distill.batch_real": 64,
+            "server_epochs": 100,
+            "rounds": 2,
+        },
+    },
+}
+PARTITIONS = {
+    "dirichlet-0.1": {"partition": "dirichlet", "alpha": 0.1},
+    "dirichlet-0.5": {"partition": "dirichlet", "alpha": 0.5},
+    "iid": {"partition": "iid", "alpha": 0.0},
+}
+SPEED = {"device": "cpu", "distill.mixed_precision": False, "distill.channels_last": False}
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _jobs(dataset: str, partition: str, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    recipe = RECIPES[dataset]
+    base = {**recipe["common"], **PARTITIONS[partition], **SPEED, "num_clients": args.num_clients}
+    if args.data_dir is not None:
+        base["data_dir"] = str(args.data_dir)
+    out = []
+    if "fedcond" in args.strategies:
+        out.append(("fedcond-oneshot", {**base, "strategy": "fedcond", "rounds": 1, **recipe["fedcond"]}))
+    if "fedcond-multi" in args.strategies and (partition in args.extra_partitions or args.all_extras):
+        rounds = recipe["multi"]["rounds"]
+        out.append((f"fedcond-multi{rounds}", {**base, "strategy": "fedcond", **recipe["multi"]}))
+    if "fedavg" in args.strategies:
+        out.append(("fedavg", {**base, "strategy": "fedavg", "rounds": args.fedavg_rounds, "local_epochs": 1}))
+    if "fedprox" in args.strategies and (partition in args.extra_partitions or args.all_extras):
+        out.append(("fedprox", {**base, "strategy": "fedprox", "rounds": args.fedavg_rounds, "local_epochs": 1}))
+    return out
+
+
+def _summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["dataset"], r["partition"], r["method"]), []).append(r)
+    rows = []
+    for (dataset, partition, method), runs in groups.items():
+        accs = [r["test_accuracy"] for r in runs]
+        fedavg = groups.get((dataset, partition, "fedavg"))
+        fedavg_up = statistics.fmean(r["uplink_bytes"] for r in fedavg) if fedavg else None
+        fedavg_acc = statistics.fmean(r["test_accuracy"] for r in fedavg) if fedavg else None
+        uplink = statistics.fmean(r["uplink_bytes"] for r in runs)
+        row = {
+            "dataset": dataset,
+            "partition": partition,
+            "method": method,
+            "seeds": len(runs),
+            "test_accuracy_mean": statistics.fmean(accs),
+            "test_accuracy_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+            "uplink_bytes": uplink,
+            "downlink_bytes": statistics.fmean(r["downlink_bytes"] for r in runs),
+            "uplink_ratio_to_fedavg": (uplink / fedavg_up) if fedavg_up else None,
+            "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        }
+        if method == "fedcond-oneshot" and fedavg_acc is not None:
+            row["target_met"] = bool(row["test_accuracy_mean"] >= fedavg_acc and row["uplink_ratio_to_fedavg"] <= 0.1)
+        rows.append(row)
+    return rows
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| dataset | partition | method | test accuracy | uplink | uplink / FedAvg | wall | peak RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = r["uplink_ratio_to_fedavg"]
+        lines.append(
+            f"| {r['dataset']} | {r['partition']} | {r['method']} | "
+            f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}% | "
+            f"{r['uplink_bytes'] / 2**20:.3f} MiB | {'-' if ratio is None else f'{ratio:.4f}'} | "
+            f"{r['wall_seconds_mean']:.0f} s | {r['peak_rss_mib']:.0f} MiB |"
+        )
+    return "\n".join(lines)
+
+
+def _plot(results: list[dict[str, Any]], out: Path) -> None:
+    from fedcond.plots import save_line_plot
+
+    for dataset in sorted({r["dataset"] for r in results}):
+        for partition in sorted({r["partition"] for r in results if r["dataset"] == dataset}):
+            series = {}
+            for r in results:
+                if r["dataset"] == dataset and r["partition"] == partition and r["seed"] == results[0]["seed"]:
+                    points = [(i, a) for i, a in enumerate(r["accuracy_by_round"]) if a is not None]
+                    series[r["method"]] = ([p[0] for p in points], [p[1] for p in points])
+            if series:
+                save_line_plot(
+                    series,
+                    out / f"accuracy_{dataset}_{partition}.png",
+                    xlabel="round",
+                    ylabel="test accuracy",
+                    title=f"{dataset}, {partition}, 10 clients",
+                )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--datasets", nargs="+", default=["digits"], choices=sorted(RECIPES))
+    parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
+    parser.add_argument("--extra-partitions", nargs="*", default=["dirichlet-0.1"],
+                        help="partitions that also run multi-round FedCond and FedProx")
+    parser.add_argument("--all-extras", action="store_true", help="multi-round and FedProx on every partition")
+    parser.add_argument("--strategies", nargs="+", default=["fedcond", "fedcond-multi", "fedavg", "fedprox"])
+    parser.add_argument("--num-clients", type=int, default=10)
+    parser.add_argument("--fedavg-rounds", type=int, default=20)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    results: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for dataset in args.datasets:
+        for partition in args.partitions:
+            for method, mapping in _jobs(dataset, partition, args):
+                for seed in args.seeds:
+                    job = job_from_mapping({**mapping, "seed": seed, "distill.seed": seed})
+                    t0 = time.perf_counter()
+                    report = simulate(job, engine="inprocess")
+                    results.append(
+                        {
+                            "dataset": dataset,
+                            "partition": partition,
+                            "method": method,
+                            "seed": seed,
+                            "test_accuracy": report.test_accuracy,
+                            "uplink_bytes": report.uplink_bytes,
+                            "downlink_bytes": report.downlink_bytes,
+                            "wall_seconds": time.perf_counter() - t0,
+                            "peak_rss_mib": _peak_rss_mib(),
+                            "accuracy_by_round": [h["test_accuracy"] for h in report.history],
+                            "config": mapping,
+                        }
+                    )
+                    print(
+                        f"{dataset} {partition} {method} seed={seed}: {100 * report.test_accuracy:.2f}% "
+                        f"uplink {report.uplink_bytes} B, {results[-1]['wall_seconds']:.0f}s",
+                        flush=True,
+                    )
+                    summary = _summarise(results)
+                    payload = {
+                        "command": command,
+                        "engine": "inprocess",
+                        "torch_threads": args.threads,
+                        "elapsed_seconds": time.perf_counter() - started,
+                        "peak_rss_mib": _peak_rss_mib(),
+                        "summary": summary,
+                        "results": results,
+                    }
+                    (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    summary = _summarise(results)
+    table = _markdown(summary)
+    (args.out / "table.md").write_text(table + "\n")
+    _plot(results, args.out)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

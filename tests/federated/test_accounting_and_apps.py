@@ -1,0 +1,103 @@
+"""Byte accounting, DP clients, the Flower app config, and the Deployment Engine script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.config import flatten_dict
+
+from fedcond.config import load_toml
+from fedcond.federated.accounting import CountingGrid
+from fedcond.federated.job import DEMO_JOB, job_from_mapping
+from fedcond.federated.records import CONFIG_KEY, SERVER_ROUND, payload_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class EchoGrid:
+    """A grid whose nodes reply with a fixed payload."""
+
+    def __init__(self, reply_content):
+        self.reply_content = reply_content
+
+    def get_node_ids(self):
+        return [1, 2]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [Message(self.reply_content, reply_to=m) for m in messages]
+
+
+def test_counting_grid_counts_every_payload_per_round_and_direction(task_identity):
+    model = ArrayRecord({"w": Array(np.zeros((10, 10), np.float32))})  # 400 bytes of data + npy header
+    reply = RecordDict({"arrays": model, "metrics": MetricRecord({"num-examples": 5})})
+    grid = CountingGrid(EchoGrid(reply))
+    for server_round in (1, 2):
+        content = RecordDict({"arrays": model, CONFIG_KEY: ConfigRecord({SERVER_ROUND: server_round, "lr": 0.1})})
+        messages = [Message(content=content, dst_node_id=n, message_type="train") for n in (1, 2)]
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = f"id-{server_round}-{m.metadata.dst_node_id}"
+        grid.send_and_receive(messages)
+    traffic = grid.traffic
+    assert set(traffic) == {1, 2}
+    down = payload_bytes(content)
+    assert down > model.count_bytes() > 400
+    assert traffic[1].downlink_bytes == 2 * down and traffic[1].messages_sent == 2
+    assert traffic[2].uplink_bytes == 2 * payload_bytes(reply) and traffic[2].replies_received == 2
+    assert grid.uplink_bytes == 4 * payload_bytes(reply)
+
+
+def test_pyproject_app_config_and_demo_toml_are_the_demo():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    app = pyproject["tool"]["flwr"]["app"]
+    assert app["components"] == {
+        "serverapp": "fedcond.federated.server_app:app",
+        "clientapp": "fedcond.federated.client_app:app",
+    }
+    demo = job_from_mapping(DEMO_JOB)
+    assert job_from_mapping(flatten_dict(app["config"])).federated == demo.federated
+    assert job_from_mapping(load_toml(ROOT / "configs" / "demo.toml")).federated == demo.federated
+    for name in ("mnist.toml", "mnist-fedavg.toml", "digits-fedavg.toml", "digits-multiround.toml", "digits-dp.toml"):
+        job_from_mapping(load_toml(ROOT / "configs" / name))  # every shipped config parses
+
+
+def test_dp_client_reports_its_spent_budget():
+    pytest.importorskip("fedcond.privacy.dp", reason="fedcond.privacy.dp is not available")
+    from fedcond.federated.client import client_partition, condense_partition
+
+    job = job_from_mapping({"num_clients": 4, "alpha": 0.5, "distill.ipc": 2, "distill.iterations": 3,
+                            "distill.mixed_precision": False, "dp.epsilon": 8.0, "dp.delta": 1e-5})
+    data = client_partition(job, partition_id=0, num_partitions=4)
+    outcome = condense_partition(data, distill=job.federated.distill, dp=job.federated.dp)
+    assert outcome.epsilon is not None and 0 < outcome.epsilon <= 8.0 + 1e-6
+    assert outcome.delta == pytest.approx(1e-5)
+    assert outcome.synthetic.meta["init"] == "noise"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("FEDCOND_SLOW") != "1",
+    reason="SuperLink + 2 SuperNodes + flwr run take 40-90 s on 2 busy cores; set FEDCOND_SLOW=1 to run it",
+)
+@pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="Flower's CLI is not on PATH")
+def test_deployment_engine_with_two_supernodes_on_loopback(tmp_path):
+    env = {**os.environ, "FEDCOND_DEPLOY_DIR": str(tmp_path / "deploy"), "FEDCOND_DEPLOY_TIMEOUT": "240"}
+    done = subprocess.run(
+        [str(ROOT / "simulations" / "deploy_local.sh"), "2", "distill.ipc=1", "distill.iterations=3",
+         "server-epochs=5", 'device="cpu"'],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "deploy" / "result" / "metrics.json").read_text())
+    assert metrics["num_clients"] == 2 and metrics["history"][1]["accepted"] == 2
+    assert metrics["uplink_bytes"] > 0
+    # the script stopped exactly what it started: nothing is left running from its folder
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "deploy")], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
