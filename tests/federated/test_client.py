@@ -9,6 +9,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedcond.config import DistillConfig
+from fedcond.data import get_spec
 from fedcond.federated.client import client_partition, condense_partition, initial_images
 from fedcond.federated.client_app import app
 from fedcond.federated.job import job_from_mapping, job_to_mapping
@@ -79,7 +80,7 @@ def test_condense_handler_replies_a_valid_set_and_keeps_memory_in_context_state(
     memory = synthetic_from_record(context.state.array_records[MEMORY_KEY])
     assert torch.equal(memory.images, accepted.synthetic.images)
     # round 2, multi-round: the global model is the embedder and the memory is the start point
-    model = model_to_record(get_model("convnet", __import__("fedcond.data", fromlist=["get_spec"]).get_spec("digits")))
+    model = model_to_record(get_model("convnet", get_spec("digits")))
     second = app(_train_message(102, 2, {MODEL_KEY: model}), context)
     again = synthetic_from_record(second.content.array_records[SYNTHETIC_KEY])
     assert torch.equal(again.labels, memory.labels)
@@ -87,7 +88,7 @@ def test_condense_handler_replies_a_valid_set_and_keeps_memory_in_context_state(
 
 
 def test_fedavg_train_handler_returns_weights_and_num_examples(task_identity):
-    spec = __import__("fedcond.data", fromlist=["get_spec"]).get_spec("digits")
+    spec = get_spec("digits")
     model = get_model("convnet", spec, generator=torch.Generator().manual_seed(0))
     config = ConfigRecord({**job_to_mapping(job_from_mapping({**JOB, "strategy": "fedavg"})), "server-round": 1,
                            "proximal-mu": 0.1})

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedcond.config import FederatedConfig, parse_config
 from fedcond.federated.aggregation import aggregate_sets
@@ -50,7 +50,7 @@ def test_configure_train_sends_condense_messages_with_the_round(task_identity, d
 
 def test_multi_round_sends_the_global_model_from_round_two(task_identity, digits_spec):
     strategy = _strategy(digits_spec, rounds=3)
-    model = ArrayRecord({"w": __import__("flwr.app", fromlist=["Array"]).Array(np.ones(3, np.float32))})
+    model = ArrayRecord({"w": Array(np.ones(3, np.float32))})
     messages = _configure(strategy, [1, 2], server_round=2, arrays=model)
     assert all(MODEL_KEY in m.content.array_records for m in messages)
 
