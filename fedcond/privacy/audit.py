@@ -34,7 +34,12 @@ from fedcond.data.registry import ArrayDataset, DatasetSplits, DatasetSpec
 from fedcond.distill.evaluate import accuracy, augment_for, train_model
 from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
 from fedcond.models import get_model
-from fedcond.privacy.membership import MembershipResult, membership_inference, train_shadow_models
+from fedcond.privacy.membership import (
+    MembershipResult,
+    auc_lower_bound,
+    membership_inference,
+    train_shadow_models,
+)
 from fedcond.privacy.recoverability import RecoverabilityResult, recoverability
 
 __all__ = ["LEAKS", "NO_EVIDENCE", "AuditReport", "check_compatible", "run_audit", "verdict_for"]
@@ -118,8 +123,6 @@ def verdict_for(
                 f"{recovery.quantile:g}-quantile of fresh samples (binomial p={p:.2g})"
             )
     for name, attack in target.attacks.items():
-        from fedcond.privacy.membership import auc_lower_bound
-
         lower = auc_lower_bound(attack.auc, members=attack.members, nonmembers=attack.nonmembers, z=z)
         if lower > 0.5:
             reasons.append(f"{name} attack: AUC {attack.auc:.3f} (lower bound {lower:.3f} > 0.5)")
@@ -197,7 +200,6 @@ def run_audit(
         generator=generator,
     )
     ref_idx = recovery.reference_indices
-    assert ref_idx is not None
     cal_mask = torch.ones(len(test), dtype=torch.bool)
     cal_mask[ref_idx] = False
 

@@ -266,6 +266,11 @@ def dp_statistics_for(
     )
 
     def reporter(result: CondensationResult) -> tuple[float, float]:
+        if result.synthetic.meta.get("init", "noise") != "noise":
+            raise PrivacyBudgetError(
+                "the synthetic set was initialised from real images, which it then publishes: no DP "
+                "guarantee holds (DP requires init='noise')"
+            )
         # Iterations run before a resume were not seen by this object: count the whole plan.
         accountant = PrivacyAccountant(plan.accountant)
         accountant.load_state_dict(statistics.accountant.state_dict())

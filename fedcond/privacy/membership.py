@@ -32,6 +32,7 @@ from fedcond.distill.evaluate import predict_logits
 __all__ = [
     "AttackResult",
     "MembershipResult",
+    "RocCurve",
     "auc_lower_bound",
     "attack_result",
     "logit_confidence",
@@ -40,6 +41,7 @@ __all__ = [
     "membership_inference",
     "roc_curve",
     "tpr_at_fpr",
+    "train_shadow_models",
 ]
 
 
@@ -81,12 +83,12 @@ def lira_scores(target_phi: torch.Tensor, shadow_phi: torch.Tensor, *, min_std: 
 
 @dataclass(frozen=True)
 class RocCurve:
+    """False- and true-positive rates over all thresholds, and the area under the curve."""
+
     fpr: np.ndarray
     tpr: np.ndarray
     auc: float
 
-
-__all__ += ["RocCurve"]
 
 
 def roc_curve(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> RocCurve:
@@ -234,5 +236,3 @@ def train_shadow_models(
         models.append(train(pool[0][pick], pool[1][pick], generator))
     return models
 
-
-__all__ += ["train_shadow_models"]

@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 import torch
 
 __all__ = [
+    "CalibrationError",
     "NearestNeighbours",
     "Recoverability",
     "RecoverabilityResult",
     "SpaceResult",
     "calibrate_threshold",
+    "min_calibration_samples",
     "nearest_neighbours",
     "recoverability",
     "split_held_out",
@@ -45,8 +47,6 @@ FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 class CalibrationError(ValueError):
     """Too few held-out samples to calibrate the threshold."""
 
-
-__all__ += ["CalibrationError"]
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,6 @@ def min_calibration_samples(quantile: float) -> int:
     """Held-out images needed so that the ``quantile`` threshold rests on >= 1 expected sample."""
     return max(20, math.ceil(1.0 / quantile))
 
-
-__all__ += ["min_calibration_samples"]
 
 
 def calibrate_threshold(calibration_distances: torch.Tensor, *, quantile: float) -> float:

@@ -118,3 +118,12 @@ def test_dp_dm_end_to_end_reports_spent_epsilon() -> None:
     assert stats.steps == 4
     assert len(result.synthetic) == 10
     assert bool(torch.isfinite(result.synthetic.images).all())
+
+
+def test_reporter_refuses_a_real_init_result() -> None:
+    splits = load_dataset("digits")
+    config = DistillConfig(ipc=1, iterations=1, init="real", batch_real=16, dsa=False, mixed_precision=False)
+    stats, reporter = dp_statistics_for(dp={"epsilon": 5.0}, distill=config, class_counts=splits.train.class_counts())
+    result = DistributionMatching(config, real_statistics=stats).condense(splits.train)
+    with pytest.raises(PrivacyBudgetError, match="init='noise'"):
+        reporter(result)

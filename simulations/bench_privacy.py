@@ -1,0 +1,197 @@
+"""Privacy benchmark: real-data model vs real-init DM vs noise-init DM vs DP-DM.
+
+For each dataset: condense with every method, evaluate (K fresh ConvNets, mean ± std), and
+audit (nearest-neighbour match rate, strongest membership attack's AUC and TPR at low FPR).
+The real-data row is the audit's reference model (``--reference-size`` real images).
+
+Writes ``OUT/bench_privacy.json`` (rows, settings, peak RSS, the command) and
+``OUT/<dataset>_<method>_roc.png`` / ``..._nn.png``.
+
+Example (the digits table of docs/privacy.md)::
+
+    python simulations/bench_privacy.py --datasets digits --out results/privacy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedcond.config import AuditConfig, DataConfig, DistillConfig, EvalConfig
+from fedcond.data.registry import load_dataset
+from fedcond.distill.dm import DistributionMatching
+from fedcond.distill.evaluate import evaluate_synthetic
+from fedcond.distill.synthetic import SyntheticSet
+from fedcond.privacy.audit import run_audit
+from fedcond.privacy.dp import dp_statistics_for
+from fedcond.privacy.figures import save_nearest_neighbours, save_roc
+
+logger = logging.getLogger("bench_privacy")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["digits"], help="digits and/or mnist")
+    p.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    p.add_argument("--out", type=Path, default=Path("results/privacy"))
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--iterations", type=int, default=200, help="DM iterations (all methods)")
+    p.add_argument("--batch-real", type=int, default=64, help="real images per class (non-private DM)")
+    p.add_argument("--dp-batch-real", type=int, default=256, help="expected real images per class under DP")
+    p.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 10.0])
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--dp-clip", type=float, default=0.6, help="clip bound on the RMS-scaled embedding")
+    p.add_argument("--eval-runs", type=int, default=3)
+    p.add_argument("--eval-epochs", type=int, default=300)
+    p.add_argument("--audit-epochs", type=int, default=100)
+    p.add_argument("--shadow-models", type=int, default=4)
+    p.add_argument("--reference-size", type=int, default=1000)
+    p.add_argument("--max-candidates", type=int, default=1000)
+    p.add_argument("--no-feature-space", action="store_true")
+    p.add_argument("--methods", nargs="*", default=["real-init", "noise-init", "dp"])
+    p.add_argument("--no-bf16", action="store_true", help="fp32 embeddings (faster on CPUs without bf16 units)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def condense(method: str, epsilon: float | None, args: argparse.Namespace, splits) -> tuple[SyntheticSet, dict]:
+    dp = epsilon is not None
+    config = DistillConfig(
+        ipc=args.ipc,
+        iterations=args.iterations,
+        init="real" if method == "real-init" else "noise",
+        batch_real=args.dp_batch_real if dp else args.batch_real,
+        seed=args.seed,
+        mixed_precision=not args.no_bf16,
+    )
+    stats, reporter, extra = None, None, {}
+    if dp:
+        stats, reporter = dp_statistics_for(
+            dp={"epsilon": epsilon, "delta": args.delta, "clip_norm": args.dp_clip},
+            distill=config,
+            class_counts=splits.train.class_counts(),
+        )
+        extra = {"sample_rate": stats.plan.sample_rate, "noise_multiplier": stats.plan.noise_multiplier}
+    result = DistributionMatching(config, real_statistics=stats).condense(splits.train)
+    extra.update({"distill_seconds": result.seconds, "iterations": config.iterations, "batch_real": config.batch_real})
+    if reporter is not None:
+        spent, delta = reporter(result)
+        extra.update({"epsilon": spent, "delta": delta})
+    return result.synthetic, extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    audit_config = AuditConfig(
+        shadow_models=args.shadow_models,
+        target_epochs=args.audit_epochs,
+        reference_size=args.reference_size,
+        max_candidates=args.max_candidates,
+        feature_space=not args.no_feature_space,
+        seed=args.seed,
+    )
+    eval_config = EvalConfig(runs=args.eval_runs, epochs=args.eval_epochs)
+    rows: list[dict[str, Any]] = []
+    report_path = args.out / "bench_privacy.json"
+    for name in args.datasets:
+        splits = load_dataset(DataConfig(name, data_dir=args.data_dir) if name != "digits" else "digits")
+        reference = None
+        plan: list[tuple[str, float | None]] = []
+        for method in args.methods:
+            plan += [(method, e) for e in args.epsilons] if method == "dp" else [(method, None)]
+        for method, epsilon in plan:
+            label = method if epsilon is None else f"dp eps={epsilon:g}"
+            start = time.perf_counter()
+            synthetic, extra = condense(method, epsilon, args, splits)
+            logger.info("%s %s: condensed in %.0fs", name, label, time.perf_counter() - start)
+            acc = evaluate_synthetic(synthetic, splits.test, eval_config, seed=args.seed)
+            report = run_audit(synthetic, splits, audit_config, reference=reference)
+            if reference is None:
+                reference = (report.reference, report.details["reference_accuracy"])
+                ref = report.reference.strongest
+                rows.append(
+                    {
+                        "dataset": name,
+                        "method": f"real-data model ({report.details['reference_size']} images)",
+                        "test_accuracy_mean": report.details["reference_accuracy"],
+                        "test_accuracy_std": None,
+                        "nn_match_rate": None,
+                        "mia_auc": ref.auc,
+                        "mia_attack": ref.attack,
+                        "mia_tpr_at_1pct_fpr": ref.tpr_at_1pct_fpr,
+                        "mia_tpr_at_01pct_fpr": ref.tpr_at_01pct_fpr,
+                    }
+                )
+            strongest = report.target.strongest
+            slug = f"{name}_{label.replace(' ', '_').replace('=', '')}"
+            save_roc({label: report.target, "real": report.reference}, args.out / f"{slug}_roc.png")
+            save_nearest_neighbours(
+                report.recoverability.pixel,
+                synthetic.images,
+                splits.train.images,
+                splits.test.images[report.recoverability.reference_indices],
+                splits.spec,
+                args.out / f"{slug}_nn.png",
+            )
+            rows.append(
+                {
+                    "dataset": name,
+                    "method": label,
+                    "test_accuracy_mean": acc.mean,
+                    "test_accuracy_std": acc.std,
+                    "test_accuracies": acc.accuracies,
+                    "nn_match_rate": report.recoverability.nn_match_rate,
+                    "pixel_nn_match_rate": report.recoverability.pixel.nn_match_rate,
+                    "nn_distance_ratio": report.recoverability.nn_distance_ratio,
+                    "nn_distance_ratio_fresh": report.recoverability.pixel.nn_distance_ratio_fresh,
+                    "mia_auc": strongest.auc,
+                    "mia_attack": strongest.attack,
+                    "mia_tpr_at_1pct_fpr": strongest.tpr_at_1pct_fpr,
+                    "mia_tpr_at_01pct_fpr": strongest.tpr_at_01pct_fpr,
+                    "verdict": report.verdict,
+                    **extra,
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+            logger.info("%s", json.dumps(rows[-1]))
+            write(report_path, args, rows)
+    write(report_path, args, rows)
+    for r in rows:
+        acc = r["test_accuracy_mean"]
+        std = r["test_accuracy_std"]
+        nn = r["nn_match_rate"]
+        sys.stdout.write(
+            f"| {r['dataset']} | {r['method']} | {100 * acc:.1f}{'' if std is None else f' ± {100 * std:.1f}'} | "
+            f"{'-' if nn is None else f'{100 * nn:.1f}%'} | {r['mia_auc']:.3f} ({r['mia_attack']}) | "
+            f"{100 * r['mia_tpr_at_1pct_fpr']:.1f}% | {100 * r['mia_tpr_at_01pct_fpr']:.1f}% | {r.get('epsilon', '-')} |\n"
+        )
+    return 0
+
+
+def write(path: Path, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    payload = {
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "accuracy": "mean ± std over eval runs (one condensation seed)",
+        "rows": rows,
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
