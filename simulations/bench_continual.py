@@ -1,0 +1,205 @@
+"""Benchmark: class-incremental replay at equal memory -- none, random, herding, distilled, joint.
+
+For every benchmark, seed and memory size it runs Avalanche's Naive strategy with each replay
+kind (plus the memory-free ``none`` and the ``joint`` upper bound once per seed) and the GDumb
+protocol (a fresh network trained on the memory alone after each experience) for each memory
+kind. Distilled memories are condensed once per (seed, memory) and shared by both protocols
+(DM cache under ``OUT/dm-cache``). Results are mean +- std over seeds.
+
+Writes ``OUT/bench_continual.json`` (after every run, so a partial run keeps its results),
+``OUT/bench_continual.md`` (the table) and ``OUT/bench_continual.png`` (final accuracy vs memory
+on the first benchmark).
+
+Example (the budget measured in docs/continual.md)::
+
+    python simulations/bench_continual.py --out results/continual --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedcond.config import ContinualConfig, DistillConfig
+from fedcond.continual import make_split_benchmark, run_continual
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("results/continual"))
+    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--benchmarks", nargs="+", default=["split-mnist", "split-digits", "split-fashion-mnist"])
+    parser.add_argument("--memories", type=int, nargs="+", default=[10, 1, 20], help="images per class, first benchmark")
+    parser.add_argument("--other-memories", type=int, nargs="+", default=[10], help="images per class, other benchmarks")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, first benchmark")
+    parser.add_argument("--other-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, other benchmarks")
+    parser.add_argument("--kinds", nargs="+", default=["none", "random", "herding", "distilled", "joint"])
+    parser.add_argument("--gdumb-kinds", nargs="*", default=["random", "herding", "distilled"])
+    parser.add_argument("--gdumb-memories", type=int, nargs="*", default=[10], help="memory sizes with GDumb rows")
+    parser.add_argument("--epochs", type=int, default=2, help="Naive epochs per experience")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--gdumb-epochs", type=int, default=20)
+    parser.add_argument("--iterations", type=int, default=20, help="DM iterations per experience")
+    parser.add_argument("--batch-real", type=int, default=32, help="DM real images per class and iteration")
+    parser.add_argument("--train-per-class", type=int, default=100, help="0 keeps the whole training split")
+    parser.add_argument("--test-per-class", type=int, default=50, help="0 keeps the whole test split")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared CPU)")
+    parser.add_argument("--device", default="cpu")
+    return parser.parse_args(argv)
+
+
+def _config(args: argparse.Namespace, benchmark: str, kind: str, memory: int, seed: int, gdumb: bool) -> ContinualConfig:
+    return ContinualConfig(
+        benchmark=benchmark,
+        replay=kind,
+        memory_per_class=memory,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        gdumb=gdumb,
+        gdumb_epochs=args.gdumb_epochs,
+        train_per_class=args.train_per_class or None,
+        test_per_class=args.test_per_class or None,
+        seed=seed,
+        distill=DistillConfig(iterations=args.iterations, batch_real=args.batch_real),
+    )
+
+
+def _jobs(args: argparse.Namespace) -> list[tuple[str, int, str, int, bool]]:
+    """``(benchmark, seed, kind, memory, gdumb)`` in priority order: the first benchmark's first
+    memory size for every seed comes first, so a run cut short still has the headline rows."""
+    jobs: list[tuple[str, int, str, int, bool]] = []
+    for benchmark in args.benchmarks:
+        first = benchmark == args.benchmarks[0]
+        memories = args.memories if first else args.other_memories
+        for index, memory in enumerate(memories):
+            for seed in args.seeds if first else args.other_seeds:
+                if index == 0:
+                    jobs += [(benchmark, seed, k, 0, False) for k in ("none", "joint") if k in args.kinds]
+                jobs += [(benchmark, seed, k, memory, False) for k in args.kinds if k not in ("none", "joint")]
+                if memory in args.gdumb_memories:
+                    jobs += [(benchmark, seed, k, memory, True) for k in args.gdumb_kinds]
+    return jobs
+
+
+def _summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        key = (run["benchmark"], "gdumb" if run["gdumb"] else "naive", run["replay"], run["memory_per_class"])
+        groups[key].append(run)
+    rows = []
+    for (benchmark, protocol, replay, memory), members in groups.items():
+        accs = [100 * m["final_average_accuracy"] for m in members]
+        forgets = [100 * m["forgetting"] for m in members if m["forgetting"] is not None]
+        rows.append(
+            {
+                "benchmark": benchmark,
+                "protocol": protocol,
+                "replay": replay,
+                "memory_per_class": memory if replay not in ("none", "joint") else 0,
+                "memory_images": members[0]["memory_images"],
+                "seeds": len(members),
+                "accuracy_mean": statistics.fmean(accs),
+                "accuracy_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+                "forgetting_mean": statistics.fmean(forgets) if forgets else None,
+                "forgetting_std": (statistics.pstdev(forgets) if len(forgets) > 1 else 0.0) if forgets else None,
+                "wall_seconds_mean": statistics.fmean(m["wall_seconds"] for m in members),
+                "condense_seconds_mean": statistics.fmean(m["condense_seconds"] for m in members),
+            }
+        )
+    return rows
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| benchmark | protocol | replay | memory/class | memory images | final avg acc (%) | forgetting (pts) | seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        forget = "n/a" if r["forgetting_mean"] is None else f"{r['forgetting_mean']:.1f} ± {r['forgetting_std']:.1f}"
+        lines.append(
+            f"| {r['benchmark']} | {r['protocol']} | {r['replay']} | {r['memory_per_class']} | {r['memory_images']} "
+            f"| {r['accuracy_mean']:.1f} ± {r['accuracy_std']:.1f} | {forget} | {r['seeds']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _figure(rows: list[dict[str, Any]], benchmark: str, path: Path) -> None:
+    from fedcond.plots import save_line_plot
+
+    series = {}
+    for protocol in ("naive", "gdumb"):
+        for replay in ("random", "herding", "distilled"):
+            points = sorted(
+                (r["memory_per_class"], r["accuracy_mean"])
+                for r in rows
+                if r["benchmark"] == benchmark and r["protocol"] == protocol and r["replay"] == replay
+            )
+            if points:
+                series[f"{replay} ({protocol})"] = ([p[0] for p in points], [p[1] for p in points])
+    if series:
+        save_line_plot(series, path, xlabel="memory (images per class)", ylabel="final average accuracy (%)",
+                       title=f"{benchmark}, class-incremental")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    started = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    report: dict[str, Any] = {"command": command, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    streams: dict[tuple[str, int], Any] = {}
+    for benchmark, seed, kind, memory, gdumb in _jobs(args):
+        if (benchmark, seed) not in streams:
+            streams[(benchmark, seed)] = make_split_benchmark(
+                benchmark,
+                seed=seed,
+                data_dir=args.data_dir,
+                train_per_class=args.train_per_class or None,
+                test_per_class=args.test_per_class or None,
+            )
+        config = _config(args, benchmark, kind, max(memory, 1), seed, gdumb)
+        result = run_continual(config, benchmark=streams[(benchmark, seed)], device=args.device, cache_dir=out / "dm-cache")
+        metrics = result.to_metrics()
+        metrics["memory_per_class"] = memory
+        runs.append(metrics)
+        print(
+            f"[{time.perf_counter() - started:7.0f}s] {benchmark} seed={seed} "
+            f"{'gdumb' if gdumb else 'naive'} {kind:9s} mem={memory:2d}: "
+            f"acc {100 * result.final_average_accuracy:5.1f}%  images {result.memory_images:4d}  "
+            f"({result.wall_seconds:.0f}s, DM {result.condense_seconds:.0f}s)",
+            flush=True,
+        )
+        summary = _summarise(runs)
+        report.update(
+            {
+                "summary": summary,
+                "runs": runs,
+                "wall_seconds": time.perf_counter() - started,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+        (out / "bench_continual.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out / "bench_continual.md").write_text(_markdown(summary))
+    _figure(report.get("summary", []), args.benchmarks[0], out / "bench_continual.png")
+    print(_markdown(report.get("summary", [])))
+    print(f"wall {report.get('wall_seconds', 0):.0f}s, peak RSS {report.get('peak_rss_mb', 0):.0f} MB -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
