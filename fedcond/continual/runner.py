@@ -21,6 +21,7 @@ shuffles and reservoir sampling from the global RNGs, so :func:`run_continual` s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import statistics
@@ -38,7 +39,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import JointTraining, Naive
 from torch import nn
 
-from fedcond.config import ContinualConfig, EvalConfig
+from fedcond.config import ContinualConfig, DistillConfig, EvalConfig
 from fedcond.continual.benchmarks import SplitBenchmark, dataset_tensors, make_split_benchmark
 from fedcond.continual.buffers import DistilledBuffer
 from fedcond.continual.policies import MEMORY_KINDS, REPLAY_KINDS, make_replay_plugin, make_storage_policy
@@ -285,9 +286,7 @@ def run_continual(
     )
 
 
-def _replace_seed(config: ContinualConfig):  # noqa: ANN202 - DistillConfig
-    import dataclasses
-
+def _replace_seed(config: ContinualConfig) -> DistillConfig:
     return dataclasses.replace(config.distill, seed=config.seed)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from fedcond.continual import dataset_tensors, make_split_benchmark, seeded_class_order
 

@@ -72,3 +72,25 @@ def test_plugin_refuses_bad_batch_sizes(digits_stream) -> None:
     buffer = DistilledBuffer.per_class(1, num_classes=10, spec=digits_stream.spec, distill=TINY_DM)
     with pytest.raises(ValueError, match="batch_size_mem must be positive"):
         DistilledReplayPlugin(buffer, batch_size_mem=0)
+
+
+def test_plugin_works_with_another_supervised_strategy(digits_stream) -> None:
+    from avalanche.training.supervised import EWC
+
+    spec = digits_stream.spec
+    model = get_model("convnet", spec, generator=torch.Generator().manual_seed(1))
+    buffer = DistilledBuffer.per_class(1, num_classes=10, spec=spec, distill=TINY_DM)
+    strategy = EWC(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+        criterion=torch.nn.CrossEntropyLoss(),
+        ewc_lambda=1.0,
+        train_mb_size=32,
+        train_epochs=1,
+        plugins=[DistilledReplayPlugin(buffer)],
+        evaluator=EvaluationPlugin(loggers=[]),
+    )
+    for i, experience in enumerate(list(digits_stream.scenario.train_stream)[:2]):
+        strategy.train(experience)
+        assert len(buffer.buffer) == 2 * (i + 1)
+    assert set(buffer.class_counts()) == set(digits_stream.class_order[:4])
