@@ -131,12 +131,12 @@ def run_continual_command(args: argparse.Namespace) -> int:
             {
                 "benchmark": result.benchmark,
                 "replay": result.replay,
-                "protocol": protocol,
-                "memory images": result.memory_images,
-                "final avg acc": f"{100 * result.final_average_accuracy:.2f}%",
-                "forgetting": "n/a" if forgetting is None else f"{100 * forgetting:.2f}",
-                "wall s": round(result.wall_seconds, 1),
-                "DM s": round(result.condense_seconds, 1),
+                "mode": protocol,
+                "images": result.memory_images,
+                "final acc": f"{100 * result.final_average_accuracy:.1f}%",
+                "forget": "n/a" if forgetting is None else f"{100 * forgetting:.1f}",
+                "s": round(result.wall_seconds),
+                "DM s": round(result.condense_seconds),
             }
         ],
     )
