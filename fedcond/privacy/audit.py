@@ -13,7 +13,8 @@ models use the same recipe on real data disjoint from every candidate.
 
 The verdict is ``"leaks"`` when a test rejects "no leakage" at the configured significance
 (Bonferroni over the tests run): more nearest-neighbour matches than the calibrated rate allows
-(binomial test), or an attack AUC whose lower confidence bound exceeds 0.5. Otherwise it is
+(binomial test), synthetic images closer to the training data relative to held-out data than
+fresh samples are (Mann-Whitney test on the nearest-neighbour distance ratios), or an attack AUC whose lower confidence bound exceeds 0.5. Otherwise it is
 ``"no evidence of leakage at this attack strength"``. It is never "private": an audit can show
 leakage, never its absence.
 """
@@ -109,7 +110,7 @@ def verdict_for(
     recovery: RecoverabilityResult, target: MembershipResult, *, significance: float
 ) -> tuple[str, list[str]]:
     """``(verdict, reasons)`` from one-sided tests, Bonferroni-corrected over all tests."""
-    tests = len(recovery.spaces) + len(target.attacks)
+    tests = 2 * len(recovery.spaces) + len(target.attacks)
     alpha = significance / tests
     z = float(stats.norm.ppf(1 - alpha))
     reasons: list[str] = []
@@ -121,6 +122,12 @@ def verdict_for(
             reasons.append(
                 f"{name} space: {k}/{n} synthetic images are closer to a training image than the "
                 f"{recovery.quantile:g}-quantile of fresh samples (binomial p={p:.2g})"
+            )
+        if space.nn_ratio_pvalue < alpha:
+            reasons.append(
+                f"{name} space: synthetic images sit closer to training than to held-out images, relative "
+                f"to fresh samples (median ratio {space.nn_distance_ratio:.2f} vs {space.nn_distance_ratio_fresh:.2f}, "
+                f"Mann-Whitney p={space.nn_ratio_pvalue:.2g})"
             )
     for name, attack in target.attacks.items():
         lower = auc_lower_bound(attack.auc, members=attack.members, nonmembers=attack.nonmembers, z=z)

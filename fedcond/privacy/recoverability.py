@@ -15,6 +15,10 @@ closer than ``tau`` to some training image with probability ``q`` (default 1%). 
   nearest non-member (reference half). ``nn_distance_ratio_fresh`` is the same ratio for the
   calibration images themselves, i.e. what a set of fresh samples scores; a ratio well below
   it means the synthetic images sit closer to the training data than fresh samples do.
+* ``nn_ratio_pvalue``: one-sided Mann-Whitney test that the per-image ratios
+  ``d(train) / d(held-out)`` of the synthetic images are smaller than those of the calibration
+  images (fresh samples). It catches images that drifted away from a training image they
+  started from, yet stay closer to it than fresh samples would.
 
 Like torchmetrics, the audit exists as a function (:func:`recoverability`) and as a class
 (:class:`Recoverability`) that accumulates synthetic images batch by batch.
@@ -125,6 +129,7 @@ class SpaceResult:
     nn_distance_ratio: float
     nn_distance_ratio_fresh: float
     calibration_match_rate: float
+    nn_ratio_pvalue: float
     to_train: NearestNeighbours
     to_held_out: NearestNeighbours
 
@@ -133,6 +138,7 @@ class SpaceResult:
             f"{prefix}nn_match_rate": self.nn_match_rate,
             f"{prefix}nn_distance_ratio": self.nn_distance_ratio,
             f"{prefix}nn_distance_ratio_fresh": self.nn_distance_ratio_fresh,
+            f"{prefix}nn_ratio_pvalue": self.nn_ratio_pvalue,
             f"{prefix}nn_threshold": self.threshold,
             f"{prefix}nn_median_distance_train": float(self.to_train.distances.median()),
             f"{prefix}nn_median_distance_held_out": float(self.to_held_out.distances.median()),
@@ -195,6 +201,12 @@ def _audit_space(
         denom = float(b.median())
         return float(a.median()) / denom if denom > 0 else float("inf")
 
+    from scipy.stats import mannwhitneyu
+
+    syn_ratios = to_train.distances / to_held_out.distances.clamp_min(1e-12)
+    fresh_ratios = cal_to_train.distances / cal_to_ref.distances.clamp_min(1e-12)
+    pvalue = float(mannwhitneyu(syn_ratios.numpy(), fresh_ratios.numpy(), alternative="less").pvalue)
+
     return SpaceResult(
         space=name,
         threshold=tau,
@@ -202,6 +214,7 @@ def _audit_space(
         nn_distance_ratio=ratio(to_train.distances, to_held_out.distances),
         nn_distance_ratio_fresh=ratio(cal_to_train.distances, cal_to_ref.distances),
         calibration_match_rate=match_rate(cal_to_train.distances),
+        nn_ratio_pvalue=pvalue,
         to_train=to_train,
         to_held_out=to_held_out,
     )
