@@ -152,7 +152,8 @@ class DPConfig:
     epsilon, delta : float
         Target privacy budget for the whole condensation run.
     clip_norm : float
-        Per-sample L2 bound on each real embedding.
+        Per-sample L2 bound on each real embedding after scaling it by ``1/sqrt(D)``
+        (typical scaled norms are 0.5-0.55 on digits and MNIST, so 0.6 rarely clips).
     sample_rate : float
         Poisson sampling rate of the real batch (per class); 0 derives it from ``batch_real``.
     accountant : str
@@ -161,7 +162,7 @@ class DPConfig:
 
     epsilon: float
     delta: float = 1e-5
-    clip_norm: float = 1.0
+    clip_norm: float = 0.6
     sample_rate: float = 0.0
     accountant: str = "rdp"
 
@@ -185,8 +186,6 @@ class FederatedConfig:
     min_reply_fraction: float = 0.5
     min_available_nodes: int = 1
     round_timeout: float = 3600.0
-    train_per_class: int | None = None
-    test_per_class: int | None = None
     train_per_class: int | None = None
     test_per_class: int | None = None
     server_epochs: int = 300

@@ -47,7 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     distill.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     distill.add_argument("--dp-epsilon", type=float, default=None, help="differentially private DM: target epsilon")
     distill.add_argument("--dp-delta", type=float, default=1e-5, help="DP delta (default 1e-5)")
-    distill.add_argument("--dp-clip", type=float, default=1.0, help="per-sample embedding clipping bound")
+    distill.add_argument(
+        "--dp-clip",
+        type=float,
+        default=0.6,
+        help="per-sample clipping bound on the sqrt(D)-scaled embedding (default 0.6: typical norms are 0.5-0.55)",
+    )
     distill.add_argument("--dp-accountant", choices=("rdp", "prv"), default="rdp", help="privacy accountant")
     add_common_arguments(distill, default_out="runs/distill")
     distill.set_defaults(run=run_distill)

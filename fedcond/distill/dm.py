@@ -245,12 +245,18 @@ class DistributionMatching:
         start = time.perf_counter()
         for iteration in iterator:
             net = self._embedding_network(spec, generator, memory_format)
+            # augmentation draws from its own per-iteration stream, so how many parameters the
+            # (possibly Poisson-sized, private) real batch needs never shifts later draws
+            aug_generator = torch.Generator().manual_seed(
+                int(torch.randint(0, 2**62, (1,), generator=generator))
+            )
             batch = self.statistics.sample_batch(pools, generator=generator)
             real_groups = batch.groups
-            slots_per_class = max(int(torch.bincount(real_groups).max()), cfg.ipc)
+            largest = int(torch.bincount(real_groups).max()) if real_groups.numel() else 0
+            slots_per_class = max(largest, cfg.ipc)
             if augment is not None:
                 params = augment.sample(
-                    num_classes * slots_per_class, generator=generator, image_size=spec.image_size
+                    num_classes * slots_per_class, generator=aug_generator, image_size=spec.image_size
                 )
             # real side: no graph, optional bf16
             with torch.inference_mode(), autocast_context(device, enabled=cfg.mixed_precision):
@@ -258,7 +264,10 @@ class DistributionMatching:
                 if augment is not None:
                     slots = _slots_within_groups(real_groups, num_classes, slots_per_class)
                     real = augment.apply(real, params, slots)
-                real_emb = self._embed_real(real.contiguous(memory_format=memory_format))
+                if real.shape[0] == 0:  # an empty Poisson batch: the statistics add noise only
+                    real_emb = torch.zeros(0, net.feature_dim, device=device)
+                else:
+                    real_emb = self._embed_real(real.contiguous(memory_format=memory_format))
             real_means = self.statistics.class_means(
                 real_emb, real_groups.to(device), num_classes=num_classes, generator=generator
             ).clone()
