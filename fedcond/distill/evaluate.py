@@ -62,6 +62,7 @@ def train_model(
     device: torch.device | str = "cpu",
     mixed_precision: bool = False,
     proximal_mu: float = 0.0,
+    sample_weights: torch.Tensor | None = None,
 ) -> nn.Module:
     """Train ``model`` in place with the DD evaluation recipe and return it.
 
@@ -79,6 +80,9 @@ def train_model(
         Drives shuffling and augmentation.
     proximal_mu : float
         FedProx term ``mu/2 ||w - w0||^2`` towards the initial weights (0 disables).
+    sample_weights : torch.Tensor | None
+        Per-sample loss weights; each batch's loss is then ``sum(w_i * ce_i) / sum(w_i)``
+        (the federated server weights synthetic images by the real samples they stand for).
     """
     device = resolve_device(device)
     if epochs < 0:
@@ -89,6 +93,7 @@ def train_model(
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     x_all = images.to(device)
     y_all = labels.to(device)
+    w_all = sample_weights.to(device) if sample_weights is not None else None
     n = x_all.shape[0]
     for epoch in range(epochs):
         if epoch == decay_at and epoch > 0:
@@ -101,7 +106,12 @@ def train_model(
             if augment is not None:
                 x = augment(x, generator=generator)
             with autocast_context(device, enabled=mixed_precision):
-                loss = F.cross_entropy(model(x), y)
+                logits = model(x)
+            if w_all is None:
+                loss = F.cross_entropy(logits.float(), y)
+            else:
+                w = w_all[idx]
+                loss = (F.cross_entropy(logits.float(), y, reduction="none") * w).sum() / w.sum()
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
                 loss = loss + 0.5 * proximal_mu * prox
