@@ -46,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Flower logs through its own console handler; don't print each of its lines twice
+    logging.getLogger("flwr").propagate = False
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
