@@ -134,28 +134,27 @@ def speed_section(data: ArrayDataset, *, iterations: int, seed: int, device: str
             "device": device, "variants": rows}
 
 
-DEVICE = "cpu"
-
-
-def evaluate(syn: SyntheticSet, splits: DatasetSplits, evaluation: EvalConfig, seed: int) -> dict[str, float]:
-    result = evaluate_synthetic(syn, splits.test, evaluation, seed=seed, device=DEVICE)
+def evaluate(
+    syn: SyntheticSet, splits: DatasetSplits, evaluation: EvalConfig, seed: int, device: str
+) -> dict[str, float]:
+    result = evaluate_synthetic(syn, splits.test, evaluation, seed=seed, device=device)
     return {"mean": result.mean, "std": result.std, "runs": result.accuracies}
 
 
 def equal_iterations_section(
-    splits: DatasetSplits, *, iterations: int, evaluation: EvalConfig, seeds: list[int], compile_dm: bool
+    splits: DatasetSplits, *, iterations: int, evaluation: EvalConfig, seeds: list[int], compile_dm: bool, device: str
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"dataset": splits.spec.name, "ipc": 10, "iterations": iterations, "seeds": seeds}
     ref_acc, ours_acc, ref_s, ours_s = [], [], [], []
     for seed in seeds:
-        syn, seconds = reference_dm(splits.train, ipc=10, iterations=iterations, seed=seed, device=DEVICE)
+        syn, seconds = reference_dm(splits.train, ipc=10, iterations=iterations, seed=seed, device=device)
         ref_s.append(seconds)
-        ref_acc.append(evaluate(syn, splits, evaluation, seed)["mean"])
+        ref_acc.append(evaluate(syn, splits, evaluation, seed, device)["mean"])
         result = DistributionMatching(
-            DistillConfig(ipc=10, iterations=iterations, seed=seed, compile=compile_dm), device=DEVICE
+            DistillConfig(ipc=10, iterations=iterations, seed=seed, compile=compile_dm), device=device
         ).condense(splits.train)
         ours_s.append(result.seconds)
-        ours_acc.append(evaluate(result.synthetic, splits, evaluation, seed)["mean"])
+        ours_acc.append(evaluate(result.synthetic, splits, evaluation, seed, device)["mean"])
         print(f"  seed {seed}: reference {ref_acc[-1]:.4f} ({seconds:.0f}s)  fedcond {ours_acc[-1]:.4f} ({result.seconds:.0f}s)", flush=True)
     out["reference"] = {"mean": statistics.fmean(ref_acc), "std": statistics.pstdev(ref_acc), "per_seed": ref_acc, "seconds": ref_s}
     out["fedcond"] = {"mean": statistics.fmean(ours_acc), "std": statistics.pstdev(ours_acc), "per_seed": ours_acc, "seconds": ours_s}
@@ -164,7 +163,14 @@ def equal_iterations_section(
 
 
 def methods_section(
-    splits: DatasetSplits, *, ipcs: list[int], iterations: dict[int, int], evaluation: EvalConfig, seed: int, compile_dm: bool
+    splits: DatasetSplits,
+    *,
+    ipcs: list[int],
+    iterations: dict[int, int],
+    evaluation: EvalConfig,
+    seed: int,
+    compile_dm: bool,
+    device: str,
 ) -> list[dict[str, Any]]:
     rows = []
     for ipc in ipcs:
@@ -172,13 +178,13 @@ def methods_section(
             start = time.perf_counter()
             if method == "dm":
                 result = DistributionMatching(
-                    DistillConfig(ipc=ipc, iterations=iterations[ipc], seed=seed, compile=compile_dm), device=DEVICE
+                    DistillConfig(ipc=ipc, iterations=iterations[ipc], seed=seed, compile=compile_dm), device=device
                 ).condense(splits.train)
                 syn = result.synthetic
             else:
                 syn = select_coreset(splits.train, ipc=ipc, method=method, seed=seed)
             make_seconds = time.perf_counter() - start
-            acc = evaluate(syn, splits, evaluation, seed)
+            acc = evaluate(syn, splits, evaluation, seed, device)
             row = {
                 "dataset": splits.spec.name,
                 "ipc": ipc,
@@ -237,8 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
-    global DEVICE
-    DEVICE = args.device
     args.out.mkdir(parents=True, exist_ok=True)
     sections = set(args.sections.split(","))
     evaluation = EvalConfig(runs=args.eval_runs, epochs=args.eval_epochs)
@@ -261,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if "speed" in sections:
         print("speed:", flush=True)
         results["speed"] = speed_section(
-            mnist.train if mnist else digits.train, iterations=args.speed_iterations, seed=args.seed, device=DEVICE)
+            mnist.train if mnist else digits.train, iterations=args.speed_iterations, seed=args.seed, device=args.device)
         save()
     results["methods"] = []
     mnist_iters = {1: args.mnist_other_iterations, 10: args.mnist_iterations, 50: args.mnist_other_iterations}
@@ -269,29 +273,30 @@ def main(argv: list[str] | None = None) -> int:
         # the headline number first: MNIST IPC 10 after --mnist-iterations iterations
         print("methods, mnist ipc 10:", flush=True)
         results["methods"] += methods_section(mnist, ipcs=[10], iterations=mnist_iters, evaluation=evaluation,
-                                              seed=args.seed, compile_dm=compile_dm)
+                                              seed=args.seed, compile_dm=compile_dm, device=args.device)
         save()
     if "equal" in sections:
         seeds = list(range(args.equal_seeds))
         print("equal iterations, digits:", flush=True)
         results["equal_iterations_digits"] = equal_iterations_section(
-            digits, iterations=args.equal_iterations, evaluation=evaluation, seeds=seeds, compile_dm=False)
+            digits, iterations=args.equal_iterations, evaluation=evaluation, seeds=seeds, compile_dm=False, device=args.device)
         save()
         if mnist is not None:
             print("equal iterations, mnist:", flush=True)
             results["equal_iterations_mnist"] = equal_iterations_section(
-                mnist, iterations=args.equal_iterations, evaluation=evaluation, seeds=seeds[:1], compile_dm=compile_dm)
+                mnist, iterations=args.equal_iterations, evaluation=evaluation, seeds=seeds[:1], compile_dm=compile_dm, device=args.device)
             save()
     if "methods" in sections:
         print("methods, digits:", flush=True)
         results["methods"] += methods_section(
             digits, ipcs=[1, 10, 50] if not args.quick else [1, 10],
-            iterations=dict.fromkeys((1, 10, 50), args.digits_iterations), evaluation=evaluation, seed=args.seed, compile_dm=False)
+            iterations=dict.fromkeys((1, 10, 50), args.digits_iterations), evaluation=evaluation, seed=args.seed, compile_dm=False,
+            device=args.device)
         save()
         if mnist is not None:
             print("methods, mnist ipc 1 and 50:", flush=True)
             results["methods"] += methods_section(mnist, ipcs=[1, 50], iterations=mnist_iters, evaluation=evaluation,
-                                                  seed=args.seed, compile_dm=compile_dm)
+                                                  seed=args.seed, compile_dm=compile_dm, device=args.device)
             save()
     results["peak_rss_gib"] = peak_rss_gib()
     save()
