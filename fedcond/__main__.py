@@ -1,5 +1,3 @@
-import sys
+from fedcond.cli.main import main
 
-from fedcond.cli import main
-
-sys.exit(main())
+raise SystemExit(main())
