@@ -44,7 +44,7 @@ from fedcond.continual.benchmarks import SplitBenchmark, dataset_tensors, make_s
 from fedcond.continual.buffers import DistilledBuffer
 from fedcond.continual.policies import MEMORY_KINDS, REPLAY_KINDS, make_replay_plugin, make_storage_policy
 from fedcond.devices import resolve_device
-from fedcond.distill.evaluate import accuracy, augment_for, train_model
+from fedcond.distill.evaluate import accuracy, train_with_recipe
 from fedcond.models import get_model
 
 __all__ = [
@@ -364,7 +364,6 @@ def _run_gdumb(
     on_experience: ExperienceCallback | None,
 ) -> tuple[list[list[float]], list[int], list[dict[int, int]]]:
     recipe = EvalConfig(epochs=config.gdumb_epochs)
-    augment = augment_for(bench.spec) if recipe.dsa else None
     agent = _Agent(model=model.to(device), device=device)
     matrix, memory, counts = [], [], []
     for i, experience in enumerate(bench.scenario.train_stream):
@@ -372,19 +371,7 @@ def _run_gdumb(
         images, labels = dataset_tensors(buffer.buffer)
         generator = torch.Generator().manual_seed(config.seed * 1000 + i)
         learner = get_model(config.model, bench.spec, generator=generator)
-        train_model(
-            learner,
-            images,
-            labels,
-            epochs=recipe.epochs,
-            lr=recipe.lr,
-            momentum=recipe.momentum,
-            weight_decay=recipe.weight_decay,
-            batch_size=recipe.batch_size,
-            augment=augment,
-            generator=generator,
-            device=device,
-        )
+        train_with_recipe(learner, images, labels, recipe, spec=bench.spec, generator=generator, device=device)
         agent.model = learner  # herding's features for the next experience
         matrix.append(_accuracy_row(learner, bench, device))
         size, per_class = _memory_counts(buffer)

@@ -24,7 +24,7 @@ from fedcond.distill.augment import SiameseAugment
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.models import get_model
 
-__all__ = ["EvalResult", "accuracy", "evaluate_synthetic", "predict_logits", "train_model"]
+__all__ = ["EvalResult", "accuracy", "evaluate_synthetic", "predict_logits", "train_model", "train_with_recipe"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,32 @@ def train_model(
     return model
 
 
+def train_with_recipe(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: EvalConfig,
+    *,
+    spec: DatasetSpec,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """:func:`train_model` with the optimiser, schedule and DSA switch of an :class:`EvalConfig`."""
+    return train_model(
+        model,
+        images,
+        labels,
+        epochs=recipe.epochs,
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        batch_size=recipe.batch_size,
+        augment=augment_for(spec) if recipe.dsa else None,
+        generator=generator,
+        device=device,
+    )
+
+
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module, images: torch.Tensor, *, device: torch.device | str = "cpu", batch_size: int = 1024
@@ -174,24 +200,11 @@ def evaluate_synthetic(
         images, labels = synthetic
     if config.runs < 0:
         raise ValueError(f"eval runs must be >= 0, got {config.runs}")
-    augment = augment_for(test.spec) if config.dsa else None
     accuracies: list[float] = []
     for run in range(config.runs):
         generator = torch.Generator().manual_seed(seed + run)
         model = get_model(config.model, test.spec, generator=generator)
-        train_model(
-            model,
-            images,
-            labels,
-            epochs=config.epochs,
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            batch_size=config.batch_size,
-            augment=augment,
-            generator=generator,
-            device=device,
-        )
+        train_with_recipe(model, images, labels, config, spec=test.spec, generator=generator, device=device)
         acc = accuracy(model, test, device=device)
         logger.info("evaluation run %d/%d: %.2f%%", run + 1, config.runs, 100 * acc)
         accuracies.append(acc)
