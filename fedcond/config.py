@@ -103,6 +103,11 @@ class DistillConfig:
     compile : bool
         ``torch.compile`` the real-side embedding forward (about 30-60 s to compile on CPU,
         then about 1.6x faster per iteration; worth it from a few hundred iterations).
+    real_chunk : int
+        Real images per embedding forward on CPU (0: the whole batch at once; ignored on CUDA).
+        Chunks of 64 keep each activation under glibc's mmap threshold, so freed memory is
+        reused instead of page-faulted in again every iteration: measured 1.36 -> 0.88 s for
+        the compiled MNIST real forward (10 x 256 images, bf16, 2 cores).
     checkpoint_every : int
         Write a resumable checkpoint every N iterations (0 disables).
     seed : int
@@ -120,6 +125,7 @@ class DistillConfig:
     mixed_precision: bool = True
     channels_last: bool = False
     compile: bool = False
+    real_chunk: int = 64
     checkpoint_every: int = 0
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)

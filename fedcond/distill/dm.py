@@ -158,6 +158,8 @@ class DistributionMatching:
             raise ValueError(f"iterations must be >= 0, got {config.iterations}")
         if config.init not in ("real", "noise"):
             raise ValueError(f"init must be 'real' or 'noise', got {config.init!r}")
+        if config.real_chunk < 0:
+            raise ValueError(f"real_chunk must be >= 0 (0 = no chunking), got {config.real_chunk}")
         self.config = config
         self.device = resolve_device(device)
         self.statistics = real_statistics or MeanStatistics(batch_size=config.batch_real)
@@ -165,6 +167,7 @@ class DistributionMatching:
         self.progress = progress
         self._net: nn.Module | None = None
         self._real_embed: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._batch_statistics = False
 
     # ------------------------------------------------------------------------------ public
     def condense(
@@ -334,9 +337,28 @@ class DistributionMatching:
                 p.requires_grad_(False)
             self._net = net
             self._real_embed = self._maybe_compile(net)
+            # batch norm in train mode couples the samples of a forward: never split it
+            self._batch_statistics = any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()
+            )
         return net
 
     def _embed_real(self, images: torch.Tensor) -> torch.Tensor:
+        """Real-side embeddings, in fixed-size chunks on CPU (see ``DistillConfig.real_chunk``)."""
+        chunk = self.config.real_chunk
+        if chunk <= 0 or images.device.type != "cpu" or images.shape[0] <= chunk or self._batch_statistics:
+            return self._embed_real_once(images)
+        parts = []
+        for part in images.split(chunk):
+            size = part.shape[0]
+            if size < chunk and self.config.compile:
+                # pad the tail so the compiled graph sees one static shape; instance norm is per
+                # sample, so the zero rows change nothing for the real ones and are dropped
+                part = torch.cat([part, part.new_zeros((chunk - size, *part.shape[1:]))])
+            parts.append(self._embed_real_once(part)[:size])
+        return torch.cat(parts)
+
+    def _embed_real_once(self, images: torch.Tensor) -> torch.Tensor:
         assert self._real_embed is not None
         try:
             return self._real_embed(images)
