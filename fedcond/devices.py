@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
+import os
+import platform
 
 import torch
 
-__all__ = ["autocast_context", "bf16_supported", "resolve_device"]
+__all__ = ["autocast_context", "bf16_supported", "keep_freed_cpu_memory", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,3 +57,39 @@ def autocast_context(device: torch.device, *, enabled: bool = True) -> contextli
     if enabled and bf16_supported(device):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def keep_freed_cpu_memory() -> bool:
+    """Let glibc's malloc reuse freed memory instead of unmapping it (a process-wide setting).
+
+    glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and
+    unmaps it on free, so a CPU training loop whose activations are larger page-faults and
+    zeroes them again at every step. Serving them from the heap and not trimming it removes that
+    cost: measured 1.86 -> 1.23 s per epoch of 512 MNIST images for the evaluation ConvNet (fp32,
+    batch 256, 2 cores) and 2.2 -> 1.3 s for a 2560-image bf16 embedding forward. The price is
+    that freed memory stays with the process (the peak RSS is unchanged). The ``fedcond`` command
+    and the benchmarks call this at start; a library import never does. Set
+    ``FEDCOND_KEEP_FREED_MEMORY=0`` to opt out.
+
+    Returns
+    -------
+    bool
+        Whether the setting was applied (``False`` off glibc, e.g. macOS or musl, or when opted out).
+    """
+    if os.environ.get("FEDCOND_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        applied = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    except (OSError, AttributeError):
+        return False
+    if applied:
+        logger.debug("glibc malloc: mmap disabled, trim threshold 2 GiB (freed CPU memory is reused)")
+    return applied

@@ -36,6 +36,7 @@ import torch
 from fedcond.config import DataConfig, DistillConfig, EvalConfig
 from fedcond.data import ArrayDataset, DatasetSplits, load_dataset
 from fedcond.data.registry import DIGIT_DATASETS
+from fedcond.devices import keep_freed_cpu_memory
 from fedcond.distill import DistributionMatching, SyntheticSet, evaluate_synthetic, select_coreset
 from fedcond.distill.augment import SiameseAugment
 from fedcond.distill.dm import initial_synthetic
@@ -168,35 +169,44 @@ def methods_section(
     ipcs: list[int],
     iterations: dict[int, int],
     evaluation: EvalConfig,
-    seed: int,
+    seeds: list[int],
     compile_dm: bool,
     device: str,
 ) -> list[dict[str, Any]]:
+    """DM vs random vs herding at each IPC; every method made once per seed (selection / DM seed),
+    each set evaluated by ``evaluation.runs`` networks; mean +- std over all seeds x runs."""
     rows = []
     for ipc in ipcs:
         for method in ("random", "herding", "dm"):
-            start = time.perf_counter()
-            if method == "dm":
-                result = DistributionMatching(
-                    DistillConfig(ipc=ipc, iterations=iterations[ipc], seed=seed, compile=compile_dm), device=device
-                ).condense(splits.train)
-                syn = result.synthetic
-            else:
-                syn = select_coreset(splits.train, ipc=ipc, method=method, seed=seed)
-            make_seconds = time.perf_counter() - start
-            acc = evaluate(syn, splits, evaluation, seed, device)
+            accuracies, per_seed, make_seconds = [], [], []
+            for seed in seeds:
+                start = time.perf_counter()
+                if method == "dm":
+                    result = DistributionMatching(
+                        DistillConfig(ipc=ipc, iterations=iterations[ipc], seed=seed, compile=compile_dm), device=device
+                    ).condense(splits.train)
+                    syn = result.synthetic
+                else:
+                    syn = select_coreset(splits.train, ipc=ipc, method=method, seed=seed)
+                make_seconds.append(time.perf_counter() - start)
+                acc = evaluate(syn, splits, evaluation, seed, device)
+                accuracies += acc["runs"]
+                per_seed.append(acc["mean"])
             row = {
                 "dataset": splits.spec.name,
                 "ipc": ipc,
                 "method": method,
                 "iterations": iterations[ipc] if method == "dm" else 0,
-                "accuracy_mean": acc["mean"],
-                "accuracy_std": acc["std"],
-                "make_seconds": make_seconds,
+                "seeds": seeds,
+                "accuracy_mean": statistics.fmean(accuracies),
+                "accuracy_std": statistics.pstdev(accuracies),
+                "accuracy_per_seed": per_seed,
+                "make_seconds": statistics.fmean(make_seconds),
                 "peak_rss_gib": peak_rss_gib(),
             }
             rows.append(row)
-            print(f"  {splits.spec.name} ipc={ipc} {method}: {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}", flush=True)
+            print(f"  {splits.spec.name} ipc={ipc} {method}: {100 * row['accuracy_mean']:.2f} ± "
+                  f"{100 * row['accuracy_std']:.2f} (seeds {seeds})", flush=True)
     return rows
 
 
@@ -218,10 +228,13 @@ def markdown(results: dict[str, Any]) -> str:
                       f"| fedcond | {100 * e['fedcond']['mean']:.2f} ± {100 * e['fedcond']['std']:.2f} |",
                       f"| difference | {e['difference_points']:+.2f} points |", ""]
     if results.get("methods"):
-        lines += ["### DM vs coresets", "", "| dataset | IPC | method | DM iterations | test accuracy | peak RSS GiB |", "|---|---|---|---|---|---|"]
+        lines += ["### DM vs coresets", "",
+                  "| dataset | IPC | method | DM iterations | seeds | test accuracy | make s | peak RSS GiB |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in results["methods"]:
-            lines.append(f"| {r['dataset']} | {r['ipc']} | {r['method']} | {r['iterations']} | "
-                         f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} | {r['peak_rss_gib']:.2f} |")
+            lines.append(f"| {r['dataset']} | {r['ipc']} | {r['method']} | {r['iterations']} | {len(r['seeds'])} | "
+                         f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} | {r['make_seconds']:.0f} | "
+                         f"{r['peak_rss_gib']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -237,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mnist-iterations", type=int, default=1000, help="DM iterations for MNIST IPC 10")
     parser.add_argument("--mnist-other-iterations", type=int, default=300, help="DM iterations for MNIST IPC 1 and 50")
     parser.add_argument("--digits-iterations", type=int, default=1000)
+    parser.add_argument("--digits-seeds", type=int, default=3, help="selection/DM seeds per digits row")
+    parser.add_argument("--mnist-seeds", type=int, default=1, help="selection/DM seeds per MNIST row")
+    parser.add_argument("--datasets", default="digits,mnist", help="methods section: digits, mnist or both")
+    parser.add_argument("--mnist-ipcs", default="10,1,50", help="methods section: MNIST IPCs (10 runs first)")
     parser.add_argument("--eval-runs", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=300)
     parser.add_argument("--no-compile", action="store_true", help="eager DM everywhere")
@@ -267,13 +284,20 @@ def main(argv: list[str] | None = None) -> int:
         results["speed"] = speed_section(
             mnist.train if mnist else digits.train, iterations=args.speed_iterations, seed=args.seed, device=args.device)
         save()
+    # the speed section above ran with glibc's default allocator, reference and fedcond alike;
+    # from here on (training-heavy evaluation) freed CPU memory is reused, as the CLI does
+    results["keep_freed_cpu_memory"] = keep_freed_cpu_memory()
     results["methods"] = []
     mnist_iters = {1: args.mnist_other_iterations, 10: args.mnist_iterations, 50: args.mnist_other_iterations}
-    if "methods" in sections and mnist is not None:
+    datasets = set(args.datasets.split(","))
+    mnist_seeds = list(range(args.seed, args.seed + args.mnist_seeds))
+    digits_seeds = list(range(args.seed, args.seed + (1 if args.quick else args.digits_seeds)))
+    mnist_ipcs = [int(v) for v in args.mnist_ipcs.split(",") if v]
+    if "methods" in sections and mnist is not None and "mnist" in datasets and 10 in mnist_ipcs:
         # the headline number first: MNIST IPC 10 after --mnist-iterations iterations
         print("methods, mnist ipc 10:", flush=True)
         results["methods"] += methods_section(mnist, ipcs=[10], iterations=mnist_iters, evaluation=evaluation,
-                                              seed=args.seed, compile_dm=compile_dm, device=args.device)
+                                              seeds=mnist_seeds, compile_dm=compile_dm, device=args.device)
         save()
     if "equal" in sections:
         seeds = list(range(args.equal_seeds))
@@ -286,18 +310,19 @@ def main(argv: list[str] | None = None) -> int:
             results["equal_iterations_mnist"] = equal_iterations_section(
                 mnist, iterations=args.equal_iterations, evaluation=evaluation, seeds=seeds[:1], compile_dm=compile_dm, device=args.device)
             save()
-    if "methods" in sections:
+    if "methods" in sections and "digits" in datasets:
         print("methods, digits:", flush=True)
         results["methods"] += methods_section(
             digits, ipcs=[1, 10, 50] if not args.quick else [1, 10],
-            iterations=dict.fromkeys((1, 10, 50), args.digits_iterations), evaluation=evaluation, seed=args.seed, compile_dm=False,
-            device=args.device)
+            iterations=dict.fromkeys((1, 10, 50), args.digits_iterations), evaluation=evaluation, seeds=digits_seeds,
+            compile_dm=False, device=args.device)
         save()
-        if mnist is not None:
-            print("methods, mnist ipc 1 and 50:", flush=True)
-            results["methods"] += methods_section(mnist, ipcs=[1, 50], iterations=mnist_iters, evaluation=evaluation,
-                                                  seed=args.seed, compile_dm=compile_dm, device=args.device)
-            save()
+    if "methods" in sections and mnist is not None and "mnist" in datasets and set(mnist_ipcs) - {10}:
+        print("methods, mnist other ipcs:", flush=True)
+        results["methods"] += methods_section(
+            mnist, ipcs=[i for i in mnist_ipcs if i != 10], iterations=mnist_iters, evaluation=evaluation,
+            seeds=mnist_seeds, compile_dm=compile_dm, device=args.device)
+        save()
     results["peak_rss_gib"] = peak_rss_gib()
     save()
     print(markdown(results))

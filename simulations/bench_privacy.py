@@ -28,6 +28,7 @@ import torch
 
 from fedcond.config import AuditConfig, DataConfig, DistillConfig, EvalConfig
 from fedcond.data.registry import load_dataset
+from fedcond.devices import keep_freed_cpu_memory
 from fedcond.distill.dm import DistributionMatching
 from fedcond.distill.evaluate import evaluate_synthetic
 from fedcond.distill.synthetic import SyntheticSet
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_cpu_memory()  # CPU activations re-used instead of page-faulted (fedcond.devices)
     args.out.mkdir(parents=True, exist_ok=True)
     audit_config = AuditConfig(
         shadow_models=args.shadow_models,

@@ -51,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    from fedcond.devices import keep_freed_cpu_memory  # torch loads only once a command runs
+
+    keep_freed_cpu_memory()  # CPU training/DM re-use large activations instead of page-faulting
     try:
         return int(args.run(args) or 0)
     except (CommandError, ValueError, FileNotFoundError) as exc:

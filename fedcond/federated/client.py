@@ -11,8 +11,10 @@ import dataclasses
 import functools
 import logging
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,7 +138,10 @@ class CondenseOutcome:
     final_loss : float
         Sum of the groups' last DM losses (NaN with zero iterations).
     epsilon, delta : float | None
-        Spent privacy budget under DP, else ``None``.
+        Spent privacy budget under DP (cumulative over the rounds in the ledger), else ``None``.
+    dp_ledger : dict | None
+        Under DP, the client's accountant state after this run (``PrivacyAccountant.state_dict``),
+        to be kept on the client for the next round.
     """
 
     synthetic: SyntheticSet
@@ -145,6 +150,7 @@ class CondenseOutcome:
     epsilon: float | None = None
     delta: float | None = None
     skipped_classes: list[int] = field(default_factory=list)
+    dp_ledger: dict[str, Any] | None = None
 
 
 def initial_images(
@@ -191,6 +197,8 @@ def condense_partition(
     dp: DPConfig | None = None,
     embedder: nn.Module | None = None,
     warm_start: SyntheticSet | None = None,
+    dp_rounds: int = 1,
+    dp_ledger: Mapping[str, Any] | None = None,
 ) -> CondenseOutcome:
     """Condense a client's partition with DM into ``ipc`` images per class it holds.
 
@@ -213,6 +221,13 @@ def condense_partition(
     warm_start : SyntheticSet | None
         The client's previous synthetic set (from ``Context.state``); used as the start point
         when it holds exactly ``ipc`` images of each class present.
+    dp_rounds : int
+        Under DP, how many rounds the budget ``dp.epsilon`` must cover in total (the run's
+        noise is calibrated for ``dp_rounds * iterations`` steps).
+    dp_ledger : Mapping | None
+        Under DP, this client's accountant state from earlier rounds (``None`` in round 1).
+        The reported epsilon is cumulative; a run that would exceed the budget is refused
+        before it touches the data.
     """
     counts = data.class_counts()
     present = [c for c in range(data.spec.num_classes) if counts[c] > 0]
@@ -224,9 +239,18 @@ def condense_partition(
     if dp is not None:
         from fedcond.privacy.dp import dp_statistics_for  # privacy is optional at import time
 
+        from fedcond.privacy.accounting import PrivacyAccountant
+
         init = "noise"
+        ledger = PrivacyAccountant(dp.accountant)
+        if dp_ledger is not None:
+            ledger.load_state_dict(dp_ledger)
         statistics, reporter = dp_statistics_for(
-            dp=dp, distill=dataclasses.replace(distill, init="noise"), class_counts=counts
+            dp=dp,
+            distill=dataclasses.replace(distill, init="noise"),
+            class_counts=counts,
+            rounds=dp_rounds,
+            ledger=ledger,
         )
     generator = torch.Generator().manual_seed(distill.seed)
     expected_labels = torch.tensor(present).repeat_interleave(distill.ipc)
@@ -242,12 +266,14 @@ def condense_partition(
         result = engine.condense(data, checkpoint_path=checkpoint, resume=True)
     meta = {**result.synthetic.meta, "init": init, "warm_start": start is not None and warm_start is not None}
     epsilon = delta = None
+    ledger_state = None
     if reporter is not None:
         epsilon, delta = (float(v) for v in reporter(result))
+        ledger_state = ledger.state_dict()
         meta.update({"epsilon": epsilon, "delta": delta})
     synthetic = SyntheticSet(result.synthetic.images, result.synthetic.labels, meta)
     loss = result.losses[-1] if result.losses else float("nan")
-    return CondenseOutcome(synthetic, result.seconds, loss, epsilon, delta, skipped)
+    return CondenseOutcome(synthetic, result.seconds, loss, epsilon, delta, skipped, ledger_state)
 
 
 def local_train(

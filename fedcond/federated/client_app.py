@@ -27,7 +27,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcond.devices import resolve_device
+from fedcond.devices import keep_freed_cpu_memory, resolve_device
 from fedcond.federated.client import client_partition, condense_partition, local_train
 from fedcond.federated.job import FederatedJob, job_from_mapping
 from fedcond.federated.records import (
@@ -36,6 +36,7 @@ from fedcond.federated.records import (
     CONFIG_KEY,
     DELTA,
     DISTILL_SECONDS,
+    DP_LEDGER_KEY,
     EPSILON,
     FINAL_LOSS,
     LOCAL_ACCURACY,
@@ -49,6 +50,8 @@ from fedcond.federated.records import (
     SERVER_ROUND,
     SYNTHETIC_IMAGES,
     SYNTHETIC_KEY,
+    ledger_from_record,
+    ledger_to_record,
     model_from_record,
     model_to_record,
     synthetic_from_record,
@@ -80,6 +83,8 @@ def _partition_of(context: Context, job: FederatedJob) -> tuple[int, int]:
 
 
 def _device(job: FederatedJob) -> torch.device:
+    # the ClientApp is a process entry point like the CLI: re-use freed CPU memory (idempotent)
+    keep_freed_cpu_memory()
     return resolve_device(job.device)
 
 
@@ -97,11 +102,24 @@ def condense(message: Message, context: Context) -> Message:
     warm_start = None
     if MEMORY_KEY in context.state.array_records:
         warm_start = synthetic_from_record(context.state.array_records[MEMORY_KEY])
+    ledger = None
+    if fed.dp is not None and DP_LEDGER_KEY in context.state.config_records:
+        ledger = ledger_from_record(context.state.config_records[DP_LEDGER_KEY])
     outcome = condense_partition(
-        data, distill=distill, device=_device(job), dp=fed.dp, embedder=embedder, warm_start=warm_start
+        data,
+        distill=distill,
+        device=_device(job),
+        dp=fed.dp,
+        embedder=embedder,
+        warm_start=warm_start,
+        dp_rounds=fed.rounds,
+        dp_ledger=ledger,
     )
-    # the distilled memory stays on the node across rounds (Context.state never leaves it)
+    # the distilled memory and the privacy ledger stay on the node across rounds
+    # (Context.state never leaves it); the reported epsilon is cumulative over the rounds
     context.state[MEMORY_KEY] = synthetic_to_record(outcome.synthetic)
+    if outcome.dp_ledger is not None:
+        context.state[DP_LEDGER_KEY] = ledger_to_record(outcome.dp_ledger)
     counts = data.class_counts()
     metrics = MetricRecord(
         {

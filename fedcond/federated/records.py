@@ -39,6 +39,9 @@ __all__ = [
     "SYNTHETIC_KEY",
     "TRAIN_LOSS",
     "CONDENSE_ACTION",
+    "DP_LEDGER_KEY",
+    "ledger_from_record",
+    "ledger_to_record",
     "model_from_record",
     "model_to_record",
     "payload_bytes",
@@ -52,6 +55,7 @@ CONFIG_KEY = "config"  # Flower's default ``configrecord_key``
 SYNTHETIC_KEY = "synthetic"
 METRICS_KEY = "metrics"
 MEMORY_KEY = "fedcond-memory"  # Context.state: the client's last synthetic set
+DP_LEDGER_KEY = "fedcond-dp-ledger"  # Context.state: the client's DP accountant history
 
 # message action: FedCond sends "train.condense", FedAvg/FedProx the default "train"
 CONDENSE_ACTION = "condense"
@@ -116,6 +120,30 @@ def synthetic_from_record(record: ArrayRecord, *, meta: dict | None = None) -> S
         torch.from_numpy(np.array(labels.numpy())),
         dict(meta or {}),
     )
+
+
+def ledger_to_record(state: dict) -> ConfigRecord:
+    """A ``PrivacyAccountant.state_dict()`` as a ConfigRecord (kept in the client's ``Context.state``)."""
+    history = state.get("history", [])
+    return ConfigRecord(
+        {
+            "mechanism": str(state["mechanism"]),
+            "noise-multipliers": [float(h[0]) for h in history],
+            "sample-rates": [float(h[1]) for h in history],
+            "steps": [int(h[2]) for h in history],
+        }
+    )
+
+
+def ledger_from_record(record: ConfigRecord) -> dict:
+    """The accountant state stored by :func:`ledger_to_record`."""
+    sigmas, rates, steps = (list(record.get(k, [])) for k in ("noise-multipliers", "sample-rates", "steps"))
+    if not len(sigmas) == len(rates) == len(steps):
+        raise ValueError("the stored DP ledger is inconsistent (history columns differ in length)")
+    return {
+        "mechanism": str(record["mechanism"]),
+        "history": [[float(a), float(b), int(c)] for a, b, c in zip(sigmas, rates, steps, strict=True)],
+    }
 
 
 def model_to_record(model: nn.Module) -> ArrayRecord:

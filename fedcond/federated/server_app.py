@@ -23,7 +23,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedcond.devices import resolve_device
+from fedcond.devices import keep_freed_cpu_memory, resolve_device
 from fedcond.distill.evaluate import accuracy
 from fedcond.federated.accounting import CountingGrid
 from fedcond.federated.baselines import baseline_strategy
@@ -170,6 +170,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """``flwr run .`` entry point: the job comes from ``context.run_config``."""
+    keep_freed_cpu_memory()  # a process entry point, like the CLI (fedcond.devices)
     job = job_from_mapping(dict(context.run_config))
     report = run_federated(grid, job)
     if job.out is not None:

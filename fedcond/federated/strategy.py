@@ -31,7 +31,14 @@ from flwr.serverapp.strategy import Strategy
 from fedcond.config import FederatedConfig
 from fedcond.data.registry import DatasetSpec
 from fedcond.federated.aggregation import AggregatedSet, aggregate_sets
-from fedcond.federated.records import CONDENSE_ACTION, CONFIG_KEY, MODEL_KEY, SERVER_ROUND, model_to_record
+from fedcond.federated.records import (
+    CONDENSE_ACTION,
+    CONFIG_KEY,
+    EPSILON,
+    MODEL_KEY,
+    SERVER_ROUND,
+    model_to_record,
+)
 from fedcond.federated.server_training import train_global_model
 from fedcond.federated.validation import ClientSet, ReplyRejected, validate_reply
 
@@ -226,7 +233,13 @@ class FedCond(Strategy):
             for key, value in self.client_sets[node_id].metrics.items():
                 if key != "class-counts":
                     sums[key] = sums.get(key, 0.0) + float(value)
-        return {f"client-mean-{k}": v / len(node_ids) for k, v in sums.items()} if node_ids else {}
+        out = {f"client-mean-{k}": v / len(node_ids) for k, v in sums.items()} if node_ids else {}
+        epsilons = [float(self.client_sets[n].metrics[EPSILON]) for n in node_ids if EPSILON in self.client_sets[n].metrics]
+        if epsilons:
+            # clients hold disjoint data (parallel composition): the federation's guarantee is the
+            # largest cumulative epsilon any client reports
+            out["client-max-epsilon"] = max(epsilons)
+        return out
 
     @staticmethod
     def _metrics(report: RoundReport) -> MetricRecord:

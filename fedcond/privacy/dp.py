@@ -231,7 +231,12 @@ class DPMeanStatistics:
 
 
 def dp_statistics_for(
-    *, dp: DPConfig | Mapping[str, Any], distill: DistillConfig, class_counts: torch.Tensor
+    *,
+    dp: DPConfig | Mapping[str, Any],
+    distill: DistillConfig,
+    class_counts: torch.Tensor,
+    rounds: int = 1,
+    ledger: PrivacyAccountant | None = None,
 ) -> tuple[DPMeanStatistics, Reporter]:
     """The DP real-statistics object for one condensation run and its epsilon reporter.
 
@@ -244,21 +249,47 @@ def dp_statistics_for(
         DP requires ``init="noise"`` (real init would publish real images); callers switch it.
     class_counts : torch.Tensor
         Real images per class on this client.
+    rounds : int
+        How many such runs the budget must cover (federated multi-round: one run per round on
+        the same data). Sigma is calibrated for ``rounds * iterations`` steps, so the composed
+        epsilon after every round stays within ``dp.epsilon``.
+    ledger : PrivacyAccountant | None
+        The data owner's accountant holding the earlier runs (e.g. restored from Flower's
+        ``Context.state``). ``reporter`` adds this run to it and returns the *cumulative* epsilon.
 
     Returns
     -------
     (statistics, reporter)
         Pass ``statistics`` as ``real_statistics`` to ``DistributionMatching``; after
-        ``condense``, ``reporter(result)`` returns the spent ``(epsilon, delta)``, which never
-        exceeds the request.
+        ``condense``, ``reporter(result)`` returns the spent ``(epsilon, delta)`` (all runs in
+        ``ledger`` included), which never exceeds the request.
 
     Raises
     ------
     PrivacyBudgetError
-        For an invalid budget or settings (see :func:`plan_dp`).
+        For an invalid budget or settings (see :func:`plan_dp`), or when this run would take the
+        ledger past the budget (more runs than ``rounds``): checked before any data is touched.
     """
     config = dp if isinstance(dp, DPConfig) else parse_config(DPConfig, dp)
-    plan = plan_dp(config, iterations=distill.iterations, batch_real=distill.batch_real, class_counts=class_counts)
+    if rounds < 1:
+        raise PrivacyBudgetError(f"DP rounds must be >= 1, got {rounds}")
+    plan = plan_dp(
+        config, iterations=distill.iterations * rounds, batch_real=distill.batch_real, class_counts=class_counts
+    )
+    if ledger is not None:
+        if ledger.mechanism != plan.accountant:
+            raise PrivacyBudgetError(
+                f"the ledger accounts with {ledger.mechanism!r}, this run with {plan.accountant!r}: use one accountant"
+            )
+        projected = PrivacyAccountant(ledger.mechanism)
+        projected.load_state_dict(ledger.state_dict())
+        projected.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=distill.iterations)
+        if projected.epsilon(delta=plan.delta) > plan.epsilon + 1e-9:
+            raise PrivacyBudgetError(
+                f"this run would spend epsilon {projected.epsilon(delta=plan.delta):.4f} in total, over the "
+                f"budget {plan.epsilon} (already spent {ledger.epsilon(delta=plan.delta):.4f} in "
+                f"{ledger.steps} steps; the budget was planned for {rounds} run(s))"
+            )
     statistics = DPMeanStatistics(plan, class_counts=class_counts)
     logger.info(
         "DP-DM: epsilon=%g delta=%g q=%.4f sigma=%.3f C=%g over %d iterations (%s)",
@@ -271,11 +302,12 @@ def dp_statistics_for(
                 "the synthetic set was initialised from real images, which it then publishes: no DP "
                 "guarantee holds (DP requires init='noise')"
             )
-        # Iterations run before a resume were not seen by this object: count the whole plan.
-        accountant = PrivacyAccountant(plan.accountant)
-        accountant.load_state_dict(statistics.accountant.state_dict())
-        missing = plan.steps - accountant.steps
-        accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=missing)
+        # every iteration of this run is one application of the mechanism, including those run
+        # before a resume (which this object never saw): count all ``distill.iterations``
+        accountant = ledger if ledger is not None else PrivacyAccountant(plan.accountant)
+        accountant.step(
+            noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=distill.iterations
+        )
         epsilon = accountant.epsilon(delta=plan.delta)
         if epsilon > plan.epsilon + 1e-9:
             raise PrivacyBudgetError(f"spent epsilon {epsilon:.4f} exceeds the requested {plan.epsilon}")

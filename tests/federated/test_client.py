@@ -17,6 +17,8 @@ from fedcond.federated.records import (
     CLASS_COUNTS,
     CONDENSE_ACTION,
     CONFIG_KEY,
+    DP_LEDGER_KEY,
+    EPSILON,
     MEMORY_KEY,
     METRICS_KEY,
     MODEL_KEY,
@@ -64,8 +66,10 @@ def _context(partition_id: int) -> Context:
                    "num-partitions": 4}, state=RecordDict(), run_config={})
 
 
-def _train_message(node_id: int, server_round: int, extra: dict | None = None) -> Message:
-    config = ConfigRecord({**job_to_mapping(job_from_mapping(JOB)), "server-round": server_round})
+def _train_message(
+    node_id: int, server_round: int, extra: dict | None = None, job: dict | None = None
+) -> Message:
+    config = ConfigRecord({**job_to_mapping(job_from_mapping(job or JOB)), "server-round": server_round})
     return Message(content=RecordDict({CONFIG_KEY: config, **(extra or {})}), dst_node_id=node_id,
                    message_type=f"train.{CONDENSE_ACTION}")
 
@@ -116,3 +120,21 @@ def test_distill_config_survives_the_config_record():
     back = job_from_mapping(dict(ConfigRecord(job_to_mapping(job))))
     assert back == job
     assert isinstance(back.federated.distill, DistillConfig)
+
+
+def test_dp_epsilon_accumulates_across_rounds_in_context_state(task_identity):
+    pytest.importorskip("fedcond.privacy.dp", reason="fedcond.privacy.dp is not available")
+    job = {**JOB, "rounds": 2, "dp.epsilon": 4.0, "dp.delta": 1e-5}
+    context = _context(3)
+    model = {MODEL_KEY: model_to_record(get_model("convnet", get_spec("digits")))}
+    spent = []
+    for server_round in (1, 2):
+        reply = app(_train_message(103, server_round, model if server_round > 1 else None, job), context)
+        assert not reply.has_error()
+        spent.append(reply.content.metric_records[METRICS_KEY][EPSILON])
+        ledger = context.state.config_records[DP_LEDGER_KEY]
+        assert sum(ledger["steps"]) == 2 * server_round  # 2 DM iterations per round, all accounted
+    assert 0 < spent[0] < spent[1] <= 4.0 + 1e-9  # cumulative over the rounds, within the budget
+    # a third round was not planned: the client refuses to spend past its budget
+    with pytest.raises(ValueError, match="over the budget"):
+        app(_train_message(103, 3, model, job), context)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from fedcond.config import DistillConfig, DPConfig
 from fedcond.data.registry import load_dataset
 from fedcond.distill.dm import DistributionMatching
-from fedcond.privacy.accounting import PrivacyBudgetError, epsilon_for
+from fedcond.privacy.accounting import PrivacyAccountant, PrivacyBudgetError, epsilon_for
 from fedcond.privacy.dp import (
     DPMeanStatistics,
     clip_embeddings,
@@ -127,3 +127,26 @@ def test_reporter_refuses_a_real_init_result() -> None:
     result = DistributionMatching(config, real_statistics=stats).condense(splits.train)
     with pytest.raises(PrivacyBudgetError, match="init='noise'"):
         reporter(result)
+
+
+def test_ledger_composes_rounds_within_the_total_budget() -> None:
+    splits = load_dataset("digits")
+    counts = splits.train.class_counts()
+    config = DistillConfig(ipc=1, iterations=3, init="noise", batch_real=32, dsa=False, mixed_precision=False)
+    ledger = PrivacyAccountant("rdp")
+    spent = []
+    for _ in range(2):  # two rounds planned against one budget of epsilon 2
+        stats, reporter = dp_statistics_for(
+            dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=counts, rounds=2, ledger=ledger
+        )
+        result = DistributionMatching(config, real_statistics=stats).condense(splits.train)
+        spent.append(reporter(result)[0])
+    assert ledger.steps == 6
+    assert spent[0] < spent[1] <= 2.0 + 1e-9  # cumulative, and within the whole budget
+    assert spent[1] > 0.9 * 2.0  # the budget is used, not wasted
+    # the per-round noise is larger than a one-round plan's: it must last two rounds
+    one_round, _ = dp_statistics_for(dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=counts)
+    assert stats.plan.noise_multiplier > one_round.plan.noise_multiplier
+    # a third round would exceed the budget: refused before any data is touched
+    with pytest.raises(PrivacyBudgetError, match="over the budget"):
+        dp_statistics_for(dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=counts, rounds=2, ledger=ledger)
