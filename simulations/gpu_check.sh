@@ -12,5 +12,5 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT_DIR/gpu.txt"
 python -m pytest -q -m cuda tests 2>&1 | tee "$OUT_DIR/cuda_tests.txt"
 python simulations/bench_dm.py --device cuda --data-dir "$DATA_DIR" --out "$OUT_DIR" \
   --sections speed,equal,methods --speed-iterations 20 --equal-iterations 300 --equal-seeds 1 \
-  --mnist-iterations 300 --mnist-other-iterations 300 --digits-iterations 300 \
+  --mnist-iterations 300 --mnist-other-iterations 300 --digits-iterations 300 --digits-seeds 1 \
   --eval-runs 2 --eval-epochs 300 2>&1 | tee "$OUT_DIR/bench_dm.txt"

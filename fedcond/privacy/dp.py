@@ -296,12 +296,17 @@ def dp_statistics_for(
         plan.epsilon, plan.delta, plan.sample_rate, plan.noise_multiplier, plan.clip_norm, plan.steps, plan.accountant,
     )
 
+    reported: list[bool] = []
+
     def reporter(result: CondensationResult) -> tuple[float, float]:
         if result.synthetic.meta.get("init", "noise") != "noise":
             raise PrivacyBudgetError(
                 "the synthetic set was initialised from real images, which it then publishes: no DP "
                 "guarantee holds (DP requires init='noise')"
             )
+        if reported:
+            raise PrivacyBudgetError("reporter() was already called for this run: it accounts each run once")
+        reported.append(True)
         # every iteration of this run is one application of the mechanism, including those run
         # before a resume (which this object never saw): count all ``distill.iterations``
         accountant = ledger if ledger is not None else PrivacyAccountant(plan.accountant)

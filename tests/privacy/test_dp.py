@@ -141,6 +141,8 @@ def test_ledger_composes_rounds_within_the_total_budget() -> None:
         )
         result = DistributionMatching(config, real_statistics=stats).condense(splits.train)
         spent.append(reporter(result)[0])
+    with pytest.raises(PrivacyBudgetError, match="already called"):
+        reporter(result)  # a run is accounted once, never twice
     assert ledger.steps == 6
     assert spent[0] < spent[1] <= 2.0 + 1e-9  # cumulative, and within the whole budget
     assert spent[1] > 0.9 * 2.0  # the budget is used, not wasted
