@@ -83,6 +83,12 @@ def keep_freed_cpu_memory() -> bool:
     """
     if os.environ.get("FEDCOND_KEEP_FREED_MEMORY", "1") == "0":
         return False
+    return _glibc_keep_freed_memory()
+
+
+@functools.cache
+def _glibc_keep_freed_memory() -> bool:
+    """The mallopt calls, made once per process (entry points call the public function per message)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

@@ -237,9 +237,9 @@ def condense_partition(
     statistics, reporter = None, None
     init = distill.init
     if dp is not None:
-        from fedcond.privacy.dp import dp_statistics_for  # privacy is optional at import time
-
+        # privacy is optional at import time
         from fedcond.privacy.accounting import PrivacyAccountant
+        from fedcond.privacy.dp import dp_statistics_for
 
         init = "noise"
         ledger = PrivacyAccountant(dp.accountant)

@@ -229,12 +229,14 @@ class FedCond(Strategy):
 
     def _mean_client_metrics(self, node_ids: list[int]) -> dict[str, float]:
         sums: dict[str, float] = {}
+        epsilons: list[float] = []
         for node_id in node_ids:
             for key, value in self.client_sets[node_id].metrics.items():
                 if key != "class-counts":
                     sums[key] = sums.get(key, 0.0) + float(value)
+                if key == EPSILON:
+                    epsilons.append(float(value))
         out = {f"client-mean-{k}": v / len(node_ids) for k, v in sums.items()} if node_ids else {}
-        epsilons = [float(self.client_sets[n].metrics[EPSILON]) for n in node_ids if EPSILON in self.client_sets[n].metrics]
         if epsilons:
             # clients hold disjoint data (parallel composition): the federation's guarantee is the
             # largest cumulative epsilon any client reports

@@ -24,6 +24,7 @@ post-processing.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -281,8 +282,7 @@ def dp_statistics_for(
             raise PrivacyBudgetError(
                 f"the ledger accounts with {ledger.mechanism!r}, this run with {plan.accountant!r}: use one accountant"
             )
-        projected = PrivacyAccountant(ledger.mechanism)
-        projected.load_state_dict(ledger.state_dict())
+        projected = copy.deepcopy(ledger)
         projected.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=distill.iterations)
         if projected.epsilon(delta=plan.delta) > plan.epsilon + 1e-9:
             raise PrivacyBudgetError(
