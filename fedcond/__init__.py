@@ -52,6 +52,7 @@ _LAZY: dict[str, str] = {
     # continual (Avalanche)
     "DistilledBuffer": "fedcond.continual",
     "DistilledReplayPlugin": "fedcond.continual",
+    "MemoryAugmentation": "fedcond.continual",
     "run_continual": "fedcond.continual",
     # privacy (Opacus for DP)
     "run_audit": "fedcond.privacy",

@@ -220,6 +220,10 @@ class ContinualConfig:
     epochs, batch_size, lr, momentum, weight_decay
         Naive (fine-tuning) training per experience; replay batches add ``batch_size``
         memory images to each minibatch.
+    augment_memory : bool
+        Replay every memory image through a freshly drawn DSA transform each time it is read
+        (any replay kind, so the comparison stays equal; the experience's images are not
+        augmented). See :class:`fedcond.continual.augment.MemoryAugmentation`.
     gdumb : bool
         GDumb-style protocol: after each experience a fresh network is trained on the memory
         alone, for ``gdumb_epochs`` epochs with DSA augmentation.
@@ -239,6 +243,7 @@ class ContinualConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     model: str = "convnet"
+    augment_memory: bool = False
     gdumb: bool = False
     gdumb_epochs: int = 100
     train_per_class: int | None = None

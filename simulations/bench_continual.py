@@ -3,7 +3,8 @@
 For every benchmark, seed and memory size it runs Avalanche's Naive strategy with each replay
 kind (plus the memory-free ``none`` and the ``joint`` upper bound once per seed) and the GDumb
 protocol (a fresh network trained on the memory alone after each experience) for each memory
-kind. Distilled memories are condensed once per (seed, memory) and shared by both protocols
+kind (``--augment-memory on|both`` adds rows that replay the memory images through DSA,
+for every memory kind alike). Distilled memories are condensed once per (seed, memory) and shared by both protocols
 (DM cache under ``OUT/dm-cache``). Results are mean +- std over seeds.
 
 Writes ``OUT/bench_continual.json`` (after every run, so a partial run keeps its results),
@@ -51,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--gdumb-epochs", type=int, default=20)
+    parser.add_argument("--augment-memory", choices=["off", "on", "both"], default="off",
+                        help="DSA on replayed memory images (Naive replay rows, every memory kind)")
     parser.add_argument("--iterations", type=int, default=20, help="DM iterations per experience")
     parser.add_argument("--batch-real", type=int, default=32, help="DM real images per class and iteration")
     parser.add_argument("--train-per-class", type=int, default=100, help="0 keeps the whole training split")
@@ -60,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _config(args: argparse.Namespace, benchmark: str, kind: str, memory: int, seed: int, gdumb: bool) -> ContinualConfig:
+def _config(args: argparse.Namespace, benchmark: str, kind: str, memory: int, seed: int, protocol: str) -> ContinualConfig:
+    gdumb = protocol == "gdumb"
     return ContinualConfig(
         benchmark=benchmark,
         replay=kind,
@@ -70,6 +74,7 @@ def _config(args: argparse.Namespace, benchmark: str, kind: str, memory: int, se
         lr=args.lr,
         gdumb=gdumb,
         gdumb_epochs=args.gdumb_epochs,
+        augment_memory=protocol == "naive+aug",
         train_per_class=args.train_per_class or None,
         test_per_class=args.test_per_class or None,
         seed=seed,
@@ -77,27 +82,33 @@ def _config(args: argparse.Namespace, benchmark: str, kind: str, memory: int, se
     )
 
 
-def _jobs(args: argparse.Namespace) -> list[tuple[str, int, str, int, bool]]:
-    """``(benchmark, seed, kind, memory, gdumb)`` in priority order: the first benchmark's first
-    memory size for every seed comes first, so a run cut short still has the headline rows."""
-    jobs: list[tuple[str, int, str, int, bool]] = []
+def _jobs(args: argparse.Namespace) -> list[tuple[str, int, str, int, str]]:
+    """``(benchmark, seed, kind, memory, protocol)`` in priority order: the first benchmark's first
+    memory size for every seed comes first, so a run cut short still has the headline rows.
+
+    Protocols: ``naive`` (replay), ``naive+aug`` (replay with DSA on the memory images) and
+    ``gdumb``."""
+    replay_protocols = {"off": ["naive"], "on": ["naive+aug"], "both": ["naive", "naive+aug"]}[args.augment_memory]
+    jobs: list[tuple[str, int, str, int, str]] = []
     for benchmark in args.benchmarks:
         first = benchmark == args.benchmarks[0]
         memories = args.memories if first else args.other_memories
         for index, memory in enumerate(memories):
             for seed in args.seeds if first else args.other_seeds:
                 if index == 0:
-                    jobs += [(benchmark, seed, k, 0, False) for k in ("none", "joint") if k in args.kinds]
-                jobs += [(benchmark, seed, k, memory, False) for k in args.kinds if k not in ("none", "joint")]
+                    jobs += [(benchmark, seed, k, 0, "naive") for k in ("none", "joint") if k in args.kinds]
+                for protocol in replay_protocols:
+                    jobs += [(benchmark, seed, k, memory, protocol) for k in args.kinds if k not in ("none", "joint")]
                 if memory in args.gdumb_memories:
-                    jobs += [(benchmark, seed, k, memory, True) for k in args.gdumb_kinds]
+                    jobs += [(benchmark, seed, k, memory, "gdumb") for k in args.gdumb_kinds]
     return jobs
 
 
 def _summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        key = (run["benchmark"], "gdumb" if run["gdumb"] else "naive", run["replay"], run["memory_per_class"])
+        protocol = "gdumb" if run["gdumb"] else ("naive+aug" if run.get("augment_memory") else "naive")
+        key = (run["benchmark"], protocol, run["replay"], run["memory_per_class"])
         groups[key].append(run)
     rows = []
     for (benchmark, protocol, replay, memory), members in groups.items():
@@ -140,7 +151,7 @@ def _figure(rows: list[dict[str, Any]], benchmark: str, path: Path) -> None:
     from fedcond.plots import save_line_plot
 
     series = {}
-    for protocol in ("naive", "gdumb"):
+    for protocol in ("naive", "naive+aug", "gdumb"):
         for replay in ("random", "herding", "distilled"):
             points = sorted(
                 (r["memory_per_class"], r["accuracy_mean"])
@@ -165,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     report: dict[str, Any] = {"command": command, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     streams: dict[tuple[str, int], Any] = {}
-    for benchmark, seed, kind, memory, gdumb in _jobs(args):
+    for benchmark, seed, kind, memory, protocol in _jobs(args):
         if (benchmark, seed) not in streams:
             streams[(benchmark, seed)] = make_split_benchmark(
                 benchmark,
@@ -174,14 +185,14 @@ def main(argv: list[str] | None = None) -> int:
                 train_per_class=args.train_per_class or None,
                 test_per_class=args.test_per_class or None,
             )
-        config = _config(args, benchmark, kind, max(memory, 1), seed, gdumb)
+        config = _config(args, benchmark, kind, max(memory, 1), seed, protocol)
         result = run_continual(config, benchmark=streams[(benchmark, seed)], device=args.device, cache_dir=out / "dm-cache")
         metrics = result.to_metrics()
         metrics["memory_per_class"] = memory
         runs.append(metrics)
         print(
             f"[{time.perf_counter() - started:7.0f}s] {benchmark} seed={seed} "
-            f"{'gdumb' if gdumb else 'naive'} {kind:9s} mem={memory:2d}: "
+            f"{protocol:9s} {kind:9s} mem={memory:2d}: "
             f"acc {100 * result.final_average_accuracy:5.1f}%  images {result.memory_images:4d}  "
             f"({result.wall_seconds:.0f}s, DM {result.condense_seconds:.0f}s)",
             flush=True,

@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-memory", type=int, default=None, help="fixed total budget shared by the classes seen so far"
     )
+    parser.add_argument(
+        "--augment-memory", action="store_true", help="replay memory images through DSA (any replay kind)"
+    )
     parser.add_argument("--gdumb", action="store_true", help="train from scratch on the memory after each experience")
     parser.add_argument("--gdumb-epochs", type=int, default=None, help="epochs of each GDumb training (default 100)")
     parser.add_argument("--epochs", type=int, default=None, help="Naive epochs per experience (default 5)")
@@ -80,6 +83,8 @@ def config_from(args: argparse.Namespace) -> ContinualConfig:
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.gdumb:
         values["gdumb"] = True
+    if args.augment_memory:
+        values["augment_memory"] = True
     values["seed"] = args.seed
     values.update(overrides_from(args.set))
     config = parse_config(ContinualConfig, values)

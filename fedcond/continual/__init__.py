@@ -16,6 +16,7 @@ Users plug a :class:`DistilledBuffer` into any Avalanche supervised strategy thr
 joint, or the GDumb protocol) and returns the accuracy matrix.
 """
 
+from fedcond.continual.augment import MemoryAugmentation
 from fedcond.continual.benchmarks import (
     BENCHMARKS,
     SplitBenchmark,
@@ -45,6 +46,7 @@ __all__ = [
     "EmbeddingHerdingSelection",
     "HerdingBuffer",
     "MEMORY_KINDS",
+    "MemoryAugmentation",
     "REPLAY_KINDS",
     "SplitBenchmark",
     "available_benchmarks",

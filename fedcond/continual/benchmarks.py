@@ -14,7 +14,7 @@ Avalanche transforms, so tensors can be read back in bulk with :func:`dataset_te
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,19 +55,31 @@ def available_benchmarks() -> list[str]:
 class _TensorClassification(Dataset):
     """``(image, label)`` pairs over two tensors, with the ``targets`` list Avalanche reads."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.images = images
         self.labels = labels
         self.targets = labels.tolist()
+        self.transform = transform
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+        image = self.images[index]
+        return (image if self.transform is None else self.transform(image)), self.labels[index]
 
 
-def to_avalanche_dataset(images: torch.Tensor, labels: torch.Tensor) -> ClassificationDataset:
+def to_avalanche_dataset(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> ClassificationDataset:
     """Wrap tensors as an Avalanche classification dataset yielding ``(x, y, 0)``.
 
     Parameters
@@ -76,11 +88,14 @@ def to_avalanche_dataset(images: torch.Tensor, labels: torch.Tensor) -> Classifi
         ``N x C x H x W`` float32, already normalised.
     labels : torch.Tensor
         ``N`` int64 class labels.
+    transform : callable | None
+        Applied to each image every time it is read (e.g. a
+        :class:`~fedcond.continual.augment.MemoryAugmentation`).
     """
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
     labels = labels.to(torch.long).cpu()
-    base = _TensorClassification(images.detach().cpu(), labels)
+    base = _TensorClassification(images.detach().cpu(), labels, transform)
     return ClassificationDataset(
         [base],
         data_attributes=[

@@ -6,17 +6,26 @@ strategy's dataloader for a :class:`~avalanche.benchmarks.utils.data_loader.Repl
 that adds ``batch_size_mem`` memory images to every minibatch; after it, it asks the buffer to
 absorb the experience (``post_adapt``, the non-deprecated storage-policy hook).
 
+With ``memory_augmentation`` (a :class:`~fedcond.continual.augment.MemoryAugmentation`) every
+memory image is transformed each time it is replayed; the experience's own images are not.
+The plugin accepts any Avalanche buffer, so random or herding memories can be replayed with the
+same augmentation for an equal comparison.
+
 >>> buffer = DistilledBuffer.per_class(10, num_classes=10, spec=spec)           # doctest: +SKIP
 >>> strategy = Naive(model=model, optimizer=opt, plugins=[DistilledReplayPlugin(buffer)])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import torch
 from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
 from avalanche.training.plugins.strategy_plugin import SupervisedPlugin
 from avalanche.training.storage_policy import ExemplarsBuffer
+
+from fedcond.continual.benchmarks import dataset_tensors, to_avalanche_dataset
 
 if TYPE_CHECKING:
     from avalanche.training.templates import SupervisedTemplate
@@ -37,6 +46,9 @@ class DistilledReplayPlugin(SupervisedPlugin):
         Memory images per minibatch (``None``: the strategy's ``train_mb_size``).
     task_balanced_dataloader : bool
         Balance memory batches over task labels (as in ``ReplayPlugin``).
+    memory_augmentation : callable | None
+        Applied to each memory image every time it is replayed (``C x H x W`` in and out);
+        ``None`` replays the images as stored.
     """
 
     def __init__(
@@ -46,6 +58,7 @@ class DistilledReplayPlugin(SupervisedPlugin):
         batch_size: int | None = None,
         batch_size_mem: int | None = None,
         task_balanced_dataloader: bool = False,
+        memory_augmentation: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(storage_policy, ExemplarsBuffer):
@@ -57,6 +70,7 @@ class DistilledReplayPlugin(SupervisedPlugin):
         self.batch_size = batch_size
         self.batch_size_mem = batch_size_mem
         self.task_balanced_dataloader = task_balanced_dataloader
+        self.memory_augmentation = memory_augmentation
 
     def before_training_exp(
         self,
@@ -70,6 +84,9 @@ class DistilledReplayPlugin(SupervisedPlugin):
         memory = self.storage_policy.buffer
         if len(memory) == 0:
             return
+        if self.memory_augmentation is not None:
+            images, labels = dataset_tensors(memory)
+            memory = to_avalanche_dataset(images, labels, transform=self.memory_augmentation)
         strategy.dataloader = ReplayDataLoader(
             strategy.adapted_dataset,
             memory,

@@ -123,11 +123,22 @@ def make_storage_policy(
 
 
 def make_replay_plugin(
-    buffer: ExemplarsBuffer, *, batch_size: int | None = None, batch_size_mem: int | None = None
+    buffer: ExemplarsBuffer,
+    *,
+    batch_size: int | None = None,
+    batch_size_mem: int | None = None,
+    memory_augmentation: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> SupervisedPlugin:
-    """``DistilledReplayPlugin`` for a distilled memory, Avalanche's ``ReplayPlugin`` otherwise."""
-    if isinstance(buffer, DistilledBuffer):
-        return DistilledReplayPlugin(buffer, batch_size=batch_size, batch_size_mem=batch_size_mem)
+    """The replay plugin for ``buffer``.
+
+    ``DistilledReplayPlugin`` for a distilled memory or whenever ``memory_augmentation`` is
+    given (any buffer: the same augmentation for every kind), Avalanche's ``ReplayPlugin``
+    otherwise.
+    """
+    if isinstance(buffer, DistilledBuffer) or memory_augmentation is not None:
+        return DistilledReplayPlugin(
+            buffer, batch_size=batch_size, batch_size_mem=batch_size_mem, memory_augmentation=memory_augmentation
+        )
     return ReplayPlugin(
         mem_size=buffer.max_size, batch_size=batch_size, batch_size_mem=batch_size_mem, storage_policy=buffer
     )

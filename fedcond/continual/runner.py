@@ -40,6 +40,7 @@ from avalanche.training.supervised import JointTraining, Naive
 from torch import nn
 
 from fedcond.config import ContinualConfig, DistillConfig, EvalConfig
+from fedcond.continual.augment import MemoryAugmentation
 from fedcond.continual.benchmarks import SplitBenchmark, dataset_tensors, make_split_benchmark
 from fedcond.continual.buffers import DistilledBuffer
 from fedcond.continual.policies import MEMORY_KINDS, REPLAY_KINDS, make_replay_plugin, make_storage_policy
@@ -106,6 +107,7 @@ class ContinualResult:
     accuracy_matrix: list[list[float]]
     memory_per_experience: list[int] = field(default_factory=list)
     memory_class_counts: list[dict[int, int]] = field(default_factory=list)
+    augment_memory: bool = False
     wall_seconds: float = 0.0
     condense_seconds: float = 0.0
 
@@ -132,6 +134,7 @@ class ContinualResult:
             "forgetting": self.forgetting,
             "accuracy_matrix": self.accuracy_matrix,
             "gdumb": self.gdumb,
+            "augment_memory": self.augment_memory,
             "seed": self.seed,
             "memory_per_class": self.memory_per_class,
             "max_memory": self.max_memory,
@@ -151,7 +154,8 @@ def validate_continual_config(config: ContinualConfig) -> None:
     ------
     ValueError
         Unknown replay kind, non-positive memory, epochs or batch size, a total budget smaller
-        than the number of classes, or GDumb without a memory.
+        than the number of classes, GDumb without a memory, or memory augmentation without
+        replay.
     """
     if config.replay not in REPLAY_KINDS:
         raise ValueError(f"unknown replay {config.replay!r}; choose one of {', '.join(REPLAY_KINDS)}")
@@ -164,6 +168,11 @@ def validate_continual_config(config: ContinualConfig) -> None:
     for name in ("epochs", "batch_size", "num_experiences"):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
+    if config.augment_memory and (config.gdumb or config.replay not in MEMORY_KINDS):
+        raise ValueError(
+            "augment_memory augments replayed memory images: it needs replay random, herding or distilled "
+            "without GDumb (GDumb already trains with DSA)"
+        )
     if config.gdumb and config.gdumb_epochs <= 0:
         raise ValueError(f"gdumb_epochs must be positive, got {config.gdumb_epochs}")
 
@@ -281,6 +290,7 @@ def run_continual(
         accuracy_matrix=matrix,
         memory_per_experience=memory,
         memory_class_counts=counts,
+        augment_memory=config.augment_memory,
         wall_seconds=time.perf_counter() - start,
         condense_seconds=condense,
     )
@@ -332,7 +342,8 @@ def _run_replay(
     device: torch.device,
     on_experience: ExperienceCallback | None,
 ) -> tuple[list[list[float]], list[int], list[dict[int, int]]]:
-    plugins = [make_replay_plugin(buffer)] if buffer is not None else []
+    augmentation = MemoryAugmentation(bench.spec, seed=config.seed) if config.augment_memory else None
+    plugins = [make_replay_plugin(buffer, memory_augmentation=augmentation)] if buffer is not None else []
     strategy = Naive(**_strategy_kwargs(config, model, device), plugins=plugins)
     matrix, memory, counts = [], [], []
     for i, experience in enumerate(bench.scenario.train_stream):

@@ -45,3 +45,25 @@ def test_total_budget_below_class_count_is_refused(tmp_path, capsys) -> None:
     code = main(["continual", "--replay", "random", "--max-memory", "4", "--epochs", "1", "--out", str(tmp_path / "x")])
     assert code == 2
     assert "smaller than the 10 classes" in capsys.readouterr().err
+
+
+def test_augment_memory_flag_reaches_the_run(tmp_path, capsys) -> None:
+    out = tmp_path / "aug"
+    code = main(
+        [
+            "continual", "--benchmark", "split-digits", "--replay", "random", "--augment-memory",
+            "--memory-per-class", "2", "--epochs", "1", "--train-per-class", "20", "--test-per-class", "10",
+            "--out", str(out), "--device", "cpu",
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["augment_memory"] is True and metrics["config"]["augment_memory"] is True
+    assert metrics["memory_images"] == 20
+
+
+def test_augment_memory_without_replay_is_refused(tmp_path, capsys) -> None:
+    code = main(["continual", "--replay", "none", "--augment-memory", "--out", str(tmp_path / "x")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "augment_memory" in err and "Traceback" not in err

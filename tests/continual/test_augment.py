@@ -1,0 +1,116 @@
+"""DSA augmentation of replayed memory images (``MemoryAugmentation`` + the plugin option)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from avalanche.training.storage_policy import ExemplarsBuffer
+
+from fedcond.config import ContinualConfig
+from fedcond.continual import (
+    DistilledReplayPlugin,
+    MemoryAugmentation,
+    dataset_tensors,
+    make_replay_plugin,
+    to_avalanche_dataset,
+    validate_continual_config,
+)
+from fedcond.continual.benchmarks import SplitBenchmark
+
+
+def test_augmentation_changes_images_and_is_reproducible_from_the_seed(digits_stream: SplitBenchmark) -> None:
+    images, _ = dataset_tensors(digits_stream.scenario.train_stream[0].dataset)
+    first = MemoryAugmentation(digits_stream.spec, seed=3)
+    second = MemoryAugmentation(digits_stream.spec, seed=3)
+    out_a = torch.stack([first(x) for x in images[:20]])
+    out_b = torch.stack([second(x) for x in images[:20]])
+    assert out_a.shape == images[:20].shape
+    torch.testing.assert_close(out_a, out_b)
+    changed = (out_a - images[:20]).flatten(1).abs().amax(dim=1) > 1e-4
+    assert changed.float().mean() > 0.5  # a few draws (e.g. a zero crop shift) can be the identity
+    assert "flip" not in first.augment.transforms  # a mirrored digit is another symbol
+
+
+def test_augmentation_state_dict_replays_the_same_draws(digits_stream: SplitBenchmark) -> None:
+    images, _ = dataset_tensors(digits_stream.scenario.train_stream[0].dataset)
+    augment = MemoryAugmentation(digits_stream.spec, seed=0)
+    state = augment.state_dict()
+    before = torch.stack([augment(x) for x in images[:5]])
+    augment.load_state_dict(state)
+    torch.testing.assert_close(torch.stack([augment(x) for x in images[:5]]), before)
+
+
+def test_augmentation_rejects_an_image_of_the_wrong_shape(digits_stream: SplitBenchmark) -> None:
+    augment = MemoryAugmentation(digits_stream.spec, seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        augment(torch.zeros(1, 28, 28))
+
+
+class _FixedBuffer(ExemplarsBuffer):
+    """A storage policy holding given images (what any Avalanche buffer exposes: ``buffer``)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        super().__init__(len(labels))
+        self.buffer = to_avalanche_dataset(images, labels)
+
+    def post_adapt(self, agent_state, exp) -> None:
+        pass
+
+    def resize(self, strategy, new_size: int) -> None:
+        self.max_size = new_size
+
+
+class _StrategyStub:
+    """What the plugin's ``before_training_exp`` reads from a strategy."""
+
+    def __init__(self, dataset, mb_size: int) -> None:
+        self.adapted_dataset = dataset
+        self.train_mb_size = mb_size
+        self.dataloader = None
+
+
+def test_plugin_augments_memory_images_only(digits_stream: SplitBenchmark) -> None:
+    current_images, current_labels = dataset_tensors(digits_stream.scenario.train_stream[1].dataset)
+    memory_images, memory_labels = dataset_tensors(digits_stream.scenario.train_stream[0].dataset)
+    buffer = _FixedBuffer(memory_images[:8], memory_labels[:8])
+    plugin = make_replay_plugin(buffer, memory_augmentation=MemoryAugmentation(digits_stream.spec, seed=0))
+    assert isinstance(plugin, DistilledReplayPlugin)  # any buffer, with the same augmentation
+    stub = _StrategyStub(to_avalanche_dataset(current_images, current_labels), mb_size=16)
+    plugin.before_training_exp(stub)
+    memory_classes = set(memory_labels.tolist())
+    seen_memory = seen_current = memory_as_stored = 0
+    for x, y, _ in stub.dataloader:
+        for image, label in zip(x, y.tolist(), strict=True):
+            exact = (image - (memory_images[:8] if label in memory_classes else current_images)).flatten(1)
+            is_stored = bool((exact.abs().amax(dim=1) == 0).any())
+            if label in memory_classes:
+                seen_memory += 1
+                memory_as_stored += is_stored
+            else:
+                seen_current += 1
+                assert is_stored  # the experience's own images are replayed untouched
+    assert seen_memory > 0 and seen_current == len(current_labels)
+    assert memory_as_stored / seen_memory < 0.5  # augmented (a few draws can be the identity)
+    # the stored memory itself is unchanged
+    torch.testing.assert_close(dataset_tensors(buffer.buffer)[0], memory_images[:8])
+
+
+def test_plugin_without_augmentation_replays_stored_images(digits_stream: SplitBenchmark) -> None:
+    current_images, current_labels = dataset_tensors(digits_stream.scenario.train_stream[1].dataset)
+    memory_images, memory_labels = dataset_tensors(digits_stream.scenario.train_stream[0].dataset)
+    buffer = _FixedBuffer(memory_images[:8], memory_labels[:8])
+    stub = _StrategyStub(to_avalanche_dataset(current_images, current_labels), mb_size=16)
+    DistilledReplayPlugin(buffer).before_training_exp(stub)
+    memory_classes = set(memory_labels.tolist())
+    for x, y, _ in stub.dataloader:
+        for image, label in zip(x, y.tolist(), strict=True):
+            if label in memory_classes:
+                assert bool(((image - memory_images[:8]).flatten(1).abs().amax(dim=1) == 0).any())
+
+
+def test_memory_augmentation_needs_replay_with_a_memory() -> None:
+    with pytest.raises(ValueError, match="augment_memory"):
+        validate_continual_config(ContinualConfig(replay="none", augment_memory=True))
+    with pytest.raises(ValueError, match="augment_memory"):
+        validate_continual_config(ContinualConfig(replay="distilled", gdumb=True, augment_memory=True))
+    validate_continual_config(ContinualConfig(replay="random", augment_memory=True))
