@@ -87,7 +87,8 @@ class DistillConfig:
     iterations : int
         Outer optimisation steps on the synthetic images.
     init : str
-        ``real`` (random real images of the class) or ``noise`` (standard normal).
+        ``real`` (random real images of the class), ``herding`` (the class's herding coreset
+        under a random ``model``) or ``noise`` (standard normal).
     lr_img, momentum : float
         SGD on the synthetic pixels.
     batch_real : int

@@ -32,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     distill = subparsers.add_parser("distill", help="condense a dataset with distribution matching")
     _add_budget_arguments(distill)
     distill.add_argument("--iterations", type=int, default=1000, help="DM iterations (default 1000)")
-    distill.add_argument("--init", choices=("real", "noise"), default="real", help="synthetic init")
+    distill.add_argument(
+        "--init", choices=("real", "herding", "noise"), default="real", help="synthetic init (herding: the herding coreset)"
+    )
     distill.add_argument("--batch-real", type=int, default=256, help="real images per class and iteration")
     distill.add_argument("--lr-img", type=float, default=1.0, help="SGD learning rate on pixels")
     distill.add_argument("--no-dsa", action="store_true", help="disable siamese augmentation")

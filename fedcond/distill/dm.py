@@ -27,11 +27,15 @@ from fedcond.config import DistillConfig
 from fedcond.data.registry import DIGIT_DATASETS, ArrayDataset
 from fedcond.devices import autocast_context, resolve_device
 from fedcond.distill.augment import SiameseAugment
+from fedcond.distill.coreset import HerdingSelector
 from fedcond.distill.statistics import MeanStatistics, RealStatistics, class_means
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.models import get_model, reset_parameters
 
-__all__ = ["CondensationResult", "DistributionMatching", "dm_loss", "initial_synthetic"]
+__all__ = ["CondensationResult", "DistributionMatching", "INITS", "dm_loss", "initial_synthetic"]
+
+#: synthetic-set initialisations: random real images, the herding coreset, or N(0, 1) noise
+INITS = ("real", "herding", "noise")
 
 logger = logging.getLogger(__name__)
 
@@ -80,27 +84,40 @@ def initial_synthetic(
     init: str,
     classes: list[int],
     generator: torch.Generator,
+    model: str = "convnet",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Initial synthetic images and labels for ``classes``: random real samples or N(0, 1) noise.
+    """Initial synthetic images and labels for ``classes``.
+
+    ``init``: ``real`` draws random real images of each class, ``herding`` the herding coreset
+    of each class (embeddings under a randomly initialised ``model`` drawn from ``generator``,
+    the same selection as ``fedcond coreset --method herding``), ``noise`` N(0, 1) images.
 
     Raises
     ------
     ValueError
-        If ``init`` is unknown, or a class holds fewer than ``ipc`` images under real init.
+        If ``init`` is unknown, or a class holds fewer than ``ipc`` images under real or
+        herding init.
     """
-    if init not in ("real", "noise"):
-        raise ValueError(f"init must be 'real' or 'noise', got {init!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     pools = _class_pools(data.labels, data.spec.num_classes)
+    selector = None
+    if init == "herding":
+        selector = HerdingSelector(model=model)
+        selector.spec = data.spec
     images, labels = [], []
     for c in classes:
-        if init == "real":
+        if init != "noise":
             pool = pools[c]
             if pool.numel() < ipc:
                 raise ValueError(
-                    f"class {c} holds {pool.numel()} image(s) but ipc={ipc} with real init needs "
+                    f"class {c} holds {pool.numel()} image(s) but ipc={ipc} with {init} init needs "
                     f"at least {ipc}; lower --ipc or use --init noise"
                 )
-            pick = pool[torch.randperm(pool.numel(), generator=generator)[:ipc]]
+            if selector is None:
+                pick = pool[torch.randperm(pool.numel(), generator=generator)[:ipc]]
+            else:
+                pick = pool[selector.select(data.images[pool], k=ipc, generator=generator)]
             images.append(data.images[pick].clone())
         else:
             images.append(torch.randn((ipc, *data.spec.image_shape), generator=generator))
@@ -156,8 +173,8 @@ class DistributionMatching:
             raise ValueError(f"ipc must be positive, got {config.ipc}")
         if config.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {config.iterations}")
-        if config.init not in ("real", "noise"):
-            raise ValueError(f"init must be 'real' or 'noise', got {config.init!r}")
+        if config.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {config.init!r}")
         if config.real_chunk < 0:
             raise ValueError(f"real_chunk must be >= 0 (0 = no chunking), got {config.real_chunk}")
         self.config = config
@@ -214,7 +231,7 @@ class DistributionMatching:
 
         generator = torch.Generator().manual_seed(cfg.seed)
         syn_images, syn_labels = initial_synthetic(
-            data, ipc=cfg.ipc, init=cfg.init, classes=classes, generator=generator
+            data, ipc=cfg.ipc, init=cfg.init, classes=classes, generator=generator, model=cfg.model
         )
         device = self.device
         syn = syn_images.to(device).requires_grad_(True)

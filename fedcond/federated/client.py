@@ -23,7 +23,7 @@ from torch import nn
 from fedcond.config import DataConfig, DistillConfig, DPConfig
 from fedcond.data.partition import partition_indices
 from fedcond.data.registry import ArrayDataset, DatasetSplits, load_dataset
-from fedcond.distill.dm import DistributionMatching
+from fedcond.distill.dm import DistributionMatching, initial_synthetic
 from fedcond.distill.evaluate import train_model
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.job import FederatedJob
@@ -154,18 +154,29 @@ class CondenseOutcome:
 
 
 def initial_images(
-    data: ArrayDataset, *, classes: list[int], ipc: int, init: str, generator: torch.Generator
+    data: ArrayDataset,
+    *,
+    classes: list[int],
+    ipc: int,
+    init: str,
+    generator: torch.Generator,
+    model: str = "convnet",
 ) -> torch.Tensor:
     """Initial synthetic images, ``ipc`` per class in ``classes`` (label order).
 
-    Real init draws real images without replacement; a class with fewer than ``ipc`` images
-    repeats them, each repeat jittered by N(0, 0.1^2) so DM can move the copies apart.
+    Real init draws real images without replacement, herding init takes the class's herding
+    coreset (under a random ``model``); a class with fewer than ``ipc`` images repeats them,
+    each repeat jittered by N(0, 0.1^2) so DM can move the copies apart.
     """
     if init == "noise":
         return torch.randn((len(classes) * ipc, *data.spec.image_shape), generator=generator)
     chunks = []
     for c in classes:
         pool = (data.labels == c).nonzero().flatten()
+        if init == "herding" and pool.numel() >= ipc:
+            chunks.append(initial_synthetic(data.subset(pool), ipc=ipc, init="herding", classes=[c],
+                                            generator=generator, model=model)[0])
+            continue
         order = torch.randperm(pool.numel(), generator=generator)
         picks = pool[order[torch.arange(ipc) % pool.numel()]]
         chunk = data.images[picks].clone()
@@ -257,7 +268,9 @@ def condense_partition(
     if warm_start is not None and torch.equal(warm_start.labels, expected_labels):
         start = warm_start.images
     else:
-        start = initial_images(data, classes=present, ipc=distill.ipc, init=init, generator=generator)
+        start = initial_images(
+            data, classes=present, ipc=distill.ipc, init=init, generator=generator, model=distill.model
+        )
     # DM builds its own init first; "noise" never fails on small classes, the checkpoint replaces it
     config = dataclasses.replace(distill, init="noise", checkpoint_every=0)
     with tempfile.TemporaryDirectory(prefix="fedcond-start-") as tmp:
