@@ -114,3 +114,16 @@ def test_memory_augmentation_needs_replay_with_a_memory() -> None:
     with pytest.raises(ValueError, match="augment_memory"):
         validate_continual_config(ContinualConfig(replay="distilled", gdumb=True, augment_memory=True))
     validate_continual_config(ContinualConfig(replay="random", augment_memory=True))
+
+
+def test_augmented_replay_is_reproducible_from_the_seed(digits_stream: SplitBenchmark) -> None:
+    from fedcond.continual import run_continual
+
+    from .conftest import tiny_config
+
+    config = tiny_config(replay="random", augment_memory=True, memory_per_class=3)
+    first = run_continual(config, benchmark=digits_stream)
+    second = run_continual(config, benchmark=digits_stream)
+    assert first.accuracy_matrix == second.accuracy_matrix
+    assert first.memory_per_experience == [6, 12, 18, 24, 30]
+    assert first.to_metrics()["augment_memory"] is True
