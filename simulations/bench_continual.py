@@ -33,6 +33,7 @@ import torch
 
 from fedcond.config import ContinualConfig, DistillConfig
 from fedcond.devices import keep_freed_cpu_memory
+from fedcond.distill.dm import INITS
 from fedcond.continual import make_split_benchmark, run_continual
 
 
@@ -56,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="DSA on replayed memory images (Naive replay rows, every memory kind)")
     parser.add_argument("--iterations", type=int, default=20, help="DM iterations per experience")
     parser.add_argument("--batch-real", type=int, default=32, help="DM real images per class and iteration")
-    parser.add_argument("--dm-init", choices=["real", "herding", "noise"], default="real", help="DM initialisation")
+    parser.add_argument("--dm-init", choices=INITS, default="real", help="DM initialisation")
     parser.add_argument("--train-per-class", type=int, default=100, help="0 keeps the whole training split")
     parser.add_argument("--test-per-class", type=int, default=50, help="0 keeps the whole test split")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared CPU)")

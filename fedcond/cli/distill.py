@@ -20,7 +20,7 @@ from fedcond.config import DistillConfig, EvalConfig, parse_config
 from fedcond.data.registry import DatasetSplits, load_dataset
 from fedcond.devices import resolve_device
 from fedcond.distill.coreset import select_coreset
-from fedcond.distill.dm import DistributionMatching
+from fedcond.distill.dm import INITS, DistributionMatching
 from fedcond.distill.evaluate import evaluate_synthetic
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.plots import save_image_grid
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_budget_arguments(distill)
     distill.add_argument("--iterations", type=int, default=1000, help="DM iterations (default 1000)")
     distill.add_argument(
-        "--init", choices=("real", "herding", "noise"), default="real", help="synthetic init (herding: the herding coreset)"
+        "--init", choices=INITS, default="real", help="synthetic init (herding: the herding coreset)"
     )
     distill.add_argument("--batch-real", type=int, default=256, help="real images per class and iteration")
     distill.add_argument("--lr-img", type=float, default=1.0, help="SGD learning rate on pixels")

@@ -77,6 +77,11 @@ def _class_pools(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
     return list(torch.split(order, counts))
 
 
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+
+
 def initial_synthetic(
     data: ArrayDataset,
     *,
@@ -98,8 +103,7 @@ def initial_synthetic(
         If ``init`` is unknown, or a class holds fewer than ``ipc`` images under real or
         herding init.
     """
-    if init not in INITS:
-        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    _check_init(init)
     pools = _class_pools(data.labels, data.spec.num_classes)
     selector = None
     if init == "herding":
@@ -173,8 +177,7 @@ class DistributionMatching:
             raise ValueError(f"ipc must be positive, got {config.ipc}")
         if config.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {config.iterations}")
-        if config.init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, got {config.init!r}")
+        _check_init(config.init)
         if config.real_chunk < 0:
             raise ValueError(f"real_chunk must be >= 0 (0 = no chunking), got {config.real_chunk}")
         self.config = config
