@@ -7,7 +7,9 @@ Reports, side by side in one run (JSON + a markdown table):
    real side, bf16 autocast, optional torch.compile), with an ablation, as ratios;
 2. *equal-iteration accuracy*: both implementations after the same number of iterations,
    evaluated with the same protocol (fedcond must not be worse by more than 1 point);
-3. *DM vs random vs herding* at IPC 1/10/50 on digits and MNIST.
+3. *DM vs random vs herding* at IPC 1/10/50 on digits and MNIST;
+4. *whole*: the same protocol trained on every training image (the field's "whole dataset"
+   upper bound), by default on digits only, where it costs seconds per network.
 
 Usage::
 
@@ -210,6 +212,27 @@ def methods_section(
     return rows
 
 
+def whole_dataset_row(
+    splits: DatasetSplits, *, evaluation: EvalConfig, seeds: list[int], device: str
+) -> dict[str, Any]:
+    """The evaluation protocol trained on the whole training split: the ceiling for any IPC.
+
+    Uses as many networks as a methods row (``len(seeds) * evaluation.runs``), seeded alike.
+    """
+    start = time.perf_counter()
+    accuracies: list[float] = []
+    for seed in seeds:
+        accuracies += evaluate_synthetic((splits.train.images, splits.train.labels), splits.test, evaluation,
+                                         seed=seed, device=device).accuracies
+    row = {"dataset": splits.spec.name, "ipc": len(splits.train) // splits.spec.num_classes, "method": "whole",
+           "iterations": 0, "seeds": seeds, "training_images": len(splits.train),
+           "accuracy_mean": statistics.fmean(accuracies), "accuracy_std": statistics.pstdev(accuracies),
+           "accuracy_runs": accuracies, "make_seconds": time.perf_counter() - start, "peak_rss_gib": peak_rss_gib()}
+    print(f"  {splits.spec.name} whole training set ({len(splits.train)} images): "
+          f"{100 * row['accuracy_mean']:.2f} ± {100 * row['accuracy_std']:.2f}", flush=True)
+    return row
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = []
     if "speed" in results:
@@ -235,6 +258,9 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {r['dataset']} | {r['ipc']} | {r['method']} | {r['iterations']} | {len(r['seeds'])} | "
                          f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} | {r['make_seconds']:.0f} | "
                          f"{r['peak_rss_gib']:.2f} |")
+        if any(r["method"] == "whole" for r in results["methods"]):
+            lines += ["", "`whole`: every training image (IPC column: images per class on average), same protocol; "
+                      "make s is the evaluation time."]
     return "\n".join(lines) + "\n"
 
 
@@ -243,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help="torchvision root with MNIST (omit: digits only)")
     parser.add_argument("--out", type=Path, default=Path("results/bench_dm"))
     parser.add_argument("--quick", action="store_true", help="digits only, tiny budgets (smoke test)")
-    parser.add_argument("--sections", default="speed,equal,methods", help="comma-separated subset")
+    parser.add_argument("--sections", default="speed,equal,methods,whole", help="comma-separated subset")
+    parser.add_argument("--whole-datasets", default="digits", help="whole section: digits, mnist or both")
     parser.add_argument("--speed-iterations", type=int, default=5)
     parser.add_argument("--equal-iterations", type=int, default=200, help="iterations for the equal-iteration check")
     parser.add_argument("--equal-seeds", type=int, default=3)
@@ -323,6 +350,16 @@ def main(argv: list[str] | None = None) -> int:
             mnist, ipcs=[i for i in mnist_ipcs if i != 10], iterations=mnist_iters, evaluation=evaluation,
             seeds=mnist_seeds, compile_dm=compile_dm, device=args.device)
         save()
+    if "whole" in sections:
+        print("whole training set:", flush=True)
+        for name in args.whole_datasets.split(","):
+            splits = digits if name == "digits" else mnist
+            if splits is None:
+                print(f"  {name}: skipped (no --data-dir)", flush=True)
+                continue
+            results["methods"].append(whole_dataset_row(
+                splits, evaluation=evaluation, seeds=mnist_seeds if name == "mnist" else digits_seeds, device=args.device))
+            save()
     results["peak_rss_gib"] = peak_rss_gib()
     save()
     print(markdown(results))
