@@ -97,6 +97,13 @@ class DistillConfig:
         Embedding network family (freshly initialised every iteration).
     dsa : bool
         Apply differentiable siamese augmentation to real and synthetic batches.
+    matching : str
+        ``mean`` matches class-mean embeddings (the DM paper). ``mmd`` adds a Gaussian-kernel
+        maximum mean discrepancy between each class's real and synthetic embeddings (as in
+        M3D, Zhang et al. 2024), matching the whole distribution rather than its mean. Not
+        available with differential privacy, which releases only noisy class means.
+    mmd_weight : float
+        Weight of the MMD term, relative to the mean term (``matching="mmd"`` only).
     mixed_precision : bool
         bf16 autocast for the embedding forward passes where the device supports it.
     channels_last : bool
@@ -123,6 +130,8 @@ class DistillConfig:
     batch_real: int = 256
     model: str = "convnet"
     dsa: bool = True
+    matching: str = "mean"
+    mmd_weight: float = 1.0
     mixed_precision: bool = True
     channels_last: bool = False
     compile: bool = False

@@ -174,18 +174,24 @@ def methods_section(
     seeds: list[int],
     compile_dm: bool,
     device: str,
+    matchings: tuple[str, ...] = ("mean",),
 ) -> list[dict[str, Any]]:
     """DM vs random vs herding at each IPC; every method made once per seed (selection / DM seed),
-    each set evaluated by ``evaluation.runs`` networks; mean +- std over all seeds x runs."""
+    each set evaluated by ``evaluation.runs`` networks; mean +- std over all seeds x runs.
+
+    ``matchings`` picks the DM rows: ``dm`` (class means, the paper) and/or ``dm-mmd``."""
     rows = []
+    dm_methods = {"mean": "dm", "mmd": "dm-mmd"}
     for ipc in ipcs:
-        for method in ("random", "herding", "dm"):
+        for method in ("random", "herding", *(dm_methods[m] for m in matchings)):
             accuracies, per_seed, make_seconds = [], [], []
             for seed in seeds:
                 start = time.perf_counter()
-                if method == "dm":
+                if method.startswith("dm"):
+                    matching = "mmd" if method == "dm-mmd" else "mean"
                     result = DistributionMatching(
-                        DistillConfig(ipc=ipc, iterations=iterations[ipc], seed=seed, compile=compile_dm), device=device
+                        DistillConfig(ipc=ipc, iterations=iterations[ipc], seed=seed, compile=compile_dm,
+                                      matching=matching), device=device
                     ).condense(splits.train)
                     syn = result.synthetic
                 else:
@@ -198,7 +204,7 @@ def methods_section(
                 "dataset": splits.spec.name,
                 "ipc": ipc,
                 "method": method,
-                "iterations": iterations[ipc] if method == "dm" else 0,
+                "iterations": iterations[ipc] if method.startswith("dm") else 0,
                 "seeds": seeds,
                 "accuracy_mean": statistics.fmean(accuracies),
                 "accuracy_std": statistics.pstdev(accuracies),
@@ -281,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mnist-seeds", type=int, default=1, help="selection/DM seeds per MNIST row")
     parser.add_argument("--datasets", default="digits,mnist", help="methods section: digits, mnist or both")
     parser.add_argument("--mnist-ipcs", default="10,1,50", help="methods section: MNIST IPCs (10 runs first)")
+    parser.add_argument("--digits-ipcs", default="1,10,50", help="methods section: digits IPCs")
+    parser.add_argument("--dm-matchings", default="mean,mmd", help="methods section: DM rows (mean: dm, mmd: dm-mmd)")
     parser.add_argument("--eval-runs", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=300)
     parser.add_argument("--no-compile", action="store_true", help="eager DM everywhere")
@@ -320,11 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     mnist_seeds = list(range(args.seed, args.seed + args.mnist_seeds))
     digits_seeds = list(range(args.seed, args.seed + (1 if args.quick else args.digits_seeds)))
     mnist_ipcs = [int(v) for v in args.mnist_ipcs.split(",") if v]
+    digits_ipcs = [int(v) for v in args.digits_ipcs.split(",") if v]
+    matchings = tuple(args.dm_matchings.split(","))
+    if unknown := set(matchings) - {"mean", "mmd"}:
+        parser.error(f"--dm-matchings: unknown {sorted(unknown)} (mean, mmd)")
     if "methods" in sections and mnist is not None and "mnist" in datasets and 10 in mnist_ipcs:
         # the headline number first: MNIST IPC 10 after --mnist-iterations iterations
         print("methods, mnist ipc 10:", flush=True)
         results["methods"] += methods_section(mnist, ipcs=[10], iterations=mnist_iters, evaluation=evaluation,
-                                              seeds=mnist_seeds, compile_dm=compile_dm, device=args.device)
+                                              seeds=mnist_seeds, compile_dm=compile_dm, device=args.device,
+                                              matchings=matchings)
         save()
     if "equal" in sections:
         seeds = list(range(args.equal_seeds))
@@ -340,15 +353,15 @@ def main(argv: list[str] | None = None) -> int:
     if "methods" in sections and "digits" in datasets:
         print("methods, digits:", flush=True)
         results["methods"] += methods_section(
-            digits, ipcs=[1, 10, 50] if not args.quick else [1, 10],
-            iterations=dict.fromkeys((1, 10, 50), args.digits_iterations), evaluation=evaluation, seeds=digits_seeds,
-            compile_dm=False, device=args.device)
+            digits, ipcs=digits_ipcs if not args.quick else [1, 10],
+            iterations=dict.fromkeys(digits_ipcs + [1, 10], args.digits_iterations), evaluation=evaluation,
+            seeds=digits_seeds, compile_dm=False, device=args.device, matchings=matchings)
         save()
     if "methods" in sections and mnist is not None and "mnist" in datasets and set(mnist_ipcs) - {10}:
         print("methods, mnist other ipcs:", flush=True)
         results["methods"] += methods_section(
             mnist, ipcs=[i for i in mnist_ipcs if i != 10], iterations=mnist_iters, evaluation=evaluation,
-            seeds=mnist_seeds, compile_dm=compile_dm, device=args.device)
+            seeds=mnist_seeds, compile_dm=compile_dm, device=args.device, matchings=matchings)
         save()
     if "whole" in sections:
         print("whole training set:", flush=True)

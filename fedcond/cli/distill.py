@@ -21,6 +21,7 @@ from fedcond.data.registry import DatasetSplits, load_dataset
 from fedcond.devices import resolve_device
 from fedcond.distill.coreset import select_coreset
 from fedcond.distill.dm import INITS, DistributionMatching
+from fedcond.distill.matching import MATCHINGS
 from fedcond.distill.evaluate import evaluate_synthetic
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.plots import save_image_grid
@@ -37,6 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     distill.add_argument("--batch-real", type=int, default=256, help="real images per class and iteration")
     distill.add_argument("--lr-img", type=float, default=1.0, help="SGD learning rate on pixels")
+    distill.add_argument(
+        "--matching",
+        choices=MATCHINGS,
+        default="mean",
+        help="mean: class-mean embeddings (DM paper); mmd: plus a Gaussian-kernel MMD per class",
+    )
+    distill.add_argument("--mmd-weight", type=float, default=1.0, help="weight of the MMD term (--matching mmd)")
     distill.add_argument("--no-dsa", action="store_true", help="disable siamese augmentation")
     distill.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast")
     distill.add_argument(
@@ -140,6 +148,8 @@ def run_distill(args: argparse.Namespace) -> int:
             "init": args.init,
             "batch_real": args.batch_real,
             "lr_img": args.lr_img,
+            "matching": args.matching,
+            "mmd_weight": args.mmd_weight,
             "dsa": not args.no_dsa,
             "mixed_precision": not args.no_bf16,
             "compile": args.compile == "on" or (args.compile == "auto" and args.iterations >= 300),
@@ -175,6 +185,7 @@ def run_distill(args: argparse.Namespace) -> int:
         "ipc": config.ipc,
         "iterations": config.iterations,
         "init": config.init,
+        "matching": config.matching,
         "seed": args.seed,
         "device": str(engine.device),
         "distill_seconds": elapsed,

@@ -2,6 +2,7 @@
 
 from fedcond.distill.augment import AugmentParams, SiameseAugment
 from fedcond.distill.dm import CondensationResult, DistributionMatching, dm_loss
+from fedcond.distill.matching import MATCHINGS, class_mmd_loss, gaussian_mmd2
 from fedcond.distill.statistics import MeanStatistics, RealBatch, RealStatistics
 from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
 
@@ -9,13 +10,16 @@ __all__ = [
     "AugmentParams",
     "CondensationResult",
     "DistributionMatching",
+    "MATCHINGS",
     "MeanStatistics",
     "RealBatch",
     "RealStatistics",
     "SiameseAugment",
     "SyntheticSet",
     "SyntheticSetError",
+    "class_mmd_loss",
     "dm_loss",
+    "gaussian_mmd2",
 ]
 
 from fedcond.distill.coreset import (  # noqa: E402

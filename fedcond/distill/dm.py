@@ -6,7 +6,8 @@ each class, and minimises
 
     loss = sum_c || mean(embed(real_c)) - mean(embed(syn_c)) ||^2
 
-with SGD on the synthetic pixels. All classes go through the network in one batched forward;
+with SGD on the synthetic pixels (``matching="mmd"`` adds a Gaussian-kernel MMD per class,
+see :mod:`fedcond.distill.matching`). All classes go through the network in one batched forward;
 the real side runs under ``torch.inference_mode()`` (no autograd graph) and, where the device
 supports it, in bf16 autocast.
 """
@@ -28,6 +29,7 @@ from fedcond.data.registry import DIGIT_DATASETS, ArrayDataset
 from fedcond.devices import autocast_context, resolve_device
 from fedcond.distill.augment import SiameseAugment
 from fedcond.distill.coreset import HerdingSelector
+from fedcond.distill.matching import MATCHINGS, class_mmd_loss, dm_loss
 from fedcond.distill.statistics import MeanStatistics, RealStatistics, class_means
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.models import get_model, reset_parameters
@@ -38,11 +40,6 @@ __all__ = ["CondensationResult", "DistributionMatching", "INITS", "dm_loss", "in
 INITS = ("real", "herding", "noise")
 
 logger = logging.getLogger(__name__)
-
-
-def dm_loss(real_means: torch.Tensor, syn_means: torch.Tensor) -> torch.Tensor:
-    """DM's objective: squared distance between mean embeddings, summed over the given classes."""
-    return ((real_means - syn_means) ** 2).sum()
 
 
 @dataclass(frozen=True)
@@ -178,6 +175,16 @@ class DistributionMatching:
         if config.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {config.iterations}")
         _check_init(config.init)
+        if config.matching not in MATCHINGS:
+            raise ValueError(f"unknown matching {config.matching!r}; choose one of {', '.join(MATCHINGS)}")
+        if config.mmd_weight < 0:
+            raise ValueError(f"mmd_weight must be >= 0, got {config.mmd_weight}")
+        if config.matching == "mmd" and real_statistics is not None and not isinstance(real_statistics, MeanStatistics):
+            raise ValueError(
+                "matching='mmd' needs every real embedding, but the supplied real statistics "
+                f"({type(real_statistics).__name__}) release only class means (as differentially "
+                "private DM does): use matching='mean'"
+            )
         if config.real_chunk < 0:
             raise ValueError(f"real_chunk must be >= 0 (0 = no chunking), got {config.real_chunk}")
         self.config = config
@@ -294,6 +301,8 @@ class DistributionMatching:
             real_means = self.statistics.class_means(
                 real_emb, real_groups.to(device), num_classes=num_classes, generator=generator
             ).clone()
+            if cfg.matching == "mmd":
+                real_emb = real_emb.clone()  # leaves inference mode: the kernel's backward reads it
             # synthetic side: the only graph
             with autocast_context(device, enabled=cfg.mixed_precision):
                 x = syn
@@ -303,6 +312,10 @@ class DistributionMatching:
                 syn_emb = net.embed(x.contiguous(memory_format=memory_format))
             syn_means = class_means(syn_emb, syn_groups, num_classes=num_classes)
             loss = dm_loss(real_means[present].float(), syn_means[present])
+            if cfg.matching == "mmd":
+                loss = loss + class_mmd_loss(
+                    real_emb, real_groups.to(device), syn_emb, syn_groups, classes=classes, weight=cfg.mmd_weight
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -330,6 +343,7 @@ class DistributionMatching:
             "ipc": cfg.ipc,
             "method": "dm",
             "init": cfg.init,
+            "matching": cfg.matching,
             "seed": cfg.seed,
             "iterations": cfg.iterations,
             "skipped_classes": skipped,

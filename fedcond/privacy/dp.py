@@ -248,6 +248,7 @@ def dp_statistics_for(
     distill : DistillConfig
         The run's settings: ``iterations`` steps are accounted for, ``batch_real`` sets the rate.
         DP requires ``init="noise"`` (real init would publish real images); callers switch it.
+        DP also requires ``matching="mean"``: the noise covers class means, nothing else.
     class_counts : torch.Tensor
         Real images per class on this client.
     rounds : int
@@ -268,12 +269,18 @@ def dp_statistics_for(
     Raises
     ------
     PrivacyBudgetError
-        For an invalid budget or settings (see :func:`plan_dp`), or when this run would take the
+        For an invalid budget or settings (see :func:`plan_dp`), ``matching`` other than
+        ``mean``, or when this run would take the
         ledger past the budget (more runs than ``rounds``): checked before any data is touched.
     """
     config = dp if isinstance(dp, DPConfig) else parse_config(DPConfig, dp)
     if rounds < 1:
         raise PrivacyBudgetError(f"DP rounds must be >= 1, got {rounds}")
+    if distill.matching != "mean":
+        raise PrivacyBudgetError(
+            f"DP-DM releases only noisy class means, so matching={distill.matching!r} (which reads every "
+            "real embedding) is not private: use matching='mean'"
+        )
     plan = plan_dp(
         config, iterations=distill.iterations * rounds, batch_real=distill.batch_real, class_counts=class_counts
     )
