@@ -122,3 +122,19 @@ def test_distill_cli_mmd_and_its_refusal_under_dp(tmp_path, capsys) -> None:
     assert main(["distill", "--ipc", "1", "--iterations", "3", "--matching", "mmd", "--dp-epsilon", "2",
                  "--eval-runs", "0", "--out", str(tmp_path / "dp")]) == 2
     assert "matching='mean'" in capsys.readouterr().err
+
+
+class _MeansOnly:
+    """A real-statistics object that is not the plain MeanStatistics (like the DP one)."""
+
+    def sample_batch(self, class_pools, *, generator):  # noqa: ANN001, ANN201
+        raise AssertionError("never reached")
+
+    def class_means(self, embeddings, groups, *, num_classes, generator):  # noqa: ANN001, ANN201
+        raise AssertionError("never reached")
+
+
+def test_engine_refuses_mmd_with_means_only_statistics() -> None:
+    with pytest.raises(ValueError, match="_MeansOnly"):
+        DistributionMatching(DistillConfig(matching="mmd"), real_statistics=_MeansOnly())
+    DistributionMatching(DistillConfig(matching="mean"), real_statistics=_MeansOnly())  # mean matching is fine

@@ -14,7 +14,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.config import flatten_dict
 
-from fedcond.config import load_toml
+from fedcond.config import ConfigError, load_toml
 from fedcond.federated.accounting import CountingGrid
 from fedcond.federated.job import DEMO_JOB, job_from_mapping
 from fedcond.federated.records import CONFIG_KEY, SERVER_ROUND, payload_bytes
@@ -66,6 +66,16 @@ def test_pyproject_app_config_and_demo_toml_are_the_demo():
     assert job_from_mapping(load_toml(ROOT / "configs" / "demo.toml")).federated == demo.federated
     for name in ("mnist.toml", "mnist-fedavg.toml", "digits-fedavg.toml", "digits-multiround.toml", "digits-dp.toml"):
         job_from_mapping(load_toml(ROOT / "configs" / name))  # every shipped config parses
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [({"distill.matching": "median"}, "not one of mean, mmd"), ({"distill.matching": "mmd", "dp.epsilon": 4.0}, "not private")],
+)
+def test_federated_matching_is_checked_when_the_job_is_read(overrides: dict, match: str):
+    with pytest.raises(ConfigError, match=match):
+        job_from_mapping({"num_clients": 2, **overrides})
+    assert job_from_mapping({"num_clients": 2, "distill.matching": "mmd"}).federated.distill.matching == "mmd"
 
 
 def test_dp_client_reports_its_spent_budget():
