@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--matching",
         choices=MATCHINGS,
         default="mean",
-        help="mean: class-mean embeddings (DM paper); mmd: plus a Gaussian-kernel MMD per class",
+        help="mean: class-mean embeddings (DM paper); mmd: plus a Gaussian-kernel MMD per class "
+        "(better from a few images per class up, worse at ipc 1)",
     )
     distill.add_argument("--mmd-weight", type=float, default=1.0, help="weight of the MMD term (--matching mmd)")
     distill.add_argument("--no-dsa", action="store_true", help="disable siamese augmentation")
