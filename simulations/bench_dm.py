@@ -7,7 +7,8 @@ Reports, side by side in one run (JSON + a markdown table):
    real side, bf16 autocast, optional torch.compile), with an ablation, as ratios;
 2. *equal-iteration accuracy*: both implementations after the same number of iterations,
    evaluated with the same protocol (fedcond must not be worse by more than 1 point);
-3. *DM vs random vs herding* at IPC 1/10/50 on digits and MNIST;
+3. *DM vs random vs herding* at IPC 1/10/50 on digits and MNIST, DM with mean matching (the
+   paper) and with mean + kernel MMD (``--dm-matchings``);
 4. *whole*: the same protocol trained on every training image (the field's "whole dataset"
    upper bound), by default on digits only, where it costs seconds per network.
 
@@ -332,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     matchings = tuple(args.dm_matchings.split(","))
     if unknown := set(matchings) - {"mean", "mmd"}:
         parser.error(f"--dm-matchings: unknown {sorted(unknown)} (mean, mmd)")
+    if unknown := set(args.whole_datasets.split(",")) - {"digits", "mnist"}:
+        parser.error(f"--whole-datasets: unknown {sorted(unknown)} (digits, mnist)")
     if "methods" in sections and mnist is not None and "mnist" in datasets and 10 in mnist_ipcs:
         # the headline number first: MNIST IPC 10 after --mnist-iterations iterations
         print("methods, mnist ipc 10:", flush=True)
