@@ -43,6 +43,7 @@ from fedcond.devices import keep_freed_cpu_memory
 from fedcond.distill import DistributionMatching, SyntheticSet, evaluate_synthetic, select_coreset
 from fedcond.distill.augment import SiameseAugment
 from fedcond.distill.dm import initial_synthetic
+from fedcond.distill.matching import MATCHINGS
 from fedcond.models import get_model
 
 
@@ -182,14 +183,14 @@ def methods_section(
 
     ``matchings`` picks the DM rows: ``dm`` (class means, the paper) and/or ``dm-mmd``."""
     rows = []
-    dm_methods = {"mean": "dm", "mmd": "dm-mmd"}
+    methods = [("random", None), ("herding", None)]
+    methods += [("dm" if m == "mean" else f"dm-{m}", m) for m in matchings]
     for ipc in ipcs:
-        for method in ("random", "herding", *(dm_methods[m] for m in matchings)):
+        for method, matching in methods:
             accuracies, per_seed, make_seconds = [], [], []
             for seed in seeds:
                 start = time.perf_counter()
-                if method.startswith("dm"):
-                    matching = "mmd" if method == "dm-mmd" else "mean"
+                if matching is not None:
                     result = DistributionMatching(
                         DistillConfig(ipc=ipc, iterations=iterations[ipc], seed=seed, compile=compile_dm,
                                       matching=matching), device=device
@@ -205,7 +206,7 @@ def methods_section(
                 "dataset": splits.spec.name,
                 "ipc": ipc,
                 "method": method,
-                "iterations": iterations[ipc] if method.startswith("dm") else 0,
+                "iterations": iterations[ipc] if matching is not None else 0,
                 "seeds": seeds,
                 "accuracy_mean": statistics.fmean(accuracies),
                 "accuracy_std": statistics.pstdev(accuracies),
@@ -331,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     mnist_ipcs = [int(v) for v in args.mnist_ipcs.split(",") if v]
     digits_ipcs = [int(v) for v in args.digits_ipcs.split(",") if v]
     matchings = tuple(args.dm_matchings.split(","))
-    if unknown := set(matchings) - {"mean", "mmd"}:
-        parser.error(f"--dm-matchings: unknown {sorted(unknown)} (mean, mmd)")
+    if unknown := set(matchings) - set(MATCHINGS):
+        parser.error(f"--dm-matchings: unknown {sorted(unknown)} ({', '.join(MATCHINGS)})")
     if unknown := set(args.whole_datasets.split(",")) - {"digits", "mnist"}:
         parser.error(f"--whole-datasets: unknown {sorted(unknown)} (digits, mnist)")
     if "methods" in sections and mnist is not None and "mnist" in datasets and 10 in mnist_ipcs:

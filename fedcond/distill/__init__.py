@@ -2,7 +2,7 @@
 
 from fedcond.distill.augment import AugmentParams, SiameseAugment
 from fedcond.distill.dm import CondensationResult, DistributionMatching, dm_loss
-from fedcond.distill.matching import MATCHINGS, class_mmd_loss, gaussian_mmd2
+from fedcond.distill.matching import MATCHINGS, check_matching, class_mmd_loss, gaussian_mmd2
 from fedcond.distill.statistics import MeanStatistics, RealBatch, RealStatistics
 from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
 
@@ -17,6 +17,7 @@ __all__ = [
     "SiameseAugment",
     "SyntheticSet",
     "SyntheticSetError",
+    "check_matching",
     "class_mmd_loss",
     "dm_loss",
     "gaussian_mmd2",

@@ -29,7 +29,7 @@ from fedcond.data.registry import DIGIT_DATASETS, ArrayDataset
 from fedcond.devices import autocast_context, resolve_device
 from fedcond.distill.augment import SiameseAugment
 from fedcond.distill.coreset import HerdingSelector
-from fedcond.distill.matching import MATCHINGS, class_mmd_loss, dm_loss
+from fedcond.distill.matching import check_matching, class_mmd_loss, dm_loss
 from fedcond.distill.statistics import MeanStatistics, RealStatistics, class_means
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.models import get_model, reset_parameters
@@ -175,8 +175,7 @@ class DistributionMatching:
         if config.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {config.iterations}")
         _check_init(config.init)
-        if config.matching not in MATCHINGS:
-            raise ValueError(f"unknown matching {config.matching!r}; choose one of {', '.join(MATCHINGS)}")
+        check_matching(config.matching)
         if config.mmd_weight < 0:
             raise ValueError(f"mmd_weight must be >= 0, got {config.mmd_weight}")
         if config.matching == "mmd" and real_statistics is not None and not isinstance(real_statistics, MeanStatistics):
@@ -282,6 +281,7 @@ class DistributionMatching:
             )
             batch = self.statistics.sample_batch(pools, generator=generator)
             real_groups = batch.groups
+            real_groups_on_device = real_groups.to(device)
             largest = int(torch.bincount(real_groups).max()) if real_groups.numel() else 0
             slots_per_class = max(largest, cfg.ipc)
             if augment is not None:
@@ -299,7 +299,7 @@ class DistributionMatching:
                 else:
                     real_emb = self._embed_real(real.contiguous(memory_format=memory_format))
             real_means = self.statistics.class_means(
-                real_emb, real_groups.to(device), num_classes=num_classes, generator=generator
+                real_emb, real_groups_on_device, num_classes=num_classes, generator=generator
             ).clone()
             if cfg.matching == "mmd":
                 real_emb = real_emb.clone()  # leaves inference mode: the kernel's backward reads it
@@ -314,7 +314,7 @@ class DistributionMatching:
             loss = dm_loss(real_means[present].float(), syn_means[present])
             if cfg.matching == "mmd":
                 loss = loss + class_mmd_loss(
-                    real_emb, real_groups.to(device), syn_emb, syn_groups, classes=classes, weight=cfg.mmd_weight
+                    real_emb, real_groups_on_device, syn_emb, syn_groups, classes=classes, weight=cfg.mmd_weight
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

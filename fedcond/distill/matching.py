@@ -10,13 +10,32 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BANDWIDTH_FACTORS", "MATCHINGS", "class_mmd_loss", "dm_loss", "gaussian_mmd2"]
+__all__ = ["BANDWIDTH_FACTORS", "MATCHINGS", "check_matching", "class_mmd_loss", "dm_loss", "gaussian_mmd2"]
 
 #: ``mean``: DM's squared distance between class means; ``mmd``: that plus a Gaussian-kernel MMD
 MATCHINGS = ("mean", "mmd")
 
 #: the kernel mixes three bandwidths around the median squared real-synthetic distance
 BANDWIDTH_FACTORS = (0.25, 1.0, 4.0)
+
+
+def check_matching(matching: str, *, private: bool = False) -> None:
+    """Refuse an unknown ``matching``, or (``private=True``) one that DP-DM cannot protect.
+
+    DP-DM adds noise to class means only; ``mmd`` reads every real embedding, so it is not private.
+
+    Raises
+    ------
+    ValueError
+        Naming the problem; callers re-raise it as their own error type where they have one.
+    """
+    if matching not in MATCHINGS:
+        raise ValueError(f"unknown matching {matching!r}: not one of {', '.join(MATCHINGS)}")
+    if private and matching != "mean":
+        raise ValueError(
+            f"DP-DM releases only noisy class means, so matching={matching!r} (which reads every real "
+            "embedding) is not private: use matching='mean'"
+        )
 
 
 def dm_loss(real_means: torch.Tensor, syn_means: torch.Tensor) -> torch.Tensor:
@@ -62,7 +81,7 @@ def gaussian_mmd2(
     d_sr = torch.cdist(syn, real).pow(2)
     with torch.no_grad():
         d_rr = torch.cdist(real, real).pow(2)
-        median = d_sr.detach().median().clamp_min(1e-12)
+        median = d_sr.median().clamp_min(1e-12)
     total = syn.new_zeros(())
     for factor in bandwidth_factors:
         width = factor * median

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcond.config import ConfigError, DataConfig, FederatedConfig, flatten_config, parse_config
-from fedcond.distill.matching import MATCHINGS
+from fedcond.distill.matching import check_matching
 
 __all__ = ["DEMO_BASELINE_ROUNDS", "DEMO_JOB", "STRATEGIES", "FederatedJob", "job_from_mapping", "job_to_mapping"]
 
@@ -97,15 +97,10 @@ def job_from_mapping(values: Mapping[str, Any] | None) -> FederatedJob:
     federated = parse_config(FederatedConfig, fed)
     if federated.strategy not in STRATEGIES:
         raise ConfigError(f"config key 'strategy': {federated.strategy!r} is not one of {', '.join(STRATEGIES)}")
-    if federated.distill.matching not in MATCHINGS:
-        raise ConfigError(
-            f"config key 'distill.matching': {federated.distill.matching!r} is not one of {', '.join(MATCHINGS)}"
-        )
-    if federated.dp is not None and federated.distill.matching != "mean":
-        raise ConfigError(
-            "config key 'distill.matching': DP-DM releases only noisy class means, so "
-            f"{federated.distill.matching!r} matching is not private; use 'mean'"
-        )
+    try:
+        check_matching(federated.distill.matching, private=federated.dp is not None)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'distill.matching': {exc}") from exc
     device = str(run.get("device", "auto"))
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"config key 'device': {device!r} is not one of auto, cpu, cuda")

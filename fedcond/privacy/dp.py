@@ -35,6 +35,7 @@ import torch
 
 from fedcond.config import DistillConfig, DPConfig, parse_config
 from fedcond.distill.dm import CondensationResult
+from fedcond.distill.matching import check_matching
 from fedcond.distill.statistics import RealBatch
 from fedcond.privacy.accounting import (
     ACCOUNTANTS,
@@ -276,11 +277,10 @@ def dp_statistics_for(
     config = dp if isinstance(dp, DPConfig) else parse_config(DPConfig, dp)
     if rounds < 1:
         raise PrivacyBudgetError(f"DP rounds must be >= 1, got {rounds}")
-    if distill.matching != "mean":
-        raise PrivacyBudgetError(
-            f"DP-DM releases only noisy class means, so matching={distill.matching!r} (which reads every "
-            "real embedding) is not private: use matching='mean'"
-        )
+    try:
+        check_matching(distill.matching, private=True)
+    except ValueError as exc:
+        raise PrivacyBudgetError(str(exc)) from exc
     plan = plan_dp(
         config, iterations=distill.iterations * rounds, batch_real=distill.batch_real, class_counts=class_counts
     )
