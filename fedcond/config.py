@@ -88,7 +88,9 @@ class DistillConfig:
         Outer optimisation steps on the synthetic images.
     init : str
         ``real`` (random real images of the class), ``herding`` (the class's herding coreset
-        under a random ``model``) or ``noise`` (standard normal).
+        under a random ``model``), ``kmeans`` (centroids of ``ipc`` k-means clusters of the
+        class in pixel space; with ``iterations=0`` the centroids are the synthetic set) or
+        ``noise`` (standard normal).
     lr_img, momentum : float
         SGD on the synthetic pixels.
     batch_real : int

@@ -7,8 +7,9 @@ Reports, side by side in one run (JSON + a markdown table):
    real side, bf16 autocast, optional torch.compile), with an ablation, as ratios;
 2. *equal-iteration accuracy*: both implementations after the same number of iterations,
    evaluated with the same protocol (fedcond must not be worse by more than 1 point);
-3. *DM vs random vs herding* at IPC 1/10/50 on digits and MNIST, DM with mean matching (the
-   paper) and with mean + kernel MMD (``--dm-matchings``);
+3. *DM vs random vs herding vs k-means centroids* at IPC 1/10/50 on digits and MNIST, DM with
+   mean matching (the paper) and with mean + kernel MMD (``--dm-matchings``), started from
+   random real images or ``--dm-init`` (e.g. ``kmeans``);
 4. *whole*: the same protocol trained on every training image (the field's "whole dataset"
    upper bound), by default on digits only, where it costs seconds per network.
 
@@ -42,7 +43,7 @@ from fedcond.data.registry import DIGIT_DATASETS
 from fedcond.devices import keep_freed_cpu_memory
 from fedcond.distill import DistributionMatching, SyntheticSet, evaluate_synthetic, select_coreset
 from fedcond.distill.augment import SiameseAugment
-from fedcond.distill.dm import initial_synthetic
+from fedcond.distill.dm import INITS, initial_synthetic
 from fedcond.distill.matching import MATCHINGS
 from fedcond.models import get_model
 
@@ -177,14 +178,20 @@ def methods_section(
     compile_dm: bool,
     device: str,
     matchings: tuple[str, ...] = ("mean",),
+    baselines: tuple[str, ...] = ("random", "herding", "kmeans"),
+    dm_init: str = "real",
 ) -> list[dict[str, Any]]:
-    """DM vs random vs herding at each IPC; every method made once per seed (selection / DM seed),
+    """DM vs the baselines at each IPC; every method made once per seed (selection / DM seed),
     each set evaluated by ``evaluation.runs`` networks; mean +- std over all seeds x runs.
 
-    ``matchings`` picks the DM rows: ``dm`` (class means, the paper) and/or ``dm-mmd``."""
+    ``baselines``: ``random`` and ``herding`` coresets (real images) and ``kmeans`` (each
+    class's pixel-space k-means centroids, no DM: what the start point alone gives).
+    ``matchings`` picks the DM rows: ``dm`` (class means, the paper) and/or ``dm-mmd``, all
+    started from ``dm_init`` (named ``dm...@init`` when it is not ``real``)."""
     rows = []
-    methods = [("random", None), ("herding", None)]
-    methods += [("dm" if m == "mean" else f"dm-{m}", m) for m in matchings]
+    methods: list[tuple[str, str | None]] = [(b, None) for b in baselines]
+    suffix = "" if dm_init == "real" else f"@{dm_init}"
+    methods += [(("dm" if m == "mean" else f"dm-{m}") + suffix, m) for m in matchings]
     for ipc in ipcs:
         for method, matching in methods:
             accuracies, per_seed, make_seconds = [], [], []
@@ -193,9 +200,13 @@ def methods_section(
                 if matching is not None:
                     result = DistributionMatching(
                         DistillConfig(ipc=ipc, iterations=iterations[ipc], seed=seed, compile=compile_dm,
-                                      matching=matching), device=device
+                                      matching=matching, init=dm_init), device=device
                     ).condense(splits.train)
                     syn = result.synthetic
+                elif method == "kmeans":
+                    syn = DistributionMatching(
+                        DistillConfig(ipc=ipc, iterations=0, seed=seed, init="kmeans"), device=device
+                    ).condense(splits.train).synthetic
                 else:
                     syn = select_coreset(splits.train, ipc=ipc, method=method, seed=seed)
                 make_seconds.append(time.perf_counter() - start)
@@ -207,6 +218,7 @@ def methods_section(
                 "ipc": ipc,
                 "method": method,
                 "iterations": iterations[ipc] if matching is not None else 0,
+                "init": dm_init if matching is not None else None,
                 "seeds": seeds,
                 "accuracy_mean": statistics.fmean(accuracies),
                 "accuracy_std": statistics.pstdev(accuracies),
@@ -291,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mnist-ipcs", default="10,1,50", help="methods section: MNIST IPCs (10 runs first)")
     parser.add_argument("--digits-ipcs", default="1,10,50", help="methods section: digits IPCs")
     parser.add_argument("--dm-matchings", default="mean,mmd", help="methods section: DM rows (mean: dm, mmd: dm-mmd)")
+    parser.add_argument("--dm-init", default="real", choices=INITS, help="methods section: DM start (rows dm...@INIT)")
+    parser.add_argument("--baselines", default="random,herding,kmeans",
+                        help="methods section: random, herding (coresets), kmeans (class centroids, no DM)")
     parser.add_argument("--eval-runs", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=300)
     parser.add_argument("--no-compile", action="store_true", help="eager DM everywhere")
@@ -334,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     matchings = tuple(args.dm_matchings.split(","))
     if unknown := set(matchings) - set(MATCHINGS):
         parser.error(f"--dm-matchings: unknown {sorted(unknown)} ({', '.join(MATCHINGS)})")
+    baselines = tuple(b for b in args.baselines.split(",") if b)
+    if unknown := set(baselines) - {"random", "herding", "kmeans"}:
+        parser.error(f"--baselines: unknown {sorted(unknown)} (random, herding, kmeans)")
     if unknown := set(args.whole_datasets.split(",")) - {"digits", "mnist"}:
         parser.error(f"--whole-datasets: unknown {sorted(unknown)} (digits, mnist)")
     if "methods" in sections and mnist is not None and "mnist" in datasets and 10 in mnist_ipcs:
@@ -341,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         print("methods, mnist ipc 10:", flush=True)
         results["methods"] += methods_section(mnist, ipcs=[10], iterations=mnist_iters, evaluation=evaluation,
                                               seeds=mnist_seeds, compile_dm=compile_dm, device=args.device,
-                                              matchings=matchings)
+                                              matchings=matchings, baselines=baselines, dm_init=args.dm_init)
         save()
     if "equal" in sections:
         seeds = list(range(args.equal_seeds))
@@ -359,13 +377,15 @@ def main(argv: list[str] | None = None) -> int:
         results["methods"] += methods_section(
             digits, ipcs=digits_ipcs if not args.quick else [1, 10],
             iterations=dict.fromkeys(digits_ipcs + [1, 10], args.digits_iterations), evaluation=evaluation,
-            seeds=digits_seeds, compile_dm=False, device=args.device, matchings=matchings)
+            seeds=digits_seeds, compile_dm=False, device=args.device, matchings=matchings, baselines=baselines,
+            dm_init=args.dm_init)
         save()
     if "methods" in sections and mnist is not None and "mnist" in datasets and set(mnist_ipcs) - {10}:
         print("methods, mnist other ipcs:", flush=True)
         results["methods"] += methods_section(
             mnist, ipcs=[i for i in mnist_ipcs if i != 10], iterations=mnist_iters, evaluation=evaluation,
-            seeds=mnist_seeds, compile_dm=compile_dm, device=args.device, matchings=matchings)
+            seeds=mnist_seeds, compile_dm=compile_dm, device=args.device, matchings=matchings, baselines=baselines,
+            dm_init=args.dm_init)
         save()
     if "whole" in sections:
         print("whole training set:", flush=True)

@@ -34,7 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_budget_arguments(distill)
     distill.add_argument("--iterations", type=int, default=1000, help="DM iterations (default 1000)")
     distill.add_argument(
-        "--init", choices=INITS, default="real", help="synthetic init (herding: the herding coreset)"
+        "--init",
+        choices=INITS,
+        default="real",
+        help="synthetic init (herding: the herding coreset; kmeans: per-class k-means centroids, "
+        "with --iterations 0 the centroid baseline)",
     )
     distill.add_argument("--batch-real", type=int, default=256, help="real images per class and iteration")
     distill.add_argument("--lr-img", type=float, default=1.0, help="SGD learning rate on pixels")
@@ -164,11 +168,11 @@ def run_distill(args: argparse.Namespace) -> int:
     if statistics is not None and config.init != "noise":
         console.print("[yellow]DP forces --init noise (real init would publish real images)[/]")
         config = parse_config(DistillConfig, {**_as_dict(config), "init": "noise"})
-    if config.init == "real":
+    if config.init != "noise":
         small = [c for c, n in enumerate(splits.train.class_counts().tolist()) if 0 < n < config.ipc]
         if small:
             raise CommandError(
-                f"classes {small} hold fewer than ipc={config.ipc} images; real init needs ipc per class "
+                f"classes {small} hold fewer than ipc={config.ipc} images; {config.init} init needs ipc per class "
                 "(lower --ipc or use --init noise)"
             )
     engine = DistributionMatching(

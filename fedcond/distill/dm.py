@@ -29,6 +29,7 @@ from fedcond.data.registry import DIGIT_DATASETS, ArrayDataset
 from fedcond.devices import autocast_context, resolve_device
 from fedcond.distill.augment import SiameseAugment
 from fedcond.distill.coreset import HerdingSelector
+from fedcond.distill.kmeans import kmeans
 from fedcond.distill.matching import check_matching, class_mmd_loss, dm_loss
 from fedcond.distill.statistics import MeanStatistics, RealStatistics, class_means
 from fedcond.distill.synthetic import SyntheticSet
@@ -37,7 +38,7 @@ from fedcond.models import get_model, reset_parameters
 __all__ = ["CondensationResult", "DistributionMatching", "INITS", "dm_loss", "initial_synthetic"]
 
 #: synthetic-set initialisations: random real images, the herding coreset, or N(0, 1) noise
-INITS = ("real", "herding", "noise")
+INITS = ("real", "herding", "kmeans", "noise")
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +93,15 @@ def initial_synthetic(
 
     ``init``: ``real`` draws random real images of each class, ``herding`` the herding coreset
     of each class (embeddings under a randomly initialised ``model`` drawn from ``generator``,
-    the same selection as ``fedcond coreset --method herding``), ``noise`` N(0, 1) images.
+    the same selection as ``fedcond coreset --method herding``), ``kmeans`` the centroids of
+    ``ipc`` k-means clusters of the class's images in pixel space (:func:`kmeans`), ``noise``
+    N(0, 1) images.
 
     Raises
     ------
     ValueError
-        If ``init`` is unknown, or a class holds fewer than ``ipc`` images under real or
-        herding init.
+        If ``init`` is unknown, or a class holds fewer than ``ipc`` images under real, herding
+        or kmeans init.
     """
     _check_init(init)
     pools = _class_pools(data.labels, data.spec.num_classes)
@@ -115,11 +118,14 @@ def initial_synthetic(
                     f"class {c} holds {pool.numel()} image(s) but ipc={ipc} with {init} init needs "
                     f"at least {ipc}; lower --ipc or use --init noise"
                 )
-            if selector is None:
-                pick = pool[torch.randperm(pool.numel(), generator=generator)[:ipc]]
+            if init == "kmeans":
+                images.append(kmeans(data.images[pool], k=ipc, generator=generator).centroids)
             else:
-                pick = pool[selector.select(data.images[pool], k=ipc, generator=generator)]
-            images.append(data.images[pick].clone())
+                if selector is None:
+                    pick = pool[torch.randperm(pool.numel(), generator=generator)[:ipc]]
+                else:
+                    pick = pool[selector.select(data.images[pool], k=ipc, generator=generator)]
+                images.append(data.images[pick].clone())
         else:
             images.append(torch.randn((ipc, *data.spec.image_shape), generator=generator))
         labels.append(torch.full((ipc,), c, dtype=torch.long))

@@ -165,16 +165,17 @@ def initial_images(
     """Initial synthetic images, ``ipc`` per class in ``classes`` (label order).
 
     Real init draws real images without replacement, herding init takes the class's herding
-    coreset (under a random ``model``); a class with fewer than ``ipc`` images repeats them,
-    each repeat jittered by N(0, 0.1^2) so DM can move the copies apart.
+    coreset (under a random ``model``), kmeans init its ``ipc`` pixel-space k-means centroids; a
+    class with fewer than ``ipc`` images repeats them, each repeat jittered by N(0, 0.1^2) so DM
+    can move the copies apart.
     """
     if init == "noise":
         return torch.randn((len(classes) * ipc, *data.spec.image_shape), generator=generator)
     chunks = []
     for c in classes:
         pool = (data.labels == c).nonzero().flatten()
-        if init == "herding" and pool.numel() >= ipc:
-            chunks.append(initial_synthetic(data.subset(pool), ipc=ipc, init="herding", classes=[c],
+        if init in ("herding", "kmeans") and pool.numel() >= ipc:
+            chunks.append(initial_synthetic(data.subset(pool), ipc=ipc, init=init, classes=[c],
                                             generator=generator, model=model)[0])
             continue
         order = torch.randperm(pool.numel(), generator=generator)

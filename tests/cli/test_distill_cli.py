@@ -63,3 +63,13 @@ def test_mnist_slice_cli(mnist_root, tmp_path) -> None:
     assert main(["distill", "--dataset", "mnist", "--data-dir", str(mnist_root), "--ipc", "1", "--iterations", "2",
                  "--eval-runs", "1", "--eval-epochs", "2", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["dataset"] == "mnist"
+
+
+def test_kmeans_centroid_baseline_from_the_cli(tmp_path) -> None:
+    out = tmp_path / "km"
+    assert main(["distill", "--ipc", "2", "--iterations", "0", "--init", "kmeans", "--eval-runs", "1",
+                 "--eval-epochs", "5", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["init"] == "kmeans" and metrics["iterations"] == 0
+    assert 0.0 <= metrics["test_accuracy_mean"] <= 1.0
+    assert len(SyntheticSet.load(out / "synthetic.npz", num_classes=10, image_shape=(1, 8, 8))) == 20

@@ -57,19 +57,20 @@ def test_real_init_repeats_a_class_smaller_than_ipc():
     assert not torch.equal(start[2], start[0]) and not torch.equal(start[2], start[1]), "repeats are jittered"
 
 
-def test_herding_init_takes_the_herding_coreset_and_repeats_a_small_class():
+@pytest.mark.parametrize("init", ["herding", "kmeans"])
+def test_herding_and_kmeans_init_match_dm_and_repeat_a_small_class(init):
     job = job_from_mapping(JOB)
     data = client_partition(job, partition_id=0, num_partitions=4)
     big = int(torch.argmax(data.class_counts()))
     own = data.subset(torch.nonzero(data.labels == big).flatten())
-    start = initial_images(own, classes=[big], ipc=3, init="herding", generator=torch.Generator().manual_seed(0))
-    coreset = initial_synthetic(own, ipc=3, init="herding", classes=[big], generator=torch.Generator().manual_seed(0))
+    start = initial_images(own, classes=[big], ipc=3, init=init, generator=torch.Generator().manual_seed(0))
+    coreset = initial_synthetic(own, ipc=3, init=init, classes=[big], generator=torch.Generator().manual_seed(0))
     assert torch.equal(start, coreset[0])
     random_real = initial_images(own, classes=[big], ipc=3, init="real", generator=torch.Generator().manual_seed(0))
     assert not torch.equal(start, random_real)
     # fewer images than ipc: the repeat-with-jitter path, as for real init
     small = own.subset([0, 1])
-    repeated = initial_images(small, classes=[big], ipc=3, init="herding", generator=torch.Generator().manual_seed(0))
+    repeated = initial_images(small, classes=[big], ipc=3, init=init, generator=torch.Generator().manual_seed(0))
     assert repeated.shape == (3, 1, 8, 8) and not torch.equal(repeated[2], repeated[0])
 
 
