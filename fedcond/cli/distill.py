@@ -120,7 +120,8 @@ def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSp
         synthetic.labels,
         splits.spec,
         args.out / "synthetic.png",
-        title=f"{metrics.get('method', 'dm')} {splits.spec.name} ipc={synthetic.meta['ipc']}",
+        title=f"{metrics.get('method', 'dm')} {splits.spec.name} ipc={synthetic.meta['ipc']}"
+        + (f" ({metrics['init']} init, {metrics['iterations']} it)" if "init" in metrics else ""),
     )
     metrics["synthetic_path"] = str(path)
     _evaluate(args, synthetic, splits, metrics)
