@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--other-memories", type=int, nargs="+", default=[10], help="images per class, other benchmarks")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, first benchmark")
     parser.add_argument("--other-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, other benchmarks")
-    parser.add_argument("--kinds", nargs="+", default=["none", "random", "herding", "distilled", "joint"])
+    parser.add_argument("--kinds", nargs="*", default=["none", "random", "herding", "distilled", "joint"],
+                        help="Naive rows (none or an empty list: GDumb rows only)")
     parser.add_argument("--gdumb-kinds", nargs="*", default=["random", "herding", "distilled"])
     parser.add_argument("--gdumb-memories", type=int, nargs="*", default=[10], help="memory sizes with GDumb rows")
     parser.add_argument("--epochs", type=int, default=2, help="Naive epochs per experience")

@@ -2,6 +2,7 @@
 
 from fedcond.distill.augment import AugmentParams, SiameseAugment
 from fedcond.distill.dm import CondensationResult, DistributionMatching, dm_loss
+from fedcond.distill.kmeans import KMeansResult, kmeans
 from fedcond.distill.matching import MATCHINGS, check_matching, class_mmd_loss, gaussian_mmd2
 from fedcond.distill.statistics import MeanStatistics, RealBatch, RealStatistics
 from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
@@ -10,6 +11,7 @@ __all__ = [
     "AugmentParams",
     "CondensationResult",
     "DistributionMatching",
+    "KMeansResult",
     "MATCHINGS",
     "MeanStatistics",
     "RealBatch",
@@ -21,6 +23,7 @@ __all__ = [
     "class_mmd_loss",
     "dm_loss",
     "gaussian_mmd2",
+    "kmeans",
 ]
 
 from fedcond.distill.coreset import (  # noqa: E402

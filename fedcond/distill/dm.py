@@ -37,7 +37,8 @@ from fedcond.models import get_model, reset_parameters
 
 __all__ = ["CondensationResult", "DistributionMatching", "INITS", "dm_loss", "initial_synthetic"]
 
-#: synthetic-set initialisations: random real images, the herding coreset, or N(0, 1) noise
+#: synthetic-set initialisations: random real images, the herding coreset, per-class k-means
+#: centroids, or N(0, 1) noise
 INITS = ("real", "herding", "kmeans", "noise")
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ __all__ = ["KMeansResult", "kmeans"]
 
 @dataclass(frozen=True)
 class KMeansResult:
-    """Centroids ``(k, d)``, each point's cluster ``(n,)`` and the summed squared distance."""
+    """Centroids ``(k, ...)`` (the input's trailing shape), each point's cluster ``(n,)`` and
+    the summed squared distance of the points to their centroids (the inertia)."""
 
     centroids: torch.Tensor
     assignments: torch.Tensor
