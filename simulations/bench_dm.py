@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     digits_seeds = list(range(args.seed, args.seed + (1 if args.quick else args.digits_seeds)))
     mnist_ipcs = [int(v) for v in args.mnist_ipcs.split(",") if v]
     digits_ipcs = [int(v) for v in args.digits_ipcs.split(",") if v]
-    matchings = tuple(args.dm_matchings.split(","))
+    matchings = tuple(m for m in args.dm_matchings.split(",") if m)  # empty: baseline rows only
     if unknown := set(matchings) - set(MATCHINGS):
         parser.error(f"--dm-matchings: unknown {sorted(unknown)} ({', '.join(MATCHINGS)})")
     baselines = tuple(b for b in args.baselines.split(",") if b)
