@@ -121,12 +121,10 @@ def initial_synthetic(
                 )
             if init == "kmeans":
                 images.append(kmeans(data.images[pool], k=ipc, generator=generator).centroids)
+            elif selector is None:
+                images.append(data.images[pool[torch.randperm(pool.numel(), generator=generator)[:ipc]]].clone())
             else:
-                if selector is None:
-                    pick = pool[torch.randperm(pool.numel(), generator=generator)[:ipc]]
-                else:
-                    pick = pool[selector.select(data.images[pool], k=ipc, generator=generator)]
-                images.append(data.images[pick].clone())
+                images.append(data.images[pool[selector.select(data.images[pool], k=ipc, generator=generator)]].clone())
         else:
             images.append(torch.randn((ipc, *data.spec.image_shape), generator=generator))
         labels.append(torch.full((ipc,), c, dtype=torch.long))

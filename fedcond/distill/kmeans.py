@@ -53,7 +53,7 @@ def _lloyd(
     for _ in range(max_iterations):
         distances = torch.cdist(points, centroids).pow(2)
         new = distances.argmin(dim=1)
-        if torch.equal(new, assignments):
+        if torch.equal(new, assignments):  # converged: distances and assignments are current
             break
         assignments = new
         sums = torch.zeros_like(centroids).index_add_(0, assignments, points)
@@ -65,8 +65,9 @@ def _lloyd(
                 sums[j] = points[far[slot]]
                 counts[j] = 1
         centroids = sums / counts[:, None].to(points.dtype)
-    distances = torch.cdist(points, centroids).pow(2)
-    assignments = distances.argmin(dim=1)
+    else:  # out of steps: assign to the last centroids
+        distances = torch.cdist(points, centroids).pow(2)
+        assignments = distances.argmin(dim=1)
     inertia = float(distances.gather(1, assignments[:, None]).sum())
     return centroids, assignments, inertia
 
