@@ -24,7 +24,7 @@ def resolve_device(device: torch.device | str | None = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but no CUDA device is available")
+        raise ValueError("--device cuda was requested but no CUDA device is available")
     if name not in ("cpu", "mps") and not name.startswith("cuda"):
         raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
     return torch.device(name)

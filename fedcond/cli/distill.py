@@ -165,6 +165,8 @@ def run_distill(args: argparse.Namespace) -> int:
     )
     if args.iterations < 0:
         raise CommandError(f"--iterations must be >= 0, got {args.iterations}")
+    if args.resume and not config.checkpoint_every:
+        raise CommandError("--resume needs --checkpoint-every N: checkpoints are written (and read) only with it")
     statistics, dp_report = _dp_statistics(args, config, splits)
     if statistics is not None and config.init != "noise":
         console.print("[yellow]DP forces --init noise (real init would publish real images)[/]")

@@ -76,7 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cpus-per-client", type=int, default=1, help="Ray CPUs per client (default 1)")
     parser.add_argument("--max-concurrent-clients", type=int, default=2, help="clients running at once (default 2)")
     add_common_arguments(parser, default_out="runs/simulate")
-    parser.set_defaults(run=run_simulate)
+    # None = "not given": a config file's seed/device then stand (flags override the file)
+    parser.set_defaults(run=run_simulate, seed=None, device=None)
 
 
 def _is_demo(args: argparse.Namespace) -> bool:
@@ -93,9 +94,12 @@ def _mapping(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag)
         if value is not None:
             values[key] = str(value) if isinstance(value, Path) else value
-    values["seed"] = args.seed
-    values["distill.seed"] = args.seed
-    values["device"] = args.device
+    if args.seed is not None or "seed" not in values:
+        values["seed"] = 0 if args.seed is None else args.seed
+    if args.seed is not None or "distill.seed" not in values:
+        values["distill.seed"] = values["seed"]
+    if args.device is not None or "device" not in values:
+        values["device"] = args.device or "auto"
     values.update(overrides_from(args.overrides))
     return values
 
@@ -122,7 +126,7 @@ def _row(name: str, metrics: dict[str, Any], reference_uplink: int | None) -> di
         "run": name,
         "strategy": metrics["strategy"],
         "rounds": metrics["rounds"],
-        "test acc": f"{100 * metrics['test_accuracy']:.2f}%",
+        "test acc": "untrained" if metrics["test_accuracy"] is None else f"{100 * metrics['test_accuracy']:.2f}%",
         "uplink": f"{metrics['uplink_bytes'] / 2**20:.3f} MiB",
         "downlink": f"{metrics['downlink_bytes'] / 2**20:.3f} MiB",
         "wall": f"{metrics['wall_seconds']:.1f} s",
@@ -161,7 +165,7 @@ def run_simulate(args: argparse.Namespace) -> int:
                 max_concurrent_clients=args.max_concurrent_clients,
             )
         runs[key] = report.metrics()
-        logging.getLogger(__name__).info("%s: %.4f", key, report.test_accuracy)
+        logging.getLogger(__name__).info("%s: %s", key, report.test_accuracy)
     first_key = next(iter(runs))
     metrics = dict(runs[first_key])
     if len(runs) > 1:
@@ -191,4 +195,11 @@ def run_simulate(args: argparse.Namespace) -> int:
         [_row(k, v, reference_uplink) for k, v in runs.items()],
     )
     console.print(f"wrote {out}/metrics.json, accuracy.png")
+    untrained = [k for k, v in runs.items() if not v["trained_rounds"]]
+    if untrained:
+        console.print(
+            f"[red]fedcond simulate: error: no round of {', '.join(untrained)} trained the global model "
+            "(every client reply was dropped; see the log above); test_accuracy is null[/]"
+        )
+        return 1
     return 0

@@ -253,6 +253,10 @@ def _load_imagefolder(config: DataConfig) -> DatasetSplits:
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not classes:
         raise DatasetNotFoundError(f"no class folders under {train_dir}")
+    unknown = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name not in classes)
+    if unknown:
+        # the label set comes from train/; test images of other classes would be dropped silently
+        raise ValueError(f"{test_dir} has class folders that {train_dir} lacks: {', '.join(unknown[:5])}")
     suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
     def read(split_dir: Path) -> tuple[np.ndarray, np.ndarray]:

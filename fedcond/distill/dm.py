@@ -14,6 +14,8 @@ supports it, in bf16 autocast.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -131,6 +133,30 @@ def initial_synthetic(
     return torch.cat(images), torch.cat(labels)
 
 
+def _identity_differences(stored: str | None, current: str) -> str:
+    """A short description of how two run identities differ, for the resume error."""
+    if stored is None:
+        return "it carries no run identity: written by an older fedcond"
+    try:
+        old, new = json.loads(stored), json.loads(current)
+    except ValueError:
+        return "its run identity is unreadable"
+
+    def flat(tree: object, prefix: str = "") -> dict[str, object]:
+        if isinstance(tree, dict):
+            out: dict[str, object] = {}
+            for key, value in tree.items():
+                out.update(flat(value, f"{prefix}{key}."))
+            return out
+        return {prefix.rstrip("."): tree}
+
+    old_flat, new_flat = flat(old), flat(new)
+    differing = (k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k))
+    keys = sorted(differing, key=lambda k: (not k.endswith(".kind"), k))  # a changed kind explains the rest
+    shown = ", ".join(f"{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}" for k in keys[:4])
+    return shown + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+
 def _slots_within_groups(groups: torch.Tensor, num_classes: int, slots_per_class: int) -> torch.Tensor:
     """Slot ``c * S + j`` for the j-th sample of class c (``groups`` must be sorted)."""
     counts = torch.bincount(groups, minlength=num_classes)
@@ -205,6 +231,7 @@ class DistributionMatching:
         self,
         data: ArrayDataset,
         *,
+        start: torch.Tensor | None = None,
         checkpoint_path: str | Path | None = None,
         resume: bool = False,
         on_iteration: Callable[[int, float], None] | None = None,
@@ -215,6 +242,12 @@ class DistributionMatching:
         ----------
         data : ArrayDataset
             The (client's) real training data.
+        start : torch.Tensor | None
+            Start from these images instead of drawing ``config.init`` (e.g. a federated
+            client's previous synthetic set): ``ipc`` images of each class present, class by
+            class in increasing order. ``meta["given_start"]`` records it; ``meta["init"]``
+            stays ``config.init``, so under DP the caller vouches that the start is private
+            (noise, or an earlier DP output), as it does for a supplied ``embedder``.
         checkpoint_path : str | Path | None
             Where to write a checkpoint every ``config.checkpoint_every`` iterations (and at the
             end); with ``resume=True`` an existing checkpoint there is continued.
@@ -244,16 +277,29 @@ class DistributionMatching:
             logger.warning("classes %s have no real samples on this client: skipped", skipped)
 
         generator = torch.Generator().manual_seed(cfg.seed)
-        syn_images, syn_labels = initial_synthetic(
-            data, ipc=cfg.ipc, init=cfg.init, classes=classes, generator=generator, model=cfg.model
-        )
+        if start is None:
+            syn_images, syn_labels = initial_synthetic(
+                data, ipc=cfg.ipc, init=cfg.init, classes=classes, generator=generator, model=cfg.model
+            )
+        else:
+            syn_labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(cfg.ipc)
+            expected = (len(syn_labels), *spec.image_shape)
+            if tuple(start.shape) != expected:
+                raise ValueError(
+                    f"start images have shape {tuple(start.shape)}; this run needs {expected} "
+                    f"(ipc={cfg.ipc} for each of the {len(classes)} classes present)"
+                )
+            if not bool(torch.isfinite(start).all()):
+                raise ValueError("the start images contain NaN or infinite values")
+            syn_images = start.detach().float().cpu().clone()
         device = self.device
         syn = syn_images.to(device).requires_grad_(True)
         optimizer = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
         start_iteration = 0
         ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+        run_identity = self._run_identity(data) if ckpt is not None else ""
         if ckpt is not None and resume and ckpt.exists():
-            start_iteration = self._load_checkpoint(ckpt, syn, optimizer, generator)
+            start_iteration = self._load_checkpoint(ckpt, syn, optimizer, generator, run_identity)
             logger.info("resumed DM from %s at iteration %d", ckpt, start_iteration)
 
         real_images = data.images.to(device)
@@ -267,6 +313,8 @@ class DistributionMatching:
         )
         present = torch.zeros(num_classes, dtype=torch.bool, device=device)
         present[classes] = True
+        # one parameter set per class (DP: an image's transform must not depend on the others sampled)
+        per_class_augmentation = bool(getattr(self.statistics, "augmentation_per_class", False))
 
         losses: list[float] = []
         iterator = range(start_iteration, cfg.iterations)
@@ -276,7 +324,7 @@ class DistributionMatching:
 
             bar = tqdm(iterator, desc=f"DM {spec.name} ipc={cfg.ipc}", unit="it", leave=False)
             iterator = bar
-        start = time.perf_counter()
+        started = time.perf_counter()
         for iteration in iterator:
             net = self._embedding_network(spec, generator, memory_format)
             # augmentation draws from its own per-iteration stream, so how many parameters the
@@ -287,9 +335,14 @@ class DistributionMatching:
             batch = self.statistics.sample_batch(pools, generator=generator)
             real_groups = batch.groups
             real_groups_on_device = real_groups.to(device)
-            largest = int(torch.bincount(real_groups).max()) if real_groups.numel() else 0
-            slots_per_class = max(largest, cfg.ipc)
             if augment is not None:
+                if per_class_augmentation:
+                    slots_per_class, real_slots, syn_slots = 1, real_groups, syn_labels
+                else:
+                    largest = int(torch.bincount(real_groups).max()) if real_groups.numel() else 0
+                    slots_per_class = max(largest, cfg.ipc)
+                    real_slots = _slots_within_groups(real_groups, num_classes, slots_per_class)
+                    syn_slots = _slots_within_groups(syn_labels, num_classes, slots_per_class)
                 params = augment.sample(
                     num_classes * slots_per_class, generator=aug_generator, image_size=spec.image_size
                 )
@@ -297,8 +350,7 @@ class DistributionMatching:
             with torch.inference_mode(), autocast_context(device, enabled=cfg.mixed_precision):
                 real = real_images[batch.indices.to(device)]
                 if augment is not None:
-                    slots = _slots_within_groups(real_groups, num_classes, slots_per_class)
-                    real = augment.apply(real, params, slots)
+                    real = augment.apply(real, params, real_slots)
                 if real.shape[0] == 0:  # an empty Poisson batch: the statistics add noise only
                     real_emb = torch.zeros(0, net.feature_dim, device=device)
                 else:
@@ -312,8 +364,7 @@ class DistributionMatching:
             with autocast_context(device, enabled=cfg.mixed_precision):
                 x = syn
                 if augment is not None:
-                    slots = _slots_within_groups(syn_labels, num_classes, slots_per_class)
-                    x = augment.apply(x, params, slots)
+                    x = augment.apply(x, params, syn_slots)
                 syn_emb = net.embed(x.contiguous(memory_format=memory_format))
             syn_means = class_means(syn_emb, syn_groups, num_classes=num_classes)
             loss = dm_loss(real_means[present].float(), syn_means[present])
@@ -332,12 +383,12 @@ class DistributionMatching:
                 on_iteration(iteration, value)
             done = iteration + 1
             if ckpt is not None and cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0:
-                self._save_checkpoint(ckpt, syn, optimizer, generator, done)
-        seconds = time.perf_counter() - start
+                self._save_checkpoint(ckpt, syn, optimizer, generator, done, run_identity)
+        seconds = time.perf_counter() - started
         if bar is not None:
             bar.close()
         if ckpt is not None and cfg.checkpoint_every > 0:
-            self._save_checkpoint(ckpt, syn, optimizer, generator, cfg.iterations)
+            self._save_checkpoint(ckpt, syn, optimizer, generator, cfg.iterations, run_identity)
 
         meta = {
             "dataset": spec.name,
@@ -348,6 +399,7 @@ class DistributionMatching:
             "ipc": cfg.ipc,
             "method": "dm",
             "init": cfg.init,
+            "given_start": start is not None,
             "matching": cfg.matching,
             "seed": cfg.seed,
             "iterations": cfg.iterations,
@@ -417,9 +469,35 @@ class DistributionMatching:
             logger.warning("torch.compile unavailable (%s); using eager mode", exc)
             return net.embed
 
+    def _run_identity(self, data: ArrayDataset) -> str:
+        """What a checkpoint must match to be resumed: everything that shapes the run but its length.
+
+        The iteration count is left out so a finished run can be extended; speed switches
+        (``compile``, ``real_chunk``) and the checkpoint interval are left out too. The real-side
+        statistics contribute their ``fingerprint()`` (the DP plan: epsilon, delta, sigma, q,
+        clip, steps), so a DP run never resumes a non-private checkpoint or another budget's.
+        """
+        config = dataclasses.asdict(self.config)
+        for key in ("iterations", "checkpoint_every", "compile", "real_chunk"):
+            config.pop(key, None)
+        fingerprint = getattr(self.statistics, "fingerprint", None)
+        identity = {
+            "config": config,
+            "dataset": data.spec.name,
+            "class_counts": data.class_counts().tolist(),
+            "statistics": fingerprint() if callable(fingerprint) else type(self.statistics).__name__,
+            "embedder": None if self.embedder is None else type(self.embedder).__name__,
+        }
+        return json.dumps(identity, sort_keys=True, default=str)
+
     @staticmethod
     def _save_checkpoint(
-        path: Path, syn: torch.Tensor, optimizer: torch.optim.Optimizer, generator: torch.Generator, iteration: int
+        path: Path,
+        syn: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        iteration: int,
+        run_identity: str,
     ) -> None:
         state = optimizer.state.get(syn, {})
         momentum = state.get("momentum_buffer")
@@ -432,12 +510,13 @@ class DistributionMatching:
                 momentum=(momentum.cpu().numpy() if momentum is not None else np.zeros(0, np.float32)),
                 generator=generator.get_state().numpy(),
                 iteration=np.array(iteration, dtype=np.int64),
+                run=np.array(run_identity),
             )
         tmp.replace(path)
 
     @staticmethod
     def _load_checkpoint(
-        path: Path, syn: torch.Tensor, optimizer: torch.optim.Optimizer, generator: torch.Generator
+        path: Path, syn: torch.Tensor, optimizer: torch.optim.Optimizer, generator: torch.Generator, run_identity: str
     ) -> int:
         try:
             with np.load(path, allow_pickle=False) as ck:
@@ -445,8 +524,15 @@ class DistributionMatching:
                 momentum = np.array(ck["momentum"])
                 gen_state = torch.from_numpy(np.array(ck["generator"]))
                 iteration = int(ck["iteration"])
+                stored_identity = str(ck["run"]) if "run" in ck.files else None
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets one message
             raise ValueError(f"checkpoint {path} is unreadable or corrupted: {exc}") from exc
+        if stored_identity != run_identity:
+            differing = _identity_differences(stored_identity, run_identity)
+            raise ValueError(
+                f"checkpoint {path} was written by a different run ({differing}); resuming it would mix "
+                "two runs (and void a DP guarantee). Delete it or choose another --out to start afresh"
+            )
         if images.shape != syn.shape:
             raise ValueError(
                 f"checkpoint {path} holds images of shape {tuple(images.shape)}, this run makes {tuple(syn.shape)}"

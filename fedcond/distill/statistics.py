@@ -36,7 +36,23 @@ class RealBatch(tuple):
 
 @runtime_checkable
 class RealStatistics(Protocol):
-    """What DM needs from the real side of each iteration."""
+    """What DM needs from the real side of each iteration.
+
+    Attributes
+    ----------
+    augmentation_per_class : bool
+        ``True`` asks the engine to draw one siamese-augmentation parameter set per class,
+        shared by all of the class's real and synthetic images (the reference DSA's batch mode).
+        A guarantee that needs each real embedding to depend on its own image only (DP) sets
+        it: with per-sample parameters the transform of an image would depend on its rank in
+        the sampled batch, i.e. on which other images were sampled. ``False`` (the default,
+        also assumed when the attribute is missing) gives each sample its own parameters.
+
+    An implementation may also define ``fingerprint() -> dict``: what identifies it in a DM
+    checkpoint, so that a run with other statistics (another DP plan) refuses to resume it.
+    """
+
+    augmentation_per_class: bool
 
     def sample_batch(
         self, class_pools: list[torch.Tensor], *, generator: torch.Generator
@@ -72,6 +88,7 @@ class MeanStatistics:
         if batch_size <= 0:
             raise ValueError(f"batch_real must be positive, got {batch_size}")
         self.batch_size = batch_size
+        self.augmentation_per_class = False
 
     def sample_batch(self, class_pools: list[torch.Tensor], *, generator: torch.Generator) -> RealBatch:
         indices: list[torch.Tensor] = []
@@ -89,3 +106,7 @@ class MeanStatistics:
         self, embeddings: torch.Tensor, groups: torch.Tensor, *, num_classes: int, generator: torch.Generator
     ) -> torch.Tensor:
         return class_means(embeddings, groups, num_classes=num_classes)
+
+    def fingerprint(self) -> dict[str, object]:
+        """What identifies these statistics in a checkpoint (see ``DistributionMatching``)."""
+        return {"kind": "mean", "batch_size": self.batch_size}

@@ -94,6 +94,8 @@ class SyntheticSet:
             bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
             raise SyntheticSetError(f"{bad} image(s) contain NaN or infinite values")
         classes = num_classes if num_classes is not None else self.meta.get("num_classes")
+        if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+            raise SyntheticSetError(f"num_classes must be a positive integer, got {classes!r}")
         if len(labels):
             low, high = int(labels.min()), int(labels.max())
             if low < 0 or (classes is not None and high >= int(classes)):

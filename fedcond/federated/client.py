@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,18 +188,6 @@ def initial_images(
     return torch.cat(chunks)
 
 
-def _write_start_checkpoint(path: Path, images: torch.Tensor, *, seed: int) -> Path:
-    """A DM checkpoint at iteration 0 holding ``images``: DM's seam for a custom start."""
-    np.savez(
-        path,
-        images=images.float().numpy(),
-        momentum=np.zeros(0, np.float32),
-        generator=torch.Generator().manual_seed(seed).get_state().numpy(),
-        iteration=np.array(0, dtype=np.int64),
-    )
-    return path
-
-
 def condense_partition(
     data: ArrayDataset,
     *,
@@ -215,10 +202,9 @@ def condense_partition(
     """Condense a client's partition with DM into ``ipc`` images per class it holds.
 
     Non-IID clients often hold a class with fewer real images than ``ipc``; real init then
-    repeats that class's images (jittered) so one DM run still covers every class. The start
-    point reaches DM through its checkpoint seam (a checkpoint at iteration 0), which is also
-    how a warm start from the previous round's set works. Under DP the init is noise (real
-    init would publish real images).
+    repeats that class's images (jittered) so one DM run still covers every class. That start,
+    or the previous round's set (a warm start), is handed to DM as its ``start`` images. Under
+    DP the init is noise (real init would publish real images).
 
     Parameters
     ----------
@@ -266,19 +252,20 @@ def condense_partition(
         )
     generator = torch.Generator().manual_seed(distill.seed)
     expected_labels = torch.tensor(present).repeat_interleave(distill.ipc)
-    if warm_start is not None and torch.equal(warm_start.labels, expected_labels):
+    warm = warm_start is not None and torch.equal(warm_start.labels, expected_labels)
+    if warm:
         start = warm_start.images
     else:
+        if warm_start is not None:
+            logger.warning("the previous synthetic set does not hold ipc=%d images of each class: not reused", distill.ipc)
         start = initial_images(
             data, classes=present, ipc=distill.ipc, init=init, generator=generator, model=distill.model
         )
-    # DM builds its own init first; "noise" never fails on small classes, the checkpoint replaces it
+    # the start is given explicitly, so DM's own init is never drawn ("noise": nothing to check)
     config = dataclasses.replace(distill, init="noise", checkpoint_every=0)
-    with tempfile.TemporaryDirectory(prefix="fedcond-start-") as tmp:
-        checkpoint = _write_start_checkpoint(Path(tmp) / "start.npz", start, seed=distill.seed)
-        engine = DistributionMatching(config, device=device, real_statistics=statistics, embedder=embedder)
-        result = engine.condense(data, checkpoint_path=checkpoint, resume=True)
-    meta = {**result.synthetic.meta, "init": init, "warm_start": start is not None and warm_start is not None}
+    engine = DistributionMatching(config, device=device, real_statistics=statistics, embedder=embedder)
+    result = engine.condense(data, start=start)
+    meta = {**result.synthetic.meta, "init": init, "warm_start": warm}
     epsilon = delta = None
     ledger_state = None
     if reporter is not None:

@@ -77,9 +77,12 @@ def _partition_of(context: Context, job: FederatedJob) -> tuple[int, int]:
     if PARTITION_ID in node_config:
         num = int(node_config.get(NUM_PARTITIONS, job.federated.num_clients))
         return int(node_config[PARTITION_ID]), num
-    # no partition id given: derive one from the node id (deployment without --node-config)
-    num = job.federated.num_clients
-    return int(context.node_id) % num, num
+    # Flower's node ids are random 64-bit integers: ``node_id % num_clients`` would collide (two
+    # nodes on one partition, another never trained) with near certainty, so refuse instead
+    raise ValueError(
+        f"this SuperNode has no {PARTITION_ID!r} in its node config; start each SuperNode with "
+        f"--node-config \"{PARTITION_ID}=I {NUM_PARTITIONS}=N\" (I = 0..N-1), as simulations/deploy_local.sh does"
+    )
 
 
 def _device(job: FederatedJob) -> torch.device:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcond.config import ConfigError, DataConfig, FederatedConfig, flatten_config, parse_config
+from fedcond.data.partition import PARTITION_METHODS
 from fedcond.distill.matching import check_matching
 
 __all__ = ["DEMO_BASELINE_ROUNDS", "DEMO_JOB", "STRATEGIES", "FederatedJob", "job_from_mapping", "job_to_mapping"]
@@ -71,6 +72,24 @@ def _key(raw: str) -> str:
     return str(raw).strip().replace("-", "_")
 
 
+def _check_partitioning(fed: FederatedConfig) -> None:
+    """Refuse partition settings no client could use, before any client is started.
+
+    Otherwise every client would fail alone, every reply would be dropped, and the run would
+    report the untrained initial model.
+    """
+    if fed.partition not in PARTITION_METHODS:
+        raise ConfigError(f"config key 'partition': {fed.partition!r} is not one of {', '.join(PARTITION_METHODS)}")
+    if fed.num_clients < 1:
+        raise ConfigError(f"config key 'num_clients' must be >= 1, got {fed.num_clients}")
+    if fed.partition == "dirichlet" and not fed.alpha > 0:
+        raise ConfigError(f"config key 'alpha' must be > 0 for a Dirichlet partition, got {fed.alpha}")
+    if fed.partition == "shards" and fed.shards_per_client < 1:
+        raise ConfigError(f"config key 'shards_per_client' must be >= 1, got {fed.shards_per_client}")
+    if fed.min_partition_size < 0:
+        raise ConfigError(f"config key 'min_partition_size' must be >= 0, got {fed.min_partition_size}")
+
+
 def job_from_mapping(values: Mapping[str, Any] | None) -> FederatedJob:
     """Parse a flat (dotted, hyphen-or-underscore) mapping into a :class:`FederatedJob`.
 
@@ -97,6 +116,7 @@ def job_from_mapping(values: Mapping[str, Any] | None) -> FederatedJob:
     federated = parse_config(FederatedConfig, fed)
     if federated.strategy not in STRATEGIES:
         raise ConfigError(f"config key 'strategy': {federated.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    _check_partitioning(federated)
     try:
         check_matching(federated.distill.matching, private=federated.dp is not None)
     except ValueError as exc:

@@ -45,13 +45,14 @@ class FederatedReport:
     """Outcome of one federated run (see :meth:`metrics`)."""
 
     job: FederatedJob
-    test_accuracy: float
+    test_accuracy: float | None
     uplink_bytes: int
     downlink_bytes: int
     wall_seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     num_nodes: int = 0
     final_arrays: ArrayRecord | None = None
+    trained_rounds: int = 0
 
     def metrics(self) -> dict[str, Any]:
         """The DESIGN.md ``fedcond simulate`` keys plus the flattened config."""
@@ -64,6 +65,7 @@ class FederatedReport:
             "alpha": fed.alpha,
             "rounds": fed.rounds,
             "test_accuracy": self.test_accuracy,
+            "trained_rounds": self.trained_rounds,
             "uplink_bytes": self.uplink_bytes,
             "downlink_bytes": self.downlink_bytes,
             "wall_seconds": self.wall_seconds,
@@ -143,20 +145,33 @@ def run_federated(grid: Grid, job: FederatedJob) -> FederatedReport:
             entry["client_metrics"] = {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))}
         history.append(entry)
     accuracies = [h["test_accuracy"] for h in history if h["test_accuracy"] is not None]
+    if fed.strategy == "fedcond":
+        trained_rounds = sum(1 for r in getattr(strategy, "rounds", []) if r.trained)
+    else:  # Flower's FedAvg/FedProx record client train metrics only for rounds they aggregated
+        trained_rounds = sum(1 for r in range(1, fed.rounds + 1) if result.train_metrics_clientapp.get(r) is not None)
+    if trained_rounds == 0:
+        reasons = sorted({reason for r in getattr(strategy, "rounds", []) for reason in r.dropped.values()})
+        logger.error(
+            "%s: no round trained the global model (every reply was dropped or missing%s); "
+            "test_accuracy is reported as null, not the untrained model's accuracy",
+            fed.strategy,
+            f": {reasons[0]}" if reasons else "",
+        )
     report = FederatedReport(
         job=job,
-        test_accuracy=accuracies[-1] if accuracies else float("nan"),
+        test_accuracy=accuracies[-1] if accuracies and trained_rounds else None,
         uplink_bytes=uplink_total,
         downlink_bytes=downlink_total,
         wall_seconds=wall,
         history=history,
         num_nodes=len(list(grid.get_node_ids())),
         final_arrays=result.arrays,
+        trained_rounds=trained_rounds,
     )
     logger.info(
-        "%s finished: test accuracy %.4f, uplink %d B, downlink %d B, %.1fs",
+        "%s finished: test accuracy %s, uplink %d B, downlink %d B, %.1fs",
         fed.strategy,
-        report.test_accuracy,
+        "n/a" if report.test_accuracy is None else f"{report.test_accuracy:.4f}",
         report.uplink_bytes,
         report.downlink_bytes,
         wall,

@@ -25,6 +25,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
+from fedcond.federated.client import load_splits
 from fedcond.federated.client_app import app as client_app
 from fedcond.federated.inprocess import InProcessGrid, task_identity
 from fedcond.federated.job import FederatedJob
@@ -108,9 +109,13 @@ def simulate(
 
     Raises
     ------
+    ValueError, FileNotFoundError
+        Bad settings or missing data, before Ray starts (the dataset is loaded once up front;
+        the server would load it anyway), or raised by the ServerApp.
     SimulationError
-        When the ServerApp raised or returned nothing.
+        When the ServerApp failed otherwise or returned nothing.
     """
+    load_splits(job.data)  # a missing dataset is one clear error now, not minutes later in Ray
     if engine == "inprocess":
         return simulate_in_process(job)
     if engine != "ray":
@@ -152,6 +157,8 @@ def simulate(
     finally:
         if cleanup is not None:
             shutil.rmtree(cleanup, ignore_errors=True)
+    if isinstance(holder.get("error"), (ValueError, FileNotFoundError)):
+        raise holder["error"]  # bad input stays a one-line error for the caller
     if "error" in holder:
         raise SimulationError(f"the federated run failed: {holder['error']}") from holder["error"]
     if "report" not in holder:

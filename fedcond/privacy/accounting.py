@@ -32,6 +32,26 @@ __all__ = [
 #: Registry: config string -> Opacus accountant class.
 ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
 
+#: Renyi orders searched by the RDP accountant: Opacus' defaults (1.1 ... 63) extended to 1024.
+#: Large noise over few steps puts the optimal order above 63, where Opacus' default grid stops.
+#: Its epsilon then never falls below ``log(1/delta) / 62`` (0.19 at delta 1e-5) however much
+#: noise is added, so smaller budgets are refused ("The privacy budget is too low"; epsilon 0.1
+#: over 10 steps needs sigma 110 here), and its noise search warns "Optimal order is the largest
+#: alpha" on every short DP-DM run. A wider grid only tightens the bound (the RDP-to-DP
+#: conversion is valid at every order); the floor becomes ``log(1/delta) / 1023``.
+RDP_ORDERS: tuple[float, ...] = (
+    *(1 + x / 10.0 for x in range(1, 100)),
+    *range(12, 64),
+    *range(64, 128, 4),
+    *range(128, 256, 16),
+    *range(256, 1025, 64),
+)
+
+
+def _epsilon_options(mechanism: str) -> dict[str, Any]:
+    """Keyword arguments for ``get_epsilon`` of ``mechanism`` (the RDP order grid)."""
+    return {"alphas": list(RDP_ORDERS)} if mechanism == "rdp" else {}
+
 
 class PrivacyBudgetError(ValueError):
     """An invalid privacy budget, or a run that would spend more than it was calibrated for."""
@@ -62,7 +82,7 @@ def epsilon_for(
         return 0.0
     acc = _create(accountant)
     acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
-    return float(acc.get_epsilon(delta=delta))
+    return float(acc.get_epsilon(delta=delta, **_epsilon_options(accountant)))
 
 
 def calibrate_noise_multiplier(
@@ -99,6 +119,7 @@ def calibrate_noise_multiplier(
                 steps=int(steps),
                 accountant=accountant,
                 epsilon_tolerance=tolerance,
+                **_epsilon_options(accountant),
             )
         )
     except ValueError as exc:
@@ -149,7 +170,7 @@ class PrivacyAccountant:
         """Epsilon spent so far at ``delta`` (0 before any step)."""
         if not self._accountant.history:
             return 0.0
-        return float(self._accountant.get_epsilon(delta=delta))
+        return float(self._accountant.get_epsilon(delta=delta, **_epsilon_options(self.mechanism)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"mechanism": self.mechanism, "history": [list(h) for h in self._accountant.history]}

@@ -5,7 +5,9 @@ The mechanism, per DM iteration:
 1. **Poisson sampling.** Every real image is in the iteration's batch independently with
    probability ``q`` (one rate for all classes).
 2. **Per-sample clipping.** The embedding network is freshly random (data independent) and
-   normalises per instance, so each sample's embedding depends on that sample alone. Each
+   normalises per instance, and the siamese augmentation draws one parameter set per class from
+   public randomness (``augmentation_per_class``), so each sample's embedding depends on that
+   sample alone. Each
    embedding ``e`` (dimension ``D``) is put on a size-independent scale, ``e / sqrt(D)`` (its
    root-mean-square coordinate, a public rescaling), and clipped to L2 norm ``<= C``.
 3. **Gaussian noise** ``N(0, sigma^2 C^2 I)`` is added to each class's *sum* of clipped
@@ -194,6 +196,9 @@ class DPMeanStatistics:
     ) -> None:
         self.plan = plan
         self.expected_counts = class_counts.float() * plan.sample_rate
+        # per-sample augmentation would make an image's transform depend on its rank in the
+        # Poisson batch (i.e. on the other images sampled) and break the sensitivity bound
+        self.augmentation_per_class = True
         self.accountant = accountant or PrivacyAccountant(plan.accountant)
 
     @property
@@ -226,6 +231,10 @@ class DPMeanStatistics:
         if expected.numel() < num_classes:
             expected = torch.cat([expected, torch.zeros(num_classes - expected.numel(), device=sums.device)])
         return sums / expected[:num_classes].clamp_min(1e-12).unsqueeze(1) * scale
+
+    def fingerprint(self) -> dict[str, object]:
+        """The DP plan, so a checkpoint of another plan (or a non-private one) is never resumed."""
+        return {"kind": "dp-mean", **self.plan.as_dict()}
 
     def epsilon(self) -> float:
         """Epsilon spent so far by this object's iterations at the plan's delta."""

@@ -101,7 +101,9 @@ def roc_curve(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> Ro
     if len(pos) == 0 or len(neg) == 0:
         raise ValueError("membership inference needs at least one member and one non-member")
     y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
-    s = np.nan_to_num(np.concatenate([pos, neg]), nan=-np.inf, posinf=1e30, neginf=-1e30)
+    # sklearn refuses non-finite scores: infinities become +-1e30 and a NaN (a diverged model)
+    # ranks below every other score, i.e. "least member-like", never a crash
+    s = np.nan_to_num(np.concatenate([pos, neg]), nan=-2e30, posinf=1e30, neginf=-1e30)
     fpr, tpr, _ = sk_roc(y, s, drop_intermediate=False)
     return RocCurve(fpr, tpr, float(roc_auc_score(y, s)))
 

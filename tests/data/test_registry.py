@@ -55,3 +55,8 @@ def test_imagefolder(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetNotFoundError, match="train"):
         load_dataset(DataConfig(dataset="imagefolder", data_dir=tmp_path / "empty"))
+    # a test class the training split lacks would be dropped silently: refused instead
+    (tmp_path / "test" / "fox").mkdir()
+    Image.new("RGB", (6, 6)).save(tmp_path / "test" / "fox" / "0.png")
+    with pytest.raises(ValueError, match="class folders that .* lacks: fox"):
+        load_dataset(DataConfig(dataset="imagefolder", data_dir=tmp_path))

@@ -60,6 +60,31 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(digits, tmp_path) -> Non
     assert torch.allclose(resumed.synthetic.images, full.synthetic.images, atol=1e-5)
 
 
+def test_resume_refuses_a_checkpoint_of_another_run(digits, tmp_path) -> None:
+    ckpt = tmp_path / "ckpt.npz"
+    DistributionMatching(DistillConfig(ipc=1, iterations=2, seed=3, checkpoint_every=2)).condense(
+        digits.train, checkpoint_path=ckpt
+    )
+    other = DistributionMatching(DistillConfig(ipc=1, iterations=4, seed=3, checkpoint_every=2, lr_img=5.0))
+    with pytest.raises(ValueError, match=r"different run \(config.lr_img: 1.0 -> 5.0\)"):
+        other.condense(digits.train, checkpoint_path=ckpt, resume=True)
+    # more iterations of the same run is a legitimate resume
+    longer = DistributionMatching(DistillConfig(ipc=1, iterations=4, seed=3, checkpoint_every=2))
+    assert len(longer.condense(digits.train, checkpoint_path=ckpt, resume=True).losses) == 2
+
+
+def test_dp_run_refuses_to_resume_a_non_private_checkpoint(digits, tmp_path) -> None:
+    from fedcond.privacy.dp import dp_statistics_for
+
+    ckpt = tmp_path / "ckpt.npz"
+    config = DistillConfig(ipc=1, iterations=2, init="noise", batch_real=32, checkpoint_every=1, seed=0)
+    DistributionMatching(config).condense(digits.train, checkpoint_path=ckpt)
+    stats, _ = dp_statistics_for(dp={"epsilon": 2.0}, distill=config, class_counts=digits.train.class_counts())
+    with pytest.raises(ValueError, match="statistics.kind: 'mean' -> 'dp-mean'"):
+        DistributionMatching(config, real_statistics=stats).condense(digits.train, checkpoint_path=ckpt, resume=True)
+    assert stats.steps == 0  # refused before any private data was touched
+
+
 def test_absent_class_is_skipped_with_a_warning(digits, caplog) -> None:
     keep = torch.nonzero(digits.train.labels != 7).flatten()
     with caplog.at_level(logging.WARNING):

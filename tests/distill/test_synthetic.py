@@ -78,3 +78,12 @@ def test_missing_member_and_missing_file(tmp_path) -> None:
 def test_size_cap_validation() -> None:
     with pytest.raises(SyntheticSetError, match="exceed the cap"):
         _set(6).validate(max_images=4)
+
+
+@pytest.mark.parametrize("num_classes", ["ten", 0, 2.5, True])
+def test_hand_edited_num_classes_is_a_clear_error(tmp_path, num_classes) -> None:
+    path = tmp_path / "edited.npz"
+    np.savez(path, images=np.zeros((2, 1, 8, 8), np.float32), labels=np.zeros(2, np.int64),
+             meta=np.array(json.dumps({"num_classes": num_classes})))
+    with pytest.raises(SyntheticSetError, match="num_classes must be a positive integer"):
+        SyntheticSet.load(path)

@@ -11,6 +11,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from fedcond.config import DistillConfig
 from fedcond.data import get_spec
 from fedcond.distill.dm import initial_synthetic
+from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.client import client_partition, condense_partition, initial_images
 from fedcond.federated.client_app import app
 from fedcond.federated.job import job_from_mapping, job_to_mapping
@@ -45,6 +46,20 @@ def test_partition_missing_classes_condenses_only_present_ones():
     assert torch.equal(held > 0, counts > 0)
     assert set(held[counts > 0].tolist()) == {3}
     assert outcome.skipped_classes == [c for c in range(10) if counts[c] == 0]
+
+
+def test_warm_start_is_used_only_when_it_fits_and_meta_says_which(caplog):
+    job = job_from_mapping(JOB)
+    data = client_partition(job, partition_id=1, num_partitions=4)
+    distill = DistillConfig(ipc=3, iterations=0, seed=4)
+    first = condense_partition(data, distill=distill).synthetic
+    assert first.meta["warm_start"] is False
+    again = condense_partition(data, distill=distill, warm_start=first).synthetic
+    assert again.meta["warm_start"] is True and torch.equal(again.images, first.images)  # 0 iterations: unchanged
+    wrong = SyntheticSet(first.images[:-1], first.labels[:-1], first.meta)  # one image short
+    with caplog.at_level(logging.WARNING):
+        fresh = condense_partition(data, distill=distill, warm_start=wrong).synthetic
+    assert fresh.meta["warm_start"] is False and "not reused" in caplog.text
 
 
 def test_real_init_repeats_a_class_smaller_than_ipc():
@@ -130,6 +145,13 @@ def test_a_crashing_client_raises_so_flower_reports_an_error(task_identity, capl
     context = Context(run_id=1, node_id=109, node_config={"partition-id": 9, "num-partitions": 4},
                       state=RecordDict(), run_config={})
     with caplog.at_level(logging.ERROR), pytest.raises(ValueError, match="partition id 9"):
+        app(message, context)
+
+
+def test_a_node_without_a_partition_id_is_refused_not_guessed(task_identity):
+    message = _train_message(5_000_000_007, 1)
+    context = Context(run_id=1, node_id=5_000_000_007, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(ValueError, match="no 'partition-id' in its node config"):
         app(message, context)
 
 

@@ -68,9 +68,46 @@ def test_one_shot_end_to_end_in_process_with_a_fedavg_comparison(tmp_path):
         (["--num-clients", "0"], "must be >= 1"),
         (["--config", "missing.toml"], "does not exist"),
         (["--set", "strategy=fedsgd"], "is not one of fedcond, fedavg, fedprox"),
+        (["--set", "partition=stripes"], "'partition': 'stripes' is not one of iid, dirichlet, shards"),
+        (["--alpha", "0"], "'alpha' must be > 0"),
+        (["--dataset", "mnist", "--data-dir", "/nonexistent"], "/nonexistent"),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
     code = main(["simulate", *argv, "--out", str(tmp_path / "bad")])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_one_clear_error(tmp_path, capsys):
+    assert main(["simulate", "--device", "cuda", "--out", str(tmp_path / "cuda")]) == 2
+    assert "no CUDA device is available" in capsys.readouterr().err
+
+
+def test_a_run_where_every_client_fails_reports_no_accuracy_and_fails(tmp_path, capsys):
+    # a Dirichlet split that cannot give every client 1000 of digits' 1,437 images: every client
+    # errors out, so no round trains and the untrained model's accuracy must not be reported
+    out = tmp_path / "failed"
+    code = main(["simulate", "--engine", "inprocess", "--num-clients", "3", *SMALL,
+                 "--set", "min_partition_size=1000", "--out", str(out)])
+    assert code == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] is None and metrics["trained_rounds"] == 0
+    assert metrics["history"][1]["accepted"] == 0 and len(metrics["history"][1]["dropped"]) == 3
+    assert "no round of fedcond trained the global model" in " ".join(capsys.readouterr().err.split())
+
+
+def test_config_file_seed_and_device_stand_unless_a_flag_overrides_them(tmp_path):
+    from fedcond.cli.main import build_parser
+    from fedcond.cli.simulate import _mapping
+
+    config = tmp_path / "job.toml"
+    config.write_text('seed = 7\ndevice = "cpu"\nnum_clients = 3\n[distill]\nipc = 2\n')
+    parser = build_parser()
+    from_file = _mapping(parser.parse_args(["simulate", "--config", str(config)]))
+    assert (from_file["seed"], from_file["distill.seed"], from_file["device"]) == (7, 7, "cpu")
+    flagged = _mapping(parser.parse_args(["simulate", "--config", str(config), "--seed", "3", "--device", "auto"]))
+    assert (flagged["seed"], flagged["distill.seed"], flagged["device"]) == (3, 3, "auto")
+    demo = _mapping(parser.parse_args(["simulate"]))
+    assert (demo["seed"], demo["device"]) == (0, "auto")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from opacus.accountants import PRVAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
+from opacus.accountants.utils import get_noise_multiplier
 
 from fedcond.privacy.accounting import (
+    RDP_ORDERS,
     PrivacyAccountant,
     PrivacyBudgetError,
     calibrate_noise_multiplier,
@@ -14,9 +16,11 @@ from fedcond.privacy.accounting import (
     epsilon_for,
 )
 
+OPACUS_DEFAULT_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 
-def _opacus_rdp_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
-    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+def _opacus_rdp_epsilon(sigma: float, q: float, steps: int, delta: float, orders: list | None = None) -> float:
+    orders = list(RDP_ORDERS) if orders is None else orders
     rdp = rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders)
     eps, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
     return float(eps)
@@ -75,3 +79,17 @@ def test_invalid_budget_is_a_clear_error(epsilon: float, delta: float, match: st
 def test_unknown_accountant_is_named() -> None:
     with pytest.raises(PrivacyBudgetError, match="gdp2"):
         PrivacyAccountant("gdp2")
+
+
+def test_wider_order_grid_reaches_small_budgets_without_warnings(recwarn: pytest.WarningsRecorder) -> None:
+    # Opacus' default orders stop at 63, so epsilon cannot fall below log(1/delta)/62 = 0.186
+    default = _opacus_rdp_epsilon(100.0, 1.0, 10, 1e-5, orders=OPACUS_DEFAULT_ORDERS)
+    ours = epsilon_for(noise_multiplier=100.0, sample_rate=1.0, steps=10, delta=1e-5)
+    assert ours == pytest.approx(_opacus_rdp_epsilon(100.0, 1.0, 10, 1e-5))
+    assert ours < 0.9 * default
+    with pytest.raises(ValueError, match="too low"):
+        get_noise_multiplier(target_epsilon=0.1, target_delta=1e-5, sample_rate=1.0, steps=10)
+    recwarn.clear()
+    sigma = calibrate_noise_multiplier(epsilon=0.1, delta=1e-5, sample_rate=1.0, steps=10)
+    assert 0.09 < epsilon_for(noise_multiplier=sigma, sample_rate=1.0, steps=10, delta=1e-5) <= 0.1
+    assert not [w for w in recwarn if "largest alpha" in str(w.message)]

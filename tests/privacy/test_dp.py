@@ -10,7 +10,11 @@ from hypothesis import strategies as st
 from fedcond.config import DistillConfig, DPConfig
 from fedcond.data.registry import load_dataset
 from fedcond.distill.dm import DistributionMatching
-from fedcond.privacy.accounting import PrivacyAccountant, PrivacyBudgetError, epsilon_for
+from fedcond.privacy.accounting import (
+    PrivacyAccountant,
+    PrivacyBudgetError,
+    epsilon_for,
+)
 from fedcond.privacy.dp import (
     DPMeanStatistics,
     clip_embeddings,
@@ -152,3 +156,50 @@ def test_ledger_composes_rounds_within_the_total_budget() -> None:
     # a third round would exceed the budget: refused before any data is touched
     with pytest.raises(PrivacyBudgetError, match="over the budget"):
         dp_statistics_for(dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=counts, rounds=2, ledger=ledger)
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_dp_augmentation_does_not_depend_on_the_other_sampled_images(
+    private: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under DP each class shares one augmentation per iteration, drawn for a public slot count.
+
+    With per-sample parameters an image's transform would follow its rank in the Poisson batch,
+    i.e. the other images sampled, and one added image could move every later embedding.
+    """
+    from fedcond.distill.augment import SiameseAugment
+
+    sampled: list[int] = []
+    applied: list[tuple[int, torch.Tensor]] = []
+    original_sample, original_apply = SiameseAugment.sample, SiameseAugment.apply
+
+    def spy_sample(self, num_slots, **kwargs):
+        sampled.append(num_slots)
+        return original_sample(self, num_slots, **kwargs)
+
+    def spy_apply(self, images, params, slots=None):
+        applied.append((images.shape[0], slots.clone()))
+        return original_apply(self, images, params, slots)
+
+    monkeypatch.setattr(SiameseAugment, "sample", spy_sample)
+    monkeypatch.setattr(SiameseAugment, "apply", spy_apply)
+    splits = load_dataset("digits")
+    config = DistillConfig(ipc=2, iterations=3, init="noise", batch_real=32, dsa=True, mixed_precision=False)
+    stats = None
+    if private:
+        stats, _ = dp_statistics_for(
+            dp={"epsilon": 5.0, "delta": 1e-5}, distill=config, class_counts=splits.train.class_counts()
+        )
+    DistributionMatching(config, real_statistics=stats).condense(splits.train)
+    assert len(sampled) == 3 and len(applied) == 6  # one draw, a real and a synthetic apply per iteration
+    if private:
+        assert sampled == [10, 10, 10]  # one parameter set per class, whatever the batch sizes
+        for count, slots in applied:
+            # every image of a class reads that class's row: slots are the sorted class groups
+            assert slots.tolist() == sorted(slots.tolist()) and int(slots.max()) < 10
+            assert torch.bincount(slots, minlength=10).sum() == count
+        syn_slots = applied[1][1]
+        assert syn_slots.tolist() == [c for c in range(10) for _ in range(2)]
+    else:
+        assert all(n >= 10 * 32 for n in sampled)  # per-sample parameters
+        assert len(set(applied[0][1].tolist())) == applied[0][0]

@@ -38,6 +38,15 @@ def test_roc_helpers_on_known_scores() -> None:
     assert tied.tpr_at_1pct_fpr == 0.0
 
 
+def test_non_finite_scores_rank_instead_of_crashing() -> None:
+    nan = float("nan")
+    # a member scored NaN (diverged logits) ranks below everything; +-inf stay extreme
+    curve = roc_curve(torch.tensor([nan, float("inf"), 5.0]), torch.tensor([float("-inf"), 1.0, 2.0]))
+    # pairs (member > non-member): inf beats 3, 5 beats 3, NaN beats none -> 6 of 9
+    assert curve.auc == pytest.approx(6 / 9)
+    assert roc_curve(torch.tensor([nan, nan]), torch.tensor([nan, nan])).auc == 0.5
+
+
 def test_logit_confidence_is_log_odds_of_the_true_class() -> None:
     logits = torch.tensor([[2.0, 0.0, -1.0]])
     p = torch.softmax(logits, 1)[0, 0]
