@@ -37,12 +37,12 @@ from typing import Any
 
 import torch
 
-from fedcond.config import DataConfig, DistillConfig, EvalConfig
+from fedcond.config import AugmentConfig, DataConfig, DistillConfig, EvalConfig
 from fedcond.data import ArrayDataset, DatasetSplits, load_dataset
 from fedcond.data.registry import DIGIT_DATASETS
 from fedcond.devices import keep_freed_cpu_memory
 from fedcond.distill import DistributionMatching, SyntheticSet, evaluate_synthetic, select_coreset
-from fedcond.distill.augment import SiameseAugment
+from fedcond.distill.augment import LAYOUTS, SiameseAugment
 from fedcond.distill.dm import INITS, initial_synthetic
 from fedcond.distill.matching import MATCHINGS
 from fedcond.models import get_model
@@ -180,6 +180,7 @@ def methods_section(
     matchings: tuple[str, ...] = ("mean",),
     baselines: tuple[str, ...] = ("random", "herding", "kmeans"),
     dm_init: str = "real",
+    dm_layout: str = "sample",
 ) -> list[dict[str, Any]]:
     """DM vs the baselines at each IPC; every method made once per seed (selection / DM seed),
     each set evaluated by ``evaluation.runs`` networks; mean +- std over all seeds x runs.
@@ -190,7 +191,7 @@ def methods_section(
     started from ``dm_init`` (named ``dm...@init`` when it is not ``real``)."""
     rows = []
     methods: list[tuple[str, str | None]] = [(b, None) for b in baselines]
-    suffix = "" if dm_init == "real" else f"@{dm_init}"
+    suffix = ("" if dm_init == "real" else f"@{dm_init}") + ("" if dm_layout == "sample" else f"/{dm_layout}")
     methods += [(("dm" if m == "mean" else f"dm-{m}") + suffix, m) for m in matchings]
     for ipc in ipcs:
         for method, matching in methods:
@@ -200,7 +201,8 @@ def methods_section(
                 if matching is not None:
                     result = DistributionMatching(
                         DistillConfig(ipc=ipc, iterations=iterations[ipc], seed=seed, compile=compile_dm,
-                                      matching=matching, init=dm_init), device=device
+                                      matching=matching, init=dm_init, augment=AugmentConfig(layout=dm_layout)),
+                        device=device
                     ).condense(splits.train)
                     syn = result.synthetic
                 elif method == "kmeans":
@@ -219,6 +221,7 @@ def methods_section(
                 "method": method,
                 "iterations": iterations[ipc] if matching is not None else 0,
                 "init": dm_init if matching is not None else None,
+                "dsa_layout": dm_layout if matching is not None else None,
                 "seeds": seeds,
                 "accuracy_mean": statistics.fmean(accuracies),
                 "accuracy_std": statistics.pstdev(accuracies),
@@ -304,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digits-ipcs", default="1,10,50", help="methods section: digits IPCs")
     parser.add_argument("--dm-matchings", default="mean,mmd", help="methods section: DM rows (mean: dm, mmd: dm-mmd)")
     parser.add_argument("--dm-init", default="real", choices=INITS, help="methods section: DM start (rows dm...@INIT)")
+    parser.add_argument("--dm-dsa-layout", default="sample", choices=LAYOUTS,
+                        help="methods section: DSA parameter sharing in DM (rows dm.../class for class)")
     parser.add_argument("--baselines", default="random,herding,kmeans",
                         help="methods section: random, herding (coresets), kmeans (class centroids, no DM)")
     parser.add_argument("--eval-runs", type=int, default=3)
@@ -359,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         print("methods, mnist ipc 10:", flush=True)
         results["methods"] += methods_section(mnist, ipcs=[10], iterations=mnist_iters, evaluation=evaluation,
                                               seeds=mnist_seeds, compile_dm=compile_dm, device=args.device,
-                                              matchings=matchings, baselines=baselines, dm_init=args.dm_init)
+                                              matchings=matchings, baselines=baselines, dm_init=args.dm_init, dm_layout=args.dm_dsa_layout)
         save()
     if "equal" in sections:
         seeds = list(range(args.equal_seeds))
@@ -378,14 +383,14 @@ def main(argv: list[str] | None = None) -> int:
             digits, ipcs=digits_ipcs if not args.quick else [1, 10],
             iterations=dict.fromkeys(digits_ipcs + [1, 10], args.digits_iterations), evaluation=evaluation,
             seeds=digits_seeds, compile_dm=False, device=args.device, matchings=matchings, baselines=baselines,
-            dm_init=args.dm_init)
+            dm_init=args.dm_init, dm_layout=args.dm_dsa_layout)
         save()
     if "methods" in sections and mnist is not None and "mnist" in datasets and set(mnist_ipcs) - {10}:
         print("methods, mnist other ipcs:", flush=True)
         results["methods"] += methods_section(
             mnist, ipcs=[i for i in mnist_ipcs if i != 10], iterations=mnist_iters, evaluation=evaluation,
             seeds=mnist_seeds, compile_dm=compile_dm, device=args.device, matchings=matchings, baselines=baselines,
-            dm_init=args.dm_init)
+            dm_init=args.dm_init, dm_layout=args.dm_dsa_layout)
         save()
     if "whole" in sections:
         print("whole training set:", flush=True)

@@ -19,6 +19,7 @@ from fedcond.cli.common import (
 from fedcond.config import DistillConfig, EvalConfig, parse_config
 from fedcond.data.registry import DatasetSplits, load_dataset
 from fedcond.devices import resolve_device
+from fedcond.distill.augment import LAYOUTS
 from fedcond.distill.coreset import select_coreset
 from fedcond.distill.dm import INITS, DistributionMatching
 from fedcond.distill.matching import MATCHINGS
@@ -51,6 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     distill.add_argument("--mmd-weight", type=float, default=1.0, help="weight of the MMD term (--matching mmd)")
     distill.add_argument("--no-dsa", action="store_true", help="disable siamese augmentation")
+    distill.add_argument(
+        "--dsa-layout",
+        choices=LAYOUTS,
+        default="sample",
+        help="DSA parameters per image (sample) or one set per class shared by real and synthetic "
+        "images (class: the reference code's Siamese mode; always used under DP)",
+    )
     distill.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast")
     distill.add_argument(
         "--compile",
@@ -157,6 +165,7 @@ def run_distill(args: argparse.Namespace) -> int:
             "matching": args.matching,
             "mmd_weight": args.mmd_weight,
             "dsa": not args.no_dsa,
+            "augment.layout": args.dsa_layout,
             "mixed_precision": not args.no_bf16,
             "compile": args.compile == "on" or (args.compile == "auto" and args.iterations >= 300),
             "checkpoint_every": args.checkpoint_every,
@@ -194,6 +203,7 @@ def run_distill(args: argparse.Namespace) -> int:
         "iterations": config.iterations,
         "init": config.init,
         "matching": config.matching,
+        "dsa_layout": synthetic.meta.get("dsa_layout"),
         "seed": args.seed,
         "device": str(engine.device),
         "distill_seconds": elapsed,

@@ -21,9 +21,11 @@ import torch.nn.functional as F
 
 from fedcond.config import AugmentConfig
 
-__all__ = ["AugmentParams", "SiameseAugment", "TRANSFORMS"]
+__all__ = ["LAYOUTS", "TRANSFORMS", "AugmentParams", "SiameseAugment"]
 
 TRANSFORMS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+#: Who shares a parameter set inside DM (``AugmentConfig.layout``).
+LAYOUTS = ("sample", "class")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class SiameseAugment:
             names = [n for n in names if n != "flip"]
         if not names:
             raise ValueError(f"augmentation strategy {self.config.strategy!r} leaves no transform")
+        if self.config.layout not in LAYOUTS:
+            raise ValueError(f"augmentation layout {self.config.layout!r} is not one of {', '.join(LAYOUTS)}")
         self.transforms = tuple(names)
 
     # ------------------------------------------------------------------ sampling

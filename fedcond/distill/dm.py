@@ -313,8 +313,11 @@ class DistributionMatching:
         )
         present = torch.zeros(num_classes, dtype=torch.bool, device=device)
         present[classes] = True
-        # one parameter set per class (DP: an image's transform must not depend on the others sampled)
-        per_class_augmentation = bool(getattr(self.statistics, "augmentation_per_class", False))
+        # one parameter set per class: the reference's Siamese mode, and required under DP (an
+        # image's transform must not depend on which other images were sampled)
+        per_class_augmentation = cfg.augment.layout == "class" or bool(
+            getattr(self.statistics, "augmentation_per_class", False)
+        )
 
         losses: list[float] = []
         iterator = range(start_iteration, cfg.iterations)
@@ -400,6 +403,7 @@ class DistributionMatching:
             "method": "dm",
             "init": cfg.init,
             "given_start": start is not None,
+            "dsa_layout": ("class" if per_class_augmentation else "sample") if cfg.dsa else None,
             "matching": cfg.matching,
             "seed": cfg.seed,
             "iterations": cfg.iterations,

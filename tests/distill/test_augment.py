@@ -61,3 +61,8 @@ def test_crop_is_an_integer_translation() -> None:
     out = augment.apply(x, params)
     assert torch.allclose(out.sum(), torch.tensor(1.0), atol=1e-5)
     assert out[0, 0].flatten().argmax().item() in (4 * 8 + 3, 4 * 8 + 5)
+
+
+def test_unknown_augmentation_layout_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="layout 'pixel' is not one of sample, class"):
+        SiameseAugment(AugmentConfig(layout="pixel"))

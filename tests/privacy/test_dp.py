@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcond.config import DistillConfig, DPConfig
+from fedcond.config import AugmentConfig, DistillConfig, DPConfig
 from fedcond.data.registry import load_dataset
 from fedcond.distill.dm import DistributionMatching
 from fedcond.privacy.accounting import (
@@ -158,9 +158,9 @@ def test_ledger_composes_rounds_within_the_total_budget() -> None:
         dp_statistics_for(dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=counts, rounds=2, ledger=ledger)
 
 
-@pytest.mark.parametrize("private", [True, False])
+@pytest.mark.parametrize(("private", "layout"), [(True, "sample"), (False, "class"), (False, "sample")])
 def test_dp_augmentation_does_not_depend_on_the_other_sampled_images(
-    private: bool, monkeypatch: pytest.MonkeyPatch
+    private: bool, layout: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under DP each class shares one augmentation per iteration, drawn for a public slot count.
 
@@ -184,15 +184,18 @@ def test_dp_augmentation_does_not_depend_on_the_other_sampled_images(
     monkeypatch.setattr(SiameseAugment, "sample", spy_sample)
     monkeypatch.setattr(SiameseAugment, "apply", spy_apply)
     splits = load_dataset("digits")
-    config = DistillConfig(ipc=2, iterations=3, init="noise", batch_real=32, dsa=True, mixed_precision=False)
+    config = DistillConfig(ipc=2, iterations=3, init="noise", batch_real=32, dsa=True, mixed_precision=False,
+                           augment=AugmentConfig(layout=layout))
     stats = None
     if private:
         stats, _ = dp_statistics_for(
             dp={"epsilon": 5.0, "delta": 1e-5}, distill=config, class_counts=splits.train.class_counts()
         )
-    DistributionMatching(config, real_statistics=stats).condense(splits.train)
+    result = DistributionMatching(config, real_statistics=stats).condense(splits.train)
     assert len(sampled) == 3 and len(applied) == 6  # one draw, a real and a synthetic apply per iteration
-    if private:
+    # DP forces the class layout whatever the config says
+    assert result.synthetic.meta["dsa_layout"] == ("class" if private or layout == "class" else "sample")
+    if private or layout == "class":
         assert sampled == [10, 10, 10]  # one parameter set per class, whatever the batch sizes
         for count, slots in applied:
             # every image of a class reads that class's row: slots are the sorted class groups
@@ -203,3 +206,4 @@ def test_dp_augmentation_does_not_depend_on_the_other_sampled_images(
     else:
         assert all(n >= 10 * 32 for n in sampled)  # per-sample parameters
         assert len(set(applied[0][1].tolist())) == applied[0][0]
+
