@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                     job = job_from_mapping({**mapping, "seed": seed, "distill.seed": seed})
                     t0 = time.perf_counter()
                     report = simulate(job, engine="inprocess")
+                    if report.test_accuracy is None:  # every reply dropped: no number to compare
+                        raise SystemExit(f"{dataset} {partition} {method} seed={seed}: no round trained (see the log)")
                     results.append(
                         {
                             "dataset": dataset,
