@@ -45,8 +45,8 @@ class RealStatistics(Protocol):
         shared by all of the class's real and synthetic images (the reference DSA's batch mode).
         A guarantee that needs each real embedding to depend on its own image only (DP) sets
         it: with per-sample parameters the transform of an image would depend on its rank in
-        the sampled batch, i.e. on which other images were sampled. ``False`` (the default,
-        also assumed when the attribute is missing) gives each sample its own parameters.
+        the sampled batch, i.e. on which other images were sampled. ``False`` (also assumed
+        when the attribute is missing) leaves the choice to ``AugmentConfig.layout``.
 
     An implementation may also define ``fingerprint() -> dict``: what identifies it in a DM
     checkpoint, so that a run with other statistics (another DP plan) refuses to resume it.
