@@ -61,11 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # bad input gets one line naming the problem, never a traceback.
         print(f"fedcond {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        if type(exc).__name__ != "SimulationError":  # Flower is imported lazily, so match by name
-            raise
-        print(f"fedcond {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -94,12 +94,13 @@ def _mapping(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag)
         if value is not None:
             values[key] = str(value) if isinstance(value, Path) else value
-    if args.seed is not None or "seed" not in values:
-        values["seed"] = 0 if args.seed is None else args.seed
-    if args.seed is not None or "distill.seed" not in values:
-        values["distill.seed"] = values["seed"]
-    if args.device is not None or "device" not in values:
-        values["device"] = args.device or "auto"
+    if args.seed is not None:
+        values["seed"] = values["distill.seed"] = args.seed
+    if args.device is not None:
+        values["device"] = args.device
+    values.setdefault("seed", 0)
+    values.setdefault("distill.seed", values["seed"])
+    values.setdefault("device", "auto")
     values.update(overrides_from(args.overrides))
     return values
 
@@ -139,7 +140,7 @@ def _row(name: str, metrics: dict[str, Any], reference_uplink: int | None) -> di
 def run_simulate(args: argparse.Namespace) -> int:
     out = prepare_run_folder(args.out)
     from fedcond.federated.job import job_from_mapping  # Flower is imported only when needed
-    from fedcond.federated.simulation import simulate
+    from fedcond.federated.simulation import SimulationError, simulate
     from fedcond.plots import save_line_plot
 
     demo = _is_demo(args)
@@ -158,12 +159,16 @@ def run_simulate(args: argparse.Namespace) -> int:
         key = name if name not in runs else f"{name}-{this_job.federated.rounds}"
         fed = this_job.federated
         with console.status(f"simulating {name}: {fed.num_clients} clients, {fed.rounds} round(s)"):
-            report = simulate(
-                this_job,
-                engine=args.engine,
-                cpus_per_client=args.cpus_per_client,
-                max_concurrent_clients=args.max_concurrent_clients,
-            )
+            try:
+                report = simulate(
+                    this_job,
+                    engine=args.engine,
+                    cpus_per_client=args.cpus_per_client,
+                    max_concurrent_clients=args.max_concurrent_clients,
+                )
+            except SimulationError as exc:  # the ServerApp failed: one line, not a traceback
+                console.print(f"[red]fedcond simulate: error: {exc}[/]")
+                return 1
         runs[key] = report.metrics()
         logging.getLogger(__name__).info("%s: %s", key, report.test_accuracy)
     first_key = next(iter(runs))
