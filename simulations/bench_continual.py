@@ -31,8 +31,9 @@ from typing import Any
 
 import torch
 
-from fedcond.config import ContinualConfig, DistillConfig
+from fedcond.config import AugmentConfig, ContinualConfig, DistillConfig
 from fedcond.devices import keep_freed_cpu_memory
+from fedcond.distill.augment import LAYOUTS
 from fedcond.distill.dm import INITS
 from fedcond.distill.matching import MATCHINGS
 from fedcond.continual import make_split_benchmark, run_continual
@@ -61,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-real", type=int, default=32, help="DM real images per class and iteration")
     parser.add_argument("--dm-init", choices=INITS, default="real", help="DM initialisation")
     parser.add_argument("--dm-matching", choices=MATCHINGS, default="mean", help="DM matching (mean or mmd)")
+    parser.add_argument("--dm-dsa-layout", choices=LAYOUTS, default=AugmentConfig().layout,
+                        help="who shares a DSA parameter set inside DM (docs/distillation.md)")
     parser.add_argument("--train-per-class", type=int, default=100, help="0 keeps the whole training split")
     parser.add_argument("--test-per-class", type=int, default=50, help="0 keeps the whole test split")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared CPU)")
@@ -84,7 +87,7 @@ def _config(args: argparse.Namespace, benchmark: str, kind: str, memory: int, se
         test_per_class=args.test_per_class or None,
         seed=seed,
         distill=DistillConfig(iterations=args.iterations, batch_real=args.batch_real, init=args.dm_init,
-                              matching=args.dm_matching),
+                              matching=args.dm_matching, augment=AugmentConfig(layout=args.dm_dsa_layout)),
     )
 
 

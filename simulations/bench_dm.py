@@ -19,8 +19,12 @@ Usage::
     python simulations/bench_dm.py --quick --out /tmp/bench_dm     # digits only, minutes
 
 The reference implementation lives here, in the benchmark, on purpose: it is the yardstick,
-not library code. It uses the same siamese augmentation operators (one parameter draw per
-class, shared by the real and synthetic batch of that class) and the same network.
+not library code. It uses the same siamese augmentation operators and the same network, with the
+reference code's Siamese mode: one parameter draw per class and iteration, applied to every real
+and synthetic image of that class (``theta[:] = theta[0]`` in VICO-UoE/DatasetCondensation).
+Until session 7 it drew one parameter set per image (slot j for the j-th real and j-th
+synthetic image), as the library's ``layout="sample"`` does; the equal-iteration rows measured
+before then compared that variant.
 """
 
 from __future__ import annotations
@@ -81,9 +85,9 @@ def reference_dm(
             idx = indices_class[c][torch.randperm(len(indices_class[c]), generator=generator)[:batch_real]]
             img_real = real_images[idx.to(device)]
             img_syn = image_syn[c * ipc : (c + 1) * ipc]
-            params = augment.sample(max(len(idx), ipc), generator=generator, image_size=spec.image_size)
-            img_real = augment.apply(img_real, params, torch.arange(len(idx)))
-            img_syn = augment.apply(img_syn, params, torch.arange(ipc))
+            params = augment.sample(1, generator=generator, image_size=spec.image_size)  # Siamese: one per class
+            img_real = augment.apply(img_real, params, torch.zeros(len(idx), dtype=torch.long))
+            img_syn = augment.apply(img_syn, params, torch.zeros(ipc, dtype=torch.long))
             output_real = net.embed(img_real).detach()
             output_syn = net.embed(img_syn)
             loss = loss + torch.sum((torch.mean(output_real, dim=0) - torch.mean(output_syn, dim=0)) ** 2)
@@ -180,7 +184,7 @@ def methods_section(
     matchings: tuple[str, ...] = ("mean",),
     baselines: tuple[str, ...] = ("random", "herding", "kmeans"),
     dm_init: str = "real",
-    dm_layout: str = "sample",
+    dm_layout: str = AugmentConfig().layout,
 ) -> list[dict[str, Any]]:
     """DM vs the baselines at each IPC; every method made once per seed (selection / DM seed),
     each set evaluated by ``evaluation.runs`` networks; mean +- std over all seeds x runs.
@@ -191,7 +195,7 @@ def methods_section(
     started from ``dm_init`` (named ``dm...@init`` when it is not ``real``)."""
     rows = []
     methods: list[tuple[str, str | None]] = [(b, None) for b in baselines]
-    suffix = ("" if dm_init == "real" else f"@{dm_init}") + ("" if dm_layout == "sample" else f"/{dm_layout}")
+    suffix = ("" if dm_init == "real" else f"@{dm_init}") + ("" if dm_layout == AugmentConfig().layout else f"/{dm_layout}")
     methods += [(("dm" if m == "mean" else f"dm-{m}") + suffix, m) for m in matchings]
     for ipc in ipcs:
         for method, matching in methods:
@@ -307,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digits-ipcs", default="1,10,50", help="methods section: digits IPCs")
     parser.add_argument("--dm-matchings", default="mean,mmd", help="methods section: DM rows (mean: dm, mmd: dm-mmd)")
     parser.add_argument("--dm-init", default="real", choices=INITS, help="methods section: DM start (rows dm...@INIT)")
-    parser.add_argument("--dm-dsa-layout", default="sample", choices=LAYOUTS,
-                        help="methods section: DSA parameter sharing in DM (rows dm.../class for class)")
+    parser.add_argument("--dm-dsa-layout", default=AugmentConfig().layout, choices=LAYOUTS,
+                        help="methods section: DSA parameter sharing in DM (rows dm.../LAYOUT when not the default)")
     parser.add_argument("--baselines", default="random,herding,kmeans",
                         help="methods section: random, herding (coresets), kmeans (class centroids, no DM)")
     parser.add_argument("--eval-runs", type=int, default=3)

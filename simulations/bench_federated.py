@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from fedcond.cli.common import overrides_from
 from fedcond.devices import keep_freed_cpu_memory
 from fedcond.federated.job import job_from_mapping
 from fedcond.federated.simulation import simulate
@@ -82,12 +83,13 @@ def _jobs(dataset: str, partition: str, args: argparse.Namespace) -> list[tuple[
     base = {**recipe["common"], **PARTITIONS[partition], **SPEED, "num_clients": args.num_clients}
     if args.data_dir is not None:
         base["data_dir"] = str(args.data_dir)
+    extra = overrides_from(args.set)  # FedCond jobs only (e.g. distill.augment.layout=sample)
     out = []
     if "fedcond" in args.strategies:
-        out.append(("fedcond-oneshot", {**base, "strategy": "fedcond", "rounds": 1, **recipe["fedcond"]}))
+        out.append(("fedcond-oneshot", {**base, "strategy": "fedcond", "rounds": 1, **recipe["fedcond"], **extra}))
     if "fedcond-multi" in args.strategies and (partition in args.extra_partitions or args.all_extras):
         rounds = recipe["multi"]["rounds"]
-        out.append((f"fedcond-multi{rounds}", {**base, "strategy": "fedcond", **recipe["multi"]}))
+        out.append((f"fedcond-multi{rounds}", {**base, "strategy": "fedcond", **recipe["multi"], **extra}))
     if "fedavg" in args.strategies:
         out.append(("fedavg", {**base, "strategy": "fedavg", "rounds": args.fedavg_rounds, "local_epochs": 1}))
     if "fedprox" in args.strategies and (partition in args.extra_partitions or args.all_extras):
@@ -175,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a FedCond job key, e.g. distill.augment.layout=sample (repeatable)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)

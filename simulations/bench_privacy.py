@@ -26,9 +26,10 @@ from typing import Any
 
 import torch
 
-from fedcond.config import AuditConfig, DataConfig, DistillConfig, EvalConfig
+from fedcond.config import AugmentConfig, AuditConfig, DataConfig, DistillConfig, EvalConfig
 from fedcond.data.registry import load_dataset
 from fedcond.devices import keep_freed_cpu_memory
+from fedcond.distill.augment import LAYOUTS
 from fedcond.distill.dm import DistributionMatching
 from fedcond.distill.evaluate import evaluate_synthetic
 from fedcond.distill.synthetic import SyntheticSet
@@ -62,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-bf16", action="store_true", help="fp32 embeddings (faster on CPUs without bf16 units)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dm-dsa-layout", choices=LAYOUTS, default=AugmentConfig().layout,
+                   help="DSA parameter sharing of the non-private DM rows (DP always uses class)")
     return p.parse_args(argv)
 
 
@@ -74,6 +77,7 @@ def condense(method: str, epsilon: float | None, args: argparse.Namespace, split
         batch_real=args.dp_batch_real if dp else args.batch_real,
         seed=args.seed,
         mixed_precision=not args.no_bf16,
+        augment=AugmentConfig(layout=args.dm_dsa_layout),  # DP forces "class" whatever this says
     )
     stats, reporter, extra = None, None, {}
     if dp:

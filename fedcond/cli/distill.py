@@ -16,7 +16,7 @@ from fedcond.cli.common import (
     print_table,
     write_metrics,
 )
-from fedcond.config import DistillConfig, EvalConfig, parse_config
+from fedcond.config import AugmentConfig, DistillConfig, EvalConfig, parse_config
 from fedcond.data.registry import DatasetSplits, load_dataset
 from fedcond.devices import resolve_device
 from fedcond.distill.augment import LAYOUTS
@@ -55,9 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     distill.add_argument(
         "--dsa-layout",
         choices=LAYOUTS,
-        default="sample",
-        help="DSA parameters per image (sample) or one set per class shared by real and synthetic "
-        "images (class: the reference code's Siamese mode; always used under DP)",
+        default=AugmentConfig().layout,
+        help="one DSA parameter set per class shared by its real and synthetic images (class, the "
+        "default: the reference code's Siamese mode; always used under DP) or one per image (sample)",
     )
     distill.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast")
     distill.add_argument(

@@ -158,14 +158,17 @@ def test_ledger_composes_rounds_within_the_total_budget() -> None:
         dp_statistics_for(dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=counts, rounds=2, ledger=ledger)
 
 
-@pytest.mark.parametrize(("private", "layout"), [(True, "sample"), (False, "class"), (False, "sample")])
+@pytest.mark.parametrize(
+    ("private", "layout"), [(True, "sample"), (False, "class"), (False, "sample"), (False, None)]
+)
 def test_dp_augmentation_does_not_depend_on_the_other_sampled_images(
-    private: bool, layout: str, monkeypatch: pytest.MonkeyPatch
+    private: bool, layout: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under DP each class shares one augmentation per iteration, drawn for a public slot count.
 
     With per-sample parameters an image's transform would follow its rank in the Poisson batch,
     i.e. the other images sampled, and one added image could move every later embedding.
+    ``layout=None`` is the default config, which is the reference code's class layout.
     """
     from fedcond.distill.augment import SiameseAugment
 
@@ -185,7 +188,8 @@ def test_dp_augmentation_does_not_depend_on_the_other_sampled_images(
     monkeypatch.setattr(SiameseAugment, "apply", spy_apply)
     splits = load_dataset("digits")
     config = DistillConfig(ipc=2, iterations=3, init="noise", batch_real=32, dsa=True, mixed_precision=False,
-                           augment=AugmentConfig(layout=layout))
+                           **({} if layout is None else {"augment": AugmentConfig(layout=layout)}))
+    layout = layout or "class"  # the default
     stats = None
     if private:
         stats, _ = dp_statistics_for(
