@@ -68,6 +68,19 @@ def test_pyproject_app_config_and_demo_toml_are_the_demo():
         job_from_mapping(load_toml(ROOT / "configs" / name))  # every shipped config parses
 
 
+def test_flwr_run_config_overrides_reach_the_job():
+    """``flwr run . --run-config`` only overrides keys the app config declares (Flower refuses
+    the others), so every key the docs tell Flower users to override must be declared."""
+    from flwr.common.config import get_fused_config_from_dir, parse_config_args
+
+    overrides = parse_config_args(['rounds=3 distill.ipc=5 distill.matching="mmd" distill.augment.layout="sample"'])
+    job = job_from_mapping(get_fused_config_from_dir(ROOT, overrides))
+    assert job.federated.rounds == 3 and job.federated.distill.ipc == 5
+    assert job.federated.distill.matching == "mmd" and job.federated.distill.augment.layout == "sample"
+    with pytest.raises(ValueError, match="not present"):
+        get_fused_config_from_dir(ROOT, parse_config_args(["distill.no-such-key=1"]))
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [({"distill.matching": "median"}, "not one of mean, mmd"), ({"distill.matching": "mmd", "dp.epsilon": 4.0}, "not private")],
