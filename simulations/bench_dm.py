@@ -51,6 +51,8 @@ from fedcond.distill.dm import INITS, initial_synthetic
 from fedcond.distill.matching import MATCHINGS
 from fedcond.models import get_model
 
+DEFAULT_LAYOUT = AugmentConfig().layout  # rows of another layout are suffixed /LAYOUT
+
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
@@ -184,7 +186,7 @@ def methods_section(
     matchings: tuple[str, ...] = ("mean",),
     baselines: tuple[str, ...] = ("random", "herding", "kmeans"),
     dm_init: str = "real",
-    dm_layout: str = AugmentConfig().layout,
+    dm_layout: str = DEFAULT_LAYOUT,
 ) -> list[dict[str, Any]]:
     """DM vs the baselines at each IPC; every method made once per seed (selection / DM seed),
     each set evaluated by ``evaluation.runs`` networks; mean +- std over all seeds x runs.
@@ -195,7 +197,7 @@ def methods_section(
     started from ``dm_init`` (named ``dm...@init`` when it is not ``real``)."""
     rows = []
     methods: list[tuple[str, str | None]] = [(b, None) for b in baselines]
-    suffix = ("" if dm_init == "real" else f"@{dm_init}") + ("" if dm_layout == AugmentConfig().layout else f"/{dm_layout}")
+    suffix = ("" if dm_init == "real" else f"@{dm_init}") + ("" if dm_layout == DEFAULT_LAYOUT else f"/{dm_layout}")
     methods += [(("dm" if m == "mean" else f"dm-{m}") + suffix, m) for m in matchings]
     for ipc in ipcs:
         for method, matching in methods:
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digits-ipcs", default="1,10,50", help="methods section: digits IPCs")
     parser.add_argument("--dm-matchings", default="mean,mmd", help="methods section: DM rows (mean: dm, mmd: dm-mmd)")
     parser.add_argument("--dm-init", default="real", choices=INITS, help="methods section: DM start (rows dm...@INIT)")
-    parser.add_argument("--dm-dsa-layout", default=AugmentConfig().layout, choices=LAYOUTS,
+    parser.add_argument("--dm-dsa-layout", default=DEFAULT_LAYOUT, choices=LAYOUTS,
                         help="methods section: DSA parameter sharing in DM (rows dm.../LAYOUT when not the default)")
     parser.add_argument("--baselines", default="random,herding,kmeans",
                         help="methods section: random, herding (coresets), kmeans (class centroids, no DM)")
