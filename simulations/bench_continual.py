@@ -14,6 +14,16 @@ on the first benchmark).
 Example (the budget measured in docs/continual.md)::
 
     python simulations/bench_continual.py --out results/continual --data-dir ../shared/data
+
+A table too slow for one process is run as several (one per seed or per memory size, side by
+side) and then merged into one JSON/table/figure::
+
+    python simulations/bench_continual.py --merge results/a/bench_continual.json \
+        results/b/bench_continual.json --out results/merged
+
+The merge refuses runs of one table row that ran under different settings (those that matter for
+that row: DM settings only for distilled rows, GDumb epochs only for GDumb rows, ...) and a
+(row, seed) measured twice, naming them.
 """
 
 from __future__ import annotations
@@ -32,11 +42,11 @@ from typing import Any
 import torch
 
 from fedcond.config import AugmentConfig, ContinualConfig, DistillConfig
+from fedcond.continual import make_split_benchmark, run_continual
 from fedcond.devices import keep_freed_cpu_memory
 from fedcond.distill.augment import LAYOUTS
 from fedcond.distill.dm import INITS
 from fedcond.distill.matching import MATCHINGS
-from fedcond.continual import make_split_benchmark, run_continual
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-per-class", type=int, default=50, help="0 keeps the whole test split")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared CPU)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--merge", nargs="+", metavar="JSON[:KIND,...]",
+                        help="merge these bench_continual.json files into OUT instead of running anything; "
+                             "a ':random,herding' suffix keeps only those replay kinds of that file")
     return parser.parse_args(argv)
 
 
@@ -116,9 +129,7 @@ def _jobs(args: argparse.Namespace) -> list[tuple[str, int, str, int, str]]:
 def _summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        protocol = "gdumb" if run["gdumb"] else ("naive+aug" if run.get("augment_memory") else "naive")
-        key = (run["benchmark"], protocol, run["replay"], run["memory_per_class"])
-        groups[key].append(run)
+        groups[_row_key(run)].append(run)
     rows = []
     for (benchmark, protocol, replay, memory), members in groups.items():
         accs = [100 * m["final_average_accuracy"] for m in members]
@@ -140,6 +151,101 @@ def _summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# Which benchmark settings a run's result depends on, by what the run is. A random or herding
+# memory never runs DM, so a random row measured before a DM option existed merges with distilled
+# rows measured after it, while two distilled runs under different DM budgets never share a row.
+DATA_SETTINGS = ("train_per_class", "test_per_class")
+NAIVE_SETTINGS = ("epochs", "batch_size", "lr")
+GDUMB_SETTINGS = ("gdumb_epochs",)
+DM_SETTINGS = ("iterations", "batch_real", "dm_init", "dm_matching", "dm_dsa_layout")
+# Settings added after some results were recorded, with the value those older runs used.
+SETTINGS_BEFORE_THEY_EXISTED = {"dm_dsa_layout": "sample", "dm_init": "real", "dm_matching": "mean"}
+
+
+class MergeError(ValueError):
+    """Runs that cannot share one table: different settings for one row, or one seed twice."""
+
+
+def _protocol(run: dict[str, Any]) -> str:
+    return "gdumb" if run["gdumb"] else ("naive+aug" if run.get("augment_memory") else "naive")
+
+
+def _row_key(run: dict[str, Any]) -> tuple[str, str, str, int]:
+    return run["benchmark"], _protocol(run), run["replay"], run["memory_per_class"]
+
+
+def relevant_settings(run: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """The subset of a benchmark's ``settings`` that ``run``'s result depends on."""
+    keys = list(DATA_SETTINGS)
+    keys += GDUMB_SETTINGS if run["gdumb"] else NAIVE_SETTINGS
+    if run["replay"] == "distilled":
+        keys += DM_SETTINGS
+    return {k: settings.get(k, SETTINGS_BEFORE_THEY_EXISTED.get(k)) for k in keys}
+
+
+REPLAY_KINDS = ("none", "random", "herding", "distilled", "joint")
+
+
+def parse_merge_source(source: str) -> tuple[Path, tuple[str, ...] | None]:
+    """``PATH`` or ``PATH:KIND,KIND`` -> (path, kinds to keep or None for all)."""
+    path, sep, tail = source.rpartition(":")
+    if sep and tail and all(kind in REPLAY_KINDS for kind in tail.split(",")):
+        return Path(path), tuple(tail.split(","))
+    return Path(source), None
+
+
+def merge_reports(
+    reports: list[tuple[str, dict[str, Any]]], *, kinds: list[tuple[str, ...] | None] | None = None
+) -> dict[str, Any]:
+    """Merge ``(name, bench_continual.json content)`` pairs into one report.
+
+    ``kinds[i]``, when given and not None, keeps only the runs of those replay kinds from the
+    i-th report.
+
+    A file whose runs came from several commands (``commands`` plus one ``settings``) is taken
+    at its word: its ``settings`` describe all its runs.
+
+    Raises
+    ------
+    MergeError
+        If a file has no ``runs`` or ``settings``, if two runs of the same row (benchmark,
+        protocol, replay, memory per class) ran under different relevant settings, or if the
+        same row and seed appear twice.
+    """
+    runs: list[dict[str, Any]] = []
+    row_settings: dict[tuple, tuple[dict[str, Any], str]] = {}
+    seen: dict[tuple, str] = {}
+    sources = []
+    for index, (name, report) in enumerate(reports):
+        if "runs" not in report or "settings" not in report:
+            raise MergeError(f"{name}: not a bench_continual.json (no 'runs' or 'settings')")
+        keep = kinds[index] if kinds is not None else None
+        taken = [run for run in report["runs"] if keep is None or run["replay"] in keep]
+        commands = report.get("commands") or [report.get("command")]
+        sources.append({"file": name, "kinds": list(keep) if keep else "all", "commands": commands, "runs": len(taken)})
+        for run in taken:
+            key = _row_key(run)
+            settings = relevant_settings(run, report["settings"])
+            if key in row_settings and row_settings[key][0] != settings:
+                first, first_name = row_settings[key]
+                differing = sorted(k for k in settings if settings[k] != first[k])
+                raise MergeError(
+                    f"row {key} ran under different settings in {first_name} and {name}: "
+                    + ", ".join(f"{k}={first[k]!r} vs {settings[k]!r}" for k in differing)
+                )
+            row_settings.setdefault(key, (settings, name))
+            if (key, run["seed"]) in seen:
+                raise MergeError(f"row {key} seed {run['seed']} appears in both {seen[(key, run['seed'])]} and {name}")
+            seen[(key, run["seed"])] = name
+            runs.append({**run, "source": name})
+    return {
+        "sources": sources,
+        "row_settings": [{"row": list(k), "settings": v[0]} for k, v in row_settings.items()],
+        "summary": _summarise(runs),
+        "runs": runs,
+    }
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
@@ -176,6 +282,8 @@ def _figure(rows: list[dict[str, Any]], benchmark: str, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        return _merge_main(args.merge, args.out)
     torch.set_num_threads(args.threads)
     keep_freed_cpu_memory()  # CPU activations re-used instead of page-faulted (fedcond.devices)
     out = args.out
@@ -220,6 +328,30 @@ def main(argv: list[str] | None = None) -> int:
     _figure(report.get("summary", []), args.benchmarks[0], out / "bench_continual.png")
     print(_markdown(report.get("summary", [])))
     print(f"wall {report.get('wall_seconds', 0):.0f}s, peak RSS {report.get('peak_rss_mb', 0):.0f} MB -> {out}")
+    return 0
+
+
+def _merge_main(sources: list[str], out: Path) -> int:
+    parsed = [parse_merge_source(source) for source in sources]
+    missing = [str(path) for path, _ in parsed if not path.is_file()]
+    if missing:
+        print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        report = merge_reports(
+            [(str(path), json.loads(path.read_text())) for path, _ in parsed], kinds=[k for _, k in parsed]
+        )
+    except (MergeError, json.JSONDecodeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_continual.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "bench_continual.md").write_text(_markdown(report["summary"]))
+    benchmarks = list(dict.fromkeys(r["benchmark"] for r in report["summary"]))
+    if benchmarks:
+        _figure(report["summary"], benchmarks[0], out / "bench_continual.png")
+    print(_markdown(report["summary"]))
+    print(f"merged {len(report['runs'])} runs from {len(parsed)} files -> {out}")
     return 0
 
 
