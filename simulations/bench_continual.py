@@ -240,10 +240,17 @@ def merge_reports(
                 raise MergeError(f"row {key} seed {run['seed']} appears in both {seen[(key, run['seed'])]} and {name}")
             seen[(key, run["seed"])] = name
             runs.append({**run, "source": name})
+    benchmarks = list(dict.fromkeys(run["benchmark"] for run in runs))
+    protocols = ("naive", "naive+aug", "gdumb")
+    summary = sorted(
+        _summarise(runs),
+        key=lambda r: (benchmarks.index(r["benchmark"]), protocols.index(r["protocol"]), r["memory_per_class"],
+                       REPLAY_KINDS.index(r["replay"])),
+    )
     return {
         "sources": sources,
         "row_settings": [{"row": list(k), "settings": v[0]} for k, v in row_settings.items()],
-        "summary": _summarise(runs),
+        "summary": summary,
         "runs": runs,
     }
 
