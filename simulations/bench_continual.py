@@ -205,7 +205,8 @@ def merge_reports(
     i-th report.
 
     A file whose runs came from several commands (``commands`` plus one ``settings``) is taken
-    at its word: its ``settings`` describe all its runs.
+    at its word: its ``settings`` describe all its runs. Merged runs carry their relevant
+    settings, so a merged report can be merged again.
 
     Raises
     ------
@@ -219,7 +220,7 @@ def merge_reports(
     seen: dict[tuple, str] = {}
     sources = []
     for index, (name, report) in enumerate(reports):
-        if "runs" not in report or "settings" not in report:
+        if "runs" not in report or ("settings" not in report and not all("settings" in r for r in report["runs"])):
             raise MergeError(f"{name}: not a bench_continual.json (no 'runs' or 'settings')")
         keep = kinds[index] if kinds is not None else None
         taken = [run for run in report["runs"] if keep is None or run["replay"] in keep]
@@ -227,7 +228,7 @@ def merge_reports(
         sources.append({"file": name, "kinds": list(keep) if keep else "all", "commands": commands, "runs": len(taken)})
         for run in taken:
             key = _row_key(run)
-            settings = relevant_settings(run, report["settings"])
+            settings = relevant_settings(run, run.get("settings", report.get("settings")))
             if key in row_settings and row_settings[key][0] != settings:
                 first, first_name = row_settings[key]
                 differing = sorted(k for k in settings if settings[k] != first[k])
@@ -239,7 +240,7 @@ def merge_reports(
             if (key, run["seed"]) in seen:
                 raise MergeError(f"row {key} seed {run['seed']} appears in both {seen[(key, run['seed'])]} and {name}")
             seen[(key, run["seed"])] = name
-            runs.append({**run, "source": name})
+            runs.append({**run, "source": run.get("source", name), "settings": settings})
     benchmarks = list(dict.fromkeys(run["benchmark"] for run in runs))
     protocols = ("naive", "naive+aug", "gdumb")
     summary = sorted(

@@ -56,6 +56,15 @@ def test_runs_of_one_row_from_several_files_are_averaged_together(bench):
     assert [s["runs"] for s in merged["sources"]] == [2, 3]
 
 
+def test_a_merged_report_merges_again_and_keeps_its_checks(bench):
+    first = bench.merge_reports([("a", _report([_run("distilled", 0, 0.90)])), ("b", _report([_run("distilled", 1, 0.94)]))])
+    again = bench.merge_reports([("ab", first), ("c", _report([_run("distilled", 2, 0.92)]))])
+    assert _row(again["summary"], "distilled")["seeds"] == 3
+    assert [run["source"] for run in again["runs"]] == ["a", "b", "c"]
+    with pytest.raises(bench.MergeError, match="batch_real=64 vs 128"):
+        bench.merge_reports([("ab", first), ("c", _report([_run("distilled", 2, 0.92)], batch_real=128))])
+
+
 def test_a_dm_setting_only_separates_distilled_rows(bench):
     # Random replay never runs DM: its rows merge across DM budgets ...
     merged = bench.merge_reports([
