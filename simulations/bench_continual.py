@@ -42,7 +42,12 @@ from typing import Any
 import torch
 
 from fedcond.config import AugmentConfig, ContinualConfig, DistillConfig
-from fedcond.continual import make_split_benchmark, run_continual
+from fedcond.continual import (
+    MEMORY_KINDS,
+    REPLAY_KINDS,
+    make_split_benchmark,
+    run_continual,
+)
 from fedcond.devices import keep_freed_cpu_memory
 from fedcond.distill.augment import LAYOUTS
 from fedcond.distill.dm import INITS
@@ -162,6 +167,7 @@ GDUMB_SETTINGS = ("gdumb_epochs",)
 DM_SETTINGS = ("iterations", "batch_real", "dm_init", "dm_matching", "dm_dsa_layout")
 # Settings added after some results were recorded, with the value those older runs used.
 SETTINGS_BEFORE_THEY_EXISTED = {"dm_dsa_layout": "sample", "dm_init": "real", "dm_matching": "mean"}
+PROTOCOLS = ("naive", "naive+aug", "gdumb")  # table order
 
 
 class MergeError(ValueError):
@@ -183,9 +189,6 @@ def relevant_settings(run: dict[str, Any], settings: dict[str, Any]) -> dict[str
     if run["replay"] == "distilled":
         keys += DM_SETTINGS
     return {k: settings.get(k, SETTINGS_BEFORE_THEY_EXISTED.get(k)) for k in keys}
-
-
-REPLAY_KINDS = ("none", "random", "herding", "distilled", "joint")
 
 
 def parse_merge_source(source: str) -> tuple[Path, tuple[str, ...] | None]:
@@ -242,18 +245,12 @@ def merge_reports(
             seen[(key, run["seed"])] = name
             runs.append({**run, "source": run.get("source", name), "settings": settings})
     benchmarks = list(dict.fromkeys(run["benchmark"] for run in runs))
-    protocols = ("naive", "naive+aug", "gdumb")
     summary = sorted(
         _summarise(runs),
-        key=lambda r: (benchmarks.index(r["benchmark"]), protocols.index(r["protocol"]), r["memory_per_class"],
+        key=lambda r: (benchmarks.index(r["benchmark"]), PROTOCOLS.index(r["protocol"]), r["memory_per_class"],
                        REPLAY_KINDS.index(r["replay"])),
     )
-    return {
-        "sources": sources,
-        "row_settings": [{"row": list(k), "settings": v[0]} for k, v in row_settings.items()],
-        "summary": summary,
-        "runs": runs,
-    }
+    return {"sources": sources, "summary": summary, "runs": runs}
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
@@ -274,8 +271,8 @@ def _figure(rows: list[dict[str, Any]], benchmark: str, path: Path) -> None:
     from fedcond.plots import save_line_plot
 
     series = {}
-    for protocol in ("naive", "naive+aug", "gdumb"):
-        for replay in ("random", "herding", "distilled"):
+    for protocol in PROTOCOLS:
+        for replay in MEMORY_KINDS:
             points = sorted(
                 (r["memory_per_class"], r["accuracy_mean"])
                 for r in rows
@@ -355,9 +352,8 @@ def _merge_main(sources: list[str], out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_continual.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "bench_continual.md").write_text(_markdown(report["summary"]))
-    benchmarks = list(dict.fromkeys(r["benchmark"] for r in report["summary"]))
-    if benchmarks:
-        _figure(report["summary"], benchmarks[0], out / "bench_continual.png")
+    if report["summary"]:  # sorted: the first benchmark's rows come first
+        _figure(report["summary"], report["summary"][0]["benchmark"], out / "bench_continual.png")
     print(_markdown(report["summary"]))
     print(f"merged {len(report['runs'])} runs from {len(parsed)} files -> {out}")
     return 0
