@@ -98,6 +98,10 @@ def validate_reply(
         raise ReplyRejected(f"images have shape {tuple(images_arr.shape)}, expected N x {tuple(image_shape)}")
     if images_arr.shape[0] > max_images:
         raise ReplyRejected(f"{images_arr.shape[0]} images exceed the cap of {max_images}")
+    if tuple(labels_arr.shape) != (images_arr.shape[0],):
+        raise ReplyRejected(
+            f"labels have shape {tuple(labels_arr.shape)}, expected one label per image ({images_arr.shape[0]},)"
+        )
     try:
         synthetic = synthetic_from_record(arrays, meta={"num_classes": num_classes})
         synthetic.validate(num_classes=num_classes, image_shape=tuple(image_shape), max_images=max_images)

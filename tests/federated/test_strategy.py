@@ -72,13 +72,14 @@ def test_good_replies_are_aggregated_and_a_model_is_trained(task_identity, digit
         (lambda: synthetic_reply(9, classes={0: 10}, images=torch.randn(2, 1, 7, 7)), "shape"),
         (lambda: synthetic_reply(9, classes={0: 10}, images=torch.full((2, 1, 8, 8), float("nan"))), "NaN"),
         (lambda: synthetic_reply(9, classes={0: 10}, labels=torch.tensor([0, 12])), "outside the valid range"),
+        (lambda: synthetic_reply(9, classes={0: 10}, images=torch.randn(3, 1, 8, 8)), "one label per image"),
         (lambda: synthetic_reply(9, classes={0: 10}, labels=torch.zeros(500, dtype=torch.long)), "exceed the cap"),
         (lambda: synthetic_reply(9, classes={0: 10}, labels=torch.tensor([0.0, 0.0])), "int64"),
         (lambda: synthetic_reply(9, classes={0: 10}, counts=[10] * 3), "per-class counts"),
         (lambda: synthetic_reply(9, classes={0: 10}, labels=torch.tensor([0, 3])), "no real samples"),
         (lambda: error_reply(9), "client error: ValueError: client crashed"),
     ],
-    ids=["wrong-shape", "nan", "label-range", "over-cap", "dtype", "counts", "orphan-class", "client-exception"],
+    ids=["wrong-shape", "nan", "label-range", "label-count", "over-cap", "dtype", "counts", "orphan-class", "client-exception"],
 )
 def test_malicious_or_broken_reply_is_dropped_and_the_round_goes_on(
     task_identity, digits_spec, caplog, make_reply, reason
