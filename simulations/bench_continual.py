@@ -209,7 +209,8 @@ def merge_reports(
 
     A file whose runs came from several commands (``commands`` plus one ``settings``) is taken
     at its word: its ``settings`` describe all its runs. Merged runs carry their relevant
-    settings, so a merged report can be merged again.
+    settings and their source file, so a merged report can be merged again; its ``sources``
+    (files and commands) carry over for the runs taken from it.
 
     Raises
     ------
@@ -227,8 +228,14 @@ def merge_reports(
             raise MergeError(f"{name}: not a bench_continual.json (no 'runs' or 'settings')")
         keep = kinds[index] if kinds is not None else None
         taken = [run for run in report["runs"] if keep is None or run["replay"] in keep]
-        commands = report.get("commands") or [report.get("command")]
-        sources.append({"file": name, "kinds": list(keep) if keep else "all", "commands": commands, "runs": len(taken)})
+        if "sources" in report:  # a merged report: keep the provenance of the runs taken from it
+            for nested in report["sources"]:
+                count = sum(1 for run in taken if run.get("source") == nested["file"])
+                if count:
+                    sources.append({**nested, "runs": count})
+        else:
+            commands = report.get("commands") or [report.get("command")]
+            sources.append({"file": name, "kinds": list(keep) if keep else "all", "commands": commands, "runs": len(taken)})
         for run in taken:
             key = _row_key(run)
             settings = relevant_settings(run, run.get("settings", report.get("settings")))
@@ -268,21 +275,46 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def _figure(rows: list[dict[str, Any]], benchmark: str, path: Path) -> None:
-    from fedcond.plots import save_line_plot
+    """Final accuracy vs memory, one panel per protocol, one colour per memory kind, std bars.
 
-    series = {}
-    for protocol in PROTOCOLS:
-        for replay in MEMORY_KINDS:
+    ``none`` and ``joint`` (no memory) are drawn as horizontal reference lines.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["benchmark"] == benchmark]
+    protocols = [p for p in PROTOCOLS if any(r["protocol"] == p and r["replay"] in MEMORY_KINDS for r in rows)]
+    if not protocols:
+        return
+    colours = {kind: f"C{i}" for i, kind in enumerate(MEMORY_KINDS)}
+    fig, axes = plt.subplots(1, len(protocols), figsize=(4.6 * len(protocols), 4), sharey=True, squeeze=False)
+    for ax, protocol in zip(axes[0], protocols, strict=True):
+        memories: set[int] = set()
+        for kind in MEMORY_KINDS:
             points = sorted(
-                (r["memory_per_class"], r["accuracy_mean"])
+                (r["memory_per_class"], r["accuracy_mean"], r["accuracy_std"])
                 for r in rows
-                if r["benchmark"] == benchmark and r["protocol"] == protocol and r["replay"] == replay
+                if r["protocol"] == protocol and r["replay"] == kind
             )
             if points:
-                series[f"{replay} ({protocol})"] = ([p[0] for p in points], [p[1] for p in points])
-    if series:
-        save_line_plot(series, path, xlabel="memory (images per class)", ylabel="final average accuracy (%)",
-                       title=f"{benchmark}, class-incremental")
+                memories.update(p[0] for p in points)
+                ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                            marker="o", capsize=3, color=colours[kind], label=kind)
+        for r in rows:
+            if r["protocol"] == protocol and r["replay"] in ("none", "joint"):
+                ax.axhline(r["accuracy_mean"], color="grey", ls="--" if r["replay"] == "joint" else ":", lw=1,
+                           label=f"{r['replay']} ({r['accuracy_mean']:.1f})")
+        ax.set_xticks(sorted(memories))
+        ax.set_xlabel("memory (images per class)")
+        ax.set_title(f"{benchmark}, {protocol}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("final average accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,13 @@ def test_a_merged_report_merges_again_and_keeps_its_checks(bench):
     again = bench.merge_reports([("ab", first), ("c", _report([_run("distilled", 2, 0.92)]))])
     assert _row(again["summary"], "distilled")["seeds"] == 3
     assert [run["source"] for run in again["runs"]] == ["a", "b", "c"]
+    assert [(s["file"], s["commands"], s["runs"]) for s in again["sources"]] == [
+        ("a", ["python simulations/bench_continual.py ..."], 1),
+        ("b", ["python simulations/bench_continual.py ..."], 1),
+        ("c", ["python simulations/bench_continual.py ..."], 1),
+    ]
+    only_b = bench.merge_reports([("ab", {**first, "runs": first["runs"][1:]})])
+    assert [s["file"] for s in only_b["sources"]] == ["b"]
     with pytest.raises(bench.MergeError, match="batch_real=64 vs 128"):
         bench.merge_reports([("ab", first), ("c", _report([_run("distilled", 2, 0.92)], batch_real=128))])
 
