@@ -232,7 +232,10 @@ def merge_reports(
             for nested in report["sources"]:
                 count = sum(1 for run in taken if run.get("source") == nested["file"])
                 if count:
-                    sources.append({**nested, "runs": count})
+                    nested_kinds = nested.get("kinds", "all")
+                    if keep is not None:
+                        nested_kinds = [k for k in (REPLAY_KINDS if nested_kinds == "all" else nested_kinds) if k in keep]
+                    sources.append({**nested, "kinds": nested_kinds, "runs": count})
         else:
             commands = report.get("commands") or [report.get("command")]
             sources.append({"file": name, "kinds": list(keep) if keep else "all", "commands": commands, "runs": len(taken)})

@@ -68,6 +68,9 @@ def test_a_merged_report_merges_again_and_keeps_its_checks(bench):
     ]
     only_b = bench.merge_reports([("ab", {**first, "runs": first["runs"][1:]})])
     assert [s["file"] for s in only_b["sources"]] == ["b"]
+    mixed = bench.merge_reports([("a", _report([_run("distilled", 0, 0.90), _run("random", 0, 0.80)]))])
+    random_only = bench.merge_reports([("merged", mixed)], kinds=[("random",)])
+    assert [(s["file"], s["kinds"], s["runs"]) for s in random_only["sources"]] == [("a", ["random"], 1)]
     with pytest.raises(bench.MergeError, match="batch_real=64 vs 128"):
         bench.merge_reports([("ab", first), ("c", _report([_run("distilled", 2, 0.92)], batch_real=128))])
 
