@@ -233,8 +233,8 @@ def merge_reports(
                 count = sum(1 for run in taken if run.get("source") == nested["file"])
                 if count:
                     nested_kinds = nested.get("kinds", "all")
-                    if keep is not None:
-                        nested_kinds = [k for k in (REPLAY_KINDS if nested_kinds == "all" else nested_kinds) if k in keep]
+                    if keep is not None:  # the filter narrows what the nested source contributed
+                        nested_kinds = list(keep) if nested_kinds == "all" else [k for k in nested_kinds if k in keep]
                     sources.append({**nested, "kinds": nested_kinds, "runs": count})
         else:
             commands = report.get("commands") or [report.get("command")]
