@@ -68,6 +68,8 @@ def data_config_from(args: argparse.Namespace) -> DataConfig:
 def prepare_run_folder(out: Path) -> Path:
     """Create the run folder and keep matplotlib, Flower and Ray state inside it."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     state = out / ".state"
     os.environ.setdefault("MPLCONFIGDIR", str(state / "matplotlib"))

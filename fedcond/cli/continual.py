@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any continual key")
     add_common_arguments(parser, default_out="runs/continual")
-    parser.set_defaults(run=run_continual_command)
+    # None = "not given": a config file's seed then stands (the flag overrides the file)
+    parser.set_defaults(run=run_continual_command, seed=None)
 
 
 def config_from(args: argparse.Namespace) -> ContinualConfig:
@@ -85,7 +86,8 @@ def config_from(args: argparse.Namespace) -> ContinualConfig:
         values["gdumb"] = True
     if args.augment_memory:
         values["augment_memory"] = True
-    values["seed"] = args.seed
+    if args.seed is not None:
+        values["seed"] = args.seed
     values.update(overrides_from(args.set))
     config = parse_config(ContinualConfig, values)
     if config.memory_per_class <= 0:

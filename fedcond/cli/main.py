@@ -56,9 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_cpu_memory()  # CPU training/DM re-use large activations instead of page-faulting
     try:
         return int(args.run(args) or 0)
-    except (CommandError, ValueError, FileNotFoundError) as exc:
-        # ConfigError, DatasetNotFoundError and SyntheticSetError derive from these:
-        # bad input gets one line naming the problem, never a traceback.
+    except (CommandError, ValueError, OSError) as exc:
+        # ConfigError, DatasetNotFoundError and SyntheticSetError derive from these; OSError
+        # covers unreadable or unwritable paths (--out naming a file, permissions) and failed
+        # downloads: bad input gets one line naming the problem, never a traceback.
         print(f"fedcond {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -51,7 +51,6 @@ from fedcond.continual.benchmarks import dataset_tensors, to_avalanche_dataset
 from fedcond.data.registry import ArrayDataset, DatasetSpec
 from fedcond.distill.coreset import HerdingSelector
 from fedcond.distill.dm import DistributionMatching
-from fedcond.distill.statistics import RealStatistics
 from fedcond.distill.synthetic import SyntheticSet
 
 __all__ = ["DistilledBuffer", "class_quotas"]
@@ -133,8 +132,6 @@ class DistilledBuffer(ExemplarsBuffer):
         Required when ``adaptive_size`` is ``False``: every class gets ``max_size // K``.
     device : torch.device | str
         Where DM runs.
-    real_statistics : RealStatistics | None
-        DM's real-side statistics (e.g. the DP version from ``fedcond.privacy``).
     cache_dir : str | Path | None
         Reuse condensed sets keyed by a hash of the real data and the DM settings (files are
         ``.npz`` loaded without pickle). Lets a benchmark share one condensation between the
@@ -158,7 +155,6 @@ class DistilledBuffer(ExemplarsBuffer):
         adaptive_size: bool = True,
         total_num_classes: int | None = None,
         device: torch.device | str = "cpu",
-        real_statistics: RealStatistics | None = None,
         cache_dir: str | Path | None = None,
         progress: bool = False,
     ) -> None:
@@ -174,7 +170,6 @@ class DistilledBuffer(ExemplarsBuffer):
         self.adaptive_size = adaptive_size
         self.total_num_classes = total_num_classes
         self.device = device
-        self.real_statistics = real_statistics
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.progress = progress
         self._memory: dict[int, torch.Tensor] = {}
@@ -356,9 +351,7 @@ class DistilledBuffer(ExemplarsBuffer):
         if path is not None and path.is_file():
             logger.info("distilled memory: reusing %s", path)
             return SyntheticSet.load(path, num_classes=self.spec.num_classes, image_shape=self.spec.image_shape)
-        engine = DistributionMatching(
-            config, device=self.device, real_statistics=self.real_statistics, progress=self.progress
-        )
+        engine = DistributionMatching(config, device=self.device, progress=self.progress)
         start = time.perf_counter()
         with _classes_absent_is_expected():
             synthetic = engine.condense(data).synthetic
@@ -368,7 +361,7 @@ class DistilledBuffer(ExemplarsBuffer):
         return synthetic
 
     def _cache_path(self, data: ArrayDataset, config: DistillConfig) -> Path | None:
-        if self.cache_dir is None or self.real_statistics is not None:
+        if self.cache_dir is None:
             return None
         digest = hashlib.sha1()
         digest.update(data.images.numpy().tobytes())

@@ -205,7 +205,11 @@ def _torchvision_split(factory: Callable[..., object], config: DataConfig, **kwa
     root = _require_root(config)
     try:
         return factory(root=str(root), download=config.download, **kwargs)
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
+        if config.download:
+            raise DatasetNotFoundError(
+                f"dataset {config.dataset!r}: could not download it into {root} ({type(exc).__name__}: {exc})"
+            ) from exc
         raise DatasetNotFoundError(
             f"dataset {config.dataset!r} not found under {root}: expected "
             f"{root}/{_EXPECTED_FILES[config.dataset]} (pass --download to fetch it). "
@@ -281,7 +285,13 @@ def _load_imagefolder(config: DataConfig) -> DatasetSplits:
             stacked = stacked.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(stacked), np.asarray(labels, dtype=np.int64)
 
-    first = next(p for p in (train_dir / classes[0]).glob("*") if p.suffix.lower() in suffixes)
+    first = next(
+        (p for cls in classes for p in sorted((train_dir / cls).glob("*")) if p.suffix.lower() in suffixes), None
+    )
+    if first is None:
+        raise DatasetNotFoundError(
+            f"no images ({', '.join(sorted(suffixes))}) found under {train_dir}/<class>/ for classes {classes[:5]}"
+        )
     with Image.open(first) as img:
         mode = "L" if img.mode in ("L", "1", "I", "I;16") else "RGB"
     train_px, train_y = read(train_dir)

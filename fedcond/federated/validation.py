@@ -9,6 +9,7 @@ Anything else raises :class:`ReplyRejected` with the reason, which the strategy 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +99,8 @@ def validate_reply(
         raise ReplyRejected(f"images have shape {tuple(images_arr.shape)}, expected N x {tuple(image_shape)}")
     if images_arr.shape[0] > max_images:
         raise ReplyRejected(f"{images_arr.shape[0]} images exceed the cap of {max_images}")
+    if images_arr.shape[0] == 0:
+        raise ReplyRejected("the reply holds no synthetic images")
     if tuple(labels_arr.shape) != (images_arr.shape[0],):
         raise ReplyRejected(
             f"labels have shape {tuple(labels_arr.shape)}, expected one label per image ({images_arr.shape[0]},)"
@@ -118,7 +121,12 @@ def validate_reply(
     if orphans:
         raise ReplyRejected(f"synthetic images of classes {orphans} the client reports no real samples of")
     num_examples = metrics.get(NUM_EXAMPLES)
-    if not isinstance(num_examples, (int, float)) or int(num_examples) != int(counts.sum()):
+    if (
+        isinstance(num_examples, bool)
+        or not isinstance(num_examples, (int, float))
+        or not math.isfinite(num_examples)
+        or num_examples != int(counts.sum())
+    ):
         raise ReplyRejected(f"metric {NUM_EXAMPLES!r} ({num_examples}) disagrees with the class counts")
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     return ClientSet(node_id, synthetic, counts, scalars)

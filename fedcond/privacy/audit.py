@@ -186,6 +186,8 @@ def run_audit(
         raise ValueError("audit shadow_models must be >= 0, target_epochs and reference_size > 0")
     if not 0 < config.significance < 1:
         raise ValueError(f"audit significance must lie in (0, 1), got {config.significance}")
+    if not 0 < config.calibration_quantile < 1:
+        raise ValueError(f"audit calibration_quantile must lie in (0, 1), got {config.calibration_quantile}")
     spec = splits.spec
     check_compatible(synthetic, spec)
     say = status or (lambda message: logger.info(message))

@@ -86,9 +86,16 @@ def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor, *, batch_si
 
 
 def min_calibration_samples(quantile: float) -> int:
-    """Held-out images needed so that the ``quantile`` threshold rests on >= 1 expected sample."""
-    return max(20, math.ceil(1.0 / quantile))
+    """Held-out images needed so that the ``quantile`` threshold rests on >= 1 expected sample.
 
+    Raises
+    ------
+    ValueError
+        If ``quantile`` is not in (0, 1).
+    """
+    if not 0 < quantile < 1:
+        raise ValueError(f"calibration quantile must lie in (0, 1), got {quantile}")
+    return max(20, math.ceil(1.0 / quantile))
 
 
 def calibrate_threshold(calibration_distances: torch.Tensor, *, quantile: float) -> float:

@@ -59,6 +59,19 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, argv, message) -> None:
     assert not (tmp_path / "x" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("command", ["distill", "coreset", "continual", "audit"])
+def test_out_naming_a_file_is_one_clear_line_and_the_file_survives(tmp_path, capsys, command) -> None:
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me")
+    argv = [command, "--out", str(existing)]
+    if command == "audit":
+        argv += ["--synthetic", str(tmp_path / "missing.npz")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not a folder" in err and "Traceback" not in err
+    assert existing.read_text() == "keep me"
+
+
 def test_mnist_slice_cli(mnist_root, tmp_path) -> None:
     assert main(["distill", "--dataset", "mnist", "--data-dir", str(mnist_root), "--ipc", "1", "--iterations", "2",
                  "--eval-runs", "1", "--eval-epochs", "2", "--out", str(tmp_path)]) == 0

@@ -67,3 +67,17 @@ def test_augment_memory_without_replay_is_refused(tmp_path, capsys) -> None:
     assert code == 2
     err = capsys.readouterr().err
     assert "augment_memory" in err and "Traceback" not in err
+
+
+def test_seed_comes_from_the_config_file_unless_the_flag_is_given(tmp_path) -> None:
+    from fedcond.cli.continual import config_from
+    from fedcond.cli.main import build_parser
+
+    toml = tmp_path / "continual.toml"
+    toml.write_text('[continual]\nseed = 5\nreplay = "random"\n')
+    parser = build_parser()
+    from_file = config_from(parser.parse_args(["continual", "--config", str(toml)]))
+    assert from_file.seed == 5 and from_file.replay == "random"
+    flag_wins = config_from(parser.parse_args(["continual", "--config", str(toml), "--seed", "2"]))
+    assert flag_wins.seed == 2
+    assert config_from(parser.parse_args(["continual"])).seed == 0

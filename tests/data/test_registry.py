@@ -60,3 +60,24 @@ def test_imagefolder(tmp_path) -> None:
     Image.new("RGB", (6, 6)).save(tmp_path / "test" / "fox" / "0.png")
     with pytest.raises(ValueError, match="class folders that .* lacks: fox"):
         load_dataset(DataConfig(dataset="imagefolder", data_dir=tmp_path))
+
+
+def test_imagefolder_with_class_folders_but_no_images_is_one_clear_error(tmp_path) -> None:
+    for split in ("train", "test"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetNotFoundError, match=r"no images .* found under .*train/<class>/"):
+        load_dataset(DataConfig(dataset="imagefolder", data_dir=tmp_path))
+
+
+def test_a_failed_download_names_the_dataset_and_the_cause(tmp_path, monkeypatch) -> None:
+    import urllib.error
+
+    import torchvision.datasets as tvd
+
+    def offline(**kwargs: object) -> object:
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(tvd, "MNIST", offline)
+    with pytest.raises(DatasetNotFoundError, match=r"'mnist': could not download it into .*URLError.*no route to host"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=tmp_path, download=True))

@@ -45,6 +45,7 @@ def synthetic_reply(
     images: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     counts: list[int] | None = None,
+    num_examples: float | None = None,
     seed: int = 0,
 ) -> Message:
     """A reply like the ClientApp's: ``classes`` maps class -> real count on the client."""
@@ -57,7 +58,8 @@ def synthetic_reply(
     if counts is None:
         counts = [classes.get(c, 0) for c in range(10)]
     arrays = ArrayRecord({"images": Array(images.numpy()), "labels": Array(labels.numpy())})
-    metrics = MetricRecord({NUM_EXAMPLES: int(sum(counts)), CLASS_COUNTS: counts, "distill-seconds": 1.0})
+    reported = int(sum(counts)) if num_examples is None else num_examples
+    metrics = MetricRecord({NUM_EXAMPLES: reported, CLASS_COUNTS: counts, "distill-seconds": 1.0})
     return Message(RecordDict({SYNTHETIC_KEY: arrays, METRICS_KEY: metrics}), reply_to=request_to(node_id))
 
 

@@ -77,9 +77,21 @@ def test_good_replies_are_aggregated_and_a_model_is_trained(task_identity, digit
         (lambda: synthetic_reply(9, classes={0: 10}, labels=torch.tensor([0.0, 0.0])), "int64"),
         (lambda: synthetic_reply(9, classes={0: 10}, counts=[10] * 3), "per-class counts"),
         (lambda: synthetic_reply(9, classes={0: 10}, labels=torch.tensor([0, 3])), "no real samples"),
+        (lambda: synthetic_reply(9, classes={0: 10}, num_examples=float("nan")), "disagrees with the class counts"),
+        (lambda: synthetic_reply(9, classes={0: 10}, num_examples=float("inf")), "disagrees with the class counts"),
+        (lambda: synthetic_reply(9, classes={0: 10}, num_examples=10.5), "disagrees with the class counts"),
+        (
+            lambda: synthetic_reply(
+                9, classes={0: 10}, images=torch.zeros(0, 1, 8, 8), labels=torch.zeros(0, dtype=torch.long)
+            ),
+            "no synthetic images",
+        ),
         (lambda: error_reply(9), "client error: ValueError: client crashed"),
     ],
-    ids=["wrong-shape", "nan", "label-range", "label-count", "over-cap", "dtype", "counts", "orphan-class", "client-exception"],
+    ids=[
+        "wrong-shape", "nan", "label-range", "label-count", "over-cap", "dtype", "counts", "orphan-class",
+        "nan-num-examples", "inf-num-examples", "fractional-num-examples", "empty-set", "client-exception",
+    ],
 )
 def test_malicious_or_broken_reply_is_dropped_and_the_round_goes_on(
     task_identity, digits_spec, caplog, make_reply, reason

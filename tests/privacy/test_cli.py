@@ -70,6 +70,15 @@ def test_audit_needs_enough_held_out_images(copied_set: Path, tmp_path: Path, ca
     assert "at least 1000" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("quantile", ["0", "1", "-0.5"])
+def test_audit_rejects_a_quantile_outside_the_unit_interval(
+    copied_set: Path, tmp_path: Path, capsys, quantile: str
+) -> None:
+    argv = ["audit", "--synthetic", str(copied_set), "--out", str(tmp_path / "a"), f"--quantile={quantile}", *FAST_AUDIT]
+    assert main(argv) == 2
+    assert "calibration_quantile must lie in (0, 1)" in capsys.readouterr().err
+
+
 def test_dp_distill_reports_epsilon_within_the_request(tmp_path: Path) -> None:
     out = tmp_path / "dp"
     argv = [
