@@ -47,7 +47,10 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     # federated (Flower)
     "FedCond": "fedcond.federated",
+    "FederatedJob": "fedcond.federated",
+    "job_from_mapping": "fedcond.federated",
     "run_federated": "fedcond.federated",
+    "simulate": "fedcond.federated",
     "validate_reply": "fedcond.federated",
     # continual (Avalanche)
     "DistilledBuffer": "fedcond.continual",
@@ -59,6 +62,7 @@ _LAZY: dict[str, str] = {
     "recoverability": "fedcond.privacy",
     "membership_inference": "fedcond.privacy",
     "dp_statistics_for": "fedcond.privacy",
+    "PrivacyAccountant": "fedcond.privacy",
 }
 
 __all__ = [

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedcond.config import ConfigError, DataConfig, parse_config
+from fedcond.config import DataConfig, parse_config
 from fedcond.data.registry import available_datasets
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "add_data_arguments",
     "console",
     "data_config_from",
+    "overrides_from",
     "prepare_run_folder",
     "print_table",
     "write_metrics",
@@ -130,5 +131,3 @@ def overrides_from(pairs: Sequence[str] | None) -> dict[str, str]:
         out[key.strip()] = value.strip()
     return out
 
-
-__all__ += ["overrides_from", "ConfigError"]

@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fedcond`` parser with one sub-command per module in ``_COMMAND_MODULES``."""
     parser = argparse.ArgumentParser(
         prog="fedcond",
         description="Federated and continual learning on distilled data (distribution matching).",
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sub-command; returns the exit status (2 for bad input, with one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -1,13 +1,15 @@
 """The condensation engine: DM, siamese augmentation, coresets, synthetic sets, evaluation."""
 
-from fedcond.distill.augment import AugmentParams, SiameseAugment
-from fedcond.distill.dm import CondensationResult, DistributionMatching, dm_loss
+from fedcond.distill.augment import LAYOUTS, AugmentParams, SiameseAugment
+from fedcond.distill.dm import INITS, CondensationResult, DistributionMatching, dm_loss, initial_synthetic
 from fedcond.distill.kmeans import KMeansResult, kmeans
 from fedcond.distill.matching import MATCHINGS, check_matching, class_mmd_loss, gaussian_mmd2
 from fedcond.distill.statistics import MeanStatistics, RealBatch, RealStatistics
 from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
 
 __all__ = [
+    "INITS",
+    "LAYOUTS",
     "AugmentParams",
     "CondensationResult",
     "DistributionMatching",
@@ -23,6 +25,7 @@ __all__ = [
     "class_mmd_loss",
     "dm_loss",
     "gaussian_mmd2",
+    "initial_synthetic",
     "kmeans",
 ]
 
@@ -41,6 +44,7 @@ from fedcond.distill.evaluate import (  # noqa: E402
     evaluate_synthetic,
     predict_logits,
     train_model,
+    train_with_recipe,
 )
 
 __all__ += [
@@ -56,4 +60,5 @@ __all__ += [
     "predict_logits",
     "select_coreset",
     "train_model",
+    "train_with_recipe",
 ]

@@ -41,6 +41,7 @@ class RandomSelector:
     name = "random"
 
     def select(self, images: torch.Tensor, *, k: int, generator: torch.Generator) -> torch.Tensor:
+        """Indices of ``k`` images drawn uniformly without replacement (all of them if fewer)."""
         return torch.randperm(images.shape[0], generator=generator)[:k]
 
 
@@ -65,16 +66,28 @@ class HerdingSelector:
 
     @torch.inference_mode()
     def features(self, images: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        """Float32 embeddings of ``images`` (eval mode; a supplied embedder keeps its own mode).
+
+        Raises
+        ------
+        ValueError
+            Without an embedder and without ``spec`` (the random embedder's input shape).
+        """
         net = self.embedder
         if net is None:
             if self.spec is None:
                 raise ValueError("HerdingSelector needs a dataset spec or an embedder")
             net = get_model(self.model, self.spec, generator=generator)
+        was_training = net.training
         net.eval()
         embed = getattr(net, "embed", net)
-        return torch.cat([embed(images[i : i + 512]).float() for i in range(0, len(images), 512)])
+        try:
+            return torch.cat([embed(images[i : i + 512]).float() for i in range(0, len(images), 512)])
+        finally:
+            net.train(was_training)
 
     def select(self, images: torch.Tensor, *, k: int, generator: torch.Generator) -> torch.Tensor:
+        """Indices of ``k`` images in herding order (see :func:`herding_order`)."""
         feats = self.features(images, generator=generator)
         return herding_order(feats, k=k)
 

@@ -179,7 +179,9 @@ class DistributionMatching:
         The DP variant from ``fedcond.privacy`` plugs in here.
     embedder : nn.Module | None
         A fixed embedding network (e.g. the federated global model). When ``None`` a freshly
-        initialised ``config.model`` is drawn every iteration, as in the paper.
+        initialised ``config.model`` is drawn every iteration, as in the paper. It is moved to
+        ``device``; during :meth:`condense` it is frozen and in train mode, and afterwards its
+        ``requires_grad`` flags and train/eval modes are as before.
     progress : bool
         Show a tqdm bar with the loss and it/s.
 
@@ -223,6 +225,7 @@ class DistributionMatching:
         self.embedder = embedder
         self.progress = progress
         self._net: nn.Module | None = None
+        self._net_shape: tuple[tuple[int, ...], int] | None = None
         self._real_embed: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._batch_statistics = False
 
@@ -258,6 +261,33 @@ class DistributionMatching:
         -------
         CondensationResult
         """
+        if self.embedder is None:
+            return self._condense(
+                data, start=start, checkpoint_path=checkpoint_path, resume=resume, on_iteration=on_iteration
+            )
+        # the supplied embedder is frozen and put in train mode for the run; give it back as it came
+        training = {m: m.training for m in self.embedder.modules()}
+        trainable = {p: p.requires_grad for p in self.embedder.parameters()}
+        try:
+            return self._condense(
+                data, start=start, checkpoint_path=checkpoint_path, resume=resume, on_iteration=on_iteration
+            )
+        finally:
+            for module, mode in training.items():
+                module.training = mode
+            for param, flag in trainable.items():
+                param.requires_grad_(flag)
+            self._net, self._real_embed = None, None  # the next condense() prepares it again
+
+    def _condense(
+        self,
+        data: ArrayDataset,
+        *,
+        start: torch.Tensor | None,
+        checkpoint_path: str | Path | None,
+        resume: bool,
+        on_iteration: Callable[[int, float], None] | None,
+    ) -> CondensationResult:
         cfg = self.config
         spec = data.spec
         if len(data) == 0:
@@ -270,6 +300,10 @@ class DistributionMatching:
                 f"(found {int(data.labels.min())}..{int(data.labels.max())})"
             )
         num_classes = spec.num_classes
+        if self.embedder is None and self._net_shape != (tuple(spec.image_shape), num_classes):
+            # the random network kept from an earlier condense() fits another image shape or class count
+            self._net, self._real_embed = None, None
+            self._net_shape = (tuple(spec.image_shape), num_classes)
         counts = data.class_counts()
         classes = [c for c in range(num_classes) if counts[c] > 0]
         skipped = [c for c in range(num_classes) if counts[c] == 0]

@@ -151,11 +151,19 @@ def train_with_recipe(
 def predict_logits(
     model: nn.Module, images: torch.Tensor, *, device: torch.device | str = "cpu", batch_size: int = 1024
 ) -> torch.Tensor:
-    """Logits of ``model`` on ``images`` (float32, on CPU), in eval mode."""
+    """Logits of ``model`` on ``images`` (float32, on CPU), computed in eval mode.
+
+    The model is moved to ``device``; its train/eval mode is restored afterwards.
+    """
     device = resolve_device(device)
+    was_training = model.training
     model.to(device).eval()
-    outputs = [model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
-    model.train()
+    try:
+        outputs = [
+            model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)
+        ]
+    finally:
+        model.train(was_training)
     return torch.cat(outputs) if outputs else torch.zeros(0)
 
 
@@ -190,14 +198,25 @@ def evaluate_synthetic(
         Runs, epochs and the optimiser recipe.
     seed : int
         Run ``k`` initialises and trains from ``seed + k``.
+
+    Raises
+    ------
+    SyntheticSetError
+        If the images do not match the test set's shape, hold NaN, or labels fall outside its
+        classes (for a set and for a bare pair alike).
+    ValueError
+        If ``config.runs`` is negative.
     """
     if isinstance(synthetic, SyntheticSet):
         images, labels = synthetic.images, synthetic.labels
-        SyntheticSet(images, labels, {"num_classes": test.spec.num_classes}).validate(
-            image_shape=test.spec.image_shape
-        )
     else:
         images, labels = synthetic
+        # a bare (images, labels) pair gets the same checks as a set; only widths are adapted
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            images = images.float()
+        if isinstance(labels, torch.Tensor) and not labels.is_floating_point():
+            labels = labels.long()
+    SyntheticSet(images, labels, {"num_classes": test.spec.num_classes}).validate(image_shape=test.spec.image_shape)
     if config.runs < 0:
         raise ValueError(f"eval runs must be >= 0, got {config.runs}")
     accuracies: list[float] = []

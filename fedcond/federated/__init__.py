@@ -1,7 +1,11 @@
 """Federated condensation on Flower: clients distill, the server aggregates synthetic sets.
 
-Importing this package imports Flower; the engine (:mod:`fedcond.distill`) never does.
+Importing this package imports Flower; the engine (:mod:`fedcond.distill`) never does. The
+simulation drivers (``simulate``, ``simulate_in_process``) load Flower's simulation engine, so
+they are imported on first access.
 """
+
+import importlib
 
 from fedcond.federated.accounting import CountingGrid, RoundTraffic
 from fedcond.federated.aggregation import AggregatedSet, aggregate_sets
@@ -11,6 +15,13 @@ from fedcond.federated.job import STRATEGIES, FederatedJob, job_from_mapping, jo
 from fedcond.federated.server_app import FederatedReport, run_federated
 from fedcond.federated.strategy import FedCond, RoundReport
 from fedcond.federated.validation import ClientSet, ReplyRejected, validate_reply
+
+_LAZY = {
+    "InProcessGrid": "fedcond.federated.inprocess",
+    "SimulationError": "fedcond.federated.simulation",
+    "simulate": "fedcond.federated.simulation",
+    "simulate_in_process": "fedcond.federated.simulation",
+}
 
 __all__ = [
     "STRATEGIES",
@@ -34,3 +45,10 @@ __all__ = [
     "run_federated",
     "validate_reply",
 ]
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fedcond.federated' has no attribute {name!r}")

@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from flwr.app import Message, RecordDict
+from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 
 from fedcond.federated.records import CONFIG_KEY, SERVER_ROUND, payload_bytes
 
@@ -100,11 +102,11 @@ class CountingGrid(Grid):
                     entry.uplink_bytes += payload_bytes(reply.content)
 
     # ---------------------------------------------------------------- Grid interface
-    def set_run(self, run):  # noqa: ANN001, ANN201 - Grid's signature
-        return self._grid.set_run(run)
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
 
     @property
-    def run(self):  # noqa: ANN201
+    def run(self) -> Run:
         return self._grid.run
 
     def create_message(  # noqa: PLR0913 - Grid's signature
@@ -115,7 +117,7 @@ class CountingGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return self._grid.get_node_ids()
 
-    def get_nodes(self):  # noqa: ANN201
+    def get_nodes(self) -> Iterable[NodeInfo]:
         return self._grid.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:

@@ -76,6 +76,7 @@ def federated_test_set(job: FederatedJob) -> ArrayDataset:
 def _cached_partition(
     dataset: str,
     data_dir: str | None,
+    download: bool,
     method: str,
     num_partitions: int,
     seed: int,
@@ -84,7 +85,7 @@ def _cached_partition(
     min_size: int,
     per_class: int | None,
 ) -> tuple[np.ndarray, ...]:
-    labels = _cached_splits(dataset, data_dir, False).train.labels
+    labels = _cached_splits(dataset, data_dir, download).train.labels  # the same cache entry as load_splits
     pool = per_class_subset(labels, per_class=per_class, seed=seed)
     parts = partition_indices(
         labels.numpy()[pool],
@@ -113,6 +114,7 @@ def client_partition(job: FederatedJob, *, partition_id: int, num_partitions: in
     parts = _cached_partition(
         job.data.dataset,
         str(job.data.data_dir) if job.data.data_dir else None,
+        job.data.download,
         fed.partition,
         num_partitions,
         fed.seed,

@@ -19,6 +19,7 @@ from uuid import uuid4
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedcond.federated.records import NUM_PARTITIONS, PARTITION_ID
@@ -68,13 +69,13 @@ class InProcessGrid(Grid):
             for i in range(num_nodes)
         }
         self._replies: dict[str, Message] = {}
-        self._run = None
+        self._run: Run | None = None
 
-    def set_run(self, run):  # noqa: ANN001, ANN201 - Grid's signature
+    def set_run(self, run: Run) -> None:
         self._run = run
 
     @property
-    def run(self):  # noqa: ANN201
+    def run(self) -> Run | None:
         return self._run
 
     def create_message(

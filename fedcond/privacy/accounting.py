@@ -173,9 +173,17 @@ class PrivacyAccountant:
         return float(self._accountant.get_epsilon(delta=delta, **_epsilon_options(self.mechanism)))
 
     def state_dict(self) -> dict[str, Any]:
+        """The mechanism name and the step history, JSON-serialisable (for checkpoints)."""
         return {"mechanism": self.mechanism, "history": [list(h) for h in self._accountant.history]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the history written by :meth:`state_dict`.
+
+        Raises
+        ------
+        PrivacyBudgetError
+            If ``state`` was written by an accountant of another mechanism.
+        """
         if state.get("mechanism") != self.mechanism:
             raise PrivacyBudgetError(
                 f"accountant state is for {state.get('mechanism')!r}, this accountant is {self.mechanism!r}"

@@ -206,11 +206,21 @@ class DPMeanStatistics:
         return self.accountant.steps
 
     def sample_batch(self, class_pools: list[torch.Tensor], *, generator: torch.Generator) -> RealBatch:
+        """A Poisson sample of every class pool at the plan's sample rate (the amplified batch)."""
         return poisson_sample(class_pools, sample_rate=self.plan.sample_rate, generator=generator)
 
     def class_means(
         self, embeddings: torch.Tensor, groups: torch.Tensor, *, num_classes: int, generator: torch.Generator
     ) -> torch.Tensor:
+        """Noisy per-class mean embeddings: clipped per-sample sums plus Gaussian noise.
+
+        Each call is one accounted step.
+
+        Raises
+        ------
+        PrivacyBudgetError
+            Once the calibrated number of steps is spent.
+        """
         if self.steps >= self.plan.steps:
             raise PrivacyBudgetError(
                 f"the DP budget (epsilon={self.plan.epsilon}, delta={self.plan.delta}) was calibrated for "

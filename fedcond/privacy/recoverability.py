@@ -321,12 +321,21 @@ class Recoverability:
         self._batches: list[torch.Tensor] = []
 
     def update(self, synthetic: torch.Tensor) -> None:
+        """Add a batch of synthetic images (e.g. one client's set) to the audited pool."""
         self._batches.append(synthetic.detach().cpu())
 
     def reset(self) -> None:
+        """Forget every batch added so far."""
         self._batches = []
 
     def compute(self) -> RecoverabilityResult:
+        """:func:`recoverability` of every batch added since the last :meth:`reset`.
+
+        Raises
+        ------
+        ValueError
+            If no batch was added.
+        """
         if not self._batches:
             raise ValueError("no synthetic images given: call update() first")
         return recoverability(

@@ -104,6 +104,33 @@ def test_supplied_embedder_is_used_and_left_unchanged(digits) -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, embedder.parameters(), strict=True))
 
 
+def test_supplied_embedder_gets_its_mode_and_grad_flags_back_and_a_second_run_repeats(digits) -> None:
+    embedder = get_model("convnet", digits.spec, generator=torch.Generator().manual_seed(5)).eval()
+    engine = DistributionMatching(DistillConfig(ipc=1, iterations=2, seed=0), embedder=embedder)
+    first = engine.condense(digits.train).synthetic
+    assert not embedder.training and all(p.requires_grad for p in embedder.parameters())
+    second = engine.condense(digits.train).synthetic
+    assert torch.equal(first.images, second.images)
+    assert not embedder.training and all(p.requires_grad for p in embedder.parameters())
+
+
+def test_one_engine_condenses_datasets_of_different_shapes(digits) -> None:
+    import torch.nn.functional as F
+
+    from fedcond.data import ArrayDataset, DatasetSpec
+
+    engine = DistributionMatching(DistillConfig(ipc=1, iterations=2, seed=0))
+    small = engine.condense(digits.train).synthetic
+    spec = digits.spec
+    big_spec = DatasetSpec(spec.name, spec.num_classes, spec.channels, (16, 16), spec.mean, spec.std)
+    big = ArrayDataset(F.interpolate(digits.train.images, size=(16, 16)), digits.train.labels, big_spec)
+    large = engine.condense(big).synthetic
+    assert small.images.shape[1:] == (1, 8, 8) and large.images.shape[1:] == (1, 16, 16)
+    # reusing the engine changes nothing: a fresh one gives the same set
+    fresh = DistributionMatching(DistillConfig(ipc=1, iterations=2, seed=0)).condense(big).synthetic
+    assert torch.equal(large.images, fresh.images)
+
+
 def test_chunked_real_forward_matches_one_forward(digits) -> None:
     # digits holds ~144 images per class, so every iteration embeds ~1437 real images: chunks of
     # 100 (with a padded 37-image tail when compiled) must give the same synthetic set in fp32

@@ -39,3 +39,32 @@ def test_eval_result_statistics() -> None:
     assert result.mean == pytest.approx(0.6)
     assert result.std == pytest.approx(0.1)
     assert "60.00 ± 10.00%" == str(result)
+
+
+def test_a_bare_pair_with_labels_outside_the_classes_is_one_clear_error(digits) -> None:
+    from fedcond.distill.synthetic import SyntheticSetError
+
+    images = digits.train.images[:4]
+    with pytest.raises(SyntheticSetError, match=r"labels span \[0, 12\], outside the valid range \[0, 10\)"):
+        evaluate_synthetic((images, torch.tensor([0, 1, 2, 12])), digits.test, EvalConfig(runs=1, epochs=1))
+    with pytest.raises(SyntheticSetError, match="the dataset's images are"):
+        evaluate_synthetic((torch.zeros(4, 1, 7, 7), torch.arange(4)), digits.test, EvalConfig(runs=1, epochs=1))
+    # int32 labels and float64 images are widened, not refused
+    result = evaluate_synthetic(
+        (images.double(), digits.train.labels[:4].int()), digits.test, EvalConfig(runs=1, epochs=1)
+    )
+    assert len(result.accuracies) == 1
+
+
+def test_predict_logits_and_herding_features_give_the_model_its_mode_back(digits) -> None:
+    from fedcond.distill.coreset import HerdingSelector
+    from fedcond.distill.evaluate import predict_logits
+    from fedcond.models import get_model
+
+    model = get_model("convnet", digits.spec, generator=torch.Generator().manual_seed(0))
+    for training in (True, False):
+        model.train(training)
+        assert predict_logits(model, digits.test.images[:8]).shape == (8, 10)
+        assert model.training is training
+        HerdingSelector(model).features(digits.test.images[:8], generator=torch.Generator().manual_seed(0))
+        assert model.training is training
