@@ -102,10 +102,13 @@ def test_plugin_without_augmentation_replays_stored_images(digits_stream: SplitB
     stub = _StrategyStub(to_avalanche_dataset(current_images, current_labels), mb_size=16)
     DistilledReplayPlugin(buffer).before_training_exp(stub)
     memory_classes = set(memory_labels.tolist())
+    seen_memory = 0
     for x, y, _ in stub.dataloader:
         for image, label in zip(x, y.tolist(), strict=True):
             if label in memory_classes:
+                seen_memory += 1
                 assert bool(((image - memory_images[:8]).flatten(1).abs().amax(dim=1) == 0).any())
+    assert seen_memory > 0, "the plugin mixed no memory image into the batches"
 
 
 def test_memory_augmentation_needs_replay_with_a_memory() -> None:

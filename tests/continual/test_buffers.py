@@ -98,6 +98,34 @@ def test_fixed_total_budget_shrinks_older_classes_to_their_importance_prefix(dig
     assert set(buffer.class_counts().values()) == {1} and len(buffer.buffer) == 6
 
 
+def test_resize_never_grows_a_condensed_class_and_refuses_a_budget_below_the_class_count(digits_stream) -> None:
+    buffer = DistilledBuffer(4, spec=digits_stream.spec, distill=TINY_DM)
+    first = digits_stream.experience_classes[0]
+    buffer.update_from_tensors(*_tensors(_experience(digits_stream, 0)))
+    assert buffer.class_counts() == {c: 2 for c in first}
+    kept = buffer.tensors()[0].clone()
+    # a larger budget cannot grow classes whose real data is gone; later classes get the room
+    buffer.resize(None, 12)
+    assert buffer.max_size == 12 and buffer.class_counts() == {c: 2 for c in first}
+    buffer.update_from_tensors(*_tensors(_experience(digits_stream, 1)))
+    counts = buffer.class_counts()
+    assert [counts[c] for c in first] == [2, 2]
+    assert [counts[c] for c in digits_stream.experience_classes[1]] == [3, 3]
+    # four classes seen: a budget of 3 cannot hold one image each; nothing changes
+    before = buffer.tensors()[0].clone()
+    with pytest.raises(ValueError, match="every class needs at least one image"):
+        buffer.resize(None, 3)
+    assert buffer.max_size == 12 and torch.equal(buffer.tensors()[0], before)
+    assert torch.equal(before[:4], kept)
+
+
+def test_budget_mode_arguments_must_agree(digits_stream) -> None:
+    with pytest.raises(ValueError, match="adaptive_size=False needs total_num_classes"):
+        DistilledBuffer(10, spec=digits_stream.spec, adaptive_size=False)
+    with pytest.raises(ValueError, match="total_num_classes is only used with adaptive_size=False"):
+        DistilledBuffer(10, spec=digits_stream.spec, total_num_classes=10)
+
+
 def test_class_with_a_single_sample_is_condensed_from_noise_to_its_full_quota(digits_stream, caplog) -> None:
     data = _experience(digits_stream, 0)
     a, b = digits_stream.experience_classes[0]
@@ -127,13 +155,24 @@ def test_a_returning_class_is_recondensed_within_its_quota(digits_stream) -> Non
     assert not torch.equal(buffer.tensors()[0], old)
 
 
-def test_cache_reuses_a_condensation(digits_stream, tmp_path) -> None:
+def test_cache_reuses_a_condensation(digits_stream, tmp_path, monkeypatch) -> None:
+    from fedcond.distill.dm import DistributionMatching
+
+    runs: list[int] = []
+    condense = DistributionMatching.condense
+
+    def counting(self, *args, **kwargs):
+        runs.append(1)
+        return condense(self, *args, **kwargs)
+
+    monkeypatch.setattr(DistributionMatching, "condense", counting)
     data = _experience(digits_stream, 0)
     first = DistilledBuffer.per_class(2, num_classes=10, spec=digits_stream.spec, distill=TINY_DM, cache_dir=tmp_path)
     first.update_from_tensors(data.images, data.labels)
-    assert first.condense_seconds > 0 and list(tmp_path.glob("dm-*.npz"))
+    assert len(runs) == 1 and list(tmp_path.glob("dm-*.npz"))
     second = DistilledBuffer.per_class(2, num_classes=10, spec=digits_stream.spec, distill=TINY_DM, cache_dir=tmp_path)
     second.update_from_tensors(data.images, data.labels)
+    assert len(runs) == 1, "the second buffer ran DM instead of reading the cache"
     assert second.condense_seconds == 0
     assert torch.equal(first.tensors()[0], second.tensors()[0])
     assert len(second.synthetic_set()) == 4

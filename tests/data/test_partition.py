@@ -79,6 +79,14 @@ def test_shards_give_few_classes_per_client():
         ({"method": "dirichlet", "min_partition_size": 1000}, "exceeds"),
         ({"method": "iid", "num_partitions": 0}, "num_partitions must be >= 1"),
         ({"method": "shards", "shards_per_client": 0}, "shards_per_client"),
+        ({"method": "iid", "num_partitions": 101}, "cannot split 100 samples into 101 non-empty partitions"),
+        ({"method": "shards", "num_partitions": 30, "shards_per_client": 4}, "120 shards requested from only 100"),
+        # 100 samples, 20 clients of >= 5 each: every client needs exactly its share, which
+        # Dirichlet(0.01) essentially never draws
+        (
+            {"method": "dirichlet", "num_partitions": 20, "alpha": 0.01, "min_partition_size": 5},
+            r"no Dirichlet\(alpha=0.01\) draw in \d+ gave every one of 20 clients >= 5",
+        ),
     ],
 )
 def test_bad_settings_name_the_problem(kwargs, match):

@@ -20,6 +20,10 @@ def test_same_slot_gets_the_same_transform(name: str, digits) -> None:
     out_syn = augment.apply(syn, params, slots)
     assert params.transform == name
     assert torch.allclose(out_real, out_syn)
+    # one image in every position: positions that share a slot come out identical
+    same = augment.apply(real[:1].repeat(6, 1, 1, 1), params, slots)
+    for a, b in ((0, 3), (1, 4), (2, 5)):
+        torch.testing.assert_close(same[a], same[b])
     out_syn.sum().backward()  # differentiable w.r.t. the synthetic images
     assert syn.grad is not None and torch.isfinite(syn.grad).all()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -35,11 +36,22 @@ def test_truncated_file_is_refused(tmp_path) -> None:
         SyntheticSet.load(path)
 
 
-def test_pickled_object_array_is_refused(tmp_path) -> None:
+class _RunsCodeWhenUnpickled:
+    """A pickle payload that would set an environment variable if anything unpickled it."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return exec, ("import os; os.environ['FEDCOND_TEST_PICKLE_RAN'] = '1'",)
+
+
+def test_pickled_object_array_is_refused_without_unpickling(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("FEDCOND_TEST_PICKLE_RAN", raising=False)
     path = tmp_path / "evil.npz"
-    np.savez(path, images=np.array([object()], dtype=object), labels=np.zeros(1, np.int64), meta=np.array("{}"))
-    with pytest.raises(SyntheticSetError):
+    evil = np.empty(1, dtype=object)
+    evil[0] = _RunsCodeWhenUnpickled()
+    np.savez(path, images=evil, labels=np.zeros(1, np.int64), meta=np.array("{}"))
+    with pytest.raises(SyntheticSetError, match="pickle"):
         SyntheticSet.load(path)
+    assert "FEDCOND_TEST_PICKLE_RAN" not in os.environ, "the payload was unpickled"
 
 
 @pytest.mark.parametrize(
@@ -50,6 +62,9 @@ def test_pickled_object_array_is_refused(tmp_path) -> None:
         (np.zeros((2, 1, 8, 8), np.float64), np.zeros(2, np.int64), "float32"),
         (np.zeros((2, 8, 8), np.float32), np.zeros(2, np.int64), "N x C x H x W"),
         (np.zeros((2, 1, 8, 8), np.float32), np.zeros(3, np.int64), "labels of shape"),
+        (np.full((2, 1, 8, 8), np.inf, np.float32), np.zeros(2, np.int64), "NaN or infinite"),
+        (np.zeros((2, 1, 8, 8), np.float32), np.array([-1, 0]), r"labels span \[-1, 0\]"),
+        (np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, np.int32), "int64 labels, got float32 and int32"),
     ],
 )
 def test_inconsistent_contents_are_refused(tmp_path, images, labels, message) -> None:
@@ -57,6 +72,23 @@ def test_inconsistent_contents_are_refused(tmp_path, images, labels, message) ->
     np.savez(path, images=images, labels=labels, meta=np.array(json.dumps({"num_classes": 10})))
     with pytest.raises(SyntheticSetError, match=message):
         SyntheticSet.load(path)
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [("[1, 2]", "not a JSON object"), ("{not json", "corrupted or not a fedcond synthetic set: Expecting property name")],
+)
+def test_metadata_that_is_not_a_json_object_is_refused(tmp_path, meta: str, message: str) -> None:
+    path = tmp_path / "bad_meta.npz"
+    np.savez(path, images=np.zeros((2, 1, 8, 8), np.float32), labels=np.zeros(2, np.int64), meta=np.array(meta))
+    with pytest.raises(SyntheticSetError, match=message):
+        SyntheticSet.load(path)
+
+
+def test_labels_beyond_the_callers_class_count_are_refused(tmp_path) -> None:
+    path = SyntheticSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 7]), {"num_classes": 10}).save(tmp_path / "s.npz")
+    with pytest.raises(SyntheticSetError, match=r"outside the valid range \[0, 5\)"):
+        SyntheticSet.load(path, num_classes=5)
 
 
 def test_shape_mismatch_with_dataset(tmp_path) -> None:

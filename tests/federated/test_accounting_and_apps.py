@@ -92,7 +92,6 @@ def test_federated_matching_is_checked_when_the_job_is_read(overrides: dict, mat
 
 
 def test_dp_client_reports_its_spent_budget():
-    pytest.importorskip("fedcond.privacy.dp", reason="fedcond.privacy.dp is not available")
     from fedcond.federated.client import client_partition, condense_partition
 
     job = job_from_mapping({"num_clients": 4, "alpha": 0.5, "distill.ipc": 2, "distill.iterations": 3,

@@ -163,7 +163,6 @@ def test_distill_config_survives_the_config_record():
 
 
 def test_dp_epsilon_accumulates_across_rounds_in_context_state(task_identity):
-    pytest.importorskip("fedcond.privacy.dp", reason="fedcond.privacy.dp is not available")
     job = {**JOB, "rounds": 2, "dp.epsilon": 4.0, "dp.delta": 1e-5}
     context = _context(3)
     model = {MODEL_KEY: model_to_record(get_model("convnet", get_spec("digits")))}

@@ -11,9 +11,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedcond.config import FederatedConfig, parse_config
 from fedcond.federated.aggregation import aggregate_sets
-from fedcond.federated.records import CONFIG_KEY, MODEL_KEY, SERVER_ROUND, SYNTHETIC_KEY
+from fedcond.distill.evaluate import predict_logits
+from fedcond.federated.records import CONFIG_KEY, MODEL_KEY, SERVER_ROUND, SYNTHETIC_KEY, model_from_record
 from fedcond.federated.strategy import FedCond
 from fedcond.federated.validation import ReplyRejected, validate_reply
+from fedcond.models import get_model
 
 from .conftest import error_reply, request_to, synthetic_reply
 
@@ -56,12 +58,17 @@ def test_multi_round_sends_the_global_model_from_round_two(task_identity, digits
 
 
 def test_good_replies_are_aggregated_and_a_model_is_trained(task_identity, digits_spec):
-    strategy = _strategy(digits_spec)
+    strategy = _strategy(digits_spec, server_epochs=100)
     _configure(strategy, [1, 2])
     replies = [synthetic_reply(1, classes={0: 50, 1: 5}), synthetic_reply(2, classes={1: 45, 2: 30})]
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None and len(arrays) > 0
     assert metrics["accepted"] == 2 and metrics["dropped"] == 0
+    assert strategy.rounds[-1].trained and strategy.rounds[-1].union_images == 8
+    # the returned weights are a model trained on the union: it fits the 8 union images
+    model = model_from_record(get_model(strategy.config.model, digits_spec), arrays)
+    fitted = predict_logits(model, strategy.union.images).argmax(1)
+    assert (fitted == strategy.union.labels).float().mean().item() >= 0.75
     assert strategy.union is not None and len(strategy.union) == 8
     assert strategy.union.labels.tolist() == [0, 0, 1, 1, 1, 1, 2, 2]
 
@@ -145,3 +152,20 @@ def test_class_count_weights_follow_real_counts(task_identity, digits_spec):
     # class totals follow the real class counts (100 vs 10)
     assert (w[union.labels == 0].sum() / w[union.labels == 1].sum()).item() == pytest.approx(10.0)
     assert strategy.max_images == 20
+
+
+def test_weights_use_each_clients_actual_image_count(task_identity, digits_spec):
+    # class 0: client 1 sends 4 images for 80 real samples, client 2 sends 1 image for 20
+    one = synthetic_reply(1, classes={0: 80}, labels=torch.zeros(4, dtype=torch.long))
+    two = synthetic_reply(2, classes={0: 20}, labels=torch.zeros(1, dtype=torch.long))
+    sets = [validate_reply(r, num_classes=10, image_shape=(1, 8, 8), max_images=20) for r in (one, two)]
+    union = aggregate_sets(sets, num_classes=10)
+    w = union.weights
+    assert sorted(union.node_ids) == [1, 2]
+    # each image stands for n/m real samples: 80/4 = 20 and 20/1 = 20 -> equal weights, mean 1
+    torch.testing.assert_close(w, torch.ones(5))
+
+
+def test_aggregating_nothing_is_refused():
+    with pytest.raises(ValueError, match="no client set to aggregate"):
+        aggregate_sets([], num_classes=10)

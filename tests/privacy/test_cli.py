@@ -44,8 +44,8 @@ def test_audit_of_pure_noise_finds_no_memorisation(copied_set: Path, tmp_path: P
     assert main(["audit", "--synthetic", str(path), "--out", str(out), "--device", "cpu", *FAST_AUDIT]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["nn_match_rate"] == 0.0
-    assert metrics["verdict"] in ("leaks", "no evidence of leakage at this attack strength")
-    assert metrics["verdict"] != "private"
+    # noise carries nothing of the training images: no test may fire (and "private" is never claimed)
+    assert metrics["verdict"] == "no evidence of leakage at this attack strength"
 
 
 def test_audit_refuses_a_set_with_another_normalisation(copied_set: Path, tmp_path: Path, capsys) -> None:
