@@ -1,35 +1,7 @@
 """The condensation engine: DM, siamese augmentation, coresets, synthetic sets, evaluation."""
 
 from fedcond.distill.augment import LAYOUTS, AugmentParams, SiameseAugment
-from fedcond.distill.dm import INITS, CondensationResult, DistributionMatching, dm_loss, initial_synthetic
-from fedcond.distill.kmeans import KMeansResult, kmeans
-from fedcond.distill.matching import MATCHINGS, check_matching, class_mmd_loss, gaussian_mmd2
-from fedcond.distill.statistics import MeanStatistics, RealBatch, RealStatistics
-from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
-
-__all__ = [
-    "INITS",
-    "LAYOUTS",
-    "AugmentParams",
-    "CondensationResult",
-    "DistributionMatching",
-    "KMeansResult",
-    "MATCHINGS",
-    "MeanStatistics",
-    "RealBatch",
-    "RealStatistics",
-    "SiameseAugment",
-    "SyntheticSet",
-    "SyntheticSetError",
-    "check_matching",
-    "class_mmd_loss",
-    "dm_loss",
-    "gaussian_mmd2",
-    "initial_synthetic",
-    "kmeans",
-]
-
-from fedcond.distill.coreset import (  # noqa: E402
+from fedcond.distill.coreset import (
     CoresetSelector,
     HerdingSelector,
     RandomSelector,
@@ -37,7 +9,8 @@ from fedcond.distill.coreset import (  # noqa: E402
     herding_order,
     select_coreset,
 )
-from fedcond.distill.evaluate import (  # noqa: E402
+from fedcond.distill.dm import INITS, CondensationResult, DistributionMatching, dm_loss, initial_synthetic
+from fedcond.distill.evaluate import (
     EvalResult,
     accuracy,
     augment_for,
@@ -46,17 +19,40 @@ from fedcond.distill.evaluate import (  # noqa: E402
     train_model,
     train_with_recipe,
 )
+from fedcond.distill.kmeans import KMeansResult, kmeans
+from fedcond.distill.matching import MATCHINGS, check_matching, class_mmd_loss, gaussian_mmd2
+from fedcond.distill.statistics import MeanStatistics, RealBatch, RealStatistics
+from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
 
-__all__ += [
+__all__ = [
+    "INITS",
+    "LAYOUTS",
+    "MATCHINGS",
+    "AugmentParams",
+    "CondensationResult",
     "CoresetSelector",
+    "DistributionMatching",
     "EvalResult",
     "HerdingSelector",
+    "KMeansResult",
+    "MeanStatistics",
     "RandomSelector",
+    "RealBatch",
+    "RealStatistics",
+    "SiameseAugment",
+    "SyntheticSet",
+    "SyntheticSetError",
     "accuracy",
     "augment_for",
+    "check_matching",
+    "class_mmd_loss",
+    "dm_loss",
     "evaluate_synthetic",
+    "gaussian_mmd2",
     "get_selector",
     "herding_order",
+    "initial_synthetic",
+    "kmeans",
     "predict_logits",
     "select_coreset",
     "train_model",
