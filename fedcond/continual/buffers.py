@@ -338,8 +338,7 @@ class DistilledBuffer(ExemplarsBuffer):
             subset = data.subset(torch.nonzero(torch.isin(data.labels, torch.tensor(group))).flatten())
             synthetic = self._condense_group(subset, dataclasses.replace(config, init=init))
             generator = torch.Generator().manual_seed(config.seed)
-            selector = HerdingSelector(model=config.model)
-            selector.spec = self.spec
+            selector = HerdingSelector(model=config.model, spec=self.spec)
             for c in group:
                 members = synthetic.images[synthetic.labels == c]
                 order = selector.select(members, k=len(members), generator=generator)

@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from fedcond.data.registry import ArrayDataset
+from fedcond.data.registry import ArrayDataset, DatasetSpec
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.models import get_model
 
@@ -55,14 +55,19 @@ class HerdingSelector:
         initialised ConvNet (drawn from the selection generator) for each call.
     model : str
         Network family for the random embedder.
+    spec : DatasetSpec | None
+        The images' dataset (the random embedder's input shape); :func:`select_coreset` supplies
+        it when it is missing.
     """
 
     name = "herding"
 
-    def __init__(self, embedder: nn.Module | None = None, *, model: str = "convnet") -> None:
+    def __init__(
+        self, embedder: nn.Module | None = None, *, model: str = "convnet", spec: DatasetSpec | None = None
+    ) -> None:
         self.embedder = embedder
         self.model = model
-        self.spec = None
+        self.spec = spec
 
     @torch.inference_mode()
     def features(self, images: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
@@ -140,8 +145,8 @@ def select_coreset(
     if ipc <= 0:
         raise ValueError(f"ipc must be positive, got {ipc}")
     selector = get_selector(method) if isinstance(method, str) else method
-    if isinstance(selector, HerdingSelector) and selector.embedder is None:
-        selector.spec = data.spec
+    if isinstance(selector, HerdingSelector) and selector.embedder is None and selector.spec is None:
+        selector = HerdingSelector(model=selector.model, spec=data.spec)  # the caller's object is left as is
     generator = torch.Generator().manual_seed(seed)
     images, labels, skipped = [], [], []
     for c in range(data.spec.num_classes):

@@ -110,8 +110,7 @@ def initial_synthetic(
     pools = _class_pools(data.labels, data.spec.num_classes)
     selector = None
     if init == "herding":
-        selector = HerdingSelector(model=model)
-        selector.spec = data.spec
+        selector = HerdingSelector(model=model, spec=data.spec)
     images, labels = [], []
     for c in classes:
         if init != "noise":
