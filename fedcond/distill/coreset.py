@@ -56,8 +56,8 @@ class HerdingSelector:
     model : str
         Network family for the random embedder.
     spec : DatasetSpec | None
-        The images' dataset (the random embedder's input shape); :func:`select_coreset` supplies
-        it when it is missing.
+        The images' dataset (the random embedder's input shape); :func:`select_coreset` uses
+        the spec of the data it is given.
     """
 
     name = "herding"
@@ -145,8 +145,9 @@ def select_coreset(
     if ipc <= 0:
         raise ValueError(f"ipc must be positive, got {ipc}")
     selector = get_selector(method) if isinstance(method, str) else method
-    if isinstance(selector, HerdingSelector) and selector.embedder is None and selector.spec is None:
-        selector = HerdingSelector(model=selector.model, spec=data.spec)  # the caller's object is left as is
+    if isinstance(selector, HerdingSelector) and selector.embedder is None and selector.spec != data.spec:
+        # the random embedder must fit this data; the caller's selector object is left as is
+        selector = HerdingSelector(model=selector.model, spec=data.spec)
     generator = torch.Generator().manual_seed(seed)
     images, labels, skipped = [], [], []
     for c in range(data.spec.num_classes):
