@@ -14,8 +14,8 @@ from __future__ import annotations
 import importlib
 
 from fedcond.config import (
-    AugmentConfig,
     AuditConfig,
+    AugmentConfig,
     ConfigError,
     ContinualConfig,
     DataConfig,

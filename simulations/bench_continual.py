@@ -59,8 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("results/continual"))
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--benchmarks", nargs="+", default=["split-mnist", "split-digits", "split-fashion-mnist"])
-    parser.add_argument("--memories", type=int, nargs="+", default=[10, 1, 20], help="images per class, first benchmark")
-    parser.add_argument("--other-memories", type=int, nargs="+", default=[10], help="images per class, other benchmarks")
+    parser.add_argument(
+        "--memories", type=int, nargs="+", default=[10, 1, 20], help="images per class, first benchmark"
+    )
+    parser.add_argument(
+        "--other-memories", type=int, nargs="+", default=[10], help="images per class, other benchmarks"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, first benchmark")
     parser.add_argument("--other-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, other benchmarks")
     parser.add_argument("--kinds", nargs="*", default=["none", "random", "herding", "distilled", "joint"],
@@ -89,7 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _config(args: argparse.Namespace, benchmark: str, kind: str, memory: int, seed: int, protocol: str) -> ContinualConfig:
+def _config(
+    args: argparse.Namespace, benchmark: str, kind: str, memory: int, seed: int, protocol: str
+) -> ContinualConfig:
     gdumb = protocol == "gdumb"
     return ContinualConfig(
         benchmark=benchmark,
@@ -238,7 +244,9 @@ def merge_reports(
                     sources.append({**nested, "kinds": nested_kinds, "runs": count})
         else:
             commands = report.get("commands") or [report.get("command")]
-            sources.append({"file": name, "kinds": list(keep) if keep else "all", "commands": commands, "runs": len(taken)})
+            sources.append(
+                {"file": name, "kinds": list(keep) if keep else "all", "commands": commands, "runs": len(taken)}
+            )
         for run in taken:
             key = _row_key(run)
             settings = relevant_settings(run, run.get("settings", report.get("settings")))
@@ -265,7 +273,8 @@ def merge_reports(
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| benchmark | protocol | replay | memory/class | memory images | final avg acc (%) | forgetting (pts) | seeds |",
+        "| benchmark | protocol | replay | memory/class | memory images "
+        "| final avg acc (%) | forgetting (pts) | seeds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -331,7 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
-    report: dict[str, Any] = {"command": command, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    report: dict[str, Any] = {
+        "command": command,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
     streams: dict[tuple[str, int], Any] = {}
     for benchmark, seed, kind, memory, protocol in _jobs(args):
         if (benchmark, seed) not in streams:
@@ -343,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
                 test_per_class=args.test_per_class or None,
             )
         config = _config(args, benchmark, kind, max(memory, 1), seed, protocol)
-        result = run_continual(config, benchmark=streams[(benchmark, seed)], device=args.device, cache_dir=out / "dm-cache")
+        result = run_continual(
+            config, benchmark=streams[(benchmark, seed)], device=args.device, cache_dir=out / "dm-cache"
+        )
         metrics = result.to_metrics()
         metrics["memory_per_class"] = memory
         runs.append(metrics)

@@ -122,7 +122,8 @@ def time_per_iteration(run, *, iterations: int) -> dict[str, float]:  # noqa: AN
 def speed_section(data: ArrayDataset, *, iterations: int, seed: int, device: str = "cpu") -> dict[str, Any]:
     base = DistillConfig(ipc=10, iterations=iterations, seed=seed, batch_real=256)
     variants = {
-        "reference (per-class loop, fp32)": lambda n: reference_dm(data, ipc=10, iterations=n, seed=seed, device=device),
+        "reference (per-class loop, fp32)": lambda n: reference_dm(
+            data, ipc=10, iterations=n, seed=seed, device=device),
         "fedcond fp32 eager": lambda n: DistributionMatching(
             replace(base, iterations=n, mixed_precision=False), device=device).condense(data),
         "fedcond bf16 eager": lambda n: DistributionMatching(replace(base, iterations=n), device=device).condense(data),
@@ -167,9 +168,12 @@ def equal_iterations_section(
         ).condense(splits.train)
         ours_s.append(result.seconds)
         ours_acc.append(evaluate(result.synthetic, splits, evaluation, seed, device)["mean"])
-        print(f"  seed {seed}: reference {ref_acc[-1]:.4f} ({seconds:.0f}s)  fedcond {ours_acc[-1]:.4f} ({result.seconds:.0f}s)", flush=True)
-    out["reference"] = {"mean": statistics.fmean(ref_acc), "std": statistics.pstdev(ref_acc), "per_seed": ref_acc, "seconds": ref_s}
-    out["fedcond"] = {"mean": statistics.fmean(ours_acc), "std": statistics.pstdev(ours_acc), "per_seed": ours_acc, "seconds": ours_s}
+        print(f"  seed {seed}: reference {ref_acc[-1]:.4f} ({seconds:.0f}s)  "
+              f"fedcond {ours_acc[-1]:.4f} ({result.seconds:.0f}s)", flush=True)
+    out["reference"] = {"mean": statistics.fmean(ref_acc), "std": statistics.pstdev(ref_acc),
+                        "per_seed": ref_acc, "seconds": ref_s}
+    out["fedcond"] = {"mean": statistics.fmean(ours_acc), "std": statistics.pstdev(ours_acc),
+                      "per_seed": ours_acc, "seconds": ours_s}
     out["difference_points"] = 100 * (out["fedcond"]["mean"] - out["reference"]["mean"])
     return out
 
@@ -267,14 +271,17 @@ def markdown(results: dict[str, Any]) -> str:
     if "speed" in results:
         s = results["speed"]
         lines += [f"### DM speed, {s['dataset']} IPC {s['ipc']}, batch_real {s['batch_real']}", "",
-                  "| implementation | s/iteration (wall) | CPU s/iteration | speed-up (wall) | speed-up (CPU) |", "|---|---|---|---|---|"]
+                  "| implementation | s/iteration (wall) | CPU s/iteration | speed-up (wall) | speed-up (CPU) |",
+                  "|---|---|---|---|---|"]
         for name, row in s["variants"].items():
-            lines.append(f"| {name} | {row['wall_s_per_it']:.2f} | {row['cpu_s_per_it']:.2f} | {row['speedup_wall']:.2f}x | {row['speedup_cpu']:.2f}x |")
+            lines.append(f"| {name} | {row['wall_s_per_it']:.2f} | {row['cpu_s_per_it']:.2f} | "
+                         f"{row['speedup_wall']:.2f}x | {row['speedup_cpu']:.2f}x |")
         lines.append("")
     for key in ("equal_iterations_digits", "equal_iterations_mnist"):
         if key in results:
             e = results[key]
-            lines += [f"### Equal iterations ({e['dataset']}, IPC {e['ipc']}, {e['iterations']} iterations, seeds {e['seeds']})", "",
+            lines += [f"### Equal iterations ({e['dataset']}, IPC {e['ipc']}, {e['iterations']} iterations, "
+                      f"seeds {e['seeds']})", "",
                       "| implementation | test accuracy |", "|---|---|",
                       f"| reference | {100 * e['reference']['mean']:.2f} ± {100 * e['reference']['std']:.2f} |",
                       f"| fedcond | {100 * e['fedcond']['mean']:.2f} ± {100 * e['fedcond']['std']:.2f} |",
@@ -331,12 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         evaluation = EvalConfig(runs=2, epochs=50)
         args.digits_iterations, args.equal_iterations, args.equal_seeds, args.speed_iterations = 30, 20, 1, 2
         compile_dm = False
-    results: dict[str, Any] = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]), "torch": torch.__version__,
+    results: dict[str, Any] = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+                               "torch": torch.__version__,
                                "threads": torch.get_num_threads(), "device": args.device,
                                "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None,
                                "evaluation": vars(evaluation)}
     digits = load_dataset("digits")
-    mnist = None if args.data_dir is None or args.quick else load_dataset(DataConfig(dataset="mnist", data_dir=args.data_dir))
+    mnist = (None if args.data_dir is None or args.quick
+             else load_dataset(DataConfig(dataset="mnist", data_dir=args.data_dir)))
 
     def save() -> None:
         (args.out / "bench_dm.json").write_text(json.dumps(results, indent=2))
@@ -345,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     if "speed" in sections:
         print("speed:", flush=True)
         results["speed"] = speed_section(
-            mnist.train if mnist else digits.train, iterations=args.speed_iterations, seed=args.seed, device=args.device)
+            mnist.train if mnist else digits.train, iterations=args.speed_iterations, seed=args.seed,
+            device=args.device)
         save()
     # the speed section above ran with glibc's default allocator, reference and fedcond alike;
     # from here on (training-heavy evaluation) freed CPU memory is reused, as the CLI does
@@ -370,18 +380,21 @@ def main(argv: list[str] | None = None) -> int:
         print("methods, mnist ipc 10:", flush=True)
         results["methods"] += methods_section(mnist, ipcs=[10], iterations=mnist_iters, evaluation=evaluation,
                                               seeds=mnist_seeds, compile_dm=compile_dm, device=args.device,
-                                              matchings=matchings, baselines=baselines, dm_init=args.dm_init, dm_layout=args.dm_dsa_layout)
+                                              matchings=matchings, baselines=baselines, dm_init=args.dm_init,
+                                              dm_layout=args.dm_dsa_layout)
         save()
     if "equal" in sections:
         seeds = list(range(args.equal_seeds))
         print("equal iterations, digits:", flush=True)
         results["equal_iterations_digits"] = equal_iterations_section(
-            digits, iterations=args.equal_iterations, evaluation=evaluation, seeds=seeds, compile_dm=False, device=args.device)
+            digits, iterations=args.equal_iterations, evaluation=evaluation, seeds=seeds, compile_dm=False,
+            device=args.device)
         save()
         if mnist is not None:
             print("equal iterations, mnist:", flush=True)
             results["equal_iterations_mnist"] = equal_iterations_section(
-                mnist, iterations=args.equal_iterations, evaluation=evaluation, seeds=seeds[:1], compile_dm=compile_dm, device=args.device)
+                mnist, iterations=args.equal_iterations, evaluation=evaluation, seeds=seeds[:1],
+                compile_dm=compile_dm, device=args.device)
             save()
     if "methods" in sections and "digits" in datasets:
         print("methods, digits:", flush=True)
@@ -406,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name}: skipped (no --data-dir)", flush=True)
                 continue
             results["methods"].append(whole_dataset_row(
-                splits, evaluation=evaluation, seeds=mnist_seeds if name == "mnist" else digits_seeds, device=args.device))
+                splits, evaluation=evaluation, seeds=mnist_seeds if name == "mnist" else digits_seeds,
+                device=args.device))
             save()
     results["peak_rss_gib"] = peak_rss_gib()
     save()

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from fedcond.config import AugmentConfig, AuditConfig, DataConfig, DistillConfig, EvalConfig
+from fedcond.config import AuditConfig, AugmentConfig, DataConfig, DistillConfig, EvalConfig
 from fedcond.data.registry import load_dataset
 from fedcond.devices import keep_freed_cpu_memory
 from fedcond.distill.augment import LAYOUTS
@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(
             f"| {r['dataset']} | {r['method']} | {100 * acc:.1f}{'' if std is None else f' ± {100 * std:.1f}'} | "
             f"{'-' if nn is None else f'{100 * nn:.1f}%'} | {r['mia_auc']:.3f} ({r['mia_attack']}) | "
-            f"{100 * r['mia_tpr_at_1pct_fpr']:.1f}% | {100 * r['mia_tpr_at_01pct_fpr']:.1f}% | {r.get('epsilon', '-')} |\n"
+            f"{100 * r['mia_tpr_at_1pct_fpr']:.1f}% | {100 * r['mia_tpr_at_01pct_fpr']:.1f}% | "
+            f"{r.get('epsilon', '-')} |\n"
         )
     return 0
 

@@ -75,7 +75,10 @@ def run_one(clients: int, *, out: Path, extra: list[str], interval: float) -> di
     wall = time.perf_counter() - started
     (out / f"clients-{clients}.log").write_text(output)
     if child.returncode != 0:
-        raise SystemExit(f"fedcond simulate with {clients} clients failed (exit {child.returncode}); see {out}/clients-{clients}.log")
+        raise SystemExit(
+            f"fedcond simulate with {clients} clients failed (exit {child.returncode}); "
+            f"see {out}/clients-{clients}.log"
+        )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     budget = BUDGETS_GIB.get(clients)
     return {
@@ -109,16 +112,21 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_one(clients, out=args.out, extra=extra, interval=args.interval))
         row = rows[-1]
         print(
-            f"{clients:4d} clients: acc {100 * (row['test_accuracy'] or 0):.2f}%  peak PSS {row['peak_tree_pss_gib']:.2f} GiB "
-            f"(RSS sum {row['peak_tree_rss_gib']:.2f} GiB, {row['peak_processes']} processes)  {row['wall_seconds']:.0f}s",
+            f"{clients:4d} clients: acc {100 * (row['test_accuracy'] or 0):.2f}%  "
+            f"peak PSS {row['peak_tree_pss_gib']:.2f} GiB "
+            f"(RSS sum {row['peak_tree_rss_gib']:.2f} GiB, {row['peak_processes']} processes)  "
+            f"{row['wall_seconds']:.0f}s",
             flush=True,
         )
-        (args.out / "bench_scale.json").write_text(json.dumps({"argv": argv, "extra": extra, "rows": rows}, indent=2) + "\n")
+        (args.out / "bench_scale.json").write_text(
+            json.dumps({"argv": argv, "extra": extra, "rows": rows}, indent=2) + "\n"
+        )
     print("| clients | test accuracy | peak PSS (GiB) | peak RSS sum (GiB) | processes | budget (GiB) | wall (s) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['clients']} | {100 * (r['test_accuracy'] or 0):.2f}% | {r['peak_tree_pss_gib']:.2f} | {r['peak_tree_rss_gib']:.2f} "
+            f"| {r['clients']} | {100 * (r['test_accuracy'] or 0):.2f}% | {r['peak_tree_pss_gib']:.2f} | "
+            f"{r['peak_tree_rss_gib']:.2f} "
             f"| {r['peak_processes']} | {r['budget_gib'] or '-'} | {r['wall_seconds']:.0f} |"
         )
     return 0

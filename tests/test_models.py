@@ -9,7 +9,9 @@ from fedcond.data.registry import get_spec
 from fedcond.models import ConvNet, get_model
 
 
-@pytest.mark.parametrize(("name", "depth", "feature_dim"), [("mnist", 3, 2048), ("cifar10", 3, 2048), ("digits", 2, 512)])
+@pytest.mark.parametrize(
+    ("name", "depth", "feature_dim"), [("mnist", 3, 2048), ("cifar10", 3, 2048), ("digits", 2, 512)]
+)
 def test_convnet_shapes(name: str, depth: int, feature_dim: int) -> None:
     spec = get_spec(name)
     model = get_model("convnet", spec)

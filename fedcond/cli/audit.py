@@ -68,7 +68,12 @@ def run_audit_command(args: argparse.Namespace) -> int:
     space = report.recoverability.pixel
     ref_idx = report.recoverability.reference_indices
     save_nearest_neighbours(
-        space, synthetic.images, splits.train.images, splits.test.images[ref_idx], splits.spec, out / "nearest_neighbours.png"
+        space,
+        synthetic.images,
+        splits.train.images,
+        splits.test.images[ref_idx],
+        splits.spec,
+        out / "nearest_neighbours.png",
     )
     save_roc({"synthetic": report.target, "real": report.reference}, out / "roc.png")
     metrics: dict[str, Any] = {

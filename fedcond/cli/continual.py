@@ -113,7 +113,9 @@ def run_continual_command(args: argparse.Namespace) -> int:
 
         def on_experience(i: int, total: int, row: list[float], memory: int) -> None:
             bar.update(task, completed=i + 1)
-            console.log(f"experience {i + 1}/{total}: mean acc {100 * sum(row) / len(row):.1f}%, memory {memory} images")
+            console.log(
+                f"experience {i + 1}/{total}: mean acc {100 * sum(row) / len(row):.1f}%, memory {memory} images"
+            )
 
         result = run_continual(
             config,
@@ -150,7 +152,10 @@ def run_continual_command(args: argparse.Namespace) -> int:
     print_table(
         "accuracy matrix (%): row = after experience i, column = test classes of experience j",
         [
-            {"after": i, **{str(tuple(c)): f"{100 * a:.1f}" for c, a in zip(result.experience_classes, row, strict=True)}}
+            {
+                "after": i,
+                **{str(tuple(c)): f"{100 * a:.1f}" for c, a in zip(result.experience_classes, row, strict=True)},
+            }
             for i, row in enumerate(result.accuracy_matrix)
         ],
     )

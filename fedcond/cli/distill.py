@@ -22,8 +22,8 @@ from fedcond.devices import resolve_device
 from fedcond.distill.augment import LAYOUTS
 from fedcond.distill.coreset import select_coreset
 from fedcond.distill.dm import INITS, DistributionMatching
-from fedcond.distill.matching import MATCHINGS
 from fedcond.distill.evaluate import evaluate_synthetic
+from fedcond.distill.matching import MATCHINGS
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.plots import save_image_grid
 
@@ -106,7 +106,9 @@ def _load(args: argparse.Namespace) -> DatasetSplits:
 def _evaluate(
     args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSplits, metrics: dict[str, Any]
 ) -> None:
-    eval_config = parse_config(EvalConfig, {"runs": args.eval_runs, "epochs": args.eval_epochs, "model": args.eval_model})
+    eval_config = parse_config(
+        EvalConfig, {"runs": args.eval_runs, "epochs": args.eval_epochs, "model": args.eval_model}
+    )
     metrics["eval_runs"] = eval_config.runs
     metrics["eval_epochs"] = eval_config.epochs
     if eval_config.runs == 0:
@@ -115,7 +117,9 @@ def _evaluate(
         metrics["test_accuracies"] = []
         return
     with console.status(f"evaluating: {eval_config.runs} x {eval_config.model}, {eval_config.epochs} epochs"):
-        result = evaluate_synthetic(synthetic, splits.test, eval_config, seed=args.seed, device=resolve_device(args.device))
+        result = evaluate_synthetic(
+            synthetic, splits.test, eval_config, seed=args.seed, device=resolve_device(args.device)
+        )
     metrics["test_accuracy_mean"] = result.mean
     metrics["test_accuracy_std"] = result.std
     metrics["test_accuracies"] = result.accuracies
@@ -143,7 +147,9 @@ def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSp
                 "method": metrics["method"],
                 "ipc": metrics["ipc"],
                 "images": len(synthetic),
-                "test acc": "skipped" if acc is None else f"{100 * acc:.2f} ± {100 * metrics['test_accuracy_std']:.2f}%",
+                "test acc": (
+                    "skipped" if acc is None else f"{100 * acc:.2f} ± {100 * metrics['test_accuracy_std']:.2f}%"
+                ),
                 **({"epsilon": round(metrics["epsilon"], 3)} if "epsilon" in metrics else {}),
             }
         ],
@@ -215,7 +221,9 @@ def run_distill(args: argparse.Namespace) -> int:
     if dp_report is not None:
         epsilon, delta = dp_report(result)
         metrics.update({"epsilon": epsilon, "delta": delta})
-        synthetic = SyntheticSet(synthetic.images, synthetic.labels, {**synthetic.meta, "epsilon": epsilon, "delta": delta})
+        synthetic = SyntheticSet(
+            synthetic.images, synthetic.labels, {**synthetic.meta, "epsilon": epsilon, "delta": delta}
+        )
     _finish(args, synthetic, splits, metrics)
     return 0
 
@@ -233,7 +241,12 @@ def _dp_statistics(args: argparse.Namespace, config: DistillConfig, splits: Data
     from fedcond.privacy.dp import dp_statistics_for  # privacy is optional at import time
 
     return dp_statistics_for(
-        dp={"epsilon": args.dp_epsilon, "delta": args.dp_delta, "clip_norm": args.dp_clip, "accountant": args.dp_accountant},
+        dp={
+            "epsilon": args.dp_epsilon,
+            "delta": args.dp_delta,
+            "clip_norm": args.dp_clip,
+            "accountant": args.dp_accountant,
+        },
         distill=config,
         class_counts=splits.train.class_counts(),
     )

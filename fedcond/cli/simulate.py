@@ -191,7 +191,11 @@ def run_simulate(args: argparse.Namespace) -> int:
         points = [(h["round"], h["test_accuracy"]) for h in v["history"] if h["test_accuracy"] is not None]
         series[k] = ([p[0] for p in points], [p[1] for p in points])
     save_line_plot(
-        series, out / "accuracy.png", xlabel="round", ylabel="test accuracy", title=f"{job.data.dataset}: {job.federated.partition}"
+        series,
+        out / "accuracy.png",
+        xlabel="round",
+        ylabel="test accuracy",
+        title=f"{job.data.dataset}: {job.federated.partition}",
     )
     reference_uplink = runs[first_key]["uplink_bytes"] if len(runs) > 1 else None
     print_table(

@@ -58,7 +58,8 @@ class MemoryAugmentation:
         """
         if tuple(image.shape) != tuple(self.spec.image_shape):
             raise ValueError(
-                f"memory image of shape {tuple(image.shape)}; {self.spec.name} images are {tuple(self.spec.image_shape)}"
+                f"memory image of shape {tuple(image.shape)}; "
+                f"{self.spec.name} images are {tuple(self.spec.image_shape)}"
             )
         with torch.no_grad():
             return self.augment(image.unsqueeze(0), generator=self.generator)[0]

@@ -164,7 +164,10 @@ def validate_continual_config(config: ContinualConfig) -> None:
     if config.max_memory is not None and config.max_memory <= 0:
         raise ValueError(f"max_memory must be positive, got {config.max_memory}")
     if config.gdumb and config.replay not in MEMORY_KINDS:
-        raise ValueError(f"GDumb trains on the memory alone: it needs replay random, herding or distilled, not {config.replay!r}")
+        raise ValueError(
+            "GDumb trains on the memory alone: it needs replay random, herding or distilled, "
+            f"not {config.replay!r}"
+        )
     for name in ("epochs", "batch_size", "num_experiences"):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}")

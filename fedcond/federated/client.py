@@ -259,7 +259,9 @@ def condense_partition(
         start = warm_start.images
     else:
         if warm_start is not None:
-            logger.warning("the previous synthetic set does not hold ipc=%d images of each class: not reused", distill.ipc)
+            logger.warning(
+                "the previous synthetic set does not hold ipc=%d images of each class: not reused", distill.ipc
+            )
         start = initial_images(
             data, classes=present, ipc=distill.ipc, init=init, generator=generator, model=distill.model
         )

@@ -28,6 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedcond.devices import keep_freed_cpu_memory, resolve_device
+from fedcond.distill.evaluate import accuracy
 from fedcond.federated.client import client_partition, condense_partition, local_train
 from fedcond.federated.job import FederatedJob, job_from_mapping
 from fedcond.federated.records import (
@@ -57,7 +58,6 @@ from fedcond.federated.records import (
     synthetic_from_record,
     synthetic_to_record,
 )
-from fedcond.distill.evaluate import accuracy
 from fedcond.models import get_model
 
 __all__ = ["app"]

@@ -14,7 +14,8 @@ models use the same recipe on real data disjoint from every candidate.
 The verdict is ``"leaks"`` when a test rejects "no leakage" at the configured significance
 (Bonferroni over the tests run): more nearest-neighbour matches than the calibrated rate allows
 (binomial test), synthetic images closer to the training data relative to held-out data than
-fresh samples are (Mann-Whitney test on the nearest-neighbour distance ratios), or an attack AUC whose lower confidence bound exceeds 0.5. Otherwise it is
+fresh samples are (Mann-Whitney test on the nearest-neighbour distance ratios), or an attack AUC
+whose lower confidence bound exceeds 0.5. Otherwise it is
 ``"no evidence of leakage at this attack strength"``. It is never "private": an audit can show
 leakage, never its absence.
 """
@@ -31,7 +32,7 @@ import torch
 from scipy import stats
 
 from fedcond.config import AuditConfig
-from fedcond.data.registry import ArrayDataset, DatasetSplits, DatasetSpec
+from fedcond.data.registry import ArrayDataset, DatasetSpec, DatasetSplits
 from fedcond.distill.evaluate import accuracy, augment_for, train_model
 from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
 from fedcond.models import get_model
@@ -69,7 +70,9 @@ def check_compatible(synthetic: SyntheticSet, spec: DatasetSpec, *, tolerance: f
         if got is None:
             continue
         got_list = [float(v) for v in (got if isinstance(got, (list, tuple)) else [got])]
-        if len(got_list) != len(expected) or any(abs(a - b) > tolerance for a, b in zip(got_list, expected)):
+        if len(got_list) != len(expected) or any(
+            abs(a - b) > tolerance for a, b in zip(got_list, expected, strict=True)
+        ):
             raise SyntheticSetError(
                 f"the synthetic set's normalisation {key} {got_list} does not match {spec.name}'s {list(expected)}"
             )

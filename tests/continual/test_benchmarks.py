@@ -32,7 +32,7 @@ def test_experience_samples_are_x_y_task0_with_the_registry_images(digits_stream
     images, labels = dataset_tensors(exp.dataset)
     expected = digits_stream.train_data(0)
     # same images and labels as the registry's tensors (order may differ)
-    key = lambda imgs, labs: sorted(zip(labs.tolist(), imgs.flatten(1).sum(1).tolist()))  # noqa: E731
+    key = lambda imgs, labs: sorted(zip(labs.tolist(), imgs.flatten(1).sum(1).tolist(), strict=True))  # noqa: E731
     assert key(images, labels) == key(expected.images, expected.labels)
 
 

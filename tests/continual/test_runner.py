@@ -55,7 +55,9 @@ def test_another_seed_gives_another_class_order() -> None:
 
 
 def test_gdumb_trains_on_the_memory_alone_and_beats_chance(digits_stream) -> None:
-    result = run_continual(tiny_config(replay="herding", gdumb=True, memory_per_class=5, gdumb_epochs=30), benchmark=digits_stream)
+    result = run_continual(
+        tiny_config(replay="herding", gdumb=True, memory_per_class=5, gdumb_epochs=30), benchmark=digits_stream
+    )
     assert result.memory_per_experience == [10, 20, 30, 40, 50]
     assert result.final_average_accuracy > 0.3  # 10 classes: chance is 0.1
     metrics = result.to_metrics()

@@ -151,8 +151,12 @@ def test_chunked_real_forward_matches_one_forward(digits) -> None:
 def test_herding_init_starts_closer_to_the_real_statistics_than_random_real_images(digits) -> None:
     classes = list(range(10))
     for seed in (0, 1):
-        real = initial_synthetic(digits.train, ipc=3, init="real", classes=classes, generator=torch.Generator().manual_seed(seed))
-        herd = initial_synthetic(digits.train, ipc=3, init="herding", classes=classes, generator=torch.Generator().manual_seed(seed))
+        real = initial_synthetic(
+            digits.train, ipc=3, init="real", classes=classes, generator=torch.Generator().manual_seed(seed)
+        )
+        herd = initial_synthetic(
+            digits.train, ipc=3, init="herding", classes=classes, generator=torch.Generator().manual_seed(seed)
+        )
         assert torch.equal(herd[1], real[1])  # ipc labels per class, class order
         # every herding image is a real training image of its class
         flat = digits.train.images.flatten(1)

@@ -55,7 +55,9 @@ def test_class_mmd_loss_sums_classes_and_scales_with_weight() -> None:
     per_class = [float(gaussian_mmd2(real[groups == c], syn[syn_groups == c])) for c in (0, 1)]
     got = float(class_mmd_loss(real, groups, syn, syn_groups, classes=[0, 1], weight=0.5))
     assert got == pytest.approx(0.5 * 16 * sum(per_class), rel=1e-5)
-    assert float(class_mmd_loss(real, groups, syn, syn_groups, classes=[0], weight=1.0)) == pytest.approx(16 * per_class[0], rel=1e-5)
+    assert float(class_mmd_loss(real, groups, syn, syn_groups, classes=[0], weight=1.0)) == pytest.approx(
+        16 * per_class[0], rel=1e-5
+    )
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,10 @@ def test_inconsistent_contents_are_refused(tmp_path, images, labels, message) ->
 
 @pytest.mark.parametrize(
     ("meta", "message"),
-    [("[1, 2]", "not a JSON object"), ("{not json", "corrupted or not a fedcond synthetic set: Expecting property name")],
+    [
+        ("[1, 2]", "not a JSON object"),
+        ("{not json", "corrupted or not a fedcond synthetic set: Expecting property name"),
+    ],
 )
 def test_metadata_that_is_not_a_json_object_is_refused(tmp_path, meta: str, message: str) -> None:
     path = tmp_path / "bad_meta.npz"

@@ -83,7 +83,10 @@ def test_flwr_run_config_overrides_reach_the_job():
 
 @pytest.mark.parametrize(
     ("overrides", "match"),
-    [({"distill.matching": "median"}, "not one of mean, mmd"), ({"distill.matching": "mmd", "dp.epsilon": 4.0}, "not private")],
+    [
+        ({"distill.matching": "median"}, "not one of mean, mmd"),
+        ({"distill.matching": "mmd", "dp.epsilon": 4.0}, "not private"),
+    ],
 )
 def test_federated_matching_is_checked_when_the_job_is_read(overrides: dict, match: str):
     with pytest.raises(ConfigError, match=match):

@@ -44,8 +44,8 @@ def test_one_shot_on_digits_with_four_ray_clients(tmp_path):
 
 def test_one_shot_end_to_end_in_process_with_a_fedavg_comparison(tmp_path):
     out = tmp_path / "inproc"
-    code = main(["simulate", "--engine", "inprocess", "--num-clients", "4", "--partition", "dirichlet", "--alpha", "0.1",
-                 *SMALL, "--compare", "fedavg=2", "--out", str(out)])
+    code = main(["simulate", "--engine", "inprocess", "--num-clients", "4", "--partition", "dirichlet",
+                 "--alpha", "0.1", *SMALL, "--compare", "fedavg=2", "--out", str(out)])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert REQUIRED <= set(metrics)

@@ -10,8 +10,8 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedcond.config import FederatedConfig, parse_config
-from fedcond.federated.aggregation import aggregate_sets
 from fedcond.distill.evaluate import predict_logits
+from fedcond.federated.aggregation import aggregate_sets
 from fedcond.federated.records import CONFIG_KEY, MODEL_KEY, SERVER_ROUND, SYNTHETIC_KEY, model_from_record
 from fedcond.federated.strategy import FedCond
 from fedcond.federated.validation import ReplyRejected, validate_reply
@@ -38,7 +38,9 @@ def _strategy(spec, **overrides) -> FedCond:
 
 
 def _configure(strategy: FedCond, nodes, server_round=1, arrays=None) -> list[Message]:
-    return list(strategy.configure_train(server_round, arrays or ArrayRecord(), ConfigRecord({"x": 1}), FakeGrid(nodes)))
+    return list(
+        strategy.configure_train(server_round, arrays or ArrayRecord(), ConfigRecord({"x": 1}), FakeGrid(nodes))
+    )
 
 
 def test_configure_train_sends_condense_messages_with_the_round(task_identity, digits_spec):

@@ -69,7 +69,13 @@ def test_state_dict_round_trip_and_mechanism_check() -> None:
 
 @pytest.mark.parametrize(
     ("epsilon", "delta", "match"),
-    [(0.0, 1e-5, "epsilon"), (-1.0, 1e-5, "epsilon"), (float("inf"), 1e-5, "epsilon"), (1.0, 0.0, "delta"), (1.0, 1.0, "delta")],
+    [
+        (0.0, 1e-5, "epsilon"),
+        (-1.0, 1e-5, "epsilon"),
+        (float("inf"), 1e-5, "epsilon"),
+        (1.0, 0.0, "delta"),
+        (1.0, 1.0, "delta"),
+    ],
 )
 def test_invalid_budget_is_a_clear_error(epsilon: float, delta: float, match: str) -> None:
     with pytest.raises(PrivacyBudgetError, match=match):

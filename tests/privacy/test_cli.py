@@ -18,7 +18,10 @@ FAST_AUDIT = ["--target-epochs", "5", "--shadow-models", "1", "--reference-size"
 def copied_set(tmp_path_factory) -> Path:
     """Real init with zero iterations: the synthetic set *is* 20 training images."""
     out = tmp_path_factory.mktemp("distill")
-    assert main(["distill", "--ipc", "2", "--iterations", "0", "--eval-runs", "0", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(["distill", "--ipc", "2", "--iterations", "0", "--eval-runs", "0", "--out", str(out), "--device", "cpu"])
+        == 0
+    )
     return out / "synthetic.npz"
 
 
@@ -74,7 +77,9 @@ def test_audit_needs_enough_held_out_images(copied_set: Path, tmp_path: Path, ca
 def test_audit_rejects_a_quantile_outside_the_unit_interval(
     copied_set: Path, tmp_path: Path, capsys, quantile: str
 ) -> None:
-    argv = ["audit", "--synthetic", str(copied_set), "--out", str(tmp_path / "a"), f"--quantile={quantile}", *FAST_AUDIT]
+    argv = [
+        "audit", "--synthetic", str(copied_set), "--out", str(tmp_path / "a"), f"--quantile={quantile}", *FAST_AUDIT
+    ]
     assert main(argv) == 2
     assert "calibration_quantile must lie in (0, 1)" in capsys.readouterr().err
 
@@ -94,7 +99,9 @@ def test_dp_distill_reports_epsilon_within_the_request(tmp_path: Path) -> None:
     assert meta["epsilon"] == metrics["epsilon"]
 
 
-@pytest.mark.parametrize(("flags", "match"), [(["--dp-epsilon", "0"], "epsilon"), (["--dp-epsilon", "1", "--dp-delta", "1"], "delta")])
+@pytest.mark.parametrize(
+    ("flags", "match"), [(["--dp-epsilon", "0"], "epsilon"), (["--dp-epsilon", "1", "--dp-delta", "1"], "delta")]
+)
 def test_dp_distill_rejects_a_bad_budget(tmp_path: Path, capsys, flags: list[str], match: str) -> None:
     argv = ["distill", "--ipc", "1", "--iterations", "2", "--eval-runs", "0", "--out", str(tmp_path / "x"), *flags]
     assert main(argv) == 2

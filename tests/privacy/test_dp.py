@@ -56,7 +56,12 @@ def test_noiseless_sums_are_sums_of_clipped_rows() -> None:
 def test_noise_has_the_calibrated_scale() -> None:
     emb = torch.zeros(1, 20_000)
     sums = noisy_class_sums(
-        emb, torch.tensor([0]), num_classes=1, clip_norm=0.5, noise_multiplier=3.0, generator=torch.Generator().manual_seed(0)
+        emb,
+        torch.tensor([0]),
+        num_classes=1,
+        clip_norm=0.5,
+        noise_multiplier=3.0,
+        generator=torch.Generator().manual_seed(0),
     )
     assert float(sums.std()) == pytest.approx(1.5, rel=0.03)
 
@@ -155,7 +160,9 @@ def test_ledger_composes_rounds_within_the_total_budget() -> None:
     assert stats.plan.noise_multiplier > one_round.plan.noise_multiplier
     # a third round would exceed the budget: refused before any data is touched
     with pytest.raises(PrivacyBudgetError, match="over the budget"):
-        dp_statistics_for(dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=counts, rounds=2, ledger=ledger)
+        dp_statistics_for(
+            dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=counts, rounds=2, ledger=ledger
+        )
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,9 @@ def digits():
 
 def _train(images, labels, generator, epochs=60):
     model = get_model("mlp", load_dataset("digits").spec, generator=generator)
-    return train_model(model, images, labels, epochs=epochs, lr=0.05, weight_decay=0.0, batch_size=64, generator=generator)
+    return train_model(
+        model, images, labels, epochs=epochs, lr=0.05, weight_decay=0.0, batch_size=64, generator=generator
+    )
 
 
 def test_roc_helpers_on_known_scores() -> None:
@@ -77,7 +79,9 @@ def test_attack_detects_members_of_an_overfit_model(digits) -> None:
     target = _train(train.images[:100], train.labels[:100], g, epochs=150)
     members = (train.images[:100], train.labels[:100])
     nonmembers = (digits.test.images[:100], digits.test.labels[:100])
-    shadows = train_shadow_models((train.images[500:], train.labels[500:]), count=2, size=100, train=_train, generator=g)
+    shadows = train_shadow_models(
+        (train.images[500:], train.labels[500:]), count=2, size=100, train=_train, generator=g
+    )
     result = membership_inference(target, members, nonmembers, shadow_models=shadows)
     assert result.attacks["loss"].auc > 0.6
     assert result.strongest.auc_lower > 0.5

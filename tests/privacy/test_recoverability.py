@@ -87,7 +87,9 @@ def test_ratio_test_flags_perturbed_copies_but_not_fresh_images(digits) -> None:
     g = torch.Generator().manual_seed(5)
     source = digits.train.images[:100]
     drifted = source + 0.3 * torch.randn(source.shape, generator=g)  # no longer near-copies
-    result = recoverability(drifted, digits.train.images, digits.test.images, generator=torch.Generator().manual_seed(1))
+    result = recoverability(
+        drifted, digits.train.images, digits.test.images, generator=torch.Generator().manual_seed(1)
+    )
     assert result.pixel.nn_match_rate < 0.5
     assert result.pixel.nn_ratio_pvalue < 1e-3
     assert result.pixel.nn_distance_ratio < result.pixel.nn_distance_ratio_fresh

@@ -57,7 +57,9 @@ def test_runs_of_one_row_from_several_files_are_averaged_together(bench):
 
 
 def test_a_merged_report_merges_again_and_keeps_its_checks(bench):
-    first = bench.merge_reports([("a", _report([_run("distilled", 0, 0.90)])), ("b", _report([_run("distilled", 1, 0.94)]))])
+    first = bench.merge_reports(
+        [("a", _report([_run("distilled", 0, 0.90)])), ("b", _report([_run("distilled", 1, 0.94)]))]
+    )
     again = bench.merge_reports([("ab", first), ("c", _report([_run("distilled", 2, 0.92)]))])
     assert _row(again["summary"], "distilled")["seeds"] == 3
     assert [run["source"] for run in again["runs"]] == ["a", "b", "c"]
