@@ -11,8 +11,6 @@ continual (Avalanche) and privacy (Opacus) parts load on first attribute access,
 
 from __future__ import annotations
 
-import importlib
-
 from fedcond.config import (
     AuditConfig,
     AugmentConfig,
@@ -40,6 +38,7 @@ from fedcond.distill import (
     select_coreset,
     train_model,
 )
+from fedcond.lazy import lazy_attribute
 from fedcond.models import get_model
 
 __version__ = "0.1.0"
@@ -99,6 +98,4 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'fedcond' has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)

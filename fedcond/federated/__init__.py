@@ -5,8 +5,6 @@ simulation drivers (``simulate``, ``simulate_in_process``) load Flower's simulat
 they are imported on first access.
 """
 
-import importlib
-
 from fedcond.federated.accounting import CountingGrid, RoundTraffic
 from fedcond.federated.aggregation import AggregatedSet, aggregate_sets
 from fedcond.federated.baselines import baseline_strategy
@@ -15,6 +13,7 @@ from fedcond.federated.job import STRATEGIES, FederatedJob, job_from_mapping, jo
 from fedcond.federated.server_app import FederatedReport, run_federated
 from fedcond.federated.strategy import FedCond, RoundReport
 from fedcond.federated.validation import ClientSet, ReplyRejected, validate_reply
+from fedcond.lazy import lazy_attribute
 
 _LAZY = {
     "InProcessGrid": "fedcond.federated.inprocess",
@@ -49,6 +48,4 @@ __all__ += list(_LAZY)
 
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'fedcond.federated' has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)

@@ -6,6 +6,7 @@ for the DM engine and ``accounting`` wraps Opacus' accountants. Opacus is import
 ``accounting`` only.
 """
 
+from fedcond.lazy import lazy_attribute
 from fedcond.privacy.audit import LEAKS, NO_EVIDENCE, AuditReport, check_compatible, run_audit, verdict_for
 from fedcond.privacy.membership import (
     AttackResult,
@@ -62,8 +63,4 @@ __all__ += list(_LAZY)
 
 def __getattr__(name: str) -> object:
     """DP names import Opacus, so they load on first use."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)

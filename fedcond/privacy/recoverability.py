@@ -108,9 +108,7 @@ def calibrate_threshold(calibration_distances: torch.Tensor, *, quantile: float)
     ValueError
         If ``quantile`` is not in (0, 1).
     """
-    if not 0 < quantile < 1:
-        raise ValueError(f"calibration quantile must lie in (0, 1), got {quantile}")
-    need = min_calibration_samples(quantile)
+    need = min_calibration_samples(quantile)  # raises for a quantile outside (0, 1)
     if calibration_distances.numel() < need:
         raise CalibrationError(
             f"{calibration_distances.numel()} held-out images for calibration, at least {need} needed "
