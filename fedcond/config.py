@@ -130,6 +130,11 @@ class DistillConfig:
         the compiled MNIST real forward (10 x 256 images, bf16, 2 cores).
     checkpoint_every : int
         Write a resumable checkpoint every N iterations (0 disables).
+    factor : int
+        Multi-formation (IDC, Kim et al. 2022): each stored synthetic image holds
+        ``factor x factor`` tiles, each upsampled into one training image, so ``ipc`` stored
+        images per class train as ``ipc x factor^2`` at the same storage in pixels. 1 (the
+        default) is plain DM; the factor must divide the image size.
     seed : int
         Seeds every generator used by the run.
     """
@@ -149,6 +154,7 @@ class DistillConfig:
     compile: bool = False
     real_chunk: int = 64
     checkpoint_every: int = 0
+    factor: int = 1
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dm-matching", choices=MATCHINGS, default="mean", help="DM matching (mean or mmd)")
     parser.add_argument("--dm-dsa-layout", choices=LAYOUTS, default=AugmentConfig().layout,
                         help="who shares a DSA parameter set inside DM (docs/distillation.md)")
+    parser.add_argument("--dm-factor", type=int, default=1,
+                        help="multi-formation factor of the distilled memory (factor^2 tiles per stored image)")
     parser.add_argument("--train-per-class", type=int, default=100, help="0 keeps the whole training split")
     parser.add_argument("--test-per-class", type=int, default=50, help="0 keeps the whole test split")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared CPU)")
@@ -111,7 +113,8 @@ def _config(
         test_per_class=args.test_per_class or None,
         seed=seed,
         distill=DistillConfig(iterations=args.iterations, batch_real=args.batch_real, init=args.dm_init,
-                              matching=args.dm_matching, augment=AugmentConfig(layout=args.dm_dsa_layout)),
+                              matching=args.dm_matching, augment=AugmentConfig(layout=args.dm_dsa_layout),
+                              factor=args.dm_factor),
     )
 
 
@@ -170,9 +173,9 @@ def _summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 DATA_SETTINGS = ("train_per_class", "test_per_class")
 NAIVE_SETTINGS = ("epochs", "batch_size", "lr")
 GDUMB_SETTINGS = ("gdumb_epochs",)
-DM_SETTINGS = ("iterations", "batch_real", "dm_init", "dm_matching", "dm_dsa_layout")
+DM_SETTINGS = ("iterations", "batch_real", "dm_init", "dm_matching", "dm_dsa_layout", "dm_factor")
 # Settings added after some results were recorded, with the value those older runs used.
-SETTINGS_BEFORE_THEY_EXISTED = {"dm_dsa_layout": "sample", "dm_init": "real", "dm_matching": "mean"}
+SETTINGS_BEFORE_THEY_EXISTED = {"dm_dsa_layout": "sample", "dm_init": "real", "dm_matching": "mean", "dm_factor": 1}
 PROTOCOLS = ("naive", "naive+aug", "gdumb")  # table order
 
 

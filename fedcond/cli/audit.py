@@ -69,7 +69,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
     ref_idx = report.recoverability.reference_indices
     save_nearest_neighbours(
         space,
-        synthetic.images,
+        synthetic.decoded().images,  # the audit's rows: a multi-formation set's decoded tiles
         splits.train.images,
         splits.test.images[ref_idx],
         splits.spec,

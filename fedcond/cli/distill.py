@@ -51,6 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(measured better at ipc 10, worse at ipc 1)",
     )
     distill.add_argument("--mmd-weight", type=float, default=1.0, help="weight of the MMD term (--matching mmd)")
+    distill.add_argument(
+        "--factor",
+        type=int,
+        default=1,
+        help="multi-formation (IDC): each stored image holds factor x factor downsampled tiles that "
+        "train as factor^2 images at the same storage (default 1: plain DM; with --iterations 0 "
+        "and --init real: downsampled random real images)",
+    )
     distill.add_argument("--no-dsa", action="store_true", help="disable siamese augmentation")
     distill.add_argument(
         "--dsa-layout",
@@ -133,6 +141,7 @@ def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSp
         splits.spec,
         args.out / "synthetic.png",
         title=f"{metrics.get('method', 'dm')} {splits.spec.name} ipc={synthetic.meta['ipc']}"
+        + (f" factor {synthetic.factor}" if synthetic.factor > 1 else "")
         + (f" ({metrics['init']} init, {metrics['iterations']} it)" if "init" in metrics else ""),
     )
     metrics["synthetic_path"] = str(path)
@@ -146,7 +155,9 @@ def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSp
                 "dataset": metrics["dataset"],
                 "method": metrics["method"],
                 "ipc": metrics["ipc"],
-                "images": len(synthetic),
+                "images": len(synthetic)
+                if synthetic.factor == 1
+                else f"{len(synthetic)} ({len(synthetic) * synthetic.factor**2} tiles)",
                 "test acc": (
                     "skipped" if acc is None else f"{100 * acc:.2f} ± {100 * metrics['test_accuracy_std']:.2f}%"
                 ),
@@ -175,9 +186,14 @@ def run_distill(args: argparse.Namespace) -> int:
             "mixed_precision": not args.no_bf16,
             "compile": args.compile == "on" or (args.compile == "auto" and args.iterations >= 300),
             "checkpoint_every": args.checkpoint_every,
+            "factor": args.factor,
             "seed": args.seed,
         },
     )
+    if args.factor < 1 or any(side % args.factor for side in splits.spec.image_size):
+        raise CommandError(
+            f"--factor must be a positive integer dividing the image size {splits.spec.image_size}, got {args.factor}"
+        )
     if args.iterations < 0:
         raise CommandError(f"--iterations must be >= 0, got {args.iterations}")
     if args.resume and not config.checkpoint_every:
@@ -187,11 +203,12 @@ def run_distill(args: argparse.Namespace) -> int:
         console.print("[yellow]DP forces --init noise (real init would publish real images)[/]")
         config = parse_config(DistillConfig, {**_as_dict(config), "init": "noise"})
     if config.init != "noise":
-        small = [c for c, n in enumerate(splits.train.class_counts().tolist()) if 0 < n < config.ipc]
+        needed = config.ipc * config.factor**2
+        small = [c for c, n in enumerate(splits.train.class_counts().tolist()) if 0 < n < needed]
         if small:
             raise CommandError(
-                f"classes {small} hold fewer than ipc={config.ipc} images; {config.init} init needs ipc per class "
-                "(lower --ipc or use --init noise)"
+                f"classes {small} hold fewer than {needed} images; {config.init} init needs ipc x factor^2 "
+                "per class (lower --ipc or --factor, or use --init noise)"
             )
     engine = DistributionMatching(
         config, device=resolve_device(args.device), real_statistics=statistics, progress=True
@@ -209,6 +226,8 @@ def run_distill(args: argparse.Namespace) -> int:
         "iterations": config.iterations,
         "init": config.init,
         "matching": config.matching,
+        "factor": config.factor,
+        "training_images": len(synthetic) * config.factor**2,
         "dsa_layout": synthetic.meta.get("dsa_layout"),
         "seed": args.seed,
         "device": str(engine.device),

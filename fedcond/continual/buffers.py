@@ -21,6 +21,12 @@ randomly initialised network of the DM family -- the prefix of length ``k`` is t
 mean embedding best tracks the mean of all the class's synthetic images, which is exactly the
 statistic DM matched to the real data.
 
+Multi-formation (``DistillConfig(factor=f)``, IDC): each stored image holds ``f x f``
+downsampled tiles. The budget counts *stored* images, so the buffer holds exactly as many
+pixels as a buffer of real images; replay and GDumb train on the decoded tiles
+(``f^2`` training images per stored one, see :attr:`DistilledBuffer.buffer`). A stored image's
+importance is its tiles' mean embedding.
+
 Edge cases (documented behaviour, tested):
 
 * a class with fewer real images than its quota (even a single image) is condensed from noise
@@ -49,8 +55,9 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from fedcond.config import DistillConfig
 from fedcond.continual.benchmarks import dataset_tensors, to_avalanche_dataset
 from fedcond.data.registry import ArrayDataset, DatasetSpec
-from fedcond.distill.coreset import HerdingSelector
+from fedcond.distill.coreset import HerdingSelector, herding_order
 from fedcond.distill.dm import DistributionMatching
+from fedcond.distill.formation import decode_formation, expand_labels
 from fedcond.distill.synthetic import SyntheticSet
 
 __all__ = ["DistilledBuffer", "class_quotas"]
@@ -229,6 +236,7 @@ class DistilledBuffer(ExemplarsBuffer):
         """The memory as a :class:`SyntheticSet` (e.g. to save it or train on it)."""
         images, labels = self.tensors()
         meta = {
+            "factor": self.factor,
             "dataset": self.spec.name,
             "num_classes": self.spec.num_classes,
             "image_shape": list(self.spec.image_shape),
@@ -242,11 +250,25 @@ class DistilledBuffer(ExemplarsBuffer):
         return SyntheticSet(images.float().contiguous(), labels, meta)
 
     @property
+    def factor(self) -> int:
+        """Tiles per side of each stored image (``distill.factor``; 1 for plain DM)."""
+        return self.distill.factor
+
+    def training_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, labels)`` a learner trains on: :meth:`tensors`, decoded when ``factor`` > 1."""
+        images, labels = self.tensors()
+        with torch.no_grad():
+            return decode_formation(images, factor=self.factor), expand_labels(labels, factor=self.factor)
+
+    @property
     def buffer(self) -> AvalancheDataset:
-        """The memory as an Avalanche dataset of ``(x, y, 0)`` samples (what replay reads)."""
+        """The memory as an Avalanche dataset of ``(x, y, 0)`` samples (what replay reads).
+
+        With multi-formation (``factor`` > 1) it holds the decoded tiles, ``factor^2`` samples
+        per stored image.
+        """
         if self._dataset is None:
-            images, labels = self.tensors()
-            self._dataset = to_avalanche_dataset(images, labels)
+            self._dataset = to_avalanche_dataset(*self.training_tensors())
         return self._dataset
 
     @buffer.setter
@@ -282,11 +304,13 @@ class DistilledBuffer(ExemplarsBuffer):
         arrival = self._arrival + [c for c in present if c not in self._memory]
         quotas = self.quotas(arrival)
         images = images.detach().float().cpu()
-        # classes seen before: their synthetic images stand for the real data already gone
+        # classes seen before: their synthetic images (decoded) stand for the real data already gone
         old = [c for c in present if c in self._memory]
         if old:
-            images = torch.cat([images, *(self._memory[c] for c in old)])
-            labels = torch.cat([labels, *(torch.full((len(self._memory[c]),), c) for c in old)])
+            with torch.no_grad():
+                kept = [decode_formation(self._memory[c], factor=self.factor) for c in old]
+            images = torch.cat([images, *kept])
+            labels = torch.cat([labels, *(torch.full((len(k),), c) for c, k in zip(old, kept, strict=True))])
         ipc = max(quotas[c] for c in present)
         condensed = self._condense(ArrayDataset(images, labels, self.spec), ipc=ipc)
         for c in present:
@@ -318,7 +342,7 @@ class DistilledBuffer(ExemplarsBuffer):
         counts = data.class_counts()
         classes = [c for c in range(self.spec.num_classes) if counts[c] > 0]
         config = dataclasses.replace(self.distill, ipc=ipc, seed=self.distill.seed + 1009 * self._updates)
-        scarce = [c for c in classes if counts[c] < ipc]
+        scarce = [c for c in classes if counts[c] < ipc * self.factor**2]
         groups: list[tuple[list[int], str]] = []
         plenty = [c for c in classes if c not in scarce]
         if config.init == "noise":
@@ -328,9 +352,10 @@ class DistilledBuffer(ExemplarsBuffer):
                 groups.append((plenty, config.init))
             if scarce:
                 logger.warning(
-                    "classes %s hold fewer real images than the quota of %d: condensed from noise init",
+                    "classes %s hold fewer real images than the quota of %d (x %d tiles): condensed from noise init",
                     scarce,
                     ipc,
+                    self.factor**2,
                 )
                 groups.append((scarce, "noise"))
         out: dict[int, torch.Tensor] = {}
@@ -341,8 +366,11 @@ class DistilledBuffer(ExemplarsBuffer):
             selector = HerdingSelector(model=config.model, spec=self.spec)
             for c in group:
                 members = synthetic.images[synthetic.labels == c]
-                order = selector.select(members, k=len(members), generator=generator)
-                out[c] = members[order]
+                # a stored image's importance: the mean embedding of the tiles it trains as
+                tiles = decode_formation(members, factor=self.factor)
+                features = selector.features(tiles, generator=generator)
+                features = features.reshape(len(members), self.factor**2, -1).mean(1)
+                out[c] = members[herding_order(features, k=len(members))]
         return out
 
     def _condense_group(self, data: ArrayDataset, config: DistillConfig) -> SyntheticSet:

@@ -91,7 +91,9 @@ class ContinualResult:
         ``A[i][j]``: accuracy on experience ``j``'s test classes after experience ``i``
         (a single row for ``joint``).
     memory_per_experience : list[int]
-        Images in memory after each experience (0 without replay).
+        Images stored in memory after each experience (0 without replay). A multi-formation
+        distilled memory (``distill.factor`` > 1) counts stored images; each trains as
+        ``factor^2`` decoded tiles.
     memory_class_counts : list[dict[int, int]]
         Images per class in memory after each experience.
     """
@@ -308,8 +310,13 @@ def _accuracy_row(model: nn.Module, bench: SplitBenchmark, device: torch.device)
 
 
 def _memory_counts(buffer: Any) -> tuple[int, dict[int, int]]:
+    """Stored images in memory, in total and per class (what equal-memory accounting compares)."""
     if buffer is None:
         return 0, {}
+    if isinstance(buffer, DistilledBuffer):
+        # stored images, not the factor^2 tiles each trains as under multi-formation
+        counts = buffer.class_counts()
+        return sum(counts.values()), dict(sorted(counts.items()))
     memory = buffer.buffer
     if len(memory) == 0:
         return 0, {}

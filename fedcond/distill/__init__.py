@@ -19,6 +19,7 @@ from fedcond.distill.evaluate import (
     train_model,
     train_with_recipe,
 )
+from fedcond.distill.formation import check_factor, decode_formation, encode_formation, expand_labels
 from fedcond.distill.kmeans import KMeansResult, kmeans
 from fedcond.distill.matching import MATCHINGS, check_matching, class_mmd_loss, gaussian_mmd2
 from fedcond.distill.statistics import MeanStatistics, RealBatch, RealStatistics
@@ -44,10 +45,14 @@ __all__ = [
     "SyntheticSetError",
     "accuracy",
     "augment_for",
+    "check_factor",
     "check_matching",
     "class_mmd_loss",
+    "decode_formation",
     "dm_loss",
+    "encode_formation",
     "evaluate_synthetic",
+    "expand_labels",
     "gaussian_mmd2",
     "get_selector",
     "herding_order",

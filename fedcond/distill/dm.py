@@ -31,6 +31,7 @@ from fedcond.data.registry import DIGIT_DATASETS, ArrayDataset
 from fedcond.devices import autocast_context, resolve_device
 from fedcond.distill.augment import SiameseAugment
 from fedcond.distill.coreset import HerdingSelector
+from fedcond.distill.formation import check_factor, decode_formation, encode_formation, expand_labels
 from fedcond.distill.kmeans import kmeans
 from fedcond.distill.matching import check_matching, class_mmd_loss, dm_loss
 from fedcond.distill.statistics import MeanStatistics, RealStatistics, class_means
@@ -218,6 +219,8 @@ class DistributionMatching:
             )
         if config.real_chunk < 0:
             raise ValueError(f"real_chunk must be >= 0 (0 = no chunking), got {config.real_chunk}")
+        if isinstance(config.factor, bool) or not isinstance(config.factor, int) or config.factor < 1:
+            raise ValueError(f"factor must be a positive integer, got {config.factor!r}")
         self.config = config
         self.device = resolve_device(device)
         self.statistics = real_statistics or MeanStatistics(batch_size=config.batch_real)
@@ -299,6 +302,8 @@ class DistributionMatching:
                 f"(found {int(data.labels.min())}..{int(data.labels.max())})"
             )
         num_classes = spec.num_classes
+        factor = cfg.factor
+        check_factor(factor, image_size=spec.image_size)
         if self.embedder is None and self._net_shape != (tuple(spec.image_shape), num_classes):
             # the random network kept from an earlier condense() fits another image shape or class count
             self._net, self._real_embed = None, None
@@ -311,9 +316,17 @@ class DistributionMatching:
 
         generator = torch.Generator().manual_seed(cfg.seed)
         if start is None:
+            # multi-formation: factor^2 initial images per stored one, downsampled and tiled
             syn_images, syn_labels = initial_synthetic(
-                data, ipc=cfg.ipc, init=cfg.init, classes=classes, generator=generator, model=cfg.model
+                data,
+                ipc=cfg.ipc * factor * factor,
+                init=cfg.init,
+                classes=classes,
+                generator=generator,
+                model=cfg.model,
             )
+            syn_images = encode_formation(syn_images, factor=factor)
+            syn_labels = syn_labels[:: factor * factor].clone()
         else:
             syn_labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(cfg.ipc)
             expected = (len(syn_labels), *spec.image_shape)
@@ -337,7 +350,10 @@ class DistributionMatching:
 
         real_images = data.images.to(device)
         pools = _class_pools(data.labels, num_classes)
-        syn_groups = syn_labels.to(device)
+        # the training images DM matches: the stored ones, or their decoded tiles
+        train_labels = expand_labels(syn_labels, factor=factor)
+        train_per_class = cfg.ipc * factor * factor
+        syn_groups = train_labels.to(device)
         augment = (
             SiameseAugment(cfg.augment, drop_flip=spec.name in DIGIT_DATASETS) if cfg.dsa else None
         )
@@ -373,12 +389,12 @@ class DistributionMatching:
             real_groups_on_device = real_groups.to(device)
             if augment is not None:
                 if per_class_augmentation:
-                    slots_per_class, real_slots, syn_slots = 1, real_groups, syn_labels
+                    slots_per_class, real_slots, syn_slots = 1, real_groups, train_labels
                 else:
                     largest = int(torch.bincount(real_groups).max()) if real_groups.numel() else 0
-                    slots_per_class = max(largest, cfg.ipc)
+                    slots_per_class = max(largest, train_per_class)
                     real_slots = _slots_within_groups(real_groups, num_classes, slots_per_class)
-                    syn_slots = _slots_within_groups(syn_labels, num_classes, slots_per_class)
+                    syn_slots = _slots_within_groups(train_labels, num_classes, slots_per_class)
                 params = augment.sample(
                     num_classes * slots_per_class, generator=aug_generator, image_size=spec.image_size
                 )
@@ -398,7 +414,7 @@ class DistributionMatching:
                 real_emb = real_emb.clone()  # leaves inference mode: the kernel's backward reads it
             # synthetic side: the only graph
             with autocast_context(device, enabled=cfg.mixed_precision):
-                x = syn
+                x = decode_formation(syn, factor=factor)
                 if augment is not None:
                     x = augment.apply(x, params, syn_slots)
                 syn_emb = net.embed(x.contiguous(memory_format=memory_format))
@@ -438,6 +454,7 @@ class DistributionMatching:
             "given_start": start is not None,
             "dsa_layout": ("class" if per_class_augmentation else "sample") if cfg.dsa else None,
             "matching": cfg.matching,
+            "factor": factor,
             "seed": cfg.seed,
             "iterations": cfg.iterations,
             "skipped_classes": skipped,

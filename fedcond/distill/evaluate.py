@@ -191,7 +191,8 @@ def evaluate_synthetic(
     Parameters
     ----------
     synthetic : SyntheticSet | (images, labels)
-        Training data (a synthetic set or a coreset).
+        Training data (a synthetic set or a coreset). A multi-formation set (``factor`` > 1)
+        is decoded first (:meth:`SyntheticSet.decoded`).
     test : ArrayDataset
         The real held-out test set.
     config : EvalConfig
@@ -208,6 +209,7 @@ def evaluate_synthetic(
         If ``config.runs`` is negative.
     """
     if isinstance(synthetic, SyntheticSet):
+        synthetic = synthetic.decoded()  # a multi-formation set trains on its decoded tiles
         images, labels = synthetic.images, synthetic.labels
     else:
         images, labels = synthetic

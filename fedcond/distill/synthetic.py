@@ -38,7 +38,8 @@ class SyntheticSet:
         int64 ``N``.
     meta : dict
         ``dataset``, ``num_classes``, ``mean``, ``std``, ``ipc``, ``method``, ``init``, ``seed``,
-        ``iterations`` and, under DP, ``epsilon``/``delta``. JSON-serialisable values only.
+        ``iterations``, ``factor`` (multi-formation, see :meth:`decoded`; 1 when absent) and,
+        under DP, ``epsilon``/``delta``. JSON-serialisable values only.
     """
 
     images: torch.Tensor
@@ -54,6 +55,28 @@ class SyntheticSet:
     @property
     def num_classes(self) -> int:
         return int(self.meta.get("num_classes", int(self.labels.max()) + 1 if len(self) else 0))
+
+    @property
+    def factor(self) -> int:
+        """Tiles per side of each stored image (``meta["factor"]``; 1 for a plain set)."""
+        return int(self.meta.get("factor", 1))
+
+    def decoded(self) -> SyntheticSet:
+        """The images a network trains on.
+
+        A plain set (``factor`` 1) is returned as is. A multi-formation set stores
+        ``factor x factor`` downsampled tiles per image (:mod:`fedcond.distill.formation`);
+        the decoded set holds every tile upsampled to full size, ``len(self) * factor^2``
+        images, with ``meta["factor"] = 1`` and ``meta["stored_images"]`` the stored count.
+        """
+        if self.factor == 1:
+            return self
+        from fedcond.distill.formation import decode_formation, expand_labels
+
+        with torch.no_grad():
+            images = decode_formation(self.images, factor=self.factor).contiguous()
+        meta = {**self.meta, "factor": 1, "stored_images": len(self), "decoded_from_factor": self.factor}
+        return SyntheticSet(images, expand_labels(self.labels, factor=self.factor), meta)
 
     def class_counts(self) -> torch.Tensor:
         """Images per class, length ``num_classes``."""
@@ -102,6 +125,13 @@ class SyntheticSet:
                 raise SyntheticSetError(
                     f"labels span [{low}, {high}], outside the valid range [0, {classes})"
                 )
+        factor = self.meta.get("factor", 1)
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise SyntheticSetError(f"meta factor must be a positive integer, got {factor!r}")
+        if factor > 1 and (images.shape[2] % factor or images.shape[3] % factor):
+            raise SyntheticSetError(
+                f"meta factor {factor} does not divide the image size {images.shape[2]}x{images.shape[3]}"
+            )
         if max_images is not None and images.shape[0] > max_images:
             raise SyntheticSetError(f"{images.shape[0]} images exceed the cap of {max_images}")
 

@@ -8,6 +8,9 @@ Each such image stands for ``n_kc / m_kc`` real samples, so it gets the loss wei
 (``M`` synthetic images, ``N`` real samples in all). The weighted union then reproduces the
 federation's real class distribution and, within a class, each client's share of it, while
 the mean weight stays 1 (the learning rate keeps its meaning).
+
+A multi-formation set (``distill.factor`` > 1) is decoded first: ``m_kc`` and ``M`` then count
+decoded tiles, the images the global model trains on.
 """
 
 from __future__ import annotations
@@ -58,20 +61,22 @@ def aggregate_sets(sets: Sequence[ClientSet], *, num_classes: int) -> Aggregated
     """
     if not sets:
         raise ValueError("no client set to aggregate")
+    # multi-formation sets train on their decoded tiles; weights spread over the tiles
+    decoded = [s.synthetic.decoded() for s in sets]
     real_counts = torch.stack([s.class_counts for s in sets]).sum(0)
     total_real = int(real_counts.sum())
-    total_images = sum(len(s.synthetic) for s in sets)
+    total_images = sum(len(d) for d in decoded)
     if total_images == 0 or total_real == 0:
         raise ValueError("the client sets hold no images")
     images, labels, weights = [], [], []
     for c in range(num_classes):
-        for s in sets:
-            mask = s.synthetic.labels == c
+        for s, d in zip(sets, decoded, strict=True):
+            mask = d.labels == c
             m = int(mask.sum())
             if m == 0:
                 continue
-            images.append(s.synthetic.images[mask])
-            labels.append(s.synthetic.labels[mask])
+            images.append(d.images[mask])
+            labels.append(d.labels[mask])
             weights.append(torch.full((m,), float(s.class_counts[c]) / m * total_images / total_real))
     return AggregatedSet(
         torch.cat(images),

@@ -24,6 +24,7 @@ from fedcond.data.partition import partition_indices
 from fedcond.data.registry import ArrayDataset, DatasetSplits, load_dataset
 from fedcond.distill.dm import DistributionMatching, initial_synthetic
 from fedcond.distill.evaluate import train_model
+from fedcond.distill.formation import encode_formation
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.job import FederatedJob
 
@@ -262,9 +263,16 @@ def condense_partition(
             logger.warning(
                 "the previous synthetic set does not hold ipc=%d images of each class: not reused", distill.ipc
             )
+        # multi-formation: factor^2 start images per stored one, downsampled and tiled
         start = initial_images(
-            data, classes=present, ipc=distill.ipc, init=init, generator=generator, model=distill.model
+            data,
+            classes=present,
+            ipc=distill.ipc * distill.factor**2,
+            init=init,
+            generator=generator,
+            model=distill.model,
         )
+        start = encode_formation(start, factor=distill.factor)
     # the start is given explicitly, so DM's own init is never drawn ("noise": nothing to check)
     config = dataclasses.replace(distill, init="noise", checkpoint_every=0)
     engine = DistributionMatching(config, device=device, real_statistics=statistics, embedder=embedder)

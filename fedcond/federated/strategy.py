@@ -166,6 +166,7 @@ class FedCond(Strategy):
                     num_classes=self.spec.num_classes,
                     image_shape=self.spec.image_shape,
                     max_images=self.max_images,
+                    factor=self.config.distill.factor,
                 )
             except ReplyRejected as exc:
                 report.dropped[node_id] = str(exc)

@@ -73,6 +73,7 @@ def validate_reply(
     num_classes: int,
     image_shape: tuple[int, ...],
     max_images: int,
+    factor: int = 1,
 ) -> ClientSet:
     """Check one reply and return its content, or raise :class:`ReplyRejected`.
 
@@ -83,7 +84,10 @@ def validate_reply(
     num_classes, image_shape : int, tuple
         The dataset's, which every synthetic image must match.
     max_images : int
-        The size cap, ``ipc x num_classes``.
+        The size cap, ``ipc x num_classes`` stored images.
+    factor : int
+        The job's multi-formation factor (``distill.factor``): every image the clients send
+        stores ``factor x factor`` tiles, decoded by the server (:meth:`SyntheticSet.decoded`).
     """
     node_id = int(message.metadata.src_node_id)
     if message.has_error():
@@ -106,7 +110,7 @@ def validate_reply(
             f"labels have shape {tuple(labels_arr.shape)}, expected one label per image ({images_arr.shape[0]},)"
         )
     try:
-        synthetic = synthetic_from_record(arrays, meta={"num_classes": num_classes})
+        synthetic = synthetic_from_record(arrays, meta={"num_classes": num_classes, "factor": factor})
         synthetic.validate(num_classes=num_classes, image_shape=tuple(image_shape), max_images=max_images)
     except (SyntheticSetError, ValueError) as exc:
         raise ReplyRejected(str(exc)) from exc

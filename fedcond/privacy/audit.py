@@ -94,6 +94,8 @@ class AuditReport:
         strongest = self.target.strongest
         out: dict[str, Any] = {
             **self.recoverability.metrics(),
+            # images audited: a multi-formation set's decoded tiles, factor^2 per stored image
+            "audited_images": self.recoverability.num_synthetic,
             "mia_auc": strongest.auc,
             "mia_tpr_at_1pct_fpr": strongest.tpr_at_1pct_fpr,
             "mia_tpr_at_01pct_fpr": strongest.tpr_at_01pct_fpr,
@@ -193,6 +195,8 @@ def run_audit(
         raise ValueError(f"audit calibration_quantile must lie in (0, 1), got {config.calibration_quantile}")
     spec = splits.spec
     check_compatible(synthetic, spec)
+    # a multi-formation set is audited as the tiles a network trains on (SyntheticSet.decoded)
+    synthetic = synthetic.decoded()
     say = status or (lambda message: logger.info(message))
     train, test = splits.train, splits.test
     generator = torch.Generator().manual_seed(config.seed)

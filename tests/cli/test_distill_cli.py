@@ -60,7 +60,9 @@ def test_coreset_end_to_end(tmp_path) -> None:
         (["distill", "--ipc", "0"], "--ipc must be positive"),
         (["distill", "--dataset", "imagenet"], "unknown dataset"),
         (["distill", "--dataset", "mnist", "--data-dir", "/nonexistent"], "MNIST/raw"),
-        (["distill", "--ipc", "500", "--iterations", "1"], "hold fewer than ipc=500"),
+        (["distill", "--ipc", "500", "--iterations", "1"], "hold fewer than 500 images"),
+        (["distill", "--ipc", "40", "--factor", "2", "--iterations", "1"], "needs ipc x factor^2"),
+        (["distill", "--factor", "3", "--iterations", "1"], "--factor must be a positive integer dividing"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, capsys, argv, message) -> None:
@@ -97,3 +99,13 @@ def test_kmeans_centroid_baseline_from_the_cli(tmp_path) -> None:
     assert metrics["init"] == "kmeans" and metrics["iterations"] == 0
     assert metrics["test_accuracy_mean"] > 0.7  # two centroids per class, 40 epochs: about 0.88
     assert len(SyntheticSet.load(out / "synthetic.npz", num_classes=10, image_shape=(1, 8, 8))) == 20
+
+
+def test_multi_formation_from_the_cli(tmp_path) -> None:
+    out = tmp_path / "f2"
+    assert main(["distill", "--ipc", "1", "--iterations", "3", "--factor", "2", "--eval-runs", "1",
+                 "--eval-epochs", "5", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["factor"] == 2 and metrics["training_images"] == 40
+    synthetic = SyntheticSet.load(out / "synthetic.npz", num_classes=10, image_shape=(1, 8, 8))
+    assert len(synthetic) == 10 and synthetic.factor == 2 and len(synthetic.decoded()) == 40

@@ -176,3 +176,28 @@ def test_cache_reuses_a_condensation(digits_stream, tmp_path, monkeypatch) -> No
     assert second.condense_seconds == 0
     assert torch.equal(first.tensors()[0], second.tensors()[0])
     assert len(second.synthetic_set()) == 4
+
+
+def test_multi_formation_buffer_counts_stored_images_and_replays_their_tiles(digits_stream) -> None:
+    import dataclasses
+
+    from fedcond.distill.formation import decode_formation
+
+    buffer = DistilledBuffer.per_class(
+        2, num_classes=10, spec=digits_stream.spec, distill=dataclasses.replace(TINY_DM, factor=2)
+    )
+    seen: list[int] = []
+    for i in range(2):
+        buffer.update_from_tensors(*_tensors(_experience(digits_stream, i)))
+        seen += digits_stream.experience_classes[i]
+        # the budget is in stored images (equal pixels to 2 real images per class) ...
+        assert buffer.class_counts() == {c: 2 for c in sorted(seen, key=seen.index)}
+        assert buffer.tensors()[0].shape == (2 * len(seen), 1, 8, 8)
+        # ... and replay trains on 4 decoded tiles per stored image, labels repeated in order
+        assert len(buffer.buffer) == 8 * len(seen)
+        targets = torch.as_tensor(list(buffer.buffer.targets))
+        assert targets.tolist() == buffer.tensors()[1].repeat_interleave(4).tolist()
+    stored, _ = buffer.tensors()
+    assert torch.allclose(buffer.training_tensors()[0], decode_formation(stored, factor=2))
+    saved = buffer.synthetic_set()
+    assert saved.factor == 2 and len(saved.decoded()) == 4 * len(saved)

@@ -48,6 +48,21 @@ def test_partition_missing_classes_condenses_only_present_ones():
     assert outcome.skipped_classes == [c for c in range(10) if counts[c] == 0]
 
 
+def test_multi_formation_client_sends_ipc_stored_images_of_downsampled_real_starts():
+    from fedcond.distill.formation import decode_formation
+
+    job = job_from_mapping({**JOB, "distill.factor": 2})
+    assert job.federated.distill.factor == 2
+    data = client_partition(job, partition_id=1, num_partitions=4)
+    counts = data.class_counts()
+    outcome = condense_partition(data, distill=job.federated.distill)
+    synthetic = outcome.synthetic
+    assert synthetic.factor == 2 and synthetic.meta["factor"] == 2
+    assert set(synthetic.class_counts()[counts > 0].tolist()) == {3}  # stored: ipc per class present
+    tiles = decode_formation(synthetic.images, factor=2)
+    assert tiles.shape == (4 * len(synthetic), 1, 8, 8) and torch.isfinite(tiles).all()
+
+
 def test_warm_start_is_used_only_when_it_fits_and_meta_says_which(caplog):
     job = job_from_mapping(JOB)
     data = client_partition(job, partition_id=1, num_partitions=4)

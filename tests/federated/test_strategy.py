@@ -171,3 +171,23 @@ def test_weights_use_each_clients_actual_image_count(task_identity, digits_spec)
 def test_aggregating_nothing_is_refused():
     with pytest.raises(ValueError, match="no client set to aggregate"):
         aggregate_sets([], num_classes=10)
+
+
+def test_multi_formation_sets_are_decoded_and_weighted_per_tile(task_identity, digits_spec):
+    from fedcond.distill.formation import decode_formation
+
+    strategy = _strategy(digits_spec, **{"distill.factor": 2})
+    reply = synthetic_reply(1, classes={0: 80, 1: 40})
+    kept = validate_reply(reply, num_classes=10, image_shape=(1, 8, 8), max_images=20, factor=2)
+    assert kept.synthetic.factor == 2
+    union = aggregate_sets([kept], num_classes=10)
+    # 2 stored images per class -> 8 training tiles per class, each standing for n / 8 real samples
+    assert len(union) == 4 * len(kept.synthetic)
+    torch.testing.assert_close(union.images, decode_formation(kept.synthetic.images, factor=2))
+    w = union.weights
+    assert w.mean().item() == pytest.approx(1.0)
+    assert (w[union.labels == 0][0] / w[union.labels == 1][0]).item() == pytest.approx(2.0)
+    # the strategy passes the job's factor to validation and trains on the decoded union
+    strategy.aggregate_train(1, [reply])
+    assert strategy.union is not None and len(strategy.union) == 4 * len(kept.synthetic)
+    assert strategy.max_images == 20  # the cap counts stored images

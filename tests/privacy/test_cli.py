@@ -51,6 +51,21 @@ def test_audit_of_pure_noise_finds_no_memorisation(copied_set: Path, tmp_path: P
     assert metrics["verdict"] == "no evidence of leakage at this attack strength"
 
 
+def test_a_multi_formation_set_is_audited_as_its_decoded_tiles(tmp_path: Path) -> None:
+    made = tmp_path / "f2"
+    argv = ["distill", "--ipc", "1", "--factor", "2", "--iterations", "0", "--eval-runs", "0", "--out", str(made)]
+    assert main(argv) == 0
+    stored = SyntheticSet.load(made / "synthetic.npz")
+    assert len(stored) == 10 and stored.factor == 2
+    out = tmp_path / "audit"
+    assert main(["audit", "--synthetic", str(made / "synthetic.npz"), "--out", str(out), *FAST_AUDIT]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["audited_images"] == 40
+    assert metrics["synthetic_meta"]["factor"] == 2
+    # each tile is a downsampled training image: closer to the training set than to held-out images
+    assert metrics["pixel_nn_median_distance_train"] < metrics["pixel_nn_median_distance_held_out"]
+
+
 def test_audit_refuses_a_set_with_another_normalisation(copied_set: Path, tmp_path: Path, capsys) -> None:
     real = SyntheticSet.load(copied_set)
     wrong = SyntheticSet(real.images, real.labels, {**real.meta, "mean": [0.5], "std": [0.5]})
