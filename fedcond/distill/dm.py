@@ -316,6 +316,13 @@ class DistributionMatching:
 
         generator = torch.Generator().manual_seed(cfg.seed)
         if start is None:
+            needed = cfg.ipc * factor * factor
+            short = [c for c in classes if counts[c] < needed]
+            if factor > 1 and cfg.init != "noise" and short:
+                raise ValueError(
+                    f"classes {short} hold fewer than ipc x factor^2 = {cfg.ipc} x {factor * factor} = {needed} "
+                    f"images, which {cfg.init} init with factor {factor} needs; lower ipc or factor, or use noise init"
+                )
             # multi-formation: factor^2 initial images per stored one, downsampled and tiled
             syn_images, syn_labels = initial_synthetic(
                 data,
