@@ -23,6 +23,7 @@ from fedcond.distill.augment import LAYOUTS
 from fedcond.distill.coreset import select_coreset
 from fedcond.distill.dm import INITS, DistributionMatching
 from fedcond.distill.evaluate import evaluate_synthetic
+from fedcond.distill.formation import check_factor
 from fedcond.distill.matching import MATCHINGS
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.plots import save_image_grid
@@ -190,10 +191,12 @@ def run_distill(args: argparse.Namespace) -> int:
             "seed": args.seed,
         },
     )
-    if args.factor < 1 or any(side % args.factor for side in splits.spec.image_size):
+    try:
+        check_factor(args.factor, image_size=splits.spec.image_size)
+    except ValueError as exc:
         raise CommandError(
-            f"--factor must be a positive integer dividing the image size {splits.spec.image_size}, got {args.factor}"
-        )
+            f"--factor must be a positive integer dividing the image size {splits.spec.image_size}: {exc}"
+        ) from exc
     if args.iterations < 0:
         raise CommandError(f"--iterations must be >= 0, got {args.iterations}")
     if args.resume and not config.checkpoint_every:

@@ -219,8 +219,7 @@ class DistributionMatching:
             )
         if config.real_chunk < 0:
             raise ValueError(f"real_chunk must be >= 0 (0 = no chunking), got {config.real_chunk}")
-        if isinstance(config.factor, bool) or not isinstance(config.factor, int) or config.factor < 1:
-            raise ValueError(f"factor must be a positive integer, got {config.factor!r}")
+        check_factor(config.factor)
         self.config = config
         self.device = resolve_device(device)
         self.statistics = real_statistics or MeanStatistics(batch_size=config.batch_real)
@@ -315,18 +314,19 @@ class DistributionMatching:
             logger.warning("classes %s have no real samples on this client: skipped", skipped)
 
         generator = torch.Generator().manual_seed(cfg.seed)
+        tiles_per_class = cfg.ipc * factor * factor  # training images per class DM matches
         if start is None:
-            needed = cfg.ipc * factor * factor
-            short = [c for c in classes if counts[c] < needed]
+            short = [c for c in classes if counts[c] < tiles_per_class]
             if factor > 1 and cfg.init != "noise" and short:
                 raise ValueError(
-                    f"classes {short} hold fewer than ipc x factor^2 = {cfg.ipc} x {factor * factor} = {needed} "
-                    f"images, which {cfg.init} init with factor {factor} needs; lower ipc or factor, or use noise init"
+                    f"classes {short} hold fewer than ipc x factor^2 = {cfg.ipc} x {factor * factor} = "
+                    f"{tiles_per_class} images, which {cfg.init} init with factor {factor} needs; "
+                    "lower ipc or factor, or use noise init"
                 )
             # multi-formation: factor^2 initial images per stored one, downsampled and tiled
             syn_images, syn_labels = initial_synthetic(
                 data,
-                ipc=cfg.ipc * factor * factor,
+                ipc=tiles_per_class,
                 init=cfg.init,
                 classes=classes,
                 generator=generator,
@@ -359,7 +359,6 @@ class DistributionMatching:
         pools = _class_pools(data.labels, num_classes)
         # the training images DM matches: the stored ones, or their decoded tiles
         train_labels = expand_labels(syn_labels, factor=factor)
-        train_per_class = cfg.ipc * factor * factor
         syn_groups = train_labels.to(device)
         augment = (
             SiameseAugment(cfg.augment, drop_flip=spec.name in DIGIT_DATASETS) if cfg.dsa else None
@@ -399,7 +398,7 @@ class DistributionMatching:
                     slots_per_class, real_slots, syn_slots = 1, real_groups, train_labels
                 else:
                     largest = int(torch.bincount(real_groups).max()) if real_groups.numel() else 0
-                    slots_per_class = max(largest, train_per_class)
+                    slots_per_class = max(largest, tiles_per_class)
                     real_slots = _slots_within_groups(real_groups, num_classes, slots_per_class)
                     syn_slots = _slots_within_groups(train_labels, num_classes, slots_per_class)
                 params = augment.sample(

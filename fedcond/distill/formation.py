@@ -20,8 +20,10 @@ import torch.nn.functional as F
 __all__ = ["check_factor", "decode_formation", "encode_formation", "expand_labels"]
 
 
-def check_factor(factor: int, *, image_size: tuple[int, int]) -> None:
+def check_factor(factor: int, *, image_size: tuple[int, int] | None = None) -> None:
     """Refuse a factor that is not a positive integer dividing both image sides.
+
+    Without ``image_size`` only the type and sign are checked.
 
     Raises
     ------
@@ -30,6 +32,8 @@ def check_factor(factor: int, *, image_size: tuple[int, int]) -> None:
     """
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
         raise ValueError(f"factor must be a positive integer, got {factor!r}")
+    if image_size is None:
+        return
     height, width = image_size
     if height % factor or width % factor:
         raise ValueError(f"factor {factor} does not divide the image size {height}x{width}")

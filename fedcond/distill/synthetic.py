@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedcond.distill.formation import check_factor, decode_formation, expand_labels
+
 __all__ = ["SyntheticSet", "SyntheticSetError", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
@@ -71,8 +73,6 @@ class SyntheticSet:
         """
         if self.factor == 1:
             return self
-        from fedcond.distill.formation import decode_formation, expand_labels
-
         with torch.no_grad():
             images = decode_formation(self.images, factor=self.factor).contiguous()
         meta = {**self.meta, "factor": 1, "stored_images": len(self), "decoded_from_factor": self.factor}
@@ -125,13 +125,10 @@ class SyntheticSet:
                 raise SyntheticSetError(
                     f"labels span [{low}, {high}], outside the valid range [0, {classes})"
                 )
-        factor = self.meta.get("factor", 1)
-        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-            raise SyntheticSetError(f"meta factor must be a positive integer, got {factor!r}")
-        if factor > 1 and (images.shape[2] % factor or images.shape[3] % factor):
-            raise SyntheticSetError(
-                f"meta factor {factor} does not divide the image size {images.shape[2]}x{images.shape[3]}"
-            )
+        try:
+            check_factor(self.meta.get("factor", 1), image_size=tuple(images.shape[2:]))
+        except ValueError as exc:
+            raise SyntheticSetError(f"meta {exc}") from exc
         if max_images is not None and images.shape[0] > max_images:
             raise SyntheticSetError(f"{images.shape[0]} images exceed the cap of {max_images}")
 
