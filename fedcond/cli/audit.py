@@ -26,6 +26,7 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``audit`` subcommand and its flags to ``subparsers``."""
     audit = subparsers.add_parser(
         "audit", help="memorisation and membership-inference audit of a synthetic set"
     )
@@ -42,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_audit_command(args: argparse.Namespace) -> int:
+    """Run ``fedcond audit``: write ``metrics.json``, ``nearest_neighbours.png`` and ``roc.png``."""
     from fedcond.privacy.audit import LEAKS, run_audit
     from fedcond.privacy.figures import save_nearest_neighbours, save_roc
 

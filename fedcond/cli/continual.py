@@ -24,6 +24,7 @@ _REPLAYS = ("none", "random", "herding", "distilled", "joint")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``continual`` subcommand and its flags to ``subparsers``."""
     parser = subparsers.add_parser(
         "continual",
         help="class-incremental learning with none/random/herding/distilled replay (Avalanche)",
@@ -98,6 +99,7 @@ def config_from(args: argparse.Namespace) -> ContinualConfig:
 
 
 def run_continual_command(args: argparse.Namespace) -> int:
+    """Run ``fedcond continual``: write ``metrics.json`` and ``accuracy_matrix.png``; return the exit code."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedcond.continual.figures import save_accuracy_matrix

@@ -32,6 +32,7 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``distill`` and ``coreset`` subcommands and their flags to ``subparsers``."""
     distill = subparsers.add_parser("distill", help="condense a dataset with distribution matching")
     _add_budget_arguments(distill)
     distill.add_argument("--iterations", type=int, default=1000, help="DM iterations (default 1000)")
@@ -170,6 +171,7 @@ def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSp
 
 
 def run_distill(args: argparse.Namespace) -> int:
+    """Run ``fedcond distill``: condense, evaluate, write the set, ``synthetic.png`` and ``metrics.json``."""
     out = prepare_run_folder(args.out)
     splits = _load(args)
     config = parse_config(
@@ -275,6 +277,7 @@ def _dp_statistics(args: argparse.Namespace, config: DistillConfig, splits: Data
 
 
 def run_coreset(args: argparse.Namespace) -> int:
+    """Run ``fedcond coreset``: select a random or herding coreset and evaluate it like a distilled set."""
     prepare_run_folder(args.out)
     splits = _load(args)
     start = time.perf_counter()

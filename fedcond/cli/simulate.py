@@ -42,6 +42,7 @@ _FLAG_KEYS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``simulate`` subcommand and its flags to ``subparsers``."""
     parser = subparsers.add_parser(
         "simulate",
         help="federated run on Flower's simulation engine (no argument: the demo)",
@@ -138,6 +139,7 @@ def _row(name: str, metrics: dict[str, Any], reference_uplink: int | None) -> di
 
 
 def run_simulate(args: argparse.Namespace) -> int:
+    """Run ``fedcond simulate`` on Flower's simulation engine; write ``metrics.json`` and ``accuracy.png``."""
     out = prepare_run_folder(args.out)
     from fedcond.federated.job import job_from_mapping  # Flower is imported only when needed
     from fedcond.federated.simulation import SimulationError, simulate

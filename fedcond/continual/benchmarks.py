@@ -162,6 +162,7 @@ class SplitBenchmark:
 
     @property
     def spec(self) -> DatasetSpec:
+        """The dataset spec (shape, classes, normalisation) of the benchmark's images."""
         return self.train.spec
 
     @property

@@ -56,6 +56,7 @@ class EmbeddingHerdingSelection(ExemplarsSelectionStrategy):
         return torch.cat(feats)
 
     def make_sorted_indices(self, strategy: Any, data: AvalancheDataset) -> list[int]:
+        """Avalanche's hook: the herding order of ``data`` in ``strategy.model``'s feature space."""
         features = self.features(strategy.model, data, strategy.device)
         first = herding_order(features, k=min(self.max_selected, len(data))).tolist()
         chosen = set(first)

@@ -115,10 +115,12 @@ class ContinualResult:
 
     @property
     def final_average_accuracy(self) -> float:
+        """Mean test accuracy over all experiences after the last one was trained."""
         return average_accuracy(self.accuracy_matrix)
 
     @property
     def forgetting(self) -> float | None:
+        """Average forgetting (best earlier minus final accuracy), ``None`` with one experience."""
         return forgetting(self.accuracy_matrix)
 
     @property

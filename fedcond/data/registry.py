@@ -130,6 +130,7 @@ class DatasetSplits:
 
     @property
     def spec(self) -> DatasetSpec:
+        """The dataset spec shared by both splits."""
         return self.train.spec
 
 

@@ -37,6 +37,7 @@ class AugmentParams:
 
     @property
     def num_slots(self) -> int:
+        """Number of parameter sets sampled (rows of each parameter tensor)."""
         return next(iter(self.values.values())).shape[0]
 
 

@@ -70,6 +70,7 @@ class CondensationResult:
 
     @property
     def iterations_per_second(self) -> float:
+        """Throughput of the run (``nan`` when no iteration ran)."""
         return len(self.losses) / self.seconds if self.seconds > 0 else float("nan")
 
 

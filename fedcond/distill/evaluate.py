@@ -37,10 +37,12 @@ class EvalResult:
 
     @property
     def mean(self) -> float:
+        """Mean test accuracy over the evaluation networks (``nan`` if none ran)."""
         return statistics.fmean(self.accuracies) if self.accuracies else float("nan")
 
     @property
     def std(self) -> float:
+        """Population standard deviation of the test accuracies (0 with one network)."""
         return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
 
     def __str__(self) -> str:

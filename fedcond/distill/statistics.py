@@ -27,10 +27,12 @@ class RealBatch(tuple):
 
     @property
     def indices(self) -> torch.Tensor:
+        """Indices of the sampled real images in the training set."""
         return self[0]
 
     @property
     def groups(self) -> torch.Tensor:
+        """Class of each sampled real image."""
         return self[1]
 
 
@@ -91,6 +93,7 @@ class MeanStatistics:
         self.augmentation_per_class = False
 
     def sample_batch(self, class_pools: list[torch.Tensor], *, generator: torch.Generator) -> RealBatch:
+        """Draw up to ``batch_size`` real images per class without replacement."""
         indices: list[torch.Tensor] = []
         groups: list[torch.Tensor] = []
         for c, pool in enumerate(class_pools):
@@ -105,6 +108,7 @@ class MeanStatistics:
     def class_means(
         self, embeddings: torch.Tensor, groups: torch.Tensor, *, num_classes: int, generator: torch.Generator
     ) -> torch.Tensor:
+        """Exact per-class mean of ``embeddings`` (no noise: not private)."""
         return class_means(embeddings, groups, num_classes=num_classes)
 
     def fingerprint(self) -> dict[str, object]:

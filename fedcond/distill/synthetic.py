@@ -56,6 +56,7 @@ class SyntheticSet:
 
     @property
     def num_classes(self) -> int:
+        """Class count recorded in ``meta``, else one more than the largest label."""
         return int(self.meta.get("num_classes", int(self.labels.max()) + 1 if len(self) else 0))
 
     @property

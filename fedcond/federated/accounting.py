@@ -47,6 +47,7 @@ class _Ledger:
     pending: dict[str, int] = field(default_factory=dict)  # message id -> round
 
     def entry(self, server_round: int) -> RoundTraffic:
+        """The traffic record of ``server_round``, created on first use."""
         return self.rounds.setdefault(server_round, RoundTraffic())
 
 
@@ -73,10 +74,12 @@ class CountingGrid(Grid):
 
     @property
     def uplink_bytes(self) -> int:
+        """Bytes sent from clients to the server over all rounds."""
         return sum(t.uplink_bytes for t in self.traffic.values())
 
     @property
     def downlink_bytes(self) -> int:
+        """Bytes sent from the server to clients over all rounds."""
         return sum(t.downlink_bytes for t in self.traffic.values())
 
     def _count_sent(self, messages: list[Message]) -> list[int]:

@@ -61,6 +61,7 @@ class RoundReport:
     client_metrics: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        """This round's record as JSON-ready values (the ``history`` entries of ``metrics.json``)."""
         return {
             "round": self.server_round,
             "sampled": self.sampled,
@@ -118,6 +119,7 @@ class FedCond(Strategy):
 
     # ------------------------------------------------------------------ Strategy steps
     def summary(self) -> None:
+        """Log the strategy's settings once, before the first round."""
         cfg = self.config
         mode = "one-shot" if cfg.rounds == 1 else f"multi-round ({cfg.rounds})"
         logger.info(

@@ -153,6 +153,7 @@ class PrivacyAccountant:
 
     @property
     def steps(self) -> int:
+        """Noisy steps recorded so far."""
         return sum(int(s) for _, _, s in self._accountant.history)
 
     def step(self, *, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:

@@ -143,6 +143,7 @@ class DPPlan:
     accountant: str
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values."""
         return dict(self.__dict__)
 
 
@@ -203,6 +204,7 @@ class DPMeanStatistics:
 
     @property
     def steps(self) -> int:
+        """Noisy releases of the class means accounted so far."""
         return self.accountant.steps
 
     def sample_batch(self, class_pools: list[torch.Tensor], *, generator: torch.Generator) -> RealBatch:

@@ -138,6 +138,7 @@ class AttackResult:
     nonmembers: int
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
+        """The attack's numbers as ``metrics.json`` entries, each key prefixed with ``prefix``."""
         return {
             f"{prefix}auc": self.auc,
             f"{prefix}auc_lower": self.auc_lower,
@@ -177,6 +178,7 @@ class MembershipResult:
         return max(self.attacks.values(), key=lambda a: a.auc)
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
+        """Every attack's numbers as ``metrics.json`` entries, keyed ``{prefix}{attack}_{name}``."""
         out: dict[str, float] = {}
         for name, result in self.attacks.items():
             out.update(result.metrics(f"{prefix}{name}_"))

@@ -139,6 +139,7 @@ class SpaceResult:
     to_held_out: NearestNeighbours
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
+        """This space's numbers as ``metrics.json`` entries, each key prefixed with ``prefix``."""
         return {
             f"{prefix}nn_match_rate": self.nn_match_rate,
             f"{prefix}nn_distance_ratio": self.nn_distance_ratio,
@@ -161,6 +162,7 @@ class RecoverabilityResult:
 
     @property
     def pixel(self) -> SpaceResult:
+        """The result in pixel space (the space the headline numbers come from)."""
         return self.spaces["pixel"]
 
     @property
@@ -174,9 +176,11 @@ class RecoverabilityResult:
         return self.pixel.nn_distance_ratio
 
     def matches(self) -> int:
+        """Synthetic images counted as near-copies in at least one space (the largest count)."""
         return max(int(round(s.nn_match_rate * self.num_synthetic)) for s in self.spaces.values())
 
     def metrics(self) -> dict[str, float]:
+        """Headline numbers plus every space's, as ``metrics.json`` entries."""
         out: dict[str, float] = {"nn_match_rate": self.nn_match_rate, "nn_distance_ratio": self.nn_distance_ratio}
         for name, space in self.spaces.items():
             out.update(space.metrics(f"{name}_"))
