@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from fedcond.data.registry import DatasetSpec
-from fedcond.plots import save_line_plot
+from fedcond.plots import display_pixels, save_line_plot
 from fedcond.privacy.membership import MembershipResult
 from fedcond.privacy.recoverability import SpaceResult
 
@@ -32,25 +32,31 @@ def save_nearest_neighbours(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # synthetic images far outside the pixel range (mmd matching) are shown stretched, as in synthetic.png
+    shown_synthetic, stretched = display_pixels(synthetic, spec)
     order = torch.argsort(space.to_train.distances)[:pairs]
     rows = max(1, order.numel())
     fig, axes = plt.subplots(rows, 3, figsize=(4.2, 1.4 * rows), squeeze=False)
     for r, i in enumerate(order.tolist()):
         triple = (
-            (synthetic[i], "synthetic"),
-            (train[int(space.to_train.indices[i])], f"train d={float(space.to_train.distances[i]):.2f}"),
+            (shown_synthetic[i], "synthetic"),
             (
-                held_out_reference[int(space.to_held_out.indices[i])],
+                spec.denormalise(train[int(space.to_train.indices[i])][None].float().cpu())[0],
+                f"train d={float(space.to_train.distances[i]):.2f}",
+            ),
+            (
+                spec.denormalise(held_out_reference[int(space.to_held_out.indices[i])][None].float().cpu())[0],
                 f"held-out d={float(space.to_held_out.distances[i]):.2f}",
             ),
         )
         for c, (img, title) in enumerate(triple):
-            pixels = spec.denormalise(img[None].float().cpu())[0].clamp(0, 1).permute(1, 2, 0).numpy()
+            pixels = img.permute(1, 2, 0).numpy()
             ax = axes[r][c]
             ax.imshow(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=1)
             ax.set_title(title, fontsize=6)
             ax.axis("off")
-    fig.suptitle(f"closest pairs ({space.space} space, threshold {space.threshold:.2f})", fontsize=8)
+    note = "\nsynthetic images contrast-stretched" if stretched else ""
+    fig.suptitle(f"closest pairs ({space.space} space, threshold {space.threshold:.2f}){note}", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

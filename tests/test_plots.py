@@ -1,0 +1,56 @@
+"""What the synthetic-image grid shows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedcond.data import load_dataset
+from fedcond.plots import display_pixels, save_image_grid
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _stretch(pixels: torch.Tensor) -> torch.Tensor:
+    flat = pixels.flatten(1)
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - low) / (high - low)).view_as(pixels)
+
+
+def test_images_in_range_are_shown_as_their_pixels(digits) -> None:
+    images = digits.train.images[:30]
+    shown, stretched = display_pixels(images, digits.spec)
+    assert not stretched
+    assert torch.allclose(shown, digits.spec.denormalise(images), atol=1e-6)
+
+
+def test_rescaled_images_are_stretched_not_clipped(digits) -> None:
+    # mmd-matched DM images grow to ~5x the pixel scale; clipping shows them as black-and-white blocks
+    images = digits.train.images[:30]
+    shown, stretched = display_pixels(5 * images, digits.spec)
+    assert stretched
+    reference, _ = display_pixels(images, digits.spec)
+    assert torch.allclose(shown, _stretch(reference), atol=1e-5)  # min-max undoes the rescaling
+    clipped = digits.spec.denormalise(5 * images)
+    grey = lambda x: float(((x > 0.05) & (x < 0.95)).float().mean())  # noqa: E731
+    assert grey(shown) > 2 * grey(clipped)
+
+
+def test_grid_of_stretched_images_says_so(digits, tmp_path, monkeypatch) -> None:
+    import matplotlib.figure
+    import matplotlib.image
+
+    titles: list[str] = []
+    original = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "suptitle", lambda fig, text, **kw: titles.append(text) or original(fig, text, **kw)
+    )
+    images, labels = digits.train.images[:40], digits.train.labels[:40]
+    path = save_image_grid(5 * images, labels, digits.spec, tmp_path / "grid.png", title="dm")
+    save_image_grid(images, labels, digits.spec, tmp_path / "plain.png", title="dm")
+    assert matplotlib.image.imread(path).shape[0] > 100
+    assert titles[0].startswith("dm\n") and "contrast-stretched" in titles[0]
+    assert titles[1] == "dm"
