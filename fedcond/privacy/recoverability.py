@@ -162,8 +162,17 @@ class RecoverabilityResult:
 
     @property
     def pixel(self) -> SpaceResult:
-        """The result in pixel space (the space the headline numbers come from)."""
+        """The result in pixel space (``nn_distance_ratio`` comes from it)."""
         return self.spaces["pixel"]
+
+    @property
+    def strongest(self) -> SpaceResult:
+        """The space with the highest match rate, the one ``nn_match_rate`` reports (pixel on ties).
+
+        Scale-blind DM losses let synthetic images grow (``matching="mmd"``), and a rescaled
+        copy is far away in pixel space but not in the instance-normalised feature space.
+        """
+        return max(self.spaces.values(), key=lambda s: (s.nn_match_rate, s.space == "pixel"))
 
     @property
     def nn_match_rate(self) -> float:

@@ -71,6 +71,9 @@ def test_rescaled_copies_escape_pixel_space_but_not_the_feature_space(digits) ->
     assert result.pixel.nn_match_rate == pytest.approx(0.0)
     assert result.spaces["feature"].nn_match_rate == pytest.approx(1.0)
     assert result.nn_match_rate == pytest.approx(1.0)
+    assert result.strongest.space == "feature"  # the CLI's nearest-neighbour figure shows this space
+    exact = recoverability(digits.train.images[:50], digits.train.images, digits.test.images, features=net.embed)
+    assert exact.strongest.space == "pixel"  # both spaces match everything: pixel wins the tie
 
 
 def test_too_few_held_out_images_is_a_clear_error(digits) -> None:
