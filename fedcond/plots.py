@@ -35,10 +35,8 @@ def display_pixels(images: torch.Tensor, spec: DatasetSpec) -> tuple[torch.Tenso
     black-and-white blocks, so when the median image spans more than ``STRETCH_ABOVE_RANGE``
     each image is min-max stretched to ``[0, 1]`` on its own instead.
     """
-    images = images.detach().float().cpu()
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
-    pixels = images * std + mean  # unclamped: how far outside [0, 1] decides the display
+    # unclamped: how far the images reach outside [0, 1] decides the display
+    pixels = spec.denormalise(images.detach().float().cpu(), clamp=False)
     if pixels.shape[0] == 0:
         return pixels, False
     flat = pixels.flatten(1)

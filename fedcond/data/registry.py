@@ -62,11 +62,12 @@ class DatasetSpec:
         """``(C, H, W)``."""
         return (self.channels, *self.image_size)
 
-    def denormalise(self, images: torch.Tensor) -> torch.Tensor:
-        """Map normalised images back to ``[0, 1]`` pixels (clamped), for figures."""
+    def denormalise(self, images: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
+        """Map normalised images back to ``[0, 1]`` pixels, for figures (``clamp=False``: unclamped)."""
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-        return (images * std + mean).clamp(0.0, 1.0)
+        pixels = images * std + mean
+        return pixels.clamp(0.0, 1.0) if clamp else pixels
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """Map ``[0, 1]`` pixels into the normalised space."""
