@@ -35,19 +35,15 @@ def save_nearest_neighbours(
     # synthetic images far outside the pixel range (mmd matching) are shown stretched, as in synthetic.png
     shown_synthetic, stretched = display_pixels(synthetic, spec)
     order = torch.argsort(space.to_train.distances)[:pairs]
+    nearest_train = spec.denormalise(train[space.to_train.indices[order]].float().cpu())
+    nearest_held_out = spec.denormalise(held_out_reference[space.to_held_out.indices[order]].float().cpu())
     rows = max(1, order.numel())
     fig, axes = plt.subplots(rows, 3, figsize=(4.2, 1.4 * rows), squeeze=False)
     for r, i in enumerate(order.tolist()):
         triple = (
             (shown_synthetic[i], "synthetic"),
-            (
-                spec.denormalise(train[int(space.to_train.indices[i])][None].float().cpu())[0],
-                f"train d={float(space.to_train.distances[i]):.2f}",
-            ),
-            (
-                spec.denormalise(held_out_reference[int(space.to_held_out.indices[i])][None].float().cpu())[0],
-                f"held-out d={float(space.to_held_out.distances[i]):.2f}",
-            ),
+            (nearest_train[r], f"train d={float(space.to_train.distances[i]):.2f}"),
+            (nearest_held_out[r], f"held-out d={float(space.to_held_out.distances[i]):.2f}"),
         )
         for c, (img, title) in enumerate(triple):
             pixels = img.permute(1, 2, 0).numpy()

@@ -177,7 +177,7 @@ class RecoverabilityResult:
     @property
     def nn_match_rate(self) -> float:
         """The larger match rate over the audited spaces (the stronger attack)."""
-        return max(s.nn_match_rate for s in self.spaces.values())
+        return self.strongest.nn_match_rate
 
     @property
     def nn_distance_ratio(self) -> float:
@@ -186,7 +186,7 @@ class RecoverabilityResult:
 
     def matches(self) -> int:
         """Synthetic images counted as near-copies in at least one space (the largest count)."""
-        return max(int(round(s.nn_match_rate * self.num_synthetic)) for s in self.spaces.values())
+        return int(round(self.nn_match_rate * self.num_synthetic))
 
     def metrics(self) -> dict[str, float]:
         """Headline numbers plus every space's, as ``metrics.json`` entries."""
