@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from fedcond.config import DistillConfig
-from fedcond.data.registry import DIGIT_DATASETS, ArrayDataset
+from fedcond.data.registry import DIGIT_DATASETS, ArrayDataset, DatasetSpec
 from fedcond.devices import autocast_context, resolve_device
 from fedcond.distill.augment import SiameseAugment
 from fedcond.distill.coreset import HerdingSelector
@@ -166,6 +166,40 @@ def _slots_within_groups(groups: torch.Tensor, num_classes: int, slots_per_class
     return groups * slots_per_class + position
 
 
+def _check_real_data(data: ArrayDataset) -> None:
+    """Refuse real data DM cannot match: empty, non-finite, or labels outside the classes."""
+    if len(data) == 0:
+        raise ValueError("cannot condense an empty dataset")
+    if not bool(torch.isfinite(data.images).all()):
+        raise ValueError("the real images contain NaN or infinite values")
+    num_classes = data.spec.num_classes
+    if int(data.labels.min()) < 0 or int(data.labels.max()) >= num_classes:
+        raise ValueError(
+            f"labels outside [0, {num_classes}) in the real data "
+            f"(found {int(data.labels.min())}..{int(data.labels.max())})"
+        )
+
+
+@dataclass(frozen=True)
+class _MatchingPlan:
+    """What every iteration of one DM run reads and never changes.
+
+    ``train_labels`` (CPU) and ``syn_groups`` (device) label the training images DM matches:
+    the stored synthetic images, or their decoded tiles under multi-formation.
+    """
+
+    spec: DatasetSpec
+    classes: list[int]
+    present: torch.Tensor
+    real_images: torch.Tensor
+    pools: list[torch.Tensor]
+    train_labels: torch.Tensor
+    syn_groups: torch.Tensor
+    augment: SiameseAugment | None
+    per_class_augmentation: bool
+    memory_format: torch.memory_format
+
+
 class DistributionMatching:
     """The DM condenser.
 
@@ -291,63 +325,26 @@ class DistributionMatching:
         on_iteration: Callable[[int, float], None] | None,
     ) -> CondensationResult:
         cfg = self.config
+        _check_real_data(data)
         spec = data.spec
-        if len(data) == 0:
-            raise ValueError("cannot condense an empty dataset")
-        if not bool(torch.isfinite(data.images).all()):
-            raise ValueError("the real images contain NaN or infinite values")
-        if int(data.labels.min()) < 0 or int(data.labels.max()) >= spec.num_classes:
-            raise ValueError(
-                f"labels outside [0, {spec.num_classes}) in the real data "
-                f"(found {int(data.labels.min())}..{int(data.labels.max())})"
-            )
-        num_classes = spec.num_classes
-        factor = cfg.factor
-        check_factor(factor, image_size=spec.image_size)
-        if self.embedder is None and self._net_shape != (tuple(spec.image_shape), num_classes):
+        check_factor(cfg.factor, image_size=spec.image_size)
+        if self.embedder is None and self._net_shape != (tuple(spec.image_shape), spec.num_classes):
             # the random network kept from an earlier condense() fits another image shape or class count
             self._net, self._real_embed = None, None
-            self._net_shape = (tuple(spec.image_shape), num_classes)
+            self._net_shape = (tuple(spec.image_shape), spec.num_classes)
         counts = data.class_counts()
-        classes = [c for c in range(num_classes) if counts[c] > 0]
-        skipped = [c for c in range(num_classes) if counts[c] == 0]
+        classes = [c for c in range(spec.num_classes) if counts[c] > 0]
+        skipped = [c for c in range(spec.num_classes) if counts[c] == 0]
         if skipped:
             logger.warning("classes %s have no real samples on this client: skipped", skipped)
 
         generator = torch.Generator().manual_seed(cfg.seed)
-        tiles_per_class = cfg.ipc * factor * factor  # training images per class DM matches
         if start is None:
-            short = [c for c in classes if counts[c] < tiles_per_class]
-            if factor > 1 and cfg.init != "noise" and short:
-                raise ValueError(
-                    f"classes {short} hold fewer than ipc x factor^2 = {cfg.ipc} x {factor * factor} = "
-                    f"{tiles_per_class} images, which {cfg.init} init with factor {factor} needs; "
-                    "lower ipc or factor, or use noise init"
-                )
-            # multi-formation: factor^2 initial images per stored one, downsampled and tiled
-            syn_images, syn_labels = initial_synthetic(
-                data,
-                ipc=tiles_per_class,
-                init=cfg.init,
-                classes=classes,
-                generator=generator,
-                model=cfg.model,
-            )
-            syn_images = encode_formation(syn_images, factor=factor)
-            syn_labels = syn_labels[:: factor * factor].clone()
+            syn_images, syn_labels = self._initial_images(data, classes=classes, counts=counts, generator=generator)
         else:
-            syn_labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(cfg.ipc)
-            expected = (len(syn_labels), *spec.image_shape)
-            if tuple(start.shape) != expected:
-                raise ValueError(
-                    f"start images have shape {tuple(start.shape)}; this run needs {expected} "
-                    f"(ipc={cfg.ipc} for each of the {len(classes)} classes present)"
-                )
-            if not bool(torch.isfinite(start).all()):
-                raise ValueError("the start images contain NaN or infinite values")
-            syn_images = start.detach().float().cpu().clone()
-        device = self.device
-        syn = syn_images.to(device).requires_grad_(True)
+            syn_images, syn_labels = self._given_start(start, spec=spec, classes=classes)
+        plan = self._plan(data, classes=classes, syn_labels=syn_labels)
+        syn = syn_images.to(self.device).requires_grad_(True)
         optimizer = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
         start_iteration = 0
         ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -355,25 +352,6 @@ class DistributionMatching:
         if ckpt is not None and resume and ckpt.exists():
             start_iteration = self._load_checkpoint(ckpt, syn, optimizer, generator, run_identity)
             logger.info("resumed DM from %s at iteration %d", ckpt, start_iteration)
-
-        real_images = data.images.to(device)
-        pools = _class_pools(data.labels, num_classes)
-        # the training images DM matches: the stored ones, or their decoded tiles
-        train_labels = expand_labels(syn_labels, factor=factor)
-        syn_groups = train_labels.to(device)
-        augment = (
-            SiameseAugment(cfg.augment, drop_flip=spec.name in DIGIT_DATASETS) if cfg.dsa else None
-        )
-        memory_format = (
-            torch.channels_last if cfg.channels_last and device.type == "cpu" else torch.contiguous_format
-        )
-        present = torch.zeros(num_classes, dtype=torch.bool, device=device)
-        present[classes] = True
-        # one parameter set per class: the reference's Siamese mode, and required under DP (an
-        # image's transform must not depend on which other images were sampled)
-        per_class_augmentation = cfg.augment.layout == "class" or bool(
-            getattr(self.statistics, "augmentation_per_class", False)
-        )
 
         losses: list[float] = []
         iterator = range(start_iteration, cfg.iterations)
@@ -385,52 +363,7 @@ class DistributionMatching:
             iterator = bar
         started = time.perf_counter()
         for iteration in iterator:
-            net = self._embedding_network(spec, generator, memory_format)
-            # augmentation draws from its own per-iteration stream, so how many parameters the
-            # (possibly Poisson-sized, private) real batch needs never shifts later draws
-            aug_generator = torch.Generator().manual_seed(
-                int(torch.randint(0, 2**62, (1,), generator=generator))
-            )
-            batch = self.statistics.sample_batch(pools, generator=generator)
-            real_groups = batch.groups
-            real_groups_on_device = real_groups.to(device)
-            if augment is not None:
-                if per_class_augmentation:
-                    slots_per_class, real_slots, syn_slots = 1, real_groups, train_labels
-                else:
-                    largest = int(torch.bincount(real_groups).max()) if real_groups.numel() else 0
-                    slots_per_class = max(largest, tiles_per_class)
-                    real_slots = _slots_within_groups(real_groups, num_classes, slots_per_class)
-                    syn_slots = _slots_within_groups(train_labels, num_classes, slots_per_class)
-                params = augment.sample(
-                    num_classes * slots_per_class, generator=aug_generator, image_size=spec.image_size
-                )
-            # real side: no graph, optional bf16
-            with torch.inference_mode(), autocast_context(device, enabled=cfg.mixed_precision):
-                real = real_images[batch.indices.to(device)]
-                if augment is not None:
-                    real = augment.apply(real, params, real_slots)
-                if real.shape[0] == 0:  # an empty Poisson batch: the statistics add noise only
-                    real_emb = torch.zeros(0, net.feature_dim, device=device)
-                else:
-                    real_emb = self._embed_real(real.contiguous(memory_format=memory_format))
-            real_means = self.statistics.class_means(
-                real_emb, real_groups_on_device, num_classes=num_classes, generator=generator
-            ).clone()
-            if cfg.matching == "mmd":
-                real_emb = real_emb.clone()  # leaves inference mode: the kernel's backward reads it
-            # synthetic side: the only graph
-            with autocast_context(device, enabled=cfg.mixed_precision):
-                x = decode_formation(syn, factor=factor)
-                if augment is not None:
-                    x = augment.apply(x, params, syn_slots)
-                syn_emb = net.embed(x.contiguous(memory_format=memory_format))
-            syn_means = class_means(syn_emb, syn_groups, num_classes=num_classes)
-            loss = dm_loss(real_means[present].float(), syn_means[present])
-            if cfg.matching == "mmd":
-                loss = loss + class_mmd_loss(
-                    real_emb, real_groups_on_device, syn_emb, syn_groups, classes=classes, weight=cfg.mmd_weight
-                )
+            loss = self._iteration_loss(plan, syn, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -451,7 +384,7 @@ class DistributionMatching:
 
         meta = {
             "dataset": spec.name,
-            "num_classes": num_classes,
+            "num_classes": spec.num_classes,
             "image_shape": list(spec.image_shape),
             "mean": list(spec.mean),
             "std": list(spec.std),
@@ -459,15 +392,131 @@ class DistributionMatching:
             "method": "dm",
             "init": cfg.init,
             "given_start": start is not None,
-            "dsa_layout": ("class" if per_class_augmentation else "sample") if cfg.dsa else None,
+            "dsa_layout": ("class" if plan.per_class_augmentation else "sample") if cfg.dsa else None,
             "matching": cfg.matching,
-            "factor": factor,
+            "factor": cfg.factor,
             "seed": cfg.seed,
             "iterations": cfg.iterations,
             "skipped_classes": skipped,
         }
         synthetic = SyntheticSet(syn.detach().float().cpu().contiguous(), syn_labels.cpu(), meta)
         return CondensationResult(synthetic, losses, seconds, skipped)
+
+    # ------------------------------------------------------------------------------ one run's pieces
+    def _initial_images(
+        self, data: ArrayDataset, *, classes: list[int], counts: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``config.init`` images and labels: ``ipc`` stored images per class present."""
+        cfg = self.config
+        factor = cfg.factor
+        tiles_per_class = cfg.ipc * factor * factor  # training images per class DM matches
+        short = [c for c in classes if counts[c] < tiles_per_class]
+        if factor > 1 and cfg.init != "noise" and short:
+            raise ValueError(
+                f"classes {short} hold fewer than ipc x factor^2 = {cfg.ipc} x {factor * factor} = "
+                f"{tiles_per_class} images, which {cfg.init} init with factor {factor} needs; "
+                "lower ipc or factor, or use noise init"
+            )
+        # multi-formation: factor^2 initial images per stored one, downsampled and tiled
+        images, labels = initial_synthetic(
+            data, ipc=tiles_per_class, init=cfg.init, classes=classes, generator=generator, model=cfg.model
+        )
+        return encode_formation(images, factor=factor), labels[:: factor * factor].clone()
+
+    def _given_start(
+        self, start: torch.Tensor, *, spec: DatasetSpec, classes: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The caller's start images, checked, with their class-by-class labels."""
+        labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(self.config.ipc)
+        expected = (len(labels), *spec.image_shape)
+        if tuple(start.shape) != expected:
+            raise ValueError(
+                f"start images have shape {tuple(start.shape)}; this run needs {expected} "
+                f"(ipc={self.config.ipc} for each of the {len(classes)} classes present)"
+            )
+        if not bool(torch.isfinite(start).all()):
+            raise ValueError("the start images contain NaN or infinite values")
+        return start.detach().float().cpu().clone(), labels
+
+    def _plan(self, data: ArrayDataset, *, classes: list[int], syn_labels: torch.Tensor) -> _MatchingPlan:
+        """Move the real data to the device and fix what every iteration reads."""
+        cfg = self.config
+        spec = data.spec
+        device = self.device
+        # the training images DM matches: the stored ones, or their decoded tiles
+        train_labels = expand_labels(syn_labels, factor=cfg.factor)
+        present = torch.zeros(spec.num_classes, dtype=torch.bool, device=device)
+        present[classes] = True
+        return _MatchingPlan(
+            spec=spec,
+            classes=classes,
+            present=present,
+            real_images=data.images.to(device),
+            pools=_class_pools(data.labels, spec.num_classes),
+            train_labels=train_labels,
+            syn_groups=train_labels.to(device),
+            augment=SiameseAugment(cfg.augment, drop_flip=spec.name in DIGIT_DATASETS) if cfg.dsa else None,
+            # one parameter set per class: the reference's Siamese mode, and required under DP (an
+            # image's transform must not depend on which other images were sampled)
+            per_class_augmentation=cfg.augment.layout == "class"
+            or bool(getattr(self.statistics, "augmentation_per_class", False)),
+            memory_format=(
+                torch.channels_last if cfg.channels_last and device.type == "cpu" else torch.contiguous_format
+            ),
+        )
+
+    def _iteration_loss(self, plan: _MatchingPlan, syn: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        """One DM step's loss: draw a network, a real batch and one augmentation, and match."""
+        cfg = self.config
+        device = self.device
+        num_classes = plan.spec.num_classes
+        memory_format = plan.memory_format
+        net = self._embedding_network(plan.spec, generator, memory_format)
+        # augmentation draws from its own per-iteration stream, so how many parameters the
+        # (possibly Poisson-sized, private) real batch needs never shifts later draws
+        aug_generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        batch = self.statistics.sample_batch(plan.pools, generator=generator)
+        real_groups = batch.groups
+        real_groups_on_device = real_groups.to(device)
+        augment = plan.augment
+        if augment is not None:
+            if plan.per_class_augmentation:
+                slots_per_class, real_slots, syn_slots = 1, real_groups, plan.train_labels
+            else:
+                largest = int(torch.bincount(real_groups).max()) if real_groups.numel() else 0
+                slots_per_class = max(largest, cfg.ipc * cfg.factor * cfg.factor)
+                real_slots = _slots_within_groups(real_groups, num_classes, slots_per_class)
+                syn_slots = _slots_within_groups(plan.train_labels, num_classes, slots_per_class)
+            params = augment.sample(
+                num_classes * slots_per_class, generator=aug_generator, image_size=plan.spec.image_size
+            )
+        # real side: no graph, optional bf16
+        with torch.inference_mode(), autocast_context(device, enabled=cfg.mixed_precision):
+            real = plan.real_images[batch.indices.to(device)]
+            if augment is not None:
+                real = augment.apply(real, params, real_slots)
+            if real.shape[0] == 0:  # an empty Poisson batch: the statistics add noise only
+                real_emb = torch.zeros(0, net.feature_dim, device=device)
+            else:
+                real_emb = self._embed_real(real.contiguous(memory_format=memory_format))
+        real_means = self.statistics.class_means(
+            real_emb, real_groups_on_device, num_classes=num_classes, generator=generator
+        ).clone()
+        if cfg.matching == "mmd":
+            real_emb = real_emb.clone()  # leaves inference mode: the kernel's backward reads it
+        # synthetic side: the only graph
+        with autocast_context(device, enabled=cfg.mixed_precision):
+            x = decode_formation(syn, factor=cfg.factor)
+            if augment is not None:
+                x = augment.apply(x, params, syn_slots)
+            syn_emb = net.embed(x.contiguous(memory_format=memory_format))
+        syn_means = class_means(syn_emb, plan.syn_groups, num_classes=num_classes)
+        loss = dm_loss(real_means[plan.present].float(), syn_means[plan.present])
+        if cfg.matching == "mmd":
+            loss = loss + class_mmd_loss(
+                real_emb, real_groups_on_device, syn_emb, plan.syn_groups, classes=plan.classes, weight=cfg.mmd_weight
+            )
+        return loss
 
     # ------------------------------------------------------------------------------ helpers
     def _embedding_network(
