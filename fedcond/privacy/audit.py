@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 LEAKS = "leaks"
 NO_EVIDENCE = "no evidence of leakage at this attack strength"
 
+#: (images, labels)
+Pair = tuple[torch.Tensor, torch.Tensor]
+
 
 def check_compatible(synthetic: SyntheticSet, spec: DatasetSpec, *, tolerance: float = 1e-4) -> None:
     """Refuse a synthetic set made for another dataset or normalisation.
@@ -187,12 +190,7 @@ def run_audit(
         For too few held-out images.
     """
     config = config or AuditConfig()
-    if config.shadow_models < 0 or config.target_epochs <= 0 or config.reference_size <= 0:
-        raise ValueError("audit shadow_models must be >= 0, target_epochs and reference_size > 0")
-    if not 0 < config.significance < 1:
-        raise ValueError(f"audit significance must lie in (0, 1), got {config.significance}")
-    if not 0 < config.calibration_quantile < 1:
-        raise ValueError(f"audit calibration_quantile must lie in (0, 1), got {config.calibration_quantile}")
+    _check_audit_config(config)
     spec = splits.spec
     check_compatible(synthetic, spec)
     # a multi-formation set is audited as the tiles a network trains on (SyntheticSet.decoded)
@@ -215,59 +213,37 @@ def run_audit(
         features=features,
         generator=generator,
     )
-    ref_idx = recovery.reference_indices
-    cal_mask = torch.ones(len(test), dtype=torch.bool)
-    cal_mask[ref_idx] = False
-
-    # candidates: members from the reference model's training subset R, non-members from the reference half
-    real_subset = torch.randperm(len(train), generator=generator)[: min(config.reference_size, len(train))]
-    m = min(config.max_candidates, ref_idx.numel(), real_subset.numel())
-    members = (train.images[real_subset[:m]], train.labels[real_subset[:m]])
-    nonmembers = (test.images[ref_idx[:m]], test.labels[ref_idx[:m]])
-    outside = torch.ones(len(train), dtype=torch.bool)
-    outside[real_subset] = False
-    pool = (
-        torch.cat([train.images[outside], test.images[cal_mask]]),
-        torch.cat([train.labels[outside], test.labels[cal_mask]]),
-    )
+    roles = _candidate_roles(splits, recovery.reference_indices, config=config, generator=generator)
     train_fn = _trainer(config, spec, device)
 
     say(f"membership inference on a model trained on the synthetic set ({config.shadow_models} shadow models)")
     target_model = train_fn(synthetic.images, synthetic.labels, generator)
     shadows = train_shadow_models(
-        pool, count=config.shadow_models, size=len(synthetic), train=train_fn, generator=generator
+        roles.pool, count=config.shadow_models, size=len(synthetic), train=train_fn, generator=generator
     )
-    target = membership_inference(target_model, members, nonmembers, shadow_models=shadows, device=device)
+    target = membership_inference(target_model, roles.members, roles.nonmembers, shadow_models=shadows, device=device)
 
-    holdout = ArrayDataset(nonmembers[0], nonmembers[1], spec)
+    holdout = ArrayDataset(roles.nonmembers[0], roles.nonmembers[1], spec)
     if reference is None:
-        say(f"reference: the same attacks on a model trained on {real_subset.numel()} real images")
-        reference_model = train_fn(train.images[real_subset], train.labels[real_subset], generator)
-        ref_shadows = train_shadow_models(
-            pool,
-            count=config.shadow_models,
-            size=min(real_subset.numel(), pool[0].shape[0] // 2 or 1),
-            train=train_fn,
-            generator=generator,
+        say(f"reference: the same attacks on a model trained on {roles.real_subset.numel()} real images")
+        reference_result, reference_accuracy = _reference_attack(
+            roles, train, holdout, config=config, train_fn=train_fn, generator=generator, device=device
         )
-        reference_result = membership_inference(
-            reference_model, members, nonmembers, shadow_models=ref_shadows, device=device
-        )
-        reference_accuracy = accuracy(reference_model, holdout, device=device)
     else:
         reference_result, reference_accuracy = reference
 
     verdict, reasons = verdict_for(recovery, target, significance=config.significance)
+    m = roles.members[0].shape[0]
     details = {
         "num_synthetic": len(synthetic),
         "num_members": int(m),
         "num_nonmembers": int(m),
         "num_train": len(train),
         "num_held_out": len(test),
-        "num_calibration": int(cal_mask.sum()),
+        "num_calibration": roles.num_calibration,
         "shadow_models": config.shadow_models,
         "target_epochs": config.target_epochs,
-        "reference_size": int(real_subset.numel()),
+        "reference_size": int(roles.real_subset.numel()),
         "target_accuracy": accuracy(target_model, holdout, device=device),
         "reference_accuracy": reference_accuracy,
         "significance": config.significance,
@@ -276,3 +252,75 @@ def run_audit(
     if not math.isfinite(recovery.nn_distance_ratio):
         logger.warning("nearest-neighbour distance ratio is not finite (a zero held-out distance)")
     return AuditReport(recovery, target, reference_result, verdict, reasons, details)
+
+
+def _check_audit_config(config: AuditConfig) -> None:
+    if config.shadow_models < 0 or config.target_epochs <= 0 or config.reference_size <= 0:
+        raise ValueError("audit shadow_models must be >= 0, target_epochs and reference_size > 0")
+    if not 0 < config.significance < 1:
+        raise ValueError(f"audit significance must lie in (0, 1), got {config.significance}")
+    if not 0 < config.calibration_quantile < 1:
+        raise ValueError(f"audit calibration_quantile must lie in (0, 1), got {config.calibration_quantile}")
+
+
+@dataclass(frozen=True)
+class _CandidateRoles:
+    """Who plays which part in the membership attacks (see the module docstring).
+
+    ``real_subset`` indexes the training images the reference model trains on; ``members`` are
+    the first of them, ``nonmembers`` the same number from the held-out reference half; ``pool``
+    (images, labels) is real data disjoint from every candidate, for shadow models.
+    """
+
+    real_subset: torch.Tensor
+    members: Pair
+    nonmembers: Pair
+    pool: Pair
+    num_calibration: int
+
+
+def _candidate_roles(
+    splits: DatasetSplits, reference_indices: torch.Tensor, *, config: AuditConfig, generator: torch.Generator
+) -> _CandidateRoles:
+    """Members from the reference model's training subset, non-members from the reference half."""
+    train, test = splits.train, splits.test
+    cal_mask = torch.ones(len(test), dtype=torch.bool)
+    cal_mask[reference_indices] = False
+    real_subset = torch.randperm(len(train), generator=generator)[: min(config.reference_size, len(train))]
+    m = min(config.max_candidates, reference_indices.numel(), real_subset.numel())
+    outside = torch.ones(len(train), dtype=torch.bool)
+    outside[real_subset] = False
+    return _CandidateRoles(
+        real_subset=real_subset,
+        members=(train.images[real_subset[:m]], train.labels[real_subset[:m]]),
+        nonmembers=(test.images[reference_indices[:m]], test.labels[reference_indices[:m]]),
+        pool=(
+            torch.cat([train.images[outside], test.images[cal_mask]]),
+            torch.cat([train.labels[outside], test.labels[cal_mask]]),
+        ),
+        num_calibration=int(cal_mask.sum()),
+    )
+
+
+def _reference_attack(
+    roles: _CandidateRoles,
+    train: ArrayDataset,
+    holdout: ArrayDataset,
+    *,
+    config: AuditConfig,
+    train_fn: Callable[..., torch.nn.Module],
+    generator: torch.Generator,
+    device: torch.device | str,
+) -> tuple[MembershipResult, float]:
+    """The same attacks on a model trained on ``reference_size`` real images, and its accuracy."""
+    subset = roles.real_subset
+    model = train_fn(train.images[subset], train.labels[subset], generator)
+    shadows = train_shadow_models(
+        roles.pool,
+        count=config.shadow_models,
+        size=min(subset.numel(), roles.pool[0].shape[0] // 2 or 1),
+        train=train_fn,
+        generator=generator,
+    )
+    result = membership_inference(model, roles.members, roles.nonmembers, shadow_models=shadows, device=device)
+    return result, accuracy(model, holdout, device=device)
