@@ -9,12 +9,17 @@ Each such image stands for ``n_kc / m_kc`` real samples, so it gets the loss wei
 federation's real class distribution and, within a class, each client's share of it, while
 the mean weight stays 1 (the learning rate keeps its meaning).
 
+The union does not depend on the order the replies arrived in (nor on node IDs, which Flower's
+simulation draws afresh each run): client sets are put in a canonical order, by a digest of their
+content, before they are concatenated. The global model's training then depends only on the seed.
+
 A multi-formation set (``distill.factor`` > 1) is decoded first: ``m_kc`` and ``M`` then count
 decoded tiles, the images the global model trains on.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,8 +56,16 @@ class AggregatedSet:
         return int(self.labels.shape[0])
 
 
+def _content_digest(client_set: ClientSet) -> bytes:
+    """A key that orders client sets by what they hold, not by who or when."""
+    digest = hashlib.sha256()
+    for tensor in (client_set.synthetic.images, client_set.synthetic.labels, client_set.class_counts):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.digest()
+
+
 def aggregate_sets(sets: Sequence[ClientSet], *, num_classes: int) -> AggregatedSet:
-    """Concatenate the sets per class and derive class-count weights.
+    """Concatenate the sets per class, in a canonical client order, and derive class-count weights.
 
     Raises
     ------
@@ -61,6 +74,7 @@ def aggregate_sets(sets: Sequence[ClientSet], *, num_classes: int) -> Aggregated
     """
     if not sets:
         raise ValueError("no client set to aggregate")
+    sets = sorted(sets, key=_content_digest)
     # multi-formation sets train on their decoded tiles; weights spread over the tiles
     decoded = [s.synthetic.decoded() for s in sets]
     real_counts = torch.stack([s.class_counts for s in sets]).sum(0)

@@ -26,6 +26,7 @@ import logging
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log as flower_log
 
 from fedcond.devices import keep_freed_cpu_memory, resolve_device
 from fedcond.distill.evaluate import accuracy
@@ -136,8 +137,11 @@ def condense(message: Message, context: Context) -> Message:
     if outcome.epsilon is not None:
         metrics[EPSILON] = float(outcome.epsilon)
         metrics[DELTA] = float(outcome.delta or 0.0)
-    logger.info(
-        "partition %d/%d round %d: %d real -> %d synthetic images in %.1fs",
+    # through Flower's logger: it reaches the console wherever the ClientApp runs (a Ray actor,
+    # a SuperNode), which a library logger without a handler would not
+    flower_log(
+        logging.INFO,
+        "fedcond client: partition %d/%d round %d: %d real -> %d synthetic images in %.1fs",
         partition_id,
         num_partitions,
         server_round,
