@@ -326,16 +326,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="methods section: random, herding (coresets), kmeans (class centroids, no DM)")
     parser.add_argument("--eval-runs", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=300)
+    parser.add_argument("--eval-no-dsa", action="store_true",
+                        help="evaluation networks train without siamese augmentation (the protocol trains with it)")
     parser.add_argument("--no-compile", action="store_true", help="eager DM everywhere")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     sections = set(args.sections.split(","))
-    evaluation = EvalConfig(runs=args.eval_runs, epochs=args.eval_epochs)
+    evaluation = EvalConfig(runs=args.eval_runs, epochs=args.eval_epochs, dsa=not args.eval_no_dsa)
     compile_dm = not args.no_compile
     if args.quick:
-        evaluation = EvalConfig(runs=2, epochs=50)
+        evaluation = EvalConfig(runs=2, epochs=50, dsa=not args.eval_no_dsa)
         args.digits_iterations, args.equal_iterations, args.equal_seeds, args.speed_iterations = 30, 20, 1, 2
         compile_dm = False
     results: dict[str, Any] = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]),

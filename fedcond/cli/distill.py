@@ -103,6 +103,11 @@ def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-runs", type=int, default=3, help="networks trained for evaluation (0 skips)")
     parser.add_argument("--eval-epochs", type=int, default=300, help="epochs per evaluation network")
     parser.add_argument("--eval-model", default="convnet", help="evaluation network (convnet or mlp)")
+    parser.add_argument(
+        "--eval-no-dsa",
+        action="store_true",
+        help="train the evaluation networks without siamese augmentation (the protocol trains with it)",
+    )
 
 
 def _load(args: argparse.Namespace) -> DatasetSplits:
@@ -117,10 +122,12 @@ def _evaluate(
     args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSplits, metrics: dict[str, Any]
 ) -> None:
     eval_config = parse_config(
-        EvalConfig, {"runs": args.eval_runs, "epochs": args.eval_epochs, "model": args.eval_model}
+        EvalConfig,
+        {"runs": args.eval_runs, "epochs": args.eval_epochs, "model": args.eval_model, "dsa": not args.eval_no_dsa},
     )
     metrics["eval_runs"] = eval_config.runs
     metrics["eval_epochs"] = eval_config.epochs
+    metrics["eval_dsa"] = eval_config.dsa
     if eval_config.runs == 0:
         metrics["test_accuracy_mean"] = None
         metrics["test_accuracy_std"] = None

@@ -40,6 +40,19 @@ def test_eval_runs_zero_skips_evaluation(tmp_path) -> None:
     assert metrics["test_accuracy_mean"] is None and metrics["eval_runs"] == 0
 
 
+def test_eval_no_dsa_trains_the_evaluation_networks_without_augmentation(tmp_path) -> None:
+    accuracies = {}
+    for flag in ([], ["--eval-no-dsa"]):
+        out = tmp_path / ("plain" if flag else "dsa")
+        assert main(["coreset", "--method", "random", "--ipc", "2", "--eval-runs", "1", "--eval-epochs", "20",
+                     "--out", str(out), *flag]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["eval_dsa"] is not bool(flag)
+        accuracies[bool(flag)] = metrics["test_accuracies"]
+    # same set, same network seed: only the augmentation differs, and it changes what is learnt
+    assert accuracies[True] != accuracies[False]
+
+
 def test_coreset_end_to_end(tmp_path) -> None:
     assert main(["coreset", "--method", "herding", "--ipc", "2", "--eval-runs", "1", "--eval-epochs", "40",
                  "--out", str(tmp_path)]) == 0
