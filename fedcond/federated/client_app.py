@@ -63,8 +63,6 @@ from fedcond.models import get_model
 
 __all__ = ["app"]
 
-logger = logging.getLogger(__name__)
-
 app = ClientApp()
 
 
