@@ -66,7 +66,12 @@ def run_audit_command(args: argparse.Namespace) -> int:
     synthetic = SyntheticSet.load(args.synthetic)
     device = resolve_device(args.device)
     with console.status("auditing") as status:
-        report = run_audit(synthetic, splits, config, device=device, status=lambda m: status.update(f"audit: {m}"))
+
+        def stage(message: str) -> None:
+            status.update(f"audit: {message}")
+            console.log(f"audit: {message}")  # a lasting, timed line: the spinner alone leaves none in a log
+
+        report = run_audit(synthetic, splits, config, device=device, status=stage)
     space = report.recoverability.strongest  # the pairs behind the headline match rate
     ref_idx = report.recoverability.reference_indices
     save_nearest_neighbours(

@@ -38,7 +38,7 @@ DEMO_JOB: dict[str, Any] = {
     "server_epochs": 300,
     "distill.ipc": 10,
     "distill.iterations": 200,
-    "distill.mixed_precision": False,
+    "distill.mixed_precision": False,  # the documented demo numbers are fp32 (configs/demo.toml)
 }
 DEMO_BASELINE_ROUNDS = 20
 _DATA_KEYS = {"dataset": "dataset", "data_dir": "data_dir", "download": "download"}

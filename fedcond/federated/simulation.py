@@ -123,6 +123,9 @@ def simulate(
     if engine != "ray":
         raise ValueError(f"unknown simulation engine {engine!r}; choose one of {', '.join(ENGINES)}")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    # Ray folds log lines that differ only in numbers into "[repeated Nx across cluster]": that
+    # would hide most clients' progress lines (set RAY_DEDUP_LOGS=1 to have it back)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if num_cpus is None:
         num_cpus = max(1, min(os.cpu_count() or 1, max_concurrent_clients * cpus_per_client))
     use_gpu = torch.cuda.is_available() and job.device != "cpu"

@@ -25,9 +25,13 @@ def copied_set(tmp_path_factory) -> Path:
     return out / "synthetic.npz"
 
 
-def test_audit_of_copied_training_images_reports_leakage(copied_set: Path, tmp_path: Path) -> None:
+def test_audit_of_copied_training_images_reports_leakage(copied_set: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "audit"
     assert main(["audit", "--synthetic", str(copied_set), "--out", str(out), "--device", "cpu", *FAST_AUDIT]) == 0
+    printed = capsys.readouterr().err
+    # every stage leaves a line (a log of a long audit is not empty until the verdict)
+    for stage in ("audit: nearest neighbours", "audit: membership inference", "audit: reference"):
+        assert stage in printed
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("nn_match_rate", "nn_distance_ratio", "mia_auc", "mia_tpr_at_1pct_fpr", "verdict"):
         assert key in metrics
