@@ -26,6 +26,7 @@ from fedcond.privacy.recoverability import (
     nearest_neighbours,
     recoverability,
 )
+from fedcond.privacy.reference import ReferenceCacheError, load_reference, reference_identity, save_reference
 
 __all__ = [
     "LEAKS",
@@ -36,15 +37,19 @@ __all__ = [
     "MembershipResult",
     "Recoverability",
     "RecoverabilityResult",
+    "ReferenceCacheError",
     "calibrate_threshold",
     "check_compatible",
     "lira_scores",
+    "load_reference",
     "loss_scores",
     "membership_inference",
     "nearest_neighbours",
     "recoverability",
+    "reference_identity",
     "roc_curve",
     "run_audit",
+    "save_reference",
     "tpr_at_fpr",
     "train_shadow_models",
     "verdict_for",

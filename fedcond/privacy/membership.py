@@ -19,8 +19,9 @@ Functions here are stateless; :func:`membership_inference` runs both attacks for
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,6 +147,52 @@ class AttackResult:
             f"{prefix}tpr_at_01pct_fpr": self.tpr_at_01pct_fpr,
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (the ROC curve as lists); :meth:`from_dict` reads it back."""
+        return {
+            "attack": self.attack,
+            "auc": self.auc,
+            "auc_lower": self.auc_lower,
+            "tpr_at_1pct_fpr": self.tpr_at_1pct_fpr,
+            "tpr_at_01pct_fpr": self.tpr_at_01pct_fpr,
+            "fpr": self.curve.fpr.tolist(),
+            "tpr": self.curve.tpr.tolist(),
+            "members": self.members,
+            "nonmembers": self.nonmembers,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AttackResult:
+        """Rebuild a result written by :meth:`to_dict`.
+
+        Raises
+        ------
+        ValueError
+            For a missing field, a wrong type, or a curve that is not a valid ROC.
+        """
+        try:
+            fpr = np.asarray(data["fpr"], dtype=np.float64)
+            tpr = np.asarray(data["tpr"], dtype=np.float64)
+            numbers = {k: float(data[k]) for k in ("auc", "auc_lower", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr")}
+            members, nonmembers = int(data["members"]), int(data["nonmembers"])
+            attack = str(data["attack"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a membership-attack result: {exc!r}") from exc
+        if fpr.ndim != 1 or fpr.shape != tpr.shape or fpr.size < 2:
+            raise ValueError("the ROC curve needs matching fpr/tpr lists of at least two points")
+        if not (np.all((fpr >= 0) & (fpr <= 1) & (tpr >= 0) & (tpr <= 1)) and 0 <= numbers["auc"] <= 1):
+            raise ValueError("ROC rates and the AUC must lie in [0, 1]")
+        return cls(
+            attack,
+            numbers["auc"],
+            numbers["auc_lower"],
+            numbers["tpr_at_1pct_fpr"],
+            numbers["tpr_at_01pct_fpr"],
+            RocCurve(fpr, tpr, numbers["auc"]),
+            members,
+            nonmembers,
+        )
+
 
 def attack_result(
     attack: str, member_scores: torch.Tensor, nonmember_scores: torch.Tensor, *, z: float = 2.326
@@ -183,6 +230,18 @@ class MembershipResult:
         for name, result in self.attacks.items():
             out.update(result.metrics(f"{prefix}{name}_"))
         return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types; :meth:`from_dict` reads it back (no pickle anywhere)."""
+        return {"attacks": {name: result.to_dict() for name, result in self.attacks.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MembershipResult:
+        """Rebuild a result written by :meth:`to_dict` (``ValueError`` when it is not one)."""
+        attacks = data.get("attacks") if isinstance(data, Mapping) else None
+        if not isinstance(attacks, Mapping) or not attacks:
+            raise ValueError("not a membership-inference result: no attacks")
+        return cls({str(name): AttackResult.from_dict(result) for name, result in attacks.items()})
 
 
 def membership_inference(

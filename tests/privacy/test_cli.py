@@ -43,6 +43,37 @@ def test_audit_of_copied_training_images_reports_leakage(copied_set: Path, tmp_p
     assert (out / "roc.png").stat().st_size > 0
 
 
+def test_reference_cache_is_written_once_then_reused_and_guarded(copied_set: Path, tmp_path: Path, capsys) -> None:
+    cache = tmp_path / "reference.json"
+    first, second = tmp_path / "first", tmp_path / "second"
+    base = ["audit", "--device", "cpu", "--reference-cache", str(cache), *FAST_AUDIT]
+    assert main([*base, "--synthetic", str(copied_set), "--out", str(first)]) == 0
+    assert cache.exists()
+    real = SyntheticSet.load(copied_set)
+    noise = SyntheticSet(torch.randn_like(real.images), real.labels, dict(real.meta))
+    noise_path = noise.save(tmp_path / "noise.npz")
+    capsys.readouterr()
+    assert main([*base, "--synthetic", str(noise_path), "--out", str(second)]) == 0
+    printed = capsys.readouterr().err
+    assert "reference read from" in printed and "audit: reference:" not in printed  # nothing retrained
+    one = json.loads((first / "metrics.json").read_text())
+    two = json.loads((second / "metrics.json").read_text())
+    assert one["reference_source"] == "computed" and two["reference_source"].startswith("read from")
+    for key in ("reference_mia_auc", "reference_mia_tpr_at_1pct_fpr", "reference_accuracy"):
+        assert two[key] == one[key]
+    assert one["verdict"] == "leaks" and two["verdict"] != "leaks"  # the target side is this set's own
+    # other settings: refused with the differing field named, and the file is left as it was
+    stored = cache.read_bytes()
+    argv = [*base, "--synthetic", str(noise_path), "--out", str(tmp_path / "third"), "--reference-size", "150"]
+    assert main(argv) == 2
+    assert "reference_size: 200 -> 150" in capsys.readouterr().err
+    assert cache.read_bytes() == stored
+    # a truncated file: one clear line, not a traceback
+    cache.write_bytes(stored[: len(stored) // 2])
+    assert main([*base, "--synthetic", str(noise_path), "--out", str(tmp_path / "fourth")]) == 2
+    assert "unreadable or corrupted" in capsys.readouterr().err
+
+
 def test_audit_of_pure_noise_finds_no_memorisation(copied_set: Path, tmp_path: Path) -> None:
     real = SyntheticSet.load(copied_set)
     noise = SyntheticSet(torch.randn_like(real.images), real.labels, dict(real.meta))

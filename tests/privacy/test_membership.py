@@ -9,6 +9,7 @@ from fedcond.data.registry import load_dataset
 from fedcond.distill.evaluate import train_model
 from fedcond.models import get_model
 from fedcond.privacy.membership import (
+    MembershipResult,
     attack_result,
     lira_scores,
     logit_confidence,
@@ -38,6 +39,42 @@ def test_roc_helpers_on_known_scores() -> None:
     tied = attack_result("x", torch.zeros(50), torch.zeros(50))
     assert tied.auc == 0.5
     assert tied.tpr_at_1pct_fpr == 0.0
+
+
+def test_membership_result_round_trips_through_json() -> None:
+    import json
+
+    generator = torch.Generator().manual_seed(0)
+    members, nonmembers = torch.randn(40, generator=generator) + 0.5, torch.randn(60, generator=generator)
+    result = MembershipResult(
+        {"loss": attack_result("loss", members, nonmembers), "lira": attack_result("lira", -members, nonmembers)}
+    )
+    back = MembershipResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert back.metrics("x_") == result.metrics("x_")
+    assert back.strongest.attack == result.strongest.attack
+    for name, attack in result.attacks.items():
+        assert (back.attacks[name].curve.fpr == attack.curve.fpr).all()
+        assert (back.attacks[name].curve.tpr == attack.curve.tpr).all()
+        assert (back.attacks[name].members, back.attacks[name].nonmembers) == (40, 60)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {},
+        {"attacks": {}},
+        {"attacks": {"loss": {"attack": "loss"}}},
+        {"attacks": {"loss": {"attack": "loss", "auc": 1.5, "auc_lower": 0.4, "tpr_at_1pct_fpr": 0.0,
+                              "tpr_at_01pct_fpr": 0.0, "fpr": [0.0, 1.0], "tpr": [0.0, 1.0],
+                              "members": 1, "nonmembers": 1}}},
+        {"attacks": {"loss": {"attack": "loss", "auc": 0.5, "auc_lower": 0.4, "tpr_at_1pct_fpr": 0.0,
+                              "tpr_at_01pct_fpr": 0.0, "fpr": [0.0], "tpr": [0.0, 1.0],
+                              "members": 1, "nonmembers": 1}}},
+    ],
+)
+def test_membership_result_from_dict_refuses_what_is_not_one(broken) -> None:
+    with pytest.raises(ValueError):
+        MembershipResult.from_dict(broken)
 
 
 def test_non_finite_scores_rank_instead_of_crashing() -> None:
