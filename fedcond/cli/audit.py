@@ -73,15 +73,14 @@ def run_audit_command(args: argparse.Namespace) -> int:
     splits = load_dataset(data_config_from(args))
     synthetic = SyntheticSet.load(args.synthetic)
     device = resolve_device(args.device)
-    cache, identity, reference = args.reference_cache, None, None
-    if cache is not None:
-        identity = reference_identity(splits, config)
-        if cache.exists():
-            try:
-                reference = load_reference(cache, identity=identity)
-            except ReferenceCacheError as exc:
-                raise CommandError(str(exc)) from exc
-            console.log(f"audit: reference read from {cache}")
+    cache, reference = args.reference_cache, None
+    identity = reference_identity(splits, config) if cache is not None else {}
+    if cache is not None and cache.exists():
+        try:
+            reference = load_reference(cache, identity=identity)
+        except ReferenceCacheError as exc:
+            raise CommandError(str(exc)) from exc
+        console.log(f"audit: reference read from {cache}")
     with console.status("auditing") as status:
 
         def stage(message: str) -> None:
@@ -91,7 +90,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
         report = run_audit(synthetic, splits, config, device=device, status=stage, reference=reference)
     if cache is not None and reference is None:
         save_reference(
-            cache, result=report.reference, accuracy=report.details["reference_accuracy"], identity=identity or {}
+            cache, result=report.reference, accuracy=report.details["reference_accuracy"], identity=identity
         )
         console.log(f"audit: reference written to {cache}")
     space = report.recoverability.strongest  # the pairs behind the headline match rate
