@@ -29,20 +29,12 @@ __all__ = [
 ]
 
 
-def _stderr_is_terminal() -> bool:
-    try:
-        return os.isatty(2)
-    except OSError:
-        return False
-
-
 #: tables are the end of every command: when stderr is a file or pipe (CI logs, ``2> run.log``)
 #: rich would wrap them at 80 columns, so they get 120 unless ``COLUMNS`` says otherwise
 _PIPED_WIDTH = 120
-console = Console(
-    stderr=True,
-    width=None if os.environ.get("COLUMNS") or _stderr_is_terminal() else _PIPED_WIDTH,
-)
+console = Console(stderr=True)
+if not console.is_terminal and not os.environ.get("COLUMNS"):
+    console.width = _PIPED_WIDTH
 
 
 class CommandError(Exception):
