@@ -192,6 +192,12 @@ class DPConfig:
         Poisson sampling rate of the real batch (per class); 0 derives it from ``batch_real``.
     accountant : str
         ``rdp`` (default) or ``prv``.
+    noise_seed : int | None
+        Seed of the mechanism's private randomness (Poisson masks and Gaussian noise). ``None``
+        (the default) draws a fresh secret seed from the operating system for every run, as DP
+        requires: the run's ``seed`` is published in the set's metadata, and noise that can be
+        regenerated protects nothing. Set it only for reproducible research runs; the guarantee
+        then holds only while this value stays secret.
     """
 
     epsilon: float
@@ -199,6 +205,7 @@ class DPConfig:
     clip_norm: float = 0.6
     sample_rate: float = 0.0
     accountant: str = "rdp"
+    noise_seed: int | None = None
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="per-sample clipping bound on the sqrt(D)-scaled embedding (default 0.6: typical norms are 0.5-0.55)",
     )
     distill.add_argument("--dp-accountant", choices=("rdp", "prv"), default="rdp", help="privacy accountant")
+    distill.add_argument(
+        "--dp-noise-seed",
+        type=int,
+        default=None,
+        help="seed the DP noise and Poisson sampling (reproducible research runs only: the guarantee then "
+        "holds only while this value stays secret; default: a fresh secret seed from the OS)",
+    )
     add_common_arguments(distill, default_out="runs/distill")
     distill.set_defaults(run=run_distill)
 
@@ -251,10 +258,9 @@ def run_distill(args: argparse.Namespace) -> int:
     }
     if dp_report is not None:
         epsilon, delta = dp_report(result)
-        metrics.update({"epsilon": epsilon, "delta": delta})
-        synthetic = SyntheticSet(
-            synthetic.images, synthetic.labels, {**synthetic.meta, "epsilon": epsilon, "delta": delta}
-        )
+        dp_meta = {"epsilon": epsilon, "delta": delta, "dp_noise": statistics.noise}
+        metrics.update(dp_meta)
+        synthetic = SyntheticSet(synthetic.images, synthetic.labels, {**synthetic.meta, **dp_meta})
     _finish(args, synthetic, splits, metrics)
     return 0
 
@@ -277,6 +283,7 @@ def _dp_statistics(args: argparse.Namespace, config: DistillConfig, splits: Data
             "delta": args.dp_delta,
             "clip_norm": args.dp_clip,
             "accountant": args.dp_accountant,
+            "noise_seed": args.dp_noise_seed,
         },
         distill=config,
         class_counts=splits.train.class_counts(),

@@ -46,6 +46,9 @@ INITS = ("real", "herding", "kmeans", "noise")
 
 logger = logging.getLogger(__name__)
 
+#: prefix of the real-side statistics' ``state_dict`` entries in a checkpoint archive
+_STATISTICS_PREFIX = "statistics."
+
 
 @dataclass(frozen=True)
 class CondensationResult:
@@ -296,6 +299,13 @@ class DistributionMatching:
         Returns
         -------
         CondensationResult
+
+        Raises
+        ------
+        ValueError
+            For unusable real data or ``start`` images, and for a checkpoint that cannot be
+            resumed: unreadable or corrupted, written by another run, or already past
+            ``config.iterations`` (resuming it would label a longer run with a shorter count).
         """
         if self.embedder is None:
             return self._condense(
@@ -600,8 +610,8 @@ class DistributionMatching:
         }
         return json.dumps(identity, sort_keys=True, default=str)
 
-    @staticmethod
     def _save_checkpoint(
+        self,
         path: Path,
         syn: torch.Tensor,
         optimizer: torch.optim.Optimizer,
@@ -611,6 +621,9 @@ class DistributionMatching:
     ) -> None:
         state = optimizer.state.get(syn, {})
         momentum = state.get("momentum_buffer")
+        # real-side statistics with state of their own (a seeded DP run's private generator)
+        state_dict = getattr(self.statistics, "state_dict", None)
+        statistics_state = state_dict() if callable(state_dict) else {}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("wb") as fh:
@@ -621,13 +634,22 @@ class DistributionMatching:
                 generator=generator.get_state().numpy(),
                 iteration=np.array(iteration, dtype=np.int64),
                 run=np.array(run_identity),
+                **{_STATISTICS_PREFIX + k: v.cpu().numpy() for k, v in statistics_state.items()},
             )
         tmp.replace(path)
 
-    @staticmethod
     def _load_checkpoint(
-        path: Path, syn: torch.Tensor, optimizer: torch.optim.Optimizer, generator: torch.Generator, run_identity: str
+        self,
+        path: Path,
+        syn: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        run_identity: str,
     ) -> int:
+        """Restore a checkpoint into ``syn``, the optimiser, ``generator`` and the statistics.
+
+        Everything is checked before anything is restored; every failure is a ``ValueError``.
+        """
         try:
             with np.load(path, allow_pickle=False) as ck:
                 images = torch.from_numpy(np.array(ck["images"]))
@@ -635,6 +657,11 @@ class DistributionMatching:
                 gen_state = torch.from_numpy(np.array(ck["generator"]))
                 iteration = int(ck["iteration"])
                 stored_identity = str(ck["run"]) if "run" in ck.files else None
+                statistics_state = {
+                    name[len(_STATISTICS_PREFIX):]: torch.from_numpy(np.array(ck[name]))
+                    for name in ck.files
+                    if name.startswith(_STATISTICS_PREFIX)
+                }
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets one message
             raise ValueError(f"checkpoint {path} is unreadable or corrupted: {exc}") from exc
         if stored_identity != run_identity:
@@ -647,9 +674,27 @@ class DistributionMatching:
             raise ValueError(
                 f"checkpoint {path} holds images of shape {tuple(images.shape)}, this run makes {tuple(syn.shape)}"
             )
+        if momentum.size and momentum.shape != tuple(syn.shape):
+            raise ValueError(
+                f"checkpoint {path} is corrupted: momentum of shape {momentum.shape} for images of shape "
+                f"{tuple(syn.shape)}"
+            )
+        if not 0 <= iteration <= self.config.iterations:
+            raise ValueError(
+                f"checkpoint {path} is at iteration {iteration}, past this run's {self.config.iterations} "
+                f"iterations: ask for at least {iteration} to extend it, or delete it to start afresh"
+                if iteration > self.config.iterations
+                else f"checkpoint {path} is corrupted: iteration {iteration}"
+            )
+        try:
+            generator.set_state(gen_state)
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint {path} is corrupted: bad generator state ({exc})") from exc
+        load_state_dict = getattr(self.statistics, "load_state_dict", None)
+        if callable(load_state_dict):
+            load_state_dict(statistics_state)
         with torch.no_grad():
             syn.copy_(images.to(syn.device))
         if momentum.size:
             optimizer.state[syn]["momentum_buffer"] = torch.from_numpy(momentum).to(syn.device)
-        generator.set_state(gen_state)
         return iteration

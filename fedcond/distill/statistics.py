@@ -51,7 +51,9 @@ class RealStatistics(Protocol):
         when the attribute is missing) leaves the choice to ``AugmentConfig.layout``.
 
     An implementation may also define ``fingerprint() -> dict``: what identifies it in a DM
-    checkpoint, so that a run with other statistics (another DP plan) refuses to resume it.
+    checkpoint, so that a run with other statistics (another DP plan) refuses to resume it; and
+    ``state_dict() -> dict[str, Tensor]`` with ``load_state_dict(state)``: state of its own that
+    a DM checkpoint keeps and a resumed run restores (a seeded DP run's private generator).
     """
 
     augmentation_per_class: bool

@@ -283,7 +283,7 @@ def condense_partition(
     if reporter is not None:
         epsilon, delta = (float(v) for v in reporter(result))
         ledger_state = ledger.state_dict()
-        meta.update({"epsilon": epsilon, "delta": delta})
+        meta.update({"epsilon": epsilon, "delta": delta, "dp_noise": statistics.noise})
     synthetic = SyntheticSet(result.synthetic.images, result.synthetic.labels, meta)
     loss = result.losses[-1] if result.losses else float("nan")
     return CondenseOutcome(synthetic, result.seconds, loss, epsilon, delta, skipped, ledger_state)

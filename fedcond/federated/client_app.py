@@ -107,11 +107,17 @@ def condense(message: Message, context: Context) -> Message:
     ledger = None
     if fed.dp is not None and DP_LEDGER_KEY in context.state.config_records:
         ledger = ledger_from_record(context.state.config_records[DP_LEDGER_KEY])
+    dp = fed.dp
+    if dp is not None and dp.noise_seed is not None:
+        # one configured seed, independent noise per client and round
+        from fedcond.privacy.dp import derive_noise_seed
+
+        dp = dataclasses.replace(dp, noise_seed=derive_noise_seed(dp.noise_seed, partition_id, server_round))
     outcome = condense_partition(
         data,
         distill=distill,
         device=_device(job),
-        dp=fed.dp,
+        dp=dp,
         embedder=embedder,
         warm_start=warm_start,
         dp_rounds=fed.rounds,

@@ -22,6 +22,11 @@ is its ``iterations``-fold composition. ``sigma`` is calibrated with Opacus
 the requested ``(epsilon, delta)``. Class counts ``n_c`` are treated as public (see
 ``docs/privacy.md``). Everything after the noisy sums (the synthetic-image updates) is
 post-processing.
+
+The Poisson masks and the noise come from the mechanism's own **private** generator, never from
+the run's public seed (which the set's metadata publishes: noise that anyone can regenerate
+protects nothing). By default it is seeded from the operating system's entropy (``secrets``)
+for every run; ``DPConfig.noise_seed`` seeds it explicitly for reproducible research runs.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedcond.config import DistillConfig, DPConfig, parse_config
@@ -51,10 +58,12 @@ __all__ = [
     "DPMeanStatistics",
     "DPPlan",
     "clip_embeddings",
+    "derive_noise_seed",
     "dp_statistics_for",
     "noisy_class_sums",
     "plan_dp",
     "poisson_sample",
+    "private_generator",
     "sample_rate_for",
 ]
 
@@ -129,6 +138,31 @@ def sample_rate_for(*, batch_real: int, class_counts: torch.Tensor) -> float:
     return min(1.0, batch_real / min(counts))
 
 
+def private_generator(noise_seed: int | None = None) -> torch.Generator:
+    """The generator of a DP run's private randomness (Poisson masks and Gaussian noise).
+
+    ``noise_seed=None`` seeds it with 63 bits from the operating system's CSPRNG
+    (:mod:`secrets`), fresh for every call; an ``int`` seeds it reproducibly.
+    """
+    if noise_seed is not None and noise_seed < 0:
+        raise PrivacyBudgetError(f"dp.noise_seed must be >= 0, got {noise_seed}")
+    seed = secrets.randbits(63) if noise_seed is None else noise_seed
+    return torch.Generator().manual_seed(seed)
+
+
+def derive_noise_seed(noise_seed: int | None, *parts: int) -> int | None:
+    """An independent noise seed for one ``(client, round, ...)`` of a run seeded with ``noise_seed``.
+
+    Clients sharing one configured seed must not share noise: two releases with the same noise
+    differ by the difference of their clipped sums, noise-free. ``None`` (secret noise) stays
+    ``None``. Uses NumPy's ``SeedSequence``, so nearby inputs give unrelated seeds.
+    """
+    if noise_seed is None:
+        return None
+    state = np.random.SeedSequence([noise_seed, *parts]).generate_state(2, dtype=np.uint64)
+    return int(state[0]) & (2**63 - 1)
+
+
 # ----------------------------------------------------------------------------- the plan
 @dataclass(frozen=True)
 class DPPlan:
@@ -184,6 +218,10 @@ class DPMeanStatistics:
         Real images per class (public; the normaliser is ``q * n_c``).
     accountant : PrivacyAccountant | None
         Receives one step per call of :meth:`class_means`; a new one when ``None``.
+    noise_seed : int | None
+        Seed of the private generator that draws the Poisson masks and the noise
+        (:func:`private_generator`); ``None``, the default, is a fresh secret seed. The DM
+        engine's own (public, seeded) generator is never used for either.
 
     Raises
     ------
@@ -193,7 +231,12 @@ class DPMeanStatistics:
     """
 
     def __init__(
-        self, plan: DPPlan, *, class_counts: torch.Tensor, accountant: PrivacyAccountant | None = None
+        self,
+        plan: DPPlan,
+        *,
+        class_counts: torch.Tensor,
+        accountant: PrivacyAccountant | None = None,
+        noise_seed: int | None = None,
     ) -> None:
         self.plan = plan
         self.expected_counts = class_counts.float() * plan.sample_rate
@@ -201,6 +244,13 @@ class DPMeanStatistics:
         # Poisson batch (i.e. on the other images sampled) and break the sensitivity bound
         self.augmentation_per_class = True
         self.accountant = accountant or PrivacyAccountant(plan.accountant)
+        self.noise_seed = noise_seed
+        self._private = private_generator(noise_seed)
+
+    @property
+    def noise(self) -> str:
+        """``"secret"`` (OS-seeded private randomness) or ``"seeded"`` (``noise_seed`` given)."""
+        return "secret" if self.noise_seed is None else "seeded"
 
     @property
     def steps(self) -> int:
@@ -208,15 +258,20 @@ class DPMeanStatistics:
         return self.accountant.steps
 
     def sample_batch(self, class_pools: list[torch.Tensor], *, generator: torch.Generator) -> RealBatch:
-        """A Poisson sample of every class pool at the plan's sample rate (the amplified batch)."""
-        return poisson_sample(class_pools, sample_rate=self.plan.sample_rate, generator=generator)
+        """A Poisson sample of every class pool at the plan's sample rate (the amplified batch).
+
+        The mask comes from the private generator; ``generator`` (the engine's public one) is
+        not used: amplification by subsampling assumes nobody can tell which images were drawn.
+        """
+        return poisson_sample(class_pools, sample_rate=self.plan.sample_rate, generator=self._private)
 
     def class_means(
         self, embeddings: torch.Tensor, groups: torch.Tensor, *, num_classes: int, generator: torch.Generator
     ) -> torch.Tensor:
         """Noisy per-class mean embeddings: clipped per-sample sums plus Gaussian noise.
 
-        Each call is one accounted step.
+        Each call is one accounted step. The noise comes from the private generator, not from
+        ``generator``.
 
         Raises
         ------
@@ -236,7 +291,7 @@ class DPMeanStatistics:
             num_classes=num_classes,
             clip_norm=self.plan.clip_norm,
             noise_multiplier=self.plan.noise_multiplier,
-            generator=generator,
+            generator=self._private,
         )
         self.accountant.step(noise_multiplier=self.plan.noise_multiplier, sample_rate=self.plan.sample_rate)
         expected = self.expected_counts.to(sums.device)
@@ -245,8 +300,47 @@ class DPMeanStatistics:
         return sums / expected[:num_classes].clamp_min(1e-12).unsqueeze(1) * scale
 
     def fingerprint(self) -> dict[str, object]:
-        """The DP plan, so a checkpoint of another plan (or a non-private one) is never resumed."""
-        return {"kind": "dp-mean", **self.plan.as_dict()}
+        """The DP plan, so a checkpoint of another plan (or a non-private one) is never resumed.
+
+        A seeded run adds its ``noise_seed`` (the checkpoint stays on the data owner's disk).
+        """
+        noise: dict[str, object] = {"noise": self.noise}
+        if self.noise_seed is not None:
+            noise["noise_seed"] = self.noise_seed
+        return {"kind": "dp-mean", **self.plan.as_dict(), **noise}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What a DM checkpoint keeps so that a resumed run never draws the same noise twice.
+
+        A seeded run keeps its private generator's state: resuming from the seed would replay
+        the noise of the first iterations on later ones, which breaks the composition the
+        accountant assumes. A secret run keeps nothing (the state would reveal the noise to
+        whoever reads the checkpoint); its resumed part draws from a fresh secret seed.
+        """
+        if self.noise_seed is None:
+            return {}
+        return {"private_generator": self._private.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict` when a DM run resumes from a checkpoint.
+
+        Raises
+        ------
+        ValueError
+            For a seeded run whose checkpoint lacks the private generator's state.
+        """
+        if self.noise_seed is None:
+            logger.info("DP-DM resumed: the remaining iterations draw from a fresh secret seed")
+            return
+        if "private_generator" not in state:
+            raise ValueError(
+                "the checkpoint does not hold the DP noise generator's state; resuming a seeded DP run "
+                "without it would draw the same noise twice. Start the run afresh"
+            )
+        try:
+            self._private.set_state(torch.as_tensor(state["private_generator"], dtype=torch.uint8))
+        except RuntimeError as exc:
+            raise ValueError(f"the checkpoint's DP noise generator state is corrupted: {exc}") from exc
 
     def epsilon(self) -> float:
         """Epsilon spent so far by this object's iterations at the plan's delta."""
@@ -318,11 +412,17 @@ def dp_statistics_for(
                 f"budget {plan.epsilon} (already spent {ledger.epsilon(delta=plan.delta):.4f} in "
                 f"{ledger.steps} steps; the budget was planned for {rounds} run(s))"
             )
-    statistics = DPMeanStatistics(plan, class_counts=class_counts)
+    statistics = DPMeanStatistics(plan, class_counts=class_counts, noise_seed=config.noise_seed)
     logger.info(
-        "DP-DM: epsilon=%g delta=%g q=%.4f sigma=%.3f C=%g over %d iterations (%s)",
+        "DP-DM: epsilon=%g delta=%g q=%.4f sigma=%.3f C=%g over %d iterations (%s, %s noise)",
         plan.epsilon, plan.delta, plan.sample_rate, plan.noise_multiplier, plan.clip_norm, plan.steps, plan.accountant,
+        statistics.noise,
     )
+    if config.noise_seed is not None:
+        logger.warning(
+            "DP-DM noise seeded with dp.noise_seed: reproducible, but the (epsilon, delta) guarantee holds "
+            "only while that seed stays secret"
+        )
 
     reported: list[bool] = []
 

@@ -73,6 +73,19 @@ def test_resume_refuses_a_checkpoint_of_another_run(digits, tmp_path) -> None:
     assert len(longer.condense(digits.train, checkpoint_path=ckpt, resume=True).losses) == 2
 
 
+def test_resume_refuses_a_checkpoint_past_the_requested_iterations(digits, tmp_path) -> None:
+    """Resuming 3 iterations' work as a 1-iteration run would mislabel it (and rewind the checkpoint)."""
+    ckpt = tmp_path / "ckpt.npz"
+    DistributionMatching(DistillConfig(ipc=1, iterations=3, seed=3, checkpoint_every=1)).condense(
+        digits.train, checkpoint_path=ckpt
+    )
+    before = ckpt.read_bytes()
+    shorter = DistributionMatching(DistillConfig(ipc=1, iterations=1, seed=3, checkpoint_every=1))
+    with pytest.raises(ValueError, match="at iteration 3, past this run's 1 iterations"):
+        shorter.condense(digits.train, checkpoint_path=ckpt, resume=True)
+    assert ckpt.read_bytes() == before  # nothing already written is lost
+
+
 def test_dp_run_refuses_to_resume_a_non_private_checkpoint(digits, tmp_path) -> None:
     from fedcond.privacy.dp import dp_statistics_for
 

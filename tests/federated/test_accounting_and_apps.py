@@ -104,6 +104,7 @@ def test_dp_client_reports_its_spent_budget():
     assert outcome.epsilon is not None and 0 < outcome.epsilon <= 8.0 + 1e-6
     assert outcome.delta == pytest.approx(1e-5)
     assert outcome.synthetic.meta["init"] == "noise"
+    assert outcome.synthetic.meta["dp_noise"] == "secret"
 
 
 @pytest.mark.slow

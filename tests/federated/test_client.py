@@ -192,3 +192,27 @@ def test_dp_epsilon_accumulates_across_rounds_in_context_state(task_identity):
     # a third round was not planned: the client refuses to spend past its budget
     with pytest.raises(ValueError, match="over the budget"):
         app(_train_message(103, 3, model, job), context)
+
+
+def test_a_configured_dp_noise_seed_gives_every_client_and_round_its_own_noise(task_identity, monkeypatch):
+    """Clients sharing one dp.noise_seed must not share noise (their difference would be noise-free)."""
+    import fedcond.federated.client_app as client_app
+    from fedcond.privacy.dp import derive_noise_seed
+
+    seen: list[tuple[int | None, str]] = []
+    real_condense = client_app.condense_partition
+
+    def spy(data, *, dp, **kwargs):
+        outcome = real_condense(data, dp=dp, **kwargs)
+        seen.append((dp.noise_seed, outcome.synthetic.meta["dp_noise"]))
+        return outcome
+
+    monkeypatch.setattr(client_app, "condense_partition", spy)
+    job = {**JOB, "dp.epsilon": 4.0, "dp.noise_seed": 5}
+    for partition_id in (0, 1):
+        assert not app(_train_message(100 + partition_id, 1, None, job), _context(partition_id)).has_error()
+    assert seen == [(derive_noise_seed(5, 0, 1), "seeded"), (derive_noise_seed(5, 1, 1), "seeded")]
+    assert seen[0][0] != seen[1][0]
+    # without a configured seed every client draws secret noise
+    assert not app(_train_message(100, 1, None, {**JOB, "dp.epsilon": 4.0}), _context(0)).has_error()
+    assert seen[2] == (None, "secret")

@@ -147,6 +147,7 @@ def test_dp_distill_reports_epsilon_within_the_request(tmp_path: Path) -> None:
     assert metrics["init"] == "noise"  # DP forces noise init
     meta = SyntheticSet.load(out / "synthetic.npz").meta
     assert meta["epsilon"] == metrics["epsilon"]
+    assert meta["dp_noise"] == metrics["dp_noise"] == "secret"  # no --dp-noise-seed: OS-seeded noise
 
 
 @pytest.mark.parametrize(

@@ -218,3 +218,98 @@ def test_dp_augmentation_does_not_depend_on_the_other_sampled_images(
         assert all(n >= 10 * 32 for n in sampled)  # per-sample parameters
         assert len(set(applied[0][1].tolist())) == applied[0][0]
 
+
+
+def _dp_run(splits, *, noise_seed: int | None, iterations: int = 3, checkpoint=None, resume: bool = False,
+            stop_at: int | None = None):
+    """A small DP-DM run on digits with the public seed fixed at 0."""
+    config = DistillConfig(ipc=1, iterations=iterations, init="noise", batch_real=32, dsa=False,
+                           mixed_precision=False, seed=0, checkpoint_every=1 if checkpoint else 0)
+    stats, _ = dp_statistics_for(dp={"epsilon": 5.0, "noise_seed": noise_seed}, distill=config,
+                                 class_counts=splits.train.class_counts())
+
+    def stop(iteration: int, loss: float) -> None:
+        if iteration == stop_at:
+            raise KeyboardInterrupt  # a crash after the checkpoint of iteration ``stop_at``
+
+    engine = DistributionMatching(config, real_statistics=stats)
+    return engine.condense(splits.train, checkpoint_path=checkpoint, resume=resume, on_iteration=stop), stats
+
+
+def test_dp_noise_is_secret_by_default_and_reproducible_only_from_its_own_seed() -> None:
+    """The run's seed is published in the set's metadata: the noise must not follow from it."""
+    splits = load_dataset("digits")
+    secret_a, stats = _dp_run(splits, noise_seed=None)
+    secret_b, _ = _dp_run(splits, noise_seed=None)
+    assert stats.noise == "secret" and "noise_seed" not in stats.fingerprint()
+    assert secret_a.synthetic.meta["seed"] == secret_b.synthetic.meta["seed"] == 0
+    # same public seed, same start, same networks and augmentation: only the private draws differ
+    assert not torch.equal(secret_a.synthetic.images, secret_b.synthetic.images)
+    seeded_a, seeded = _dp_run(splits, noise_seed=7)
+    seeded_b, _ = _dp_run(splits, noise_seed=7)
+    other, _ = _dp_run(splits, noise_seed=8)
+    assert seeded.noise == "seeded" and seeded.fingerprint()["noise_seed"] == 7
+    assert torch.equal(seeded_a.synthetic.images, seeded_b.synthetic.images)
+    assert not torch.equal(seeded_a.synthetic.images, other.synthetic.images)
+
+
+def test_the_engine_generator_never_draws_the_private_randomness() -> None:
+    """Poisson masks and noise come from the statistics' own generator, whatever generator is passed."""
+    plan = plan_dp(DPConfig(epsilon=5.0), iterations=2, batch_real=4, class_counts=torch.tensor([8, 8]))
+    pools = [torch.arange(8), torch.arange(8, 16)]
+    emb = torch.randn(16, 6, generator=torch.Generator().manual_seed(0))
+    draws = []
+    for _ in range(2):
+        stats = DPMeanStatistics(plan, class_counts=torch.tensor([8, 8]), noise_seed=3)
+        public = torch.Generator().manual_seed(123)
+        batch = stats.sample_batch(pools, generator=public)
+        means = stats.class_means(emb[batch.indices], batch.groups, num_classes=2, generator=public)
+        draws.append((batch.indices, means))
+        assert torch.equal(public.get_state(), torch.Generator().manual_seed(123).get_state())
+    assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
+
+
+def test_seeded_dp_resume_continues_the_noise_stream_instead_of_replaying_it(tmp_path) -> None:
+    """A resumed seeded run equals the uninterrupted one: the private generator's state is checkpointed."""
+    import numpy as np
+
+    splits = load_dataset("digits")
+    full, _ = _dp_run(splits, noise_seed=7, iterations=4)
+    ckpt = tmp_path / "ckpt.npz"
+    with pytest.raises(KeyboardInterrupt):
+        _dp_run(splits, noise_seed=7, iterations=4, checkpoint=ckpt, stop_at=2)
+    with np.load(ckpt) as archive:
+        assert int(archive["iteration"]) == 2 and "statistics.private_generator" in archive.files
+    resumed, stats = _dp_run(splits, noise_seed=7, iterations=4, checkpoint=ckpt, resume=True)
+    assert len(resumed.losses) == 2 and stats.steps == 2
+    assert torch.equal(resumed.synthetic.images, full.synthetic.images)
+    # a seeded checkpoint without the state is refused (replaying the seed would reuse noise)
+    with np.load(ckpt) as archive:
+        kept = {k: archive[k] for k in archive.files if not k.startswith("statistics.")}
+    np.savez(ckpt, **kept)
+    with pytest.raises(ValueError, match="noise generator's state"):
+        _dp_run(splits, noise_seed=7, iterations=4, checkpoint=ckpt, resume=True)
+
+
+def test_secret_dp_checkpoint_keeps_no_noise_state_and_still_resumes(tmp_path) -> None:
+    import numpy as np
+
+    splits = load_dataset("digits")
+    ckpt = tmp_path / "ckpt.npz"
+    with pytest.raises(KeyboardInterrupt):
+        _dp_run(splits, noise_seed=None, iterations=4, checkpoint=ckpt, stop_at=2)
+    with np.load(ckpt) as archive:
+        assert not [k for k in archive.files if k.startswith("statistics.")]
+    resumed, stats = _dp_run(splits, noise_seed=None, iterations=4, checkpoint=ckpt, resume=True)
+    assert len(resumed.losses) == 2 and stats.steps == 2
+
+
+def test_derived_noise_seeds_differ_per_client_and_round() -> None:
+    from fedcond.privacy.dp import derive_noise_seed, private_generator
+
+    assert derive_noise_seed(None, 0, 1) is None
+    seeds = {derive_noise_seed(5, pid, rnd) for pid in range(4) for rnd in (1, 2)}
+    assert len(seeds) == 8 and all(0 <= s < 2**63 for s in seeds)
+    assert derive_noise_seed(5, 2, 1) == derive_noise_seed(5, 2, 1)
+    with pytest.raises(PrivacyBudgetError, match="noise_seed must be >= 0"):
+        private_generator(-1)
