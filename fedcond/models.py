@@ -134,10 +134,14 @@ def get_model(
         factory = _MODELS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(available_models())}") from None
-    model = factory(channels=spec.channels, num_classes=spec.num_classes, image_size=spec.image_size)
-    if generator is not None:
-        reset_parameters(model, generator=generator)
-    return model
+    if generator is None:
+        return factory(channels=spec.channels, num_classes=spec.num_classes, image_size=spec.image_size)
+    # the layers' constructors run PyTorch's default init from the global RNG before
+    # reset_parameters redraws every weight from ``generator``: fork the global RNG so that
+    # throw-away draw leaves no trace (a continual run's data order follows the global RNG)
+    with torch.random.fork_rng(devices=[]):
+        model = factory(channels=spec.channels, num_classes=spec.num_classes, image_size=spec.image_size)
+    return reset_parameters(model, generator=generator)
 
 
 @torch.no_grad()

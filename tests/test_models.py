@@ -33,6 +33,20 @@ def test_seeded_init_is_reproducible_and_like_pytorch() -> None:
     assert float(conv.weight.detach().std()) == pytest.approx(bound / 3**0.5, rel=0.05)
 
 
+@pytest.mark.parametrize("name", ["convnet", "mlp"])
+def test_seeded_init_leaves_the_global_rng_untouched(name: str) -> None:
+    """A continual run's data order follows the global RNG: building a seeded model must not move it."""
+    torch.manual_seed(123)
+    get_model(name, get_spec("digits"), generator=torch.Generator().manual_seed(0))
+    after_seeded = torch.rand(3)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    assert torch.equal(after_seeded, expected)
+    torch.manual_seed(123)
+    get_model(name, get_spec("digits"))  # unseeded: PyTorch's default init draws from the global RNG
+    assert not torch.equal(torch.rand(3), expected)
+
+
 def test_mlp_and_unknown_model() -> None:
     spec = get_spec("digits")
     assert get_model("mlp", spec)(torch.randn(3, 1, 8, 8)).shape == (3, 10)
