@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +13,7 @@ from rich.table import Table
 
 from fedcond.config import DataConfig, parse_config
 from fedcond.data.registry import available_datasets
+from fedcond.metrics_file import write_metrics
 
 __all__ = [
     "CommandError",
@@ -84,29 +83,6 @@ def prepare_run_folder(out: Path) -> Path:
     os.environ.setdefault("RAY_TMPDIR", str((state / "ray").resolve()))
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     return out
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    return value
-
-
-def write_metrics(out: Path, metrics: Mapping[str, Any]) -> Path:
-    """Write ``out/metrics.json`` (atomically; NaN becomes null)."""
-    path = Path(out) / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_json_safe(metrics), indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def print_table(title: str, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -12,11 +12,9 @@ overrides) and writes ``metrics.json`` to the ``out`` folder when one is configu
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +29,7 @@ from fedcond.federated.client import federated_test_set, load_splits
 from fedcond.federated.job import FederatedJob, job_from_mapping, job_to_mapping
 from fedcond.federated.records import model_from_record, model_to_record
 from fedcond.federated.strategy import FedCond
+from fedcond.metrics_file import write_metrics
 from fedcond.models import get_model
 
 __all__ = ["FederatedReport", "app", "run_federated"]
@@ -189,7 +188,4 @@ def main(grid: Grid, context: Context) -> None:
     job = job_from_mapping(dict(context.run_config))
     report = run_federated(grid, job)
     if job.out is not None:
-        out = Path(job.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(report.metrics(), indent=2, default=str) + "\n")
-        logger.info("wrote %s", out / "metrics.json")
+        logger.info("wrote %s", write_metrics(job.out, report.metrics()))
