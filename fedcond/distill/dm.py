@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 #: prefix of the real-side statistics' ``state_dict`` entries in a checkpoint archive
 _STATISTICS_PREFIX = "statistics."
+#: a compiled real forward without chunking sees batches padded to a multiple of this
+_COMPILED_BUCKET = 256
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,7 @@ class DistributionMatching:
         self._net_shape: tuple[tuple[int, ...], int] | None = None
         self._real_embed: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._batch_statistics = False
+        self._real_batch_sizes: set[int] = set()  # unchunked real batch sizes seen (compiled runs)
 
     # ------------------------------------------------------------------------------ public
     def condense(
@@ -555,19 +558,32 @@ class DistributionMatching:
         return net
 
     def _embed_real(self, images: torch.Tensor) -> torch.Tensor:
-        """Real-side embeddings, in fixed-size chunks on CPU (see ``DistillConfig.real_chunk``)."""
-        chunk = self.config.real_chunk
-        if chunk <= 0 or images.device.type != "cpu" or images.shape[0] <= chunk or self._batch_statistics:
+        """Real-side embeddings, in fixed-size chunks on CPU (see ``DistillConfig.real_chunk``).
+
+        A compiled forward is specialised to its input shape, so with ``compile`` the shapes are
+        kept few: a chunked batch pads its tail to the chunk size, and once an unchunked batch
+        (on CUDA, or a small one) has changed size (a DP run's Poisson batch does, every
+        iteration, and would recompile until dynamo gives up) it is padded to a multiple of
+        ``_COMPILED_BUCKET``. Instance norm is per sample, so the zero rows change nothing for
+        the real ones and are dropped. Batch norm couples the samples: never split nor padded.
+        """
+        if self._batch_statistics:
             return self._embed_real_once(images)
-        parts = []
-        for part in images.split(chunk):
-            size = part.shape[0]
-            if size < chunk and self.config.compile:
-                # pad the tail so the compiled graph sees one static shape; instance norm is per
-                # sample, so the zero rows change nothing for the real ones and are dropped
-                part = torch.cat([part, part.new_zeros((chunk - size, *part.shape[1:]))])
-            parts.append(self._embed_real_once(part)[:size])
-        return torch.cat(parts)
+        chunk = self.config.real_chunk
+        if chunk > 0 and images.device.type == "cpu" and images.shape[0] > chunk:
+            return torch.cat([self._embed_padded(part, size=chunk) for part in images.split(chunk)])
+        if self.config.compile:
+            self._real_batch_sizes.add(images.shape[0])
+            if len(self._real_batch_sizes) > 1:
+                return self._embed_padded(images, size=-(-images.shape[0] // _COMPILED_BUCKET) * _COMPILED_BUCKET)
+        return self._embed_real_once(images)
+
+    def _embed_padded(self, images: torch.Tensor, *, size: int) -> torch.Tensor:
+        """Embeddings of ``images``, run as a batch of ``size`` (zero rows added) when compiling."""
+        count = images.shape[0]
+        if count < size and self.config.compile:
+            images = torch.cat([images, images.new_zeros((size - count, *images.shape[1:]))])
+        return self._embed_real_once(images)[:count]
 
     def _embed_real_once(self, images: torch.Tensor) -> torch.Tensor:
         assert self._real_embed is not None

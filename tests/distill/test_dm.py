@@ -231,3 +231,39 @@ def test_mnist_slice_condenses(mnist) -> None:
     assert result.synthetic.images.shape == (10, 1, 28, 28)
     assert result.synthetic.meta["dataset"] == "mnist"
     assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_a_compiled_forward_sees_few_shapes_when_the_dp_batch_size_varies(digits, monkeypatch) -> None:
+    """A Poisson batch changes size every iteration; unpadded, each new size would recompile.
+
+    Compilation itself is replaced by the eager forward (it takes a minute on CPU); what is
+    checked is the shapes the compiled function would see, and that padding changes nothing.
+    """
+    from fedcond.privacy.dp import dp_statistics_for
+
+    shapes: list[int] = []
+
+    def eager_spy(self, net):
+        def forward(images):
+            shapes.append(images.shape[0])
+            return net.embed(images)
+
+        return forward
+
+    monkeypatch.setattr(DistributionMatching, "_maybe_compile", eager_spy)
+    config = DistillConfig(ipc=1, iterations=6, init="noise", batch_real=40, dsa=False, mixed_precision=False,
+                           real_chunk=0, compile=True)
+    counts = digits.train.class_counts()
+    runs = {}
+    for compiled in (True, False):
+        stats, _ = dp_statistics_for(dp={"epsilon": 5.0, "noise_seed": 1}, distill=config, class_counts=counts)
+        shapes.clear()
+        runs[compiled] = DistributionMatching(replace(config, compile=compiled), real_statistics=stats).condense(
+            digits.train
+        )
+        if compiled:
+            assert len(shapes) == 6
+            assert len(set(shapes[1:])) <= 2 and all(n % 256 == 0 for n in shapes[1:])
+        else:
+            assert len(set(shapes)) > 3  # the Poisson batch sizes themselves
+    assert torch.allclose(runs[True].synthetic.images, runs[False].synthetic.images, atol=1e-4)
