@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -245,6 +246,27 @@ def _load_torchvision(config: DataConfig) -> DatasetSplits:
     return DatasetSplits(split(True), split(False))
 
 
+#: Pillow's 16-bit greyscale modes ("I" is how some Pillow versions open a 16-bit PNG)
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _image_pixels(img: Any, *, mode: str, path: Path) -> np.ndarray:
+    """``img`` as uint8 pixels in ``mode`` (``L`` or ``RGB``).
+
+    16-bit greyscale is rescaled (``v / 257``), not clipped: Pillow's ``convert("L")`` clips
+    every value above 255 to white, which would turn a 16-bit scan into a blank image.
+    """
+    if img.mode in _SIXTEEN_BIT_MODES:
+        raw = np.asarray(img).astype(np.int64)
+        if raw.size and (raw.min() < 0 or raw.max() > 65535):
+            raise ValueError(f"{path}: {img.mode} pixels outside 0..65535; save it as an 8- or 16-bit image")
+        grey = np.round(raw / 257.0).astype(np.uint8)
+        return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
+    if img.mode == "F":
+        raise ValueError(f"{path}: floating-point images (mode F) are not supported; save it as an 8- or 16-bit image")
+    return np.asarray(img.convert(mode))
+
+
 def _load_imagefolder(config: DataConfig) -> DatasetSplits:
     from PIL import Image
 
@@ -273,7 +295,7 @@ def _load_imagefolder(config: DataConfig) -> DatasetSplits:
             files = sorted(p for p in folder.glob("*") if p.suffix.lower() in suffixes) if folder.is_dir() else []
             for path in files:
                 with Image.open(path) as img:
-                    arrays.append(np.asarray(img.convert(mode)))
+                    arrays.append(_image_pixels(img, mode=mode, path=path))
                 labels.append(label)
         if not arrays:
             raise DatasetNotFoundError(f"no images found under {split_dir}/<class>/")
@@ -295,7 +317,7 @@ def _load_imagefolder(config: DataConfig) -> DatasetSplits:
             f"no images ({', '.join(sorted(suffixes))}) found under {train_dir}/<class>/ for classes {classes[:5]}"
         )
     with Image.open(first) as img:
-        mode = "L" if img.mode in ("L", "1", "I", "I;16") else "RGB"
+        mode = "L" if img.mode in ("L", "1", *_SIXTEEN_BIT_MODES) else "RGB"
     train_px, train_y = read(train_dir)
     test_px, test_y = read(test_dir)
     pixels = train_px.astype(np.float32) / 255.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +82,24 @@ def test_a_failed_download_names_the_dataset_and_the_cause(tmp_path, monkeypatch
     monkeypatch.setattr(tvd, "MNIST", offline)
     with pytest.raises(DatasetNotFoundError, match=r"'mnist': could not download it into .*URLError.*no route to host"):
         load_dataset(DataConfig(dataset="mnist", data_dir=tmp_path, download=True))
+
+
+def test_imagefolder_rescales_16_bit_greyscale_instead_of_clipping_it(tmp_path) -> None:
+    """Pillow's convert("L") clips 16-bit values above 255 to white: a scan would load blank."""
+    from PIL import Image
+
+    values = np.array([[0, 16384, 32768, 65535]] * 4, dtype=np.uint16)
+    for split in ("train", "test"):
+        for label, cls in enumerate(("a", "b")):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            Image.fromarray(values if label == 0 else values[:, ::-1].copy()).save(folder / "0.png")
+    with Image.open(tmp_path / "train" / "a" / "0.png") as img:
+        assert img.mode in ("I;16", "I")  # really read back as 16-bit
+    splits = load_dataset(DataConfig(dataset="imagefolder", data_dir=tmp_path))
+    spec = splits.spec
+    pixels = splits.train.images[0, 0] * spec.std[0] + spec.mean[0]
+    assert torch.allclose(pixels[0], torch.tensor([0.0, 0.25, 0.5, 1.0]), atol=1 / 255)
+    Image.fromarray(np.zeros((4, 4), dtype=np.float32)).save(tmp_path / "train" / "a" / "1.tiff")
+    with pytest.raises(ValueError, match=r"1.tiff: floating-point images \(mode F\)"):
+        load_dataset(DataConfig(dataset="imagefolder", data_dir=tmp_path))
