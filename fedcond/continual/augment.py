@@ -47,6 +47,24 @@ class MemoryAugmentation:
         self.seed = seed
         self.augment = augment_for(spec, config)
         self.generator = torch.Generator().manual_seed(seed)
+        self._worker: tuple[int, torch.Generator] | None = None  # (worker seed, its generator)
+
+    def _current_generator(self) -> torch.Generator:
+        """``self.generator`` in the main process; in a DataLoader worker, one of its own.
+
+        Each worker holds a copy of this object made when the loader starts: drawing from the
+        copied generator would give every worker the same transforms, and the same again every
+        epoch (the parent's generator never advances). A worker instead seeds a generator from
+        ``seed`` and the worker seed PyTorch assigns (drawn from the global RNG each epoch, so
+        still reproducible from a seeded run).
+        """
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return self.generator
+        if self._worker is None or self._worker[0] != info.seed:
+            mixed = (self.seed * 1_000_003 + info.seed) % 2**63
+            self._worker = (info.seed, torch.Generator().manual_seed(mixed))
+        return self._worker[1]
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """Augment one ``C x H x W`` image (a fresh transform per call).
@@ -62,7 +80,7 @@ class MemoryAugmentation:
                 f"{self.spec.name} images are {tuple(self.spec.image_shape)}"
             )
         with torch.no_grad():
-            return self.augment(image.unsqueeze(0), generator=self.generator)[0]
+            return self.augment(image.unsqueeze(0), generator=self._current_generator())[0]
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:
         """The generator state, to resume an interrupted run with the same augmentations."""

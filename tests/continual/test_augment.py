@@ -40,6 +40,38 @@ def test_augmentation_state_dict_replays_the_same_draws(digits_stream: SplitBenc
     torch.testing.assert_close(torch.stack([augment(x) for x in images[:5]]), before)
 
 
+class _Repeat(torch.utils.data.Dataset):
+    """One image, ``n`` times, through the transform (what a replay memory read looks like)."""
+
+    def __init__(self, image: torch.Tensor, transform: MemoryAugmentation, n: int) -> None:
+        self.image, self.transform, self.n = image, transform, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.image)
+
+
+def test_dataloader_workers_draw_their_own_transforms_every_epoch(digits_stream: SplitBenchmark) -> None:
+    """Workers hold copies of the transform: copied generators would repeat each other and every epoch."""
+    images, _ = dataset_tensors(digits_stream.scenario.train_stream[0].dataset)
+    augment = MemoryAugmentation(digits_stream.spec, seed=0)
+    loader = torch.utils.data.DataLoader(
+        _Repeat(images[0], augment, 4), batch_size=2, num_workers=2, generator=torch.Generator().manual_seed(0)
+    )
+    epochs = [torch.cat(list(loader)) for _ in range(2)]
+    first = epochs[0]
+    # worker 0 read items 0-1, worker 1 items 2-3: with copied generators both pairs would match
+    assert not torch.equal(first[:2], first[2:])
+    assert not torch.equal(epochs[0], epochs[1])  # a new epoch, new transforms
+    rerun = torch.utils.data.DataLoader(
+        _Repeat(images[0], MemoryAugmentation(digits_stream.spec, seed=0), 4), batch_size=2, num_workers=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert torch.equal(torch.cat(list(rerun)), first)  # reproducible from the seeds
+
+
 def test_augmentation_rejects_an_image_of_the_wrong_shape(digits_stream: SplitBenchmark) -> None:
     augment = MemoryAugmentation(digits_stream.spec, seed=0)
     with pytest.raises(ValueError, match="shape"):
