@@ -82,11 +82,13 @@ def condense(method: str, epsilon: float | None, args: argparse.Namespace, split
     stats, reporter, extra = None, None, {}
     if dp:
         stats, reporter = dp_statistics_for(
-            dp={"epsilon": epsilon, "delta": args.delta, "clip_norm": args.dp_clip},
+            # a benchmark is a research run: seeded noise, so it repeats (the library's default is secret)
+            dp={"epsilon": epsilon, "delta": args.delta, "clip_norm": args.dp_clip, "noise_seed": args.seed},
             distill=config,
             class_counts=splits.train.class_counts(),
         )
-        extra = {"sample_rate": stats.plan.sample_rate, "noise_multiplier": stats.plan.noise_multiplier}
+        extra = {"sample_rate": stats.plan.sample_rate, "noise_multiplier": stats.plan.noise_multiplier,
+                 "dp_noise": stats.noise}
     result = DistributionMatching(config, real_statistics=stats).condense(splits.train)
     extra.update({"distill_seconds": result.seconds, "iterations": config.iterations, "batch_real": config.batch_real})
     if reporter is not None:
