@@ -664,7 +664,8 @@ class DistributionMatching:
     ) -> int:
         """Restore a checkpoint into ``syn``, the optimiser, ``generator`` and the statistics.
 
-        Everything is checked before anything is restored; every failure is a ``ValueError``.
+        The images and the optimiser state are restored only after every check has passed;
+        every failure is a ``ValueError``.
         """
         try:
             with np.load(path, allow_pickle=False) as ck:
