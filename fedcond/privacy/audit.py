@@ -13,7 +13,7 @@ models use the same recipe on real data disjoint from every candidate.
 
 The verdict is ``"leaks"`` when a test rejects "no leakage" at the configured significance
 (Bonferroni over the tests run): more nearest-neighbour matches than the calibrated rate allows
-(binomial test), synthetic images closer to the training data relative to held-out data than
+(the count's exact beta-binomial null), synthetic images closer to the training data relative to held-out data than
 fresh samples are (Mann-Whitney test on the nearest-neighbour distance ratios), or an attack AUC
 whose lower confidence bound exceeds 0.5. Otherwise it is
 ``"no evidence of leakage at this attack strength"``. It is never "private": an audit can show
@@ -44,7 +44,16 @@ from fedcond.privacy.membership import (
 )
 from fedcond.privacy.recoverability import RecoverabilityResult, recoverability
 
-__all__ = ["LEAKS", "NO_EVIDENCE", "AuditReport", "check_compatible", "run_audit", "verdict_for"]
+__all__ = [
+    "LEAKS",
+    "NO_EVIDENCE",
+    "AuditReport",
+    "Verdict",
+    "check_compatible",
+    "decide",
+    "run_audit",
+    "verdict_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +73,8 @@ def check_compatible(synthetic: SyntheticSet, spec: DatasetSpec, *, tolerance: f
         If the image shape, label range, recorded dataset or normalisation mean/std differ.
     """
     synthetic.validate(num_classes=spec.num_classes, image_shape=spec.image_shape)
+    if len(synthetic) == 0:
+        raise SyntheticSetError("the synthetic set holds no images: there is nothing to audit")
     meta = synthetic.meta
     name = meta.get("dataset")
     if name is not None and name != spec.name:
@@ -114,22 +125,59 @@ class AuditReport:
         return out
 
 
-def verdict_for(
-    recovery: RecoverabilityResult, target: MembershipResult, *, significance: float
-) -> tuple[str, list[str]]:
-    """``(verdict, reasons)`` from one-sided tests, Bonferroni-corrected over all tests."""
+@dataclass(frozen=True)
+class Verdict:
+    """The verdict, why, and the corrected level it was reached at.
+
+    Attributes
+    ----------
+    verdict : str
+        :data:`LEAKS` or :data:`NO_EVIDENCE`.
+    reasons : list[str]
+        One line per test that rejected "no leakage".
+    alpha : float
+        Per-test one-sided level: the audit's significance divided by the number of tests.
+    z : float
+        The normal quantile ``1 - alpha`` behind every AUC lower bound used here.
+    auc_lower : dict[str, float]
+        Each attack's AUC lower bound at ``z`` (the bound the verdict compared with 0.5).
+    """
+
+    verdict: str
+    reasons: list[str]
+    alpha: float
+    z: float
+    auc_lower: dict[str, float]
+
+    def metrics(self) -> dict[str, Any]:
+        """``verdict*`` keys, and every ``mia_<attack>_auc_lower`` at the verdict's level."""
+        return {
+            "verdict": self.verdict,
+            "verdict_reasons": self.reasons,
+            "verdict_test_level": self.alpha,
+            "verdict_z": self.z,
+            **{f"mia_{name}_auc_lower": lower for name, lower in self.auc_lower.items()},
+        }
+
+
+def decide(recovery: RecoverabilityResult, target: MembershipResult, *, significance: float) -> Verdict:
+    """One-sided tests, Bonferroni-corrected over all tests, and the verdict they give.
+
+    Per audited space: the nearest-neighbour match count against its exact null distribution
+    (:func:`~fedcond.privacy.recoverability.match_count_pvalue`) and the Mann-Whitney test of
+    the distance ratios; per attack: the AUC's lower confidence bound against 0.5.
+    """
     tests = 2 * len(recovery.spaces) + len(target.attacks)
     alpha = significance / tests
     z = float(stats.norm.ppf(1 - alpha))
     reasons: list[str] = []
-    n = recovery.num_synthetic
     for name, space in recovery.spaces.items():
-        k = int(round(space.nn_match_rate * n))
-        p = float(stats.binom.sf(k - 1, n, recovery.quantile)) if k > 0 else 1.0
+        k, n, p = space.matches, space.to_train.distances.numel(), space.match_pvalue
         if p < alpha:
             reasons.append(
                 f"{name} space: {k}/{n} synthetic images are closer to a training image than the "
-                f"{recovery.quantile:g}-quantile of fresh samples (binomial p={p:.2g})"
+                f"{space.threshold_rank}-th closest of {space.calibration_size} fresh samples "
+                f"(beta-binomial p={p:.2g})"
             )
         if space.nn_ratio_pvalue < alpha:
             reasons.append(
@@ -137,11 +185,21 @@ def verdict_for(
                 f"to fresh samples (median ratio {space.nn_distance_ratio:.2f} vs {space.nn_distance_ratio_fresh:.2f}, "
                 f"Mann-Whitney p={space.nn_ratio_pvalue:.2g})"
             )
+    bounds: dict[str, float] = {}
     for name, attack in target.attacks.items():
         lower = auc_lower_bound(attack.auc, members=attack.members, nonmembers=attack.nonmembers, z=z)
+        bounds[name] = lower
         if lower > 0.5:
             reasons.append(f"{name} attack: AUC {attack.auc:.3f} (lower bound {lower:.3f} > 0.5)")
-    return (LEAKS if reasons else NO_EVIDENCE), reasons
+    return Verdict(LEAKS if reasons else NO_EVIDENCE, reasons, alpha, z, bounds)
+
+
+def verdict_for(
+    recovery: RecoverabilityResult, target: MembershipResult, *, significance: float
+) -> tuple[str, list[str]]:
+    """``(verdict, reasons)`` of :func:`decide`."""
+    decision = decide(recovery, target, significance=significance)
+    return decision.verdict, decision.reasons
 
 
 def _trainer(config: AuditConfig, spec: DatasetSpec, device: torch.device | str) -> Callable[..., torch.nn.Module]:
@@ -199,7 +257,7 @@ def run_audit(
     train, test = splits.train, splits.test
     generator = torch.Generator().manual_seed(config.seed)
 
-    say("nearest neighbours (pixel and feature space)")
+    say("nearest neighbours (pixel and feature space)" if config.feature_space else "nearest neighbours (pixel space)")
     features = None
     if config.feature_space:
         net = get_model("convnet", spec, generator=torch.Generator().manual_seed(config.seed + 1))
@@ -232,12 +290,12 @@ def run_audit(
     else:
         reference_result, reference_accuracy = reference
 
-    verdict, reasons = verdict_for(recovery, target, significance=config.significance)
+    decision = decide(recovery, target, significance=config.significance)
     m = roles.members[0].shape[0]
     details = {
         "num_synthetic": len(synthetic),
         "num_members": int(m),
-        "num_nonmembers": int(m),
+        "num_nonmembers": int(roles.nonmembers[0].shape[0]),
         "num_train": len(train),
         "num_held_out": len(test),
         "num_calibration": roles.num_calibration,
@@ -248,15 +306,19 @@ def run_audit(
         "reference_accuracy": reference_accuracy,
         "significance": config.significance,
         "held_out_split": "test split: random halves = calibration / non-member reference",
+        # the target's mia_<attack>_auc_lower at the verdict's corrected level, and that level
+        **{k: v for k, v in decision.metrics().items() if k not in ("verdict", "verdict_reasons")},
     }
     if not math.isfinite(recovery.nn_distance_ratio):
         logger.warning("nearest-neighbour distance ratio is not finite (a zero held-out distance)")
-    return AuditReport(recovery, target, reference_result, verdict, reasons, details)
+    return AuditReport(recovery, target, reference_result, decision.verdict, decision.reasons, details)
 
 
 def _check_audit_config(config: AuditConfig) -> None:
     if config.shadow_models < 0 or config.target_epochs <= 0 or config.reference_size <= 0:
         raise ValueError("audit shadow_models must be >= 0, target_epochs and reference_size > 0")
+    if config.max_candidates < 1:
+        raise ValueError(f"audit max_candidates must be >= 1, got {config.max_candidates}")
     if not 0 < config.significance < 1:
         raise ValueError(f"audit significance must lie in (0, 1), got {config.significance}")
     if not 0 < config.calibration_quantile < 1:

@@ -222,11 +222,16 @@ class DPMeanStatistics:
         Seed of the private generator that draws the Poisson masks and the noise
         (:func:`private_generator`); ``None``, the default, is a fresh secret seed. The DM
         engine's own (public, seeded) generator is never used for either.
+    max_steps : int | None
+        Releases this object may make (``plan.steps`` when ``None``). A multi-round plan is
+        calibrated for ``rounds x iterations`` steps but each run gets its own object, limited
+        to one run's iterations, so that a run's certificate (:func:`dp_statistics_for`'s
+        reporter, which counts one run) covers every release the object made.
 
     Raises
     ------
     PrivacyBudgetError
-        From :meth:`class_means` when called more often than ``plan.steps``: the budget was
+        From :meth:`class_means` when called more often than ``max_steps``: the budget was
         calibrated for that many iterations and would otherwise be exceeded.
     """
 
@@ -237,8 +242,12 @@ class DPMeanStatistics:
         class_counts: torch.Tensor,
         accountant: PrivacyAccountant | None = None,
         noise_seed: int | None = None,
+        max_steps: int | None = None,
     ) -> None:
+        if max_steps is not None and not 1 <= max_steps <= plan.steps:
+            raise PrivacyBudgetError(f"max_steps must lie in 1..{plan.steps} (the plan's steps), got {max_steps}")
         self.plan = plan
+        self.max_steps = plan.steps if max_steps is None else max_steps
         self.expected_counts = class_counts.float() * plan.sample_rate
         # per-sample augmentation would make an image's transform depend on its rank in the
         # Poisson batch (i.e. on the other images sampled) and break the sensitivity bound
@@ -278,10 +287,11 @@ class DPMeanStatistics:
         PrivacyBudgetError
             Once the calibrated number of steps is spent.
         """
-        if self.steps >= self.plan.steps:
+        if self.steps >= self.max_steps:
             raise PrivacyBudgetError(
-                f"the DP budget (epsilon={self.plan.epsilon}, delta={self.plan.delta}) was calibrated for "
-                f"{self.plan.steps} iterations and all are spent; a new condensation needs a new budget"
+                f"this DP mechanism (epsilon={self.plan.epsilon}, delta={self.plan.delta}) may make "
+                f"{self.max_steps} releases and all are spent; a new condensation needs a new "
+                "dp_statistics_for() (and the ledger) or a new budget"
             )
         dim = embeddings.shape[1]
         scale = math.sqrt(dim)
@@ -412,7 +422,10 @@ def dp_statistics_for(
                 f"budget {plan.epsilon} (already spent {ledger.epsilon(delta=plan.delta):.4f} in "
                 f"{ledger.steps} steps; the budget was planned for {rounds} run(s))"
             )
-    statistics = DPMeanStatistics(plan, class_counts=class_counts, noise_seed=config.noise_seed)
+    # one run's releases per object: the reporter certifies one run (plus the ledger)
+    statistics = DPMeanStatistics(
+        plan, class_counts=class_counts, noise_seed=config.noise_seed, max_steps=distill.iterations
+    )
     logger.info(
         "DP-DM: epsilon=%g delta=%g q=%.4f sigma=%.3f C=%g over %d iterations (%s, %s noise)",
         plan.epsilon, plan.delta, plan.sample_rate, plan.noise_multiplier, plan.clip_norm, plan.steps, plan.accountant,
@@ -434,6 +447,10 @@ def dp_statistics_for(
             )
         if reported:
             raise PrivacyBudgetError("reporter() was already called for this run: it accounts each run once")
+        if statistics.steps > distill.iterations:  # cannot happen through max_steps; never certify it
+            raise PrivacyBudgetError(
+                f"the mechanism made {statistics.steps} releases, this run accounts {distill.iterations}"
+            )
         reported.append(True)
         # every iteration of this run is one application of the mechanism, including those run
         # before a resume (which this object never saw): count all ``distill.iterations``

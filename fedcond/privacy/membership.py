@@ -61,22 +61,42 @@ def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return true - torch.logsumexp(others, dim=1)
 
 
-def lira_scores(target_phi: torch.Tensor, shadow_phi: torch.Tensor, *, min_std: float = 1e-3) -> torch.Tensor:
-    """Offline LiRA: z-score of the target statistic under the per-example OUT Gaussian.
+#: Below this many shadow models offline LiRA uses one variance pooled over the examples.
+POOLED_VARIANCE_BELOW = 64
+
+
+def lira_scores(
+    target_phi: torch.Tensor,
+    shadow_phi: torch.Tensor,
+    *,
+    min_std: float = 1e-3,
+    pooled_variance_below: int = POOLED_VARIANCE_BELOW,
+) -> torch.Tensor:
+    """Offline LiRA: z-score of the target statistic under each example's OUT Gaussian.
 
     Parameters
     ----------
     target_phi : torch.Tensor
         ``N`` statistics of the target model.
     shadow_phi : torch.Tensor
-        ``K x N`` statistics of ``K`` OUT shadow models (K >= 2 for a per-example variance;
-        with K = 1 the variance is pooled over examples).
+        ``K x N`` statistics of ``K`` OUT shadow models. Each example's mean is its own.
+    min_std : float
+        Floor on the standard deviation.
+    pooled_variance_below : int
+        With fewer shadow models than this, the variance is the per-example variances' mean
+        (one variance for all examples, as Carlini et al. 2022 recommend for few shadow
+        models): a variance estimated from 2-4 values per example gives heavy-tailed
+        z-scores that weaken the attack at low FPR. With ``K = 1`` the variance comes from the
+        target's deviations from the shadow values.
     """
     if shadow_phi.ndim != 2 or shadow_phi.shape[1] != target_phi.shape[0]:
         raise ValueError(f"shadow statistics must be K x {target_phi.shape[0]}, got {tuple(shadow_phi.shape)}")
+    count = shadow_phi.shape[0]
     mean = shadow_phi.mean(0)
-    if shadow_phi.shape[0] >= 2:
+    if count >= max(2, pooled_variance_below):
         std = shadow_phi.std(0)
+    elif count >= 2:
+        std = torch.full_like(mean, float(shadow_phi.var(0).mean().sqrt()))
     else:
         std = torch.full_like(mean, float((target_phi - mean).std()))
     return (target_phi - mean) / std.clamp_min(min_std)

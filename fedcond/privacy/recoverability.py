@@ -5,12 +5,17 @@ set was condensed from) and its nearest real *held-out* image (a non-member from
 distribution), in pixel space and in the feature space of a network.
 
 Calibration. The held-out data is split in two disjoint halves: a *calibration* half and a
-*reference* half. The threshold ``tau`` is the ``q``-quantile of the calibration images'
-distances to their nearest training image: a fresh image from the data distribution lands
-closer than ``tau`` to some training image with probability ``q`` (default 1%). Then
+*reference* half. The threshold ``tau`` is the ``r``-th smallest of the ``n`` calibration images'
+distances to their nearest training image, with ``r = max(1, floor(q (n + 1)))``: a fresh image
+from the data distribution lands closer than ``tau`` to some training image with probability
+``r / (n + 1) <= q`` on average (default ``q`` 1%). Because ``tau`` is itself estimated from
+``n`` samples, the number of fresh images under it out of ``m`` is not Binomial(m, q) but
+BetaBinomial(m, r, n + 1 - r) (the conformal / order-statistic result), which is what
+:func:`match_count_pvalue` tests against. Then
 
 * ``nn_match_rate`` = share of synthetic images whose nearest training image is closer than
-  ``tau`` (an exact copy, distance 0, always counts). Expected ``~q`` when nothing is memorised.
+  ``tau`` (an exact copy, distance 0, always counts). Expected ``~r / (n + 1)`` when nothing is
+  memorised.
 * ``nn_distance_ratio`` = median distance to the nearest member / median distance to the
   nearest non-member (reference half). ``nn_distance_ratio_fresh`` is the same ratio for the
   calibration images themselves, i.e. what a set of fresh samples scores; a ratio well below
@@ -39,8 +44,10 @@ __all__ = [
     "RecoverabilityResult",
     "SpaceResult",
     "calibrate_threshold",
+    "match_count_pvalue",
     "min_calibration_samples",
     "nearest_neighbours",
+    "threshold_rank",
     "recoverability",
     "split_held_out",
 ]
@@ -98,8 +105,21 @@ def min_calibration_samples(quantile: float) -> int:
     return max(20, math.ceil(1.0 / quantile))
 
 
+def threshold_rank(num_calibration: int, *, quantile: float) -> int:
+    """The order statistic ``r = max(1, floor(quantile * (n + 1)))`` used as the threshold.
+
+    A fresh sample falls below the ``r``-th smallest of ``n`` exchangeable calibration values
+    with probability ``r / (n + 1)``, which never exceeds ``quantile`` once ``n`` reaches
+    :func:`min_calibration_samples`.
+    """
+    return max(1, math.floor(quantile * (num_calibration + 1)))
+
+
 def calibrate_threshold(calibration_distances: torch.Tensor, *, quantile: float) -> float:
-    """The ``quantile``-quantile of held-out-to-training nearest-neighbour distances.
+    """The :func:`threshold_rank`-th smallest held-out-to-training nearest-neighbour distance.
+
+    An order statistic, not an interpolated quantile: with it the count of fresh samples
+    below the threshold has a known distribution (:func:`match_count_pvalue`).
 
     Raises
     ------
@@ -109,12 +129,40 @@ def calibrate_threshold(calibration_distances: torch.Tensor, *, quantile: float)
         If ``quantile`` is not in (0, 1).
     """
     need = min_calibration_samples(quantile)  # raises for a quantile outside (0, 1)
-    if calibration_distances.numel() < need:
+    n = calibration_distances.numel()
+    if n < need:
         raise CalibrationError(
-            f"{calibration_distances.numel()} held-out images for calibration, at least {need} needed "
+            f"{n} held-out images for calibration, at least {need} needed "
             f"for the {quantile:g}-quantile threshold (use more held-out data or a larger quantile)"
         )
-    return float(torch.quantile(calibration_distances.double(), quantile))
+    rank = threshold_rank(n, quantile=quantile)
+    return float(calibration_distances.double().flatten().sort().values[rank - 1])
+
+
+def match_count_pvalue(matches: int, *, audited: int, calibration: int, rank: int) -> float:
+    """One-sided p-value of ``matches`` or more of ``audited`` images under the threshold.
+
+    Under the null hypothesis the audited images are fresh samples of the data distribution,
+    exchangeable with the ``calibration`` images whose ``rank``-th smallest distance is the
+    threshold; their count below it is then BetaBinomial(audited, rank, calibration + 1 - rank)
+    exactly, whatever the distance distribution. (A Binomial(audited, q) test ignores that the
+    threshold is estimated and rejects far more often than its level when ``audited`` is large
+    next to ``calibration``.)
+
+    Raises
+    ------
+    ValueError
+        If the counts are inconsistent.
+    """
+    if not 1 <= rank <= calibration:
+        raise ValueError(f"threshold rank {rank} outside 1..{calibration}")
+    if not 0 <= matches <= audited:
+        raise ValueError(f"{matches} matches out of {audited} audited images")
+    if matches == 0:
+        return 1.0
+    from scipy.stats import betabinom
+
+    return float(betabinom.sf(matches - 1, audited, rank, calibration + 1 - rank))
 
 
 def split_held_out(num: int, *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,8 +183,25 @@ class SpaceResult:
     nn_distance_ratio_fresh: float
     calibration_match_rate: float
     nn_ratio_pvalue: float
+    calibration_size: int
+    threshold_rank: int
     to_train: NearestNeighbours
     to_held_out: NearestNeighbours
+
+    @property
+    def matches(self) -> int:
+        """Synthetic images counted as near-copies in this space."""
+        return int(round(self.nn_match_rate * self.to_train.distances.numel()))
+
+    @property
+    def match_pvalue(self) -> float:
+        """:func:`match_count_pvalue` of this space's match count (1 when nothing was audited)."""
+        audited = self.to_train.distances.numel()
+        if audited == 0:
+            return 1.0
+        return match_count_pvalue(
+            self.matches, audited=audited, calibration=self.calibration_size, rank=self.threshold_rank
+        )
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """This space's numbers as ``metrics.json`` entries, each key prefixed with ``prefix``."""
@@ -146,6 +211,9 @@ class SpaceResult:
             f"{prefix}nn_distance_ratio_fresh": self.nn_distance_ratio_fresh,
             f"{prefix}nn_ratio_pvalue": self.nn_ratio_pvalue,
             f"{prefix}nn_threshold": self.threshold,
+            f"{prefix}nn_threshold_rank": self.threshold_rank,
+            f"{prefix}nn_calibration_size": self.calibration_size,
+            f"{prefix}nn_match_pvalue": self.match_pvalue,
             f"{prefix}nn_median_distance_train": float(self.to_train.distances.median()),
             f"{prefix}nn_median_distance_held_out": float(self.to_held_out.distances.median()),
         }
@@ -233,6 +301,8 @@ def _audit_space(
         nn_distance_ratio_fresh=ratio(cal_to_train.distances, cal_to_ref.distances),
         calibration_match_rate=match_rate(cal_to_train.distances),
         nn_ratio_pvalue=pvalue,
+        calibration_size=int(cal_to_train.distances.numel()),
+        threshold_rank=threshold_rank(int(cal_to_train.distances.numel()), quantile=quantile),
         to_train=to_train,
         to_held_out=to_held_out,
     )

@@ -10,6 +10,7 @@ import torch
 
 from fedcond.cli.main import main
 from fedcond.distill.synthetic import SyntheticSet
+from fedcond.privacy.membership import auc_lower_bound
 
 FAST_AUDIT = ["--target-epochs", "5", "--shadow-models", "1", "--reference-size", "200", "--set", "model=mlp"]
 
@@ -39,6 +40,16 @@ def test_audit_of_copied_training_images_reports_leakage(copied_set: Path, tmp_p
     assert metrics["nn_distance_ratio"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["verdict"] == "leaks"
     assert 0.0 <= metrics["mia_auc"] <= 1.0
+    # the AUC bounds in metrics.json are the ones the verdict tested, at its corrected level
+    tests = 2 * 2 + 2  # pixel + feature space (two tests each), loss + LiRA attacks
+    assert metrics["verdict_test_level"] == pytest.approx(metrics["significance"] / tests)
+    for attack in ("loss", "lira"):
+        expected = auc_lower_bound(
+            metrics[f"mia_{attack}_auc"], members=metrics["num_members"], nonmembers=metrics["num_nonmembers"],
+            z=metrics["verdict_z"],
+        )
+        assert metrics[f"mia_{attack}_auc_lower"] == pytest.approx(expected)
+    assert metrics["pixel_nn_match_pvalue"] < metrics["verdict_test_level"]
     assert (out / "nearest_neighbours.png").stat().st_size > 0
     assert (out / "roc.png").stat().st_size > 0
 
@@ -114,6 +125,21 @@ def test_audit_refuses_a_set_of_another_shape(tmp_path: Path, capsys) -> None:
     path = bad.save(tmp_path / "mnist_like.npz")
     assert main(["audit", "--synthetic", str(path), "--out", str(tmp_path / "a"), *FAST_AUDIT]) == 2
     assert "(1, 8, 8)" in capsys.readouterr().err
+
+
+def test_audit_refuses_an_empty_set(tmp_path: Path, capsys) -> None:
+    empty = SyntheticSet(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long), {"num_classes": 10})
+    path = empty.save(tmp_path / "empty.npz")
+    assert main(["audit", "--synthetic", str(path), "--out", str(tmp_path / "a"), *FAST_AUDIT]) == 2
+    assert "holds no images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_audit_refuses_a_candidate_cap_below_one(copied_set: Path, tmp_path: Path, capsys, value: str) -> None:
+    # -1 used to slice [:-1]: 99 members against 179 non-members, reported as 99 each
+    argv = ["audit", "--synthetic", str(copied_set), "--out", str(tmp_path / "a"), *FAST_AUDIT]
+    assert main([*argv, "--set", f"max_candidates={value}"]) == 2
+    assert "max_candidates must be >= 1" in capsys.readouterr().err
 
 
 def test_audit_needs_enough_held_out_images(copied_set: Path, tmp_path: Path, capsys) -> None:

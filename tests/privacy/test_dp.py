@@ -90,7 +90,7 @@ def test_statistics_refuse_to_exceed_the_budget() -> None:
         out = stats.class_means(emb, groups, num_classes=2, generator=torch.Generator())
         assert out.shape == (2, 16)
     assert stats.epsilon() <= 2.0
-    with pytest.raises(PrivacyBudgetError, match="3 iterations"):
+    with pytest.raises(PrivacyBudgetError, match="3 releases"):
         stats.class_means(emb, groups, num_classes=2, generator=torch.Generator())
 
 
@@ -163,6 +163,20 @@ def test_ledger_composes_rounds_within_the_total_budget() -> None:
         dp_statistics_for(
             dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=counts, rounds=2, ledger=ledger
         )
+
+
+def test_one_mechanism_object_serves_one_run_of_a_multi_round_plan() -> None:
+    # a three-round plan is calibrated for 3 x 3 releases, but the reporter certifies one run:
+    # reusing the object for a second run would release 6 times under a 3-release certificate
+    splits = load_dataset("digits")
+    config = DistillConfig(ipc=1, iterations=3, init="noise", batch_real=32, dsa=False, mixed_precision=False)
+    stats, _ = dp_statistics_for(
+        dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=splits.train.class_counts(), rounds=3
+    )
+    assert stats.plan.steps == 9 and stats.max_steps == 3
+    DistributionMatching(config, real_statistics=stats).condense(splits.train)
+    with pytest.raises(PrivacyBudgetError, match="3 releases and all are spent"):
+        DistributionMatching(config, real_statistics=stats).condense(splits.train)
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,36 @@ def test_logit_confidence_is_log_odds_of_the_true_class() -> None:
     assert float(z[0]) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_lira_pools_the_variance_over_examples_with_few_shadow_models() -> None:
+    # example 0's shadows vary (var 2), example 1's do not (var 0): pooled variance is 1
+    shadow = torch.tensor([[0.0, 5.0], [2.0, 5.0]])
+    z = lira_scores(torch.tensor([3.0, 6.0]), shadow)
+    assert z.tolist() == pytest.approx([2.0, 1.0])
+    # with enough shadow models each example keeps its own variance
+    many = torch.cat([torch.zeros(32, 1), 2 * torch.ones(32, 1)]).expand(64, 2).clone()
+    many[:, 1] = torch.linspace(4.0, 6.0, 64)
+    z = lira_scores(torch.tensor([3.0, 6.0]), many)
+    assert float(z[0]) == pytest.approx(2.0 / float(many[:, 0].std()))
+    assert float(z[1]) == pytest.approx(1.0 / float(many[:, 1].std()))
+
+
+def test_pooled_lira_finds_a_shift_the_per_example_variance_misses() -> None:
+    # 1000 members shifted by one OUT standard deviation, 2 shadow models: z-scores from a
+    # 1-degree-of-freedom variance are heavy-tailed and bury the shift at low FPR
+    g = torch.Generator().manual_seed(0)
+    n, k = 1000, 2
+    mu = torch.randn(2 * n, generator=g) * 3
+    shadow = mu + torch.randn(k, 2 * n, generator=g)
+    target = mu + torch.randn(2 * n, generator=g)
+    target[:n] += 1.0
+    pooled = lira_scores(target, shadow)
+    per_example = lira_scores(target, shadow, pooled_variance_below=0)
+    tpr = {
+        name: tpr_at_fpr(roc_curve(s[:n], s[n:]), fpr=0.01) for name, s in (("pooled", pooled), ("own", per_example))
+    }
+    assert tpr["pooled"] > tpr["own"] + 0.02
+
+
 def test_attack_on_a_model_that_never_saw_the_members_is_chance(digits) -> None:
     g = torch.Generator().manual_seed(0)
     train = digits.train

@@ -10,8 +10,10 @@ from fedcond.privacy.recoverability import (
     CalibrationError,
     Recoverability,
     calibrate_threshold,
+    match_count_pvalue,
     nearest_neighbours,
     recoverability,
+    threshold_rank,
 )
 
 
@@ -116,3 +118,38 @@ def test_ratio_test_flags_perturbed_copies_but_not_fresh_images(digits) -> None:
         generator=torch.Generator().manual_seed(2),
     )
     assert fresh.pixel.nn_ratio_pvalue > 0.01
+
+
+def test_threshold_is_an_order_statistic_of_the_calibration_distances() -> None:
+    d = torch.arange(1.0, 181.0).flip(0)  # 180 distances 180..1
+    assert threshold_rank(180, quantile=0.01) == 1  # floor(0.01 * 181)
+    assert calibrate_threshold(d, quantile=0.01) == 1.0  # the smallest, no interpolation
+    assert threshold_rank(999, quantile=0.01) == 10
+    assert calibrate_threshold(torch.arange(999.0), quantile=0.01) == 9.0
+
+
+@pytest.mark.parametrize("calibration,audited", [(180, 100), (180, 1000)])
+def test_match_count_test_holds_its_level_for_fresh_samples(calibration: int, audited: int) -> None:
+    # fresh samples (same distribution as the calibration set) must be flagged at most at the
+    # test's level. A Binomial(audited, q) test, which ignores that the threshold is estimated
+    # from `calibration` samples, flagged 13-25% of such draws at a 1/600 level.
+    g = torch.Generator().manual_seed(0)
+    level, trials, rejected = 0.01, 2000, 0
+    for _ in range(trials):
+        cal = torch.rand(calibration, generator=g)
+        fresh = torch.rand(audited, generator=g)
+        tau = calibrate_threshold(cal, quantile=0.01)
+        k = int((fresh < tau).sum())
+        rank = threshold_rank(calibration, quantile=0.01)
+        rejected += match_count_pvalue(k, audited=audited, calibration=calibration, rank=rank) < level
+    assert rejected / trials <= level + 0.005  # 2000 trials: sd of the rate ~0.0022 at level 0.01
+    # and it still detects copies: a tenth of the audited images under the threshold
+    assert match_count_pvalue(audited // 10, audited=audited, calibration=calibration, rank=1) < 1e-4
+
+
+def test_match_count_pvalue_rejects_inconsistent_counts() -> None:
+    with pytest.raises(ValueError, match="rank"):
+        match_count_pvalue(1, audited=10, calibration=100, rank=0)
+    with pytest.raises(ValueError, match="matches"):
+        match_count_pvalue(11, audited=10, calibration=100, rank=1)
+    assert match_count_pvalue(0, audited=10, calibration=100, rank=1) == 1.0
