@@ -99,9 +99,7 @@ def _mapping(args: argparse.Namespace) -> dict[str, Any]:
         values["seed"] = values["distill.seed"] = args.seed
     if args.device is not None:
         values["device"] = args.device
-    values.setdefault("seed", 0)
-    values.setdefault("distill.seed", values["seed"])
-    values.setdefault("device", "auto")
+    values.setdefault("device", "auto")  # a missing distill.seed follows seed (job_from_mapping)
     values.update(overrides_from(args.overrides))
     return values
 
@@ -153,7 +151,12 @@ def run_simulate(args: argparse.Namespace) -> int:
     job = job_from_mapping({**values, "out": str(out)})
     jobs = [(job.federated.strategy, job)]
     for name, rounds in _comparisons(args, demo):
-        jobs.append((name, job_from_mapping({**values, "strategy": name, "rounds": rounds, "out": str(out)})))
+        compared = {**values, "strategy": name, "rounds": rounds, "out": str(out)}
+        if name != "fedcond" and job.federated.dp is not None:
+            # dp.* is FedCond's DP-DM: a FedAvg/FedProx baseline runs without privacy, and says so
+            compared = {k: v for k, v in compared.items() if not str(k).replace("_", "-").startswith("dp.")}
+            console.print(f"[yellow]note:[/] {name} runs without DP (dp.* applies to FedCond's DP-DM only)")
+        jobs.append((name, job_from_mapping(compared)))
     if demo:
         console.print("[bold]fedcond simulate[/] demo: digits, 10 clients, Dirichlet(0.1), FedCond one-shot vs FedAvg")
     runs: dict[str, dict[str, Any]] = {}

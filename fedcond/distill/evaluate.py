@@ -65,6 +65,7 @@ def train_model(
     mixed_precision: bool = False,
     proximal_mu: float = 0.0,
     sample_weights: torch.Tensor | None = None,
+    lr_decay: bool = True,
 ) -> nn.Module:
     """Train ``model`` in place with the DD evaluation recipe and return it.
 
@@ -75,7 +76,7 @@ def train_model(
     images, labels : torch.Tensor
         Training data (any device; moved batch-wise).
     epochs : int
-        Passes over the data; the learning rate drops x0.1 after half of them.
+        Passes over the data; the learning rate drops x0.1 after half of them (``lr_decay``).
     augment : SiameseAugment | None
         DSA applied independently to every training batch.
     generator : torch.Generator
@@ -85,13 +86,16 @@ def train_model(
     sample_weights : torch.Tensor | None
         Per-sample loss weights; each batch's loss is then ``sum(w_i * ce_i) / sum(w_i)``
         (the federated server weights synthetic images by the real samples they stand for).
+    lr_decay : bool
+        The recipe's x0.1 step at half of the epochs; off keeps ``lr`` throughout (FedAvg /
+        FedProx local SGD, whose rounds are not one training schedule each).
     """
     device = resolve_device(device)
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    decay_at = epochs // 2
+    decay_at = epochs // 2 if lr_decay else -1
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     x_all = images.to(device)
     y_all = labels.to(device)

@@ -65,12 +65,16 @@ def per_class_subset(labels: torch.Tensor, *, per_class: int | None, seed: int) 
 
 
 def federated_test_set(job: FederatedJob) -> ArrayDataset:
-    """The server's held-out real test set (optionally ``test_per_class`` per class)."""
+    """The server's held-out real test set (optionally ``test_per_class`` per class).
+
+    The subsample is drawn with a fixed seed (0), not the job's: runs over several seeds are
+    then scored on the same test images, and their spread is the runs', not the exam's.
+    """
     test = load_splits(job.data).test
     fed = job.federated
     if fed.test_per_class is None:
         return test
-    return test.subset(per_class_subset(test.labels, per_class=fed.test_per_class, seed=fed.seed))
+    return test.subset(per_class_subset(test.labels, per_class=fed.test_per_class, seed=0))
 
 
 @functools.lru_cache(maxsize=8)
@@ -302,6 +306,7 @@ def local_train(
 ) -> nn.Module:
     """FedAvg/FedProx local update: SGD (momentum 0.9, weight decay 5e-4) on the client's data.
 
+    The learning rate stays ``lr`` for all local epochs (no in-round decay).
     ``proximal_mu > 0`` adds FedProx's ``mu/2 ||w - w_global||^2`` (the model arrives holding
     the global weights).
     """
@@ -318,4 +323,5 @@ def local_train(
         generator=generator,
         device=device,
         proximal_mu=proximal_mu,
+        lr_decay=False,
     )

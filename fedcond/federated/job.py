@@ -44,6 +44,9 @@ DEMO_BASELINE_ROUNDS = 20
 _DATA_KEYS = {"dataset": "dataset", "data_dir": "data_dir", "download": "download"}
 _RUN_KEYS = ("device", "out")
 _IGNORED = ("server_round",)  # injected into train configs by Flower's strategies
+#: ``distill.seed`` value (and its absence) meaning "the job's ``seed``": pyproject.toml's
+#: run config declares the key so that ``flwr run --run-config distill.seed=N`` can set it
+FOLLOW_SEED = -1
 
 
 @dataclass(frozen=True)
@@ -86,17 +89,48 @@ def _check_partitioning(fed: FederatedConfig) -> None:
         raise ConfigError(f"config key 'alpha' must be > 0 for a Dirichlet partition, got {fed.alpha}")
     if fed.partition == "shards" and fed.shards_per_client < 1:
         raise ConfigError(f"config key 'shards_per_client' must be >= 1, got {fed.shards_per_client}")
-    if fed.min_partition_size < 0:
-        raise ConfigError(f"config key 'min_partition_size' must be >= 0, got {fed.min_partition_size}")
+    if fed.min_partition_size < 1:
+        raise ConfigError(
+            f"config key 'min_partition_size' must be >= 1 (no client may be empty), got {fed.min_partition_size}"
+        )
+
+
+def _check_ranges(fed: FederatedConfig) -> None:
+    """Refuse values that would train nothing, after ``--set`` strings became numbers."""
+    at_least_one = {
+        "rounds": fed.rounds,
+        "local_epochs": fed.local_epochs,
+        "local_batch_size": fed.local_batch_size,
+        "server_epochs": fed.server_epochs,
+        "min_available_nodes": fed.min_available_nodes,
+        "distill.ipc": fed.distill.ipc,
+    }
+    for key, value in at_least_one.items():
+        if value < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
+    if not 0 < fed.fraction_train <= 1:
+        raise ConfigError(f"config key 'fraction_train' must lie in (0, 1], got {fed.fraction_train}")
+    if not 0 <= fed.min_reply_fraction <= 1:
+        raise ConfigError(f"config key 'min_reply_fraction' must lie in [0, 1], got {fed.min_reply_fraction}")
+    if fed.distill.iterations < 0:
+        raise ConfigError(f"config key 'distill.iterations' must be >= 0, got {fed.distill.iterations}")
+    if fed.strategy != "fedcond" and fed.dp is not None:
+        raise ConfigError(
+            f"config keys 'dp.*' apply to FedCond's DP-DM only; strategy {fed.strategy!r} would run without "
+            "any privacy while the run config claimed it (drop dp.* for this strategy)"
+        )
 
 
 def job_from_mapping(values: Mapping[str, Any] | None) -> FederatedJob:
     """Parse a flat (dotted, hyphen-or-underscore) mapping into a :class:`FederatedJob`.
 
+    ``distill.seed`` follows ``seed`` when absent or :data:`FOLLOW_SEED` (-1).
+
     Raises
     ------
     ConfigError
-        For an unknown key, a wrong type, or an unknown strategy.
+        For an unknown key, a wrong type, an unknown strategy, a value out of range, or
+        ``dp.*`` keys for a strategy without DP.
     """
     data: dict[str, Any] = {}
     fed: dict[str, Any] = {}
@@ -111,12 +145,15 @@ def job_from_mapping(values: Mapping[str, Any] | None) -> FederatedJob:
             continue
         else:
             fed[key] = value
+    if fed.get("distill.seed") in (None, FOLLOW_SEED, str(FOLLOW_SEED)):
+        fed["distill.seed"] = fed.get("seed", 0)  # DM follows the job's seed unless set on its own
     if data.get("data_dir") in ("", None):
         data.pop("data_dir", None)
     federated = parse_config(FederatedConfig, fed)
     if federated.strategy not in STRATEGIES:
         raise ConfigError(f"config key 'strategy': {federated.strategy!r} is not one of {', '.join(STRATEGIES)}")
     _check_partitioning(federated)
+    _check_ranges(federated)
     try:
         check_matching(federated.distill.matching, private=federated.dp is not None)
     except ValueError as exc:

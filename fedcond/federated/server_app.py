@@ -52,6 +52,7 @@ class FederatedReport:
     num_nodes: int = 0
     final_arrays: ArrayRecord | None = None
     trained_rounds: int = 0
+    epsilon: float | None = None
 
     def metrics(self) -> dict[str, Any]:
         """The DESIGN.md ``fedcond simulate`` keys plus the flattened config."""
@@ -70,6 +71,8 @@ class FederatedReport:
             "wall_seconds": self.wall_seconds,
             "history": self.history,
             "config": job_to_mapping(self.job),
+            # DP-DM: the federation's epsilon (max over every node's latest report, any round)
+            **({"epsilon": self.epsilon, "delta": fed.dp.delta} if fed.dp is not None else {}),
         }
 
 
@@ -166,6 +169,7 @@ def run_federated(grid: Grid, job: FederatedJob) -> FederatedReport:
         num_nodes=len(list(grid.get_node_ids())),
         final_arrays=result.arrays,
         trained_rounds=trained_rounds,
+        epsilon=getattr(strategy, "federation_epsilon", None),
     )
     logger.info(
         "%s finished: test accuracy %s, uplink %d B, downlink %d B, %.1fs",

@@ -18,6 +18,7 @@ inherited ``start()`` loop:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from fedcond.federated.records import (
     CONDENSE_ACTION,
     CONFIG_KEY,
     EPSILON,
+    METRICS_KEY,
     MODEL_KEY,
     SERVER_ROUND,
     model_to_record,
@@ -116,6 +118,9 @@ class FedCond(Strategy):
         self.client_sets: dict[int, ClientSet] = {}
         self.rounds: list[RoundReport] = []
         self.union: AggregatedSet | None = None
+        #: latest cumulative epsilon each node reported, from every reply that carried one
+        #: (accepted or dropped: a dropped set was still released and spent budget)
+        self.node_epsilon: dict[int, float] = {}
 
     # ------------------------------------------------------------------ Strategy steps
     def summary(self) -> None:
@@ -141,7 +146,8 @@ class FedCond(Strategy):
             logger.info("waiting for %d nodes (%d connected)", self.min_available_nodes, len(node_ids))
             time.sleep(1.0)
             node_ids = sorted(grid.get_node_ids())
-        sample_size = max(1, int(round(len(node_ids) * self.config.fraction_train)))
+        # as Flower's FedAvg samples (int, not round), so the baselines see the same participation
+        sample_size = max(1, int(len(node_ids) * self.config.fraction_train))
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + server_round)
         chosen = sorted(node_ids[i] for i in torch.randperm(len(node_ids), generator=generator)[:sample_size].tolist())
         train_config = ConfigRecord(dict(config))
@@ -162,6 +168,7 @@ class FedCond(Strategy):
         report = self._report(server_round)
         for reply in replies:
             node_id = int(reply.metadata.src_node_id)
+            self._record_epsilon(node_id, reply)
             try:
                 accepted = validate_reply(
                     reply,
@@ -229,6 +236,24 @@ class FedCond(Strategy):
         report = RoundReport(server_round)
         self.rounds.append(report)
         return report
+
+    @property
+    def federation_epsilon(self) -> float | None:
+        """The federation's epsilon: the largest cumulative epsilon any node reported, any round.
+
+        Clients hold disjoint data, so by parallel composition the federation's guarantee is its
+        worst client's; nodes not sampled in the last round and dropped replies count too.
+        ``None`` when no reply carried an epsilon (no DP).
+        """
+        return max(self.node_epsilon.values()) if self.node_epsilon else None
+
+    def _record_epsilon(self, node_id: int, reply: Message) -> None:
+        if reply.has_error() or METRICS_KEY not in reply.content.metric_records:
+            return
+        value = reply.content.metric_records[METRICS_KEY].get(EPSILON)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            return
+        self.node_epsilon[node_id] = max(float(value), self.node_epsilon.get(node_id, 0.0))
 
     def _mean_client_metrics(self, node_ids: list[int]) -> dict[str, float]:
         sums: dict[str, float] = {}

@@ -26,7 +26,12 @@ from fedcond.federated.records import (
     synthetic_from_record,
 )
 
-__all__ = ["ClientSet", "ReplyRejected", "validate_reply"]
+__all__ = ["MAX_CLASS_COUNT", "ClientSet", "ReplyRejected", "validate_reply"]
+
+#: Largest per-class real-sample count a reply may report. The counts weight the union (as
+#: ``num-examples`` weights FedAvg, they are the client's word), so they are bounded to keep the
+#: arithmetic exact and a lying client from overflowing it.
+MAX_CLASS_COUNT = 2**31 - 1
 
 
 class ReplyRejected(ValueError):
@@ -114,11 +119,20 @@ def validate_reply(
         synthetic.validate(num_classes=num_classes, image_shape=tuple(image_shape), max_images=max_images)
     except (SyntheticSetError, ValueError) as exc:
         raise ReplyRejected(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any decoding failure drops the reply only
+        # e.g. a non-NumPy serialisation type (TypeError) or an empty payload (EOFError)
+        raise ReplyRejected(f"undecodable synthetic-set arrays ({type(exc).__name__}: {exc})") from exc
     counts_value = metrics.get(CLASS_COUNTS)
     if not isinstance(counts_value, list) or len(counts_value) != num_classes:
         raise ReplyRejected(f"metric {CLASS_COUNTS!r} must list {num_classes} per-class counts")
-    if any(isinstance(v, float) and not float(v).is_integer() for v in counts_value) or min(counts_value) < 0:
-        raise ReplyRejected(f"metric {CLASS_COUNTS!r} must hold non-negative integers")
+    if any(
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or (isinstance(v, float) and not (math.isfinite(v) and v.is_integer()))
+        or not 0 <= v <= MAX_CLASS_COUNT
+        for v in counts_value
+    ):
+        raise ReplyRejected(f"metric {CLASS_COUNTS!r} must hold integers in 0..{MAX_CLASS_COUNT}")
     counts = torch.tensor([int(v) for v in counts_value], dtype=torch.int64)
     held = synthetic.class_counts()
     orphans = [c for c in range(num_classes) if held[c] > 0 and counts[c] == 0]
@@ -129,7 +143,7 @@ def validate_reply(
         isinstance(num_examples, bool)
         or not isinstance(num_examples, (int, float))
         or not math.isfinite(num_examples)
-        or num_examples != int(counts.sum())
+        or num_examples != sum(int(v) for v in counts_value)  # Python ints: no int64 wrap-around
     ):
         raise ReplyRejected(f"metric {NUM_EXAMPLES!r} ({num_examples}) disagrees with the class counts")
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

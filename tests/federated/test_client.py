@@ -216,3 +216,34 @@ def test_a_configured_dp_noise_seed_gives_every_client_and_round_its_own_noise(t
     # without a configured seed every client draws secret noise
     assert not app(_train_message(100, 1, None, {**JOB, "dp.epsilon": 4.0}), _context(0)).has_error()
     assert seen[2] == (None, "secret")
+
+
+def test_fedavg_local_sgd_keeps_its_learning_rate_for_every_local_epoch(monkeypatch):
+    # the DD evaluation recipe drops the lr x0.1 at half of the epochs; a FedAvg/FedProx round's
+    # local epochs are not one schedule, so local SGD must run at local-lr throughout
+    from fedcond.data.registry import load_dataset
+    from fedcond.federated.client import local_train
+
+    seen: list[float] = []
+    original = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    data = load_dataset("digits").train.subset(list(range(40)))
+    model = get_model("mlp", data.spec, generator=torch.Generator().manual_seed(0))
+    local_train(model, data, epochs=4, lr=0.05, batch_size=64, generator=torch.Generator().manual_seed(0))
+    assert seen == [0.05] * 4
+
+
+def test_the_server_test_subsample_is_the_same_for_every_seed():
+    from fedcond.federated.client import federated_test_set
+
+    tests = [
+        federated_test_set(job_from_mapping({"dataset": "digits", "test_per_class": 5, "seed": seed}))
+        for seed in (0, 1)
+    ]
+    assert len(tests[0]) == 50
+    assert torch.equal(tests[0].images, tests[1].images)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,13 @@ def test_one_shot_end_to_end_in_process_with_a_fedavg_comparison(tmp_path):
         (["--set", "partition=stripes"], "'partition': 'stripes' is not one of iid, dirichlet, shards"),
         (["--alpha", "0"], "'alpha' must be > 0"),
         (["--dataset", "mnist", "--data-dir", "/nonexistent"], "/nonexistent"),
+        # --set values arrive as strings and used to skip the CLI's range checks
+        (["--set", "distill.ipc=0"], "'distill.ipc' must be >= 1"),
+        (["--set", "rounds=0"], "'rounds' must be >= 1"),
+        (["--set", "fraction_train=0"], "'fraction_train' must lie in (0, 1]"),
+        (["--set", "min_reply_fraction=2"], "'min_reply_fraction' must lie in [0, 1]"),
+        (["--set", "min_partition_size=0"], "'min_partition_size' must be >= 1"),
+        (["--strategy", "fedavg", "--set", "dp.epsilon=8"], "dp.*' apply to FedCond's DP-DM only"),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
@@ -105,9 +113,41 @@ def test_config_file_seed_and_device_stand_unless_a_flag_overrides_them(tmp_path
     config = tmp_path / "job.toml"
     config.write_text('seed = 7\ndevice = "cpu"\nnum_clients = 3\n[distill]\nipc = 2\n')
     parser = build_parser()
-    from_file = _mapping(parser.parse_args(["simulate", "--config", str(config)]))
-    assert (from_file["seed"], from_file["distill.seed"], from_file["device"]) == (7, 7, "cpu")
-    flagged = _mapping(parser.parse_args(["simulate", "--config", str(config), "--seed", "3", "--device", "auto"]))
-    assert (flagged["seed"], flagged["distill.seed"], flagged["device"]) == (3, 3, "auto")
-    demo = _mapping(parser.parse_args(["simulate"]))
-    assert (demo["seed"], demo["device"]) == (0, "auto")
+    from fedcond.federated.job import job_from_mapping
+
+    def seeds(*argv: str) -> tuple[int, int, str]:
+        job = job_from_mapping(_mapping(parser.parse_args(["simulate", *argv])))
+        return job.federated.seed, job.federated.distill.seed, job.device
+
+    assert seeds("--config", str(config)) == (7, 7, "cpu")
+    assert seeds("--config", str(config), "--seed", "3", "--device", "auto") == (3, 3, "auto")
+    assert seeds() == (0, 0, "auto")
+    # --set seed=N re-seeds the clients' DM too (it used to leave distill.seed at 0) ...
+    assert seeds("--set", "seed=5") == (5, 5, "auto")
+    assert seeds("--config", str(config), "--set", "seed=9") == (9, 9, "cpu")
+    # ... unless distill.seed is set on its own; -1 (pyproject.toml's run config) follows seed
+    assert seeds("--set", "seed=5", "--set", "distill.seed=2") == (5, 2, "auto")
+    assert seeds("--set", "seed=5", "--set", "distill.seed=-1") == (5, 5, "auto")
+
+
+def test_flwr_run_config_seed_reseeds_the_clients_dm():
+    import tomllib
+
+    from fedcond.config import _flatten_mapping
+    from fedcond.federated.job import job_from_mapping
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    run_config = _flatten_mapping(pyproject["tool"]["flwr"]["app"]["config"])
+    assert job_from_mapping(run_config).federated.distill.seed == 0
+    assert job_from_mapping({**run_config, "seed": 4}).federated.distill.seed == 4  # --run-config seed=4
+
+
+def test_a_dp_job_compared_with_fedavg_runs_the_baseline_without_dp(tmp_path, capsys):
+    out = tmp_path / "dp-compare"
+    code = main(["simulate", "--engine", "inprocess", "--num-clients", "2", *SMALL, "--set", "distill.init=noise",
+                 "--set", "dp.epsilon=8", "--compare", "fedavg=1", "--out", str(out)])
+    assert code == 0
+    assert "fedavg runs without DP" in " ".join(capsys.readouterr().err.split())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epsilon"] <= 8.0
+    assert not any(k.startswith("dp") for k in metrics["runs"]["fedavg"]["config"])

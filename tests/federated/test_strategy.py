@@ -12,7 +12,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from fedcond.config import FederatedConfig, parse_config
 from fedcond.distill.evaluate import predict_logits
 from fedcond.federated.aggregation import aggregate_sets
-from fedcond.federated.records import CONFIG_KEY, MODEL_KEY, SERVER_ROUND, SYNTHETIC_KEY, model_from_record
+from fedcond.federated.records import (
+    CONFIG_KEY,
+    EPSILON,
+    METRICS_KEY,
+    MODEL_KEY,
+    SERVER_ROUND,
+    SYNTHETIC_KEY,
+    model_from_record,
+)
 from fedcond.federated.strategy import FedCond
 from fedcond.federated.validation import ReplyRejected, validate_reply
 from fedcond.models import get_model
@@ -50,6 +58,14 @@ def test_configure_train_sends_condense_messages_with_the_round(task_identity, d
     assert all(m.metadata.message_type == "train.condense" for m in messages)
     assert messages[0].content.config_records[CONFIG_KEY][SERVER_ROUND] == 1
     assert MODEL_KEY not in messages[0].content.array_records  # round 1: clients use random nets
+
+
+@pytest.mark.parametrize(("fraction", "expected"), [(0.15, 1), (0.35, 3), (0.5, 5), (0.01, 1), (1.0, 10)])
+def test_partial_participation_samples_as_many_nodes_as_flowers_fedavg(task_identity, digits_spec, fraction, expected):
+    # Flower's FedAvg samples int(N * fraction) (at least min_train_nodes = 1); FedCond used to
+    # round half to even (2 of 10 at 0.15, 4 at 0.35), comparing strategies on unequal participation
+    strategy = _strategy(digits_spec, fraction_train=fraction)
+    assert len(_configure(strategy, range(1, 11))) == expected
 
 
 def test_multi_round_sends_the_global_model_from_round_two(task_identity, digits_spec):
@@ -96,10 +112,21 @@ def test_good_replies_are_aggregated_and_a_model_is_trained(task_identity, digit
             "no synthetic images",
         ),
         (lambda: error_reply(9), "client error: ValueError: client crashed"),
+        # used to escape validation and end the run: TypeError / EOFError from Array.numpy()
+        (lambda: _raw_images_reply(9, stype="torch.raw", data=bytes(2 * 64 * 4)), "undecodable"),
+        (lambda: _raw_images_reply(9, stype="numpy.ndarray", data=b""), "undecodable"),
+        # used to overflow int64 (crash), wrap around to an accepted negative total, or outweigh everyone
+        (lambda: synthetic_reply(9, classes={0: 10}, counts=[1e300] + [0.0] * 9), "integers in 0.."),
+        (lambda: synthetic_reply(9, classes={0: 10}, counts=[2**62, 2**62] + [0] * 8, num_examples=-(2**63)),
+         "integers in 0.."),
+        (lambda: synthetic_reply(9, classes={0: 10}, counts=[2**40] + [0] * 9), "integers in 0.."),
+        (lambda: synthetic_reply(9, classes={0: 10}, counts=[-1, 11] + [0] * 8), "integers in 0.."),
     ],
     ids=[
         "wrong-shape", "nan", "label-range", "label-count", "over-cap", "dtype", "counts", "orphan-class",
         "nan-num-examples", "inf-num-examples", "fractional-num-examples", "empty-set", "client-exception",
+        "torch-serialisation", "empty-payload", "count-overflow", "count-wraparound", "count-inflation",
+        "negative-count",
     ],
 )
 def test_malicious_or_broken_reply_is_dropped_and_the_round_goes_on(
@@ -115,6 +142,34 @@ def test_malicious_or_broken_reply_is_dropped_and_the_round_goes_on(
     assert reason in strategy.rounds[-1].dropped[9]
     assert any("dropped reply of node 9" in r.message for r in caplog.records)
     assert set(strategy.union.node_ids) == {1, 2}
+
+
+def _with_epsilon(reply: Message, epsilon: float) -> Message:
+    reply.content.metric_records[METRICS_KEY][EPSILON] = epsilon
+    return reply
+
+
+def test_federation_epsilon_counts_every_node_in_every_round_dropped_replies_too(task_identity, digits_spec):
+    # the federation's epsilon is the worst client's cumulative one (parallel composition); it used
+    # to be taken over the last round's accepted replies only
+    strategy = _strategy(digits_spec, rounds=2, fraction_train=0.5)
+    _configure(strategy, [1, 2, 3])
+    strategy.aggregate_train(1, [
+        _with_epsilon(synthetic_reply(1, classes={0: 50}), 3.0),
+        _with_epsilon(synthetic_reply(2, classes={0: 10}, labels=torch.tensor([0, 12])), 5.0),  # dropped
+    ])
+    _configure(strategy, [1, 2, 3], server_round=2)
+    strategy.aggregate_train(2, [_with_epsilon(synthetic_reply(3, classes={1: 40}), 2.0)])
+    assert strategy.rounds[0].dropped and strategy.rounds[-1].client_metrics["client-max-epsilon"] == 2.0
+    assert strategy.node_epsilon == {1: 3.0, 2: 5.0, 3: 2.0}
+    assert strategy.federation_epsilon == 5.0
+
+
+def _raw_images_reply(node_id: int, *, stype: str, data: bytes) -> Message:
+    reply = synthetic_reply(node_id, classes={0: 10})
+    arrays = reply.content.array_records[SYNTHETIC_KEY]
+    arrays["images"] = Array(dtype="float32", shape=(2, 1, 8, 8), stype=stype, data=data)
+    return reply
 
 
 def test_missing_records_are_rejected_with_a_reason(task_identity, digits_spec):
