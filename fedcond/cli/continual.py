@@ -91,8 +91,8 @@ def config_from(args: argparse.Namespace) -> ContinualConfig:
         values["seed"] = args.seed
     values.update(overrides_from(args.set))
     config = parse_config(ContinualConfig, values)
-    if config.memory_per_class <= 0:
-        raise CommandError(f"--memory-per-class must be positive, got {config.memory_per_class}")
+    if config.memory_per_class < 0:  # 0 is fine where no memory is kept (validate_continual_config)
+        raise CommandError(f"--memory-per-class must be >= 0, got {config.memory_per_class}")
     if config.distill.iterations < 0:
         raise CommandError(f"--iterations must be >= 0, got {config.distill.iterations}")
     return config
@@ -115,8 +115,10 @@ def run_continual_command(args: argparse.Namespace) -> int:
 
         def on_experience(i: int, total: int, row: list[float], memory: int) -> None:
             bar.update(task, completed=i + 1)
+            seen = row[: i + 1]  # the experiences trained so far; the rest are classes never shown
             console.log(
-                f"experience {i + 1}/{total}: mean acc {100 * sum(row) / len(row):.1f}%, memory {memory} images"
+                f"experience {i + 1}/{total}: acc on experiences seen {100 * sum(seen) / len(seen):.1f}%, "
+                f"on the whole stream {100 * sum(row) / len(row):.1f}%, memory {memory} images"
             )
 
         result = run_continual(

@@ -60,9 +60,30 @@ from fedcond.distill.dm import DistributionMatching
 from fedcond.distill.formation import decode_formation, expand_labels
 from fedcond.distill.synthetic import SyntheticSet
 
-__all__ = ["DistilledBuffer", "class_quotas"]
+__all__ = ["ArrivalOrder", "DistilledBuffer", "class_quotas"]
 
 logger = logging.getLogger(__name__)
+
+
+class ArrivalOrder(dict):
+    """Classes in order of arrival with the ``set`` methods Avalanche's buffers call.
+
+    Avalanche's ``ClassBalancedBuffer`` / ``ParametricBuffer`` keep ``seen_classes`` /
+    ``seen_groups`` as a ``set`` and hand the ``max_size % n`` extra images of an adaptive
+    budget to the first classes the set iterates, i.e. to the smallest class ids. Put in
+    their place, this gives them to the oldest classes (within one experience: the smallest
+    id), as :func:`class_quotas` does for :class:`DistilledBuffer`, so every replay kind keeps
+    the same images per class.
+    """
+
+    def update(self, classes: Any = (), /, **_: Any) -> None:  # type: ignore[override]
+        """Add ``classes`` not seen before, smallest id first."""
+        for c in sorted(int(x) for x in classes):
+            self.setdefault(c, None)
+
+    def add(self, c: int) -> None:
+        """Add one class."""
+        self.setdefault(int(c), None)
 
 
 def class_quotas(

@@ -19,6 +19,7 @@ from avalanche.benchmarks.utils.data import AvalancheDataset
 from avalanche.training.storage_policy import ExemplarsSelectionStrategy, ParametricBuffer
 from torch.utils.data import DataLoader
 
+from fedcond.continual.buffers import ArrivalOrder
 from fedcond.distill.coreset import herding_order
 
 __all__ = ["EmbeddingHerdingSelection", "HerdingBuffer"]
@@ -94,3 +95,4 @@ class HerdingBuffer(ParametricBuffer):
         # BalancedExemplarsBuffer.get_group_lengths reads these two (ParametricBuffer is adaptive only)
         self.adaptive_size = adaptive_size
         self.total_num_groups = None if adaptive_size else total_num_classes
+        self.seen_groups = ArrivalOrder()  # an adaptive budget's extra images go to the oldest classes

@@ -22,7 +22,7 @@ from avalanche.training.plugins.strategy_plugin import SupervisedPlugin
 from avalanche.training.storage_policy import ClassBalancedBuffer, ExemplarsBuffer
 
 from fedcond.config import DistillConfig
-from fedcond.continual.buffers import DistilledBuffer, class_quotas
+from fedcond.continual.buffers import ArrivalOrder, DistilledBuffer, class_quotas
 from fedcond.continual.herding import HerdingBuffer
 from fedcond.continual.plugins import DistilledReplayPlugin
 from fedcond.data.registry import DatasetSpec
@@ -36,7 +36,9 @@ REPLAY_KINDS = ("none", *MEMORY_KINDS, "joint")
 
 
 def _random(max_size: int, adaptive: bool, num_classes: int | None, **_: object) -> ExemplarsBuffer:
-    return ClassBalancedBuffer(max_size, adaptive_size=adaptive, total_num_classes=num_classes)
+    buffer = ClassBalancedBuffer(max_size, adaptive_size=adaptive, total_num_classes=num_classes)
+    buffer.seen_classes = ArrivalOrder()  # an adaptive budget's extra images go to the oldest classes
+    return buffer
 
 
 def _herding(max_size: int, adaptive: bool, num_classes: int | None, **_: object) -> ExemplarsBuffer:

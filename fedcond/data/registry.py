@@ -141,6 +141,8 @@ _SPECS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("digits", 10, 1, (8, 8), (0.3050,), (0.3769,)),
     "mnist": DatasetSpec("mnist", 10, 1, (28, 28), (0.1307,), (0.3081,)),
     "fashion-mnist": DatasetSpec("fashion-mnist", 10, 1, (28, 28), (0.2861,), (0.3530,)),
+    # CIFAR-10's std is the DC/DSA/DM reference code's (the mean of per-image stds, not the
+    # pixel std 0.247/0.243/0.261), kept so that results compare with the field's
     "cifar10": DatasetSpec(
         "cifar10", 10, 3, (32, 32), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
     ),
@@ -195,6 +197,10 @@ def _load_digits(config: DataConfig) -> DatasetSplits:
 
 
 def _require_root(config: DataConfig) -> Path:
+    if config.data_dir is None and config.download:
+        raise DatasetNotFoundError(
+            f"dataset {config.dataset!r}: --download needs --data-dir DIR, the folder to download it into"
+        )
     if config.data_dir is None:
         raise DatasetNotFoundError(
             f"dataset {config.dataset!r} needs --data-dir pointing at a torchvision-layout root "
@@ -267,6 +273,30 @@ def _image_pixels(img: Any, *, mode: str, path: Path) -> np.ndarray:
     return np.asarray(img.convert(mode))
 
 
+#: image file suffixes ``imagefolder`` reads: torchvision's ``IMG_EXTENSIONS`` plus ``.gif``
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+#: Pillow modes read as one greyscale channel
+_GREY_MODES = ("L", "1", *_SIXTEEN_BIT_MODES)
+
+
+def _class_files(split_dir: Path, classes: list[str]) -> list[list[Path]]:
+    """Image files per class under ``split_dir/<class>/``, subfolders included (as torchvision's
+    ``ImageFolder`` walks them), sorted; other files are skipped with a warning naming how many."""
+    out: list[list[Path]] = []
+    skipped: list[Path] = []
+    for cls in classes:
+        folder = split_dir / cls
+        paths = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        out.append([p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES])
+        skipped += [p for p in paths if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if skipped:
+        logger.warning(
+            "imagefolder: skipped %d file(s) under %s that are not images (%s), e.g. %s",
+            len(skipped), split_dir, ", ".join(IMAGE_SUFFIXES), skipped[0],
+        )
+    return out
+
+
 def _load_imagefolder(config: DataConfig) -> DatasetSplits:
     from PIL import Image
 
@@ -285,15 +315,28 @@ def _load_imagefolder(config: DataConfig) -> DatasetSplits:
     if unknown:
         # the label set comes from train/; test images of other classes would be dropped silently
         raise ValueError(f"{test_dir} has class folders that {train_dir} lacks: {', '.join(unknown[:5])}")
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+    files = {split_dir: _class_files(split_dir, classes) for split_dir in (train_dir, test_dir)}
+    empty = [cls for cls, paths in zip(classes, files[train_dir], strict=True) if not paths]
+    if empty:
+        # a class without a single training image would silently become a label nothing teaches
+        raise DatasetNotFoundError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) under {train_dir}/<class>/ for class(es) "
+            f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}"
+        )
+    # one colour mode for every image: RGB as soon as any image has colour (greyscale images are
+    # then replicated to three channels, losslessly), never the first file's mode for all
+    mode = "L"
+    for path in (p for split in files.values() for paths in split for p in paths):
+        with Image.open(path) as img:
+            if img.mode not in _GREY_MODES:
+                mode = "RGB"
+                break
 
     def read(split_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         arrays: list[np.ndarray] = []
         labels: list[int] = []
-        for label, cls in enumerate(classes):
-            folder = split_dir / cls
-            files = sorted(p for p in folder.glob("*") if p.suffix.lower() in suffixes) if folder.is_dir() else []
-            for path in files:
+        for label, paths in enumerate(files[split_dir]):
+            for path in paths:
                 with Image.open(path) as img:
                     arrays.append(_image_pixels(img, mode=mode, path=path))
                 labels.append(label)
@@ -309,15 +352,6 @@ def _load_imagefolder(config: DataConfig) -> DatasetSplits:
             stacked = stacked.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(stacked), np.asarray(labels, dtype=np.int64)
 
-    first = next(
-        (p for cls in classes for p in sorted((train_dir / cls).glob("*")) if p.suffix.lower() in suffixes), None
-    )
-    if first is None:
-        raise DatasetNotFoundError(
-            f"no images ({', '.join(sorted(suffixes))}) found under {train_dir}/<class>/ for classes {classes[:5]}"
-        )
-    with Image.open(first) as img:
-        mode = "L" if img.mode in ("L", "1", *_SIXTEEN_BIT_MODES) else "RGB"
     train_px, train_y = read(train_dir)
     test_px, test_y = read(test_dir)
     pixels = train_px.astype(np.float32) / 255.0
@@ -332,6 +366,11 @@ def _load_imagefolder(config: DataConfig) -> DatasetSplits:
 
 def get_spec(name: str) -> DatasetSpec:
     """The static spec of a registered dataset (not available for ``imagefolder``)."""
+    if name == "imagefolder":
+        raise ValueError(
+            "imagefolder has no static spec: its classes, shape and normalisation come from the files; "
+            "use load_dataset(DataConfig(dataset='imagefolder', data_dir=...)).spec"
+        )
     if name not in _SPECS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(available_datasets())}")
     return _SPECS[name]

@@ -201,3 +201,32 @@ def test_multi_formation_buffer_counts_stored_images_and_replays_their_tiles(dig
     assert torch.allclose(buffer.training_tensors()[0], decode_formation(stored, factor=2))
     saved = buffer.synthetic_set()
     assert saved.factor == 2 and len(saved.decoded()) == 4 * len(saved)
+
+
+def test_every_replay_kind_gives_an_adaptive_budgets_extra_images_to_the_oldest_classes(digits_stream) -> None:
+    # Avalanche keeps the classes seen in a set, so its random / herding buffers handed the
+    # max_size % n extra images to the smallest class ids (newer classes could out-rank older
+    # ones); DistilledBuffer gives them to the oldest. All three must keep the same counts.
+    from types import SimpleNamespace
+
+    from fedcond.continual.benchmarks import to_avalanche_dataset
+    from fedcond.continual.policies import make_storage_policy
+    from fedcond.models import get_model
+
+    spec = digits_stream.spec
+    agent = SimpleNamespace(model=get_model("convnet", spec, generator=torch.Generator().manual_seed(0)), device="cpu")
+    buffers = {kind: make_storage_policy(kind, spec=spec, memory_per_class=1, max_memory=27, distill=TINY_DM)
+               for kind in ("random", "herding", "distilled")}
+    arrival: list[int] = []
+    for i in range(3):
+        images, labels = _tensors(_experience(digits_stream, i))
+        arrival += sorted(int(c) for c in labels.unique())
+        experience = SimpleNamespace(dataset=to_avalanche_dataset(images, labels))
+        counts = {}
+        for kind, buffer in buffers.items():
+            buffer.post_adapt(agent, experience)
+            held = torch.as_tensor(list(buffer.buffer.targets))
+            counts[kind] = [int((held == c).sum()) for c in arrival]
+        assert counts["random"] == counts["herding"] == counts["distilled"], (i, counts)
+    assert counts["distilled"] == [5, 5, 5, 4, 4, 4]
+    assert arrival != sorted(arrival)  # the stream's class order is shuffled: the test can tell

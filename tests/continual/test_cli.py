@@ -50,7 +50,19 @@ def test_bad_memory_is_one_clear_error(tmp_path, capsys) -> None:
     code = main(["continual", "--memory-per-class", "0", "--out", str(tmp_path / "x")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "--memory-per-class must be positive" in err and "Traceback" not in err
+    assert "memory_per_class must be positive" in err and "Traceback" not in err
+    assert main(["continual", "--memory-per-class", "-1", "--out", str(tmp_path / "y")]) == 2
+    assert "--memory-per-class must be >= 0" in capsys.readouterr().err
+
+
+def test_no_memory_needs_no_memory_size(tmp_path, capsys) -> None:
+    # --replay none keeps no memory, so --memory-per-class 0 (as the docs' tables list it) is fine
+    out = tmp_path / "none"
+    argv = ["continual", "--benchmark", "split-digits", "--replay", "none", "--memory-per-class", "0",
+            "--epochs", "1", "--train-per-class", "20", "--test-per-class", "10", "--out", str(out), "--device", "cpu"]
+    assert main(argv) == 0
+    assert json.loads((out / "metrics.json").read_text())["memory_images"] == 0
+    assert "acc on experiences seen" in " ".join(capsys.readouterr().err.split())
 
 
 def test_gdumb_without_memory_is_refused(tmp_path, capsys) -> None:

@@ -67,8 +67,56 @@ def test_imagefolder_with_class_folders_but_no_images_is_one_clear_error(tmp_pat
     for split in ("train", "test"):
         (tmp_path / split / "cat").mkdir(parents=True)
     (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
-    with pytest.raises(DatasetNotFoundError, match=r"no images .* found under .*train/<class>/"):
+    with pytest.raises(DatasetNotFoundError, match=r"no images .* under .*train/<class>/ for class\(es\) cat"):
         load_dataset(DataConfig(dataset="imagefolder", data_dir=tmp_path))
+
+
+def test_imagefolder_refuses_a_training_class_without_images(tmp_path) -> None:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            if not (split == "train" and cls == "dog"):
+                Image.new("L", (4, 4)).save(tmp_path / split / cls / "0.png")
+    # "dog" would be a label nothing teaches (its test images scored against an untrainable class)
+    with pytest.raises(DatasetNotFoundError, match="for class\\(es\\) dog"):
+        load_dataset(DataConfig(dataset="imagefolder", data_dir=tmp_path))
+
+
+def test_imagefolder_reads_every_image_format_nested_folders_and_mixed_colour_modes(tmp_path, caplog) -> None:
+    # the colour mode used to come from the first file only (RGB images turned grey without a
+    # word), .pgm/.ppm and images in subfolders were skipped silently
+    from PIL import Image
+
+    for split in ("train", "test"):
+        a, b = tmp_path / split / "a", tmp_path / split / "b" / "batch1"
+        a.mkdir(parents=True)
+        b.mkdir(parents=True)
+        Image.new("L", (4, 4), color=50).save(a / "0.png")  # first file in sorted order: greyscale
+        Image.new("RGB", (4, 4), color=(250, 0, 0)).save(a / "1.ppm")
+        Image.new("L", (4, 4), color=200).save(b / "0.pgm")
+    (tmp_path / "train" / "a" / "README.txt").write_text("not an image")
+    with caplog.at_level("WARNING", logger="fedcond.data.registry"):
+        splits = load_dataset(DataConfig(dataset="imagefolder", data_dir=tmp_path))
+    assert "skipped 1 file(s)" in caplog.text
+    assert splits.train.images.shape == (3, 3, 4, 4) and splits.train.labels.tolist() == [0, 0, 1]
+    pixels = splits.spec.denormalise(splits.train.images)
+    red = pixels[1, :, 0, 0]
+    assert red[0] > 0.95 and red[1] < 0.05 and red[2] < 0.05  # the colour survived
+    assert torch.allclose(pixels[0, :, 0, 0], torch.full((3,), 50 / 255), atol=1e-5)  # grey replicated
+
+
+def test_download_without_a_data_dir_says_where_it_is_missing() -> None:
+    with pytest.raises(DatasetNotFoundError, match="--download needs --data-dir DIR"):
+        load_dataset(DataConfig(dataset="mnist", download=True))
+
+
+def test_imagefolder_has_no_static_spec_and_says_so() -> None:
+    from fedcond.data import get_spec
+
+    with pytest.raises(ValueError, match="imagefolder has no static spec"):
+        get_spec("imagefolder")
 
 
 def test_a_failed_download_names_the_dataset_and_the_cause(tmp_path, monkeypatch) -> None:
