@@ -18,13 +18,16 @@ __all__ = ["json_safe", "write_metrics"]
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` with NumPy/PyTorch scalars unwrapped, paths as strings and non-finite floats as ``None``."""
+    """``value`` with NumPy/PyTorch scalars unwrapped, arrays as lists, paths as strings and
+    non-finite floats as ``None``."""
     if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if hasattr(value, "tolist") and callable(value.tolist) and getattr(value, "ndim", 0) > 0:
+        return json_safe(value.tolist())  # a NumPy array or tensor: its values, as lists
     if hasattr(value, "item") and callable(value.item):
         value = value.item()  # a 0-d array or tensor: check the Python number below
     if isinstance(value, float) and not math.isfinite(value):

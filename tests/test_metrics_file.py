@@ -41,3 +41,14 @@ def test_non_finite_scalars_of_every_kind_become_null(tmp_path: Path) -> None:
 def test_finite_values_pass_through_unchanged() -> None:
     assert json_safe({"a": 0.25, "b": [1, "x", None]}) == {"a": 0.25, "b": [1, "x", None]}
     assert math.isclose(json_safe(np.float32(0.5)), 0.5)
+
+
+def test_arrays_and_tensors_become_lists_with_non_finite_values_as_null(tmp_path: Path) -> None:
+    # .item() on a multi-element array raised after the whole run: the metrics were lost
+    import numpy as np
+    import torch
+
+    metrics = {"a": np.array([1.0, np.nan]), "t": torch.tensor([[1, 2], [3, 4]]), "s": np.float32(2.5)}
+    assert json_safe(metrics) == {"a": [1.0, None], "t": [[1, 2], [3, 4]], "s": 2.5}
+    write_metrics(tmp_path, metrics)
+    assert json.loads((tmp_path / "metrics.json").read_text())["t"] == [[1, 2], [3, 4]]

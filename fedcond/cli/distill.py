@@ -26,6 +26,7 @@ from fedcond.distill.evaluate import evaluate_synthetic
 from fedcond.distill.formation import check_factor
 from fedcond.distill.matching import MATCHINGS
 from fedcond.distill.synthetic import SyntheticSet
+from fedcond.models import get_model
 from fedcond.plots import save_image_grid
 
 __all__ = ["register"]
@@ -117,21 +118,36 @@ def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _eval_config(args: argparse.Namespace) -> EvalConfig:
+    return parse_config(
+        EvalConfig,
+        {"runs": args.eval_runs, "epochs": args.eval_epochs, "model": args.eval_model, "dsa": not args.eval_no_dsa},
+    )
+
+
 def _load(args: argparse.Namespace) -> DatasetSplits:
+    """Check every flag that can be checked before the (long) work starts, then load the data."""
     if args.ipc <= 0:
         raise CommandError(f"--ipc must be positive, got {args.ipc}")
     if args.eval_runs < 0 or args.eval_epochs < 0:
         raise CommandError("--eval-runs and --eval-epochs must be >= 0")
-    return load_dataset(data_config_from(args))
+    if args.eval_runs > 0 and args.eval_epochs == 0:
+        raise CommandError("--eval-epochs 0 would report untrained networks' accuracy: use >= 1, or --eval-runs 0")
+    if getattr(args, "checkpoint_every", 0) < 0:
+        raise CommandError(f"--checkpoint-every must be >= 0 (0 = no checkpoints), got {args.checkpoint_every}")
+    splits = load_dataset(data_config_from(args))
+    if args.eval_runs > 0:
+        try:  # an unknown --eval-model must not surface only after DM has run
+            get_model(_eval_config(args).model, splits.spec)
+        except ValueError as exc:
+            raise CommandError(f"--eval-model: {exc}") from exc
+    return splits
 
 
 def _evaluate(
     args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSplits, metrics: dict[str, Any]
 ) -> None:
-    eval_config = parse_config(
-        EvalConfig,
-        {"runs": args.eval_runs, "epochs": args.eval_epochs, "model": args.eval_model, "dsa": not args.eval_no_dsa},
-    )
+    eval_config = _eval_config(args)
     metrics["eval_runs"] = eval_config.runs
     metrics["eval_epochs"] = eval_config.epochs
     metrics["eval_dsa"] = eval_config.dsa
@@ -161,6 +177,9 @@ def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSp
         + (f" ({metrics['init']} init, {metrics['iterations']} it)" if "init" in metrics else ""),
     )
     metrics["synthetic_path"] = str(path)
+    # metrics.json describes the set just written before the evaluation starts, so a failed or
+    # interrupted evaluation never leaves an earlier run's metrics beside this run's set
+    write_metrics(args.out, {**metrics, "test_accuracy_mean": None, "test_accuracy_std": None, "evaluation": "pending"})
     _evaluate(args, synthetic, splits, metrics)
     write_metrics(args.out, metrics)
     acc = metrics["test_accuracy_mean"]
@@ -250,10 +269,13 @@ def run_distill(args: argparse.Namespace) -> int:
         "dsa_layout": synthetic.meta.get("dsa_layout"),
         "seed": args.seed,
         "device": str(engine.device),
-        "distill_seconds": elapsed,
+        # a resumed run: the seconds of the earlier segments (from the checkpoint) are added;
+        # iterations_per_second is this segment's throughput
+        "distill_seconds": elapsed + result.earlier_seconds,
         "iterations_per_second": result.iterations_per_second,
-        "final_loss": result.losses[-1] if result.losses else None,
-        "loss_history": result.losses[:: max(1, len(result.losses) // 200)],
+        "resumed_from_iteration": result.resumed_from,
+        "final_loss": result.all_losses[-1] if result.all_losses else None,
+        "loss_history": result.all_losses[:: max(1, len(result.all_losses) // 200)],
         "skipped_classes": result.skipped_classes,
     }
     if dp_report is not None:
@@ -294,6 +316,9 @@ def run_coreset(args: argparse.Namespace) -> int:
     """Run ``fedcond coreset``: select a random or herding coreset and evaluate it like a distilled set."""
     prepare_run_folder(args.out)
     splits = _load(args)
+    small = [c for c, n in enumerate(splits.train.class_counts().tolist()) if 0 < n < args.ipc]
+    if small:  # a coreset of fewer images than --ipc would be compared at a budget it does not use
+        raise CommandError(f"classes {small} hold fewer than {args.ipc} images; lower --ipc")
     start = time.perf_counter()
     synthetic = select_coreset(splits.train, ipc=args.ipc, method=args.method, seed=args.seed)
     metrics: dict[str, Any] = {

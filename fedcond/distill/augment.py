@@ -85,7 +85,8 @@ class SiameseAugment:
             }
         elif name == "crop":
             h, w = image_size
-            sx, sy = int(h * cfg.crop_pad + 0.5), int(w * cfg.crop_pad + 0.5)
+            # dx moves along the width (affine theta[:, 0, 2]), dy along the height
+            sx, sy = int(w * cfg.crop_pad + 0.5), int(h * cfg.crop_pad + 0.5)
             values = {
                 "dx": torch.randint(-sx, sx + 1, (n,), generator=generator, device=generator.device).float(),
                 "dy": torch.randint(-sy, sy + 1, (n,), generator=generator, device=generator.device).float(),

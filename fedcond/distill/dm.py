@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from fedcond.distill.statistics import MeanStatistics, RealStatistics, class_mea
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.models import get_model, reset_parameters
 
-__all__ = ["CondensationResult", "DistributionMatching", "INITS", "dm_loss", "initial_synthetic"]
+__all__ = ["CondensationResult", "DistributionMatching", "DivergenceError", "INITS", "dm_loss", "initial_synthetic"]
 
 #: synthetic-set initialisations: random real images, the herding coreset, per-class k-means
 #: centroids, or N(0, 1) noise
@@ -66,17 +67,44 @@ class CondensationResult:
         Wall-clock time of the optimisation loop.
     skipped_classes : list[int]
         Classes with no real samples: no synthetic images were made for them.
+    resumed_from : int
+        The checkpoint's iteration this call resumed from (0 for a fresh run).
+    earlier_losses : list[float]
+        Losses of the iterations before ``resumed_from``, as the checkpoint recorded them
+        (empty for a fresh run or a checkpoint written before session 16).
+    earlier_seconds : float
+        Optimisation seconds of those iterations, from the checkpoint.
     """
 
     synthetic: SyntheticSet
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     skipped_classes: list[int] = field(default_factory=list)
+    resumed_from: int = 0
+    earlier_losses: list[float] = field(default_factory=list)
+    earlier_seconds: float = 0.0
+
+    @property
+    def all_losses(self) -> list[float]:
+        """Losses of the whole run, earlier (resumed-from) segments first."""
+        return [*self.earlier_losses, *self.losses]
 
     @property
     def iterations_per_second(self) -> float:
         """Throughput of the run (``nan`` when no iteration ran)."""
         return len(self.losses) / self.seconds if self.seconds > 0 else float("nan")
+
+
+class DivergenceError(ValueError):
+    """DM's loss or images became NaN or infinite; nothing of that state was checkpointed."""
+
+
+@dataclass(frozen=True)
+class _History:
+    """Losses and optimisation seconds of the iterations a checkpoint covers."""
+
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 def _class_pools(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
@@ -249,8 +277,14 @@ class DistributionMatching:
             raise ValueError(f"iterations must be >= 0, got {config.iterations}")
         _check_init(config.init)
         check_matching(config.matching)
-        if config.mmd_weight < 0:
-            raise ValueError(f"mmd_weight must be >= 0, got {config.mmd_weight}")
+        if not (math.isfinite(config.mmd_weight) and config.mmd_weight >= 0):
+            raise ValueError(f"mmd_weight must be finite and >= 0, got {config.mmd_weight}")
+        if not (math.isfinite(config.lr_img) and config.lr_img > 0):
+            raise ValueError(f"lr_img must be finite and > 0, got {config.lr_img}")
+        if not (math.isfinite(config.momentum) and 0 <= config.momentum < 1):
+            raise ValueError(f"momentum must lie in [0, 1), got {config.momentum}")
+        if config.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = never), got {config.checkpoint_every}")
         if config.matching == "mmd" and real_statistics is not None and not isinstance(real_statistics, MeanStatistics):
             raise ValueError(
                 "matching='mmd' needs every real embedding, but the supplied real statistics "
@@ -360,10 +394,11 @@ class DistributionMatching:
         syn = syn_images.to(self.device).requires_grad_(True)
         optimizer = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
         start_iteration = 0
+        earlier = _History()
         ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
         run_identity = self._run_identity(data) if ckpt is not None else ""
         if ckpt is not None and resume and ckpt.exists():
-            start_iteration = self._load_checkpoint(ckpt, syn, optimizer, generator, run_identity)
+            start_iteration, earlier = self._load_checkpoint(ckpt, syn, optimizer, generator, run_identity)
             logger.info("resumed DM from %s at iteration %d", ckpt, start_iteration)
 
         losses: list[float] = []
@@ -379,8 +414,16 @@ class DistributionMatching:
             loss = self._iteration_loss(plan, syn, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
             value = float(loss.detach())
+            if not math.isfinite(value):
+                # stop before the step spreads it into the images, and before a checkpoint
+                # overwrites the last good state with it
+                raise DivergenceError(
+                    f"DM diverged at iteration {iteration + 1}: the loss is {value}; lower --lr-img "
+                    f"({cfg.lr_img}) or --mmd-weight ({cfg.mmd_weight})"
+                    + (f"; the checkpoint {ckpt} keeps the last good state" if ckpt is not None else "")
+                )
+            optimizer.step()
             losses.append(value)
             if bar is not None:
                 bar.set_postfix(loss=f"{value:.4f}")
@@ -388,12 +431,16 @@ class DistributionMatching:
                 on_iteration(iteration, value)
             done = iteration + 1
             if ckpt is not None and cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0:
-                self._save_checkpoint(ckpt, syn, optimizer, generator, done, run_identity)
+                self._check_finite_images(syn, iteration=done)
+                history = _History([*earlier.losses, *losses], earlier.seconds + time.perf_counter() - started)
+                self._save_checkpoint(ckpt, syn, optimizer, generator, done, run_identity, history)
         seconds = time.perf_counter() - started
         if bar is not None:
             bar.close()
+        self._check_finite_images(syn, iteration=cfg.iterations)
         if ckpt is not None and cfg.checkpoint_every > 0:
-            self._save_checkpoint(ckpt, syn, optimizer, generator, cfg.iterations, run_identity)
+            history = _History([*earlier.losses, *losses], earlier.seconds + seconds)
+            self._save_checkpoint(ckpt, syn, optimizer, generator, cfg.iterations, run_identity, history)
 
         meta = {
             "dataset": spec.name,
@@ -413,7 +460,17 @@ class DistributionMatching:
             "skipped_classes": skipped,
         }
         synthetic = SyntheticSet(syn.detach().float().cpu().contiguous(), syn_labels.cpu(), meta)
-        return CondensationResult(synthetic, losses, seconds, skipped)
+        return CondensationResult(
+            synthetic, losses, seconds, skipped, start_iteration, list(earlier.losses), earlier.seconds
+        )
+
+    @staticmethod
+    def _check_finite_images(syn: torch.Tensor, *, iteration: int) -> None:
+        if not bool(torch.isfinite(syn).all()):
+            raise DivergenceError(
+                f"DM diverged by iteration {iteration}: synthetic images hold NaN or infinite values; "
+                "lower the image learning rate or the kernel weight"
+            )
 
     # ------------------------------------------------------------------------------ one run's pieces
     def _initial_images(
@@ -634,7 +691,9 @@ class DistributionMatching:
         generator: torch.Generator,
         iteration: int,
         run_identity: str,
+        history: _History | None = None,
     ) -> None:
+        history = history or _History()
         state = optimizer.state.get(syn, {})
         momentum = state.get("momentum_buffer")
         # real-side statistics with state of their own (a seeded DP run's private generator)
@@ -650,6 +709,8 @@ class DistributionMatching:
                 generator=generator.get_state().numpy(),
                 iteration=np.array(iteration, dtype=np.int64),
                 run=np.array(run_identity),
+                losses=np.asarray(history.losses, dtype=np.float64),
+                seconds=np.array(history.seconds, dtype=np.float64),
                 **{_STATISTICS_PREFIX + k: v.cpu().numpy() for k, v in statistics_state.items()},
             )
         tmp.replace(path)
@@ -661,11 +722,13 @@ class DistributionMatching:
         optimizer: torch.optim.Optimizer,
         generator: torch.Generator,
         run_identity: str,
-    ) -> int:
+    ) -> tuple[int, _History]:
         """Restore a checkpoint into ``syn``, the optimiser, ``generator`` and the statistics.
 
-        The images and the optimiser state are restored only after every check has passed;
-        every failure is a ``ValueError``.
+        Returns the iteration to continue from and the losses and seconds before it (empty
+        for a checkpoint that does not record them: the federated warm start, or one written
+        before session 16). The images and the optimiser state are restored only after every
+        check has passed; every failure is a ``ValueError``.
         """
         try:
             with np.load(path, allow_pickle=False) as ck:
@@ -674,6 +737,10 @@ class DistributionMatching:
                 gen_state = torch.from_numpy(np.array(ck["generator"]))
                 iteration = int(ck["iteration"])
                 stored_identity = str(ck["run"]) if "run" in ck.files else None
+                earlier = _History(
+                    [float(v) for v in np.array(ck["losses"]).reshape(-1)] if "losses" in ck.files else [],
+                    float(ck["seconds"]) if "seconds" in ck.files else 0.0,
+                )
                 statistics_state = {
                     name[len(_STATISTICS_PREFIX):]: torch.from_numpy(np.array(ck[name]))
                     for name in ck.files
@@ -714,4 +781,6 @@ class DistributionMatching:
             syn.copy_(images.to(syn.device))
         if momentum.size:
             optimizer.state[syn]["momentum_buffer"] = torch.from_numpy(momentum).to(syn.device)
-        return iteration
+        if len(earlier.losses) != iteration:  # an older checkpoint, or one that was edited
+            earlier = _History()
+        return iteration, earlier

@@ -9,6 +9,7 @@ finiteness and the label range before anything is returned.
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,31 @@ FORMAT_VERSION = 1
 
 class SyntheticSetError(ValueError):
     """A synthetic set (in memory or on disk) is malformed; the message says how."""
+
+
+#: Default cap on one array of a synthetic-set file (a CIFAR-100 set of 50 images per class is
+#: 61 MB); :meth:`SyntheticSet.load` refuses larger declared arrays before reading them.
+MAX_ARRAY_BYTES = 2**31
+
+
+def _check_declared_sizes(path: Path, *, max_bytes: int) -> None:
+    """Refuse an archive whose ``.npy`` members declare arrays over ``max_bytes`` (headers only)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > max_bytes or info.file_size > max_bytes + 4096:
+                raise SyntheticSetError(
+                    f"{path}: array {info.filename[:-4]!r} declares {max(declared, info.file_size) / 2**30:.1f} GiB "
+                    f"(shape {tuple(shape)}), over the {max_bytes / 2**30:.1f} GiB limit of a synthetic set"
+                )
 
 
 @dataclass(frozen=True)
@@ -163,6 +189,7 @@ class SyntheticSet:
         *,
         num_classes: int | None = None,
         image_shape: tuple[int, ...] | None = None,
+        max_bytes: int = MAX_ARRAY_BYTES,
     ) -> SyntheticSet:
         """Read a set written by :meth:`save`, refusing anything malformed.
 
@@ -171,7 +198,12 @@ class SyntheticSet:
         path : str | Path
             The ``.npz`` file.
         num_classes, image_shape : optional
-            When given, the set must match them (e.g. the dataset it will be evaluated on).
+            When given, the set must match them (e.g. the dataset it will be evaluated on); a
+            set whose metadata records another class count is refused too.
+        max_bytes : int
+            Largest array the file may declare. Checked from the arrays' headers before any
+            data is read, so a small crafted file (a declared shape of terabytes, or a deflate
+            bomb) is refused instead of exhausting memory.
 
         Raises
         ------
@@ -182,6 +214,7 @@ class SyntheticSet:
         if not path.is_file():
             raise SyntheticSetError(f"synthetic set file {path} does not exist")
         try:
+            _check_declared_sizes(path, max_bytes=max_bytes)
             with np.load(path, allow_pickle=False) as archive:
                 missing = {"images", "labels", "meta"} - set(archive.files)
                 if missing:
@@ -192,6 +225,8 @@ class SyntheticSet:
                 meta = json.loads(str(meta_raw.item() if meta_raw.ndim == 0 else meta_raw))
         except SyntheticSetError:
             raise
+        except MemoryError as exc:
+            raise SyntheticSetError(f"{path}: its arrays do not fit in memory ({exc})") from exc
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
             raise SyntheticSetError(
                 f"{path} is truncated, corrupted or not a fedcond synthetic set: {exc}"
@@ -201,6 +236,18 @@ class SyntheticSet:
         if images.dtype != np.float32 or labels.dtype != np.int64:
             raise SyntheticSetError(
                 f"{path}: expected float32 images and int64 labels, got {images.dtype} and {labels.dtype}"
+            )
+        if images.shape[0] == 0:
+            raise SyntheticSetError(f"{path} holds no images")
+        shape = meta.get("image_shape")
+        if shape is not None and list(shape) != list(images.shape[1:]):
+            raise SyntheticSetError(
+                f"{path}: metadata says images are {shape}, the file holds {list(images.shape[1:])}"
+            )
+        recorded = meta.get("num_classes")
+        if num_classes is not None and recorded is not None and recorded != num_classes:
+            raise SyntheticSetError(
+                f"{path} was made for {recorded} classes, {num_classes} expected (another dataset?)"
             )
         synthetic = cls(torch.from_numpy(images), torch.from_numpy(labels), meta)
         synthetic.validate(num_classes=num_classes, image_shape=image_shape)

@@ -76,6 +76,12 @@ def test_coreset_end_to_end(tmp_path) -> None:
         (["distill", "--ipc", "500", "--iterations", "1"], "hold fewer than 500 images"),
         (["distill", "--ipc", "40", "--factor", "2", "--iterations", "1"], "needs ipc x factor^2"),
         (["distill", "--factor", "3", "--iterations", "1"], "--factor must be a positive integer dividing"),
+        # checked before DM runs (a typo used to surface only after the whole condensation)
+        (["distill", "--iterations", "1", "--eval-model", "resnet"], "--eval-model: unknown model 'resnet'"),
+        (["distill", "--iterations", "1", "--eval-epochs", "0"], "--eval-epochs 0 would report untrained"),
+        (["distill", "--iterations", "1", "--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
+        (["distill", "--iterations", "2", "--lr-img", "nan", "--eval-runs", "0"], "lr_img must be finite"),
+        (["coreset", "--ipc", "500"], "hold fewer than 500 images; lower --ipc"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, capsys, argv, message) -> None:
@@ -122,3 +128,30 @@ def test_multi_formation_from_the_cli(tmp_path) -> None:
     assert metrics["factor"] == 2 and metrics["training_images"] == 40
     synthetic = SyntheticSet.load(out / "synthetic.npz", num_classes=10, image_shape=(1, 8, 8))
     assert len(synthetic) == 10 and synthetic.factor == 2 and len(synthetic.decoded()) == 40
+
+
+def test_metrics_describe_the_new_set_even_when_its_evaluation_fails(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    assert main(["distill", "--ipc", "1", "--iterations", "2", "--eval-runs", "0", "--out", str(out)]) == 0
+    import fedcond.cli.distill as cli_distill
+
+    def broken(*args, **kwargs):
+        raise KeyboardInterrupt  # the user stops a long evaluation
+
+    monkeypatch.setattr(cli_distill, "evaluate_synthetic", broken)
+    assert main(["distill", "--ipc", "3", "--iterations", "2", "--eval-runs", "1", "--out", str(out)]) == 130
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ipc"] == 3 and metrics["evaluation"] == "pending" and metrics["test_accuracy_mean"] is None
+    assert len(SyntheticSet.load(out / "synthetic.npz")) == 30
+
+
+def test_a_resumed_run_reports_the_whole_runs_time_and_losses(tmp_path) -> None:
+    out = tmp_path / "run"
+    base = ["distill", "--ipc", "1", "--eval-runs", "0", "--checkpoint-every", "2", "--out", str(out)]
+    assert main([*base, "--iterations", "4"]) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert main([*base, "--iterations", "8", "--resume"]) == 0
+    second = json.loads((out / "metrics.json").read_text())
+    assert second["resumed_from_iteration"] == 4 and first["resumed_from_iteration"] == 0
+    assert len(second["loss_history"]) == 8 and second["loss_history"][:4] == first["loss_history"]
+    assert second["distill_seconds"] > first["distill_seconds"] * 0.5

@@ -67,6 +67,14 @@ def test_crop_is_an_integer_translation() -> None:
     assert out[0, 0].flatten().argmax().item() in (4 * 8 + 3, 4 * 8 + 5)
 
 
+def test_crop_shifts_follow_each_sides_own_length_on_non_square_images() -> None:
+    # the width shift used to be bounded by the height and vice versa (8x32: +-1 across, +-4 down)
+    augment = SiameseAugment(AugmentConfig(strategy="crop"))
+    params = augment.sample(4000, generator=torch.Generator().manual_seed(0), image_size=(8, 32))
+    assert params.values["dx"].abs().max() == 4  # 32 x 0.125 along the width
+    assert params.values["dy"].abs().max() == 1  # 8 x 0.125 along the height
+
+
 def test_unknown_augmentation_layout_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="layout 'pixel' is not one of sample, class"):
         SiameseAugment(AugmentConfig(layout="pixel"))

@@ -58,6 +58,9 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(digits, tmp_path) -> Non
     )
     assert len(resumed.losses) == 4
     assert torch.allclose(resumed.synthetic.images, full.synthetic.images, atol=1e-5)
+    # the checkpoint carries the first segment's losses and time: the whole run's history is known
+    assert resumed.resumed_from == 4 and resumed.earlier_seconds > 0
+    assert resumed.all_losses == pytest.approx(full.losses, rel=1e-4)
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(digits, tmp_path) -> None:
@@ -198,6 +201,11 @@ def test_herding_init_through_the_engine_is_reproducible_and_needs_enough_images
         (DistillConfig(init="zeros"), "init must be"),
         (DistillConfig(iterations=-1), "iterations must be"),
         (DistillConfig(real_chunk=-1), "real_chunk must be"),
+        (DistillConfig(lr_img=float("nan")), "lr_img must be finite and > 0"),
+        (DistillConfig(lr_img=0.0), "lr_img must be finite and > 0"),
+        (DistillConfig(momentum=1.0), "momentum must lie in"),
+        (DistillConfig(mmd_weight=float("inf")), "mmd_weight must be finite"),
+        (DistillConfig(checkpoint_every=-1), "checkpoint_every must be >= 0"),
     ],
 )
 def test_bad_configs(config: DistillConfig, message: str) -> None:
@@ -267,3 +275,27 @@ def test_a_compiled_forward_sees_few_shapes_when_the_dp_batch_size_varies(digits
         else:
             assert len(set(shapes)) > 3  # the Poisson batch sizes themselves
     assert torch.allclose(runs[True].synthetic.images, runs[False].synthetic.images, atol=1e-4)
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(digits, tmp_path, monkeypatch) -> None:
+    # a loss that turns NaN used to run on to the end and overwrite the checkpoint with NaN images
+    from fedcond.distill.dm import DivergenceError
+
+    ckpt = tmp_path / "ckpt.npz"
+    config = DistillConfig(ipc=1, iterations=6, seed=0, checkpoint_every=2, dsa=False)
+    engine = DistributionMatching(config)
+    original = engine._iteration_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(engine, "_iteration_loss", poisoned)
+    with pytest.raises(DivergenceError, match="diverged at iteration 3.*keeps the last good state"):
+        engine.condense(digits.train, checkpoint_path=ckpt)
+    import numpy as np
+
+    with np.load(ckpt) as saved:
+        assert int(saved["iteration"]) == 2 and np.isfinite(saved["images"]).all()

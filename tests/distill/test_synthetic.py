@@ -89,7 +89,7 @@ def test_metadata_that_is_not_a_json_object_is_refused(tmp_path, meta: str, mess
 
 
 def test_labels_beyond_the_callers_class_count_are_refused(tmp_path) -> None:
-    path = SyntheticSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 7]), {"num_classes": 10}).save(tmp_path / "s.npz")
+    path = SyntheticSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 7]), {}).save(tmp_path / "s.npz")
     with pytest.raises(SyntheticSetError, match=r"outside the valid range \[0, 5\)"):
         SyntheticSet.load(path, num_classes=5)
 
@@ -122,3 +122,47 @@ def test_hand_edited_num_classes_is_a_clear_error(tmp_path, num_classes) -> None
              meta=np.array(json.dumps({"num_classes": num_classes})))
     with pytest.raises(SyntheticSetError, match="num_classes must be a positive integer"):
         SyntheticSet.load(path)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_a_file_declaring_a_huge_array_is_refused_before_reading_it(tmp_path) -> None:
+    # 1 KB on disk, 153 GiB declared: np.load used to try to allocate it (a MemoryError traceback)
+    import io
+    import json
+    import zipfile
+
+    from numpy.lib import format as npf
+
+    header = io.BytesIO()
+    npf.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**7, 1, 64, 64)})
+    path = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("images.npy", header.getvalue() + b"\0" * 1024)
+        archive.writestr("labels.npy", _npy(np.zeros(5, np.int64)))
+        archive.writestr("meta.npy", _npy(np.array(json.dumps({"num_classes": 10}))))
+    with pytest.raises(SyntheticSetError, match=r"declares 152\.6 GiB .* over the 2\.0 GiB limit"):
+        SyntheticSet.load(path)
+    # the cap is the caller's to set: a real set over a tiny cap is refused the same way
+    small = SyntheticSet(torch.zeros(10, 1, 8, 8), torch.arange(10), {"num_classes": 10}).save(tmp_path / "s.npz")
+    with pytest.raises(SyntheticSetError, match="over the"):
+        SyntheticSet.load(small, max_bytes=1000)
+    assert len(SyntheticSet.load(small)) == 10
+
+
+def test_an_empty_set_or_one_made_for_another_class_count_is_refused(tmp_path) -> None:
+    empty = SyntheticSet(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long), {"num_classes": 10})
+    with pytest.raises(SyntheticSetError, match="holds no images"):
+        SyntheticSet.load(empty.save(tmp_path / "empty.npz"))
+    three = SyntheticSet(torch.zeros(3, 1, 8, 8), torch.arange(3), {"num_classes": 3}).save(tmp_path / "three.npz")
+    with pytest.raises(SyntheticSetError, match="made for 3 classes, 10 expected"):
+        SyntheticSet.load(three, num_classes=10)
+    lying = SyntheticSet(torch.zeros(3, 1, 8, 8), torch.arange(3), {"image_shape": [3, 32, 32]})
+    with pytest.raises(SyntheticSetError, match=r"metadata says images are \[3, 32, 32\]"):
+        SyntheticSet.load(lying.save(tmp_path / "lying.npz"))
