@@ -9,6 +9,7 @@ Everything below the CLI receives these typed objects, never an argparse namespa
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -328,6 +329,8 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, Mapping):
             node.setdefault(parts[-1], {}).update(_nest(value))
         else:
+            if parts[-1] in node:  # "num-clients" and "num_clients" both given
+                raise ConfigError(f"config key {raw_key!r} is given twice (hyphen and underscore spellings)")
             node[parts[-1]] = value
     return nested
 
@@ -363,8 +366,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if annotation is float:
             if isinstance(value, bool):
                 raise ValueError(value)
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # NaN/inf settings ran to the end and reported null
+                raise ValueError(value)
+            return number
         if annotation is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise TypeError(value)  # a table or list is not a name
             return str(value)
         if annotation is Path:
             return Path(value).expanduser()
@@ -442,8 +450,13 @@ def _flatten_mapping(values: Mapping[str, Any], prefix: str = "") -> dict[str, A
     for key, value in values.items():
         name = prefix + _normalise_key(str(key))
         if isinstance(value, Mapping):
+            if not value:
+                # an empty table would vanish: an empty [dp] would silently run without privacy
+                raise ConfigError(f"config table [{name}] is empty (are all its keys commented out?)")
             out.update(_flatten_mapping(value, name + "."))
         else:
+            if name in out:
+                raise ConfigError(f"config key {name!r} is given twice (hyphen and underscore spellings)")
             out[name] = value
     return out
 

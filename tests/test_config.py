@@ -39,3 +39,26 @@ def test_toml(tmp_path) -> None:
         load_toml(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_toml(tmp_path / "missing.toml")
+
+
+def test_an_empty_table_is_an_error_not_a_silently_missing_section(tmp_path) -> None:
+    # "[dp]" with its keys commented out used to vanish: the run went ahead without privacy
+    path = tmp_path / "dp.toml"
+    path.write_text('strategy = "fedcond"\n[dp]\n# epsilon = 8.0\n')
+    with pytest.raises(ConfigError, match=r"table \[dp\] is empty"):
+        load_toml(path)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"dp.epsilon": float("inf")}, "'dp.epsilon': cannot read inf as float"),
+        ({"dp.epsilon": "nan"}, "cannot read 'nan' as float"),
+        ({"distill.lr_img": float("nan")}, "cannot read nan as float"),
+        ({"model": {"name": "convnet"}}, "'model': cannot read"),
+        ({"num-clients": 3, "num_clients": 5}, "given twice"),
+    ],
+)
+def test_non_finite_numbers_tables_for_names_and_duplicate_spellings_are_refused(values, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(FederatedConfig, values)

@@ -49,6 +49,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     audit.set_defaults(run=run_audit_command)
 
 
+def _check_cache_path(cache: Path, out: Path) -> None:
+    """Refuse a reference-cache path the audit could not write, or one of the run's own files."""
+    cache = cache.expanduser()
+    if cache.exists() and not cache.is_file():
+        raise CommandError(f"--reference-cache {cache} exists and is not a file")
+    if cache.resolve().parent == out.resolve() and cache.name in ("metrics.json", "roc.png", "nearest_neighbours.png"):
+        raise CommandError(f"--reference-cache {cache} would be overwritten by the audit's own {cache.name}")
+    parent = cache.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CommandError(f"--reference-cache {cache}: {parent} is not a folder")
+
+
 def run_audit_command(args: argparse.Namespace) -> int:
     """Run ``fedcond audit``: write ``metrics.json``, ``nearest_neighbours.png`` and ``roc.png``."""
     from fedcond.privacy.audit import LEAKS, run_audit
@@ -75,6 +89,8 @@ def run_audit_command(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     cache, reference = args.reference_cache, None
     identity = reference_identity(splits, config) if cache is not None else {}
+    if cache is not None:
+        _check_cache_path(cache, out)  # before the audit: a bad path must not cost a finished run
     if cache is not None and cache.exists():
         try:
             reference = load_reference(cache, identity=identity)
@@ -88,11 +104,6 @@ def run_audit_command(args: argparse.Namespace) -> int:
             console.log(f"audit: {message}")  # a lasting, timed line: the spinner alone leaves none in a log
 
         report = run_audit(synthetic, splits, config, device=device, status=stage, reference=reference)
-    if cache is not None and reference is None:
-        save_reference(
-            cache, result=report.reference, accuracy=report.details["reference_accuracy"], identity=identity
-        )
-        console.log(f"audit: reference written to {cache}")
     space = report.recoverability.strongest  # the pairs behind the headline match rate
     ref_idx = report.recoverability.reference_indices
     save_nearest_neighbours(
@@ -108,11 +119,19 @@ def run_audit_command(args: argparse.Namespace) -> int:
         "dataset": splits.spec.name,
         "synthetic": str(args.synthetic),
         "synthetic_meta": synthetic.meta,
-        "seed": args.seed,
+        "seed": config.seed,
         **report.metrics(),
         "reference_source": "computed" if reference is None else f"read from {cache}",
     }
     write_metrics(out, metrics)
+    if cache is not None and reference is None:  # after metrics.json: the audit is kept whatever happens here
+        try:
+            save_reference(
+                cache, result=report.reference, accuracy=report.details["reference_accuracy"], identity=identity
+            )
+            console.log(f"audit: reference written to {cache}")
+        except OSError as exc:
+            console.print(f"[yellow]warning:[/] could not write the reference cache {cache}: {exc}")
     print_table(
         "fedcond audit",
         [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,13 @@ def config_from(args: argparse.Namespace) -> ContinualConfig:
     if args.config is not None:
         table = load_toml(args.config)
         scoped = {k.removeprefix("continual."): v for k, v in table.items() if k.startswith("continual.")}
+        outside = sorted(k for k in table if not k.startswith("continual."))
+        if scoped and outside:
+            # keys beside a [continual] table used to be dropped without a word
+            raise CommandError(
+                f"{args.config}: keys outside the [continual] table would be ignored: {', '.join(outside[:6])}"
+                " (move them into [continual], e.g. [continual.distill] for DM settings)"
+            )
         values.update(scoped or table)
     flags = {
         "benchmark": args.benchmark,
@@ -90,6 +98,8 @@ def config_from(args: argparse.Namespace) -> ContinualConfig:
     if args.seed is not None:
         values["seed"] = args.seed
     values.update(overrides_from(args.set))
+    if any(str(k).replace("-", "_") == "distill.seed" for k in values):
+        raise CommandError("distill.seed follows the run's seed in continual runs: use --seed (or seed = N)")
     config = parse_config(ContinualConfig, values)
     if config.memory_per_class < 0:  # 0 is fine where no memory is kept (validate_continual_config)
         raise CommandError(f"--memory-per-class must be >= 0, got {config.memory_per_class}")
@@ -129,7 +139,9 @@ def run_continual_command(args: argparse.Namespace) -> int:
             cache_dir=out / ".state" / "dm-cache",
             on_experience=on_experience,
         )
-    metrics = {**result.to_metrics(), "protocol": protocol, "config": flatten_config(config)}
+    # the config the run used: DM's seed is the run's --seed (run_continual sets it)
+    used = dataclasses.replace(config, distill=dataclasses.replace(config.distill, seed=config.seed))
+    metrics = {**result.to_metrics(), "protocol": protocol, "config": flatten_config(used)}
     write_metrics(out, metrics)
     save_accuracy_matrix(
         result.accuracy_matrix,

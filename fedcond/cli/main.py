@@ -62,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ConfigError, DatasetNotFoundError and SyntheticSetError derive from these; OSError
         # covers unreadable or unwritable paths (--out naming a file, permissions) and failed
         # downloads: bad input gets one line naming the problem, never a traceback.
+        if args.verbose:  # -v: the traceback too, to tell a library bug from bad input
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
         print(f"fedcond {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

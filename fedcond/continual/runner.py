@@ -354,7 +354,11 @@ def _run_replay(
     device: torch.device,
     on_experience: ExperienceCallback | None,
 ) -> tuple[list[list[float]], list[int], list[dict[int, int]]]:
-    augmentation = MemoryAugmentation(bench.spec, seed=config.seed) if config.augment_memory else None
+    augmentation = (  # the transforms DM matched under (config.distill.augment), not the defaults
+        MemoryAugmentation(bench.spec, seed=config.seed, config=config.distill.augment)
+        if config.augment_memory
+        else None
+    )
     plugins = [make_replay_plugin(buffer, memory_augmentation=augmentation)] if buffer is not None else []
     strategy = Naive(**_strategy_kwargs(config, model, device), plugins=plugins)
     matrix, memory, counts = [], [], []

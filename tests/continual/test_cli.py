@@ -111,3 +111,21 @@ def test_seed_comes_from_the_config_file_unless_the_flag_is_given(tmp_path) -> N
     flag_wins = config_from(parser.parse_args(["continual", "--config", str(toml), "--seed", "2"]))
     assert flag_wins.seed == 2
     assert config_from(parser.parse_args(["continual"])).seed == 0
+
+
+def test_config_keys_beside_the_continual_table_are_refused_not_dropped(tmp_path, capsys) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('seed = 7\n[continual]\nreplay = "random"\n')
+    assert main(["continual", "--config", str(config), "--out", str(tmp_path / "x")]) == 2
+    assert "keys outside the [continual] table would be ignored: seed" in capsys.readouterr().err
+    assert main(["continual", "--set", "distill.seed=3", "--out", str(tmp_path / "y")]) == 2
+    assert "distill.seed follows the run's seed" in capsys.readouterr().err
+
+
+def test_metrics_config_reports_the_dm_seed_the_run_used(tmp_path) -> None:
+    out = tmp_path / "run"
+    argv = ["continual", "--benchmark", "split-digits", "--replay", "distilled", "--memory-per-class", "1",
+            "--epochs", "1", "--iterations", "1", "--batch-real", "8", "--train-per-class", "10",
+            "--test-per-class", "5", "--seed", "5", "--out", str(out), "--device", "cpu"]
+    assert main(argv) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["distill.seed"] == 5

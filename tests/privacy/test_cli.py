@@ -142,6 +142,18 @@ def test_audit_refuses_a_candidate_cap_below_one(copied_set: Path, tmp_path: Pat
     assert "max_candidates must be >= 1" in capsys.readouterr().err
 
 
+def test_a_bad_reference_cache_path_is_refused_before_the_audit(copied_set: Path, tmp_path: Path, capsys) -> None:
+    # it used to fail after the whole audit, leaving no metrics.json
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    out = tmp_path / "a"
+    argv = ["audit", "--synthetic", str(copied_set), "--out", str(out), *FAST_AUDIT]
+    assert main([*argv, "--reference-cache", str(blocker / "ref.json")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main([*argv, "--reference-cache", str(out / "metrics.json")]) == 2
+    assert "would be overwritten by the audit's own metrics.json" in capsys.readouterr().err
+
+
 def test_audit_needs_enough_held_out_images(copied_set: Path, tmp_path: Path, capsys) -> None:
     # quantile 0.001 needs 1000 calibration images; digits' test split has 360
     argv = ["audit", "--synthetic", str(copied_set), "--out", str(tmp_path / "a"), "--quantile", "0.001", *FAST_AUDIT]
