@@ -80,7 +80,7 @@ def test_coreset_end_to_end(tmp_path) -> None:
         (["distill", "--iterations", "1", "--eval-model", "resnet"], "--eval-model: unknown model 'resnet'"),
         (["distill", "--iterations", "1", "--eval-epochs", "0"], "--eval-epochs 0 would report untrained"),
         (["distill", "--iterations", "1", "--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
-        (["distill", "--iterations", "2", "--lr-img", "nan", "--eval-runs", "0"], "lr_img must be finite"),
+        (["distill", "--iterations", "2", "--lr-img", "nan", "--eval-runs", "0"], "'lr_img': cannot read nan"),
         (["coreset", "--ipc", "500"], "hold fewer than 500 images; lower --ipc"),
     ],
 )
