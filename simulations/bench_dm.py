@@ -32,7 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -96,11 +98,21 @@ def reference_dm(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    if device != "cpu":
+        torch.cuda.synchronize()  # before reading the clock: CUDA work is asynchronous
     seconds = time.perf_counter() - start
     meta = {"dataset": spec.name, "num_classes": spec.num_classes, "ipc": ipc, "method": "reference-dm"}
-    if device != "cpu":
-        torch.cuda.synchronize()
     return SyntheticSet(image_syn.detach().cpu().clone(), labels, meta), seconds
+
+
+def _git_commit() -> str | None:
+    """The repository's HEAD commit, so a results file names the code that produced it."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -340,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         evaluation = EvalConfig(runs=2, epochs=50, dsa=not args.eval_no_dsa)
         args.digits_iterations, args.equal_iterations, args.equal_seeds, args.speed_iterations = 30, 20, 1, 2
         compile_dm = False
-    results: dict[str, Any] = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+    # shell-quoted, so that a recorded command with an empty value (--baselines '') re-runs as is
+    results: dict[str, Any] = {"command": shlex.join([sys.executable.split("/")[-1], *sys.argv]),
+                               "git_commit": _git_commit(),
                                "torch": torch.__version__,
                                "threads": torch.get_num_threads(), "device": args.device,
                                "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None,
