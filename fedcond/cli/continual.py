@@ -148,6 +148,7 @@ def run_continual_command(args: argparse.Namespace) -> int:
         out / "accuracy_matrix.png",
         experience_classes=result.experience_classes,
         title=f"{config.benchmark} {config.replay} ({protocol}), {result.memory_images} images",
+        row_labels=["joint"] if protocol == "joint" else None,
     )
     forgetting = result.forgetting
     print_table(

@@ -14,8 +14,12 @@ def save_accuracy_matrix(
     *,
     experience_classes: Sequence[Sequence[int]] | None = None,
     title: str | None = None,
+    row_labels: Sequence[str] | None = None,
 ) -> Path:
-    """Heat map of ``A[i][j]`` (rows: after experience i; columns: test classes of experience j)."""
+    """Heat map of ``A[i][j]`` (rows: after experience i; columns: test classes of experience j).
+
+    ``row_labels`` replaces the default ``after i`` labels (``["joint"]`` for the offline bound).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +28,8 @@ def save_accuracy_matrix(
 
     values = np.asarray(matrix, dtype=float) * 100
     rows, cols = values.shape
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * cols, 1.0 + 0.7 * rows))
+    # a minimum size, so a one-column matrix keeps its title and axis label readable
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.8 * cols), max(2.0, 1.0 + 0.7 * rows)))
     image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis")
     for i in range(rows):
         for j in range(cols):
@@ -34,7 +39,10 @@ def save_accuracy_matrix(
     if experience_classes is not None:
         labels = [f"{j}\n{tuple(c)}" for j, c in enumerate(experience_classes)]
     ax.set_xticks(range(cols), labels, fontsize=7)
-    ax.set_yticks(range(rows), [f"after {i}" for i in range(rows)] if rows > 1 else ["joint"], fontsize=7)
+    labels_y = list(row_labels) if row_labels is not None else [f"after {i}" for i in range(rows)]
+    if len(labels_y) != rows:
+        raise ValueError(f"{len(labels_y)} row labels for {rows} rows")
+    ax.set_yticks(range(rows), labels_y, fontsize=7)
     ax.set_xlabel("test experience (classes)")
     if title:
         ax.set_title(title, fontsize=9)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fedcond.cli.main import main
 
 
@@ -129,3 +131,24 @@ def test_metrics_config_reports_the_dm_seed_the_run_used(tmp_path) -> None:
             "--test-per-class", "5", "--seed", "5", "--out", str(out), "--device", "cpu"]
     assert main(argv) == 0
     assert json.loads((out / "metrics.json").read_text())["config"]["distill.seed"] == 5
+
+
+def test_a_one_row_matrix_is_labelled_by_its_protocol(tmp_path, monkeypatch) -> None:
+    # any one-row matrix used to say "joint", a one-experience GDumb run's too
+    import matplotlib.axes
+
+    from fedcond.continual.figures import save_accuracy_matrix
+
+    seen: list[list[str]] = []
+    original = matplotlib.axes.Axes.set_yticks
+
+    def spy(self, ticks, labels=None, **kwargs):
+        seen.append(list(labels or []))
+        return original(self, ticks, labels, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yticks", spy)
+    save_accuracy_matrix([[0.9]], tmp_path / "a.png")
+    save_accuracy_matrix([[0.9]], tmp_path / "b.png", row_labels=["joint"])
+    assert seen == [["after 0"], ["joint"]]
+    with pytest.raises(ValueError, match="2 row labels for 1 rows"):
+        save_accuracy_matrix([[0.9]], tmp_path / "c.png", row_labels=["a", "b"])
