@@ -56,9 +56,7 @@ def _check_cache_path(cache: Path, out: Path) -> None:
         raise CommandError(f"--reference-cache {cache} exists and is not a file")
     if cache.resolve().parent == out.resolve() and cache.name in ("metrics.json", "roc.png", "nearest_neighbours.png"):
         raise CommandError(f"--reference-cache {cache} would be overwritten by the audit's own {cache.name}")
-    parent = cache.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = next(p for p in (cache.parent, *cache.parent.parents) if p.exists())  # the nearest existing one
     if not parent.is_dir():
         raise CommandError(f"--reference-cache {cache}: {parent} is not a folder")
 

@@ -26,7 +26,7 @@ from fedcond.distill.evaluate import evaluate_synthetic
 from fedcond.distill.formation import check_factor
 from fedcond.distill.matching import MATCHINGS
 from fedcond.distill.synthetic import SyntheticSet
-from fedcond.models import get_model
+from fedcond.models import available_models
 from fedcond.plots import save_image_grid
 
 __all__ = ["register"]
@@ -118,13 +118,6 @@ def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _eval_config(args: argparse.Namespace) -> EvalConfig:
-    return parse_config(
-        EvalConfig,
-        {"runs": args.eval_runs, "epochs": args.eval_epochs, "model": args.eval_model, "dsa": not args.eval_no_dsa},
-    )
-
-
 def _load(args: argparse.Namespace) -> DatasetSplits:
     """Check every flag that can be checked before the (long) work starts, then load the data."""
     if args.ipc <= 0:
@@ -135,19 +128,25 @@ def _load(args: argparse.Namespace) -> DatasetSplits:
         raise CommandError("--eval-epochs 0 would report untrained networks' accuracy: use >= 1, or --eval-runs 0")
     if getattr(args, "checkpoint_every", 0) < 0:
         raise CommandError(f"--checkpoint-every must be >= 0 (0 = no checkpoints), got {args.checkpoint_every}")
-    splits = load_dataset(data_config_from(args))
-    if args.eval_runs > 0:
-        try:  # an unknown --eval-model must not surface only after DM has run
-            get_model(_eval_config(args).model, splits.spec)
-        except ValueError as exc:
-            raise CommandError(f"--eval-model: {exc}") from exc
-    return splits
+    if args.eval_runs > 0 and args.eval_model not in available_models():  # not only after DM has run
+        choices = ", ".join(available_models())
+        raise CommandError(f"--eval-model: unknown model {args.eval_model!r}; choose one of {choices}")
+    return load_dataset(data_config_from(args))
+
+
+def _refuse_small_classes(splits: DatasetSplits, needed: int, hint: str) -> None:
+    small = [c for c, n in enumerate(splits.train.class_counts().tolist()) if 0 < n < needed]
+    if small:
+        raise CommandError(f"classes {small} hold fewer than {needed} images; {hint}")
 
 
 def _evaluate(
     args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSplits, metrics: dict[str, Any]
 ) -> None:
-    eval_config = _eval_config(args)
+    eval_config = parse_config(
+        EvalConfig,
+        {"runs": args.eval_runs, "epochs": args.eval_epochs, "model": args.eval_model, "dsa": not args.eval_no_dsa},
+    )
     metrics["eval_runs"] = eval_config.runs
     metrics["eval_epochs"] = eval_config.epochs
     metrics["eval_dsa"] = eval_config.dsa
@@ -242,12 +241,8 @@ def run_distill(args: argparse.Namespace) -> int:
         config = parse_config(DistillConfig, {**_as_dict(config), "init": "noise"})
     if config.init != "noise":
         needed = config.ipc * config.factor**2
-        small = [c for c, n in enumerate(splits.train.class_counts().tolist()) if 0 < n < needed]
-        if small:
-            raise CommandError(
-                f"classes {small} hold fewer than {needed} images; {config.init} init needs ipc x factor^2 "
-                "per class (lower --ipc or --factor, or use --init noise)"
-            )
+        hint = f"{config.init} init needs ipc x factor^2 per class (lower --ipc or --factor, or use --init noise)"
+        _refuse_small_classes(splits, needed, hint)
     engine = DistributionMatching(
         config, device=resolve_device(args.device), real_statistics=statistics, progress=True
     )
@@ -316,9 +311,8 @@ def run_coreset(args: argparse.Namespace) -> int:
     """Run ``fedcond coreset``: select a random or herding coreset and evaluate it like a distilled set."""
     prepare_run_folder(args.out)
     splits = _load(args)
-    small = [c for c, n in enumerate(splits.train.class_counts().tolist()) if 0 < n < args.ipc]
-    if small:  # a coreset of fewer images than --ipc would be compared at a budget it does not use
-        raise CommandError(f"classes {small} hold fewer than {args.ipc} images; lower --ipc")
+    # a coreset of fewer images than --ipc would be compared at a budget it does not use
+    _refuse_small_classes(splits, args.ipc, "lower --ipc")
     start = time.perf_counter()
     synthetic = select_coreset(splits.train, ipc=args.ipc, method=args.method, seed=args.seed)
     metrics: dict[str, Any] = {

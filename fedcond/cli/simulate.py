@@ -154,7 +154,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         compared = {**values, "strategy": name, "rounds": rounds, "out": str(out)}
         if name != "fedcond" and job.federated.dp is not None:
             # dp.* is FedCond's DP-DM: a FedAvg/FedProx baseline runs without privacy, and says so
-            compared = {k: v for k, v in compared.items() if not str(k).replace("_", "-").startswith("dp.")}
+            compared = {k: v for k, v in compared.items() if not str(k).startswith("dp.")}
             console.print(f"[yellow]note:[/] {name} runs without DP (dp.* applies to FedCond's DP-DM only)")
         jobs.append((name, job_from_mapping(compared)))
     if demo:

@@ -324,7 +324,8 @@ def _load_imagefolder(config: DataConfig) -> DatasetSplits:
             f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}"
         )
     # one colour mode for every image: RGB as soon as any image has colour (greyscale images are
-    # then replicated to three channels, losslessly), never the first file's mode for all
+    # then replicated to three channels, losslessly), never the first file's mode for all;
+    # Image.open reads only the header here, the pixels are decoded once, in read()
     mode = "L"
     for path in (p for split in files.values() for paths in split for p in paths):
         with Image.open(path) as img:

@@ -691,9 +691,8 @@ class DistributionMatching:
         generator: torch.Generator,
         iteration: int,
         run_identity: str,
-        history: _History | None = None,
+        history: _History,
     ) -> None:
-        history = history or _History()
         state = optimizer.state.get(syn, {})
         momentum = state.get("momentum_buffer")
         # real-side statistics with state of their own (a seeded DP run's private generator)

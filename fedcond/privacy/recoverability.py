@@ -254,7 +254,7 @@ class RecoverabilityResult:
 
     def matches(self) -> int:
         """Synthetic images counted as near-copies in at least one space (the largest count)."""
-        return int(round(self.nn_match_rate * self.num_synthetic))
+        return self.strongest.matches
 
     def metrics(self) -> dict[str, float]:
         """Headline numbers plus every space's, as ``metrics.json`` entries."""
