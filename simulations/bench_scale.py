@@ -60,7 +60,7 @@ def run_one(clients: int, *, out: Path, extra: list[str], interval: float) -> di
     run_dir = out / f"clients-{clients}"
     command = [
         sys.executable, "-m", "fedcond", "simulate", "--num-clients", str(clients),
-        "--out", str(run_dir), "--strategy", "fedcond", *extra,
+        "--out", str(run_dir), "--overwrite", "--strategy", "fedcond", *extra,
     ]
     env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     started = time.perf_counter()

@@ -67,7 +67,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
     from fedcond.privacy.figures import save_nearest_neighbours, save_roc
     from fedcond.privacy.reference import ReferenceCacheError, load_reference, reference_identity, save_reference
 
-    out = prepare_run_folder(args.out)
+    out = prepare_run_folder(args.out, overwrite=args.overwrite)
     config = parse_config(
         AuditConfig,
         {

@@ -43,6 +43,11 @@ class CommandError(Exception):
 def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> None:
     """``--out``, ``--seed`` and ``--device``, present on every command."""
     parser.add_argument("--out", type=Path, default=Path(default_out), help=f"run folder (default {default_out})")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (without it, a folder holding metrics.json is refused)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for every random generator (default 0)")
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto picks CUDA when present"
@@ -71,18 +76,63 @@ def data_config_from(args: argparse.Namespace) -> DataConfig:
     )
 
 
-def prepare_run_folder(out: Path) -> Path:
-    """Create the run folder and keep matplotlib, Flower and Ray state inside it."""
+#: files whose presence means a folder already holds a run (finished, or stopped with a checkpoint)
+RUN_MARKERS = ("metrics.json", "checkpoint.npz")
+
+
+def prepare_run_folder(out: Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create the run folder and keep matplotlib, Flower and Ray state inside it.
+
+    Parameters
+    ----------
+    out : Path
+        The run folder (``--out``).
+    overwrite : bool
+        Replace a run already in ``out``. Without it a folder holding ``metrics.json`` or
+        ``checkpoint.npz`` is refused, so that rerunning a command never silently replaces
+        earlier results.
+    resume : bool
+        The command continues the run in ``out`` (``fedcond distill --resume``): its files are
+        expected there.
+
+    Raises
+    ------
+    CommandError
+        ``out`` is a file, or holds a run and neither ``overwrite`` nor ``resume`` is set.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} exists and is not a folder")
+    found = [name for name in RUN_MARKERS if (out / name).exists()]
+    if found and not (overwrite or resume):
+        raise CommandError(
+            f"--out {out} already holds a run ({', '.join(found)}); pass --overwrite to replace it "
+            "or choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    state = out / ".state"
-    os.environ.setdefault("MPLCONFIGDIR", str(state / "matplotlib"))
-    os.environ.setdefault("FLWR_HOME", str((state / "flwr").resolve()))
-    os.environ.setdefault("RAY_TMPDIR", str((state / "ray").resolve()))
-    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    state = (out / ".state").resolve()
+    _set_state_variables(
+        {
+            "MPLCONFIGDIR": str(state / "matplotlib"),
+            "FLWR_HOME": str(state / "flwr"),
+            "RAY_TMPDIR": str(state / "ray"),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        }
+    )
     return out
+
+
+#: the values :func:`prepare_run_folder` put in ``os.environ``, so a later command in the same
+#: process moves them to its own run folder while a value the user set is never touched
+_OWN_ENVIRONMENT: dict[str, str] = {}
+
+
+def _set_state_variables(values: Mapping[str, str]) -> None:
+    for key, value in values.items():
+        current = os.environ.get(key)
+        if current is None or current == _OWN_ENVIRONMENT.get(key):
+            os.environ[key] = value
+            _OWN_ENVIRONMENT[key] = value
 
 
 def print_table(title: str, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -115,7 +115,7 @@ def run_continual_command(args: argparse.Namespace) -> int:
     from fedcond.continual.figures import save_accuracy_matrix
     from fedcond.continual.runner import run_continual, validate_continual_config
 
-    out = prepare_run_folder(args.out)
+    out = prepare_run_folder(args.out, overwrite=args.overwrite)
     config = config_from(args)
     validate_continual_config(config)
     protocol = "gdumb" if config.gdumb else ("joint" if config.replay == "joint" else "naive")

@@ -204,7 +204,7 @@ def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSp
 
 def run_distill(args: argparse.Namespace) -> int:
     """Run ``fedcond distill``: condense, evaluate, write the set, ``synthetic.png`` and ``metrics.json``."""
-    out = prepare_run_folder(args.out)
+    out = prepare_run_folder(args.out, overwrite=args.overwrite, resume=args.resume)
     splits = _load(args)
     config = parse_config(
         DistillConfig,
@@ -309,7 +309,7 @@ def _dp_statistics(args: argparse.Namespace, config: DistillConfig, splits: Data
 
 def run_coreset(args: argparse.Namespace) -> int:
     """Run ``fedcond coreset``: select a random or herding coreset and evaluate it like a distilled set."""
-    prepare_run_folder(args.out)
+    prepare_run_folder(args.out, overwrite=args.overwrite)
     splits = _load(args)
     # a coreset of fewer images than --ipc would be compared at a budget it does not use
     _refuse_small_classes(splits, args.ipc, "lower --ipc")

@@ -138,7 +138,7 @@ def _row(name: str, metrics: dict[str, Any], reference_uplink: int | None) -> di
 
 def run_simulate(args: argparse.Namespace) -> int:
     """Run ``fedcond simulate`` on Flower's simulation engine; write ``metrics.json`` and ``accuracy.png``."""
-    out = prepare_run_folder(args.out)
+    out = prepare_run_folder(args.out, overwrite=args.overwrite)
     from fedcond.federated.job import job_from_mapping  # Flower is imported only when needed
     from fedcond.federated.simulation import SimulationError, simulate
     from fedcond.plots import save_line_plot

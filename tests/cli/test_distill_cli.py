@@ -104,6 +104,38 @@ def test_out_naming_a_file_is_one_clear_line_and_the_file_survives(tmp_path, cap
     assert existing.read_text() == "keep me"
 
 
+@pytest.mark.parametrize("command", ["distill", "coreset", "simulate", "continual", "audit"])
+def test_a_folder_holding_a_run_is_refused_and_kept(tmp_path, capsys, command) -> None:
+    (tmp_path / "metrics.json").write_text('{"test_accuracy_mean": 0.97}')
+    argv = [command, "--out", str(tmp_path)]
+    if command == "audit":
+        argv += ["--synthetic", str(tmp_path / "missing.npz")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (metrics.json)" in err and "--overwrite" in err and "Traceback" not in err
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"test_accuracy_mean": 0.97}
+
+
+def test_overwrite_replaces_the_run_in_the_folder(tmp_path) -> None:
+    (tmp_path / "metrics.json").write_text('{"method": "earlier"}')
+    argv = ["coreset", "--method", "random", "--ipc", "1", "--eval-runs", "0", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["method"] == "random"
+
+
+def test_a_checkpoint_is_continued_or_replaced_never_silently_dropped(tmp_path, capsys) -> None:
+    base = ["distill", "--ipc", "1", "--eval-runs", "0", "--checkpoint-every", "2", "--out", str(tmp_path)]
+    assert main([*base, "--iterations", "2"]) == 0
+    (tmp_path / "metrics.json").unlink()  # a run stopped after its checkpoint, before its metrics
+    checkpoint = (tmp_path / "checkpoint.npz").read_bytes()
+    assert main([*base, "--iterations", "4"]) == 2
+    assert "already holds a run (checkpoint.npz)" in capsys.readouterr().err
+    assert (tmp_path / "checkpoint.npz").read_bytes() == checkpoint
+    assert main([*base, "--iterations", "4", "--resume"]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["resumed_from_iteration"] == 2
+
+
 def test_mnist_slice_cli(mnist_root, tmp_path) -> None:
     assert main(["distill", "--dataset", "mnist", "--data-dir", str(mnist_root), "--ipc", "1", "--iterations", "2",
                  "--eval-runs", "1", "--eval-epochs", "2", "--out", str(tmp_path)]) == 0
@@ -139,7 +171,8 @@ def test_metrics_describe_the_new_set_even_when_its_evaluation_fails(tmp_path, m
         raise KeyboardInterrupt  # the user stops a long evaluation
 
     monkeypatch.setattr(cli_distill, "evaluate_synthetic", broken)
-    assert main(["distill", "--ipc", "3", "--iterations", "2", "--eval-runs", "1", "--out", str(out)]) == 130
+    assert main(["distill", "--ipc", "3", "--iterations", "2", "--eval-runs", "1", "--out", str(out),
+                 "--overwrite"]) == 130
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["ipc"] == 3 and metrics["evaluation"] == "pending" and metrics["test_accuracy_mean"] is None
     assert len(SyntheticSet.load(out / "synthetic.npz")) == 30

@@ -44,7 +44,8 @@ def test_a_rerun_that_reads_the_dm_cache_repeats_the_first_run(tmp_path) -> None
     ]
     assert main(argv) == 0
     first = json.loads((out / "metrics.json").read_text())["accuracy_matrix"]
-    assert main(argv) == 0
+    assert main(argv) == 2  # the folder holds a run: never replaced without --overwrite
+    assert main([*argv, "--overwrite"]) == 0
     assert json.loads((out / "metrics.json").read_text())["accuracy_matrix"] == first
 
 
