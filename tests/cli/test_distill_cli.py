@@ -188,3 +188,13 @@ def test_a_resumed_run_reports_the_whole_runs_time_and_losses(tmp_path) -> None:
     assert second["resumed_from_iteration"] == 4 and first["resumed_from_iteration"] == 0
     assert len(second["loss_history"]) == 8 and second["loss_history"][:4] == first["loss_history"]
     assert second["distill_seconds"] > first["distill_seconds"] * 0.5
+
+
+def test_resume_without_checkpoints_is_refused_and_the_run_is_kept(tmp_path, capsys) -> None:
+    base = ["distill", "--ipc", "1", "--iterations", "2", "--eval-runs", "0", "--out", str(tmp_path)]
+    assert main(base) == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ("metrics.json", "synthetic.npz")}
+    assert main([*base, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume needs --checkpoint-every" in err and "Traceback" not in err
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before

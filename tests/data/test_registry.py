@@ -151,3 +151,14 @@ def test_imagefolder_rescales_16_bit_greyscale_instead_of_clipping_it(tmp_path) 
     Image.fromarray(np.zeros((4, 4), dtype=np.float32)).save(tmp_path / "train" / "a" / "1.tiff")
     with pytest.raises(ValueError, match=r"1.tiff: floating-point images \(mode F\)"):
         load_dataset(DataConfig(dataset="imagefolder", data_dir=tmp_path))
+
+
+def test_array_dataset_refuses_mismatched_images_and_labels(digits) -> None:
+    from fedcond.data.registry import ArrayDataset
+
+    images, labels = digits.train.images, digits.train.labels
+    with pytest.raises(ValueError, match="9 labels for 10 images"):
+        ArrayDataset(images[:10], labels[:9], digits.spec)
+    with pytest.raises(ValueError, match="expected N x"):
+        ArrayDataset(images[:10, :, :4], labels[:10], digits.spec)
+    assert len(ArrayDataset(images[:10], labels[:10], digits.spec)) == 10

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -299,3 +300,23 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(digits, tmp_pa
 
     with np.load(ckpt) as saved:
         assert int(saved["iteration"]) == 2 and np.isfinite(saved["images"]).all()
+
+
+def test_resume_refuses_a_truncated_or_tampered_checkpoint_and_keeps_it(digits, tmp_path) -> None:
+    ckpt = tmp_path / "ckpt.npz"
+    config = DistillConfig(ipc=1, iterations=4, seed=3, checkpoint_every=2)
+    DistributionMatching(DistillConfig(ipc=1, iterations=2, seed=3, checkpoint_every=2)).condense(
+        digits.train, checkpoint_path=ckpt
+    )
+    good = ckpt.read_bytes()
+    ckpt.write_bytes(good[:200])
+    with pytest.raises(ValueError, match="unreadable or corrupted"):
+        DistributionMatching(config).condense(digits.train, checkpoint_path=ckpt, resume=True)
+    assert ckpt.read_bytes() == good[:200]  # nothing is overwritten on the way out
+    ckpt.write_bytes(good)
+    with np.load(ckpt, allow_pickle=False) as stored:
+        arrays = {name: np.array(stored[name]) for name in stored.files}
+    arrays["momentum"] = arrays["momentum"][:, :, :4]
+    np.savez(ckpt, **arrays)
+    with pytest.raises(ValueError, match="corrupted: momentum of shape"):
+        DistributionMatching(config).condense(digits.train, checkpoint_path=ckpt, resume=True)

@@ -28,6 +28,15 @@ def test_runs_are_reproducible(digits) -> None:
     assert a.accuracies == b.accuracies
 
 
+def test_each_run_is_a_fresh_network_from_its_own_seed(digits) -> None:
+    """Run k trains from seed + k: K runs are K different networks, not one network K times."""
+    coreset = select_coreset(digits.train, ipc=2, seed=1)
+    two = evaluate_synthetic(coreset, digits.test, EvalConfig(runs=2, epochs=5), seed=4)
+    second_alone = evaluate_synthetic(coreset, digits.test, EvalConfig(runs=1, epochs=5), seed=5)
+    assert two.accuracies[1] == second_alone.accuracies[0]
+    assert two.accuracies[0] != two.accuracies[1] and two.std > 0
+
+
 def test_shape_mismatch_is_refused(digits) -> None:
     wrong = SyntheticSet(torch.zeros(10, 1, 28, 28), torch.arange(10), {"num_classes": 10})
     with pytest.raises(ValueError, match="dataset's images"):

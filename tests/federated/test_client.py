@@ -9,10 +9,10 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedcond.config import DistillConfig
-from fedcond.data import get_spec
+from fedcond.data import get_spec, load_dataset
 from fedcond.distill.dm import initial_synthetic
 from fedcond.distill.synthetic import SyntheticSet
-from fedcond.federated.client import client_partition, condense_partition, initial_images
+from fedcond.federated.client import client_partition, condense_partition, initial_images, local_train
 from fedcond.federated.client_app import app
 from fedcond.federated.job import job_from_mapping, job_to_mapping
 from fedcond.federated.records import (
@@ -247,3 +247,18 @@ def test_the_server_test_subsample_is_the_same_for_every_seed():
     ]
     assert len(tests[0]) == 50
     assert torch.equal(tests[0].images, tests[1].images)
+
+
+def test_fedprox_proximal_term_holds_the_local_model_near_the_global_one() -> None:
+    """FedProx's mu/2 ||w - w_global||^2 must pull the local update back: same data, same seed,
+    only mu differs, and the squared drift from the starting (global) weights shrinks."""
+    data = load_dataset("digits").train
+
+    def drift(mu: float) -> float:
+        model = get_model("mlp", data.spec, generator=torch.Generator().manual_seed(0))
+        start = [p.detach().clone() for p in model.parameters()]
+        local_train(model, data, epochs=3, lr=0.05, batch_size=32, proximal_mu=mu,
+                    generator=torch.Generator().manual_seed(0))
+        return sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start, strict=True))
+
+    assert drift(1.0) < 0.5 * drift(0.0)

@@ -91,6 +91,23 @@ def test_good_replies_are_aggregated_and_a_model_is_trained(task_identity, digit
     assert strategy.union.labels.tolist() == [0, 0, 1, 1, 1, 1, 2, 2]
 
 
+def test_the_global_model_trains_with_the_class_count_weights(task_identity, digits_spec):
+    # one image, sent once as class 0 by a client holding 90 real samples of it and four times as
+    # class 1 by a client holding 10: the weights (4.5 against 4 x 0.125) must outvote the copies
+    image = torch.randn((1, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    replies = [
+        synthetic_reply(1, classes={0: 90}, ipc=1, images=image),
+        synthetic_reply(2, classes={1: 10}, ipc=4, images=image.repeat(4, 1, 1, 1)),
+    ]
+    strategy = _strategy(digits_spec, server_epochs=30)
+    _configure(strategy, [1, 2])
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert strategy.union.weights.tolist() == pytest.approx([4.5, 0.125, 0.125, 0.125, 0.125])
+    model = model_from_record(get_model(strategy.config.model, digits_spec), arrays)
+    logits = predict_logits(model, image)[0]
+    assert logits.argmax().item() == 0 and logits[0] > logits[1]
+
+
 @pytest.mark.parametrize(
     ("make_reply", "reason"),
     [

@@ -17,6 +17,7 @@ from fedcond.privacy.accounting import (
 )
 from fedcond.privacy.dp import (
     DPMeanStatistics,
+    DPPlan,
     clip_embeddings,
     dp_statistics_for,
     noisy_class_sums,
@@ -327,3 +328,40 @@ def test_derived_noise_seeds_differ_per_client_and_round() -> None:
     assert derive_noise_seed(5, 2, 1) == derive_noise_seed(5, 2, 1)
     with pytest.raises(PrivacyBudgetError, match="noise_seed must be >= 0"):
         private_generator(-1)
+
+
+def test_dp_means_are_clipped_sums_over_the_public_expected_counts() -> None:
+    """Noise-free class means: sum of clipped rescaled rows / (q * n_c), scaled back by sqrt(D).
+
+    The normaliser is the public expected batch size, never the batch's actual class counts
+    (which depend on the private Poisson draw and on every sampled image).
+    """
+    plan = DPPlan(1.0, 1e-5, 0.1, 0.0, 1.0, 1, "rdp")  # sample rate 0.1, sigma 0, clip norm 1
+    stats = DPMeanStatistics(plan, class_counts=torch.tensor([100, 50]), noise_seed=0)
+    dim = 16  # rows are rescaled by 1 / sqrt(16) = 1/4 before clipping
+    emb = torch.zeros(3, dim)
+    emb[:2, 0] = 100.0  # rescaled to 25: clipped to norm 1
+    emb[2, 0] = 2.0  # rescaled to 0.5, inside the ball: kept as is
+    means = stats.class_means(emb, torch.tensor([0, 0, 1]), num_classes=2, generator=torch.Generator())
+    assert float(means[0, 0]) == pytest.approx(2 * 1.0 * 4 / (0.1 * 100), rel=1e-5)  # 0.8, batch mean 4
+    assert float(means[1, 0]) == pytest.approx(1 * 0.5 * 4 / (0.1 * 50), rel=1e-5)  # 0.4, batch mean 2
+    assert float(means[:, 1:].abs().max()) == 0.0
+
+
+def test_dp_means_carry_the_calibrated_noise() -> None:
+    """Each coordinate of a class mean has std sigma * C * sqrt(D) / (q * n_c).
+
+    The sum gets N(0, (sigma C)^2) per coordinate in the rescaled (1 / sqrt(D)) space; dividing
+    by the expected count q * n_c and scaling back by sqrt(D) gives that std.
+    """
+    counts = torch.tensor([100, 100])
+    plan = plan_dp(DPConfig(epsilon=1.0), iterations=5, batch_real=10, class_counts=counts)
+    assert plan.noise_multiplier > 0.5 and plan.sample_rate == pytest.approx(0.1)
+    stats = DPMeanStatistics(plan, class_counts=counts, noise_seed=0)
+    dim = 8192
+    means = stats.class_means(
+        torch.zeros(4, dim), torch.tensor([0, 0, 1, 1]), num_classes=2, generator=torch.Generator()
+    )
+    expected_std = plan.noise_multiplier * plan.clip_norm * dim**0.5 / (plan.sample_rate * 100)
+    assert float(means.std()) == pytest.approx(expected_std, rel=0.03)
+    assert float(means.mean()) == pytest.approx(0.0, abs=0.05 * expected_std)
