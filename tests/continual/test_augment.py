@@ -162,3 +162,27 @@ def test_augmented_replay_is_reproducible_from_the_seed(digits_stream: SplitBenc
     assert first.accuracy_matrix == second.accuracy_matrix
     assert first.memory_per_experience == [6, 12, 18, 24, 30]
     assert first.to_metrics()["augment_memory"] is True
+
+
+@pytest.mark.parametrize("augment_memory", [True, False])
+def test_augment_memory_decides_whether_the_replay_plugin_gets_an_augmentation(
+    digits_stream: SplitBenchmark, monkeypatch, augment_memory: bool
+) -> None:
+    from fedcond.continual import run_continual, runner
+
+    from .conftest import tiny_config
+
+    given: list[object] = []
+    original = runner.make_replay_plugin
+
+    def spying(buffer, **kwargs):
+        given.append(kwargs.get("memory_augmentation"))
+        return original(buffer, **kwargs)
+
+    monkeypatch.setattr(runner, "make_replay_plugin", spying)
+    run_continual(tiny_config(replay="random", augment_memory=augment_memory), benchmark=digits_stream)
+    assert len(given) == 1
+    if augment_memory:
+        assert isinstance(given[0], MemoryAugmentation)
+    else:
+        assert given[0] is None

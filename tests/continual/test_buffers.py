@@ -178,6 +178,41 @@ def test_cache_reuses_a_condensation(digits_stream, tmp_path, monkeypatch) -> No
     assert len(second.synthetic_set()) == 4
 
 
+def test_cache_key_depends_on_the_data(digits_stream, tmp_path, monkeypatch) -> None:
+    # same DM settings, other data: a fresh condensation, never the cached one of other classes
+    from fedcond.distill.dm import DistributionMatching
+
+    runs: list[int] = []
+    condense = DistributionMatching.condense
+
+    def counting(self, *args, **kwargs):
+        runs.append(1)
+        return condense(self, *args, **kwargs)
+
+    monkeypatch.setattr(DistributionMatching, "condense", counting)
+    spec = digits_stream.spec
+    first = DistilledBuffer.per_class(2, num_classes=10, spec=spec, distill=TINY_DM, cache_dir=tmp_path)
+    first.update_from_tensors(*_tensors(_experience(digits_stream, 0)))
+    second = DistilledBuffer.per_class(2, num_classes=10, spec=spec, distill=TINY_DM, cache_dir=tmp_path)
+    second.update_from_tensors(*_tensors(_experience(digits_stream, 1)))
+    assert len(runs) == 2, "the second experience was read from the first one's cache entry"
+    assert len(list(tmp_path.glob("dm-*.npz"))) == 2
+    assert second.seen_classes == sorted(digits_stream.experience_classes[1])
+    assert second.class_counts() == {c: 2 for c in digits_stream.experience_classes[1]}
+    uncached = DistilledBuffer.per_class(2, num_classes=10, spec=spec, distill=TINY_DM)
+    uncached.update_from_tensors(*_tensors(_experience(digits_stream, 1)))
+    assert torch.equal(second.tensors()[0], uncached.tensors()[0])
+    assert torch.equal(second.tensors()[1], uncached.tensors()[1])
+    # same labels with other images, or the same images with other labels: other entries too
+    images, labels = _tensors(_experience(digits_stream, 0))
+    a, b = digits_stream.experience_classes[0]
+    swapped = torch.where(labels == a, b, torch.where(labels == b, a, labels))
+    for data in ((images.flip(-1), labels), (images, swapped)):
+        other = DistilledBuffer.per_class(2, num_classes=10, spec=spec, distill=TINY_DM, cache_dir=tmp_path)
+        other.update_from_tensors(*data)
+    assert len(runs) == 5 and len(list(tmp_path.glob("dm-*.npz"))) == 4  # one run: the uncached buffer
+
+
 def test_multi_formation_buffer_counts_stored_images_and_replays_their_tiles(digits_stream) -> None:
     import dataclasses
 
@@ -230,3 +265,40 @@ def test_every_replay_kind_gives_an_adaptive_budgets_extra_images_to_the_oldest_
         assert counts["random"] == counts["herding"] == counts["distilled"], (i, counts)
     assert counts["distilled"] == [5, 5, 5, 4, 4, 4]
     assert arrival != sorted(arrival)  # the stream's class order is shuffled: the test can tell
+
+
+def test_herding_buffer_keeps_the_herding_prefix_of_each_class(digits_stream) -> None:
+    # the images kept for a class are the first k of herding_order on the learner's embeddings
+    # of that class's images (model.embed, eval mode), not any k images of the class
+    from types import SimpleNamespace
+
+    from fedcond.continual.benchmarks import to_avalanche_dataset
+    from fedcond.continual.herding import HerdingBuffer
+    from fedcond.distill.coreset import herding_order
+    from fedcond.models import get_model
+
+    k = 3
+    model = get_model("convnet", digits_stream.spec, generator=torch.Generator().manual_seed(0))
+    buffer = HerdingBuffer(k * 10, adaptive_size=False, total_num_classes=10)
+    agent = SimpleNamespace(model=model, device="cpu")
+    differs_from_dataset_order = False
+    for i in range(2):
+        images, labels = _tensors(_experience(digits_stream, i))
+        buffer.post_adapt(agent, SimpleNamespace(dataset=to_avalanche_dataset(images, labels)))
+        kept_images = torch.stack([sample[0] for sample in buffer.buffer])
+        kept_labels = torch.as_tensor(list(buffer.buffer.targets))
+        model.eval()
+        for c in digits_stream.experience_classes[i]:
+            own = images[labels == c]
+            with torch.no_grad():
+                features = model.embed(own).flatten(1)
+            expected = set(herding_order(features, k=k).tolist())
+            kept = kept_images[kept_labels == c]
+            assert len(kept) == k
+            # index in `own` of every kept image (exact copies of the experience's images)
+            matches = (kept.flatten(1)[:, None, :] == own.flatten(1)[None, :, :]).all(-1)
+            assert bool((matches.sum(1) == 1).all())
+            assert set(matches.float().argmax(1).tolist()) == expected, c
+            differs_from_dataset_order |= expected != set(range(k))
+        model.train()
+    assert differs_from_dataset_order  # herding picks other images than the first k: the test can tell

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from fedcond.continual import (
     MEMORY_KINDS,
@@ -63,6 +64,38 @@ def test_gdumb_trains_on_the_memory_alone_and_beats_chance(digits_stream) -> Non
     metrics = result.to_metrics()
     for key in ("benchmark", "replay", "memory_images", "final_average_accuracy", "forgetting", "accuracy_matrix"):
         assert key in metrics
+
+
+def test_accuracy_matrix_scores_each_column_on_its_own_experience(digits_stream) -> None:
+    # class-incremental fine-tuning without replay: after experience i the network predicts only
+    # experience i's classes, so A[i][i] is high and every other column is (near) zero
+    # (seed 0, 3 epochs: diagonal 0.95 0.90 0.55 1.00 0.90, everything else 0.0)
+    matrix = run_continual(tiny_config(replay="none", epochs=3), benchmark=digits_stream).accuracy_matrix
+    assert matrix[0][0] > 0.6 and all(a < 0.1 for a in matrix[0][1:])
+    assert matrix[-1][-1] > 0.6 and all(a < 0.1 for a in matrix[-1][:-1])
+    for i, row in enumerate(matrix):
+        assert row[i] > 0.4, (i, row)
+        assert all(a < 0.1 for j, a in enumerate(row) if j != i), (i, row)
+
+
+def test_gdumb_trains_each_fresh_network_on_exactly_the_memory(digits_stream, monkeypatch) -> None:
+    from fedcond.continual import runner
+
+    trained: list[torch.Tensor] = []
+    original = runner.train_with_recipe
+
+    def recording(model, images, labels, *args, **kwargs):
+        trained.append(labels.detach().cpu().clone())
+        return original(model, images, labels, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_with_recipe", recording)
+    result = run_continual(tiny_config(replay="random", gdumb=True, gdumb_epochs=1), benchmark=digits_stream)
+    assert result.memory_per_experience == [4, 8, 12, 16, 20]
+    assert [len(labels) for labels in trained] == result.memory_per_experience
+    for i, labels in enumerate(trained):
+        classes, counts = torch.unique(labels, return_counts=True)
+        assert {int(c): int(n) for c, n in zip(classes, counts, strict=True)} == result.memory_class_counts[i]
+        assert set(classes.tolist()) == {c for e in range(i + 1) for c in digits_stream.experience_classes[e]}
 
 
 def test_joint_is_a_single_row_without_forgetting(digits_stream) -> None:
