@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -190,6 +191,12 @@ def main(grid: Grid, context: Context) -> None:
     """``flwr run .`` entry point: the job comes from ``context.run_config``."""
     keep_freed_cpu_memory()  # a process entry point, like the CLI (fedcond.devices)
     job = job_from_mapping(dict(context.run_config))
+    if job.out is not None and (Path(job.out) / "metrics.json").exists():
+        # refused before any round runs, so neither the earlier results nor this run's time is lost
+        raise ValueError(
+            f"out={str(job.out)!r} already holds a run (metrics.json); choose another out folder "
+            "(--run-config 'out=\"...\"') or remove the earlier one"
+        )
     report = run_federated(grid, job)
     if job.out is not None:
         logger.info("wrote %s", write_metrics(job.out, report.metrics()))

@@ -127,3 +127,21 @@ def test_deployment_engine_with_two_supernodes_on_loopback(tmp_path):
     # the script stopped exactly what it started: nothing is left running from its folder
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "deploy")], capture_output=True, text=True)
     assert left.stdout.strip() == ""
+
+
+def test_server_app_refuses_an_out_folder_holding_a_run_before_any_round(tmp_path, task_identity):
+    from flwr.app import Context
+
+    from fedcond.federated import server_app
+
+    (tmp_path / "metrics.json").write_text('{"test_accuracy": 0.98}')
+
+    class NoGrid:
+        def get_node_ids(self):
+            raise AssertionError("no round may start")
+
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config={**flatten_dict(DEMO_JOB), "out": str(tmp_path)})
+    with pytest.raises(ValueError, match="already holds a run"):
+        server_app.main(NoGrid(), context)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"test_accuracy": 0.98}
