@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ __all__ = [
     "add_data_arguments",
     "console",
     "data_config_from",
+    "forget_run_folders",
     "overrides_from",
     "prepare_run_folder",
     "print_table",
+    "remove_unused_run_folders",
     "write_metrics",
 ]
 
@@ -109,6 +112,11 @@ def prepare_run_folder(out: Path, *, overwrite: bool = False, resume: bool = Fal
             f"--out {out} already holds a run ({', '.join(found)}); pass --overwrite to replace it "
             "or choose another --out"
         )
+    if not out.exists():
+        top = out  # the outermost folder this call creates (mkdir makes the missing parents too)
+        while not top.parent.exists():
+            top = top.parent
+        _CREATED_FOLDERS.append((top, out / ".state"))
     out.mkdir(parents=True, exist_ok=True)
     state = (out / ".state").resolve()
     _set_state_variables(
@@ -120,6 +128,30 @@ def prepare_run_folder(out: Path, *, overwrite: bool = False, resume: bool = Fal
         }
     )
     return out
+
+
+#: run folders :func:`prepare_run_folder` created in this process (see :func:`remove_unused_run_folders`)
+_CREATED_FOLDERS: list[tuple[Path, Path]] = []
+
+
+def remove_unused_run_folders() -> None:
+    """Remove the run folders this process created that hold nothing but run state.
+
+    Called when a command fails on bad input, so that a typo does not leave an empty run folder
+    behind. A folder that existed before, or that holds any file outside ``.state``, is kept.
+    """
+    while _CREATED_FOLDERS:
+        top, state = _CREATED_FOLDERS.pop()
+        try:
+            if top.is_dir() and all(p.is_dir() or state in p.parents for p in top.rglob("*")):
+                shutil.rmtree(top)
+        except OSError:
+            continue  # best effort: never turn a clear error into a second one
+
+
+def forget_run_folders() -> None:
+    """Stop tracking the run folders created so far (the command is over)."""
+    _CREATED_FOLDERS.clear()
 
 
 #: the values :func:`prepare_run_folder` put in ``os.environ``, so a later command in the same

@@ -32,6 +32,10 @@ from fedcond.plots import save_image_grid
 __all__ = ["register"]
 
 
+#: DP flags that only mean something with ``--dp-epsilon``, and their values when it is given
+_DP_DEFAULTS: dict[str, Any] = {"dp_delta": 1e-5, "dp_clip": 0.6, "dp_accountant": "rdp", "dp_noise_seed": None}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``distill`` and ``coreset`` subcommands and their flags to ``subparsers``."""
     distill = subparsers.add_parser("distill", help="condense a dataset with distribution matching")
@@ -80,14 +84,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     distill.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint period (0: off)")
     distill.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     distill.add_argument("--dp-epsilon", type=float, default=None, help="differentially private DM: target epsilon")
-    distill.add_argument("--dp-delta", type=float, default=1e-5, help="DP delta (default 1e-5)")
+    distill.add_argument(
+        "--dp-delta", type=float, default=None, help=f"DP delta (default {_DP_DEFAULTS['dp_delta']:g})"
+    )
     distill.add_argument(
         "--dp-clip",
         type=float,
-        default=0.6,
-        help="per-sample clipping bound on the sqrt(D)-scaled embedding (default 0.6: typical norms are 0.5-0.55)",
+        default=None,
+        help="per-sample clipping bound on the sqrt(D)-scaled embedding (default "
+        f"{_DP_DEFAULTS['dp_clip']}: typical norms are 0.5-0.55)",
     )
-    distill.add_argument("--dp-accountant", choices=("rdp", "prv"), default="rdp", help="privacy accountant")
+    distill.add_argument(
+        "--dp-accountant", choices=("rdp", "prv"), default=None, help="privacy accountant (default rdp)"
+    )
     distill.add_argument(
         "--dp-noise-seed",
         type=int,
@@ -103,6 +112,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_budget_arguments(coreset)
     add_common_arguments(coreset, default_out="runs/coreset")
     coreset.set_defaults(run=run_coreset)
+
+
+def _check_dp_flags(args: argparse.Namespace) -> None:
+    """Refuse DP flags without ``--dp-epsilon`` (the run would not be private), fill their defaults."""
+    given = [name for name in _DP_DEFAULTS if getattr(args, name) is not None]
+    if args.dp_epsilon is None:
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise CommandError(
+                f"{flags} without --dp-epsilon: the run would not be differentially private; "
+                "add --dp-epsilon E (and --dp-delta D) or drop them"
+            )
+        return
+    for name, default in _DP_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
@@ -204,6 +229,7 @@ def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSp
 
 def run_distill(args: argparse.Namespace) -> int:
     """Run ``fedcond distill``: condense, evaluate, write the set, ``synthetic.png`` and ``metrics.json``."""
+    _check_dp_flags(args)
     out = prepare_run_folder(args.out, overwrite=args.overwrite, resume=args.resume)
     splits = _load(args)
     config = parse_config(

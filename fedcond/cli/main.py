@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fedcond.cli.common import CommandError
+from fedcond.cli.common import CommandError, forget_run_folders, remove_unused_run_folders
 
 __all__ = ["build_parser", "main"]
 
@@ -67,10 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             traceback.print_exc(file=sys.stderr)
         print(f"fedcond {args.command}: error: {exc}", file=sys.stderr)
+        remove_unused_run_folders()  # a typo leaves no empty run folder behind
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        forget_run_folders()  # a later command in this process judges only its own folders
 
 
 if __name__ == "__main__":  # pragma: no cover

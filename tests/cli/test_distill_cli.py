@@ -82,13 +82,25 @@ def test_coreset_end_to_end(tmp_path) -> None:
         (["distill", "--iterations", "1", "--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
         (["distill", "--iterations", "2", "--lr-img", "nan", "--eval-runs", "0"], "'lr_img': cannot read nan"),
         (["coreset", "--ipc", "500"], "hold fewer than 500 images; lower --ipc"),
+        # DP flags alone would publish a non-private, real-init set
+        (["distill", "--dp-delta", "1e-5", "--iterations", "1"], "--dp-delta without --dp-epsilon"),
+        (["distill", "--dp-noise-seed", "3", "--dp-clip", "0.3"], "--dp-clip, --dp-noise-seed without --dp-epsilon"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, capsys, argv, message) -> None:
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
-    assert not (tmp_path / "x" / "metrics.json").exists()
+    assert not (tmp_path / "x").exists()  # a failed command leaves no empty run folder behind
+
+
+def test_a_failed_command_keeps_a_folder_that_existed_before(tmp_path, capsys) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["distill", "--dataset", "imagenet", "--out", str(tmp_path)]) == 2
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    nested = tmp_path / "new" / "run"
+    assert main(["coreset", "--ipc", "500", "--out", str(nested)]) == 2
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("command", ["distill", "coreset", "continual", "audit"])
