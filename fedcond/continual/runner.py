@@ -42,7 +42,7 @@ from torch import nn
 from fedcond.config import ContinualConfig, DistillConfig, EvalConfig
 from fedcond.continual.augment import MemoryAugmentation
 from fedcond.continual.benchmarks import SplitBenchmark, dataset_tensors, make_split_benchmark
-from fedcond.continual.buffers import DistilledBuffer
+from fedcond.continual.buffers import DistilledBuffer, class_quotas
 from fedcond.continual.policies import MEMORY_KINDS, REPLAY_KINDS, make_replay_plugin, make_storage_policy
 from fedcond.devices import resolve_device
 from fedcond.distill.evaluate import accuracy, train_with_recipe
@@ -54,6 +54,7 @@ __all__ = [
     "forgetting",
     "run_continual",
     "validate_continual_config",
+    "check_memory_fits",
 ]
 
 logger = logging.getLogger(__name__)
@@ -184,6 +185,41 @@ def validate_continual_config(config: ContinualConfig) -> None:
         raise ValueError(f"gdumb_epochs must be positive, got {config.gdumb_epochs}")
 
 
+def check_memory_fits(config: ContinualConfig, bench: SplitBenchmark) -> None:
+    """Refuse a memory quota larger than a class's training images.
+
+    Every replay kind must hold the same number of images. Random and herding replay can keep
+    at most the images a class has, while DM makes as many as the quota asks, so a quota above
+    a class's size would compare unequal memories without a word.
+
+    Raises
+    ------
+    ValueError
+        Naming the quota, the classes that fall short and their sizes.
+    """
+    if config.replay not in MEMORY_KINDS:
+        return
+    counts = bench.train.class_counts().tolist()
+    seen: list[int] = []
+    quota: dict[int, int] = {}
+    for classes in bench.experience_classes:  # under a total budget the first classes get the most
+        seen += [int(c) for c in classes]
+        total = None if config.max_memory is not None else bench.spec.num_classes
+        size = config.max_memory if config.max_memory is not None else config.memory_per_class * total
+        for c, k in class_quotas(seen, max_size=size, total_num_classes=total).items():
+            quota[c] = max(quota.get(c, 0), k)
+    short = {c: counts[c] for c, k in quota.items() if k > counts[c]}
+    if short:
+        largest = max(quota[c] for c in short)
+        flag = "--max-memory" if config.max_memory is not None else "--memory-per-class"
+        raise ValueError(
+            f"a memory of up to {largest} images per class exceeds the training images of classes "
+            f"{sorted(short)} ({min(short.values())} to {max(short.values())} each): random and herding "
+            f"replay would keep fewer images than distilled replay. Lower {flag}"
+            + (" or raise --train-per-class" if config.train_per_class else "")
+        )
+
+
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
@@ -274,6 +310,7 @@ def run_continual(
         cache_dir=cache_dir,
         progress=progress,
     )
+    check_memory_fits(config, bench)  # after the policy's own budget checks
     generator = torch.Generator().manual_seed(config.seed)
     model = get_model(config.model, bench.spec, generator=generator)
     with _quiet_avalanche():

@@ -134,3 +134,22 @@ def test_a_total_budget_smaller_than_the_classes_is_refused(digits_stream) -> No
             make_storage_policy(kind, spec=digits_stream.spec, memory_per_class=1, max_memory=7)
     with pytest.raises(ValueError, match="smaller than the 10 classes"):
         run_continual(dataclasses.replace(tiny_config(), max_memory=7), benchmark=digits_stream)
+
+
+@pytest.mark.parametrize("kind", MEMORY_KINDS)
+def test_a_quota_above_a_class_size_is_refused_for_every_kind(digits_stream, kind) -> None:
+    # 30 training images per class: random and herding could keep at most 30 where DM makes 31
+    with pytest.raises(ValueError, match=r"up to 31 images per class exceeds the training images"):
+        run_continual(tiny_config(replay=kind, memory_per_class=31), benchmark=digits_stream)
+    # a total budget gives the first experience's 2 classes half of it each: 70 > 30
+    with pytest.raises(ValueError, match=r"up to 70 images per class .* Lower --max-memory"):
+        run_continual(dataclasses.replace(tiny_config(replay=kind), max_memory=140), benchmark=digits_stream)
+
+
+def test_a_quota_equal_to_the_class_size_runs_and_every_kind_holds_it(digits_stream) -> None:
+    held = {
+        kind: run_continual(tiny_config(replay=kind, memory_per_class=30), benchmark=digits_stream)
+        .memory_per_experience
+        for kind in ("random", "herding")
+    }
+    assert held["random"] == held["herding"] == [60, 120, 180, 240, 300]
