@@ -95,8 +95,12 @@ def save_line_plot(
     title: str | None = None,
     log_axes: bool = False,
     diagonal: bool = False,
+    integer_x: bool = False,
 ) -> Path:
-    """Curves ``{label: (x, y)}`` on one axis (accuracy curves, ROC curves)."""
+    """Curves ``{label: (x, y)}`` on one axis (accuracy curves, ROC curves).
+
+    ``integer_x`` puts ticks on whole numbers only (rounds, experiences).
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for label, (x, y) in series.items():
@@ -107,6 +111,10 @@ def save_line_plot(
     if log_axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
+    if integer_x:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -133,6 +133,8 @@ def _row(name: str, metrics: dict[str, Any], reference_uplink: int | None) -> di
     }
     if reference_uplink:
         row["uplink vs first"] = f"{metrics['uplink_bytes'] / reference_uplink:.3g}x"
+    if metrics.get("epsilon") is not None:  # DP-DM clients: the federation's spent epsilon
+        row["epsilon"] = f"{metrics['epsilon']:.3g}"
     return row
 
 
@@ -200,7 +202,9 @@ def run_simulate(args: argparse.Namespace) -> int:
         out / "accuracy.png",
         xlabel="round",
         ylabel="test accuracy",
-        title=f"{job.data.dataset}: {job.federated.partition}",
+        title=f"{job.data.dataset}, {job.federated.num_clients} clients: {job.federated.partition}"
+        + (f" ({job.federated.alpha})" if job.federated.partition == "dirichlet" else ""),
+        integer_x=True,
     )
     reference_uplink = runs[first_key]["uplink_bytes"] if len(runs) > 1 else None
     print_table(

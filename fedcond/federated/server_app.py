@@ -22,6 +22,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from fedcond.config import ConfigError
 from fedcond.devices import keep_freed_cpu_memory, resolve_device
 from fedcond.distill.evaluate import accuracy
 from fedcond.federated.accounting import CountingGrid
@@ -32,6 +33,7 @@ from fedcond.federated.records import model_from_record, model_to_record
 from fedcond.federated.strategy import FedCond
 from fedcond.metrics_file import write_metrics
 from fedcond.models import get_model
+from fedcond.plots import save_line_plot
 
 __all__ = ["FederatedReport", "app", "run_federated"]
 
@@ -160,6 +162,14 @@ def run_federated(grid: Grid, job: FederatedJob) -> FederatedReport:
             fed.strategy,
             f": {reasons[0]}" if reasons else "",
         )
+    nodes = len(list(grid.get_node_ids()))
+    if nodes != fed.num_clients:
+        # under `flwr run` the federation's num-supernodes decides, and each node takes one partition
+        logger.warning(
+            "%d client nodes took part but the config says num-clients=%d: the data was split %d ways "
+            "(with `flwr run`, set both, e.g. --federation-config \"num-supernodes=%d\")",
+            nodes, fed.num_clients, nodes, fed.num_clients,
+        )
     report = FederatedReport(
         job=job,
         test_accuracy=accuracies[-1] if accuracies and trained_rounds else None,
@@ -167,7 +177,7 @@ def run_federated(grid: Grid, job: FederatedJob) -> FederatedReport:
         downlink_bytes=downlink_total,
         wall_seconds=wall,
         history=history,
-        num_nodes=len(list(grid.get_node_ids())),
+        num_nodes=nodes,
         final_arrays=result.arrays,
         trained_rounds=trained_rounds,
         epsilon=getattr(strategy, "federation_epsilon", None),
@@ -190,7 +200,11 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """``flwr run .`` entry point: the job comes from ``context.run_config``."""
     keep_freed_cpu_memory()  # a process entry point, like the CLI (fedcond.devices)
-    job = job_from_mapping(dict(context.run_config))
+    try:
+        job = job_from_mapping(dict(context.run_config))
+    except ConfigError as exc:  # one line that names the key, above Flower's traceback
+        logger.error("fedcond: bad --run-config: %s", exc)
+        raise
     if job.out is not None and (Path(job.out) / "metrics.json").exists():
         # refused before any round runs, so neither the earlier results nor this run's time is lost
         raise ValueError(
@@ -200,3 +214,14 @@ def main(grid: Grid, context: Context) -> None:
     report = run_federated(grid, job)
     if job.out is not None:
         logger.info("wrote %s", write_metrics(job.out, report.metrics()))
+        points = [(h["round"], h["test_accuracy"]) for h in report.history if h["test_accuracy"] is not None]
+        fed = job.federated
+        save_line_plot(
+            {fed.strategy: ([p[0] for p in points], [p[1] for p in points])},
+            Path(job.out) / "accuracy.png",
+            xlabel="round",
+            ylabel="test accuracy",
+            title=f"{job.data.dataset}, {report.num_nodes} clients: {fed.partition}"
+            + (f" ({fed.alpha})" if fed.partition == "dirichlet" else ""),
+            integer_x=True,
+        )

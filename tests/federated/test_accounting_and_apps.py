@@ -124,6 +124,7 @@ def test_deployment_engine_with_two_supernodes_on_loopback(tmp_path):
     metrics = json.loads((tmp_path / "deploy" / "result" / "metrics.json").read_text())
     assert metrics["num_clients"] == 2 and metrics["history"][1]["accepted"] == 2
     assert metrics["uplink_bytes"] > 0
+    assert (tmp_path / "deploy" / "result" / "accuracy.png").stat().st_size > 1000  # like fedcond simulate
     # the script stopped exactly what it started: nothing is left running from its folder
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "deploy")], capture_output=True, text=True)
     assert left.stdout.strip() == ""
@@ -145,3 +146,18 @@ def test_server_app_refuses_an_out_folder_holding_a_run_before_any_round(tmp_pat
     with pytest.raises(ValueError, match="already holds a run"):
         server_app.main(NoGrid(), context)
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"test_accuracy": 0.98}
+
+
+def test_server_app_names_a_bad_run_config_key_in_one_log_line(task_identity, caplog):
+    import logging
+
+    from flwr.app import Context
+
+    from fedcond.federated import server_app
+
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config={**flatten_dict(DEMO_JOB), "rounds": 0})
+    with caplog.at_level(logging.ERROR, logger="fedcond"), pytest.raises(ConfigError):
+        server_app.main(object(), context)
+    assert any("bad --run-config" in r.getMessage() and "'rounds' must be >= 1" in r.getMessage()
+               for r in caplog.records)
