@@ -159,6 +159,10 @@ def run_simulate(args: argparse.Namespace) -> int:
             compared = {k: v for k, v in compared.items() if not str(k).startswith("dp.")}
             console.print(f"[yellow]note:[/] {name} runs without DP (dp.* applies to FedCond's DP-DM only)")
         jobs.append((name, job_from_mapping(compared)))
+    from fedcond.federated.client import check_partition
+
+    for _, this_job in jobs:
+        check_partition(this_job)  # an infeasible split: one line now, not one per client later
     if demo:
         console.print("[bold]fedcond simulate[/] demo: digits, 10 clients, Dirichlet(0.1), FedCond one-shot vs FedAvg")
     runs: dict[str, dict[str, Any]] = {}

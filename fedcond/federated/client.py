@@ -30,6 +30,7 @@ from fedcond.federated.job import FederatedJob
 
 __all__ = [
     "CondenseOutcome",
+    "check_partition",
     "client_partition",
     "condense_partition",
     "federated_test_set",
@@ -114,9 +115,28 @@ def client_partition(job: FederatedJob, *, partition_id: int, num_partitions: in
     """
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition id {partition_id} is outside [0, {num_partitions})")
-    fed = job.federated
     splits = load_splits(job.data)
-    parts = _cached_partition(
+    return splits.train.subset(_partition(job, num_partitions=num_partitions)[partition_id])
+
+
+def check_partition(job: FederatedJob, *, num_partitions: int | None = None) -> None:
+    """Make the job's split once on the server, before any client starts.
+
+    An infeasible split (e.g. Dirichlet with a tiny ``alpha`` and a ``min_partition_size`` that
+    no redraw meets) is then one clear error instead of one per client, each after seconds of
+    redraws. The result is cached, so an in-process client reuses it.
+
+    Raises
+    ------
+    PartitionError
+        When the split cannot be made (the message says why).
+    """
+    _partition(job, num_partitions=num_partitions or job.federated.num_clients)
+
+
+def _partition(job: FederatedJob, *, num_partitions: int) -> tuple[np.ndarray, ...]:
+    fed = job.federated
+    return _cached_partition(
         job.data.dataset,
         str(job.data.data_dir) if job.data.data_dir else None,
         job.data.download,
@@ -128,7 +148,6 @@ def client_partition(job: FederatedJob, *, partition_id: int, num_partitions: in
         fed.min_partition_size,
         fed.train_per_class,
     )
-    return splits.train.subset(parts[partition_id])
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from fedcond.devices import keep_freed_cpu_memory, resolve_device
 from fedcond.distill.evaluate import accuracy
 from fedcond.federated.accounting import CountingGrid
 from fedcond.federated.baselines import baseline_strategy
-from fedcond.federated.client import federated_test_set, load_splits
+from fedcond.federated.client import check_partition, federated_test_set, load_splits
 from fedcond.federated.job import FederatedJob, job_from_mapping, job_to_mapping
 from fedcond.federated.records import model_from_record, model_to_record
 from fedcond.federated.strategy import FedCond
@@ -105,6 +105,8 @@ def run_federated(grid: Grid, job: FederatedJob) -> FederatedReport:
     fed = job.federated
     splits = load_splits(job.data)
     spec = splits.spec
+    # the clients split the data by node count (each node takes one partition): check it once here
+    check_partition(job, num_partitions=len(list(grid.get_node_ids())) or fed.num_clients)
     device = resolve_device(job.device)
     counting = CountingGrid(grid)
     if fed.strategy == "fedcond":

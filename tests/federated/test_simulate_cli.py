@@ -79,6 +79,10 @@ def test_one_shot_end_to_end_in_process_with_a_fedavg_comparison(tmp_path):
         (["--set", "min_reply_fraction=2"], "'min_reply_fraction' must lie in [0, 1]"),
         (["--set", "min_partition_size=0"], "'min_partition_size' must be >= 1"),
         (["--strategy", "fedavg", "--set", "dp.epsilon=8"], "dp.*' apply to FedCond's DP-DM only"),
+        # an infeasible split is found once, before any client starts (it used to be found by
+        # every client, each after seconds of redraws, and dropped as 100 warnings)
+        (["--num-clients", "3", "--set", "min_partition_size=1000"], "min_partition_size=1000 x 3 clients exceeds"),
+        (["--num-clients", "100", "--alpha", "0.001"], "gave every one of 100 clients >= 10 samples"),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
@@ -93,12 +97,17 @@ def test_cuda_without_a_gpu_is_one_clear_error(tmp_path, capsys):
     assert "no CUDA device is available" in capsys.readouterr().err
 
 
-def test_a_run_where_every_client_fails_reports_no_accuracy_and_fails(tmp_path, capsys):
-    # a Dirichlet split that cannot give every client 1000 of digits' 1,437 images: every client
-    # errors out, so no round trains and the untrained model's accuracy must not be reported
+def test_a_run_where_every_client_fails_reports_no_accuracy_and_fails(tmp_path, capsys, monkeypatch):
+    # every client errors out (in-process engine: the clients run here), so no round trains and
+    # the untrained model's accuracy must not be reported
+    import fedcond.federated.client_app as client_app
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("client out of memory")
+
+    monkeypatch.setattr(client_app, "condense_partition", crash)
     out = tmp_path / "failed"
-    code = main(["simulate", "--engine", "inprocess", "--num-clients", "3", *SMALL,
-                 "--set", "min_partition_size=1000", "--out", str(out)])
+    code = main(["simulate", "--engine", "inprocess", "--num-clients", "3", *SMALL, "--out", str(out)])
     assert code == 1
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] is None and metrics["trained_rounds"] == 0
