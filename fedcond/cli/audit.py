@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "audit", help="memorisation and membership-inference audit of a synthetic set"
     )
     audit.add_argument("--synthetic", type=Path, required=True, help="synthetic set file (.npz)")
-    add_data_arguments(audit)
+    add_data_arguments(audit, default=None, default_help="the dataset recorded in the synthetic set, else digits")
     audit.add_argument("--shadow-models", type=int, default=4, help="LiRA shadow models per target (default 4)")
     audit.add_argument("--target-epochs", type=int, default=100, help="epochs of every attacked/shadow model")
     audit.add_argument("--reference-size", type=int, default=1000, help="real images of the reference model")
@@ -82,8 +82,11 @@ def run_audit_command(args: argparse.Namespace) -> int:
     )
     if config.shadow_models < 0 or config.target_epochs <= 0:
         raise CommandError("--shadow-models must be >= 0 and --target-epochs > 0")
-    splits = load_dataset(data_config_from(args))
     synthetic = SyntheticSet.load(args.synthetic)
+    if args.dataset is None:  # audit against the data the set says it was made from
+        args.dataset = str(synthetic.meta.get("dataset") or "digits")
+        console.log(f"audit: dataset {args.dataset} (recorded in the synthetic set)")
+    splits = load_dataset(data_config_from(args))
     device = resolve_device(args.device)
     cache, reference = args.reference_cache, None
     identity = reference_identity(splits, config) if cache is not None else {}

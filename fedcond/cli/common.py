@@ -57,12 +57,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str) -
     )
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, *, default: str | None = "digits") -> None:
-    """``--dataset``, ``--data-dir`` and ``--download``."""
+def add_data_arguments(
+    parser: argparse.ArgumentParser, *, default: str | None = "digits", default_help: str | None = None
+) -> None:
+    """``--dataset``, ``--data-dir`` and ``--download`` (``default_help`` describes a ``None`` default)."""
     parser.add_argument(
         "--dataset",
         default=default,
-        help=f"one of {', '.join(available_datasets())} (default {default}: bundled, no download)",
+        help=f"one of {', '.join(available_datasets())} "
+        f"(default {default_help or f'{default}: bundled, no download'})",
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="torchvision-layout dataset root")
     parser.add_argument(

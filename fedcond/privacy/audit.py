@@ -72,13 +72,16 @@ def check_compatible(synthetic: SyntheticSet, spec: DatasetSpec, *, tolerance: f
     SyntheticSetError
         If the image shape, label range, recorded dataset or normalisation mean/std differ.
     """
+    meta = synthetic.meta
+    name = meta.get("dataset")
+    if name is not None and name != spec.name:  # before the shape check: it says what to do
+        raise SyntheticSetError(
+            f"the synthetic set was made from {name!r}, the audit dataset is {spec.name!r} "
+            f"(audit it with --dataset {name})"
+        )
     synthetic.validate(num_classes=spec.num_classes, image_shape=spec.image_shape)
     if len(synthetic) == 0:
         raise SyntheticSetError("the synthetic set holds no images: there is nothing to audit")
-    meta = synthetic.meta
-    name = meta.get("dataset")
-    if name is not None and name != spec.name:
-        raise SyntheticSetError(f"the synthetic set was made from {name!r}, the audit dataset is {spec.name!r}")
     for key, expected in (("mean", spec.mean), ("std", spec.std)):
         got = meta.get(key)
         if got is None:

@@ -195,3 +195,16 @@ def test_dp_distill_rejects_a_bad_budget(tmp_path: Path, capsys, flags: list[str
     argv = ["distill", "--ipc", "1", "--iterations", "2", "--eval-runs", "0", "--out", str(tmp_path / "x"), *flags]
     assert main(argv) == 2
     assert match in capsys.readouterr().err
+
+
+def test_a_set_made_from_another_dataset_names_it_and_is_audited_against_it(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "mnist_set.npz"
+    SyntheticSet(torch.randn(10, 1, 28, 28), torch.arange(10), {"num_classes": 10, "dataset": "mnist"}).save(path)
+    # an explicit --dataset that disagrees: the error says which dataset to use, not a shape clash
+    assert main(["audit", "--synthetic", str(path), "--dataset", "digits", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "made from 'mnist'" in err and "--dataset mnist" in err and "(1, 28, 28)" not in err
+    # no --dataset: the set's own dataset is audited (here MNIST, which is not under this folder)
+    missing = tmp_path / "no-data"
+    assert main(["audit", "--synthetic", str(path), "--data-dir", str(missing), "--out", str(tmp_path / "b")]) == 2
+    assert "MNIST" in capsys.readouterr().err
