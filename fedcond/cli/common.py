@@ -43,17 +43,33 @@ class CommandError(Exception):
     """A user-facing error: printed as one line, exit status 2, no traceback."""
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> None:
-    """``--out``, ``--seed`` and ``--device``, present on every command."""
+def add_common_arguments(
+    parser: argparse.ArgumentParser, *, default_out: str, from_config: Sequence[str] = ()
+) -> None:
+    """``--out``, ``--seed`` and ``--device``, present on every command.
+
+    ``from_config`` names the flags (``"seed"``, ``"device"``) that default to ``None``, so that
+    a config file's value stands unless the flag is given.
+    """
     parser.add_argument("--out", type=Path, default=Path(default_out), help=f"run folder (default {default_out})")
     parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the run already in --out (without it, a folder holding metrics.json is refused)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for every random generator (default 0)")
     parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto picks CUDA when present"
+        "--seed",
+        type=int,
+        default=None if "seed" in from_config else 0,
+        help="seed for every random generator (default "
+        + ("the config file's seed, else 0)" if "seed" in from_config else "0)"),
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=None if "device" in from_config else "auto",
+        help="auto picks CUDA when present (default "
+        + ("the config file's device, else auto)" if "device" in from_config else "auto)"),
     )
 
 

@@ -57,9 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="torchvision-layout root (MNIST, Fashion-MNIST)")
     parser.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any continual key")
-    add_common_arguments(parser, default_out="runs/continual")
     # None = "not given": a config file's seed then stands (the flag overrides the file)
-    parser.set_defaults(run=run_continual_command, seed=None)
+    add_common_arguments(parser, default_out="runs/continual", from_config=("seed",))
+    parser.set_defaults(run=run_continual_command)
 
 
 def config_from(args: argparse.Namespace) -> ContinualConfig:

@@ -48,8 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="synthetic init (herding: the herding coreset; kmeans: per-class k-means centroids, "
         "with --iterations 0 the centroid baseline)",
     )
-    distill.add_argument("--batch-real", type=int, default=256, help="real images per class and iteration")
-    distill.add_argument("--lr-img", type=float, default=1.0, help="SGD learning rate on pixels")
+    distill.add_argument(
+        "--batch-real", type=int, default=256, help="real images per class and iteration (default 256)"
+    )
+    distill.add_argument("--lr-img", type=float, default=1.0, help="SGD learning rate on pixels (default 1.0)")
     distill.add_argument(
         "--matching",
         choices=MATCHINGS,
@@ -57,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mean: class-mean embeddings (DM paper); mmd: plus a Gaussian-kernel MMD per class "
         "(measured better at ipc 10, worse at ipc 1)",
     )
-    distill.add_argument("--mmd-weight", type=float, default=1.0, help="weight of the MMD term (--matching mmd)")
+    distill.add_argument(
+        "--mmd-weight", type=float, default=1.0, help="weight of the MMD term (--matching mmd; default 1.0)"
+    )
     distill.add_argument(
         "--factor",
         type=int,
@@ -133,9 +137,9 @@ def _check_dp_flags(args: argparse.Namespace) -> None:
 def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--ipc", type=int, default=10, help="images per class (default 10)")
-    parser.add_argument("--eval-runs", type=int, default=3, help="networks trained for evaluation (0 skips)")
-    parser.add_argument("--eval-epochs", type=int, default=300, help="epochs per evaluation network")
-    parser.add_argument("--eval-model", default="convnet", help="evaluation network (convnet or mlp)")
+    parser.add_argument("--eval-runs", type=int, default=3, help="networks trained for evaluation (default 3; 0 skips)")
+    parser.add_argument("--eval-epochs", type=int, default=300, help="epochs per evaluation network (default 300)")
+    parser.add_argument("--eval-model", default="convnet", help="evaluation network (convnet or mlp; default convnet)")
     parser.add_argument(
         "--eval-no-dsa",
         action="store_true",
@@ -261,6 +265,8 @@ def run_distill(args: argparse.Namespace) -> int:
         raise CommandError(f"--iterations must be >= 0, got {args.iterations}")
     if args.resume and not config.checkpoint_every:
         raise CommandError("--resume needs --checkpoint-every N: checkpoints are written (and read) only with it")
+    if args.resume and not (out / "checkpoint.npz").exists():
+        console.print(f"[yellow]note:[/] --resume: no checkpoint in {out} yet, starting from iteration 0")
     statistics, dp_report = _dp_statistics(args, config, splits)
     if statistics is not None and config.init != "noise":
         console.print("[yellow]DP forces --init noise (real init would publish real images)[/]")

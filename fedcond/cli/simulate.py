@@ -76,9 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--cpus-per-client", type=int, default=1, help="Ray CPUs per client (default 1)")
     parser.add_argument("--max-concurrent-clients", type=int, default=2, help="clients running at once (default 2)")
-    add_common_arguments(parser, default_out="runs/simulate")
     # None = "not given": a config file's seed/device then stand (flags override the file)
-    parser.set_defaults(run=run_simulate, seed=None, device=None)
+    add_common_arguments(parser, default_out="runs/simulate", from_config=("seed", "device"))
+    parser.set_defaults(run=run_simulate)
 
 
 def _is_demo(args: argparse.Namespace) -> bool:

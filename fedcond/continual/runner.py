@@ -165,7 +165,10 @@ def validate_continual_config(config: ContinualConfig) -> None:
     if config.replay not in REPLAY_KINDS:
         raise ValueError(f"unknown replay {config.replay!r}; choose one of {', '.join(REPLAY_KINDS)}")
     if config.replay in MEMORY_KINDS and config.max_memory is None and config.memory_per_class <= 0:
-        raise ValueError(f"memory_per_class must be positive, got {config.memory_per_class}")
+        raise ValueError(
+            f"--memory-per-class (memory_per_class) must be >= 1 for replay {config.replay}, "
+            f"got {config.memory_per_class}"
+        )
     if config.max_memory is not None and config.max_memory <= 0:
         raise ValueError(f"max_memory must be positive, got {config.max_memory}")
     if config.gdumb and config.replay not in MEMORY_KINDS:

@@ -64,6 +64,17 @@ NO_EVIDENCE = "no evidence of leakage at this attack strength"
 Pair = tuple[torch.Tensor, torch.Tensor]
 
 
+def _ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 21st ..."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _p_value(p: float) -> str:
+    """``p=0.0031``, or ``p<1e-300`` where the float underflowed to 0."""
+    return f"p={p:.2g}" if p > 0 else "p<1e-300"
+
+
 def check_compatible(synthetic: SyntheticSet, spec: DatasetSpec, *, tolerance: float = 1e-4) -> None:
     """Refuse a synthetic set made for another dataset or normalisation.
 
@@ -179,14 +190,14 @@ def decide(recovery: RecoverabilityResult, target: MembershipResult, *, signific
         if p < alpha:
             reasons.append(
                 f"{name} space: {k}/{n} synthetic images are closer to a training image than the "
-                f"{space.threshold_rank}-th closest of {space.calibration_size} fresh samples "
-                f"(beta-binomial p={p:.2g})"
+                f"{_ordinal(space.threshold_rank)} closest of {space.calibration_size} fresh samples "
+                f"(beta-binomial {_p_value(p)})"
             )
         if space.nn_ratio_pvalue < alpha:
             reasons.append(
                 f"{name} space: synthetic images sit closer to training than to held-out images, relative "
                 f"to fresh samples (median ratio {space.nn_distance_ratio:.2f} vs {space.nn_distance_ratio_fresh:.2f}, "
-                f"Mann-Whitney p={space.nn_ratio_pvalue:.2g})"
+                f"Mann-Whitney {_p_value(space.nn_ratio_pvalue)})"
             )
     bounds: dict[str, float] = {}
     for name, attack in target.attacks.items():

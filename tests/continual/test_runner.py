@@ -115,8 +115,8 @@ def test_accuracy_and_forgetting_on_a_known_matrix() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"memory_per_class": 0}, "memory_per_class must be positive"),
-        ({"memory_per_class": -2}, "memory_per_class must be positive"),
+        ({"memory_per_class": 0}, "must be >= 1 for replay"),
+        ({"memory_per_class": -2}, "must be >= 1 for replay"),
         ({"replay": "reservoir"}, "unknown replay 'reservoir'"),
         ({"replay": "none", "gdumb": True}, "GDumb trains on the memory alone"),
         ({"epochs": 0}, "epochs must be positive"),

@@ -48,3 +48,12 @@ def test_a_non_separating_membership_attack_does_not_leak(no_copies: Recoverabil
     assert decision.verdict == NO_EVIDENCE
     assert decision.reasons == []
     assert decision.auc_lower["loss"] < 0.5
+
+
+def test_reasons_read_as_english_even_when_a_p_value_underflows() -> None:
+    from fedcond.privacy.audit import _ordinal, _p_value
+
+    assert [_ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 112)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "112th"
+    ]
+    assert _p_value(0.0) == "p<1e-300" and _p_value(0.0031) == "p=0.0031"
