@@ -197,15 +197,20 @@ def _load_digits(config: DataConfig) -> DatasetSplits:
 
 
 def _require_root(config: DataConfig) -> Path:
-    if config.data_dir is None and config.download:
+    downloadable = config.dataset in _EXPECTED_FILES  # a user's own image folder cannot be downloaded
+    if config.data_dir is None and config.download and downloadable:
         raise DatasetNotFoundError(
             f"dataset {config.dataset!r}: --download needs --data-dir DIR, the folder to download it into"
         )
     if config.data_dir is None:
+        if not downloadable:
+            raise DatasetNotFoundError(
+                f"dataset {config.dataset!r} needs --data-dir pointing at a folder holding train/ and test/, "
+                "each with one sub-folder of images per class"
+            )
         raise DatasetNotFoundError(
             f"dataset {config.dataset!r} needs --data-dir pointing at a torchvision-layout root "
-            f"holding {_EXPECTED_FILES.get(config.dataset, 'train/ and test/')} "
-            "(or pass --download to fetch it)"
+            f"holding {_EXPECTED_FILES[config.dataset]} (or pass --download to fetch it)"
         )
     return Path(config.data_dir).expanduser()
 
