@@ -62,3 +62,97 @@ def test_an_empty_table_is_an_error_not_a_silently_missing_section(tmp_path) -> 
 def test_non_finite_numbers_tables_for_names_and_duplicate_spellings_are_refused(values, message) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(FederatedConfig, values)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"distill.dsa": 2}, "'distill.dsa': cannot read 2 as bool"),
+        ({"distill.dsa": "maybe"}, "'distill.dsa': cannot read 'maybe' as bool"),
+        ({"num_clients": True}, "'num_clients': cannot read True as int"),
+        ({"alpha": False}, "'alpha': cannot read False as float"),
+        ({"model": True}, "'model': cannot read True as str"),
+        ({"distill": 3}, "'distill' expects a table of DistillConfig settings"),
+    ],
+)
+def test_booleans_are_not_numbers_or_names_and_only_0_1_are_booleans(values: dict, message: str) -> None:
+    # True is an int in Python: without the explicit checks num_clients=True would run one client
+    with pytest.raises(ConfigError, match=message):
+        parse_config(FederatedConfig, values)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(True, True), ("TRUE", True), ("1", True), ("yes", True), ("on", True), (1, True),
+     (False, False), ("False", False), ("0", False), ("no", False), ("off", False), (0, False)],
+)
+def test_every_documented_boolean_spelling_is_read(raw: object, expected: bool) -> None:
+    assert parse_config(DistillConfig, {"dsa": raw}).dsa is expected
+
+
+def test_numbers_are_coerced_to_the_annotated_type() -> None:
+    config = parse_config(FederatedConfig, {"alpha": 1, "num_clients": 4.0, "server_lr": "0.5", "model": 7})
+    assert config.alpha == 1.0 and type(config.alpha) is float
+    assert config.num_clients == 4 and type(config.num_clients) is int
+    assert config.server_lr == 0.5 and config.model == "7"
+
+
+@pytest.mark.parametrize("spelling", [None, "", "none", "None", "NULL"])
+def test_optional_fields_read_none_spellings_as_none(spelling: object) -> None:
+    config = parse_config(FederatedConfig, {"train_per_class": spelling, "test_per_class": "5"})
+    assert config.train_per_class is None and config.test_per_class == 5
+
+
+def test_data_dir_expands_the_home_folder(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from pathlib import Path
+
+    from fedcond.config import DataConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert parse_config(DataConfig, {"data-dir": "~/data"}).data_dir == tmp_path / "data"
+    assert isinstance(parse_config(DataConfig, {"data_dir": "rel"}).data_dir, Path)
+
+
+def test_toml_duplicate_spellings_are_refused(tmp_path) -> None:
+    path = tmp_path / "dup.toml"
+    path.write_text("num-clients = 3\nnum_clients = 5\n")
+    with pytest.raises(ConfigError, match="'num_clients' is given twice"):
+        load_toml(path)
+    path.write_text("[distill]\nbatch-real = 3\nbatch_real = 5\n")
+    with pytest.raises(ConfigError, match="'distill.batch_real' is given twice"):
+        load_toml(path)
+
+
+def test_toml_tables_become_dotted_keys_and_reach_nested_sections(tmp_path) -> None:
+    path = tmp_path / "nested.toml"
+    path.write_text("seed = 2\n[distill]\nipc = 4\n[distill.augment]\nlayout = \"sample\"\n[dp]\nepsilon = 3\n")
+    flat = load_toml(path)
+    assert flat == {"seed": 2, "distill.ipc": 4, "distill.augment.layout": "sample", "dp.epsilon": 3}
+    config = parse_config(FederatedConfig, flat)
+    assert config.distill.augment.layout == "sample" and config.distill.augment.scale == 1.2
+    assert config.dp is not None and config.dp.epsilon == 3.0 and config.distill.iterations == 200
+
+
+@pytest.mark.parametrize("cls_name", ["DataConfig", "AugmentConfig", "DistillConfig", "EvalConfig",
+                                      "FederatedConfig", "ContinualConfig", "AuditConfig"])
+def test_every_config_object_is_frozen_and_hashable(cls_name: str) -> None:
+    import dataclasses
+
+    import fedcond.config as config_module
+
+    cls = getattr(config_module, cls_name)
+    config = cls()
+    name = dataclasses.fields(cls)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(config, name, getattr(config, name))
+    assert hash(config) == hash(cls())
+    dp = config_module.DPConfig(epsilon=1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dp.epsilon = 2.0  # type: ignore[misc]
+
+
+def test_nested_unknown_keys_name_their_section() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) distill\.ipcs; valid keys: distill\.ipc"):
+        parse_config(FederatedConfig, {"distill.ipcs": 3})
+    with pytest.raises(ConfigError, match=r"distill\.augment\.layouts"):
+        parse_config(FederatedConfig, {"distill": {"augment": {"layouts": "sample"}}})
