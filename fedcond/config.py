@@ -316,6 +316,17 @@ def _normalise_key(key: str) -> str:
     return key.strip().replace("-", "_")
 
 
+def _merge_into(target: dict[str, Any], source: Mapping[str, Any], *, prefix: str) -> None:
+    """Add ``source``'s keys to ``target``; a key both give (at any depth) is an error."""
+    for key, value in source.items():
+        if key not in target:
+            target[key] = value
+        elif isinstance(target[key], dict) and isinstance(value, Mapping):
+            _merge_into(target[key], value, prefix=f"{prefix}{key}.")
+        else:
+            raise ConfigError(f"config key {prefix}{key!r} is given twice")
+
+
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     """Turn ``{"distill.ipc": 1}`` (or already nested dicts) into nested dicts."""
     nested: dict[str, Any] = {}
@@ -327,12 +338,21 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise ConfigError(f"config key {raw_key!r} conflicts with a scalar value")
         if isinstance(value, Mapping):
-            node.setdefault(parts[-1], {}).update(_nest(value))
+            inner = node.setdefault(parts[-1], {})
+            if not isinstance(inner, dict):
+                raise ConfigError(f"config key {raw_key!r} conflicts with a scalar value")
+            _merge_into(inner, _nest(value), prefix=f"{raw_key}.")  # "distill.ipc" and [distill] ipc
         else:
             if parts[-1] in node:  # "num-clients" and "num_clients" both given
                 raise ConfigError(f"config key {raw_key!r} is given twice (hyphen and underscore spellings)")
             node[parts[-1]] = value
     return nested
+
+
+class _FileString(str):
+    """A string a TOML file typed as a string: unlike a ``--set`` value it is not read as a number."""
+
+    __slots__ = ()
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -348,6 +368,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"config key {key!r} expects a table of {annotation.__name__} settings")
         return parse_config(annotation, value, _prefix=f"{key}.")
+    if isinstance(value, _FileString) and annotation in (bool, int, float):
+        raise ConfigError(
+            f"config key {key!r}: the config file gives the string {str(value)!r}, expected "
+            f"{annotation.__name__} (write it without quotes)"
+        )
     try:
         if annotation is bool:
             if isinstance(value, bool):
@@ -491,4 +516,5 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    return _flatten_mapping(data)
+    # strings stay strings: "3" in a file is a typo for 3, not a number to guess
+    return {k: _FileString(v) if isinstance(v, str) else v for k, v in _flatten_mapping(data).items()}

@@ -156,3 +156,32 @@ def test_nested_unknown_keys_name_their_section() -> None:
         parse_config(FederatedConfig, {"distill.ipcs": 3})
     with pytest.raises(ConfigError, match=r"distill\.augment\.layouts"):
         parse_config(FederatedConfig, {"distill": {"augment": {"layouts": "sample"}}})
+
+
+def test_a_key_given_dotted_and_nested_is_refused_in_either_order() -> None:
+    from fedcond.config import ConfigError, FederatedConfig, parse_config
+
+    for values in ({"distill": {"ipc": 1}, "distill.ipc": 2}, {"distill.ipc": 2, "distill": {"ipc": 1}}):
+        with pytest.raises(ConfigError, match="given twice"):
+            parse_config(FederatedConfig, values)
+    both = parse_config(FederatedConfig, {"distill.ipc": 2, "distill": {"iterations": 7}})
+    assert both.distill.ipc == 2 and both.distill.iterations == 7
+
+
+def test_a_deeper_key_given_twice_is_refused_too() -> None:
+    from fedcond.config import ConfigError, FederatedConfig, parse_config
+
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_config(FederatedConfig, {"distill": {"augment": {"layout": "class"}}, "distill.augment.layout": "sample"})
+
+
+def test_a_quoted_number_in_a_config_file_is_refused_but_a_set_string_is_read(tmp_path) -> None:
+    from fedcond.config import ConfigError, FederatedConfig, load_toml, parse_config
+
+    path = tmp_path / "job.toml"
+    path.write_text('num-clients = "3"\npartition = "iid"\n')
+    with pytest.raises(ConfigError, match=r"'num_clients': the config file gives the string '3', expected int"):
+        parse_config(FederatedConfig, load_toml(path))
+    path.write_text('num-clients = 3\npartition = "iid"\n')
+    assert parse_config(FederatedConfig, load_toml(path)).num_clients == 3
+    assert parse_config(FederatedConfig, {"num-clients": "3"}).num_clients == 3  # --set values are strings

@@ -69,7 +69,8 @@ class NearestNeighbours:
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().float().reshape(x.shape[0], -1).cpu()
+    # flatten(1), not reshape(n, -1): an empty set keeps its row length instead of failing
+    return x.detach().float().flatten(1).cpu()
 
 
 def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor, *, batch_size: int = 512) -> NearestNeighbours:

@@ -128,13 +128,6 @@ def test_nearest_neighbours_refuses_rows_of_different_lengths() -> None:
         nearest_neighbours(torch.zeros(3, 4), torch.zeros(2, 5))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="library bug: _flat reshapes an empty tensor with -1, so an empty reference set raises torch's "
-    "'cannot reshape tensor of 0 elements' instead of the documented ValueError, and the empty-query branch "
-    "is unreachable",
-)
 def test_nearest_neighbours_names_an_empty_reference_and_accepts_empty_queries() -> None:
     with pytest.raises(ValueError, match="reference set is empty"):
         nearest_neighbours(torch.zeros(3, 4), torch.zeros(0, 4))
