@@ -121,10 +121,19 @@ def _check_ranges(fed: FederatedConfig) -> None:
         )
 
 
+def _dp_switched_off(epsilon: Any) -> bool:
+    try:
+        return epsilon is not None and not isinstance(epsilon, bool) and float(epsilon) == 0.0
+    except (TypeError, ValueError):
+        return False  # not a number: parse_config names the problem
+
+
 def job_from_mapping(values: Mapping[str, Any] | None) -> FederatedJob:
     """Parse a flat (dotted, hyphen-or-underscore) mapping into a :class:`FederatedJob`.
 
-    ``distill.seed`` follows ``seed`` when absent or :data:`FOLLOW_SEED` (-1).
+    ``distill.seed`` follows ``seed`` when absent or :data:`FOLLOW_SEED` (-1). ``dp.epsilon``
+    0 means no DP: every ``dp.*`` key is then dropped (``pyproject.toml`` declares them so that
+    ``flwr run --run-config 'dp.epsilon=8'`` can turn DP on).
 
     Raises
     ------
@@ -145,6 +154,10 @@ def job_from_mapping(values: Mapping[str, Any] | None) -> FederatedJob:
             continue
         else:
             fed[key] = value
+    if _dp_switched_off(fed.get("dp.epsilon")):
+        # Flower's run config declares every key it accepts, so pyproject.toml declares dp.* with
+        # epsilon 0 = "no DP"; `--run-config 'dp.epsilon=8'` then turns DP-DM on
+        fed = {k: v for k, v in fed.items() if not k.startswith("dp.")}
     if fed.get("distill.seed") in (None, FOLLOW_SEED, str(FOLLOW_SEED)):
         fed["distill.seed"] = fed.get("seed", 0)  # DM follows the job's seed unless set on its own
     if data.get("data_dir") in ("", None):

@@ -81,6 +81,20 @@ def test_flwr_run_config_overrides_reach_the_job():
         get_fused_config_from_dir(ROOT, parse_config_args(["distill.no-such-key=1"]))
 
 
+def test_flwr_run_config_turns_dp_on_with_a_positive_epsilon_only():
+    from flwr.common.config import get_fused_config_from_dir, parse_config_args
+
+    default = job_from_mapping(get_fused_config_from_dir(ROOT, parse_config_args([])))
+    assert default.federated.dp is None  # the declared dp.epsilon = 0.0 means "no DP"
+    private = job_from_mapping(get_fused_config_from_dir(ROOT, parse_config_args(["dp.epsilon=8.0 dp.delta=1e-6"])))
+    assert private.federated.dp is not None
+    assert private.federated.dp.epsilon == 8.0 and private.federated.dp.delta == 1e-6
+    # a baseline with DP declared off is fine; with DP on it is refused (it would run without privacy)
+    assert job_from_mapping({"strategy": "fedavg", "dp.epsilon": 0.0, "dp.delta": 1e-5}).federated.dp is None
+    with pytest.raises(ConfigError, match="apply to FedCond's DP-DM only"):
+        job_from_mapping({"strategy": "fedavg", "dp.epsilon": 8.0})
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
