@@ -162,3 +162,74 @@ def test_array_dataset_refuses_mismatched_images_and_labels(digits) -> None:
     with pytest.raises(ValueError, match="expected N x"):
         ArrayDataset(images[:10, :, :4], labels[:10], digits.spec)
     assert len(ArrayDataset(images[:10], labels[:10], digits.spec)) == 10
+
+
+def test_digits_split_is_fixed_and_stratified() -> None:
+    a, b = load_dataset("digits"), load_dataset("Digits")  # names are case-insensitive
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
+    train, test = a.train.class_counts(), a.test.class_counts()
+    total = train + test
+    # every class keeps its share: a fifth of each class is held out
+    assert torch.all((test.double() - 0.2 * total.double()).abs() <= 1)
+    # pixels are the 17 grey levels of the scans (k / 16) in the normalised space
+    levels = a.spec.denormalise(torch.cat([a.train.images, a.test.images]), clamp=False) * 16
+    torch.testing.assert_close(levels, levels.round(), atol=1e-4, rtol=0)
+    assert float(levels.min()) == pytest.approx(0.0, abs=1e-4) and float(levels.max()) == pytest.approx(16.0, abs=1e-4)
+
+
+def test_normalise_and_denormalise_are_inverse_and_clamping_is_optional() -> None:
+    from fedcond.data import get_spec
+
+    spec = get_spec("cifar10")
+    pixels = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    normalised = spec.normalise(pixels)
+    torch.testing.assert_close(normalised[:, 0], (pixels[:, 0] - 0.4914) / 0.2023)
+    torch.testing.assert_close(spec.denormalise(normalised), pixels)
+    outside = spec.normalise(torch.tensor([-0.5, 1.5]).view(1, 1, 1, 2).expand(1, 3, 1, 2))
+    torch.testing.assert_close(spec.denormalise(outside)[0, :, 0], torch.tensor([[0.0, 1.0]] * 3))
+    torch.testing.assert_close(spec.denormalise(outside, clamp=False)[0, :, 0], torch.tensor([[-0.5, 1.5]] * 3))
+
+
+def test_subset_keeps_images_and_labels_together_and_class_counts_span_every_class(digits) -> None:
+    picked = [17, 3, 250, 3]
+    subset = digits.train.subset(picked)
+    assert torch.equal(subset.images, digits.train.images[picked])
+    assert torch.equal(subset.labels, digits.train.labels[picked])
+    only_zeros = digits.train.subset(torch.nonzero(digits.train.labels == 0).flatten())
+    assert only_zeros.class_counts().tolist() == [len(only_zeros)] + [0] * 9
+
+
+def test_get_spec_refuses_an_unknown_name() -> None:
+    from fedcond.data import get_spec
+
+    assert get_spec("svhn").image_shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; choose one of"):
+        get_spec("imagenet")
+
+
+def test_imagefolder_labels_follow_sorted_class_names_and_statistics_come_from_train(tmp_path) -> None:
+    from PIL import Image
+
+    grey = {"zebra": 200, "ant": 20, "moth": 110}  # created out of alphabetical order
+    for split in ("train", "test"):
+        for cls, value in grey.items():
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            Image.new("L", (4, 4), color=value).save(folder / "0.png")
+            if split == "train":
+                Image.new("L", (4, 4), color=value + 10).save(folder / "1.png")
+    splits = load_dataset(DataConfig(dataset="imagefolder", data_dir=tmp_path))
+    assert splits.test.labels.tolist() == [0, 1, 2]
+    pixels = splits.spec.denormalise(splits.test.images)[:, 0, 0, 0]
+    torch.testing.assert_close(pixels, torch.tensor([20.0, 110.0, 200.0]) / 255, atol=1e-5, rtol=0)
+    train_pixels = np.array([20, 30, 110, 120, 200, 210], dtype=np.float64) / 255
+    assert splits.spec.mean[0] == pytest.approx(train_pixels.mean(), rel=1e-4)
+    assert splits.spec.std[0] == pytest.approx(train_pixels.std(), rel=1e-4)
+    assert abs(float(splits.train.images.mean())) < 1e-5
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_imagefolder_without_a_data_dir_never_suggests_a_download(download: bool) -> None:
+    with pytest.raises(DatasetNotFoundError, match="train/ and test/, each with one sub-folder") as info:
+        load_dataset(DataConfig(dataset="imagefolder", download=download))
+    assert "--download" not in str(info.value)

@@ -106,3 +106,24 @@ def test_evaluation_trains_on_the_decoded_tiles(digits) -> None:
     assert as_set.accuracies == as_pair.accuracies
     raw = evaluate_synthetic((synthetic.images, synthetic.labels), digits.test, config, seed=0)
     assert raw.accuracies != as_set.accuracies
+
+
+@pytest.mark.parametrize(
+    ("factor", "size", "message"),
+    [(4, (8, 6), "factor 4 does not divide the image size 8x6"), (4, (6, 8), "does not divide the image size 6x8"),
+     (4, (16, 4), "would store 4x1 tiles"), (4, (4, 16), "would store 1x4 tiles")],
+)
+def test_both_sides_of_a_non_square_image_are_checked(factor: int, size: tuple[int, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_factor(factor, image_size=size)
+
+
+def test_non_square_images_decode_tile_by_tile_and_encode_back() -> None:
+    check_factor(2, image_size=(4, 8))
+    stored = torch.tensor([[0.0, 1.0], [2.0, 3.0]]).repeat_interleave(2, dim=0).repeat_interleave(4, dim=1)
+    stored = stored.view(1, 1, 4, 8)  # four constant 2x4 tiles
+    decoded = decode_formation(stored, factor=2)
+    assert decoded.shape == (4, 1, 4, 8)
+    for j in range(4):
+        assert torch.allclose(decoded[j], torch.full((1, 4, 8), float(j)))
+    assert torch.allclose(encode_formation(decoded, factor=2), stored)

@@ -89,3 +89,50 @@ def test_kmeans_init_needs_ipc_images_per_class(digits) -> None:
     few = digits.train.subset([int(i) for i in torch.nonzero(digits.train.labels == 4).flatten()[:2]])
     with pytest.raises(ValueError, match="kmeans init needs"):
         DistributionMatching(DistillConfig(ipc=3, iterations=0, init="kmeans")).condense(few)
+
+
+def test_the_best_of_the_restarts_is_kept(digits) -> None:
+    # each restart consumes the generator like one single-restart call, so ten single calls on one
+    # generator are the ten restarts of one call: that call must return the lowest of them
+    images = digits.train.images[digits.train.labels == 5]
+    generator = torch.Generator().manual_seed(3)
+    runs = [kmeans(images, k=6, generator=generator, restarts=1) for _ in range(10)]
+    best = kmeans(images, k=6, generator=torch.Generator().manual_seed(3), restarts=10)
+    lowest = min(runs, key=lambda run: run.inertia)
+    assert best.inertia == lowest.inertia < runs[0].inertia
+    assert torch.equal(best.centroids, lowest.centroids)
+
+
+def test_plus_plus_seeding_puts_a_centre_in_every_far_group() -> None:
+    # 40 noisy points near the origin and two lone points far away: k-means++ draws the 2nd and
+    # 3rd centres in proportion to the squared distance to the nearest centre, so the lone points
+    # are always seeded, and one Lloyd step already gives the optimum (inertia = the spread of
+    # the cloud); uniform seeding, or distances not updated after each pick, misses them
+    cloud = 0.1 * torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
+    points = torch.cat([cloud, torch.tensor([[100.0, 0.0], [0.0, 100.0]])])
+    spread = float(((cloud - cloud.mean(0)) ** 2).sum())
+    for seed in range(10):
+        result = kmeans(points, k=3, generator=torch.Generator().manual_seed(seed), restarts=1, max_iterations=1)
+        assert result.inertia == pytest.approx(spread, rel=1e-4), seed
+
+
+def test_the_first_centre_is_drawn_from_the_generator() -> None:
+    # with k = n every point is a centre; which one comes first is the generator's choice
+    points = torch.arange(6.0).view(6, 1)
+    firsts = {
+        float(kmeans(points, k=6, generator=torch.Generator().manual_seed(seed), restarts=1).centroids[0, 0])
+        for seed in range(10)
+    }
+    assert len(firsts) > 2
+
+
+def test_assignments_and_inertia_match_the_returned_centroids_when_lloyd_runs_out_of_steps(digits) -> None:
+    images = digits.train.images[digits.train.labels == 8]
+    flat = images.flatten(1)
+    for steps in (1, 2):
+        result = kmeans(images, k=8, generator=torch.Generator().manual_seed(0), restarts=2, max_iterations=steps)
+        distances = torch.cdist(flat, result.centroids.flatten(1)).pow(2)
+        assert torch.equal(result.assignments, distances.argmin(dim=1))
+        assert result.inertia == pytest.approx(float(distances.min(dim=1).values.sum()), rel=1e-4)
+    converged = kmeans(images, k=8, generator=torch.Generator().manual_seed(0), restarts=2)
+    assert converged.inertia < result.inertia

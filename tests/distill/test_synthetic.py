@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from typing import BinaryIO
 
 import numpy as np
 import pytest
@@ -166,3 +167,60 @@ def test_an_empty_set_or_one_made_for_another_class_count_is_refused(tmp_path) -
     lying = SyntheticSet(torch.zeros(3, 1, 8, 8), torch.arange(3), {"image_shape": [3, 32, 32]})
     with pytest.raises(SyntheticSetError, match=r"metadata says images are \[3, 32, 32\]"):
         SyntheticSet.load(lying.save(tmp_path / "lying.npz"))
+
+
+def test_the_largest_valid_label_is_one_below_the_class_count() -> None:
+    images = torch.zeros(2, 1, 8, 8)
+    assert len(SyntheticSet(images, torch.tensor([0, 9]), {"num_classes": 10})) == 2
+    with pytest.raises(SyntheticSetError, match=r"labels span \[0, 10\], outside the valid range \[0, 10\)"):
+        SyntheticSet(images, torch.tensor([0, 10]), {"num_classes": 10})
+    with pytest.raises(SyntheticSetError, match=r"outside the valid range \[0, 9\)"):
+        SyntheticSet(images, torch.tensor([0, 9]), {}).validate(num_classes=9)
+
+
+def test_the_image_cap_allows_exactly_the_cap() -> None:
+    _set(4).validate(max_images=4)
+    with pytest.raises(SyntheticSetError, match="5 images exceed the cap of 4"):
+        _set(5).validate(max_images=4)
+
+
+def test_num_classes_and_class_counts_follow_the_metadata_when_the_last_classes_are_empty() -> None:
+    synthetic = SyntheticSet(torch.zeros(3, 1, 8, 8), torch.tensor([0, 1, 1]), {"num_classes": 10})
+    assert synthetic.num_classes == 10
+    assert synthetic.class_counts().tolist() == [1, 2] + [0] * 8
+    assert SyntheticSet(torch.zeros(3, 1, 8, 8), torch.tensor([0, 4, 1]), {}).num_classes == 5
+
+
+def test_save_adds_the_suffix_creates_folders_and_leaves_no_temporary_file(tmp_path) -> None:
+    original = _set()
+    path = original.save(tmp_path / "run" / "syn")
+    assert path == tmp_path / "run" / "syn.npz"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["syn.npz"]
+    assert torch.equal(SyntheticSet.load(path).images, original.images)
+
+
+def test_a_failed_save_keeps_the_previous_file_intact(tmp_path, monkeypatch) -> None:
+    path = _set().save(tmp_path / "syn.npz")
+    before = path.read_bytes()
+
+    def interrupted(fh: BinaryIO, **arrays: object) -> None:
+        fh.write(b"PK\x03\x04 half an archive")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(OSError, match="disk full"):
+        _set(6).save(path)
+    assert path.read_bytes() == before
+    assert len(SyntheticSet.load(path)) == 4
+
+
+def test_metadata_round_trips_exactly_and_to_keeps_it(tmp_path) -> None:
+    meta = {"dataset": "digits", "num_classes": 10, "mean": [0.305], "std": [0.3769], "ipc": 2,
+            "method": "dm", "seed": 7, "epsilon": 3.5, "delta": 1e-5, "skipped_classes": [3]}
+    original = SyntheticSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), meta)
+    loaded = SyntheticSet.load(original.save(tmp_path / "m.npz"))
+    assert loaded.meta == {**meta, "format_version": 1}
+    assert loaded.images.dtype == torch.float32 and loaded.labels.dtype == torch.int64
+    moved = loaded.to("cpu")
+    assert moved.meta == loaded.meta and moved.meta is not loaded.meta
+    assert torch.equal(moved.images, loaded.images) and torch.equal(moved.labels, loaded.labels)
