@@ -155,7 +155,9 @@ def test_a_returning_class_is_recondensed_within_its_quota(digits_stream) -> Non
     assert not torch.equal(buffer.tensors()[0], old)
 
 
-def test_cache_reuses_a_condensation(digits_stream, tmp_path, monkeypatch) -> None:
+@pytest.fixture()
+def dm_runs(monkeypatch) -> list[int]:
+    """One entry per DM condensation run from here on (cache reads add none)."""
     from fedcond.distill.dm import DistributionMatching
 
     runs: list[int] = []
@@ -166,6 +168,11 @@ def test_cache_reuses_a_condensation(digits_stream, tmp_path, monkeypatch) -> No
         return condense(self, *args, **kwargs)
 
     monkeypatch.setattr(DistributionMatching, "condense", counting)
+    return runs
+
+
+def test_cache_reuses_a_condensation(digits_stream, tmp_path, dm_runs) -> None:
+    runs = dm_runs
     data = _experience(digits_stream, 0)
     first = DistilledBuffer.per_class(2, num_classes=10, spec=digits_stream.spec, distill=TINY_DM, cache_dir=tmp_path)
     first.update_from_tensors(data.images, data.labels)
@@ -178,18 +185,9 @@ def test_cache_reuses_a_condensation(digits_stream, tmp_path, monkeypatch) -> No
     assert len(second.synthetic_set()) == 4
 
 
-def test_cache_key_depends_on_the_data(digits_stream, tmp_path, monkeypatch) -> None:
+def test_cache_key_depends_on_the_data(digits_stream, tmp_path, dm_runs) -> None:
     # same DM settings, other data: a fresh condensation, never the cached one of other classes
-    from fedcond.distill.dm import DistributionMatching
-
-    runs: list[int] = []
-    condense = DistributionMatching.condense
-
-    def counting(self, *args, **kwargs):
-        runs.append(1)
-        return condense(self, *args, **kwargs)
-
-    monkeypatch.setattr(DistributionMatching, "condense", counting)
+    runs = dm_runs
     spec = digits_stream.spec
     first = DistilledBuffer.per_class(2, num_classes=10, spec=spec, distill=TINY_DM, cache_dir=tmp_path)
     first.update_from_tensors(*_tensors(_experience(digits_stream, 0)))
