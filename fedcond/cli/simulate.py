@@ -142,8 +142,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     """Run ``fedcond simulate`` on Flower's simulation engine; write ``metrics.json`` and ``accuracy.png``."""
     out = prepare_run_folder(args.out, overwrite=args.overwrite)
     from fedcond.federated.job import job_from_mapping  # Flower is imported only when needed
+    from fedcond.federated.server_app import save_accuracy_curves
     from fedcond.federated.simulation import SimulationError, simulate
-    from fedcond.plots import save_line_plot
 
     demo = _is_demo(args)
     values = _mapping(args)
@@ -197,18 +197,11 @@ def run_simulate(args: argparse.Namespace) -> int:
         }
     metrics["demo"] = demo
     write_metrics(out, metrics)
-    series = {}
-    for k, v in runs.items():
-        points = [(h["round"], h["test_accuracy"]) for h in v["history"] if h["test_accuracy"] is not None]
-        series[k] = ([p[0] for p in points], [p[1] for p in points])
-    save_line_plot(
-        series,
+    save_accuracy_curves(
+        {k: v["history"] for k, v in runs.items()},
         out / "accuracy.png",
-        xlabel="round",
-        ylabel="test accuracy",
-        title=f"{job.data.dataset}, {job.federated.num_clients} clients: {job.federated.partition}"
-        + (f" ({job.federated.alpha})" if job.federated.partition == "dirichlet" else ""),
-        integer_x=True,
+        job=job,
+        num_clients=job.federated.num_clients,
     )
     reference_uplink = runs[first_key]["uplink_bytes"] if len(runs) > 1 else None
     print_table(

@@ -203,12 +203,12 @@ def check_memory_fits(config: ContinualConfig, bench: SplitBenchmark) -> None:
     if config.replay not in MEMORY_KINDS:
         return
     counts = bench.train.class_counts().tolist()
+    total = None if config.max_memory is not None else bench.spec.num_classes
+    size = config.max_memory if config.max_memory is not None else config.memory_per_class * total
     seen: list[int] = []
     quota: dict[int, int] = {}
     for classes in bench.experience_classes:  # under a total budget the first classes get the most
         seen += [int(c) for c in classes]
-        total = None if config.max_memory is not None else bench.spec.num_classes
-        size = config.max_memory if config.max_memory is not None else config.memory_per_class * total
         for c, k in class_quotas(seen, max_size=size, total_num_classes=total).items():
             quota[c] = max(quota.get(c, 0), k)
     short = {c: counts[c] for c, k in quota.items() if k > counts[c]}

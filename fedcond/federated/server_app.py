@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from fedcond.metrics_file import write_metrics
 from fedcond.models import get_model
 from fedcond.plots import save_line_plot
 
-__all__ = ["FederatedReport", "app", "run_federated"]
+__all__ = ["FederatedReport", "app", "run_federated", "save_accuracy_curves"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,27 @@ class FederatedReport:
             # DP-DM: the federation's epsilon (max over every node's latest report, any round)
             **({"epsilon": self.epsilon, "delta": fed.dp.delta} if fed.dp is not None else {}),
         }
+
+
+def save_accuracy_curves(
+    histories: Mapping[str, list[dict[str, Any]]], path: str | Path, *, job: FederatedJob, num_clients: int
+) -> Path:
+    """``accuracy.png``: server test accuracy per round, one curve per run (``fedcond simulate``
+    and the ``flwr run`` ServerApp draw the same figure)."""
+    series = {}
+    for name, history in histories.items():
+        points = [(h["round"], h["test_accuracy"]) for h in history if h["test_accuracy"] is not None]
+        series[name] = ([p[0] for p in points], [p[1] for p in points])
+    fed = job.federated
+    return save_line_plot(
+        series,
+        path,
+        xlabel="round",
+        ylabel="test accuracy",
+        title=f"{job.data.dataset}, {num_clients} clients: {fed.partition}"
+        + (f" ({fed.alpha})" if fed.partition == "dirichlet" else ""),
+        integer_x=True,
+    )
 
 
 def _evaluate_fn(job: FederatedJob):  # noqa: ANN202 - Flower's evaluate_fn signature
@@ -216,14 +238,9 @@ def main(grid: Grid, context: Context) -> None:
     report = run_federated(grid, job)
     if job.out is not None:
         logger.info("wrote %s", write_metrics(job.out, report.metrics()))
-        points = [(h["round"], h["test_accuracy"]) for h in report.history if h["test_accuracy"] is not None]
-        fed = job.federated
-        save_line_plot(
-            {fed.strategy: ([p[0] for p in points], [p[1] for p in points])},
+        save_accuracy_curves(
+            {job.federated.strategy: report.history},
             Path(job.out) / "accuracy.png",
-            xlabel="round",
-            ylabel="test accuracy",
-            title=f"{job.data.dataset}, {report.num_nodes} clients: {fed.partition}"
-            + (f" ({fed.alpha})" if fed.partition == "dirichlet" else ""),
-            integer_x=True,
+            job=job,
+            num_clients=report.num_nodes,
         )
