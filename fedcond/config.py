@@ -70,8 +70,8 @@ class AugmentConfig:
     class, applied to all of that class's real and synthetic images (the reference code's
     Siamese mode, ``theta[:] = theta[0]``), so the class means are compared under one common
     transform; ``sample`` gives every image its own parameter set, the j-th real and j-th
-    synthetic image of a class sharing slot j (the default before session 7; measured 0.4
-    points worse on MNIST at 10 images per class, docs/distillation.md). DP-DM always uses
+    synthetic image of a class sharing slot j (measured 0.4 points worse on MNIST at 10
+    images per class, docs/distillation.md). DP-DM always uses
     ``class`` (see ``fedcond.privacy.dp``).
     """
 

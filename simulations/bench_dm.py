@@ -22,9 +22,8 @@ The reference implementation lives here, in the benchmark, on purpose: it is the
 not library code. It uses the same siamese augmentation operators and the same network, with the
 reference code's Siamese mode: one parameter draw per class and iteration, applied to every real
 and synthetic image of that class (``theta[:] = theta[0]`` in VICO-UoE/DatasetCondensation).
-Until session 7 it drew one parameter set per image (slot j for the j-th real and j-th
-synthetic image), as the library's ``layout="sample"`` does; the equal-iteration rows measured
-before then compared that variant.
+The reference always draws per class; ``--dm-dsa-layout sample`` runs the library's DM rows
+with one parameter set per image instead (``layout="sample"``).
 """
 
 from __future__ import annotations

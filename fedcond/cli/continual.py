@@ -70,7 +70,7 @@ def config_from(args: argparse.Namespace) -> ContinualConfig:
         scoped = {k.removeprefix("continual."): v for k, v in table.items() if k.startswith("continual.")}
         outside = sorted(k for k in table if not k.startswith("continual."))
         if scoped and outside:
-            # keys beside a [continual] table used to be dropped without a word
+            # keys beside a [continual] table would otherwise be dropped without a word
             raise CommandError(
                 f"{args.config}: keys outside the [continual] table would be ignored: {', '.join(outside[:6])}"
                 " (move them into [continual], e.g. [continual.distill] for DM settings)"

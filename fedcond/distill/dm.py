@@ -71,7 +71,7 @@ class CondensationResult:
         The checkpoint's iteration this call resumed from (0 for a fresh run).
     earlier_losses : list[float]
         Losses of the iterations before ``resumed_from``, as the checkpoint recorded them
-        (empty for a fresh run or a checkpoint written before session 16).
+        (empty for a fresh run or a checkpoint that does not record them).
     earlier_seconds : float
         Optimisation seconds of those iterations, from the checkpoint.
     """
@@ -725,8 +725,7 @@ class DistributionMatching:
         """Restore a checkpoint into ``syn``, the optimiser, ``generator`` and the statistics.
 
         Returns the iteration to continue from and the losses and seconds before it (empty
-        for a checkpoint that does not record them: the federated warm start, or one written
-        before session 16). The images and the optimiser state are restored only after every
+        for a checkpoint that does not record them, such as the federated warm start). The images and the optimiser state are restored only after every
         check has passed; every failure is a ``ValueError``.
         """
         try:

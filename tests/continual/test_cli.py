@@ -34,7 +34,8 @@ def test_a_rerun_that_reads_the_dm_cache_repeats_the_first_run(tmp_path) -> None
     """The second run reads its condensations from the cache instead of running DM.
 
     It must give the same matrix: DM's seeded networks must not move the global RNG that orders
-    Avalanche's batches (they did until session 15: 0.483 / 0.750 against 0.450 / 0.767 here).
+    Avalanche's batches (if they did, the last two experiences here would differ, e.g. 0.483 / 0.750
+    against 0.450 / 0.767).
     """
     out = tmp_path / "run"
     argv = [
@@ -135,7 +136,7 @@ def test_metrics_config_reports_the_dm_seed_the_run_used(tmp_path) -> None:
 
 
 def test_a_one_row_matrix_is_labelled_by_its_protocol(tmp_path, monkeypatch) -> None:
-    # any one-row matrix used to say "joint", a one-experience GDumb run's too
+    # a one-experience GDumb run must not be labelled "joint" just because its matrix has one row
     import matplotlib.axes
 
     from fedcond.continual.figures import save_accuracy_matrix

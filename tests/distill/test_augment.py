@@ -70,7 +70,7 @@ def test_crop_is_an_integer_translation() -> None:
 
 
 def test_crop_shifts_follow_each_sides_own_length_on_non_square_images() -> None:
-    # the width shift used to be bounded by the height and vice versa (8x32: +-1 across, +-4 down)
+    # the width shift is bounded by the width, the height shift by the height (8x32: +-4 across, +-1 down)
     augment = SiameseAugment(AugmentConfig(strategy="crop"))
     params = augment.sample(4000, generator=torch.Generator().manual_seed(0), image_size=(8, 32))
     assert params.values["dx"].abs().max() == 4  # 32 x 0.125 along the width

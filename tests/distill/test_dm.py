@@ -279,7 +279,7 @@ def test_a_compiled_forward_sees_few_shapes_when_the_dp_batch_size_varies(digits
 
 
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(digits, tmp_path, monkeypatch) -> None:
-    # a loss that turns NaN used to run on to the end and overwrite the checkpoint with NaN images
+    # a loss that turns NaN must stop the run, not go on and overwrite the checkpoint with NaN images
     from fedcond.distill.dm import DivergenceError
 
     ckpt = tmp_path / "ckpt.npz"

@@ -79,8 +79,8 @@ def test_one_shot_end_to_end_in_process_with_a_fedavg_comparison(tmp_path):
         (["--set", "min_reply_fraction=2"], "'min_reply_fraction' must lie in [0, 1]"),
         (["--set", "min_partition_size=0"], "'min_partition_size' must be >= 1"),
         (["--strategy", "fedavg", "--set", "dp.epsilon=8"], "dp.*' apply to FedCond's DP-DM only"),
-        # an infeasible split is found once, before any client starts (it used to be found by
-        # every client, each after seconds of redraws, and dropped as 100 warnings)
+        # an infeasible split is found once, before any client starts (not by every client, each
+        # after seconds of redraws, as 100 dropped replies)
         (["--num-clients", "3", "--set", "min_partition_size=1000"], "min_partition_size=1000 x 3 clients exceeds"),
         (["--num-clients", "100", "--alpha", "0.001"], "gave every one of 100 clients >= 10 samples"),
     ],

@@ -143,7 +143,7 @@ def test_audit_refuses_a_candidate_cap_below_one(copied_set: Path, tmp_path: Pat
 
 
 def test_a_bad_reference_cache_path_is_refused_before_the_audit(copied_set: Path, tmp_path: Path, capsys) -> None:
-    # it used to fail after the whole audit, leaving no metrics.json
+    # refused at once, not after the whole audit with no metrics.json written
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     out = tmp_path / "a"
