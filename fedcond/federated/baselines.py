@@ -1,27 +1,47 @@
 """Weight-averaging baselines on the same partitions, model and test set: Flower's own strategies.
 
-FedAvg and FedProx come from :mod:`flwr.serverapp.strategy` unchanged; only their sampling
-settings are derived from :class:`FederatedConfig`. Their clients run the ``train`` handler of
-:mod:`fedcond.federated.client_app` (local SGD, plus the proximal term FedProx asks for).
+FedAvg and FedProx, and Flower's Byzantine-robust rules FedMedian, FedTrimmedAvg, Krum,
+MultiKrum and Bulyan, come from :mod:`flwr.serverapp.strategy` unchanged; only their sampling
+settings (and ``trimmed_beta`` / ``byzantine_nodes``) are derived from :class:`FederatedConfig`.
+Their clients run the ``train`` handler of :mod:`fedcond.federated.client_app` (local SGD, plus
+the proximal term FedProx asks for).
 """
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
+from collections.abc import Callable
+from typing import Any
+
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum, Strategy
 
 from fedcond.config import FederatedConfig
 
-__all__ = ["baseline_strategy"]
+__all__ = ["BASELINES", "baseline_strategy"]
+
+#: strategy name -> builder from (Flower's common settings, the job's config)
+BASELINES: dict[str, Callable[[dict[str, Any], FederatedConfig], Strategy]] = {
+    "fedavg": lambda common, c: FedAvg(**common),
+    "fedprox": lambda common, c: FedProx(**common, proximal_mu=c.proximal_mu),
+    "fedmedian": lambda common, c: FedMedian(**common),
+    "fedtrimmedavg": lambda common, c: FedTrimmedAvg(**common, beta=c.trimmed_beta),
+    "krum": lambda common, c: Krum(**common, num_malicious_nodes=c.byzantine_nodes),
+    "multikrum": lambda common, c: MultiKrum(
+        **common, num_malicious_nodes=c.byzantine_nodes, num_nodes_to_select=max(1, c.num_clients - c.byzantine_nodes)
+    ),
+    "bulyan": lambda common, c: Bulyan(**common, num_malicious_nodes=c.byzantine_nodes),
+}
 
 
 def baseline_strategy(config: FederatedConfig) -> Strategy:
-    """Flower's ``FedAvg`` or ``FedProx`` (``config.strategy``), evaluated on the server only.
+    """Flower's strategy named ``config.strategy`` (:data:`BASELINES`), evaluated on the server only.
 
     Raises
     ------
     ValueError
-        For a strategy name other than ``fedavg`` or ``fedprox``.
+        For a name not in :data:`BASELINES`.
     """
+    if config.strategy not in BASELINES:
+        raise ValueError(f"no baseline strategy named {config.strategy!r} ({', '.join(BASELINES)})")
     common = {
         "fraction_train": config.fraction_train,
         "fraction_evaluate": 0.0,  # centralised evaluation on the real test set
@@ -29,8 +49,4 @@ def baseline_strategy(config: FederatedConfig) -> Strategy:
         "min_evaluate_nodes": 0,
         "min_available_nodes": max(1, config.min_available_nodes),
     }
-    if config.strategy == "fedavg":
-        return FedAvg(**common)
-    if config.strategy == "fedprox":
-        return FedProx(**common, proximal_mu=config.proximal_mu)
-    raise ValueError(f"no baseline strategy named {config.strategy!r} (fedavg or fedprox)")
+    return BASELINES[config.strategy](common, config)

@@ -5,6 +5,12 @@ A reply is accepted only when it is not an error message, carries the synthetic-
 dtypes and shapes of the dataset, every value is finite, labels lie in range, the set holds
 no more than ``ipc x classes`` images, and the reported per-class counts are consistent.
 Anything else raises :class:`ReplyRejected` with the reason, which the strategy logs.
+
+Two bounds stop a finite but hostile reply (``docs/robustness.md``): every pixel must lie in
+the dataset's normalised pixel range widened by a margin (:func:`pixel_bounds`; a set beyond
+it is refused, not clamped: a clamped set of extreme values would still enter the union as
+saturated images), and no class may hold more than ``ipc`` stored images (one client cannot
+flood a class). Claimed counts are capped by ``max_class_count``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 
+from fedcond.data.registry import DatasetSpec
 from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
 from fedcond.federated.records import (
     CLASS_COUNTS,
@@ -26,7 +33,7 @@ from fedcond.federated.records import (
     synthetic_from_record,
 )
 
-__all__ = ["MAX_CLASS_COUNT", "ClientSet", "ReplyRejected", "validate_reply"]
+__all__ = ["MAX_CLASS_COUNT", "ClientSet", "ReplyRejected", "pixel_bounds", "validate_reply"]
 
 #: Largest per-class real-sample count a reply may report. The counts weight the union (as
 #: ``num-examples`` weights FedAvg, they are the client's word), so they are bounded to keep the
@@ -36,6 +43,54 @@ MAX_CLASS_COUNT = 2**31 - 1
 
 class ReplyRejected(ValueError):
     """A client reply failed validation; the message is the logged reason."""
+
+
+def pixel_bounds(spec: DatasetSpec, *, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel lowest and highest synthetic pixel value a reply may hold.
+
+    Pixels ``[0, 1]`` map to ``[(0 - mean) / std, (1 - mean) / std]`` in the dataset's
+    normalised space; the range is widened by ``margin`` times its width on each side, since
+    DM legitimately pushes pixels past the real range.
+
+    Returns
+    -------
+    tuple[torch.Tensor, torch.Tensor]
+        float32 ``(low, high)``, each of shape ``(C,)``.
+
+    Raises
+    ------
+    ValueError
+        For a negative or non-finite ``margin``.
+    """
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"pixel margin must be a finite number >= 0, got {margin}")
+    mean = torch.tensor(spec.mean, dtype=torch.float64)
+    std = torch.tensor(spec.std, dtype=torch.float64)
+    low, high = (0.0 - mean) / std, (1.0 - mean) / std
+    width = high - low
+    return (low - margin * width).float(), (high + margin * width).float()
+
+
+def _check_bounds(synthetic: SyntheticSet, bounds: tuple[torch.Tensor, torch.Tensor]) -> None:
+    low, high = bounds
+    images = synthetic.images
+    per_channel_min = images.amin(dim=(0, 2, 3))
+    per_channel_max = images.amax(dim=(0, 2, 3))
+    for c in range(images.shape[1]):
+        if per_channel_min[c] < low[c] or per_channel_max[c] > high[c]:
+            raise ReplyRejected(
+                f"pixel values of channel {c} span [{float(per_channel_min[c]):.4g}, {float(per_channel_max[c]):.4g}], "
+                f"outside the allowed [{float(low[c]):.4g}, {float(high[c]):.4g}] of the normalised pixel range"
+            )
+
+
+def _check_per_class(synthetic: SyntheticSet, ipc: int) -> None:
+    held = synthetic.class_counts()
+    flooded = [c for c in range(held.numel()) if int(held[c]) > ipc]
+    if flooded:
+        raise ReplyRejected(
+            f"classes {flooded} hold {[int(held[c]) for c in flooded]} images, more than ipc={ipc} per class"
+        )
 
 
 @dataclass(frozen=True)
@@ -79,6 +134,9 @@ def validate_reply(
     image_shape: tuple[int, ...],
     max_images: int,
     factor: int = 1,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ipc: int | None = None,
+    max_class_count: int = MAX_CLASS_COUNT,
 ) -> ClientSet:
     """Check one reply and return its content, or raise :class:`ReplyRejected`.
 
@@ -93,7 +151,16 @@ def validate_reply(
     factor : int
         The job's multi-formation factor (``distill.factor``): every image the clients send
         stores ``factor x factor`` tiles, decoded by the server (:meth:`SyntheticSet.decoded`).
+    bounds : tuple[torch.Tensor, torch.Tensor] | None
+        Per-channel ``(low, high)`` pixel bounds (:func:`pixel_bounds`); ``None`` checks
+        finiteness only.
+    ipc : int | None
+        Most stored images one class may hold; ``None`` leaves only the total cap.
+    max_class_count : int
+        Largest real-sample count the reply may claim for one class (at most
+        :data:`MAX_CLASS_COUNT`).
     """
+    max_class_count = min(int(max_class_count), MAX_CLASS_COUNT)
     node_id = int(message.metadata.src_node_id)
     if message.has_error():
         raise ReplyRejected(f"client error: {message.error.reason}")
@@ -122,6 +189,10 @@ def validate_reply(
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any decoding failure drops the reply only
         # e.g. a non-NumPy serialisation type (TypeError) or an empty payload (EOFError)
         raise ReplyRejected(f"undecodable synthetic-set arrays ({type(exc).__name__}: {exc})") from exc
+    if bounds is not None:
+        _check_bounds(synthetic, bounds)
+    if ipc is not None:
+        _check_per_class(synthetic, ipc)
     counts_value = metrics.get(CLASS_COUNTS)
     if not isinstance(counts_value, list) or len(counts_value) != num_classes:
         raise ReplyRejected(f"metric {CLASS_COUNTS!r} must list {num_classes} per-class counts")
@@ -129,10 +200,10 @@ def validate_reply(
         isinstance(v, bool)
         or not isinstance(v, (int, float))
         or (isinstance(v, float) and not (math.isfinite(v) and v.is_integer()))
-        or not 0 <= v <= MAX_CLASS_COUNT
+        or not 0 <= v <= max_class_count
         for v in counts_value
     ):
-        raise ReplyRejected(f"metric {CLASS_COUNTS!r} must hold integers in 0..{MAX_CLASS_COUNT}")
+        raise ReplyRejected(f"metric {CLASS_COUNTS!r} must hold integers in 0..{max_class_count}")
     counts = torch.tensor([int(v) for v in counts_value], dtype=torch.int64)
     held = synthetic.class_counts()
     orphans = [c for c in range(num_classes) if held[c] > 0 and counts[c] == 0]
