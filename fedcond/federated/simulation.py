@@ -27,6 +27,7 @@ from flwr.simulation import run_simulation
 
 from fedcond.federated.client import load_splits
 from fedcond.federated.client_app import app as client_app
+from fedcond.federated.flower_logging import without_run_simulation_notice
 from fedcond.federated.inprocess import InProcessGrid, task_identity
 from fedcond.federated.job import FederatedJob
 from fedcond.federated.server_app import FederatedReport, run_federated
@@ -152,13 +153,16 @@ def simulate(
         backend_config["client_resources"],
     )
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=job.federated.num_clients,
-            backend_name="ray",
-            backend_config=backend_config,
-        )
+        # Flower 1.42's only Python entry point to its Simulation Engine; its deprecation notice
+        # speaks to us, not to the user (why: fedcond/federated/flower_logging.py)
+        with without_run_simulation_notice():
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=job.federated.num_clients,
+                backend_name="ray",
+                backend_config=backend_config,
+            )
     finally:
         if cleanup is not None:
             shutil.rmtree(cleanup, ignore_errors=True)
