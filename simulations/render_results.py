@@ -1,0 +1,351 @@
+"""Render the results tables of the docs and the README from the JSON files in docs/results.
+
+Every table between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in README.md and
+docs/results.md is produced here from ``docs/results/*.json``; nothing in those blocks is typed
+by hand. Run it after adding or replacing a JSON file::
+
+    python simulations/render_results.py            # rewrite the blocks in place
+    python simulations/render_results.py --check    # exit 1 when a block differs (CI, tests)
+    python simulations/render_results.py --provenance   # which JSON files lack command/commit/machine
+
+It reads JSON only (no torch), so it runs in a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable, Iterable
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results"
+TARGETS = (ROOT / "README.md", ROOT / "docs" / "results.md")
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
+
+MIB = 1024 * 1024
+
+
+# ------------------------------------------------------------------------------ reading
+@cache
+def load(name: str) -> dict:
+    """One JSON file of docs/results."""
+    return json.loads((RESULTS / name).read_text())
+
+
+def find(rows: Iterable[dict], **where) -> dict:
+    """The one row of ``rows`` whose keys equal ``where``; a clear error otherwise."""
+    hits = [row for row in rows if all(row.get(key) == value for key, value in where.items())]
+    if len(hits) != 1:
+        raise LookupError(f"{len(hits)} rows match {where}")
+    return hits[0]
+
+
+def method(file: str, **where) -> dict:
+    """A row of a ``bench_dm.py`` JSON file's ``methods`` list."""
+    return find(load(file)["methods"], **where)
+
+
+def pct(mean: float | None, std: float | None = None, *, scale: float = 100.0, bold: bool = False) -> str:
+    """``mean ± std`` in percent (the JSON holds fractions unless ``scale`` says otherwise)."""
+    if mean is None:
+        return "–"
+    text = f"{mean * scale:.2f}" + (f" ± {std * scale:.2f}" if std is not None else "")
+    return f"**{text}**" if bold else text
+
+
+def link(file: str) -> str:
+    """A markdown link to a JSON file, relative to the page it appears on."""
+    return f"[json](results/{file})"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------- tables
+def dm_methods() -> str:
+    """DM against the coresets at the same number of images per class."""
+    digits13 = "bench_dm_methods_digits.json"
+    digits_class = "bench_dm_digits_ipc1_50_dsa_class.json"
+    digits10 = "bench_dm_digits_ipc10_10seeds.json"
+    herd10 = load("bench_dm_digits_ipc10_baselines_10seeds.json")["summary_percent"]
+    mnist = "bench_dm_methods_mnist_ipc1_10.json"
+    mnist50 = "bench_dm_methods_mnist_ipc50.json"
+
+    def seeds_mean(files: list[str], **where) -> tuple[float, float]:
+        values = [method(f, **where)["accuracy_mean"] for f in files]
+        return statistics.fmean(values), statistics.pstdev(values)
+
+    rows = []
+    for ipc in (1, 50):
+        rows.append([
+            "digits", str(ipc),
+            pct(**_ms(method(digits13, ipc=ipc, method="random"))),
+            pct(**_ms(method(digits13, ipc=ipc, method="herding"))),
+            pct(**_ms(method(digits_class, ipc=ipc, method="dm")), bold=ipc == 1),
+            pct(**_ms(method(digits_class, ipc=ipc, method="dm-mmd")), bold=ipc == 50),
+            "3", f"{link(digits13)}, {link(digits_class)}",
+        ])
+    rows.insert(1, [
+        "digits", "10",
+        pct(**_ms(method(digits10, method="random"))),
+        pct(herd10["herding"]["accuracy_mean"], scale=1.0),
+        pct(**_ms(method(digits10, method="dm", matching="mean"))),
+        pct(**_ms(method(digits10, method="dm-mmd")), bold=True),
+        "10", f"{link(digits10)}, {link('bench_dm_digits_ipc10_baselines_10seeds.json')}",
+    ])
+    dm_files = [f"bench_dm_mnist_ipc10_dsa_class_seed{s}.json" for s in range(3)]
+    mmd_files = [f"bench_dm_mnist_ipc10_mmd_dsa_class_seed{s}.json" for s in range(3)]
+    mean10, std10 = seeds_mean(dm_files, ipc=10)  # one DM row per file
+    mmd10, mmd_std10 = seeds_mean(mmd_files, ipc=10)
+    rows.append([
+        "mnist", "1",
+        pct(**_ms(method(mnist, ipc=1, method="random"))),
+        pct(**_ms(method(mnist, ipc=1, method="herding"))),
+        pct(**_ms(method(mnist, ipc=1, method="dm")), bold=True) + " (200 it.)",
+        "–", "1", link(mnist),
+    ])
+    rows.append([
+        "mnist", "10",
+        pct(**_ms(method(mnist, ipc=10, method="random"))) + " (seed 0)",
+        pct(**_ms(method(mnist, ipc=10, method="herding"))) + " (seed 0)",
+        pct(mean10, std10),
+        pct(mmd10, mmd_std10, bold=True),
+        "3", ", ".join(link(f) for f in [mnist, *dm_files[:1], *mmd_files[:1]]),
+    ])
+    rows.append([
+        "mnist", "50",
+        pct(**_ms(method(mnist50, ipc=50, method="random"))),
+        pct(**_ms(method(mnist50, ipc=50, method="herding")), bold=True),
+        pct(**_ms(method(mnist50, ipc=50, method="dm"))) + " (200 it.)",
+        "–", "1", link(mnist50),
+    ])
+    return table(["dataset", "IPC", "random", "herding", "DM, mean", "DM, mmd", "seeds", "data"], rows)
+
+
+def _ms(row: dict) -> dict:
+    return {"mean": row["accuracy_mean"], "std": row["accuracy_std"]}
+
+
+def dm_speed() -> str:
+    """Seconds per DM iteration against the per-class fp32 reference, on one machine."""
+    file = "bench_dm_speed_mnist_dsa_class.json"
+    variants = load(file)["speed"]["variants"]
+    rows = [
+        [name, f"{v['wall_s_per_it']:.2f}", f"{v['cpu_s_per_it']:.2f}", f"{v['speedup_wall']:.2f}x"]
+        for name, v in variants.items()
+    ]
+    return table(["implementation", "s/iteration (wall)", "CPU s/iteration", "speed-up (wall)"], rows)
+
+
+def federated() -> str:
+    """FedCond one-shot against FedAvg: accuracy and uplink bytes."""
+    digits_old = load("federated_digits_dir0.1.json")["summary"]
+    mnist_all = load("federated_mnist10k_all.json")["summary"]
+    other = {
+        row["partition"]: row
+        for run in load("federated_mnist10k_dir0.5_iid_oneshot_dsa_class.json")["runs"]
+        for row in run["summary"]
+    }
+
+    def row(dataset: str, partition: str, name: str, summary: dict, fedavg: dict, file: str) -> list[str]:
+        ratio = fedavg["uplink_bytes"] / summary["uplink_bytes"]
+        return [
+            dataset, partition, name, str(summary["seeds"]),
+            pct(summary["test_accuracy_mean"], summary["test_accuracy_std"] or None),
+            f"{summary['uplink_bytes'] / MIB:.2f} MiB", f"1/{ratio:.0f}", link(file),
+        ]
+
+    fedavg_digits = find(digits_old, method="fedavg")
+    fedavg_mnist = {p: find(mnist_all, partition=p, method="fedavg") for p in ("dirichlet-0.1", "dirichlet-0.5", "iid")}
+    rows = [
+        row("digits", "Dirichlet 0.1", "FedCond one-shot", load("federated_digits_dir0.1_dsa_class.json")["summary"][0],
+            fedavg_digits, "federated_digits_dir0.1_dsa_class.json"),
+        ["digits", "Dirichlet 0.1", "FedAvg, 20 rounds", "1", pct(fedavg_digits["test_accuracy_mean"]),
+         f"{fedavg_digits['uplink_bytes'] / MIB:.1f} MiB", "1", link("federated_digits_dir0.1.json")],
+        row("MNIST 10k", "Dirichlet 0.1", "FedCond one-shot", load("federated_mnist10k_dir0.1_dsa_class.json")["summary"][0],
+            fedavg_mnist["dirichlet-0.1"], "federated_mnist10k_dir0.1_dsa_class.json"),
+        row("MNIST 10k", "Dirichlet 0.1", "FedCond one-shot, `distill.factor=2`",
+            load("federated_mnist10k_dir0.1_factor2.json")["summary"][0], fedavg_mnist["dirichlet-0.1"],
+            "federated_mnist10k_dir0.1_factor2.json"),
+        row("MNIST 10k", "Dirichlet 0.1", "FedCond, 2 rounds", load("federated_mnist10k_dir0.1_multi_dsa_class.json")["summary"][0],
+            fedavg_mnist["dirichlet-0.1"], "federated_mnist10k_dir0.1_multi_dsa_class.json"),
+        row("MNIST 10k", "Dirichlet 0.5", "FedCond one-shot", other["dirichlet-0.5"], fedavg_mnist["dirichlet-0.5"],
+            "federated_mnist10k_dir0.5_iid_oneshot_dsa_class.json"),
+        row("MNIST 10k", "IID", "FedCond one-shot", other["iid"], fedavg_mnist["iid"],
+            "federated_mnist10k_dir0.5_iid_oneshot_dsa_class.json"),
+    ]
+    for partition, label in (("dirichlet-0.1", "Dirichlet 0.1"), ("dirichlet-0.5", "Dirichlet 0.5"), ("iid", "IID")):
+        avg = fedavg_mnist[partition]
+        rows.append(["MNIST 10k", label, "FedAvg, 20 rounds", "1", pct(avg["test_accuracy_mean"]),
+                     f"{avg['uplink_bytes'] / MIB:.1f} MiB", "1", link("federated_mnist10k_all.json")])
+    return table(["data", "partition", "method", "seeds", "test accuracy (%)", "uplink", "uplink / FedAvg", "data"], rows)
+
+
+def continual() -> str:
+    """Full SplitMNIST: final average accuracy of every replay kind at equal memory."""
+    summary = load("bench_continual_full_all.json")["summary"]
+    factor2 = load("bench_continual_full_factor2.json")["summary"]
+
+    def cell(rows: list[dict], **where) -> str:
+        try:
+            hit = find(rows, **where)
+        except LookupError:
+            return ""
+        return pct(hit["accuracy_mean"], hit["accuracy_std"], scale=1.0)
+
+    out = []
+    for protocol in ("naive", "gdumb"):
+        for memory in (1, 10, 20):
+            base = {"protocol": protocol, "memory_per_class": memory}
+            out.append([
+                "Naive" if protocol == "naive" else "GDumb", str(memory),
+                cell(summary, replay="random", **base),
+                cell(summary, replay="herding", **base),
+                cell(summary, replay="distilled", **base),
+                cell(factor2, replay="distilled", **base) if memory == 10 else "",
+            ])
+    out.insert(0, ["Naive", "0", "no replay: " + cell(summary, protocol="naive", replay="none"), "", "",
+                   "joint training: " + cell(summary, protocol="naive", replay="joint")])
+    return table(["protocol", "memory / class", "random", "herding", "distilled", "distilled, `factor=2`"], out)
+
+
+def privacy() -> str:
+    """Audits of IPC-10 sets made with each method, and DP-DM."""
+    rows = []
+    for file, dataset in (("bench_privacy_digits_session16.json", "digits, 100 it."), ("bench_privacy_mnist.json", "MNIST, 30 it.")):
+        for r in load(file)["rows"]:
+            if r.get("nn_match_rate") is None:
+                continue
+            epsilon = r.get("epsilon")
+            rows.append([
+                dataset, r["method"],
+                pct(r["test_accuracy_mean"], r.get("test_accuracy_std") or None),
+                f"{r['nn_match_rate'] * 100:.0f}%",
+                f"{r['nn_distance_ratio']:.2f} (fresh {r['nn_distance_ratio_fresh']:.2f})",
+                f"{r['mia_auc']:.3f} ({r['mia_attack']})",
+                f"{epsilon:.3f}" if epsilon is not None else "–",
+                r.get("verdict", ""), link(file),
+            ])
+    return table(["data", "method", "test accuracy (%)", "nn match", "NN ratio", "MIA AUC", "epsilon", "verdict", "data"], rows)
+
+
+def dp_mnist() -> str:
+    """DP-DM on MNIST at epsilon 1 over several noise draws."""
+    file = "dp_dm_mnist_eps1_200it_secret_noise_3runs.json"
+    d = load(file)
+    runs = d["runs"]
+    epsilons = sorted({round(r["epsilon"], 3) for r in runs if "epsilon" in r})
+    return table(
+        ["IPC", "iterations", "epsilon (spent)", "delta", "runs", "test accuracy (%)", "data"],
+        [["10", "200", ", ".join(f"{e:.3f}" for e in epsilons) or "1", "1e-5", str(len(runs)),
+          pct(d["mean_of_runs"], d["std_of_runs"], scale=1.0, bold=True), link(file)]],
+    )
+
+
+def readme() -> str:
+    """The README's short table: one headline per part, each from its JSON."""
+    dm = [method(f"bench_dm_mnist_ipc10_dsa_class_seed{s}.json", method="dm/class")["accuracy_mean"] for s in range(3)]
+    random10 = statistics.fmean([
+        method("bench_dm_methods_mnist_ipc1_10.json", ipc=10, method="random")["accuracy_mean"],
+        *(method(f"bench_dm_mnist_ipc10_seed{s}.json", method="random")["accuracy_mean"] for s in (1, 2)),
+    ])
+    fed = load("federated_mnist10k_dir0.1_dsa_class.json")["summary"][0]
+    avg = find(load("federated_mnist10k_all.json")["summary"], partition="dirichlet-0.1", method="fedavg")
+    cl = load("bench_continual_full_factor2.json")["summary"]
+    cl_dist = find(cl, protocol="naive", memory_per_class=10, replay="distilled")
+    cl_rand = find(cl, protocol="naive", memory_per_class=10, replay="random")
+    audit = {r["method"]: r for r in load("bench_privacy_digits_session16.json")["rows"]}
+    dp = load("dp_dm_mnist_eps1_200it_secret_noise_3runs.json")
+    rows = [
+        ["condensation", "MNIST, 10 images per class (DM, 1000 it., 3 seeds)",
+         f"{statistics.fmean(dm) * 100:.2f}%", f"random real images {random10 * 100:.2f}% (3 seeds)"],
+        ["federated", "MNIST 10k, 10 clients, Dirichlet 0.1, one round",
+         f"{fed['test_accuracy_mean'] * 100:.2f}%",
+         f"FedAvg (20 rounds) {avg['test_accuracy_mean'] * 100:.2f}%, with {avg['uplink_bytes'] / fed['uplink_bytes']:.0f}x the uplink"],
+        ["continual", "full SplitMNIST, Naive, 10 images per class (`factor=2`)",
+         f"{cl_dist['accuracy_mean']:.1f}%", f"random replay {cl_rand['accuracy_mean']:.1f}%"],
+        ["audit", "digits, real-init DM: images that are near-copies",
+         f"{audit['real-init']['nn_match_rate'] * 100:.0f}%", f"noise-init {audit['noise-init']['nn_match_rate'] * 100:.0f}%"],
+        ["DP-DM", "MNIST, 10 images per class, epsilon 1, delta 1e-5",
+         f"{dp['mean_of_runs']:.2f}%", "(3 noise draws)"],
+    ]
+    return table(["part", "setting", "fedcond", "compared with"], rows)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "dm-methods": dm_methods,
+    "dm-speed": dm_speed,
+    "federated": federated,
+    "continual": continual,
+    "privacy": privacy,
+    "dp-mnist": dp_mnist,
+    "readme": readme,
+}
+
+
+# ------------------------------------------------------------------------------ writing
+def render(text: str, *, links_from: Path) -> str:
+    """``text`` with every results block replaced by its table."""
+    prefix = "docs/" if links_from.parent == ROOT else ""
+
+    def replace(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in TABLES:
+            raise KeyError(f"unknown results block {name!r}; known: {', '.join(TABLES)}")
+        body = TABLES[name]().replace("](results/", f"]({prefix}results/")
+        return match.group(1) + body + match.group(4)
+
+    return BLOCK.sub(replace, text)
+
+
+def provenance() -> list[str]:
+    """One line per JSON file lacking a command, a commit or machine facts."""
+    lines = []
+    for path in sorted(RESULTS.glob("*.json")):
+        text = path.read_text()
+        missing = [
+            what for what, keys in (
+                ("command", ('"command"', '"commands"', '"argv"')),
+                ("commit", ('"commit"', '"git_commit"')),
+                ("machine", ('"machine"', '"platform"', '"cpu_model"', '"threads"', '"torch_threads"')),
+            ) if not any(key in text for key in keys)
+        ]
+        if missing:
+            lines.append(f"{path.name}: no {', '.join(missing)}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when a file differs from what would be written")
+    parser.add_argument("--provenance", action="store_true", help="list JSON files lacking command, commit or machine facts")
+    args = parser.parse_args(argv)
+    if args.provenance:
+        print("\n".join(provenance()))
+        return 0
+    stale = []
+    for target in TARGETS:
+        text = target.read_text()
+        new = render(text, links_from=target)
+        if new != text:
+            stale.append(target)
+            if not args.check:
+                target.write_text(new)
+    if args.check and stale:
+        names = ", ".join(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in stale)
+        print(f"results tables differ from docs/results/*.json in: {names}; "
+              "run python simulations/render_results.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
