@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,12 @@ from fedcond.cli.common import (
     write_metrics,
 )
 from fedcond.config import load_toml
+from fedcond.federated.job import STRATEGIES
 
 __all__ = ["register", "run_simulate"]
+
+#: per-run checkpoint folders under --out (fedcond.federated.checkpoint)
+CHECKPOINTS = "checkpoints"
 
 # flag name -> job key
 _FLAG_KEYS = {
@@ -50,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "With no job flag at all the demo runs (digits, 10 clients, Dirichlet 0.1, FedCond one-shot vs FedAvg).",
     )
     parser.add_argument("--config", type=Path, default=None, help="TOML experiment file (see configs/)")
-    parser.add_argument("--strategy", choices=("fedcond", "fedavg", "fedprox"), default=None)
+    parser.add_argument("--strategy", choices=STRATEGIES, default=None,
+                        help="fedcond, Flower's FedAvg/FedProx, or its robust rules (default from config: fedcond)")
     parser.add_argument("--dataset", default=None, help="dataset name (default from config: digits)")
     parser.add_argument("--data-dir", type=Path, default=None, help="torchvision-layout dataset root")
     parser.add_argument("--num-clients", type=int, default=None, help="virtual SuperNodes / partitions")
@@ -65,6 +71,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="STRATEGY=ROUNDS",
         help="also run these strategies on the same job, e.g. fedavg=20 fedprox=20",
+    )
+    parser.add_argument(
+        "--client-policy",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="client-policy TOML applied to every simulated client (default: the private policy: noise init "
+        "only, release gate on every upload; docs/client-policy.md)",
+    )
+    parser.add_argument(
+        "--attack",
+        default=None,
+        metavar="KIND",
+        help="simulated hostile clients: extreme-pixels, count-inflation, class-flood, label-flip, noise-images "
+        "(FedCond) or scaled-update (weight averaging); docs/robustness.md",
+    )
+    parser.add_argument("--attackers", type=int, default=None, help="how many clients attack (the first N; default 1)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the killed run in --out after its last finished round (same settings; finished runs are kept)",
     )
     parser.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
                         help="any config key, e.g. server-epochs=200 or distill.init=noise (repeatable)")
@@ -82,9 +109,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _is_demo(args: argparse.Namespace) -> bool:
-    return args.config is None and args.overrides is None and args.compare is None and all(
-        getattr(args, flag) is None for flag in _FLAG_KEYS
+    return (
+        args.config is None
+        and args.overrides is None
+        and args.compare is None
+        and args.client_policy is None
+        and args.attack is None
+        and all(getattr(args, flag) is None for flag in _FLAG_KEYS)
     )
+
+
+def _policy(args: argparse.Namespace):  # noqa: ANN202 - ClientPolicy, imported lazily
+    from fedcond.federated.policy import DEFAULT_POLICY, PolicyError, load_policy
+
+    if args.client_policy is None:
+        return DEFAULT_POLICY
+    try:
+        return load_policy(args.client_policy)
+    except PolicyError as exc:
+        raise CommandError(f"--client-policy {args.client_policy}: {exc}") from exc
+
+
+def _refusals(metrics: dict[str, Any]) -> list[str]:
+    """The distinct policy refusals of a run (each names its rule)."""
+    reasons = {reason for h in metrics["history"] for reason in (h.get("refused") or {}).values()}
+    return sorted(reasons)
 
 
 def _mapping(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,8 +161,8 @@ def _comparisons(args: argparse.Namespace, demo: bool) -> list[tuple[str, int]]:
     out = []
     for item in args.compare or ():
         name, _, rounds = item.partition("=")
-        if name not in ("fedcond", "fedavg", "fedprox"):
-            raise CommandError(f"--compare: unknown strategy {name!r}")
+        if name not in STRATEGIES:
+            raise CommandError(f"--compare: unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
         try:
             out.append((name, int(rounds) if rounds else 20))
         except ValueError:
@@ -138,14 +187,40 @@ def _row(name: str, metrics: dict[str, Any], reference_uplink: int | None) -> di
     return row
 
 
+def _attack(args: argparse.Namespace, jobs: list[tuple[str, Any]]):  # noqa: ANN202 - AttackConfig | None
+    """The simulated attack, checked against every run's strategy; ``None`` without ``--attack``."""
+    if args.attack is None:
+        if args.attackers:
+            raise CommandError("--attackers needs --attack KIND")
+        return None
+    from fedcond.federated.attacks import AttackConfig, check_attack
+
+    try:
+        attack = AttackConfig(kind=args.attack, attackers=1 if args.attackers is None else args.attackers)
+        for name, job in jobs:
+            check_attack(attack, strategy=name, num_clients=job.federated.num_clients)
+    except ValueError as exc:
+        raise CommandError(f"--attack: {exc}") from None
+    return attack
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     """Run ``fedcond simulate`` on Flower's simulation engine; write ``metrics.json`` and ``accuracy.png``."""
-    out = prepare_run_folder(args.out, overwrite=args.overwrite)
+    if args.resume and args.overwrite:
+        raise CommandError("--resume continues the run in --out and --overwrite replaces it: choose one")
+    if args.resume and not (Path(args.out) / "metrics.json").is_file():
+        raise CommandError(f"--resume: {args.out} holds no run to continue (no metrics.json)")
+    out = prepare_run_folder(args.out, overwrite=args.overwrite, resume=args.resume)
+    from fedcond.federated.checkpoint import CheckpointMismatch, RunCheckpoint
     from fedcond.federated.job import job_from_mapping  # Flower is imported only when needed
-    from fedcond.federated.server_app import save_accuracy_curves
+    from fedcond.federated.server_app import run_identity, save_accuracy_curves
     from fedcond.federated.simulation import SimulationError, simulate
 
+    if args.overwrite and (out / CHECKPOINTS).is_dir():
+        shutil.rmtree(out / CHECKPOINTS)  # the replaced run's checkpoints must not be resumed later
+
     demo = _is_demo(args)
+    policy = _policy(args)
     values = _mapping(args)
     for key in ("num_clients", "rounds", "distill.ipc"):
         if key in values and not isinstance(values[key], str) and int(values[key]) < 1:
@@ -163,12 +238,48 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     for _, this_job in jobs:
         check_partition(this_job)  # an infeasible split: one line now, not one per client later
+    attack = _attack(args, jobs)
     if demo:
         console.print("[bold]fedcond simulate[/] demo: digits, 10 clients, Dirichlet(0.1), FedCond one-shot vs FedAvg")
     runs: dict[str, dict[str, Any]] = {}
+    policy_info = {"file": str(args.client_policy) if args.client_policy else None, **policy.as_dict()}
+
+    def combined(partial: dict[str, dict[str, Any]], *, complete: bool) -> dict[str, Any]:
+        first_key = next(iter(partial))
+        metrics = dict(partial[first_key])
+        if len(jobs) > 1:
+            reference = partial[first_key]["uplink_bytes"]
+            metrics["runs"] = partial
+            metrics["comparison"] = {
+                k: {
+                    "test_accuracy": v["test_accuracy"],
+                    "uplink_bytes": v["uplink_bytes"],
+                    "uplink_ratio_to_first": (v["uplink_bytes"] / reference) if reference else None,
+                }
+                for k, v in partial.items()
+            }
+        metrics["demo"] = demo
+        metrics["client_policy"] = policy_info
+        metrics["complete"] = complete  # false while a run is unfinished: `--resume` continues it
+        return metrics
+
+    keys: list[str] = []
     for name, this_job in jobs:
-        key = name if name not in runs else f"{name}-{this_job.federated.rounds}"
+        keys.append(name if name not in keys else f"{name}-{this_job.federated.rounds}")
+    for key, (name, this_job) in zip(keys, jobs, strict=True):
         fed = this_job.federated
+        checkpoint = RunCheckpoint(out / CHECKPOINTS / key, identity=run_identity(this_job, attack))
+        try:
+            saved = checkpoint.load() if args.resume else None
+        except CheckpointMismatch as exc:
+            raise CommandError(f"--resume: {exc}") from None
+        if saved is not None and saved.complete:
+            runs[key] = saved.metrics  # finished before the kill: kept as written
+            continue
+
+        def write_partial(partial_report: Any, key: str = key) -> None:
+            write_metrics(out, combined({**runs, key: partial_report.metrics()}, complete=False))
+
         with console.status(f"simulating {name}: {fed.num_clients} clients, {fed.rounds} round(s)"):
             try:
                 report = simulate(
@@ -176,26 +287,20 @@ def run_simulate(args: argparse.Namespace) -> int:
                     engine=args.engine,
                     cpus_per_client=args.cpus_per_client,
                     max_concurrent_clients=args.max_concurrent_clients,
+                    policy=policy,
+                    attack=attack,
+                    checkpoint=checkpoint,
+                    on_round=write_partial,
                 )
             except SimulationError as exc:  # the ServerApp failed: one line, not a traceback
                 console.print(f"[red]fedcond simulate: error: {exc}[/]")
                 return 1
         runs[key] = report.metrics()
+        # every finished run is on disk at once: a later run's crash cannot lose it
+        write_metrics(out, combined(runs, complete=len(runs) == len(jobs)))
         logging.getLogger(__name__).info("%s: %s", key, report.test_accuracy)
     first_key = next(iter(runs))
-    metrics = dict(runs[first_key])
-    if len(runs) > 1:
-        reference = runs[first_key]["uplink_bytes"]
-        metrics["runs"] = runs
-        metrics["comparison"] = {
-            k: {
-                "test_accuracy": v["test_accuracy"],
-                "uplink_bytes": v["uplink_bytes"],
-                "uplink_ratio_to_first": (v["uplink_bytes"] / reference) if reference else None,
-            }
-            for k, v in runs.items()
-        }
-    metrics["demo"] = demo
+    metrics = combined(runs, complete=True)
     write_metrics(out, metrics)
     save_accuracy_curves(
         {k: v["history"] for k, v in runs.items()},
@@ -209,8 +314,21 @@ def run_simulate(args: argparse.Namespace) -> int:
         + (f"({job.federated.alpha})" if job.federated.partition == "dirichlet" else ""),
         [_row(k, v, reference_uplink) for k, v in runs.items()],
     )
-    console.print(f"wrote {out}/metrics.json, accuracy.png")
+    console.print(f"wrote {out}/metrics.json, accuracy.png" + (", uploads/" if (out / "uploads").is_dir() else ""))
+    if policy.permissive:
+        console.print(
+            "[yellow]note: the client policy is permissive (real-image starts or no release gate): uploads may "
+            "hold near-copies of the clients' training images; metrics.json records client_policy.permissive[/]"
+        )
     untrained = [k for k, v in runs.items() if not v["trained_rounds"]]
+    refusals = [reason for k in untrained for reason in _refusals(runs[k])]
+    if untrained and refusals:
+        console.print(
+            f"[red]fedcond simulate: error: every client refused the request by its policy; {refusals[0]}"
+            + (f" (and {len(refusals) - 1} other reason(s) in metrics.json)" if len(refusals) > 1 else "")
+            + "[/]"
+        )
+        return 1
     if untrained:
         console.print(
             f"[red]fedcond simulate: error: no round of {', '.join(untrained)} trained the global model "

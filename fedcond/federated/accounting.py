@@ -19,7 +19,7 @@ from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedcond.federated.records import CONFIG_KEY, SERVER_ROUND, payload_bytes
+from fedcond.federated.records import CONFIG_KEY, POLICY_REFUSED, SERVER_ROUND, payload_bytes
 
 __all__ = ["CountingGrid", "RoundTraffic"]
 
@@ -32,6 +32,9 @@ class RoundTraffic:
     uplink_bytes: int = 0
     messages_sent: int = 0
     replies_received: int = 0
+    #: replies in which a client declined by its policy (``POLICY_REFUSED``), other error replies
+    refused: int = 0
+    errors: int = 0
 
 
 def _round_of(content: RecordDict) -> int:
@@ -103,6 +106,10 @@ class CountingGrid(Grid):
                 entry.replies_received += 1
                 if not reply.has_error():
                     entry.uplink_bytes += payload_bytes(reply.content)
+                elif reply.error.code == POLICY_REFUSED:
+                    entry.refused += 1
+                else:
+                    entry.errors += 1
 
     # ---------------------------------------------------------------- Grid interface
     def set_run(self, run: Run) -> None:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from fedcond.distill.evaluate import train_model
 from fedcond.distill.formation import encode_formation
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.job import FederatedJob
+
+if TYPE_CHECKING:
+    from fedcond.privacy.ledger import PrivacyLedger
 
 __all__ = [
     "CondenseOutcome",
@@ -224,6 +227,9 @@ def condense_partition(
     warm_start: SyntheticSet | None = None,
     dp_rounds: int = 1,
     dp_ledger: Mapping[str, Any] | None = None,
+    lifetime_ledger: PrivacyLedger | None = None,
+    lifetime_budget: tuple[float | None, float] = (None, 1e-5),
+    start: torch.Tensor | None = None,
 ) -> CondenseOutcome:
     """Condense a client's partition with DM into ``ipc`` images per class it holds.
 
@@ -252,6 +258,14 @@ def condense_partition(
         Under DP, this client's accountant state from earlier rounds (``None`` in round 1).
         The reported epsilon is cumulative; a run that would exceed the budget is refused
         before it touches the data.
+    lifetime_ledger : PrivacyLedger | None
+        Under DP, the node's persistent ledger: the run is checked against
+        ``lifetime_budget`` = ``(epsilon or None, delta)`` before it starts (a
+        :class:`~fedcond.privacy.ledger.LedgerError` when it would exceed it) and recorded
+        before the set is returned.
+    start : torch.Tensor | None
+        Explicit start images (stored images, label order), e.g. the release gate's
+        re-condensation; overrides the init and the warm start.
     """
     counts = data.class_counts()
     present = [c for c in range(data.spec.num_classes) if counts[c] > 0]
@@ -276,10 +290,23 @@ def condense_partition(
             rounds=dp_rounds,
             ledger=ledger,
         )
+    if lifetime_ledger is not None and statistics is not None:
+        plan = statistics.plan
+        lifetime_ledger.check(
+            noise_multiplier=plan.noise_multiplier,
+            sample_rate=plan.sample_rate,
+            steps=distill.iterations,
+            mechanism=plan.accountant,
+            budget_epsilon=lifetime_budget[0],
+            budget_delta=lifetime_budget[1],
+        )
     generator = torch.Generator().manual_seed(distill.seed)
     expected_labels = torch.tensor(present).repeat_interleave(distill.ipc)
-    warm = warm_start is not None and torch.equal(warm_start.labels, expected_labels)
-    if warm:
+    warm = start is None and warm_start is not None and torch.equal(warm_start.labels, expected_labels)
+    if start is not None:
+        if start.shape[0] != expected_labels.shape[0]:
+            raise ValueError(f"start holds {start.shape[0]} images, {expected_labels.shape[0]} expected")
+    elif warm:
         start = warm_start.images
     else:
         if warm_start is not None:
@@ -307,6 +334,14 @@ def condense_partition(
         epsilon, delta = (float(v) for v in reporter(result))
         ledger_state = ledger.state_dict()
         meta.update({"epsilon": epsilon, "delta": delta, "dp_noise": statistics.noise})
+        if lifetime_ledger is not None:
+            plan = statistics.plan
+            meta["lifetime_epsilon"] = lifetime_ledger.record(
+                noise_multiplier=plan.noise_multiplier,
+                sample_rate=plan.sample_rate,
+                steps=distill.iterations,
+                delta=lifetime_budget[1],
+            )
     synthetic = SyntheticSet(result.synthetic.images, result.synthetic.labels, meta)
     loss = result.losses[-1] if result.losses else float("nan")
     return CondenseOutcome(synthetic, result.seconds, loss, epsilon, delta, skipped, ledger_state)

@@ -13,24 +13,38 @@ Handlers
 ``evaluate``
     Accuracy of the received model on the node's partition.
 
-The job settings arrive in the message's ``ConfigRecord`` (the server is the one source of
-truth); the partition id comes from ``node_config`` (``partition-id``/``num-partitions``, set by
-the simulation engine or ``flower-supernode --node-config``).
+The job settings arrive in the message's ``ConfigRecord``; the node's **client policy**
+(:mod:`fedcond.federated.policy`) decides which of them it honours. A request that breaks a rule
+gets an error reply with code :data:`~fedcond.federated.records.POLICY_REFUSED` naming the
+rule, which the server counts as *refused*. Every non-DP upload passes the release gate
+(:mod:`fedcond.federated.release`) first. The node's data is its own data source when the
+policy names one, else the partition of the server-named dataset given by ``node_config``
+(``partition-id``/``num-partitions``, set by the simulation engine or ``flower-supernode
+--node-config``).
+
+``app`` reads the policy from the node config key ``policy`` (a TOML file); simulation drivers
+build their ClientApp with :func:`build_client_app` and one policy for every simulated node.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log as flower_log
 
 from fedcond.devices import keep_freed_cpu_memory, resolve_device
 from fedcond.distill.evaluate import accuracy
-from fedcond.federated.client import client_partition, condense_partition, local_train
+from fedcond.config import DataConfig
+from fedcond.data.registry import ArrayDataset
+from fedcond.federated.client import client_partition, condense_partition, load_splits, local_train
+from fedcond.federated.policy import DEFAULT_POLICY, ClientPolicy, PolicyError, PolicyViolation, check_request, load_policy
+from fedcond.federated.release import gate_release
 from fedcond.federated.job import FederatedJob, job_from_mapping
 from fedcond.federated.records import (
     CLASS_COUNTS,
@@ -48,6 +62,8 @@ from fedcond.federated.records import (
     NUM_EXAMPLES,
     NUM_PARTITIONS,
     PARTITION_ID,
+    POLICY_KEY,
+    POLICY_REFUSED,
     PROXIMAL_MU,
     SERVER_ROUND,
     SYNTHETIC_IMAGES,
@@ -59,11 +75,14 @@ from fedcond.federated.records import (
     synthetic_from_record,
     synthetic_to_record,
 )
+from fedcond.distill.synthetic import SyntheticSet
 from fedcond.models import get_model
+from fedcond.privacy.ledger import LedgerError, PrivacyLedger, data_source_digest
 
-__all__ = ["app"]
+__all__ = ["app", "build_client_app"]
 
-app = ClientApp()
+logger = logging.getLogger(__name__)
+
 
 
 def _job(message: Message) -> tuple[FederatedJob, int]:
@@ -79,8 +98,9 @@ def _partition_of(context: Context, job: FederatedJob) -> tuple[int, int]:
     # Flower's node ids are random 64-bit integers: ``node_id % num_clients`` would collide (two
     # nodes on one partition, another never trained) with near certainty, so refuse instead
     raise ValueError(
-        f"this SuperNode has no {PARTITION_ID!r} in its node config; start each SuperNode with "
-        f"--node-config \"{PARTITION_ID}=I {NUM_PARTITIONS}=N\" (I = 0..N-1), as simulations/deploy_local.sh does"
+        f"this SuperNode has no {PARTITION_ID!r} in its node config and its policy names no data source; "
+        f"give the policy a [data] table, or start each SuperNode with --node-config "
+        f"\"{PARTITION_ID}=I {NUM_PARTITIONS}=N\" (I = 0..N-1), as simulations/deploy_local.sh does"
     )
 
 
@@ -90,110 +110,211 @@ def _device(job: FederatedJob) -> torch.device:
     return resolve_device(job.device)
 
 
-@app.train(CONDENSE_ACTION)
-def condense(message: Message, context: Context) -> Message:
-    """FedCond: reply with this node's synthetic set."""
-    job, server_round = _job(message)
-    partition_id, num_partitions = _partition_of(context, job)
-    data = client_partition(job, partition_id=partition_id, num_partitions=num_partitions)
-    fed = job.federated
-    distill = dataclasses.replace(fed.distill, seed=fed.distill.seed + 1000 * partition_id + server_round)
-    embedder = None
-    if MODEL_KEY in message.content.array_records:
-        embedder = model_from_record(get_model(fed.model, data.spec), message.content.array_records[MODEL_KEY])
-    warm_start = None
-    if MEMORY_KEY in context.state.array_records:
-        warm_start = synthetic_from_record(context.state.array_records[MEMORY_KEY])
-    ledger = None
-    if fed.dp is not None and DP_LEDGER_KEY in context.state.config_records:
-        ledger = ledger_from_record(context.state.config_records[DP_LEDGER_KEY])
-    dp = fed.dp
-    if dp is not None and dp.noise_seed is not None:
-        # one configured seed, independent noise per client and round
-        from fedcond.privacy.dp import derive_noise_seed
+def _node_data(policy: ClientPolicy, context: Context, job: FederatedJob) -> tuple[ArrayDataset, int]:
+    """The node's training data and the id that seeds it (the partition id, 0 for own data).
 
-        dp = dataclasses.replace(dp, noise_seed=derive_noise_seed(dp.noise_seed, partition_id, server_round))
-    outcome = condense_partition(
-        data,
-        distill=distill,
-        device=_device(job),
-        dp=dp,
-        embedder=embedder,
-        warm_start=warm_start,
-        dp_rounds=fed.rounds,
-        dp_ledger=ledger,
-    )
-    # the distilled memory and the privacy ledger stay on the node across rounds
-    # (Context.state never leaves it); the reported epsilon is cumulative over the rounds
-    context.state[MEMORY_KEY] = synthetic_to_record(outcome.synthetic)
-    if outcome.dp_ledger is not None:
-        context.state[DP_LEDGER_KEY] = ledger_to_record(outcome.dp_ledger)
-    counts = data.class_counts()
-    metrics = MetricRecord(
-        {
-            NUM_EXAMPLES: int(counts.sum()),
-            CLASS_COUNTS: [int(v) for v in counts.tolist()],
-            SYNTHETIC_IMAGES: len(outcome.synthetic),
-            DISTILL_SECONDS: float(outcome.seconds),
-            FINAL_LOSS: float(outcome.final_loss),
-        }
-    )
-    if outcome.epsilon is not None:
-        metrics[EPSILON] = float(outcome.epsilon)
-        metrics[DELTA] = float(outcome.delta or 0.0)
-    # through Flower's logger: it reaches the console wherever the ClientApp runs (a Ray actor,
-    # a SuperNode), which a library logger without a handler would not
-    flower_log(
-        logging.INFO,
-        "fedcond client: partition %d/%d round %d: %d real -> %d synthetic images in %.1fs",
-        partition_id,
-        num_partitions,
-        server_round,
-        int(counts.sum()),
-        len(outcome.synthetic),
-        outcome.seconds,
-    )
-    content = RecordDict({SYNTHETIC_KEY: synthetic_to_record(outcome.synthetic), METRICS_KEY: metrics})
-    return Message(content=content, reply_to=message)
+    With a policy data source the server's ``dataset``/``data-dir`` are never read: the node
+    loads its own training split and refuses a job whose images or classes do not match it.
+    """
+    source = policy.data
+    if source.dataset is None:
+        partition_id, num_partitions = _partition_of(context, job)
+        return client_partition(job, partition_id=partition_id, num_partitions=num_partitions), partition_id
+    own = load_splits(DataConfig(dataset=source.dataset, data_dir=source.data_dir)).train
+    if job.data.dataset != "imagefolder":
+        from fedcond.data.registry import get_spec
+
+        wanted = get_spec(job.data.dataset)
+        if (wanted.image_shape, wanted.num_classes) != (own.spec.image_shape, own.spec.num_classes):
+            raise PolicyViolation(
+                "data.dataset",
+                f"the job is for {job.data.dataset!r} ({wanted.num_classes} classes of {wanted.image_shape}), this "
+                f"node holds {source.dataset!r} ({own.spec.num_classes} classes of {own.spec.image_shape})",
+            )
+    return own, 0
 
 
-@app.train()
-def train(message: Message, context: Context) -> Message:
-    """FedAvg/FedProx local update."""
-    job, server_round = _job(message)
-    partition_id, num_partitions = _partition_of(context, job)
-    data = client_partition(job, partition_id=partition_id, num_partitions=num_partitions)
-    fed = job.federated
-    model = model_from_record(get_model(fed.model, data.spec), message.content.array_records[MODEL_KEY])
-    config = message.content.config_records[CONFIG_KEY]
-    generator = torch.Generator().manual_seed(fed.seed + 1000 * partition_id + server_round)
-    local_train(
-        model,
-        data,
-        epochs=fed.local_epochs,
-        lr=fed.local_lr,
-        batch_size=fed.local_batch_size,
-        proximal_mu=float(config.get(PROXIMAL_MU, 0.0)),
-        generator=generator,
-        device=_device(job),
-    )
-    content = RecordDict(
-        {
-            MODEL_KEY: model_to_record(model.cpu()),
-            METRICS_KEY: MetricRecord({NUM_EXAMPLES: len(data)}),
-        }
-    )
-    return Message(content=content, reply_to=message)
+def _ledger_path(policy: ClientPolicy, context: Context) -> Path | None:
+    """The persistent DP ledger file; one per partition when the node serves a server-named partition."""
+    path = policy.dp.ledger
+    if path is None or policy.data.dataset is not None or PARTITION_ID not in context.node_config:
+        return path
+    return path.with_name(f"{path.stem}-partition-{int(context.node_config[PARTITION_ID])}{path.suffix}")
 
 
-@app.evaluate()
-def evaluate(message: Message, context: Context) -> Message:
-    """Accuracy of the received model on this node's partition."""
-    job, _ = _job(message)
-    partition_id, num_partitions = _partition_of(context, job)
-    data = client_partition(job, partition_id=partition_id, num_partitions=num_partitions)
-    record: ArrayRecord = message.content.array_records[MODEL_KEY]
-    model = model_from_record(get_model(job.federated.model, data.spec), record)
-    acc = accuracy(model, data, device=_device(job))
-    content = RecordDict({METRICS_KEY: MetricRecord({NUM_EXAMPLES: len(data), LOCAL_ACCURACY: acc})})
-    return Message(content=content, reply_to=message)
+def _refusal(message: Message, exc: Exception) -> Message:
+    flower_log(logging.WARNING, "fedcond client: refused %s: %s", message.metadata.message_type, exc)
+    return Message(Error(code=POLICY_REFUSED, reason=str(exc)), reply_to=message)
+
+
+def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
+    """The fedcond ``ClientApp``, enforcing ``policy`` (``None``: the node config's, or the default).
+
+    Parameters
+    ----------
+    policy : ClientPolicy | None
+        One policy for every node this app serves (simulations). ``None`` reads the TOML file
+        named by the node config key ``policy`` on each node, else :data:`DEFAULT_POLICY`.
+    """
+    client_app = ClientApp()
+
+    def node_policy(context: Context) -> ClientPolicy:
+        if policy is not None:
+            return policy
+        path = context.node_config.get(POLICY_KEY)
+        return load_policy(str(path)) if path else DEFAULT_POLICY
+
+    def refusing(handler):  # noqa: ANN001, ANN202 - a ClientApp handler wrapper
+        @functools.wraps(handler)
+        def wrapped(message: Message, context: Context) -> Message:
+            try:
+                return handler(message, context, node_policy(context))
+            except (PolicyViolation, PolicyError, LedgerError) as exc:
+                return _refusal(message, exc)
+
+        return wrapped
+
+    @client_app.train(CONDENSE_ACTION)
+    @refusing
+    def condense(message: Message, context: Context, policy: ClientPolicy) -> Message:
+        """FedCond: reply with this node's synthetic set, if its policy allows the request."""
+        job, server_round = _job(message)
+        fed = job.federated
+        check_request(
+            policy,
+            action="condense",
+            init=fed.distill.init,
+            iterations=fed.distill.iterations,
+            dp_epsilon=None if fed.dp is None else fed.dp.epsilon,
+            server_noise_seed=fed.dp is not None and fed.dp.noise_seed is not None,
+        )
+        data, seed_id = _node_data(policy, context, job)
+        distill = dataclasses.replace(fed.distill, seed=fed.distill.seed + 1000 * seed_id + server_round)
+        embedder = None
+        if MODEL_KEY in message.content.array_records:
+            embedder = model_from_record(get_model(fed.model, data.spec), message.content.array_records[MODEL_KEY])
+        warm_start = None
+        if MEMORY_KEY in context.state.array_records:
+            warm_start = synthetic_from_record(context.state.array_records[MEMORY_KEY])
+        run_ledger = None
+        if fed.dp is not None and DP_LEDGER_KEY in context.state.config_records:
+            run_ledger = ledger_from_record(context.state.config_records[DP_LEDGER_KEY])
+        lifetime = None
+        ledger_path = _ledger_path(policy, context)
+        if fed.dp is not None and ledger_path is not None:
+            lifetime = PrivacyLedger(
+                ledger_path, source=data_source_digest(data.images, data.labels), mechanism=fed.dp.accountant
+            )
+        dp = fed.dp
+        if dp is not None and dp.noise_seed is not None:
+            # a server seed reaches this point only under a policy that honours it: one
+            # configured seed, independent noise per client and round
+            from fedcond.privacy.dp import derive_noise_seed
+
+            dp = dataclasses.replace(dp, noise_seed=derive_noise_seed(dp.noise_seed, seed_id, server_round))
+        device = _device(job)
+        outcome = condense_partition(
+            data,
+            distill=distill,
+            device=device,
+            dp=dp,
+            embedder=embedder,
+            warm_start=warm_start,
+            dp_rounds=fed.rounds,
+            dp_ledger=run_ledger,
+            lifetime_ledger=lifetime,
+            lifetime_budget=(policy.dp.budget_epsilon, policy.dp.budget_delta),
+        )
+        synthetic = outcome.synthetic
+        gate_metrics: dict[str, float | int] = {}
+        if dp is None and policy.gate.enabled:
+
+            def recondense(start: torch.Tensor):  # noqa: ANN202 - returns a SyntheticSet
+                again = condense_partition(data, distill=distill, device=device, embedder=embedder, start=start)
+                return again.synthetic
+
+            synthetic, report = gate_release(
+                synthetic, data, policy=policy.gate, recondense=recondense, seed=distill.seed
+            )
+            gate_metrics = report.metrics()
+            synthetic = SyntheticSet(synthetic.images, synthetic.labels, {**synthetic.meta, "gate": gate_metrics})
+        # the distilled memory and the privacy ledger stay on the node across rounds
+        # (Context.state never leaves it); the reported epsilon is cumulative over the rounds
+        context.state[MEMORY_KEY] = synthetic_to_record(synthetic)
+        if outcome.dp_ledger is not None:
+            context.state[DP_LEDGER_KEY] = ledger_to_record(outcome.dp_ledger)
+        counts = data.class_counts()
+        metrics = MetricRecord(
+            {
+                NUM_EXAMPLES: int(counts.sum()),
+                CLASS_COUNTS: [int(v) for v in counts.tolist()],
+                SYNTHETIC_IMAGES: len(synthetic),
+                DISTILL_SECONDS: float(outcome.seconds),
+                FINAL_LOSS: float(outcome.final_loss),
+                **gate_metrics,
+            }
+        )
+        if outcome.epsilon is not None:
+            metrics[EPSILON] = float(outcome.epsilon)
+            metrics[DELTA] = float(outcome.delta or 0.0)
+        # through Flower's logger: it reaches the console wherever the ClientApp runs (a Ray actor,
+        # a SuperNode), which a library logger without a handler would not
+        flower_log(
+            logging.INFO,
+            "fedcond client: %s round %d: %d real -> %d synthetic images in %.1fs%s",
+            f"partition {seed_id}" if policy.data.dataset is None else f"own data {policy.data.dataset!r}",
+            server_round,
+            int(counts.sum()),
+            len(synthetic),
+            outcome.seconds,
+            f", gate flagged {gate_metrics['gate-flagged']}" if gate_metrics else "",
+        )
+        content = RecordDict({SYNTHETIC_KEY: synthetic_to_record(synthetic), METRICS_KEY: metrics})
+        return Message(content=content, reply_to=message)
+
+    @client_app.train()
+    @refusing
+    def train(message: Message, context: Context, policy: ClientPolicy) -> Message:
+        """FedAvg/FedProx local update, if the policy serves ``train``."""
+        check_request(policy, action="train")
+        job, server_round = _job(message)
+        data, seed_id = _node_data(policy, context, job)
+        fed = job.federated
+        model = model_from_record(get_model(fed.model, data.spec), message.content.array_records[MODEL_KEY])
+        config = message.content.config_records[CONFIG_KEY]
+        generator = torch.Generator().manual_seed(fed.seed + 1000 * seed_id + server_round)
+        local_train(
+            model,
+            data,
+            epochs=fed.local_epochs,
+            lr=fed.local_lr,
+            batch_size=fed.local_batch_size,
+            proximal_mu=float(config.get(PROXIMAL_MU, 0.0)),
+            generator=generator,
+            device=_device(job),
+        )
+        content = RecordDict(
+            {
+                MODEL_KEY: model_to_record(model.cpu()),
+                METRICS_KEY: MetricRecord({NUM_EXAMPLES: len(data)}),
+            }
+        )
+        return Message(content=content, reply_to=message)
+
+    @client_app.evaluate()
+    @refusing
+    def evaluate(message: Message, context: Context, policy: ClientPolicy) -> Message:
+        """Accuracy of the received model on this node's data, if the policy serves ``evaluate``."""
+        check_request(policy, action="evaluate")
+        job, _ = _job(message)
+        data, _ = _node_data(policy, context, job)
+        record: ArrayRecord = message.content.array_records[MODEL_KEY]
+        model = model_from_record(get_model(job.federated.model, data.spec), record)
+        acc = accuracy(model, data, device=_device(job))
+        content = RecordDict({METRICS_KEY: MetricRecord({NUM_EXAMPLES: len(data), LOCAL_ACCURACY: acc})})
+        return Message(content=content, reply_to=message)
+
+    return client_app
+
+
+app = build_client_app()

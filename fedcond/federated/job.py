@@ -23,7 +23,8 @@ from fedcond.distill.matching import check_matching
 
 __all__ = ["DEMO_BASELINE_ROUNDS", "DEMO_JOB", "STRATEGIES", "FederatedJob", "job_from_mapping", "job_to_mapping"]
 
-STRATEGIES = ("fedcond", "fedavg", "fedprox")
+#: FedCond and the weight-averaging baselines of :data:`fedcond.federated.baselines.BASELINES`
+STRATEGIES = ("fedcond", "fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
 # The default demo (``fedcond simulate`` with no argument, ``flwr run .``, configs/demo.toml):
 # digits, 10 clients, Dirichlet(0.1), FedCond one-shot; compared with FedAvg over 20 rounds.
@@ -38,6 +39,7 @@ DEMO_JOB: dict[str, Any] = {
     "server_epochs": 300,
     "distill.ipc": 10,
     "distill.iterations": 200,
+    "distill.init": "noise",  # private by default: no client's start set holds a real image
     "distill.mixed_precision": False,  # the documented demo numbers are fp32 (configs/demo.toml)
 }
 DEMO_BASELINE_ROUNDS = 20
@@ -110,6 +112,10 @@ def _check_ranges(fed: FederatedConfig) -> None:
             raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
     if not 0 < fed.fraction_train <= 1:
         raise ConfigError(f"config key 'fraction_train' must lie in (0, 1], got {fed.fraction_train}")
+    if not 0 <= fed.trimmed_beta < 0.5:
+        raise ConfigError(f"config key 'trimmed_beta' must lie in [0, 0.5), got {fed.trimmed_beta}")
+    if fed.byzantine_nodes < 0 or fed.node_wait_timeout < 0:
+        raise ConfigError("config keys 'byzantine_nodes' and 'node_wait_timeout' must be >= 0")
     if not 0 <= fed.min_reply_fraction <= 1:
         raise ConfigError(f"config key 'min_reply_fraction' must lie in [0, 1], got {fed.min_reply_fraction}")
     if fed.distill.iterations < 0:

@@ -8,11 +8,12 @@ FedAvg/FedProx use Flower's own keys, which are the same ``"arrays"``/``"config"
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from torch import nn
 
 from fedcond.distill.synthetic import SyntheticSet
@@ -32,12 +33,15 @@ __all__ = [
     "MODEL_KEY",
     "NUM_EXAMPLES",
     "PARTITION_ID",
+    "POLICY_KEY",
+    "POLICY_REFUSED",
     "NUM_PARTITIONS",
     "PROXIMAL_MU",
     "SERVER_ROUND",
     "SYNTHETIC_IMAGES",
     "SYNTHETIC_KEY",
     "TRAIN_LOSS",
+    "client_report",
     "CONDENSE_ACTION",
     "DP_LEDGER_KEY",
     "ledger_from_record",
@@ -71,6 +75,11 @@ PROXIMAL_MU = "proximal-mu"
 # node_config keys (Flower's convention for simulation and ``--node-config``)
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
+POLICY_KEY = "policy"  # path of the node's client-policy TOML file
+
+#: ``Error.code`` of a reply in which a client refuses a request by its own policy (the server
+#: counts it as *refused*, apart from replies *dropped* as faulty or malformed)
+POLICY_REFUSED = 4023
 
 # MetricRecord keys
 NUM_EXAMPLES = "num-examples"  # Flower's ``weighted_by_key``
@@ -144,6 +153,26 @@ def ledger_from_record(record: ConfigRecord) -> dict:
         "mechanism": str(record["mechanism"]),
         "history": [[float(a), float(b), int(c)] for a, b, c in zip(sigmas, rates, steps, strict=True)],
     }
+
+
+#: MetricRecord key prefix of the release gate's results (fedcond.federated.release.GateReport)
+GATE_PREFIX = "gate-"
+
+
+def client_report(reply: Message) -> dict[str, object]:
+    """A reply's facts for ``metrics.json``: error (if any), set size and release-gate results.
+
+    Values are copied only when they are finite numbers (the client's word, bounded to scalars).
+    """
+    if reply.has_error():
+        return {"error_code": int(reply.error.code), "error": str(reply.error.reason)[:500]}
+    out: dict[str, object] = {}
+    if METRICS_KEY in reply.content.metric_records:
+        for key, value in reply.content.metric_records[METRICS_KEY].items():
+            wanted = key.startswith(GATE_PREFIX) or key in (SYNTHETIC_IMAGES, DISTILL_SECONDS, EPSILON)
+            if wanted and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                out[key] = value
+    return out
 
 
 def model_to_record(model: nn.Module) -> ArrayRecord:

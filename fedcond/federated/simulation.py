@@ -2,7 +2,10 @@
 
 This is the driver behind ``fedcond simulate`` and the benchmark. The ServerApp runs
 :func:`run_federated` in a thread of this process (so the report comes back as an object);
-every virtual SuperNode runs :data:`fedcond.federated.client_app.app` in a Ray actor.
+every virtual SuperNode runs the fedcond ClientApp (:func:`~fedcond.federated.client_app.build_client_app`,
+with the run's client policy) in a Ray actor. A simulated attack (``attack``) puts the honest
+app behind an attack mod on the first ``attackers`` partitions
+(:func:`fedcond.federated.attacks.attacked_client_app`); only this driver does that.
 
 Resources: each client asks for ``cpus_per_client`` CPUs out of the ``num_cpus`` given to Ray,
 so at most ``num_cpus // cpus_per_client`` clients run at once whatever their number (memory
@@ -17,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +29,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
+from fedcond.federated.attacks import AttackConfig, attacked_client_app
+from fedcond.federated.checkpoint import RunCheckpoint
 from fedcond.federated.client import load_splits
-from fedcond.federated.client_app import app as client_app
+from fedcond.federated.client_app import build_client_app
 from fedcond.federated.flower_logging import without_run_simulation_notice
+from fedcond.federated.policy import ClientPolicy
 from fedcond.federated.inprocess import InProcessGrid, task_identity
 from fedcond.federated.job import FederatedJob
 from fedcond.federated.server_app import FederatedReport, run_federated
@@ -80,11 +87,29 @@ def _ray_tmpdir() -> tuple[str | None, Path | None]:
     return str(short), short
 
 
-def simulate_in_process(job: FederatedJob) -> FederatedReport:
-    """Run ``job`` with :class:`InProcessGrid`: sequential clients, no Ray (tests, CPU benchmarks)."""
+def simulate_in_process(
+    job: FederatedJob,
+    *,
+    policy: ClientPolicy | None = None,
+    attack: AttackConfig | None = None,
+    checkpoint: RunCheckpoint | None = None,
+    on_round: Callable[[FederatedReport], None] | None = None,
+) -> FederatedReport:
+    """Run ``job`` with :class:`InProcessGrid`: sequential clients, no Ray (tests, CPU benchmarks).
+
+    ``policy`` is every simulated client's policy (``None``: the default, private policy);
+    ``attack``, ``checkpoint`` and ``on_round`` as for :func:`simulate`.
+    """
+    client_app = attacked_client_app(build_client_app(policy), attack)
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     with task_identity():
-        return run_federated(InProcessGrid(client_app, num_nodes=job.federated.num_clients), job)
+        return run_federated(
+            InProcessGrid(client_app, num_nodes=job.federated.num_clients),
+            job,
+            attack=attack,
+            checkpoint=checkpoint,
+            on_round=on_round,
+        )
 
 
 def simulate(
@@ -94,6 +119,10 @@ def simulate(
     num_cpus: int | None = None,
     cpus_per_client: int = 1,
     max_concurrent_clients: int = 2,
+    policy: ClientPolicy | None = None,
+    attack: AttackConfig | None = None,
+    checkpoint: RunCheckpoint | None = None,
+    on_round: Callable[[FederatedReport], None] | None = None,
 ) -> FederatedReport:
     """Simulate ``job`` with ``job.federated.num_clients`` virtual SuperNodes.
 
@@ -109,6 +138,14 @@ def simulate(
         CPUs each client reserves (Ray limits concurrency with it).
     max_concurrent_clients : int
         Upper bound on clients running at once (memory budget).
+    policy : ClientPolicy | None
+        The client policy of every simulated node (``None``: the default, private policy).
+    attack : AttackConfig | None
+        Simulated hostile clients: partitions ``0..attackers-1`` run ``attack.kind``.
+    checkpoint : RunCheckpoint | None
+        Per-round checkpoint; a checkpoint holding rounds of this job is continued.
+    on_round : Callable | None
+        Called with the partial report after every round.
 
     Raises
     ------
@@ -120,7 +157,7 @@ def simulate(
     """
     load_splits(job.data)  # a missing dataset is one clear error now, not minutes later in Ray
     if engine == "inprocess":
-        return simulate_in_process(job)
+        return simulate_in_process(job, policy=policy, attack=attack, checkpoint=checkpoint, on_round=on_round)
     if engine != "ray":
         raise ValueError(f"unknown simulation engine {engine!r}; choose one of {', '.join(ENGINES)}")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -140,7 +177,7 @@ def simulate(
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         try:
-            holder["report"] = run_federated(grid, job)
+            holder["report"] = run_federated(grid, job, attack=attack, checkpoint=checkpoint, on_round=on_round)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             holder["error"] = exc
             raise
@@ -158,7 +195,7 @@ def simulate(
         with without_run_simulation_notice():
             run_simulation(
                 server_app=server_app,
-                client_app=client_app,
+                client_app=attacked_client_app(build_client_app(policy), attack),
                 num_supernodes=job.federated.num_clients,
                 backend_name="ray",
                 backend_config=backend_config,

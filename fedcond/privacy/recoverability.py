@@ -73,18 +73,36 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.detach().float().flatten(1).cpu()
 
 
-def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor, *, batch_size: int = 512) -> NearestNeighbours:
-    """Euclidean nearest neighbour of each query row among the reference rows (batched)."""
+def nearest_neighbours(
+    query: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    batch_size: int = 512,
+    exclude: torch.Tensor | None = None,
+) -> NearestNeighbours:
+    """Euclidean nearest neighbour of each query row among the reference rows (batched).
+
+    ``exclude`` (one reference index per query row) leaves that row out of the query's search:
+    with ``query = reference[idx]`` and ``exclude = idx`` each row's nearest *other* row, the
+    leave-one-out distance.
+    """
     q, r = _flat(query), _flat(reference)
     if r.shape[0] == 0:
         raise ValueError("the reference set is empty")
     if q.shape[1] != r.shape[1]:
         raise ValueError(f"query rows have {q.shape[1]} values, reference rows {r.shape[1]}")
+    if exclude is not None:
+        if exclude.shape != (q.shape[0],):
+            raise ValueError(f"exclude needs one index per query row ({q.shape[0]}), got shape {tuple(exclude.shape)}")
+        if r.shape[0] < 2:
+            raise ValueError("leave-one-out needs at least two reference rows")
     r_sq = (r * r).sum(1)
     dists, idxs = [], []
     for start in range(0, q.shape[0], batch_size):
         qb = q[start : start + batch_size]
         d2 = (qb * qb).sum(1, keepdim=True) - 2 * qb @ r.T + r_sq
+        if exclude is not None:
+            d2[torch.arange(qb.shape[0]), exclude[start : start + batch_size]] = float("inf")
         i = d2.argmin(1)
         dists.append((qb - r[i]).norm(dim=1))  # exact distance to the chosen row (0 for copies)
         idxs.append(i)

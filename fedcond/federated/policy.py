@@ -1,0 +1,354 @@
+"""The client policy: what a node agrees to do with its data, whatever the server asks.
+
+A federated client receives its job in the server's train message. Under a hostile or careless
+server that message could ask for anything: real-image init with zero iterations (an upload of
+raw training images), DP switched off, a noise seed the server then knows, another data folder.
+The :class:`ClientPolicy` is the node's own answer, read from the node's configuration (never
+from the server): every request is checked against it by :func:`check_request` and a request
+that breaks a rule is refused with a :class:`PolicyViolation` that names the rule. The server's
+config can tighten nothing and loosen nothing.
+
+Sources of a policy, in order: the policy a simulation driver hands to every simulated client
+(``fedcond simulate --client-policy FILE``), the TOML file named by the node config key
+``policy`` (``flower-supernode --node-config "policy='client-policy.toml'"``), else
+:data:`DEFAULT_POLICY`, which is private: noise init only and a release gate on every upload.
+
+Example policy file::
+
+    allowed_init = ["noise"]          # real, herding and kmeans start from real images
+    min_iterations = 100
+    serve = ["condense", "evaluate"]  # no FedAvg/FedProx model updates from this node
+
+    [dp]
+    required = true
+    max_epsilon = 8.0                 # per upload
+    budget_epsilon = 20.0             # over the node's lifetime, all runs
+    budget_delta = 1e-5
+    ledger = "dp-ledger.json"         # relative to the policy file
+
+    [gate]
+    action = "replace"                # or "refuse"
+
+    [data]
+    dataset = "mnist"
+    data_dir = "/srv/data"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedcond.config import ConfigError, parse_config
+from fedcond.data.registry import available_datasets
+
+__all__ = [
+    "ACTIONS",
+    "DEFAULT_POLICY",
+    "GATE_ACTIONS",
+    "INIT_KINDS",
+    "PRIVATE_INITS",
+    "ClientPolicy",
+    "DataSourcePolicy",
+    "DPPolicy",
+    "GatePolicy",
+    "PolicyError",
+    "PolicyViolation",
+    "check_request",
+    "load_policy",
+    "policy_from_mapping",
+]
+
+#: Message actions a node can serve: FedCond's condensation, FedAvg/FedProx local training
+#: (which sends model updates) and evaluation of the global model on local data.
+ACTIONS = ("condense", "train", "evaluate")
+#: Init kinds of the condenser; every one but ``noise`` starts from real images.
+INIT_KINDS = ("real", "herding", "kmeans", "noise")
+#: Inits that put no real image into the start set.
+PRIVATE_INITS = ("noise",)
+#: What the release gate does with a set holding near-copies of training images.
+GATE_ACTIONS = ("refuse", "replace")
+
+
+class PolicyError(ConfigError):
+    """A policy file is missing, malformed or contradictory (raised when the node starts)."""
+
+
+class PolicyViolation(Exception):
+    """A request breaks a rule of the client's policy.
+
+    Attributes
+    ----------
+    rule : str
+        The policy key that refuses the request (e.g. ``allowed_init``, ``dp.budget_epsilon``).
+    reason : str
+        What was asked and what the rule allows.
+    """
+
+    def __init__(self, rule: str, reason: str) -> None:
+        super().__init__(f"policy rule {rule!r}: {reason}")
+        self.rule = rule
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DPPolicy:
+    """Differential-privacy rules of a node.
+
+    Attributes
+    ----------
+    required : bool
+        Refuse any condensation request without DP.
+    max_epsilon : float | None
+        Largest epsilon one upload (one run of the federated job) may spend.
+    budget_epsilon, budget_delta : float | None, float
+        The node's lifetime budget over every run it serves; needs ``ledger``.
+    ledger : Path | None
+        The persistent DP ledger file (:class:`fedcond.privacy.ledger.PrivacyLedger`); a
+        relative path is resolved against the policy file's folder.
+    honour_server_noise_seed : bool
+        Accept a server-supplied ``dp.noise_seed`` (which lets the server regenerate the noise).
+    """
+
+    required: bool = False
+    max_epsilon: float | None = None
+    budget_epsilon: float | None = None
+    budget_delta: float = 1e-5
+    ledger: Path | None = None
+    honour_server_noise_seed: bool = False
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """The release gate run on every non-DP upload (:mod:`fedcond.privacy.gate`).
+
+    Attributes
+    ----------
+    enabled : bool
+        Test each synthetic set against the node's own data before it leaves.
+    action : str
+        ``refuse`` (no upload when any image is flagged) or ``replace`` (flagged images are
+        re-condensed from noise and tested again; images still flagged are withheld).
+    quantile : float
+        Fresh-sample false-positive rate of the near-copy threshold.
+    feature_space : bool
+        Also compare in the feature space of a fixed random ConvNet (catches rescaled copies).
+    """
+
+    enabled: bool = True
+    action: str = "replace"
+    quantile: float = 0.01
+    feature_space: bool = True
+
+
+@dataclass(frozen=True)
+class DataSourcePolicy:
+    """The node's own data (its training split is what the node condenses or trains on)."""
+
+    dataset: str | None = None
+    data_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """A node's rules, checked against every request (see the module docstring).
+
+    Attributes
+    ----------
+    allowed_init : tuple[str, ...]
+        Condenser init kinds the node accepts.
+    min_iterations : int
+        Fewest condensation iterations the node accepts.
+    serve : tuple[str, ...]
+        Message actions the node answers (:data:`ACTIONS`).
+    dp, gate, data
+        See :class:`DPPolicy`, :class:`GatePolicy`, :class:`DataSourcePolicy`.
+    """
+
+    allowed_init: tuple[str, ...] = PRIVATE_INITS
+    min_iterations: int = 0
+    serve: tuple[str, ...] = ACTIONS
+    dp: DPPolicy = field(default_factory=DPPolicy)
+    gate: GatePolicy = field(default_factory=GatePolicy)
+    data: DataSourcePolicy = field(default_factory=DataSourcePolicy)
+
+    def __post_init__(self) -> None:
+        _check_policy(self)
+
+    @property
+    def permissive(self) -> bool:
+        """Whether a non-DP upload may carry real images: a real-data init allowed, or no gate."""
+        real_init = any(init not in PRIVATE_INITS for init in self.allowed_init)
+        return not self.dp.required and (real_init or not self.gate.enabled)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The policy as JSON-ready values (for ``metrics.json``), plus ``permissive``."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, tuple):
+                return list(value)
+            return value
+
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                out[f.name] = {g.name: plain(getattr(value, g.name)) for g in dataclasses.fields(value)}
+            else:
+                out[f.name] = plain(value)
+        out["permissive"] = self.permissive
+        return out
+
+
+def _check_policy(policy: ClientPolicy) -> None:
+    """Refuse contradictory or unknown rules: a policy is never silently weaker than written."""
+    unknown = [i for i in policy.allowed_init if i not in INIT_KINDS]
+    if unknown:
+        raise PolicyError(f"policy key 'allowed_init': unknown init kind(s) {unknown}; choose from {list(INIT_KINDS)}")
+    if not policy.allowed_init:
+        raise PolicyError("policy key 'allowed_init' is empty: the node would refuse every condensation")
+    unknown = [a for a in policy.serve if a not in ACTIONS]
+    if unknown:
+        raise PolicyError(f"policy key 'serve': unknown action(s) {unknown}; choose from {list(ACTIONS)}")
+    if policy.min_iterations < 0:
+        raise PolicyError(f"policy key 'min_iterations' must be >= 0, got {policy.min_iterations}")
+    dp = policy.dp
+    for key, value in (("dp.max_epsilon", dp.max_epsilon), ("dp.budget_epsilon", dp.budget_epsilon)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise PolicyError(
+                f"policy key {key!r} must be a positive epsilon, got {value}"
+                + (" (with dp.required = true no run could be served)" if dp.required else "")
+            )
+    if not 0 < dp.budget_delta < 1:
+        raise PolicyError(f"policy key 'dp.budget_delta' must lie in (0, 1), got {dp.budget_delta}")
+    if dp.budget_epsilon is not None and dp.ledger is None:
+        raise PolicyError(
+            "policy key 'dp.budget_epsilon' needs 'dp.ledger' (a file on the node's disk): a lifetime "
+            "budget kept in memory would start afresh with every restart"
+        )
+    if dp.max_epsilon is not None and dp.budget_epsilon is not None and dp.max_epsilon > dp.budget_epsilon:
+        raise PolicyError(
+            f"policy keys 'dp.max_epsilon' ({dp.max_epsilon}) and 'dp.budget_epsilon' ({dp.budget_epsilon}) "
+            "contradict: one upload may not spend more than the lifetime budget"
+        )
+    gate = policy.gate
+    if gate.action not in GATE_ACTIONS:
+        raise PolicyError(f"policy key 'gate.action': {gate.action!r} is not one of {', '.join(GATE_ACTIONS)}")
+    if not 0 < gate.quantile < 1:
+        raise PolicyError(f"policy key 'gate.quantile' must lie in (0, 1), got {gate.quantile}")
+    data = policy.data
+    if data.dataset is not None and data.dataset not in available_datasets():
+        raise PolicyError(
+            f"policy key 'data.dataset': unknown dataset {data.dataset!r}; choose from {sorted(available_datasets())}"
+        )
+    if data.data_dir is not None and data.dataset is None:
+        raise PolicyError("policy key 'data.data_dir' needs 'data.dataset' (which dataset the folder holds)")
+
+
+#: The policy of a node that names none: noise init only, the release gate on every upload.
+DEFAULT_POLICY = ClientPolicy()
+
+
+def policy_from_mapping(values: dict[str, Any], *, base_dir: Path | None = None) -> ClientPolicy:
+    """Build a :class:`ClientPolicy` from a (nested or dotted) mapping; relative paths join ``base_dir``.
+
+    Raises
+    ------
+    PolicyError
+        For an unknown key, a wrong type or a contradictory rule.
+    """
+    try:
+        policy = parse_config(ClientPolicy, values)
+    except PolicyError:
+        raise
+    except ConfigError as exc:
+        raise PolicyError(f"client policy: {exc}") from exc
+    if base_dir is not None:
+        ledger = policy.dp.ledger
+        if ledger is not None and not ledger.is_absolute():
+            policy = dataclasses.replace(policy, dp=dataclasses.replace(policy.dp, ledger=base_dir / ledger))
+        data_dir = policy.data.data_dir
+        if data_dir is not None and not data_dir.is_absolute():
+            policy = dataclasses.replace(policy, data=dataclasses.replace(policy.data, data_dir=base_dir / data_dir))
+    return policy
+
+
+def load_policy(path: str | Path) -> ClientPolicy:
+    """Read a client-policy TOML file (relative paths in it are relative to its folder).
+
+    Raises
+    ------
+    PolicyError
+        When the file is missing, not TOML, or holds an unknown key, a wrong type or a
+        contradiction (the message names the key).
+    """
+    from fedcond.config import load_toml
+
+    path = Path(path).expanduser()
+    try:
+        values = load_toml(path)
+    except ConfigError as exc:
+        raise PolicyError(f"client policy: {exc}") from exc
+    return policy_from_mapping(values, base_dir=path.resolve().parent)
+
+
+def check_request(
+    policy: ClientPolicy,
+    *,
+    action: str,
+    init: str | None = None,
+    iterations: int | None = None,
+    dp_epsilon: float | None = None,
+    server_noise_seed: bool = False,
+) -> None:
+    """Refuse a request that breaks ``policy``.
+
+    Parameters
+    ----------
+    action : str
+        ``condense``, ``train`` or ``evaluate``.
+    init, iterations : str | None, int | None
+        The requested condensation start and length (``condense`` only).
+    dp_epsilon : float | None
+        The requested DP budget of the run (``None``: no DP).
+    server_noise_seed : bool
+        Whether the request carries a server-supplied ``dp.noise_seed``.
+
+    Raises
+    ------
+    PolicyViolation
+        Naming the first rule the request breaks.
+    """
+    if action not in policy.serve:
+        raise PolicyViolation("serve", f"this node does not serve {action!r} requests (it serves {list(policy.serve)})")
+    if action != "condense":
+        return
+    dp = policy.dp
+    if dp_epsilon is None and dp.required:
+        raise PolicyViolation("dp.required", "this node uploads only differentially private sets; the request has no DP")
+    if dp_epsilon is not None and dp.max_epsilon is not None and dp_epsilon > dp.max_epsilon:
+        raise PolicyViolation(
+            "dp.max_epsilon", f"the request asks epsilon {dp_epsilon:g} per upload, this node allows at most {dp.max_epsilon:g}"
+        )
+    if server_noise_seed and not dp.honour_server_noise_seed:
+        raise PolicyViolation(
+            "dp.honour_server_noise_seed",
+            "the request sets dp.noise_seed: noise the server can regenerate protects nothing; this node draws its own",
+        )
+    # DP-DM always starts from noise, whatever init the request names
+    effective_init = "noise" if dp_epsilon is not None else init
+    if effective_init is not None and effective_init not in policy.allowed_init:
+        raise PolicyViolation(
+            "allowed_init",
+            f"the request asks init {effective_init!r}, this node allows {list(policy.allowed_init)} "
+            "(real-data inits start the upload from training images)",
+        )
+    if iterations is not None and iterations < policy.min_iterations:
+        raise PolicyViolation(
+            "min_iterations", f"the request asks {iterations} iterations, this node requires at least {policy.min_iterations}"
+        )

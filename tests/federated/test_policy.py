@@ -1,0 +1,138 @@
+"""The client policy: parsing, contradictions, and every rule refusing what breaks it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedcond.federated.policy import (
+    DEFAULT_POLICY,
+    ClientPolicy,
+    PolicyError,
+    PolicyViolation,
+    check_request,
+    load_policy,
+    policy_from_mapping,
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "client-policy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_default_policy_is_private():
+    assert DEFAULT_POLICY.allowed_init == ("noise",)
+    assert DEFAULT_POLICY.gate.enabled and DEFAULT_POLICY.gate.action == "replace"
+    assert not DEFAULT_POLICY.dp.honour_server_noise_seed
+    assert not DEFAULT_POLICY.permissive
+
+
+def test_file_round_trip_and_relative_paths(tmp_path):
+    path = write(
+        tmp_path,
+        'allowed_init = ["noise", "real"]\nmin_iterations = 50\nserve = ["condense"]\n'
+        '[dp]\nrequired = true\nmax_epsilon = 8.0\nbudget_epsilon = 20.0\nledger = "ledger.json"\n'
+        '[gate]\naction = "refuse"\n[data]\ndataset = "digits"\n',
+    )
+    policy = load_policy(path)
+    assert policy.allowed_init == ("noise", "real")
+    assert policy.min_iterations == 50
+    assert policy.serve == ("condense",)
+    assert policy.dp.ledger == tmp_path.resolve() / "ledger.json"
+    assert policy.dp.required and policy.dp.max_epsilon == 8.0
+    assert policy.gate.action == "refuse"
+    assert policy.data.dataset == "digits"
+    assert not policy.permissive  # DP is required: real init is never used under DP
+    as_dict = policy.as_dict()
+    assert as_dict["serve"] == ["condense"] and as_dict["permissive"] is False
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("allowed_inits = ['noise']\n", "allowed_inits"),  # unknown key
+        ("allowed_init = ['pixels']\n", "allowed_init"),
+        ("allowed_init = []\n", "allowed_init"),
+        ("serve = ['train', 'gossip']\n", "serve"),
+        ("min_iterations = -1\n", "min_iterations"),
+        ("[dp]\nrequired = true\nmax_epsilon = 0.0\n", "dp.max_epsilon"),
+        ("[dp]\nbudget_epsilon = 5.0\n", "dp.ledger"),
+        ("[dp]\nmax_epsilon = 9.0\nbudget_epsilon = 5.0\nledger = 'l.json'\n", "contradict"),
+        ("[dp]\nbudget_delta = 1.5\n", "dp.budget_delta"),
+        ("[gate]\naction = 'shrug'\n", "gate.action"),
+        ("[gate]\nquantile = 0.0\n", "gate.quantile"),
+        ("[data]\ndataset = 'nope'\n", "data.dataset"),
+        ("[data]\ndata_dir = '/x'\n", "data.data_dir"),
+        ("min_iterations = '5'\n", "min_iterations"),  # a quoted number in a file
+        ("this is not toml", "not valid TOML"),
+    ],
+)
+def test_bad_policy_files_are_clear_errors(tmp_path, text, needle):
+    with pytest.raises(PolicyError, match=needle.replace(".", r"\.").replace("(", r"\(")):
+        load_policy(write(tmp_path, text))
+
+
+def test_missing_policy_file(tmp_path):
+    with pytest.raises(PolicyError, match="does not exist"):
+        load_policy(tmp_path / "absent.toml")
+
+
+def test_permissive_policies():
+    assert policy_from_mapping({"allowed_init": ["real", "noise"]}).permissive
+    assert policy_from_mapping({"gate.enabled": False}).permissive
+    assert not policy_from_mapping({"allowed_init": ["noise"]}).permissive
+
+
+@pytest.mark.parametrize(
+    ("policy", "request_kwargs", "rule"),
+    [
+        (ClientPolicy(), {"action": "condense", "init": "real", "iterations": 200}, "allowed_init"),
+        (ClientPolicy(), {"action": "condense", "init": "kmeans", "iterations": 200}, "allowed_init"),
+        (ClientPolicy(min_iterations=100), {"action": "condense", "init": "noise", "iterations": 0}, "min_iterations"),
+        (
+            policy_from_mapping({"dp.required": True}),
+            {"action": "condense", "init": "noise", "iterations": 10},
+            "dp.required",
+        ),
+        (
+            policy_from_mapping({"dp.max_epsilon": 2.0}),
+            {"action": "condense", "init": "noise", "iterations": 10, "dp_epsilon": 8.0},
+            "dp.max_epsilon",
+        ),
+        (
+            ClientPolicy(),
+            {"action": "condense", "init": "noise", "iterations": 10, "dp_epsilon": 1.0, "server_noise_seed": True},
+            "dp.honour_server_noise_seed",
+        ),
+        (ClientPolicy(serve=("condense", "evaluate")), {"action": "train"}, "serve"),
+        (ClientPolicy(serve=("train",)), {"action": "condense", "init": "noise", "iterations": 10}, "serve"),
+    ],
+)
+def test_each_rule_refuses_the_request_that_breaks_it(policy, request_kwargs, rule):
+    with pytest.raises(PolicyViolation) as info:
+        check_request(policy, **request_kwargs)
+    assert info.value.rule == rule
+    assert repr(rule) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("policy", "request_kwargs"),
+    [
+        (ClientPolicy(), {"action": "condense", "init": "noise", "iterations": 0}),
+        (ClientPolicy(min_iterations=100), {"action": "condense", "init": "noise", "iterations": 100}),
+        # DP-DM starts from noise whatever init the request names
+        (ClientPolicy(), {"action": "condense", "init": "real", "iterations": 10, "dp_epsilon": 1.0}),
+        (policy_from_mapping({"dp.required": True, "dp.max_epsilon": 2.0}),
+         {"action": "condense", "init": "noise", "iterations": 10, "dp_epsilon": 2.0}),
+        (policy_from_mapping({"dp.honour_server_noise_seed": True}),
+         {"action": "condense", "init": "noise", "iterations": 10, "dp_epsilon": 1.0, "server_noise_seed": True}),
+        (ClientPolicy(), {"action": "train"}),
+        (ClientPolicy(), {"action": "evaluate"}),
+        (policy_from_mapping({"allowed_init": ["real", "noise"]}), {"action": "condense", "init": "real", "iterations": 0}),
+    ],
+)
+def test_requests_that_keep_the_rules_are_served(policy, request_kwargs):
+    check_request(policy, **request_kwargs)
