@@ -1,0 +1,339 @@
+"""The server against hostile clients: bounds, the robust rule, the attack mods, node waits.
+
+Honest "synthetic sets" here are real digits images (ipc per class, disjoint per client), so the
+embedding outlier rule sees what it would see from honest DM sets: images of the right class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
+
+from fedcond.config import ConfigError, FederatedConfig, parse_config
+from fedcond.data import load_dataset
+from fedcond.federated.aggregation import AggregatedSet
+from fedcond.federated.attacks import (
+    ATTACKS,
+    EXTREME_VALUE,
+    INFLATED_COUNT,
+    AttackConfig,
+    attack_mod,
+    attacked_client_app,
+    check_attack,
+)
+from fedcond.federated.baselines import BASELINES, baseline_strategy
+from fedcond.federated.job import STRATEGIES
+from fedcond.federated.nodes import NodeWaitTimeout, wait_for_nodes
+from fedcond.federated.records import (
+    CLASS_COUNTS,
+    CONDENSE_ACTION,
+    CONFIG_KEY,
+    IMAGES,
+    LABELS,
+    METRICS_KEY,
+    MODEL_KEY,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    SERVER_ROUND,
+    SYNTHETIC_KEY,
+)
+from fedcond.federated.robust import cap_claimed_counts, robust_sets
+from fedcond.federated.server_training import NonFiniteTraining, train_global_model
+from fedcond.federated.strategy import FedCond
+from fedcond.federated.validation import ClientSet, ReplyRejected, pixel_bounds, validate_reply
+from fedcond.distill.synthetic import SyntheticSet
+from tests.federated.conftest import request_to, synthetic_reply
+from tests.federated.test_strategy import FakeGrid
+
+IPC = 3
+NUM_CLIENTS = 8
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _honest_reply(node_id: int, digits, *, classes: list[int], count: int = 40) -> Message:
+    """Client ``node_id``'s reply: IPC real digits images per class (its own samples)."""
+    train = digits.train
+    images, labels = [], []
+    for c in classes:
+        pool = (train.labels == c).nonzero().flatten()
+        picks = pool[node_id * IPC : (node_id + 1) * IPC]
+        images.append(train.images[picks])
+        labels.append(torch.full((IPC,), c))
+    counts = [count if c in classes else 0 for c in range(10)]
+    return synthetic_reply(node_id, classes={}, images=torch.cat(images), labels=torch.cat(labels), counts=counts)
+
+
+def _classes(node_id: int) -> list[int]:
+    return [(node_id + k) % 10 for k in range(5)]  # each class held by 4 of the 8 clients
+
+
+def _attacked(reply: Message, kind: str, *, partition: int = 0) -> Message:
+    """``reply`` as it leaves a node of ``partition`` that runs ``kind``."""
+    request = Message(
+        RecordDict({CONFIG_KEY: ConfigRecord({"dataset": "digits", "distill.ipc": IPC, SERVER_ROUND: 1})}),
+        dst_node_id=reply.metadata.src_node_id,
+        message_type=f"train.{CONDENSE_ACTION}",
+    )
+    context = Context(run_id=1, node_id=1, node_config={PARTITION_ID: partition}, state=RecordDict(), run_config={})
+    attacked = attack_mod(AttackConfig(kind=kind, attackers=1))(request, context, lambda m, c: reply)
+    # keep the sender: the attacked reply answers the same request from the same node
+    attacked.metadata.__dict__["_src_node_id"] = reply.metadata.src_node_id
+    return attacked
+
+
+def _strategy(**overrides) -> FedCond:
+    from fedcond.data import get_spec
+
+    config = parse_config(
+        FederatedConfig, {"server_epochs": 2, "distill.ipc": IPC, "min_reply_fraction": 0.5, **overrides}
+    )
+    return FedCond(spec=get_spec("digits"), config=config, device="cpu")
+
+
+def _round(strategy: FedCond, replies: list[Message], nodes: list[int], server_round: int = 1):
+    list(strategy.configure_train(server_round, ArrayRecord(), ConfigRecord({"x": 1}), FakeGrid(nodes)))
+    return strategy.aggregate_train(server_round, replies)
+
+
+# ---------------------------------------------------------------- per-reply bounds
+def test_pixel_bounds_follow_the_dataset_normalisation(digits_spec):
+    low, high = pixel_bounds(digits_spec, margin=0.0)
+    assert low.item() == pytest.approx((0 - 0.3050) / 0.3769, abs=1e-4)
+    assert high.item() == pytest.approx((1 - 0.3050) / 0.3769, abs=1e-4)
+    wide_low, wide_high = pixel_bounds(digits_spec, margin=1.0)
+    assert wide_high - wide_low == pytest.approx(3 * (high - low), rel=1e-5)
+    with pytest.raises(ValueError, match="margin"):
+        pixel_bounds(digits_spec, margin=-1.0)
+
+
+@pytest.mark.parametrize(("value", "accepted"), [(4.4, True), (4.6, False), (1e20, False), (-3.5, False)])
+def test_a_reply_beyond_the_pixel_bounds_is_refused(task_identity, digits_spec, value, accepted):
+    images = torch.zeros((2, 1, 8, 8))
+    images[1, 0, 3, 3] = value
+    reply = synthetic_reply(1, classes={0: 10}, images=images)
+    kwargs = {"num_classes": 10, "image_shape": (1, 8, 8), "max_images": 20, "bounds": pixel_bounds(digits_spec, margin=1.0)}
+    if accepted:
+        assert validate_reply(reply, **kwargs).synthetic.images.max() == value
+    else:
+        with pytest.raises(ReplyRejected, match="outside the allowed"):
+            validate_reply(reply, **kwargs)
+
+
+def test_more_than_ipc_images_in_a_class_is_refused(task_identity):
+    reply = synthetic_reply(1, classes={0: 10, 1: 10}, labels=torch.tensor([0, 0, 0, 1]), images=torch.zeros(4, 1, 8, 8))
+    kwargs = {"num_classes": 10, "image_shape": (1, 8, 8), "max_images": 20}
+    assert len(validate_reply(reply, ipc=3, **kwargs).synthetic) == 4
+    with pytest.raises(ReplyRejected, match=r"classes \[0\] hold \[3\] images, more than ipc=2"):
+        validate_reply(reply, ipc=2, **kwargs)
+
+
+def test_claimed_counts_above_the_configured_bound_are_refused(task_identity):
+    reply = synthetic_reply(1, classes={0: 1001}, ipc=1)
+    kwargs = {"num_classes": 10, "image_shape": (1, 8, 8), "max_images": 20}
+    assert int(validate_reply(reply, max_class_count=1001, **kwargs).class_counts[0]) == 1001
+    with pytest.raises(ReplyRejected, match=r"0\.\.1000"):
+        validate_reply(reply, max_class_count=1000, **kwargs)
+
+
+# ---------------------------------------------------------------- the robust rule
+def _client_set(node_id: int, total: int) -> ClientSet:
+    counts = torch.zeros(10, dtype=torch.int64)
+    counts[0], counts[1] = total - total // 4, total // 4
+    synthetic = SyntheticSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), {})
+    return ClientSet(node_id, synthetic, counts, {})
+
+
+def test_claims_above_factor_times_the_upper_median_are_scaled_down_proportionally():
+    sets = [_client_set(i, t) for i, t in enumerate([17, 24, 36, 169, 200, 359, 1_000_000])]
+    capped, notes = cap_claimed_counts(sets, factor=3.0)
+    # upper median of the 7 totals is 169: only the 10^6 claim exceeds 3 x 169
+    assert list(notes) == [6] and "capped to" in notes[6]
+    assert [int(s.class_counts.sum()) for s in capped[:6]] == [17, 24, 36, 169, 200, 359]
+    assert int(capped[6].class_counts.sum()) <= 3 * 169
+    assert capped[6].class_counts[0] / capped[6].class_counts[1] == pytest.approx(3.0, rel=0.01)
+    with pytest.raises(ValueError, match=">= 1"):
+        cap_claimed_counts(sets, factor=0.5)
+
+
+def test_honest_sets_pass_the_robust_rule_untouched(task_identity, digits):
+    strategy = _strategy()
+    replies = [_honest_reply(n, digits, classes=_classes(n)) for n in range(NUM_CLIENTS)]
+    arrays, _ = _round(strategy, replies, list(range(NUM_CLIENTS)))
+    report = strategy.rounds[-1]
+    assert arrays is not None and report.rejected == {} and report.neutralised == {}
+    assert len(report.accepted) == NUM_CLIENTS
+
+
+@pytest.mark.parametrize("kind", [k for k, a in ATTACKS.items() if a.synthetic is not None])
+def test_every_synthetic_set_attack_is_refused_or_neutralised_and_the_round_goes_on(task_identity, digits, kind, caplog):
+    strategy = _strategy()
+    replies = [_honest_reply(n, digits, classes=_classes(n)) for n in range(NUM_CLIENTS)]
+    attackers = (0, 4)  # 2 of 8, holding disjoint classes
+    replies = [_attacked(r, kind) if n in attackers else r for n, r in enumerate(replies)]
+    arrays, _ = _round(strategy, replies, list(range(NUM_CLIENTS)))
+    report = strategy.rounds[-1]
+    assert arrays is not None and report.trained  # the round goes on
+    for node in attackers:
+        handled = node in report.dropped or node in report.rejected or node in report.neutralised
+        assert handled, f"{kind}: node {node} passed unchecked"
+        reason = report.dropped.get(node) or report.rejected.get(node) or "; ".join(report.neutralised.get(node, []))
+        assert reason and str(node) in caplog.text  # a logged reason
+    assert all(n in report.accepted for n in range(NUM_CLIENTS) if n not in attackers)
+    union = strategy.union
+    assert bool(torch.isfinite(union.images).all()) and float(union.images.abs().max()) < 100
+    if kind == "count-inflation":  # kept, but no liar outweighs the rest
+        liars = sum(float(union.weights[(union.labels == c)].sum()) for c in _classes(0) if c not in _classes(4))
+        assert liars < 0.5 * float(union.weights.sum())
+
+
+def test_the_robust_rule_off_lets_a_label_flip_through(task_identity, digits):
+    # the same attack with the rule off: the flipped classes stay in the union (the rule is what stops them)
+    strategy = _strategy(**{"robust.enabled": False})
+    replies = [_honest_reply(n, digits, classes=_classes(n)) for n in range(NUM_CLIENTS)]
+    replies[0] = _attacked(replies[0], "label-flip")
+    _round(strategy, replies, list(range(NUM_CLIENTS)))
+    assert 0 in strategy.union.node_ids and strategy.rounds[-1].rejected == {}
+
+
+def test_robust_outcome_without_the_rule_is_a_copy(digits_spec):
+    sets = [_client_set(i, t) for i, t in enumerate([10, 10**6])]
+    config = parse_config(FederatedConfig, {"robust.enabled": False}).robust
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
+    assert outcome.sets == sets and outcome.rejected == {} and outcome.neutralised == {}
+
+
+# ---------------------------------------------------------------- server training and membership
+def test_server_training_stops_on_non_finite_values(digits_spec):
+    union = AggregatedSet(
+        torch.full((4, 1, 8, 8), 1e30), torch.tensor([0, 1, 0, 1]), torch.ones(4), torch.tensor([2, 2]), [1]
+    )
+    with pytest.raises(NonFiniteTraining, match="non-finite"):
+        train_global_model(
+            union, spec=digits_spec, model_name="mlp", epochs=2, lr=0.01, generator=torch.Generator().manual_seed(0)
+        )
+
+
+def test_a_non_finite_server_training_keeps_the_previous_model(task_identity, digits):
+    strategy = _strategy(**{"robust.pixel_margin": 1e38, "robust.enabled": False, "model": "mlp"})
+    replies = [_honest_reply(n, digits, classes=_classes(n)) for n in range(3)]
+    replies[0] = _attacked(replies[0], "extreme-pixels")
+    arrays, metrics = _round(strategy, replies, [0, 1, 2])
+    assert arrays is None and metrics is not None
+    assert "non-finite" in strategy.rounds[-1].training_stopped
+
+
+def test_a_departed_node_takes_its_set_along_and_old_sets_age_out(task_identity, digits):
+    strategy = _strategy(**{"robust.max_set_age": 2, "min_reply_fraction": 0.0})
+    _round(strategy, [_honest_reply(n, digits, classes=_classes(n)) for n in range(3)], [0, 1, 2])
+    # node 2 reconnects as node 7: its old id is gone from the grid, so its old set leaves the union
+    _round(strategy, [_honest_reply(1, digits, classes=_classes(1))], [0, 1, 7], server_round=2)
+    assert strategy.rounds[-1].forgotten == {2: "node disconnected"}
+    assert sorted(strategy.union.node_ids) == [0, 1]
+    # round 3: node 0's round-1 set is 2 rounds old and ages out; node 1's round-2 set stays
+    _round(strategy, [_honest_reply(1, digits, classes=_classes(1))], [0, 1, 7], server_round=3)
+    assert strategy.rounds[-1].forgotten == {0: "older than 2 rounds"}
+    assert strategy.union.node_ids == [1]
+
+
+def test_the_wait_for_nodes_ends_at_its_deadline():
+    assert wait_for_nodes(FakeGrid([3, 1]), minimum=2, timeout=0) == [1, 3]
+    with pytest.raises(NodeWaitTimeout, match="only 1 of the required 2 nodes connected within 0s"):
+        wait_for_nodes(FakeGrid([1]), minimum=2, timeout=0, poll=0.01)
+
+
+@pytest.mark.parametrize("bad", [{"robust.count_cap_factor": 0.5}, {"robust.max_set_age": 0}, {"robust.pixel_margin": -1}])
+def test_robust_settings_out_of_range_are_refused(bad):
+    with pytest.raises(ConfigError, match="robust"):
+        parse_config(FederatedConfig, bad)
+
+
+# ---------------------------------------------------------------- attack mods
+def _weights_request() -> Message:
+    arrays = ArrayRecord({"w": Array(np.ones((2, 2), dtype=np.float32))})
+    return Message(
+        RecordDict({MODEL_KEY: arrays, CONFIG_KEY: ConfigRecord({"dataset": "digits", SERVER_ROUND: 1})}),
+        dst_node_id=1,
+        message_type="train",
+    )
+
+
+def _weights_reply(request: Message) -> Message:
+    arrays = ArrayRecord({"w": Array(np.full((2, 2), 1.5, dtype=np.float32))})
+    return Message(RecordDict({MODEL_KEY: arrays, METRICS_KEY: MetricRecord({NUM_EXAMPLES: 10})}), reply_to=request)
+
+
+@pytest.mark.parametrize(
+    ("kind", "weight", "examples"),
+    [("scaled-update", 1 - 10 * 0.5, 10), ("extreme-pixels", EXTREME_VALUE, 10), ("count-inflation", 1.5, 10 * INFLATED_COUNT)],
+)
+def test_weight_attacks_rewrite_only_the_attackers_replies(task_identity, kind, weight, examples):
+    request = _weights_request()
+    mod = attack_mod(AttackConfig(kind=kind, attackers=2))
+    for partition, hostile in ((0, True), (1, True), (2, False)):
+        context = Context(run_id=1, node_id=1, node_config={PARTITION_ID: partition}, state=RecordDict(), run_config={})
+        reply = mod(request, context, lambda m, c: _weights_reply(m))
+        w = reply.content.array_records[MODEL_KEY]["w"].numpy()
+        n = reply.content.metric_records[METRICS_KEY][NUM_EXAMPLES]
+        if hostile:
+            assert np.allclose(w, weight) and n == examples
+        else:
+            assert np.allclose(w, 1.5) and n == 10
+
+
+def test_label_flip_shifts_labels_and_counts_consistently(task_identity, digits):
+    reply = _attacked(_honest_reply(0, digits, classes=[0, 1, 2]), "label-flip")
+    labels = reply.content.array_records[SYNTHETIC_KEY][LABELS].numpy()
+    counts = reply.content.metric_records[METRICS_KEY][CLASS_COUNTS]
+    assert sorted(set(labels.tolist())) == [1, 2, 3] and counts[:4] == [0, 40, 40, 40]
+
+
+def test_class_flood_sends_ipc_times_classes_images_of_one_class(task_identity, digits):
+    reply = _attacked(_honest_reply(0, digits, classes=[0, 1, 2]), "class-flood")
+    labels = reply.content.array_records[SYNTHETIC_KEY][LABELS].numpy()
+    assert labels.shape == (IPC * 10,) and len(set(labels.tolist())) == 1
+    images = reply.content.array_records[SYNTHETIC_KEY][IMAGES].numpy()
+    assert images.shape[0] == IPC * 10
+
+
+def test_attacks_are_checked_against_the_strategy_and_clients():
+    check_attack(AttackConfig("label-flip", 3), strategy="fedcond", num_clients=10)
+    with pytest.raises(ValueError, match="does not apply to strategy 'fedavg'"):
+        check_attack(AttackConfig("label-flip", 3), strategy="fedavg", num_clients=10)
+    with pytest.raises(ValueError, match="does not apply to strategy 'fedcond'"):
+        check_attack(AttackConfig("scaled-update", 3), strategy="fedcond", num_clients=10)
+    with pytest.raises(ValueError, match="exceed"):
+        check_attack(AttackConfig("label-flip", 11), strategy="fedcond", num_clients=10)
+    with pytest.raises(ValueError, match="unknown attack 'x'; choose one of extreme-pixels"):
+        AttackConfig("x", 1)
+
+
+def test_no_attack_leaves_the_honest_app_itself():
+    from fedcond.federated.client_app import app
+
+    assert attacked_client_app(app, None) is app
+    assert attacked_client_app(app, AttackConfig("label-flip", 0)) is app
+    assert attacked_client_app(app, AttackConfig("label-flip", 1)) is not app
+
+
+# ---------------------------------------------------------------- Flower's robust baselines
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("fedavg", FedAvg), ("fedprox", FedProx), ("fedmedian", FedMedian), ("fedtrimmedavg", FedTrimmedAvg),
+     ("krum", Krum), ("multikrum", MultiKrum), ("bulyan", Bulyan)],
+)
+def test_every_baseline_name_builds_flowers_strategy(name, cls):
+    config = parse_config(FederatedConfig, {"strategy": name, "byzantine_nodes": 2, "trimmed_beta": 0.3})
+    strategy = baseline_strategy(config)
+    assert type(strategy) is cls
+    if hasattr(strategy, "num_malicious_nodes"):
+        assert strategy.num_malicious_nodes == 2
+    if name == "fedtrimmedavg":
+        assert strategy.beta == 0.3
+    assert STRATEGIES == ("fedcond", *BASELINES)
