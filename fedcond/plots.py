@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -9,7 +10,28 @@ import torch
 
 from fedcond.data.registry import DatasetSpec
 
-__all__ = ["STRETCH_ABOVE_RANGE", "display_pixels", "save_image_grid", "save_line_plot"]
+__all__ = [
+    "CLASSES_KEY",
+    "STRETCH_ABOVE_RANGE",
+    "display_pixels",
+    "figure_classes",
+    "save_image_grid",
+    "save_line_plot",
+]
+
+#: PNG text key under which a figure lists, as a JSON array, the class names it labels (rows of
+#: an image grid, pairs of the nearest-neighbour figure): tools and tests read what a figure
+#: shows without reading pixels
+CLASSES_KEY = "fedcond:classes"
+
+
+def figure_classes(path: str | Path) -> list:
+    """The class labels a figure saved by fedcond records under :data:`CLASSES_KEY` ([] if none)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        text = getattr(img, "text", {}) or {}
+    return json.loads(text[CLASSES_KEY]) if CLASSES_KEY in text else []
 
 
 def _pyplot():
@@ -58,8 +80,10 @@ def save_image_grid(
 ) -> Path:
     """One row per class, up to ``max_per_class`` images each, de-normalised to pixels.
 
-    Images far outside the data's pixel range are shown each stretched to ``[0, 1]``, and the
-    title says so (see :func:`display_pixels`).
+    Each row is labelled with its class name (``spec.class_name``: CIFAR-10's "airplane", an
+    ImageFolder's folder name, the label number where a dataset has no names); the PNG lists
+    the row labels under :data:`CLASSES_KEY`. Images far outside the data's pixel range are
+    shown each stretched to ``[0, 1]``, and the title says so (see :func:`display_pixels`).
     """
     plt = _pyplot()
     pixels, stretched = display_pixels(images, spec)
@@ -67,7 +91,8 @@ def save_image_grid(
         title = f"{title or ''}\n(outside the pixel range: each image contrast-stretched)".lstrip("\n")
     classes = sorted(int(c) for c in torch.unique(labels))
     cols = max(1, min(max_per_class, max(int((labels == c).sum()) for c in classes)))
-    fig, axes = plt.subplots(len(classes), cols, figsize=(cols * 0.9, len(classes) * 0.9), squeeze=False)
+    # at least 3 inches wide, so that the title stays readable above a single column (ipc 1)
+    fig, axes = plt.subplots(len(classes), cols, figsize=(max(3.0, cols * 0.9), len(classes) * 0.9), squeeze=False)
     for row, c in enumerate(classes):
         members = pixels[labels.cpu() == c][:cols]
         for col in range(cols):
@@ -76,12 +101,12 @@ def save_image_grid(
             if col < len(members):
                 img = members[col].permute(1, 2, 0).numpy()
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        axes[row][0].set_title(str(c), fontsize=7, loc="left")
+        axes[row][0].set_title(spec.class_name(c), fontsize=7, loc="left")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, metadata={CLASSES_KEY: json.dumps([spec.class_name(c) for c in classes])})
     plt.close(fig)
     return path
 

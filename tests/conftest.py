@@ -34,3 +34,25 @@ def mnist_root() -> Path:
 @pytest.fixture(scope="session")
 def mnist(mnist_root: Path) -> DatasetSplits:
     return load_dataset(DataConfig(dataset="mnist", data_dir=mnist_root))
+
+
+#: CIFAR-10 as JPEG files in the ImageFolder layout (../shared/data/cifar10-jpeg)
+CIFAR10_JPEG = SHARED_DATA / "cifar10-jpeg"
+
+
+@pytest.fixture(scope="session")
+def cifar10_slice(tmp_path_factory) -> Path:
+    """A small CIFAR-10 ImageFolder tree: 12 train and 4 test JPEGs per class copied from the
+    shared cifar10-jpeg folder (its first files in sorted order), or a skip naming the folder."""
+    import shutil
+
+    if not (CIFAR10_JPEG / "train" / "airplane").is_dir():
+        pytest.skip(f"CIFAR-10 JPEG folder not found at {CIFAR10_JPEG} (FEDCOND_DATA_DIR: the folder holding it)")
+    root = tmp_path_factory.mktemp("cifar10-slice")
+    for split, per_class in (("train", 12), ("test", 4)):
+        for class_dir in sorted(p for p in (CIFAR10_JPEG / split).iterdir() if p.is_dir()):
+            target = root / split / class_dir.name
+            target.mkdir(parents=True)
+            for path in sorted(class_dir.glob("*.jpg"))[:per_class]:
+                shutil.copyfile(path, target / path.name)
+    return root

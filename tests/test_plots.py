@@ -54,3 +54,33 @@ def test_grid_of_stretched_images_says_so(digits, tmp_path, monkeypatch) -> None
     assert matplotlib.image.imread(path).shape[0] > 100
     assert titles[0].startswith("dm\n") and "contrast-stretched" in titles[0]
     assert titles[1] == "dm"
+
+
+def test_grid_rows_are_labelled_with_class_names_or_numbers(tmp_path, digits) -> None:
+    from dataclasses import replace
+
+    from fedcond.plots import figure_classes
+
+    images, labels = digits.train.images[:40], digits.train.labels[:40]
+    shown = sorted({int(k) for k in labels})
+    save_image_grid(images, labels, digits.spec, tmp_path / "digits.png")
+    assert figure_classes(tmp_path / "digits.png") == [str(k) for k in shown]
+    names = tuple(f"class-{chr(ord('a') + k)}" for k in range(10))
+    save_image_grid(images, labels, replace(digits.spec, class_names=names), tmp_path / "named.png")
+    assert figure_classes(tmp_path / "named.png") == [names[k] for k in shown]
+    unnamed = replace(digits.spec, class_names=())
+    save_image_grid(images[labels == 7], labels[labels == 7], unnamed, tmp_path / "seven.png")
+    assert figure_classes(tmp_path / "seven.png") == ["7"]
+
+
+def test_accuracy_matrix_columns_name_their_classes(tmp_path) -> None:
+    from fedcond.continual.figures import save_accuracy_matrix
+    from fedcond.data import get_spec
+    from fedcond.plots import figure_classes
+
+    names = get_spec("fashion-mnist").class_names
+    matrix = [[0.9, 0.0], [0.5, 0.8]]
+    save_accuracy_matrix(matrix, tmp_path / "named.png", experience_classes=[[0, 9], [3, 1]], class_names=names)
+    assert figure_classes(tmp_path / "named.png") == [["T-shirt/top", "Ankle boot"], ["Dress", "Trouser"]]
+    save_accuracy_matrix(matrix, tmp_path / "numbers.png", experience_classes=[[0, 9], [3, 1]])
+    assert figure_classes(tmp_path / "numbers.png") == []  # label numbers only: nothing to list

@@ -11,14 +11,13 @@ from fedcond.cli.common import (
     add_common_arguments,
     add_data_arguments,
     console,
-    data_config_from,
+    load_data,
     overrides_from,
     prepare_run_folder,
     print_table,
     write_metrics,
 )
 from fedcond.config import AuditConfig, parse_config
-from fedcond.data.registry import load_dataset
 from fedcond.devices import resolve_device
 from fedcond.distill.synthetic import SyntheticSet
 
@@ -86,7 +85,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
     if args.dataset is None:  # audit against the data the set says it was made from
         args.dataset = str(synthetic.meta.get("dataset") or "digits")
         console.log(f"audit: dataset {args.dataset} (recorded in the synthetic set)")
-    splits = load_dataset(data_config_from(args))
+    splits = load_data(args)
     device = resolve_device(args.device)
     cache, reference = args.reference_cache, None
     identity = reference_identity(splits, config) if cache is not None else {}
@@ -107,13 +106,17 @@ def run_audit_command(args: argparse.Namespace) -> int:
         report = run_audit(synthetic, splits, config, device=device, status=stage, reference=reference)
     space = report.recoverability.strongest  # the pairs behind the headline match rate
     ref_idx = report.recoverability.reference_indices
+    decoded = synthetic.decoded()  # the audit's rows: a multi-formation set's decoded tiles
     save_nearest_neighbours(
         space,
-        synthetic.decoded().images,  # the audit's rows: a multi-formation set's decoded tiles
+        decoded.images,
         splits.train.images,
         splits.test.images[ref_idx],
         splits.spec,
         out / "nearest_neighbours.png",
+        synthetic_labels=decoded.labels,
+        train_labels=splits.train.labels,
+        held_out_labels=splits.test.labels[ref_idx],
     )
     save_roc({"synthetic": report.target, "real": report.reference}, out / "roc.png")
     metrics: dict[str, Any] = {

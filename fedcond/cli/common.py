@@ -5,24 +5,29 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from fedcond.config import DataConfig, parse_config
-from fedcond.data.registry import available_datasets
+from fedcond.data.registry import DatasetSplits, available_datasets, load_dataset
 from fedcond.metrics_file import write_metrics
 
 __all__ = [
     "CommandError",
+    "ProgressView",
     "add_common_arguments",
     "add_data_arguments",
     "console",
     "data_config_from",
     "forget_run_folders",
+    "load_data",
     "overrides_from",
     "prepare_run_folder",
     "print_table",
@@ -83,7 +88,13 @@ def add_data_arguments(
         help=f"one of {', '.join(available_datasets())} "
         f"(default {default_help or f'{default}: bundled, no download'})",
     )
-    parser.add_argument("--data-dir", type=Path, default=None, help="torchvision-layout dataset root")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="dataset root: torchvision's layout, or train/<class>/ and test/<class>/ image folders "
+        "(imagefolder; cifar10 reads either)",
+    )
     parser.add_argument(
         "--download", action="store_true", help="let torchvision download a missing dataset (off by default)"
     )
@@ -96,6 +107,87 @@ def data_config_from(args: argparse.Namespace) -> DataConfig:
     return parse_config(
         DataConfig, {"dataset": args.dataset, "data_dir": args.data_dir, "download": args.download}
     )
+
+
+class ProgressView:
+    """Progress of one long step: a rich bar on a terminal, lasting lines in a log.
+
+    On a terminal the bar is redrawn on every :meth:`update` and vanishes when the step ends;
+    when stderr is a file or pipe (CI, ``2> run.log``) a bar would leave nothing, so the updates
+    the caller marks with ``line=True`` are written as timed lines instead. :meth:`note` writes a
+    lasting line in both cases (a network's accuracy, a summary).
+    """
+
+    def __init__(self, description: str, *, total: int) -> None:
+        self._description = description
+        self._total = max(1, int(total))
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> ProgressView:
+        if console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            self._progress = Progress(*columns, console=console, transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(self._description, total=self._total)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, completed: int, *, label: str, line: bool = False) -> None:
+        """Move to ``completed`` steps, described by ``label``; ``line`` writes it to a log too."""
+        if self._progress is not None:
+            self._progress.update(self._task, completed=completed, description=label)
+        elif line:
+            console.log(label)
+
+    def note(self, message: str) -> None:
+        """A lasting line (above the bar on a terminal)."""
+        console.log(message)
+
+
+#: a step done within this many seconds writes no progress lines to a log, only its summary
+QUIET_SECONDS = 2.0
+
+
+def load_data(args: argparse.Namespace) -> DatasetSplits:
+    """Load ``--dataset`` from ``--data-dir``, showing progress while image files decode.
+
+    Datasets stored as arrays load in one step; an ImageFolder tree (``imagefolder``, CIFAR-10's
+    JPEG folder) shows a bar on a terminal, writes a line at every tenth of its images to a log
+    once reading has taken more than :data:`QUIET_SECONDS`, and ends with one line saying how
+    many images it read and how long that took.
+    """
+    config = data_config_from(args)
+    start = time.perf_counter()
+    view: ProgressView | None = None
+    tenths_shown = -1
+
+    with ExitStack() as stack:
+
+        def progress(done: int, total: int) -> None:
+            nonlocal view, tenths_shown
+            if view is None:
+                view = stack.enter_context(ProgressView(f"reading {config.dataset} images", total=total))
+            tenths = 10 * done // max(1, total)
+            slow = time.perf_counter() - start > QUIET_SECONDS
+            label = f"reading {config.dataset} images: {done}/{total}"
+            view.update(done, label=label, line=slow and tenths > tenths_shown)
+            tenths_shown = tenths
+
+        splits = load_dataset(config, progress=progress)
+    if view is not None:
+        console.log(
+            f"read {config.dataset} from {config.data_dir}: {len(splits.train)} train / {len(splits.test)} test "
+            f"images in {time.perf_counter() - start:.1f} s"
+        )
+    return splits
 
 
 #: files whose presence means a folder already holds a run (finished, or stopped with a checkpoint)

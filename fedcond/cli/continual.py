@@ -112,8 +112,10 @@ def run_continual_command(args: argparse.Namespace) -> int:
     """Run ``fedcond continual``: write ``metrics.json`` and ``accuracy_matrix.png``; return the exit code."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from fedcond.continual.benchmarks import BENCHMARKS
     from fedcond.continual.figures import save_accuracy_matrix
     from fedcond.continual.runner import run_continual, validate_continual_config
+    from fedcond.data.registry import get_spec
 
     out = prepare_run_folder(args.out, overwrite=args.overwrite)
     config = config_from(args)
@@ -139,6 +141,7 @@ def run_continual_command(args: argparse.Namespace) -> int:
             cache_dir=out / ".state" / "dm-cache",
             on_experience=on_experience,
         )
+    spec = get_spec(BENCHMARKS[config.benchmark])  # class names for the figure and the table
     # the config the run used: DM's seed is the run's --seed (run_continual sets it)
     used = dataclasses.replace(config, distill=dataclasses.replace(config.distill, seed=config.seed))
     metrics = {**result.to_metrics(), "protocol": protocol, "config": flatten_config(used)}
@@ -149,6 +152,7 @@ def run_continual_command(args: argparse.Namespace) -> int:
         experience_classes=result.experience_classes,
         title=f"{config.benchmark} {config.replay} ({protocol}), {result.memory_images} images",
         row_labels=["joint"] if protocol == "joint" else None,
+        class_names=spec.class_names,
     )
     forgetting = result.forgetting
     print_table(
@@ -171,7 +175,10 @@ def run_continual_command(args: argparse.Namespace) -> int:
         [
             {
                 "after": i,
-                **{str(tuple(c)): f"{100 * a:.1f}" for c, a in zip(result.experience_classes, row, strict=True)},
+                **{
+                    ", ".join(spec.class_name(k) for k in c): f"{100 * a:.1f}"
+                    for c, a in zip(result.experience_classes, row, strict=True)
+                },
             }
             for i, row in enumerate(result.accuracy_matrix)
         ],

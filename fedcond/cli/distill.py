@@ -8,21 +8,22 @@ from typing import Any
 
 from fedcond.cli.common import (
     CommandError,
+    ProgressView,
     add_common_arguments,
     add_data_arguments,
     console,
-    data_config_from,
+    load_data,
     prepare_run_folder,
     print_table,
     write_metrics,
 )
 from fedcond.config import AugmentConfig, DistillConfig, EvalConfig, parse_config
-from fedcond.data.registry import DatasetSplits, load_dataset
+from fedcond.data.registry import DatasetSplits
 from fedcond.devices import resolve_device
 from fedcond.distill.augment import LAYOUTS
 from fedcond.distill.coreset import select_coreset
 from fedcond.distill.dm import INITS, DistributionMatching
-from fedcond.distill.evaluate import evaluate_synthetic
+from fedcond.distill.evaluate import EvalProgress, evaluate_synthetic
 from fedcond.distill.formation import check_factor
 from fedcond.distill.matching import MATCHINGS
 from fedcond.distill.synthetic import SyntheticSet
@@ -160,7 +161,7 @@ def _load(args: argparse.Namespace) -> DatasetSplits:
     if args.eval_runs > 0 and args.eval_model not in available_models():  # not only after DM has run
         choices = ", ".join(available_models())
         raise CommandError(f"--eval-model: unknown model {args.eval_model!r}; choose one of {choices}")
-    return load_dataset(data_config_from(args))
+    return load_data(args)
 
 
 def _refuse_small_classes(splits: DatasetSplits, needed: int, hint: str) -> None:
@@ -184,13 +185,33 @@ def _evaluate(
         metrics["test_accuracy_std"] = None
         metrics["test_accuracies"] = []
         return
-    with console.status(f"evaluating: {eval_config.runs} x {eval_config.model}, {eval_config.epochs} epochs"):
+    console.log(f"evaluating: {eval_config.runs} x {eval_config.model}, {eval_config.epochs} epochs each")
+    with ProgressView("evaluation", total=eval_config.runs * eval_config.epochs) as view:
         result = evaluate_synthetic(
-            synthetic, splits.test, eval_config, seed=args.seed, device=resolve_device(args.device)
+            synthetic,
+            splits.test,
+            eval_config,
+            seed=args.seed,
+            device=resolve_device(args.device),
+            progress=lambda step: _show_eval_progress(view, step),
         )
     metrics["test_accuracy_mean"] = result.mean
     metrics["test_accuracy_std"] = result.std
     metrics["test_accuracies"] = result.accuracies
+
+
+def _show_eval_progress(view: ProgressView, step: EvalProgress) -> None:
+    """Draw one step of the evaluation protocol: a line in a log at every tenth of a network's epochs."""
+    network = f"eval network {step.run}/{step.runs}"
+    if step.accuracy is not None:
+        view.note(f"{network}: {100 * step.accuracy:.2f}% test accuracy")
+        return
+    every = max(1, step.epochs // 10)
+    view.update(
+        (step.run - 1) * step.epochs + step.epoch,
+        label=f"{network}, epoch {step.epoch}/{step.epochs}",
+        line=step.epoch % every == 0 or step.epoch == step.epochs,
+    )
 
 
 def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSplits, metrics: dict[str, Any]) -> None:

@@ -15,11 +15,17 @@ def save_accuracy_matrix(
     experience_classes: Sequence[Sequence[int]] | None = None,
     title: str | None = None,
     row_labels: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Heat map of ``A[i][j]`` (rows: after experience i; columns: test classes of experience j).
 
     ``row_labels`` replaces the default ``after i`` labels (``["joint"]`` for the offline bound).
+    ``class_names`` (one per label, e.g. ``spec.class_names``) names each column's classes, one
+    per line under the experience number, instead of their label numbers; the PNG then lists
+    each column's class names under :data:`~fedcond.plots.CLASSES_KEY`.
     """
+    import json
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,7 +42,9 @@ def save_accuracy_matrix(
             ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=8,
                     color="white" if values[i, j] < 60 else "black")
     labels = [f"{j}" for j in range(cols)]
-    if experience_classes is not None:
+    if experience_classes is not None and class_names:
+        labels = ["\n".join([str(j), *(class_names[int(k)] for k in c)]) for j, c in enumerate(experience_classes)]
+    elif experience_classes is not None:
         labels = [f"{j}\n{tuple(c)}" for j, c in enumerate(experience_classes)]
     ax.set_xticks(range(cols), labels, fontsize=7)
     labels_y = list(row_labels) if row_labels is not None else [f"after {i}" for i in range(rows)]
@@ -49,6 +57,12 @@ def save_accuracy_matrix(
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="accuracy (%)")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    metadata = None
+    if experience_classes is not None and class_names:
+        from fedcond.plots import CLASSES_KEY
+
+        columns = [[class_names[int(k)] for k in c] for c in experience_classes]
+        metadata = {CLASSES_KEY: json.dumps(columns)}
+    fig.savefig(path, dpi=110, metadata=metadata)
     plt.close(fig)
     return path

@@ -9,12 +9,14 @@ from fedcond.data.registry import (
     get_spec,
     load_dataset,
 )
+from fedcond.data.imagefolder import ImageFolderError  # noqa: E402 - after the registry it imports
 
 __all__ = [
     "ArrayDataset",
     "DatasetNotFoundError",
     "DatasetSpec",
     "DatasetSplits",
+    "ImageFolderError",
     "available_datasets",
     "get_spec",
     "load_dataset",

@@ -9,10 +9,10 @@ iterates over ``dataset[i]``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +49,9 @@ class DatasetSpec:
         Height and width.
     mean, std : tuple[float, ...]
         Per-channel normalisation applied to pixels in ``[0, 1]``.
+    class_names : tuple[str, ...]
+        Name of each label, for figures and tables (empty: the labels are shown as numbers).
+        Display only: two specs that differ in names alone compare equal.
     """
 
     name: str
@@ -57,11 +60,23 @@ class DatasetSpec:
     image_size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    class_names: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)``."""
         return (self.channels, *self.image_size)
+
+    def class_name(self, label: int) -> str:
+        """The name of ``label`` (its number as text when the dataset has no names)."""
+        label = int(label)
+        if self.class_names and 0 <= label < len(self.class_names):
+            return self.class_names[label]
+        return str(label)
 
     def denormalise(self, images: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
         """Map normalised images back to ``[0, 1]`` pixels, for figures (``clamp=False``: unclamped)."""
@@ -137,20 +152,29 @@ class DatasetSplits:
 
 
 # --------------------------------------------------------------------------------------- specs
+_DIGIT_NAMES = tuple(str(d) for d in range(10))
+#: torchvision's ``FashionMNIST.classes``
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+#: torchvision's ``CIFAR10.classes`` (alphabetical, so an ImageFolder tree of CIFAR-10 gets the same labels)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
 _SPECS: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec("digits", 10, 1, (8, 8), (0.3050,), (0.3769,)),
-    "mnist": DatasetSpec("mnist", 10, 1, (28, 28), (0.1307,), (0.3081,)),
-    "fashion-mnist": DatasetSpec("fashion-mnist", 10, 1, (28, 28), (0.2861,), (0.3530,)),
+    "digits": DatasetSpec("digits", 10, 1, (8, 8), (0.3050,), (0.3769,), _DIGIT_NAMES),
+    "mnist": DatasetSpec("mnist", 10, 1, (28, 28), (0.1307,), (0.3081,), _DIGIT_NAMES),
+    "fashion-mnist": DatasetSpec("fashion-mnist", 10, 1, (28, 28), (0.2861,), (0.3530,), FASHION_MNIST_CLASSES),
     # CIFAR-10's std is the DC/DSA/DM reference code's (the mean of per-image stds, not the
     # pixel std 0.247/0.243/0.261), kept so that results compare with the field's
     "cifar10": DatasetSpec(
-        "cifar10", 10, 3, (32, 32), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+        "cifar10", 10, 3, (32, 32), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), CIFAR10_CLASSES
     ),
+    # CIFAR-100's hundred names come from torchvision's files when the data is loaded
     "cifar100": DatasetSpec(
         "cifar100", 100, 3, (32, 32), (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)
     ),
     "svhn": DatasetSpec(
-        "svhn", 10, 3, (32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+        "svhn", 10, 3, (32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), _DIGIT_NAMES
     ),
 }
 
@@ -171,10 +195,31 @@ def available_datasets() -> list[str]:
 
 
 def _to_normalised(pixels_uint8: np.ndarray | torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
-    """``N x C x H x W`` uint8 pixels -> normalised float32, in one vectorised step."""
+    """``N x C x H x W`` uint8 pixels -> normalised float32, in one vectorised step.
+
+    In place on the one float copy (``spec.normalise``'s arithmetic): CIFAR-10's training split
+    is 600 MB as float32, and every temporary of that size costs seconds.
+    """
     tensor = torch.as_tensor(np.asarray(pixels_uint8))
-    images = tensor.to(torch.float32).div_(255.0)
-    return spec.normalise(images).contiguous()
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return tensor.to(torch.float32).div_(255.0).sub_(mean).div_(std).contiguous()
+
+
+def _pixel_statistics(pixels_uint8: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of ``N x C x H x W`` uint8 pixels, in ``[0, 1]`` units.
+
+    From one 256-bin histogram per channel, exact in float64, without a float copy of the images.
+    """
+    means, stds = [], []
+    for channel in range(pixels_uint8.shape[1]):
+        counts = np.bincount(pixels_uint8[:, channel].ravel(), minlength=256).astype(np.float64)
+        values = np.arange(256, dtype=np.float64) / 255.0
+        mean = float((counts * values).sum() / counts.sum())
+        variance = float((counts * (values - mean) ** 2).sum() / counts.sum())
+        means.append(mean)
+        stds.append(max(variance**0.5, 1e-6))
+    return tuple(means), tuple(stds)
 
 
 def _load_digits(config: DataConfig) -> DatasetSplits:
@@ -208,9 +253,14 @@ def _require_root(config: DataConfig) -> Path:
                 f"dataset {config.dataset!r} needs --data-dir pointing at a folder holding train/ and test/, "
                 "each with one sub-folder of images per class"
             )
+        also = (
+            " or at CIFAR-10's images in the ImageFolder layout train/<class>/ and test/<class>/"
+            if config.dataset == "cifar10"
+            else ""
+        )
         raise DatasetNotFoundError(
             f"dataset {config.dataset!r} needs --data-dir pointing at a torchvision-layout root "
-            f"holding {_EXPECTED_FILES[config.dataset]} (or pass --download to fetch it)"
+            f"holding {_EXPECTED_FILES[config.dataset]} (or pass --download to fetch it){also}"
         )
     return Path(config.data_dir).expanduser()
 
@@ -237,7 +287,8 @@ def _load_torchvision(config: DataConfig) -> DatasetSplits:
     name = config.dataset
     spec = _SPECS[name]
 
-    def split(train: bool) -> ArrayDataset:
+    def split(train: bool) -> tuple[np.ndarray | torch.Tensor, torch.Tensor]:
+        nonlocal spec
         if name in ("mnist", "fashion-mnist"):
             factory = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
             ds = _torchvision_split(factory, config, train=train)
@@ -248,125 +299,103 @@ def _load_torchvision(config: DataConfig) -> DatasetSplits:
             ds = _torchvision_split(factory, config, train=train)
             pixels = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # type: ignore[attr-defined]
             labels = torch.as_tensor(ds.targets, dtype=torch.long)  # type: ignore[attr-defined]
+            if not spec.class_names:  # CIFAR-100's names are read from its meta file
+                spec = replace(spec, class_names=tuple(ds.classes))  # type: ignore[attr-defined]
         else:  # svhn
             ds = _torchvision_split(tvd.SVHN, config, split="train" if train else "test")
             pixels = ds.data  # type: ignore[attr-defined]
             labels = torch.as_tensor(ds.labels, dtype=torch.long)  # type: ignore[attr-defined]
-        return ArrayDataset(_to_normalised(pixels, spec), labels, spec)
+        return pixels, labels
 
-    return DatasetSplits(split(True), split(False))
-
-
-#: Pillow's 16-bit greyscale modes ("I" is how some Pillow versions open a 16-bit PNG)
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-def _image_pixels(img: Any, *, mode: str, path: Path) -> np.ndarray:
-    """``img`` as uint8 pixels in ``mode`` (``L`` or ``RGB``).
-
-    16-bit greyscale is rescaled (``v / 257``), not clipped: Pillow's ``convert("L")`` clips
-    every value above 255 to white, which would turn a 16-bit scan into a blank image.
-    """
-    if img.mode in _SIXTEEN_BIT_MODES:
-        raw = np.asarray(img).astype(np.int64)
-        if raw.size and (raw.min() < 0 or raw.max() > 65535):
-            raise ValueError(f"{path}: {img.mode} pixels outside 0..65535; save it as an 8- or 16-bit image")
-        grey = np.round(raw / 257.0).astype(np.uint8)
-        return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
-    if img.mode == "F":
-        raise ValueError(f"{path}: floating-point images (mode F) are not supported; save it as an 8- or 16-bit image")
-    return np.asarray(img.convert(mode))
-
-
-#: image file suffixes ``imagefolder`` reads: torchvision's ``IMG_EXTENSIONS`` plus ``.gif``
-IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
-#: Pillow modes read as one greyscale channel
-_GREY_MODES = ("L", "1", *_SIXTEEN_BIT_MODES)
-
-
-def _class_files(split_dir: Path, classes: list[str]) -> list[list[Path]]:
-    """Image files per class under ``split_dir/<class>/``, subfolders included (as torchvision's
-    ``ImageFolder`` walks them), sorted; other files are skipped with a warning naming how many."""
-    out: list[list[Path]] = []
-    skipped: list[Path] = []
-    for cls in classes:
-        folder = split_dir / cls
-        paths = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-        out.append([p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES])
-        skipped += [p for p in paths if p.suffix.lower() not in IMAGE_SUFFIXES]
-    if skipped:
-        logger.warning(
-            "imagefolder: skipped %d file(s) under %s that are not images (%s), e.g. %s",
-            len(skipped), split_dir, ", ".join(IMAGE_SUFFIXES), skipped[0],
-        )
-    return out
-
-
-def _load_imagefolder(config: DataConfig) -> DatasetSplits:
-    from PIL import Image
-
-    root = _require_root(config)
-    train_dir, test_dir = root / "train", root / "test"
-    for d in (train_dir, test_dir):
-        if not d.is_dir():
-            raise DatasetNotFoundError(
-                f"imagefolder dataset expects {train_dir}/<class>/*.png and {test_dir}/<class>/*.png; "
-                f"{d} is missing"
-            )
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    if not classes:
-        raise DatasetNotFoundError(f"no class folders under {train_dir}")
-    unknown = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name not in classes)
-    if unknown:
-        # the label set comes from train/; test images of other classes would be dropped silently
-        raise ValueError(f"{test_dir} has class folders that {train_dir} lacks: {', '.join(unknown[:5])}")
-    files = {split_dir: _class_files(split_dir, classes) for split_dir in (train_dir, test_dir)}
-    empty = [cls for cls, paths in zip(classes, files[train_dir], strict=True) if not paths]
-    if empty:
-        # a class without a single training image would silently become a label nothing teaches
-        raise DatasetNotFoundError(
-            f"no images ({', '.join(IMAGE_SUFFIXES)}) under {train_dir}/<class>/ for class(es) "
-            f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}"
-        )
-    # one colour mode for every image: RGB as soon as any image has colour (greyscale images are
-    # then replicated to three channels, losslessly), never the first file's mode for all;
-    # Image.open reads only the header here, the pixels are decoded once, in read()
-    mode = "L"
-    for path in (p for split in files.values() for paths in split for p in paths):
-        with Image.open(path) as img:
-            if img.mode not in _GREY_MODES:
-                mode = "RGB"
-                break
-
-    def read(split_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-        arrays: list[np.ndarray] = []
-        labels: list[int] = []
-        for label, paths in enumerate(files[split_dir]):
-            for path in paths:
-                with Image.open(path) as img:
-                    arrays.append(_image_pixels(img, mode=mode, path=path))
-                labels.append(label)
-        if not arrays:
-            raise DatasetNotFoundError(f"no images found under {split_dir}/<class>/")
-        shapes = {a.shape for a in arrays}
-        if len(shapes) != 1:
-            raise ValueError(f"images under {split_dir} differ in size: {sorted(shapes)[:4]}; resize them first")
-        stacked = np.stack(arrays)
-        if stacked.ndim == 3:
-            stacked = stacked[:, None]
-        else:
-            stacked = stacked.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(stacked), np.asarray(labels, dtype=np.int64)
-
-    train_px, train_y = read(train_dir)
-    test_px, test_y = read(test_dir)
-    pixels = train_px.astype(np.float32) / 255.0
-    mean = tuple(float(m) for m in pixels.mean(axis=(0, 2, 3)))
-    std = tuple(max(float(s), 1e-6) for s in pixels.std(axis=(0, 2, 3)))
-    spec = DatasetSpec("imagefolder", len(classes), train_px.shape[1], tuple(train_px.shape[2:]), mean, std)  # type: ignore[arg-type]
+    train, test = split(True), split(False)
     return DatasetSplits(
-        ArrayDataset(_to_normalised(train_px, spec), torch.from_numpy(train_y), spec),
-        ArrayDataset(_to_normalised(test_px, spec), torch.from_numpy(test_y), spec),
+        ArrayDataset(_to_normalised(train[0], spec), train[1], spec),
+        ArrayDataset(_to_normalised(test[0], spec), test[1], spec),
+    )
+
+
+ProgressCallback = Callable[[int, int], None]
+
+#: environment variable naming the folder of decoded-image caches (``off`` turns caching off)
+CACHE_DIR_VARIABLE = "FEDCOND_CACHE_DIR"
+
+
+def image_cache_dir() -> Path | None:
+    """Where decoded ImageFolder trees are cached (see :mod:`fedcond.data.imagefolder`).
+
+    ``$FEDCOND_CACHE_DIR`` when set (``off`` or empty: no cache), else ``$XDG_CACHE_HOME/fedcond``,
+    else ``~/.cache/fedcond``.
+    """
+    value = os.environ.get(CACHE_DIR_VARIABLE)
+    if value is not None:
+        return None if value.strip().lower() in ("", "off") else Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "fedcond"
+
+
+def _load_imagefolder(config: DataConfig, *, progress: ProgressCallback | None) -> DatasetSplits:
+    """A user's ImageFolder tree; its normalisation is the training split's own pixel statistics
+    (a folder of unknown images has no published ones)."""
+    from fedcond.data.imagefolder import read_image_folder
+
+    tree = read_image_folder(_require_root(config), progress=progress, cache_dir=image_cache_dir())
+    mean, std = _pixel_statistics(tree.train_pixels)
+    channels, height, width = tree.train_pixels.shape[1:]
+    spec = DatasetSpec("imagefolder", len(tree.classes), channels, (height, width), mean, std, tree.classes)
+    return DatasetSplits(
+        ArrayDataset(_to_normalised(tree.train_pixels, spec), torch.from_numpy(tree.train_labels), spec),
+        ArrayDataset(_to_normalised(tree.test_pixels, spec), torch.from_numpy(tree.test_labels), spec),
+    )
+
+
+def _cifar10_layout(root: Path) -> str | None:
+    """``"torchvision"`` (cifar-10-batches-py/), ``"imagefolder"`` (train/ and test/) or None."""
+    if (root / "cifar-10-batches-py").is_dir():
+        return "torchvision"
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return "imagefolder"
+    return None
+
+
+def _load_cifar10(config: DataConfig, *, progress: ProgressCallback | None) -> DatasetSplits:
+    """CIFAR-10 from torchvision's files or from an ImageFolder tree of its images (e.g. JPEGs).
+
+    Both layouts give the same spec: the same labels (the class folders must be CIFAR-10's ten
+    names, whose alphabetical order is torchvision's label order) and the same normalisation
+    (the field's CIFAR-10 mean/std, not the folder's own statistics), so synthetic sets,
+    checkpoints and accuracies carry over from one layout to the other.
+    """
+    root = _require_root(config)
+    layout = _cifar10_layout(root)
+    if layout == "torchvision" or (layout is None and config.download):
+        return _load_torchvision(config)
+    if layout is None:
+        raise DatasetNotFoundError(
+            f"dataset 'cifar10' not found under {root}: expected torchvision's layout "
+            f"{root}/{_EXPECTED_FILES['cifar10']} (pass --download to fetch it) or CIFAR-10's images in "
+            f"the ImageFolder layout {root}/train/<class>/<image> and {root}/test/<class>/<image> "
+            f"with the classes {', '.join(CIFAR10_CLASSES)}"
+        )
+    from fedcond.data.imagefolder import ImageFolderError, read_image_folder
+
+    spec = _SPECS["cifar10"]
+    tree = read_image_folder(root, progress=progress, cache_dir=image_cache_dir())
+    if tree.classes != CIFAR10_CLASSES:
+        raise ImageFolderError(
+            f"{root}/train holds the class folders {', '.join(tree.classes[:12])}"
+            f"{' ...' if len(tree.classes) > 12 else ''}, not CIFAR-10's {', '.join(CIFAR10_CLASSES)}; "
+            "read another image collection with --dataset imagefolder"
+        )
+    if tree.train_pixels.shape[1:] != spec.image_shape:
+        shape = "x".join(str(d) for d in tree.train_pixels.shape[1:])
+        raise ImageFolderError(
+            f"images under {root} are {shape} (channels x height x width), CIFAR-10's are 3x32x32; "
+            "read them with --dataset imagefolder"
+        )
+    logger.info("cifar10: read the ImageFolder layout under %s", root)
+    return DatasetSplits(
+        ArrayDataset(_to_normalised(tree.train_pixels, spec), torch.from_numpy(tree.train_labels), spec),
+        ArrayDataset(_to_normalised(tree.test_pixels, spec), torch.from_numpy(tree.test_labels), spec),
     )
 
 
@@ -382,18 +411,24 @@ def get_spec(name: str) -> DatasetSpec:
     return _SPECS[name]
 
 
-def load_dataset(config: DataConfig | str) -> DatasetSplits:
+def load_dataset(config: DataConfig | str, *, progress: ProgressCallback | None = None) -> DatasetSplits:
     """Load a registered dataset's train and test splits as normalised tensors.
 
     Parameters
     ----------
     config : DataConfig | str
         Dataset name, root folder and download switch (a bare name means bundled data).
+        ``cifar10`` reads torchvision's ``cifar-10-batches-py/`` or, when the root holds
+        ``train/`` and ``test/`` instead, CIFAR-10's images in the ImageFolder layout.
+    progress : callable(done, total) | None
+        Called while image files decode (``imagefolder`` and CIFAR-10's ImageFolder layout);
+        datasets stored as arrays load in one step without calling it.
 
     Raises
     ------
     ValueError
-        For an unknown dataset name.
+        For an unknown dataset name; :class:`~fedcond.data.imagefolder.ImageFolderError` (a
+        ``ValueError``) for an image file that cannot be decoded or images of different sizes.
     DatasetNotFoundError
         When the files are missing; the message names the expected files and folder.
     """
@@ -405,7 +440,9 @@ def load_dataset(config: DataConfig | str) -> DatasetSplits:
     if name == "digits":
         return _load_digits(config)
     if name == "imagefolder":
-        return _load_imagefolder(config)
+        return _load_imagefolder(config, progress=progress)
+    if name == "cifar10":
+        return _load_cifar10(config, progress=progress)
     if name in _SPECS:
         return _load_torchvision(config)
     raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(available_datasets())}")

@@ -11,6 +11,7 @@ from fedcond.distill.coreset import (
 )
 from fedcond.distill.dm import INITS, CondensationResult, DistributionMatching, dm_loss, initial_synthetic
 from fedcond.distill.evaluate import (
+    EvalProgress,
     EvalResult,
     accuracy,
     augment_for,
@@ -33,6 +34,7 @@ __all__ = [
     "CondensationResult",
     "CoresetSelector",
     "DistributionMatching",
+    "EvalProgress",
     "EvalResult",
     "HerdingSelector",
     "KMeansResult",

@@ -4,13 +4,15 @@
 weight decay, learning rate x0.1 at half of the epochs, optional DSA augmentation. It is used
 by the evaluation protocol, the federated server, GDumb-style continual learning and the
 privacy audits' target and shadow models. :func:`evaluate_synthetic` trains ``runs`` freshly
-initialised networks on a synthetic set and reports test accuracy as mean +- std.
+initialised networks on a synthetic set and reports test accuracy as mean +- std; an optional
+callback hears of every finished epoch and tested network (the CLI draws its progress from it).
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +26,15 @@ from fedcond.distill.augment import SiameseAugment
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.models import get_model
 
-__all__ = ["EvalResult", "accuracy", "evaluate_synthetic", "predict_logits", "train_model", "train_with_recipe"]
+__all__ = [
+    "EvalProgress",
+    "EvalResult",
+    "accuracy",
+    "evaluate_synthetic",
+    "predict_logits",
+    "train_model",
+    "train_with_recipe",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +59,33 @@ class EvalResult:
         return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}%"
 
 
+@dataclass(frozen=True)
+class EvalProgress:
+    """Where the evaluation protocol stands, as passed to :func:`evaluate_synthetic`'s callback.
+
+    Attributes
+    ----------
+    run, runs : int
+        The network being trained (1-based) and how many the protocol trains.
+    epoch, epochs : int
+        Epochs this network has finished and the epochs it trains.
+    accuracy : float | None
+        The network's test accuracy (fraction), set once it has been tested, else None.
+    """
+
+    run: int
+    runs: int
+    epoch: int
+    epochs: int
+    accuracy: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        """Share of the whole protocol's epochs done, in ``[0, 1]``."""
+        total = self.runs * self.epochs
+        return ((self.run - 1) * self.epochs + self.epoch) / total if total else 1.0
+
+
 def train_model(
     model: nn.Module,
     images: torch.Tensor,
@@ -66,6 +103,7 @@ def train_model(
     proximal_mu: float = 0.0,
     sample_weights: torch.Tensor | None = None,
     lr_decay: bool = True,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place with the DD evaluation recipe and return it.
 
@@ -89,6 +127,8 @@ def train_model(
     lr_decay : bool
         The recipe's x0.1 step at half of the epochs; off keeps ``lr`` throughout (FedAvg /
         FedProx local SGD, whose rounds are not one training schedule each).
+    on_epoch : callable(epochs_done) | None
+        Called after every epoch with the number of epochs finished.
     """
     device = resolve_device(device)
     if epochs < 0:
@@ -124,6 +164,8 @@ def train_model(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     return model
 
 
@@ -136,6 +178,7 @@ def train_with_recipe(
     spec: DatasetSpec,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
+    on_epoch: Callable[[int], None] | None = None,
 ) -> nn.Module:
     """:func:`train_model` with the optimiser, schedule and DSA switch of an :class:`EvalConfig`."""
     return train_model(
@@ -150,6 +193,7 @@ def train_with_recipe(
         augment=augment_for(spec) if recipe.dsa else None,
         generator=generator,
         device=device,
+        on_epoch=on_epoch,
     )
 
 
@@ -191,6 +235,7 @@ def evaluate_synthetic(
     *,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    progress: Callable[[EvalProgress], None] | None = None,
 ) -> EvalResult:
     """Train ``config.runs`` fresh networks on ``synthetic`` and test each on ``test``.
 
@@ -205,6 +250,10 @@ def evaluate_synthetic(
         Runs, epochs and the optimiser recipe.
     seed : int
         Run ``k`` initialises and trains from ``seed + k``.
+    progress : callable(EvalProgress) | None
+        Called after every epoch of every network, and once more when that network has been
+        tested (with its ``accuracy``); ``runs x epochs`` steps in all, so a long protocol
+        (3 networks x 300 epochs) can show where it is.
 
     Raises
     ------
@@ -231,8 +280,20 @@ def evaluate_synthetic(
     for run in range(config.runs):
         generator = torch.Generator().manual_seed(seed + run)
         model = get_model(config.model, test.spec, generator=generator)
-        train_with_recipe(model, images, labels, config, spec=test.spec, generator=generator, device=device)
+        on_epoch = None
+        if progress is not None:
+
+            def on_epoch(epoch: int, run: int = run) -> None:
+                progress(EvalProgress(run=run + 1, runs=config.runs, epoch=epoch, epochs=config.epochs))
+
+        train_with_recipe(
+            model, images, labels, config, spec=test.spec, generator=generator, device=device, on_epoch=on_epoch
+        )
         acc = accuracy(model, test, device=device)
         logger.info("evaluation run %d/%d: %.2f%%", run + 1, config.runs, 100 * acc)
         accuracies.append(acc)
+        if progress is not None:
+            progress(
+                EvalProgress(run=run + 1, runs=config.runs, epoch=config.epochs, epochs=config.epochs, accuracy=acc)
+            )
     return EvalResult(accuracies)

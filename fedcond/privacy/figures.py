@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedcond.data.registry import DatasetSpec
-from fedcond.plots import display_pixels, save_line_plot
+from fedcond.plots import CLASSES_KEY, display_pixels, save_line_plot
 from fedcond.privacy.membership import MembershipResult
 from fedcond.privacy.recoverability import SpaceResult
 
@@ -24,9 +25,17 @@ def save_nearest_neighbours(
     path: str | Path,
     *,
     pairs: int = 8,
+    synthetic_labels: torch.Tensor | None = None,
+    train_labels: torch.Tensor | None = None,
+    held_out_labels: torch.Tensor | None = None,
 ) -> Path:
     """The ``pairs`` synthetic images closest to a training image, one row each:
-    synthetic | nearest train | nearest held-out, with the distances in the titles."""
+    synthetic | nearest train | nearest held-out, with the distances in the titles.
+
+    Given the labels of the three image sets, every title names the image's class
+    (``spec.class_name``), so a pair that crosses classes shows at a glance; the PNG then lists
+    ``[synthetic, train, held-out]`` class names per row under :data:`~fedcond.plots.CLASSES_KEY`.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,13 +46,25 @@ def save_nearest_neighbours(
     order = torch.argsort(space.to_train.distances)[:pairs]
     nearest_train = spec.denormalise(train[space.to_train.indices[order]].float().cpu())
     nearest_held_out = spec.denormalise(held_out_reference[space.to_held_out.indices[order]].float().cpu())
+    def class_of(labels: torch.Tensor | None, index: int) -> str:
+        return "" if labels is None else spec.class_name(int(labels[index]))
+
     rows = max(1, order.numel())
+    row_classes: list[list[str]] = []
     fig, axes = plt.subplots(rows, 3, figsize=(4.2, 1.4 * rows), squeeze=False)
     for r, i in enumerate(order.tolist()):
+        names = [
+            class_of(synthetic_labels, i),
+            class_of(train_labels, int(space.to_train.indices[i])),
+            class_of(held_out_labels, int(space.to_held_out.indices[i])),
+        ]
+        row_classes.append(names)
+        kinds = ("synthetic", "train", "held-out")
+        prefixes = [f"{kind} {name}".rstrip() for kind, name in zip(kinds, names, strict=True)]
         triple = (
-            (shown_synthetic[i], "synthetic"),
-            (nearest_train[r], f"train d={float(space.to_train.distances[i]):.2f}"),
-            (nearest_held_out[r], f"held-out d={float(space.to_held_out.distances[i]):.2f}"),
+            (shown_synthetic[i], prefixes[0]),
+            (nearest_train[r], f"{prefixes[1]} d={float(space.to_train.distances[i]):.2f}"),
+            (nearest_held_out[r], f"{prefixes[2]} d={float(space.to_held_out.distances[i]):.2f}"),
         )
         for c, (img, title) in enumerate(triple):
             pixels = img.permute(1, 2, 0).numpy()
@@ -55,7 +76,8 @@ def save_nearest_neighbours(
     fig.suptitle(f"closest pairs ({space.space} space, threshold {space.threshold:.2f}){note}", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    has_labels = any(labels is not None for labels in (synthetic_labels, train_labels, held_out_labels))
+    fig.savefig(path, dpi=120, metadata={CLASSES_KEY: json.dumps(row_classes)} if has_labels else None)
     plt.close(fig)
     return path
 

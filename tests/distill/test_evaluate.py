@@ -77,3 +77,21 @@ def test_predict_logits_and_herding_features_give_the_model_its_mode_back(digits
         assert model.training is training
         HerdingSelector(model).features(digits.test.images[:8], generator=torch.Generator().manual_seed(0))
         assert model.training is training
+
+
+def test_progress_hears_every_epoch_of_every_network_and_each_accuracy(digits) -> None:
+    from fedcond.distill.evaluate import EvalProgress
+
+    coreset = select_coreset(digits.train, ipc=2, seed=1)
+    steps: list[EvalProgress] = []
+    watched = evaluate_synthetic(coreset, digits.test, EvalConfig(runs=2, epochs=3), seed=4, progress=steps.append)
+    assert [(s.run, s.epoch, s.accuracy is None) for s in steps] == [
+        (1, 1, True), (1, 2, True), (1, 3, True), (1, 3, False),
+        (2, 1, True), (2, 2, True), (2, 3, True), (2, 3, False),
+    ]
+    assert all(s.runs == 2 and s.epochs == 3 for s in steps)
+    assert [s.accuracy for s in steps if s.accuracy is not None] == watched.accuracies
+    assert [s.fraction for s in steps if s.accuracy is None] == pytest.approx([k / 6 for k in range(1, 7)])
+    # watching changes nothing: same seeds, same accuracies
+    unwatched = evaluate_synthetic(coreset, digits.test, EvalConfig(runs=2, epochs=3), seed=4)
+    assert unwatched.accuracies == watched.accuracies
