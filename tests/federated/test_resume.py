@@ -1,0 +1,105 @@
+"""Crash safety: per-round checkpoints, resuming a killed run, refusing another job's folder;
+and one end-to-end attacked simulation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedcond.federated.attacks import AttackConfig
+from fedcond.federated.checkpoint import CheckpointMismatch, RunCheckpoint
+from fedcond.federated.job import job_from_mapping
+from fedcond.federated.server_app import run_identity
+from fedcond.federated.simulation import simulate_in_process
+
+SMALL = {
+    "dataset": "digits",
+    "num_clients": 3,
+    "partition": "iid",
+    "local_epochs": 1,
+    "train_per_class": 30,
+    "test_per_class": 20,
+    "device": "cpu",
+}
+
+
+class Killed(RuntimeError):
+    """Stands for the process dying right after a round's checkpoint was written."""
+
+
+def _kill_after(last_round: int):
+    def on_round(report) -> None:
+        if report.history[-1]["round"] == last_round:
+            raise Killed(f"killed after round {last_round}")
+
+    return on_round
+
+
+def test_a_run_killed_between_rounds_resumes_to_the_uninterrupted_result(tmp_path):
+    # FedMedian: its aggregate does not depend on the order replies arrive in, so equal seeds give equal runs
+    job = job_from_mapping({**SMALL, "strategy": "fedmedian", "rounds": 3})
+    whole = RunCheckpoint(tmp_path / "whole", identity=run_identity(job))
+    uninterrupted = simulate_in_process(job, checkpoint=whole)
+    killed = RunCheckpoint(tmp_path / "killed", identity=run_identity(job))
+    with pytest.raises(Killed):
+        simulate_in_process(job, checkpoint=killed, on_round=_kill_after(2))
+    partial = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert partial["complete"] is False and [h["round"] for h in partial["history"]] == [0, 1, 2]
+    resumed = simulate_in_process(job, checkpoint=killed)
+    assert resumed.resumed_after == 2 and resumed.complete
+    assert resumed.test_accuracy == uninterrupted.test_accuracy
+    assert [h["test_accuracy"] for h in resumed.history] == [h["test_accuracy"] for h in uninterrupted.history]
+    for key, value in uninterrupted.final_arrays.items():
+        assert np.array_equal(resumed.final_arrays[key].numpy(), value.numpy())
+    final = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert final["complete"] is True and final["trained_rounds"] == 3
+
+
+def test_fedcond_resume_restores_the_union(tmp_path):
+    job = job_from_mapping(
+        {**SMALL, "strategy": "fedcond", "rounds": 2, "distill.iterations": 2, "distill.ipc": 2, "server_epochs": 2}
+    )
+    checkpoint = RunCheckpoint(tmp_path / "run", identity=run_identity(job))
+    with pytest.raises(Killed):
+        simulate_in_process(job, checkpoint=checkpoint, on_round=_kill_after(1))
+    saved = checkpoint.load()
+    assert saved.completed_round == 1 and len(saved.strategy_state["client_sets"]) == 3
+    resumed = simulate_in_process(job, checkpoint=checkpoint)
+    assert resumed.complete and resumed.trained_rounds == 2
+    assert [h["round"] for h in resumed.history] == [0, 1, 2]
+
+
+def test_a_checkpoint_of_another_job_is_refused_by_name(tmp_path):
+    job = job_from_mapping({**SMALL, "strategy": "fedavg", "rounds": 2})
+    RunCheckpoint(tmp_path, identity=run_identity(job)).save(
+        completed_round=1, arrays=_arrays(), history=[], metrics={}
+    )
+    other = job_from_mapping({**SMALL, "strategy": "fedavg", "rounds": 2, "num_clients": 4})
+    with pytest.raises(CheckpointMismatch, match="'num_clients' is 3 there, 4 here"):
+        RunCheckpoint(tmp_path, identity=run_identity(other)).load()
+    attacked = run_identity(job, AttackConfig("scaled-update", 1))
+    with pytest.raises(CheckpointMismatch, match="'attack' is None there, 'scaled-update:1' here"):
+        RunCheckpoint(tmp_path, identity=attacked).load()
+
+
+def _arrays():
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
+
+
+def test_an_attacked_simulation_drops_the_attackers_and_stays_finite(tmp_path):
+    job = job_from_mapping(
+        {**SMALL, "num_clients": 4, "strategy": "fedcond", "distill.iterations": 5, "distill.ipc": 2, "server_epochs": 5}
+    )
+    report = simulate_in_process(job, attack=AttackConfig("extreme-pixels", 1))
+    metrics = report.metrics()
+    assert metrics["attack"] == "extreme-pixels" and metrics["attackers"] == 1 and metrics["complete"]
+    assert metrics["dropped"] == 1 and metrics["accepted"] == 3
+    dropped = report.history[1]["dropped"]
+    assert len(dropped) == 1 and "outside the allowed" in next(iter(dropped.values()))
+    assert report.test_accuracy is not None
+    assert all(bool(torch.isfinite(torch.as_tensor(v.numpy())).all()) for v in report.final_arrays.values())
