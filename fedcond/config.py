@@ -28,6 +28,7 @@ __all__ = [
     "DPConfig",
     "EvalConfig",
     "FederatedConfig",
+    "RobustConfig",
     "load_toml",
     "parse_config",
     "flatten_config",
@@ -210,8 +211,68 @@ class DPConfig:
 
 
 @dataclass(frozen=True)
+class RobustConfig:
+    """The FedCond server's defences against hostile or faulty clients (``docs/robustness.md``).
+
+    Attributes
+    ----------
+    enabled : bool
+        The robust rule across clients: claimed counts capped by robust statistics and the
+        embedding outlier rule. Off, only the per-reply checks below apply.
+    pixel_margin : float | None
+        Allowed overshoot of synthetic pixels beyond the dataset's normalised ``[0, 1]`` pixel
+        range, in units of that range's width (a reply beyond it is refused; always applied).
+        ``None``: the measured default of the job's ``distill.matching``
+        (:data:`fedcond.federated.validation.PIXEL_MARGINS`).
+    max_class_count : int
+        Largest real-sample count a reply may claim for one class (always applied).
+    count_cap_factor : float
+        A client's claimed real-sample total counts at most this many times the (upper) median
+        client's total; larger claims are scaled down (class proportions kept).
+    outlier_nets : int
+        Random embedding networks behind the outlier rule.
+    outlier_margin : float
+        A client's class is an outlier when its mean embedding lies closer, by this factor, to
+        another class's median embedding than to its own class's.
+    outlier_spread : float
+        ... or farther from its class's median embedding than this many times the typical
+        (median) client's distance.
+    max_set_age : int
+        Rounds a client's last accepted set stays in the union without a fresh one.
+    """
+
+    enabled: bool = True
+    pixel_margin: float | None = None
+    max_class_count: int = 10_000_000
+    count_cap_factor: float = 3.0
+    outlier_nets: int = 2
+    outlier_margin: float = 1.0
+    outlier_spread: float = 4.0
+    max_set_age: int = 5
+
+    def __post_init__(self) -> None:
+        if self.pixel_margin is not None and not self.pixel_margin >= 0:
+            raise ConfigError(f"config key 'robust.pixel_margin' must be >= 0, got {self.pixel_margin}")
+        if not 1 <= self.max_class_count <= 2**31 - 1:
+            raise ConfigError(f"config key 'robust.max_class_count' must lie in 1..2^31-1, got {self.max_class_count}")
+        if not self.count_cap_factor >= 1:
+            raise ConfigError(f"config key 'robust.count_cap_factor' must be >= 1, got {self.count_cap_factor}")
+        if self.outlier_nets < 0 or not self.outlier_margin > 0 or not self.outlier_spread > 0:
+            raise ConfigError("config keys 'robust.outlier_nets' (>= 0), 'robust.outlier_margin' and "
+                              "'robust.outlier_spread' (> 0) are out of range")
+        if self.max_set_age < 1:
+            raise ConfigError(f"config key 'robust.max_set_age' must be >= 1, got {self.max_set_age}")
+
+
+@dataclass(frozen=True)
 class FederatedConfig:
-    """A federated run: partitioning, strategy and the clients' condensation settings."""
+    """A federated run: partitioning, strategy and the clients' condensation settings.
+
+    ``robust`` holds the FedCond server's defences; ``node_wait_timeout`` bounds the wait for
+    ``min_available_nodes`` (seconds); ``trimmed_beta`` (FedTrimmedAvg's cut fraction) and
+    ``byzantine_nodes`` (Krum, MultiKrum, Bulyan's assumed attackers) set Flower's robust
+    weight-averaging baselines.
+    """
 
     strategy: str = "fedcond"
     num_clients: int = 10
@@ -234,8 +295,14 @@ class FederatedConfig:
     server_lr: float = 0.01
     model: str = "convnet"
     seed: int = 0
-    distill: DistillConfig = field(default_factory=lambda: DistillConfig(iterations=200))
+    #: clients start from noise: a real-image start uploads near-copies of training images, and
+    #: the default client policy (fedcond.federated.policy) refuses it
+    distill: DistillConfig = field(default_factory=lambda: DistillConfig(iterations=200, init="noise"))
     dp: DPConfig | None = None
+    robust: RobustConfig = field(default_factory=RobustConfig)
+    node_wait_timeout: float = 600.0
+    trimmed_beta: float = 0.2
+    byzantine_nodes: int = 1
 
 
 @dataclass(frozen=True)
@@ -362,6 +429,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
             return None
         return _coerce(value, args[0], key)
+    if origin is tuple:
+        return _coerce_tuple(value, annotation, key)
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
@@ -405,6 +474,20 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         name = getattr(annotation, "__name__", str(annotation))
         raise ConfigError(f"config key {key!r}: cannot read {value!r} as {name}") from exc
     return value
+
+
+def _coerce_tuple(value: Any, annotation: Any, key: str) -> tuple[Any, ...]:
+    """A homogeneous ``tuple[X, ...]``: a TOML array, or a comma-separated ``--set`` string."""
+    args = typing.get_args(annotation)
+    if len(args) != 2 or args[1] is not Ellipsis:
+        raise ConfigError(f"config key {key!r}: unsupported annotation {annotation}")
+    if isinstance(value, str) and not isinstance(value, _FileString):
+        items: list[Any] = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(f"config key {key!r} expects a list, got {value!r}")
+    return tuple(_coerce(item, args[0], f"{key}[{i}]") for i, item in enumerate(items))
 
 
 def parse_config(cls: type[T], values: Mapping[str, Any] | None = None, *, _prefix: str = "") -> T:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,12 @@ from fedcond.federated.baselines import baseline_strategy
 from fedcond.federated.client import check_partition, federated_test_set, load_splits
 from fedcond.federated.job import FederatedJob, job_from_mapping, job_to_mapping
 from fedcond.federated.records import model_from_record, model_to_record
+from fedcond.federated.attacks import AttackConfig
+from fedcond.federated.checkpoint import RunCheckpoint
+from fedcond.federated.nodes import wait_for_nodes
+from fedcond.federated.rounds import RoundRecorder, fedcond_state, restore_fedcond
 from fedcond.federated.strategy import FedCond
+from fedcond.federated.uploads import UploadStore
 from fedcond.metrics_file import write_metrics
 from fedcond.models import get_model
 from fedcond.plots import save_line_plot
@@ -57,6 +62,13 @@ class FederatedReport:
     final_arrays: ArrayRecord | None = None
     trained_rounds: int = 0
     epsilon: float | None = None
+    #: the simulated attack (``None``: none) and how many clients ran it
+    attack: str | None = None
+    attackers: int = 0
+    #: every round ran (a checkpoint's partial report says false)
+    complete: bool = True
+    #: the round a resumed run continued after (0: it ran from the start)
+    resumed_after: int = 0
 
     def metrics(self) -> dict[str, Any]:
         """The DESIGN.md ``fedcond simulate`` keys plus the flattened config."""
@@ -74,10 +86,23 @@ class FederatedReport:
             "downlink_bytes": self.downlink_bytes,
             "wall_seconds": self.wall_seconds,
             "history": self.history,
+            # replies over every round: accepted, refused by the client's policy, dropped as faulty
+            **{key: sum(_count(h.get(key)) for h in self.history) for key in ("accepted", "refused", "dropped")},
             "config": job_to_mapping(self.job),
+            "attack": self.attack,
+            "attackers": self.attackers,
+            "complete": self.complete,
+            "resumed_after": self.resumed_after,
             # DP-DM: the federation's epsilon (max over every node's latest report, any round)
             **({"epsilon": self.epsilon, "delta": fed.dp.delta} if fed.dp is not None else {}),
         }
+
+
+def _count(value: Any) -> int:
+    """A history entry's count: a number, or the size of a node -> reason map."""
+    if isinstance(value, dict):
+        return len(value)
+    return int(value or 0)
 
 
 def save_accuracy_curves(
@@ -114,7 +139,22 @@ def _evaluate_fn(job: FederatedJob):  # noqa: ANN202 - Flower's evaluate_fn sign
     return evaluate
 
 
-def run_federated(grid: Grid, job: FederatedJob) -> FederatedReport:
+def run_identity(job: FederatedJob, attack: AttackConfig | None = None) -> dict[str, Any]:
+    """What makes a run this run, for checkpoints: the job's flat config (not its folder or
+    device) and the simulated attack."""
+    flat = {k: v for k, v in job_to_mapping(job).items() if k not in ("out", "device")}
+    flat["attack"] = None if attack is None else f"{attack.kind}:{attack.attackers}"
+    return flat
+
+
+def run_federated(
+    grid: Grid,
+    job: FederatedJob,
+    *,
+    attack: AttackConfig | None = None,
+    checkpoint: RunCheckpoint | None = None,
+    on_round: Callable[[FederatedReport], None] | None = None,
+) -> FederatedReport:
     """Run ``job`` on ``grid`` (simulation or deployment) and report.
 
     Parameters
@@ -123,6 +163,14 @@ def run_federated(grid: Grid, job: FederatedJob) -> FederatedReport:
         The Grid the ServerApp received.
     job : FederatedJob
         Dataset, strategy and all settings; sent to the clients in every train message.
+    attack : AttackConfig | None
+        The attack the simulation driver installed on its clients (recorded, not run here).
+    checkpoint : RunCheckpoint | None
+        Written after every round (global model, strategy state, ``metrics.json`` with
+        ``"complete": false``); when it already holds rounds of this job, the run continues
+        after the last of them.
+    on_round : Callable | None
+        Called after every round with the partial report (``complete`` false).
     """
     fed = job.federated
     splits = load_splits(job.data)
@@ -132,30 +180,113 @@ def run_federated(grid: Grid, job: FederatedJob) -> FederatedReport:
     device = resolve_device(job.device)
     counting = CountingGrid(grid)
     if fed.strategy == "fedcond":
-        strategy = FedCond(spec=spec, config=fed, device=device, min_available_nodes=max(1, fed.min_available_nodes))
+        uploads = None
+        if job.out is not None:  # what left the clients, kept exactly as received
+            uploads = UploadStore(
+                Path(job.out) / "uploads",
+                spec=spec,
+                max_images=fed.distill.ipc * spec.num_classes,
+                factor=fed.distill.factor,
+            )
+        strategy = FedCond(
+            spec=spec,
+            config=fed,
+            device=device,
+            min_available_nodes=max(1, fed.min_available_nodes),
+            uploads=uploads,
+        )
     else:
         strategy = baseline_strategy(fed)
-    initial = get_model(fed.model, spec, generator=torch.Generator().manual_seed(fed.seed))
+        # Flower's baselines wait for their nodes without a deadline
+        wait_for_nodes(counting, minimum=max(1, fed.min_available_nodes), timeout=fed.node_wait_timeout)
+    initial_arrays = model_to_record(get_model(fed.model, spec, generator=torch.Generator().manual_seed(fed.seed)))
+    saved = checkpoint.load() if checkpoint is not None else None
+    offset, prefix, earlier_wall = 0, [], 0.0
+    if saved is not None:
+        offset, prefix, initial_arrays = saved.completed_round, saved.history, saved.arrays
+        earlier_wall = float(saved.metrics.get("wall_seconds") or 0.0)
+        if isinstance(strategy, FedCond):
+            restore_fedcond(strategy, saved.strategy_state, saved.strategy_arrays)
+        logger.info("%s: resuming after round %d of %d", fed.strategy, offset, fed.rounds)
+    recorder = RoundRecorder(strategy, offset=offset)
     start = time.perf_counter()
-    result = strategy.start(
-        grid=counting,
-        initial_arrays=model_to_record(initial),
-        num_rounds=fed.rounds,
-        timeout=fed.round_timeout,
-        train_config=ConfigRecord(job_to_mapping(job)),
-        evaluate_fn=_evaluate_fn(job),
+    evaluate = _evaluate_fn(job)
+
+    def report_until(last_round: int, *, complete: bool) -> FederatedReport:
+        return _report(
+            job, strategy, recorder, counting, prefix, offset=offset, last_round=last_round, complete=complete,
+            wall=earlier_wall + time.perf_counter() - start, grid=grid, attack=attack,
+        )
+
+    def after_round(server_round: int, arrays: ArrayRecord) -> None:
+        partial = report_until(server_round, complete=server_round == fed.rounds)
+        if checkpoint is not None:
+            state, state_arrays = fedcond_state(strategy) if isinstance(strategy, FedCond) else ({}, {})
+            checkpoint.save(
+                completed_round=server_round,
+                arrays=arrays,
+                history=partial.history,
+                metrics=partial.metrics(),
+                strategy_state=state,
+                strategy_arrays=state_arrays,
+                complete=partial.complete,
+            )
+        if on_round is not None:
+            on_round(partial)
+
+    if offset < fed.rounds:
+        result = recorder.start(
+            grid=counting,
+            initial_arrays=initial_arrays,
+            num_rounds=fed.rounds - offset,
+            timeout=fed.round_timeout,
+            train_config=ConfigRecord(job_to_mapping(job)),
+            evaluate_fn=recorder.evaluate_fn(evaluate, after_round=after_round),
+        )
+        final_arrays = result.arrays
+    else:
+        final_arrays = initial_arrays
+    report = report_until(fed.rounds, complete=True)
+    report.final_arrays = final_arrays
+    logger.info(
+        "%s finished: test accuracy %s, uplink %d B, downlink %d B, %.1fs",
+        fed.strategy,
+        "n/a" if report.test_accuracy is None else f"{report.test_accuracy:.4f}",
+        report.uplink_bytes,
+        report.downlink_bytes,
+        report.wall_seconds,
     )
-    wall = time.perf_counter() - start
+    return report
+
+
+def _report(
+    job: FederatedJob,
+    strategy: Any,
+    recorder: RoundRecorder,
+    counting: CountingGrid,
+    prefix: list[dict[str, Any]],
+    *,
+    offset: int,
+    last_round: int,
+    complete: bool,
+    wall: float,
+    grid: Grid,
+    attack: AttackConfig | None,
+) -> FederatedReport:
+    """The report of rounds ``0..last_round``: ``prefix`` (a checkpoint's history) for rounds up
+    to ``offset``, the recorder, the traffic ledger and FedCond's round reports for the rest."""
+    fed = job.federated
     traffic = counting.traffic
-    history: list[dict[str, Any]] = []
-    uplink_total = downlink_total = 0
+    history: list[dict[str, Any]] = [dict(h) for h in prefix if h["round"] <= offset]
+    uplink_total = history[-1]["cumulative_uplink_bytes"] if history else 0
+    downlink_total = history[-1]["cumulative_downlink_bytes"] if history else 0
     fedcond_rounds = {r.server_round: r.as_dict() for r in getattr(strategy, "rounds", [])}
-    for server_round in range(0, fed.rounds + 1):
+    for server_round in range(len(history), last_round + 1):
         t = traffic.get(server_round)
         up, down = (t.uplink_bytes, t.downlink_bytes) if t else (0, 0)
         uplink_total += up
         downlink_total += down
-        evaluated = result.evaluate_metrics_serverapp.get(server_round)
+        evaluated = recorder.accuracy.get(server_round)
         entry: dict[str, Any] = {
             "round": server_round,
             "test_accuracy": float(evaluated[TEST_ACCURACY]) if evaluated is not None else None,
@@ -167,34 +298,39 @@ def run_federated(grid: Grid, job: FederatedJob) -> FederatedReport:
         if t is not None:
             entry["messages_sent"] = t.messages_sent
             entry["replies_received"] = t.replies_received
+            if fed.strategy != "fedcond":  # FedCond's own report (below) also counts validation drops
+                entry["accepted"] = t.replies_received - t.refused - t.errors
+                entry["refused"] = t.refused
+                entry["dropped"] = t.errors
         if server_round in fedcond_rounds:
             entry.update({k: v for k, v in fedcond_rounds[server_round].items() if k != "round"})
-        train_metrics = result.train_metrics_clientapp.get(server_round)
+        train_metrics = recorder.train_metrics.get(server_round)
+        if fed.strategy != "fedcond" and server_round > 0:
+            entry["trained"] = recorder.trained.get(server_round, False)
         if train_metrics is not None and fed.strategy != "fedcond":
             entry["client_metrics"] = {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))}
         history.append(entry)
     accuracies = [h["test_accuracy"] for h in history if h["test_accuracy"] is not None]
-    if fed.strategy == "fedcond":
-        trained_rounds = sum(1 for r in getattr(strategy, "rounds", []) if r.trained)
-    else:  # Flower's FedAvg/FedProx record client train metrics only for rounds they aggregated
-        trained_rounds = sum(1 for r in range(1, fed.rounds + 1) if result.train_metrics_clientapp.get(r) is not None)
-    if trained_rounds == 0:
-        reasons = sorted({reason for r in getattr(strategy, "rounds", []) for reason in r.dropped.values()})
+    trained_rounds = sum(1 for h in history if h.get("trained"))
+    if trained_rounds == 0 and complete:
+        reasons = sorted(
+            {reason for r in getattr(strategy, "rounds", []) for reason in (*r.refused.values(), *r.dropped.values())}
+        )
         logger.error(
-            "%s: no round trained the global model (every reply was dropped or missing%s); "
+            "%s: no round trained the global model (every reply was refused, dropped or missing%s); "
             "test_accuracy is reported as null, not the untrained model's accuracy",
             fed.strategy,
             f": {reasons[0]}" if reasons else "",
         )
     nodes = len(list(grid.get_node_ids()))
-    if nodes != fed.num_clients:
+    if nodes != fed.num_clients and complete:
         # under `flwr run` the federation's num-supernodes decides, and each node takes one partition
         logger.warning(
             "%d client nodes took part but the config says num-clients=%d: the data was split %d ways "
             "(with `flwr run`, set both, e.g. --federation-config \"num-supernodes=%d\")",
             nodes, fed.num_clients, nodes, fed.num_clients,
         )
-    report = FederatedReport(
+    return FederatedReport(
         job=job,
         test_accuracy=accuracies[-1] if accuracies and trained_rounds else None,
         uplink_bytes=uplink_total,
@@ -202,19 +338,13 @@ def run_federated(grid: Grid, job: FederatedJob) -> FederatedReport:
         wall_seconds=wall,
         history=history,
         num_nodes=nodes,
-        final_arrays=result.arrays,
         trained_rounds=trained_rounds,
         epsilon=getattr(strategy, "federation_epsilon", None),
+        attack=None if attack is None or attack.attackers == 0 else attack.kind,
+        attackers=0 if attack is None else attack.attackers,
+        complete=complete,
+        resumed_after=offset,
     )
-    logger.info(
-        "%s finished: test accuracy %s, uplink %d B, downlink %d B, %.1fs",
-        fed.strategy,
-        "n/a" if report.test_accuracy is None else f"{report.test_accuracy:.4f}",
-        report.uplink_bytes,
-        report.downlink_bytes,
-        wall,
-    )
-    return report
 
 
 app = ServerApp()

@@ -13,6 +13,12 @@ inherited ``start()`` loop:
   union (:func:`train_global_model`) and returns its arrays;
 - evaluation is centralised on the server's real test set (``start(evaluate_fn=...)``), so
   ``configure_evaluate`` sends nothing.
+
+Hostile clients (``docs/robustness.md``): replies are checked against pixel bounds, a per-class
+image cap and a claimed-count bound; the union holds one set per connected node (a node that
+leaves takes its set with it) and forgets sets older than ``robust.max_set_age`` rounds; the
+robust rule (:func:`fedcond.federated.robust.robust_sets`) caps claims and removes outliers
+before aggregation; a server training that meets a non-finite value keeps the previous model.
 """
 
 from __future__ import annotations
@@ -38,11 +44,23 @@ from fedcond.federated.records import (
     EPSILON,
     METRICS_KEY,
     MODEL_KEY,
+    POLICY_REFUSED,
     SERVER_ROUND,
+    client_report,
     model_to_record,
 )
-from fedcond.federated.server_training import train_global_model
-from fedcond.federated.validation import ClientSet, ReplyRejected, validate_reply
+from fedcond.federated.nodes import wait_for_nodes
+from fedcond.federated.robust import robust_sets
+from fedcond.federated.server_training import NonFiniteTraining, train_global_model
+from fedcond.federated.uploads import UploadStore
+from fedcond.federated.validation import (
+    DEFAULT_PIXEL_MARGIN,
+    PIXEL_MARGINS,
+    ClientSet,
+    ReplyRejected,
+    pixel_bounds,
+    validate_reply,
+)
 
 __all__ = ["FedCond", "RoundReport"]
 
@@ -57,10 +75,21 @@ class RoundReport:
     sampled: int = 0
     accepted: list[int] = field(default_factory=list)
     dropped: dict[int, str] = field(default_factory=dict)
+    #: nodes that declined the request by their own policy (node -> the rule and reason)
+    refused: dict[int, str] = field(default_factory=dict)
+    #: per-node facts of this round's replies (release-gate results, set size)
+    clients: dict[int, dict[str, Any]] = field(default_factory=dict)
     union_images: int = 0
     trained: bool = False
     server_seconds: float = 0.0
     client_metrics: dict[str, float] = field(default_factory=dict)
+    #: robust rule: sets removed from the union (node -> reason) and sets changed in it
+    rejected: dict[int, str] = field(default_factory=dict)
+    neutralised: dict[int, list[str]] = field(default_factory=dict)
+    #: sets that left the union: their node disconnected, or they aged out
+    forgotten: dict[int, str] = field(default_factory=dict)
+    #: why server training stopped without a model (non-finite values), if it did
+    training_stopped: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """This round's record as JSON-ready values (the ``history`` entries of ``metrics.json``)."""
@@ -69,9 +98,15 @@ class RoundReport:
             "sampled": self.sampled,
             "accepted": len(self.accepted),
             "dropped": {str(k): v for k, v in self.dropped.items()},
+            "refused": {str(k): v for k, v in self.refused.items()},
+            "clients": {str(k): v for k, v in self.clients.items()},
             "union_images": self.union_images,
             "trained": self.trained,
             "server_seconds": self.server_seconds,
+            "rejected": {str(k): v for k, v in self.rejected.items()},
+            "neutralised": {str(k): v for k, v in self.neutralised.items()},
+            "forgotten": {str(k): v for k, v in self.forgotten.items()},
+            "training_stopped": self.training_stopped,
             **self.client_metrics,
         }
 
@@ -105,6 +140,7 @@ class FedCond(Strategy):
         config: FederatedConfig,
         device: torch.device | str = "cpu",
         min_available_nodes: int = 1,
+        uploads: UploadStore | None = None,
     ) -> None:
         if not 0 < config.fraction_train <= 1:
             raise ValueError(f"fraction_train must be in (0, 1], got {config.fraction_train}")
@@ -115,12 +151,20 @@ class FedCond(Strategy):
         self.device = device
         self.min_available_nodes = min_available_nodes
         self.max_images = config.distill.ipc * spec.num_classes
+        margin = config.robust.pixel_margin
+        if margin is None:
+            margin = PIXEL_MARGINS.get(config.distill.matching, DEFAULT_PIXEL_MARGIN)
+        self.bounds = pixel_bounds(spec, margin=margin)
         self.client_sets: dict[int, ClientSet] = {}
+        #: round in which each node's set in ``client_sets`` was accepted
+        self.set_round: dict[int, int] = {}
         self.rounds: list[RoundReport] = []
         self.union: AggregatedSet | None = None
         #: latest cumulative epsilon each node reported, from every reply that carried one
         #: (accepted or dropped: a dropped set was still released and spent budget)
         self.node_epsilon: dict[int, float] = {}
+        #: keeps every received synthetic set on disk (``OUT/uploads``), when given
+        self.uploads = uploads
 
     # ------------------------------------------------------------------ Strategy steps
     def summary(self) -> None:
@@ -141,11 +185,8 @@ class FedCond(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        node_ids = sorted(grid.get_node_ids())
-        while len(node_ids) < self.min_available_nodes:
-            logger.info("waiting for %d nodes (%d connected)", self.min_available_nodes, len(node_ids))
-            time.sleep(1.0)
-            node_ids = sorted(grid.get_node_ids())
+        node_ids = wait_for_nodes(grid, minimum=self.min_available_nodes, timeout=self.config.node_wait_timeout)
+        departed = self._forget_departed(node_ids)
         # as Flower's FedAvg samples (int, not round), so the baselines see the same participation
         sample_size = max(1, int(len(node_ids) * self.config.fraction_train))
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + server_round)
@@ -155,7 +196,7 @@ class FedCond(Strategy):
         content = RecordDict({CONFIG_KEY: train_config})
         if server_round > 1 and len(arrays) > 0:
             content[MODEL_KEY] = arrays  # multi-round: the global model becomes DM's embedder
-        self.rounds.append(RoundReport(server_round, sampled=len(chosen)))
+        self.rounds.append(RoundReport(server_round, sampled=len(chosen), forgotten=departed))
         logger.info("round %d: sampled %d of %d nodes", server_round, len(chosen), len(node_ids))
         return [
             Message(content=content, message_type=f"train.{CONDENSE_ACTION}", dst_node_id=node_id)
@@ -169,6 +210,13 @@ class FedCond(Strategy):
         for reply in replies:
             node_id = int(reply.metadata.src_node_id)
             self._record_epsilon(node_id, reply)
+            report.clients[node_id] = client_report(reply)
+            if self.uploads is not None:
+                self.uploads.keep(reply, server_round=server_round)
+            if reply.has_error() and reply.error.code == POLICY_REFUSED:
+                report.refused[node_id] = reply.error.reason
+                logger.warning("round %d: node %d refused by its policy: %s", server_round, node_id, reply.error.reason)
+                continue
             try:
                 accepted = validate_reply(
                     reply,
@@ -176,14 +224,18 @@ class FedCond(Strategy):
                     image_shape=self.spec.image_shape,
                     max_images=self.max_images,
                     factor=self.config.distill.factor,
+                    bounds=self.bounds,
+                    ipc=self.config.distill.ipc,
+                    max_class_count=self.config.robust.max_class_count,
                 )
             except ReplyRejected as exc:
                 report.dropped[node_id] = str(exc)
                 logger.warning("round %d: dropped reply of node %d: %s", server_round, node_id, exc)
                 continue
             self.client_sets[node_id] = accepted
+            self.set_round[node_id] = server_round
             report.accepted.append(node_id)
-        missing = report.sampled - len(report.accepted) - len(report.dropped)
+        missing = report.sampled - len(report.accepted) - len(report.dropped) - len(report.refused)
         if missing > 0:
             logger.warning("round %d: %d sampled node(s) did not reply in time", server_round, missing)
         report.client_metrics = self._mean_client_metrics(report.accepted)
@@ -198,17 +250,27 @@ class FedCond(Strategy):
             )
             return None, self._metrics(report)
         start = time.perf_counter()
-        self.union = aggregate_sets(list(self.client_sets.values()), num_classes=self.spec.num_classes)
+        sets = self._robust_union(server_round, report)
+        if not sets:
+            logger.error("round %d: no client set left in the union; the global model is kept", server_round)
+            return None, self._metrics(report)
+        union = aggregate_sets(sets, num_classes=self.spec.num_classes)
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + 500 + server_round)
-        model = train_global_model(
-            self.union,
-            spec=self.spec,
-            model_name=self.config.model,
-            epochs=self.config.server_epochs,
-            lr=self.config.server_lr,
-            generator=generator,
-            device=self.device,
-        )
+        try:
+            model = train_global_model(
+                union,
+                spec=self.spec,
+                model_name=self.config.model,
+                epochs=self.config.server_epochs,
+                lr=self.config.server_lr,
+                generator=generator,
+                device=self.device,
+            )
+        except NonFiniteTraining as exc:
+            report.training_stopped = str(exc)
+            logger.error("round %d: server training stopped: %s; the global model is kept", server_round, exc)
+            return None, self._metrics(report)
+        self.union = union
         report.union_images = len(self.union)
         report.trained = True
         report.server_seconds = time.perf_counter() - start
@@ -228,6 +290,47 @@ class FedCond(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return None
+
+    # ------------------------------------------------------------------ the union's membership
+    def _forget_departed(self, connected: list[int]) -> dict[int, str]:
+        """Remove the sets of nodes no longer connected (a reconnecting node gets a new id)."""
+        gone = sorted(set(self.client_sets) - set(connected))
+        for node_id in gone:
+            del self.client_sets[node_id]
+            self.set_round.pop(node_id, None)
+            logger.warning("node %d disconnected: its synthetic set leaves the union", node_id)
+        return {node_id: "node disconnected" for node_id in gone}
+
+    def _age_out(self, server_round: int) -> dict[int, str]:
+        """Remove sets not refreshed within ``robust.max_set_age`` rounds."""
+        max_age = self.config.robust.max_set_age
+        stale = sorted(n for n, r in self.set_round.items() if server_round - r >= max_age and n in self.client_sets)
+        for node_id in stale:
+            del self.client_sets[node_id]
+            del self.set_round[node_id]
+            logger.warning("round %d: the set of node %d is older than %d rounds: aged out", server_round, node_id, max_age)
+        return {node_id: f"older than {max_age} rounds" for node_id in stale}
+
+    def _robust_union(self, server_round: int, report: RoundReport) -> list[ClientSet]:
+        """The sets to aggregate this round: fresh enough, through the robust rule."""
+        report.forgotten.update(self._age_out(server_round))
+        outcome = robust_sets(
+            list(self.client_sets.values()),
+            spec=self.spec,
+            config=self.config.robust,
+            model_name=self.config.model,
+            seed=self.config.seed * 1000 + 700 + server_round,
+        )
+        report.rejected = dict(outcome.rejected)
+        report.neutralised = dict(outcome.neutralised)
+        for node_id, reason in outcome.rejected.items():
+            logger.warning("round %d: the robust rule rejected the set of node %d: %s", server_round, node_id, reason)
+            if node_id in report.accepted:  # this round's reply: counted as dropped, with the reason
+                report.accepted.remove(node_id)
+                report.dropped[node_id] = f"robust rule: {reason}"
+        for node_id, notes in outcome.neutralised.items():
+            logger.warning("round %d: node %d's set neutralised: %s", server_round, node_id, "; ".join(notes))
+        return outcome.sets
 
     # ------------------------------------------------------------------ helpers
     def _report(self, server_round: int) -> RoundReport:
@@ -277,6 +380,7 @@ class FedCond(Strategy):
             {
                 "accepted": len(report.accepted),
                 "dropped": len(report.dropped),
+                "refused": len(report.refused),
                 "union-images": report.union_images,
                 **{k: float(v) for k, v in report.client_metrics.items()},
             }
