@@ -39,8 +39,9 @@ import os
 import tempfile
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,16 +163,14 @@ def _decode_all(paths: Sequence[Path], *, progress: ProgressCallback | None) -> 
     step = max(1, total // _PROGRESS_STEPS)
     arrays: list[np.ndarray] = []
     workers = min(8, os.cpu_count() or 1) if total >= _THREADED_FROM else 1
-    if workers > 1:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imagefolder") as pool:
-            decoded = pool.map(_decode, paths, chunksize=64)
-            for array in decoded:
-                arrays.append(array)
-                if progress is not None and (len(arrays) % step == 0 or len(arrays) == total):
-                    progress(len(arrays), total)
-    else:
-        for path in paths:
-            arrays.append(_decode(path))
+    with ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imagefolder"))
+            decoded: Iterator[np.ndarray] = pool.map(_decode, paths)  # results in the order of paths
+        else:
+            decoded = map(_decode, paths)
+        for array in decoded:
+            arrays.append(array)
             if progress is not None and (len(arrays) % step == 0 or len(arrays) == total):
                 progress(len(arrays), total)
     return arrays
@@ -202,13 +201,16 @@ def _stack(arrays: Sequence[np.ndarray], *, channels: int, size: tuple[int, int]
 
 
 def _split_folders(root: Path) -> tuple[Path, Path]:
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"{root} is not a folder (expected the folder holding train/ and test/)")
     train_dir, test_dir = root / "train", root / "test"
     missing = [d for d in (train_dir, test_dir) if not d.is_dir()]
     if missing:
         hint = ""
-        if root.name in ("train", "test") or (root.is_dir() and not (root / "train").exists() and any(
-            p.is_dir() and _visible(p.name) for p in root.iterdir()
-        )):
+        looks_like_a_split = root.name in ("train", "test") or (
+            not train_dir.exists() and any(p.is_dir() and _visible(p.name) for p in root.iterdir())
+        )
+        if looks_like_a_split:
             hint = f" (if {root} is itself one split or holds the class folders, point at the folder above it)"
         raise DatasetNotFoundError(
             f"an ImageFolder tree needs {train_dir}/<class>/<image> and {test_dir}/<class>/<image> "

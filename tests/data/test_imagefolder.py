@@ -157,6 +157,10 @@ def test_pointing_at_a_split_folder_says_to_point_at_its_parent(tmp_path) -> Non
     root = _tree(tmp_path, {"cat": 10})
     with pytest.raises(DatasetNotFoundError, match="point at the folder above it"):
         _load("imagefolder", root / "train")
+    with pytest.raises(DatasetNotFoundError, match="point at the folder above it"):
+        _load("imagefolder", root / "test")  # its class folders, whatever the folder's name
+    with pytest.raises(DatasetNotFoundError, match="no-such-folder is not a folder"):
+        _load("imagefolder", tmp_path / "no-such-folder")
 
 
 def test_mixed_sizes_name_the_odd_image_and_an_example_of_the_common_size(tmp_path) -> None:
