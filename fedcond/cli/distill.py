@@ -193,15 +193,16 @@ def _evaluate(
             eval_config,
             seed=args.seed,
             device=resolve_device(args.device),
-            progress=lambda step: _show_eval_progress(view, step),
+            progress=lambda step: _show_eval_progress(view, step, test_images=len(splits.test)),
         )
     metrics["test_accuracy_mean"] = result.mean
     metrics["test_accuracy_std"] = result.std
     metrics["test_accuracies"] = result.accuracies
 
 
-def _show_eval_progress(view: ProgressView, step: EvalProgress) -> None:
-    """Draw one step of the evaluation protocol: a line in a log at every tenth of a network's epochs."""
+def _show_eval_progress(view: ProgressView, step: EvalProgress, *, test_images: int) -> None:
+    """Draw one step of the evaluation protocol: a line in a log at every tenth of a network's
+    epochs, and one when its testing starts (on CIFAR-10's 10,000 images it takes a while)."""
     network = f"eval network {step.run}/{step.runs}"
     if step.accuracy is not None:
         view.note(f"{network}: {100 * step.accuracy:.2f}% test accuracy")
@@ -212,6 +213,8 @@ def _show_eval_progress(view: ProgressView, step: EvalProgress) -> None:
         label=f"{network}, epoch {step.epoch}/{step.epochs}",
         line=step.epoch % every == 0 or step.epoch == step.epochs,
     )
+    if step.epoch == step.epochs:
+        view.note(f"{network}: trained, testing on {test_images} images")
 
 
 def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSplits, metrics: dict[str, Any]) -> None:

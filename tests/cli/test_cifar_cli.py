@@ -43,7 +43,7 @@ def test_evaluation_and_reading_report_progress(cifar10_slice, tmp_path, capsys)
     for run in (1, 2):
         for epoch in (1, 2, 3):
             assert f"eval network {run}/2, epoch {epoch}/3" in err
-        assert f"eval network {run}/2: " in err and "% test accuracy" in err
+        assert f"eval network {run}/2: trained, testing on 40 images" in err
     accuracies = json.loads((out / "metrics.json").read_text())["test_accuracies"]
     assert f"eval network 2/2: {100 * accuracies[1]:.2f}% test accuracy" in err
     assert figure_classes(out / "synthetic.png") == list(CIFAR10_CLASSES)
