@@ -27,7 +27,7 @@ Example policy file::
     ledger = "dp-ledger.json"         # relative to the policy file
 
     [gate]
-    action = "replace"                # or "refuse"
+    action = "withhold"               # or "replace", "refuse"
 
     [data]
     dataset = "mnist"
@@ -70,7 +70,7 @@ INIT_KINDS = ("real", "herding", "kmeans", "noise")
 #: Inits that put no real image into the start set.
 PRIVATE_INITS = ("noise",)
 #: What the release gate does with a set holding near-copies of training images.
-GATE_ACTIONS = ("refuse", "replace")
+GATE_ACTIONS = ("withhold", "replace", "refuse")
 
 
 class PolicyError(ConfigError):
@@ -130,8 +130,9 @@ class GatePolicy:
     enabled : bool
         Test each synthetic set against the node's own data before it leaves.
     action : str
-        ``refuse`` (no upload when any image is flagged) or ``replace`` (flagged images are
-        re-condensed from noise and tested again; images still flagged are withheld).
+        ``withhold`` (flagged images are left out of the upload), ``replace`` (flagged images
+        are reset to noise, the set is condensed again and tested again; images still flagged
+        are withheld) or ``refuse`` (no upload when any image is flagged).
     quantile : float
         Fresh-sample false-positive rate of the near-copy threshold.
     feature_space : bool
@@ -139,7 +140,7 @@ class GatePolicy:
     """
 
     enabled: bool = True
-    action: str = "replace"
+    action: str = "withhold"
     quantile: float = 0.01
     feature_space: bool = True
 

@@ -13,8 +13,9 @@ dozen images per class (Dirichlet 0.1), too few to give up a held-out slice of t
 images a 1% threshold needs, so the gate calibrates *leave-one-out*: each calibration image's
 distance to its nearest *other* training image. That is the held-out statistic computed with
 every image in turn held out; with one image fewer in the reference, the distances are slightly
-larger, so the threshold errs towards flagging. Exact duplicates inside the client's data
-(leave-one-out distance 0) are not calibration evidence and are left out. With fewer
+larger, so the threshold errs towards flagging. The client's data is deduplicated first: an
+exact duplicate's twin would give a leave-one-out distance of 0, which is no evidence of how
+close *distinct* images come. With fewer
 calibration images than ``1 / quantile`` the rank is 1: "closer than any two of the client's own
 images are to each other".
 
@@ -121,18 +122,23 @@ class ReleaseGate:
             net = get_model("convnet", spec, generator=torch.Generator().manual_seed(seed + 1))
             net.eval()
             self._embed = net.embed
-        self._real = {"pixel": real.detach().float().cpu()}
+        # distinct images only: an exact duplicate inside the client's data would put a
+        # leave-one-out distance of 0 into the calibration (the twin is the same image)
+        distinct = torch.unique(real.detach().float().cpu().flatten(1), dim=0).view(-1, *real.shape[1:])
+        if distinct.shape[0] < 2:
+            raise ValueError("the release gate needs at least two distinct real images")
+        self._real = {"pixel": distinct}
         if self._embed is not None:
             self._real["feature"] = self._features(self._real["pixel"])
-        calibration = torch.randperm(real.shape[0], generator=generator)[:MAX_CALIBRATION]
+        calibration = torch.randperm(distinct.shape[0], generator=generator)[:MAX_CALIBRATION]
         self.thresholds: dict[str, float] = {}
         sizes = []
         for space, reference in self._real.items():
             loo = nearest_neighbours(reference[calibration], reference, exclude=calibration).distances
-            loo = loo[loo > 0]  # exact duplicates in the client's own data calibrate nothing
+            loo = loo[loo > 0]  # distinct images that share a feature vector calibrate nothing
             sizes.append(int(loo.numel()))
             if loo.numel() == 0:
-                self.thresholds[space] = 0.0  # every image is a duplicate: only exact copies count
+                self.thresholds[space] = 0.0  # only exact copies count
                 continue
             rank = threshold_rank(int(loo.numel()), quantile=quantile)
             self.thresholds[space] = float(loo.double().sort().values[rank - 1])
