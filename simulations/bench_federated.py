@@ -1,10 +1,16 @@
 """Benchmark: FedCond one-shot / multi-round vs Flower's FedAvg / FedProx (JSON + PNG out).
 
-For each dataset and partition: FedCond one-shot, FedCond multi-round, FedAvg and FedProx
+For each dataset and partition: FedCond one-shot (the private default: noise init, the default
+client policy with its release gate), FedCond one-shot with real init under a permissive policy
+(``fedcond-realinit``: the clients' training images as the start, no gate), FedCond
+multi-round, FedAvg and FedProx
 (20 rounds x 1 local epoch by default) on the same partitions, model and test set; test
 accuracy (mean +- std over seeds), uplink/downlink bytes, the uplink ratio to FedAvg, wall
-time and the process's peak RSS. The target checked: FedCond one-shot accuracy >= FedAvg's
-with <= 1/10 of its uplink bytes.
+time and the process's peak RSS. FedCond rows also record the release gate's flags and its share
+of the clients' time, and an independent nearest-neighbour check of what reached the server
+(scikit-learn, pixel space in [0, 1]: an uploaded image closer to one of its client's training
+images than any two distinct training images of that client are to each other). The target
+checked: FedCond one-shot accuracy >= FedAvg's with <= 1/10 of its uplink bytes.
 
 The runs use the in-process engine (:func:`fedcond.federated.simulation.simulate_in_process`):
 the same ServerApp/ClientApp code and messages as the Ray and Deployment engines, so the byte
@@ -34,10 +40,17 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
+
 from fedcond.cli.common import overrides_from
 from fedcond.devices import keep_freed_cpu_memory
 from fedcond.federated.job import job_from_mapping
+from fedcond.federated.policy import DEFAULT_POLICY, policy_from_mapping
 from fedcond.federated.simulation import simulate
+
+#: the research setting of real-image starts: it uploads near-copies, so it needs a permissive policy
+PERMISSIVE = policy_from_mapping({"allowed_init": ["real", "noise"], "gate.enabled": False})
 
 # per-dataset recipes (CPU budgets: MNIST is subsampled, see docs/federated.md)
 RECIPES: dict[str, dict[str, Any]] = {
@@ -87,6 +100,9 @@ def _jobs(dataset: str, partition: str, args: argparse.Namespace) -> list[tuple[
     out = []
     if "fedcond" in args.strategies:
         out.append(("fedcond-oneshot", {**base, "strategy": "fedcond", "rounds": 1, **recipe["fedcond"], **extra}))
+    if "fedcond-realinit" in args.strategies:
+        out.append(("fedcond-realinit", {**base, "strategy": "fedcond", "rounds": 1, **recipe["fedcond"],
+                                         "distill.init": "real", **extra}))
     if "fedcond-multi" in args.strategies and (partition in args.extra_partitions or args.all_extras):
         rounds = recipe["multi"]["rounds"]
         out.append((f"fedcond-multi{rounds}", {**base, "strategy": "fedcond", **recipe["multi"], **extra}))
@@ -95,6 +111,48 @@ def _jobs(dataset: str, partition: str, args: argparse.Namespace) -> list[tuple[
     if "fedprox" in args.strategies and (partition in args.extra_partitions or args.all_extras):
         out.append(("fedprox", {**base, "strategy": "fedprox", "rounds": args.fedavg_rounds, "local_epochs": 1}))
     return out
+
+
+def _independent_check(job: Any, uploads: Path) -> dict[str, int]:
+    """Near-copies among the uploads by scikit-learn, independent of fedcond's gate and audit."""
+    import numpy as np
+    from sklearn.neighbors import NearestNeighbors
+
+    from fedcond.federated.client import client_partition
+
+    flagged = audited = 0
+    spec = None
+    for path in sorted(uploads.glob("round-*/client-*.npz")):
+        partition_id = int(path.stem.split("-")[1]) - 1000  # InProcessGrid's node ids
+        data = client_partition(job, partition_id=partition_id, num_partitions=job.federated.num_clients)
+        spec = data.spec
+        with np.load(path, allow_pickle=False) as archive:
+            images = archive["images"]
+        mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        real = np.unique((data.images.numpy() * std + mean).reshape(len(data), -1), axis=0)
+        up = (images * std + mean).reshape(len(images), -1)
+        pairs = NearestNeighbors(n_neighbors=2).fit(real).kneighbors(real)[0][:, 1]
+        closest_pair = float(pairs.min())
+        nearest = NearestNeighbors(n_neighbors=1).fit(real).kneighbors(up)[0][:, 0]
+        flagged += int((nearest < closest_pair).sum())
+        audited += len(up)
+    return {"independent_flagged": flagged, "independent_audited": audited}
+
+
+def _gate_totals(report: Any) -> dict[str, float]:
+    """The release gate's flags and its share of the clients' time, over every client and round."""
+    totals = {"gate_flagged": 0, "gate_withheld": 0, "gate_uploaded": 0}
+    gate_s = distill_s = 0.0
+    for entry in report.history:
+        for client in (entry.get("clients") or {}).values():
+            totals["gate_flagged"] += int(client.get("gate-flagged", 0))
+            totals["gate_withheld"] += int(client.get("gate-withheld", 0))
+            totals["gate_uploaded"] += int(client.get("gate-uploaded", 0))
+            gate_s += float(client.get("gate-seconds", 0.0))
+            distill_s += float(client.get("distill-seconds", 0.0))
+    share = gate_s / (gate_s + distill_s) if gate_s + distill_s > 0 else 0.0
+    return {**totals, "gate_seconds": gate_s, "client_distill_seconds": distill_s, "gate_time_share": share}
 
 
 def _summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -121,6 +179,11 @@ def _summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         }
+        for key in ("gate_flagged", "gate_withheld", "independent_flagged", "independent_audited"):
+            if all(key in r for r in runs):
+                row[key] = sum(r[key] for r in runs)
+        if all("gate_time_share" in r for r in runs):
+            row["gate_time_share_max"] = max(r["gate_time_share"] for r in runs)
         if method == "fedcond-oneshot" and fedavg_acc is not None:
             row["target_met"] = bool(row["test_accuracy_mean"] >= fedavg_acc and row["uplink_ratio_to_fedavg"] <= 0.1)
         rows.append(row)
@@ -194,9 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         for partition in args.partitions:
             for method, mapping in _jobs(dataset, partition, args):
                 for seed in args.seeds:
-                    job = job_from_mapping({**mapping, "seed": seed, "distill.seed": seed})
+                    run_dir = args.out / "runs" / f"{dataset}-{partition}-{method}-seed{seed}"
+                    fedcond_run = mapping["strategy"] == "fedcond"
+                    job = job_from_mapping({**mapping, "seed": seed, "distill.seed": seed,
+                                            **({"out": str(run_dir)} if fedcond_run else {})})
+                    policy = PERMISSIVE if method == "fedcond-realinit" else DEFAULT_POLICY
                     t0 = time.perf_counter()
-                    report = simulate(job, engine="inprocess")
+                    report = simulate(job, engine="inprocess", policy=policy)
                     if report.test_accuracy is None:  # every reply dropped: no number to compare
                         raise SystemExit(f"{dataset} {partition} {method} seed={seed}: no round trained (see the log)")
                     results.append(
@@ -212,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                             "peak_rss_mib": _peak_rss_mib(),
                             "accuracy_by_round": [h["test_accuracy"] for h in report.history],
                             "config": mapping,
+                            "client_policy": policy.as_dict(),
+                            **({**_gate_totals(report), **_independent_check(job, run_dir / "uploads")}
+                               if fedcond_run else {}),
                         }
                     )
                     print(
@@ -222,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                     summary = _summarise(results)
                     payload = {
                         "command": command,
+                        **machine_facts(),
                         "engine": "inprocess",
                         "torch_threads": args.threads,
                         "elapsed_seconds": time.perf_counter() - started,

@@ -15,7 +15,8 @@
 # Both modes bind 127.0.0.1 only; ports are distinct and derived from FEDCOND_BASE_PORT (default:
 # a random base in 20000-39999). Flower state lives in $FEDCOND_DEPLOY_DIR (default
 # runs/deploy-local): FLWR_HOME, logs, certs, and result/metrics.json. FEDCOND_DEPLOY_TIMEOUT
-# (default 600 s) bounds `flwr run`. Runtime dependency installation is disabled (the venv's
+# (default 600 s) bounds `flwr run`. FEDCOND_CLIENT_POLICY=FILE gives every SuperNode that client
+# policy (node config `policy`, checked with `fedcond policy FILE` first; docs/client-policy.md). Runtime dependency installation is disabled (the venv's
 # torch is used as is).
 # On exit (success, error, Ctrl-C) it stops exactly the process groups it started.
 set -euo pipefail
@@ -142,6 +143,21 @@ fi
     fi
 } >"$FLWR_HOME/config.toml"
 
+# every SuperNode's client policy (docs/client-policy.md): FEDCOND_CLIENT_POLICY names a TOML file
+NODE_POLICY=""
+if [[ -n "${FEDCOND_CLIENT_POLICY:-}" ]]; then
+    if [[ ! -f "$FEDCOND_CLIENT_POLICY" ]]; then
+        echo "deploy_local: FEDCOND_CLIENT_POLICY=$FEDCOND_CLIENT_POLICY is not a file" >&2
+        exit 2
+    fi
+    NODE_POLICY=" policy='$(cd "$(dirname "$FEDCOND_CLIENT_POLICY")" && pwd)/$(basename "$FEDCOND_CLIENT_POLICY")'"
+    # a bad policy is one clear error before any SuperNode starts, not a refusal at the first round
+    fedcond policy "$FEDCOND_CLIENT_POLICY" >"$OUT/logs/policy-check.log" || {
+        echo "deploy_local: FEDCOND_CLIENT_POLICY=$FEDCOND_CLIENT_POLICY is not a valid client policy" >&2
+        exit 2
+    }
+fi
+
 for i in $(seq 0 $((N - 1))); do
     NODE_SECURITY=(--insecure)
     if ((SECURE)); then
@@ -156,7 +172,7 @@ for i in $(seq 0 $((N - 1))); do
     setsid flower-supernode "${NODE_SECURITY[@]}" --isolation subprocess \
         --superlink "127.0.0.1:$LINK_PORT" \
         --host 127.0.0.1 --port "$((LINK_PORT + 1 + i))" \
-        --node-config "partition-id=$i num-partitions=$N" \
+        --node-config "partition-id=$i num-partitions=$N$NODE_POLICY" \
         >"$OUT/logs/supernode-$i.log" 2>&1 &
     PIDS+=("$!")
 done

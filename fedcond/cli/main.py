@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "fedcond.cli.simulate",
     "fedcond.cli.continual",
     "fedcond.cli.audit",
+    "fedcond.cli.policy",
 )
 
 

@@ -144,6 +144,35 @@ def test_deployment_engine_with_two_supernodes_on_loopback(tmp_path):
     assert left.stdout.strip() == ""
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("FEDCOND_SLOW") != "1",
+    reason="SuperLink + 2 SuperNodes + flwr run take 40-90 s on 2 busy cores; set FEDCOND_SLOW=1 to run it",
+)
+@pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="Flower's CLI is not on PATH")
+def test_deployment_engine_nodes_enforce_the_policy_in_their_node_config(tmp_path):
+    policy = tmp_path / "client-policy.toml"
+    policy.write_text('serve = ["evaluate"]  # this node sends nothing trained on its data\n')
+    env = {**os.environ, "FEDCOND_DEPLOY_DIR": str(tmp_path / "deploy"), "FEDCOND_DEPLOY_TIMEOUT": "240",
+           "FEDCOND_CLIENT_POLICY": str(policy)}
+    done = subprocess.run(
+        [str(ROOT / "simulations" / "deploy_local.sh"), "2", "distill.ipc=1", "distill.iterations=3",
+         "server-epochs=5", 'device="cpu"'],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "deploy" / "result" / "metrics.json").read_text())
+    assert (metrics["accepted"], metrics["refused"], metrics["dropped"]) == (0, 2, 0)
+    assert all("'serve'" in reason for reason in metrics["history"][1]["refused"].values())
+    assert metrics["test_accuracy"] is None
+    assert not (tmp_path / "deploy" / "result" / "uploads").exists()  # nothing left any node
+    # a bad policy file stops the script before any SuperNode starts
+    policy.write_text("serve = [\n")
+    bad = subprocess.run([str(ROOT / "simulations" / "deploy_local.sh"), "2"], env=env, capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert bad.returncode == 2 and "not a valid client policy" in bad.stderr
+
+
 def test_server_app_refuses_an_out_folder_holding_a_run_before_any_round(tmp_path, task_identity):
     from flwr.app import Context
 

@@ -1,0 +1,56 @@
+"""Provenance of a benchmark result: the commit and the machine that produced it.
+
+Every benchmark JSON records these facts beside its command, so a number can be reproduced
+and compared only with numbers from the same kind of machine (CPUs differ: an AVX2-only AMD
+EPYC runs DM without bf16, an Intel with AMX runs it several times faster).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+__all__ = ["machine_facts"]
+
+_ROOT = Path(__file__).resolve().parents[1]
+#: the CPU flags that decide which kernels torch runs
+_KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
+
+
+def _commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def _cpu() -> dict[str, Any]:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"cpu_model": model, "cpu_count": os.cpu_count(), "cpu_flags": [f for f in _KERNEL_FLAGS if f in flags]}
+
+
+def machine_facts() -> dict[str, Any]:
+    """``commit``, CPU model/count/kernel flags, Python and torch versions, as JSON-ready values."""
+    import torch
+
+    return {
+        "commit": _commit(),
+        **_cpu(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
