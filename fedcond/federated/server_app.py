@@ -88,6 +88,7 @@ class FederatedReport:
             "history": self.history,
             # replies over every round: accepted, refused by the client's policy, dropped as faulty
             **{key: sum(_count(h.get(key)) for h in self.history) for key in ("accepted", "refused", "dropped")},
+            "clients": _latest_client_reports(self.history),
             "config": job_to_mapping(self.job),
             "attack": self.attack,
             "attackers": self.attackers,
@@ -96,6 +97,15 @@ class FederatedReport:
             # DP-DM: the federation's epsilon (max over every node's latest report, any round)
             **({"epsilon": self.epsilon, "delta": fed.dp.delta} if fed.dp is not None else {}),
         }
+
+
+def _latest_client_reports(history: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each node's latest reply facts (release-gate results, set size, or its error), with the round."""
+    latest: dict[str, dict[str, Any]] = {}
+    for entry in history:
+        for node, facts in (entry.get("clients") or {}).items():
+            latest[str(node)] = {"round": entry["round"], **facts}
+    return latest
 
 
 def _count(value: Any) -> int:
