@@ -139,6 +139,10 @@ class DistillConfig:
         default) is plain DM; the factor must divide the image size.
     seed : int
         Seeds every generator used by the run.
+    time_budget : float | None
+        Wall-clock seconds the optimisation loop may take (``None``: no limit). The loop stops
+        after the iteration during which the budget is spent and returns its set; the set's
+        ``meta["iterations"]`` is the number actually run (under DP, the number accounted).
     """
 
     ipc: int = 10
@@ -158,6 +162,7 @@ class DistillConfig:
     checkpoint_every: int = 0
     factor: int = 1
     seed: int = 0
+    time_budget: float | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

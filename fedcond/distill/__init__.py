@@ -1,6 +1,16 @@
-"""The condensation engine: DM, siamese augmentation, coresets, synthetic sets, evaluation."""
+"""The condensation engine: a registry of condensers (DM, coresets, k-means), siamese augmentation,
+synthetic sets, evaluation."""
 
 from fedcond.distill.augment import LAYOUTS, AugmentParams, SiameseAugment
+from fedcond.distill.condenser import (
+    Condenser,
+    ShortClassError,
+    UnsupportedOptionError,
+    check_class_sizes,
+    get_condenser,
+    list_condensers,
+    register_condenser,
+)
 from fedcond.distill.coreset import (
     CoresetSelector,
     HerdingSelector,
@@ -23,6 +33,7 @@ from fedcond.distill.evaluate import (
 from fedcond.distill.formation import check_factor, decode_formation, encode_formation, expand_labels
 from fedcond.distill.kmeans import KMeansResult, kmeans
 from fedcond.distill.matching import MATCHINGS, check_matching, class_mmd_loss, gaussian_mmd2
+from fedcond.distill.selection import HerdingCondenser, KMeansCondenser, RandomCondenser
 from fedcond.distill.statistics import MeanStatistics, RealBatch, RealStatistics
 from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
 
@@ -32,21 +43,28 @@ __all__ = [
     "MATCHINGS",
     "AugmentParams",
     "CondensationResult",
+    "Condenser",
     "CoresetSelector",
     "DistributionMatching",
     "EvalProgress",
     "EvalResult",
+    "HerdingCondenser",
     "HerdingSelector",
+    "KMeansCondenser",
     "KMeansResult",
     "MeanStatistics",
+    "RandomCondenser",
     "RandomSelector",
     "RealBatch",
     "RealStatistics",
     "SiameseAugment",
     "SyntheticSet",
+    "ShortClassError",
     "SyntheticSetError",
+    "UnsupportedOptionError",
     "accuracy",
     "augment_for",
+    "check_class_sizes",
     "check_factor",
     "check_matching",
     "class_mmd_loss",
@@ -56,11 +74,14 @@ __all__ = [
     "evaluate_synthetic",
     "expand_labels",
     "gaussian_mmd2",
+    "get_condenser",
     "get_selector",
     "herding_order",
     "initial_synthetic",
     "kmeans",
+    "list_condensers",
     "predict_logits",
+    "register_condenser",
     "select_coreset",
     "train_model",
     "train_with_recipe",

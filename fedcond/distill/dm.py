@@ -31,6 +31,7 @@ from fedcond.config import DistillConfig
 from fedcond.data.registry import DIGIT_DATASETS, ArrayDataset, DatasetSpec
 from fedcond.devices import autocast_context, resolve_device
 from fedcond.distill.augment import SiameseAugment
+from fedcond.distill.condenser import register_condenser
 from fedcond.distill.coreset import HerdingSelector
 from fedcond.distill.formation import check_factor, decode_formation, encode_formation, expand_labels
 from fedcond.distill.kmeans import kmeans
@@ -74,6 +75,8 @@ class CondensationResult:
         (empty for a fresh run or a checkpoint that does not record them).
     earlier_seconds : float
         Optimisation seconds of those iterations, from the checkpoint.
+    stopped_by_time_budget : bool
+        The loop stopped at ``config.time_budget`` before ``config.iterations``.
     """
 
     synthetic: SyntheticSet
@@ -83,11 +86,17 @@ class CondensationResult:
     resumed_from: int = 0
     earlier_losses: list[float] = field(default_factory=list)
     earlier_seconds: float = 0.0
+    stopped_by_time_budget: bool = False
 
     @property
     def all_losses(self) -> list[float]:
         """Losses of the whole run, earlier (resumed-from) segments first."""
         return [*self.earlier_losses, *self.losses]
+
+    @property
+    def iterations_run(self) -> int:
+        """Iterations of the whole run, resumed-from ones included."""
+        return self.resumed_from + len(self.losses)
 
     @property
     def iterations_per_second(self) -> float:
@@ -233,8 +242,9 @@ class _MatchingPlan:
     memory_format: torch.memory_format
 
 
+@register_condenser("dm")
 class DistributionMatching:
-    """The DM condenser.
+    """The DM condenser (registered as ``dm``).
 
     Parameters
     ----------
@@ -293,6 +303,8 @@ class DistributionMatching:
             )
         if config.real_chunk < 0:
             raise ValueError(f"real_chunk must be >= 0 (0 = no chunking), got {config.real_chunk}")
+        if config.time_budget is not None and not (math.isfinite(config.time_budget) and config.time_budget > 0):
+            raise ValueError(f"time_budget must be finite and > 0 seconds (or None), got {config.time_budget}")
         check_factor(config.factor)
         self.config = config
         self.device = resolve_device(device)
@@ -410,6 +422,7 @@ class DistributionMatching:
             bar = tqdm(iterator, desc=f"DM {spec.name} ipc={cfg.ipc}", unit="it", leave=False)
             iterator = bar
         started = time.perf_counter()
+        out_of_time = False
         for iteration in iterator:
             loss = self._iteration_loss(plan, syn, generator=generator)
             optimizer.zero_grad(set_to_none=True)
@@ -434,13 +447,21 @@ class DistributionMatching:
                 self._check_finite_images(syn, iteration=done)
                 history = _History([*earlier.losses, *losses], earlier.seconds + time.perf_counter() - started)
                 self._save_checkpoint(ckpt, syn, optimizer, generator, done, run_identity, history)
+            # the budget is checked after a whole step: the set returned is always a stepped one
+            if cfg.time_budget is not None and done < cfg.iterations:
+                if time.perf_counter() - started >= cfg.time_budget:
+                    out_of_time = True
+                    break
         seconds = time.perf_counter() - started
         if bar is not None:
             bar.close()
-        self._check_finite_images(syn, iteration=cfg.iterations)
+        iterations_run = start_iteration + len(losses)
+        if out_of_time:
+            logger.info("DM stopped by its %gs time budget after %d iterations", cfg.time_budget, iterations_run)
+        self._check_finite_images(syn, iteration=iterations_run)
         if ckpt is not None and cfg.checkpoint_every > 0:
             history = _History([*earlier.losses, *losses], earlier.seconds + seconds)
-            self._save_checkpoint(ckpt, syn, optimizer, generator, cfg.iterations, run_identity, history)
+            self._save_checkpoint(ckpt, syn, optimizer, generator, iterations_run, run_identity, history)
 
         meta = {
             "dataset": spec.name,
@@ -456,12 +477,12 @@ class DistributionMatching:
             "matching": cfg.matching,
             "factor": cfg.factor,
             "seed": cfg.seed,
-            "iterations": cfg.iterations,
+            "iterations": iterations_run,
             "skipped_classes": skipped,
         }
         synthetic = SyntheticSet(syn.detach().float().cpu().contiguous(), syn_labels.cpu(), meta)
         return CondensationResult(
-            synthetic, losses, seconds, skipped, start_iteration, list(earlier.losses), earlier.seconds
+            synthetic, losses, seconds, skipped, start_iteration, list(earlier.losses), earlier.seconds, out_of_time
         )
 
     @staticmethod
@@ -671,7 +692,7 @@ class DistributionMatching:
         clip, steps), so a DP run never resumes a non-private checkpoint or another budget's.
         """
         config = dataclasses.asdict(self.config)
-        for key in ("iterations", "checkpoint_every", "compile", "real_chunk"):
+        for key in ("iterations", "checkpoint_every", "compile", "real_chunk", "time_budget"):
             config.pop(key, None)
         fingerprint = getattr(self.statistics, "fingerprint", None)
         identity = {

@@ -451,13 +451,15 @@ def dp_statistics_for(
             raise PrivacyBudgetError(
                 f"the mechanism made {statistics.steps} releases, this run accounts {distill.iterations}"
             )
+        # every iteration run is one application of the mechanism, including those run before a
+        # resume (which this object never saw); a run stopped by its time budget ran fewer than
+        # ``distill.iterations`` and is charged for those it ran (sigma stays calibrated for all)
+        steps = result.resumed_from + max(len(result.losses), statistics.steps)
+        if steps > distill.iterations:
+            raise PrivacyBudgetError(f"the run reports {steps} iterations, this run accounts {distill.iterations}")
         reported.append(True)
-        # every iteration of this run is one application of the mechanism, including those run
-        # before a resume (which this object never saw): count all ``distill.iterations``
         accountant = ledger if ledger is not None else PrivacyAccountant(plan.accountant)
-        accountant.step(
-            noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=distill.iterations
-        )
+        accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=steps)
         epsilon = accountant.epsilon(delta=plan.delta)
         if epsilon > plan.epsilon + 1e-9:
             raise PrivacyBudgetError(f"spent epsilon {epsilon:.4f} exceeds the requested {plan.epsilon}")
