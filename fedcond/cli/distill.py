@@ -1,8 +1,14 @@
-"""``fedcond distill`` and ``fedcond coreset``: condense one dataset and evaluate the result."""
+"""``fedcond distill`` and ``fedcond coreset``: condense one dataset and evaluate the result.
+
+``fedcond distill --method NAME`` runs any registered condenser (:mod:`fedcond.distill.condenser`);
+``fedcond coreset`` is the same command with the coreset methods and their flags only. A flag that
+sets something the chosen method does not read is refused by name instead of being ignored.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from typing import Any
 
@@ -21,8 +27,16 @@ from fedcond.config import AugmentConfig, DistillConfig, EvalConfig, parse_confi
 from fedcond.data.registry import DatasetSplits
 from fedcond.devices import resolve_device
 from fedcond.distill.augment import LAYOUTS
-from fedcond.distill.coreset import select_coreset
-from fedcond.distill.dm import INITS, DistributionMatching
+from fedcond.distill.condenser import (
+    ShortClassError,
+    UnsupportedOptionError,
+    accepts_option,
+    condenser_class,
+    get_condenser,
+    list_condensers,
+    refused_config_fields,
+)
+from fedcond.distill.dm import INITS
 from fedcond.distill.evaluate import EvalProgress, evaluate_synthetic
 from fedcond.distill.formation import check_factor
 from fedcond.distill.matching import MATCHINGS
@@ -36,12 +50,44 @@ __all__ = ["register"]
 #: DP flags that only mean something with ``--dp-epsilon``, and their values when it is given
 _DP_DEFAULTS: dict[str, Any] = {"dp_delta": 1e-5, "dp_clip": 0.6, "dp_accountant": "rdp", "dp_noise_seed": None}
 
+#: ``distill`` flags (argparse dests) that set a ``DistillConfig`` field, and that field: a method
+#: whose ``config_fields`` leaves the field out refuses the flag when it is given
+_FLAG_FIELDS: dict[str, str] = {
+    "iterations": "iterations",
+    "init": "init",
+    "batch_real": "batch_real",
+    "lr_img": "lr_img",
+    "matching": "matching",
+    "mmd_weight": "mmd_weight",
+    "factor": "factor",
+    "no_dsa": "dsa",
+    "dsa_layout": "augment",
+    "no_bf16": "mixed_precision",
+    "compile": "compile",
+    "checkpoint_every": "checkpoint_every",
+    "resume": "checkpoint_every",
+    "time_budget": "time_budget",
+}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``distill`` and ``coreset`` subcommands and their flags to ``subparsers``."""
-    distill = subparsers.add_parser("distill", help="condense a dataset with distribution matching")
+    distill = subparsers.add_parser("distill", help="condense a dataset (distribution matching or any registered method)")
+    distill.add_argument(
+        "--method",
+        default="dm",
+        help=f"condensation method, any registered condenser ({', '.join(list_condensers())}; default dm)",
+    )
     _add_budget_arguments(distill)
     distill.add_argument("--iterations", type=int, default=1000, help="DM iterations (default 1000)")
+    distill.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop the optimisation loop after the iteration during which SECONDS are spent and keep its set "
+        "(metrics.json: iterations run, stopped_by_time_budget; under DP, the iterations run are accounted)",
+    )
     distill.add_argument(
         "--init",
         choices=INITS,
@@ -112,11 +158,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common_arguments(distill, default_out="runs/distill")
     distill.set_defaults(run=run_distill)
 
-    coreset = subparsers.add_parser("coreset", help="random or herding coreset at the same budget")
+    coreset = subparsers.add_parser(
+        "coreset", help="random or herding coreset at the same budget (fedcond distill --method random|herding)"
+    )
     coreset.add_argument("--method", choices=("random", "herding"), default="random")
     _add_budget_arguments(coreset)
     add_common_arguments(coreset, default_out="runs/coreset")
-    coreset.set_defaults(run=run_coreset)
+    # the same command as distill: distill's method flags at their defaults, none of them given
+    distill_only = {name: distill.get_default(name) for name in (*_FLAG_FIELDS, *_DP_DEFAULTS, "dp_epsilon")}
+    coreset.set_defaults(run=run_distill, flag_defaults=distill_only, **distill_only)
+    distill.set_defaults(flag_defaults={name: distill.get_default(name) for name in _FLAG_FIELDS})
+
+
+def _check_method(args: argparse.Namespace) -> type:
+    """The chosen condenser's class; refuse an unknown name and flags it cannot honour, by name."""
+    try:
+        cls = condenser_class(args.method)
+    except ValueError as exc:
+        raise CommandError(f"--method: {exc}") from exc
+    given = {name for name, default in args.flag_defaults.items() if getattr(args, name) != default}
+    fields = {_FLAG_FIELDS[name] for name in given}
+    refused = set(refused_config_fields(args.method, fields))
+    flags = sorted("--" + name.replace("_", "-") for name in given if _FLAG_FIELDS[name] in refused)
+    if args.dp_epsilon is not None and not accepts_option(args.method, "real_statistics"):
+        flags.append("--dp-epsilon")
+    if (args.checkpoint_every or args.resume) and "checkpoint_path" not in inspect.signature(cls.condense).parameters:
+        flags += [flag for flag in ("--checkpoint-every", "--resume") if flag not in flags]
+    if flags:
+        reads = getattr(cls, "config_fields", None)
+        what = f" (it reads {', '.join(sorted(reads))})" if reads is not None else ""
+        raise CommandError(f"--method {args.method} cannot honour {', '.join(flags)}{what}")
+    return cls
 
 
 def _check_dp_flags(args: argparse.Namespace) -> None:
@@ -256,10 +328,15 @@ def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSp
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    """Run ``fedcond distill``: condense, evaluate, write the set, ``synthetic.png`` and ``metrics.json``."""
+    """Run ``fedcond distill`` (and ``fedcond coreset``): condense with ``--method``, evaluate, write
+    the set, ``synthetic.png`` and ``metrics.json``."""
     _check_dp_flags(args)
+    cls = _check_method(args)
+    dm = args.method == "dm"
     out = prepare_run_folder(args.out, overwrite=args.overwrite, resume=args.resume)
     splits = _load(args)
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise CommandError(f"--time-budget must be > 0 seconds, got {args.time_budget}")
     config = parse_config(
         DistillConfig,
         {
@@ -277,6 +354,7 @@ def run_distill(args: argparse.Namespace) -> int:
             "checkpoint_every": args.checkpoint_every,
             "factor": args.factor,
             "seed": args.seed,
+            "time_budget": args.time_budget,
         },
     )
     try:
@@ -295,40 +373,57 @@ def run_distill(args: argparse.Namespace) -> int:
     if statistics is not None and config.init != "noise":
         console.print("[yellow]DP forces --init noise (real init would publish real images)[/]")
         config = parse_config(DistillConfig, {**_as_dict(config), "init": "noise"})
-    if config.init != "noise":
+    if not dm:  # the small-class policy of every selection: ipc real images per class present
+        _refuse_small_classes(splits, config.ipc, "lower --ipc")
+    elif config.init != "noise":
         needed = config.ipc * config.factor**2
         hint = f"{config.init} init needs ipc x factor^2 per class (lower --ipc or --factor, or use --init noise)"
         _refuse_small_classes(splits, needed, hint)
-    engine = DistributionMatching(
-        config, device=resolve_device(args.device), real_statistics=statistics, progress=True
-    )
+    options: dict[str, Any] = {"real_statistics": statistics} if statistics is not None else {}
+    if accepts_option(args.method, "progress"):
+        options["progress"] = True
+    engine = get_condenser(args.method, config, device=resolve_device(args.device), **options)
+    condense_options: dict[str, Any] = {}
+    if "checkpoint_path" in inspect.signature(cls.condense).parameters:
+        condense_options = {
+            "checkpoint_path": out / "checkpoint.npz" if config.checkpoint_every else None,
+            "resume": args.resume,
+        }
     start = time.perf_counter()
-    result = engine.condense(
-        splits.train, checkpoint_path=out / "checkpoint.npz" if config.checkpoint_every else None, resume=args.resume
-    )
+    try:
+        result = engine.condense(splits.train, **condense_options)
+    except (ShortClassError, UnsupportedOptionError) as exc:
+        raise CommandError(f"--method {args.method}: {exc}") from exc
     elapsed = time.perf_counter() - start
     synthetic = result.synthetic
     metrics: dict[str, Any] = {
         "dataset": splits.spec.name,
-        "method": "dm",
+        "method": args.method,
         "ipc": config.ipc,
-        "iterations": config.iterations,
-        "init": config.init,
-        "matching": config.matching,
-        "factor": config.factor,
-        "training_images": len(synthetic) * config.factor**2,
-        "dsa_layout": synthetic.meta.get("dsa_layout"),
+        "iterations": result.iterations_run,
+        "time_budget": config.time_budget,
+        "stopped_by_time_budget": result.stopped_by_time_budget,
         "seed": args.seed,
-        "device": str(engine.device),
+        "device": str(getattr(engine, "device", resolve_device(args.device))),
         # a resumed run: the seconds of the earlier segments (from the checkpoint) are added;
         # iterations_per_second is this segment's throughput
         "distill_seconds": elapsed + result.earlier_seconds,
         "iterations_per_second": result.iterations_per_second,
-        "resumed_from_iteration": result.resumed_from,
         "final_loss": result.all_losses[-1] if result.all_losses else None,
         "loss_history": result.all_losses[:: max(1, len(result.all_losses) // 200)],
         "skipped_classes": result.skipped_classes,
     }
+    if dm:
+        metrics.update(
+            {
+                "init": config.init,
+                "matching": config.matching,
+                "factor": config.factor,
+                "training_images": len(synthetic) * config.factor**2,
+                "dsa_layout": synthetic.meta.get("dsa_layout"),
+                "resumed_from_iteration": result.resumed_from,
+            }
+        )
     if dp_report is not None:
         epsilon, delta = dp_report(result)
         dp_meta = {"epsilon": epsilon, "delta": delta, "dp_noise": statistics.noise}
@@ -361,22 +456,3 @@ def _dp_statistics(args: argparse.Namespace, config: DistillConfig, splits: Data
         distill=config,
         class_counts=splits.train.class_counts(),
     )
-
-
-def run_coreset(args: argparse.Namespace) -> int:
-    """Run ``fedcond coreset``: select a random or herding coreset and evaluate it like a distilled set."""
-    prepare_run_folder(args.out, overwrite=args.overwrite)
-    splits = _load(args)
-    # a coreset of fewer images than --ipc would be compared at a budget it does not use
-    _refuse_small_classes(splits, args.ipc, "lower --ipc")
-    start = time.perf_counter()
-    synthetic = select_coreset(splits.train, ipc=args.ipc, method=args.method, seed=args.seed)
-    metrics: dict[str, Any] = {
-        "dataset": splits.spec.name,
-        "method": args.method,
-        "ipc": args.ipc,
-        "seed": args.seed,
-        "select_seconds": time.perf_counter() - start,
-    }
-    _finish(args, synthetic, splits, metrics)
-    return 0

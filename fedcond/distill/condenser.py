@@ -40,6 +40,7 @@ __all__ = [
     "Condenser",
     "ShortClassError",
     "UnsupportedOptionError",
+    "accepts_option",
     "check_class_sizes",
     "condenser_class",
     "get_condenser",
@@ -174,6 +175,18 @@ def get_condenser(
                 f"condenser {name!r} cannot honour {', '.join(refused)} (it takes: {takes})"
             )
     return cls(config, device=device, **options)
+
+
+def accepts_option(name: str, option: str) -> bool:
+    """Whether the condenser ``name`` takes the constructor keyword ``option``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    """
+    accepted = _keyword_parameters(condenser_class(name))
+    return accepted is None or option in accepted
 
 
 def refused_config_fields(name: str, fields: Iterable[str]) -> list[str]:
