@@ -46,7 +46,7 @@ from fedcond.config import AugmentConfig, DataConfig, DistillConfig, EvalConfig
 from fedcond.data import ArrayDataset, DatasetSplits, load_dataset
 from fedcond.data.registry import DIGIT_DATASETS
 from fedcond.devices import keep_freed_cpu_memory
-from fedcond.distill import DistributionMatching, SyntheticSet, evaluate_synthetic, select_coreset
+from fedcond.distill import DistributionMatching, SyntheticSet, evaluate_synthetic, get_condenser
 from fedcond.distill.augment import LAYOUTS, SiameseAugment
 from fedcond.distill.dm import INITS, initial_synthetic
 from fedcond.distill.matching import MATCHINGS
@@ -220,18 +220,17 @@ def methods_section(
             for seed in seeds:
                 start = time.perf_counter()
                 if matching is not None:
-                    result = DistributionMatching(
+                    result = get_condenser(
+                        "dm",
                         DistillConfig(ipc=ipc, iterations=iterations[ipc], seed=seed, compile=compile_dm,
                                       matching=matching, init=dm_init, augment=AugmentConfig(layout=dm_layout)),
-                        device=device
+                        device=device,
                     ).condense(splits.train)
                     syn = result.synthetic
-                elif method == "kmeans":
-                    syn = DistributionMatching(
-                        DistillConfig(ipc=ipc, iterations=0, seed=seed, init="kmeans"), device=device
-                    ).condense(splits.train).synthetic
-                else:
-                    syn = select_coreset(splits.train, ipc=ipc, method=method, seed=seed)
+                else:  # the loop-free condensers (kmeans, random, herding), by name
+                    syn = get_condenser(method, DistillConfig(ipc=ipc, seed=seed), device=device).condense(
+                        splits.train
+                    ).synthetic
                 make_seconds.append(time.perf_counter() - start)
                 acc = evaluate(syn, splits, evaluation, seed, device)
                 accuracies += acc["runs"]

@@ -1,7 +1,7 @@
 """``DistilledBuffer``: an Avalanche storage policy that condenses each experience with DM.
 
 After every training experience the buffer takes that experience's real data, condenses the
-classes it holds with :class:`~fedcond.distill.DistributionMatching` into as many synthetic
+classes it holds with DM (the ``dm`` condenser of :func:`~fedcond.distill.get_condenser`) into as many synthetic
 images per class as the class's quota, and keeps them; the real data is then dropped.
 
 Budget (the same rules as Avalanche's :class:`~avalanche.training.storage_policy.ClassBalancedBuffer`,
@@ -56,7 +56,7 @@ from fedcond.config import DistillConfig
 from fedcond.continual.benchmarks import dataset_tensors, to_avalanche_dataset
 from fedcond.data.registry import ArrayDataset, DatasetSpec
 from fedcond.distill.coreset import HerdingSelector, herding_order
-from fedcond.distill.dm import DistributionMatching
+from fedcond.distill.condenser import get_condenser
 from fedcond.distill.formation import decode_formation, expand_labels
 from fedcond.distill.synthetic import SyntheticSet
 
@@ -399,7 +399,7 @@ class DistilledBuffer(ExemplarsBuffer):
         if path is not None and path.is_file():
             logger.info("distilled memory: reusing %s", path)
             return SyntheticSet.load(path, num_classes=self.spec.num_classes, image_shape=self.spec.image_shape)
-        engine = DistributionMatching(config, device=self.device, progress=self.progress)
+        engine = get_condenser("dm", config, device=self.device, progress=self.progress)
         start = time.perf_counter()
         with _classes_absent_is_expected():
             synthetic = engine.condense(data).synthetic
