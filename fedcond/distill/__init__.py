@@ -31,6 +31,7 @@ from fedcond.distill.evaluate import (
     train_with_recipe,
 )
 from fedcond.distill.formation import check_factor, decode_formation, encode_formation, expand_labels
+from fedcond.distill.gradient_matching import GradientMatching, gradient_distance
 from fedcond.distill.kmeans import KMeansResult, kmeans
 from fedcond.distill.matching import MATCHINGS, check_matching, class_mmd_loss, gaussian_mmd2
 from fedcond.distill.selection import HerdingCondenser, KMeansCondenser, RandomCondenser
@@ -48,6 +49,7 @@ __all__ = [
     "DistributionMatching",
     "EvalProgress",
     "EvalResult",
+    "GradientMatching",
     "HerdingCondenser",
     "HerdingSelector",
     "KMeansCondenser",
@@ -75,6 +77,7 @@ __all__ = [
     "expand_labels",
     "gaussian_mmd2",
     "get_condenser",
+    "gradient_distance",
     "get_selector",
     "herding_order",
     "initial_synthetic",
