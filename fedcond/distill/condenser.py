@@ -24,7 +24,9 @@ accepts any class with at least one. :func:`check_class_sizes` is that rule; con
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
+import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from fedcond.distill.dm import CondensationResult
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "Condenser",
     "ShortClassError",
     "UnsupportedOptionError",
@@ -51,6 +54,11 @@ __all__ = [
 
 #: every registered condenser class, by name
 _REGISTRY: dict[str, type] = {}
+#: entry-point group of modules that register condensers when imported (third-party packages)
+ENTRY_POINT_GROUP = "fedcond.condensers"
+_plugins_loaded = False
+
+logger = logging.getLogger(__name__)
 
 C = TypeVar("C", bound=type)
 
@@ -121,8 +129,26 @@ def register_condenser(name: str) -> Callable[[C], C]:
 
 
 def list_condensers() -> list[str]:
-    """Names of the registered condensers, sorted."""
+    """Names of the registered condensers, sorted (entry-point plugins included)."""
+    _load_plugins()
     return sorted(_REGISTRY)
+
+
+def _load_plugins() -> None:
+    """Import, once, every module named in the ``fedcond.condensers`` entry-point group.
+
+    A plugin that fails to import is logged and left out, so one broken package does not take
+    the built-in methods down with it.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except Exception as exc:  # noqa: BLE001 - any plugin failure is reported the same way
+            logger.warning("condenser plugin %s (%s) failed to load: %s", entry.name, entry.value, exc)
 
 
 def condenser_class(name: str) -> type:
@@ -133,6 +159,7 @@ def condenser_class(name: str) -> type:
     ValueError
         If no condenser has that name; the message lists the registered ones.
     """
+    _load_plugins()
     try:
         return _REGISTRY[name]
     except KeyError:

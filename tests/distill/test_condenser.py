@@ -168,3 +168,26 @@ def test_a_dp_run_stopped_by_its_budget_is_charged_for_the_iterations_it_ran(dig
     one_step = epsilon_for(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=1, delta=delta)
     assert epsilon == pytest.approx(one_step)
     assert epsilon < 2.0
+
+
+def test_an_entry_point_plugin_is_imported_on_the_first_lookup(private_registry: None, monkeypatch, tmp_path) -> None:
+    import importlib.metadata
+    import sys
+
+    (tmp_path / "my_condenser_plugin.py").write_text(
+        "from fedcond.distill import register_condenser\n"
+        "from fedcond.distill.selection import RandomCondenser\n"
+        "register_condenser('plugin-random')(type('PluginRandom', (RandomCondenser,), {'name': 'plugin-random'}))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_condenser_plugin", raising=False)
+    points = [
+        importlib.metadata.EntryPoint("plugin-random", "my_condenser_plugin", registry.ENTRY_POINT_GROUP),
+        importlib.metadata.EntryPoint("broken", "no_such_module_anywhere", registry.ENTRY_POINT_GROUP),
+    ]
+    monkeypatch.setattr(
+        registry.importlib.metadata, "entry_points", lambda group: points if group == registry.ENTRY_POINT_GROUP else []
+    )
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    assert "plugin-random" in list_condensers()  # the broken plugin is logged and left out
+    assert get_condenser("plugin-random", DistillConfig(ipc=1)).config.ipc == 1
