@@ -67,6 +67,8 @@ _FLAG_FIELDS: dict[str, str] = {
     "checkpoint_every": "checkpoint_every",
     "resume": "checkpoint_every",
     "time_budget": "time_budget",
+    "queue_size": "queue_size",
+    "queue_lifetime": "queue_lifetime",
 }
 
 
@@ -116,6 +118,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="multi-formation (IDC): each stored image holds factor x factor downsampled tiles that "
         "train as factor^2 images at the same storage (default 1: plain DM; with --iterations 0 "
         "and --init real: downsampled random real images)",
+    )
+    distill.add_argument(
+        "--queue-size",
+        type=int,
+        default=0,
+        help="IDM: match with a queue of N partly trained embedders, each trained one step on real data when "
+        "drawn (default 0: a fresh random network every iteration, the DM paper; not with DP)",
+    )
+    distill.add_argument(
+        "--queue-lifetime",
+        type=int,
+        default=DistillConfig().queue_lifetime,
+        help=f"IDM: training steps before a queued embedder is replaced (default {DistillConfig().queue_lifetime})",
     )
     distill.add_argument("--no-dsa", action="store_true", help="disable siamese augmentation")
     distill.add_argument(
@@ -350,11 +365,14 @@ def run_distill(args: argparse.Namespace) -> int:
             "dsa": not args.no_dsa,
             "augment.layout": args.dsa_layout,
             "mixed_precision": not args.no_bf16,
-            "compile": args.compile == "on" or (args.compile == "auto" and args.iterations >= 300),
+            "compile": args.compile == "on"
+            or (args.compile == "auto" and args.iterations >= 300 and args.queue_size == 0),
             "checkpoint_every": args.checkpoint_every,
             "factor": args.factor,
             "seed": args.seed,
             "time_budget": args.time_budget,
+            "queue_size": args.queue_size,
+            "queue_lifetime": args.queue_lifetime,
         },
     )
     try:
@@ -382,7 +400,10 @@ def run_distill(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"real_statistics": statistics} if statistics is not None else {}
     if accepts_option(args.method, "progress"):
         options["progress"] = True
-    engine = get_condenser(args.method, config, device=resolve_device(args.device), **options)
+    try:
+        engine = get_condenser(args.method, config, device=resolve_device(args.device), **options)
+    except ValueError as exc:  # settings the method refuses together (e.g. an embedder queue under DP)
+        raise CommandError(f"--method {args.method}: {exc}") from exc
     condense_options: dict[str, Any] = {}
     if "checkpoint_path" in inspect.signature(cls.condense).parameters:
         condense_options = {

@@ -305,6 +305,24 @@ class DistributionMatching:
             raise ValueError(f"real_chunk must be >= 0 (0 = no chunking), got {config.real_chunk}")
         if config.time_budget is not None and not (math.isfinite(config.time_budget) and config.time_budget > 0):
             raise ValueError(f"time_budget must be finite and > 0 seconds (or None), got {config.time_budget}")
+        if config.queue_size < 0 or config.queue_lifetime < 1:
+            raise ValueError(
+                f"queue_size must be >= 0 and queue_lifetime >= 1, got {config.queue_size} and {config.queue_lifetime}"
+            )
+        if config.queue_size > 0:
+            conflicts = [
+                name
+                for name, conflict in (
+                    ("real_statistics (DP: the queue trains on raw real data)",
+                     real_statistics is not None and not isinstance(real_statistics, MeanStatistics)),
+                    ("embedder", embedder is not None),
+                    ("compile", config.compile),
+                    ("checkpoint_every", config.checkpoint_every > 0),
+                )
+                if conflict
+            ]
+            if conflicts:
+                raise ValueError(f"queue_size > 0 (IDM's embedder queue) cannot be combined with {', '.join(conflicts)}")
         check_factor(config.factor)
         self.config = config
         self.device = resolve_device(device)
@@ -316,6 +334,7 @@ class DistributionMatching:
         self._real_embed: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._batch_statistics = False
         self._real_batch_sizes: set[int] = set()  # unchunked real batch sizes seen (compiled runs)
+        self._queue: list[tuple[nn.Module, int]] = []  # IDM's embedders and their training steps
 
     # ------------------------------------------------------------------------------ public
     def condense(
@@ -391,6 +410,7 @@ class DistributionMatching:
             # the random network kept from an earlier condense() fits another image shape or class count
             self._net, self._real_embed = None, None
             self._net_shape = (tuple(spec.image_shape), spec.num_classes)
+        self._queue = []  # every run starts its queue afresh, from its own generator
         counts = data.class_counts()
         classes = [c for c in range(spec.num_classes) if counts[c] > 0]
         skipped = [c for c in range(spec.num_classes) if counts[c] == 0]
@@ -562,7 +582,10 @@ class DistributionMatching:
         device = self.device
         num_classes = plan.spec.num_classes
         memory_format = plan.memory_format
-        net = self._embedding_network(plan.spec, generator, memory_format)
+        if cfg.queue_size > 0:
+            net = self._queued_network(plan, generator, memory_format)
+        else:
+            net = self._embedding_network(plan.spec, generator, memory_format)
         # augmentation draws from its own per-iteration stream, so how many parameters the
         # (possibly Poisson-sized, private) real batch needs never shifts later draws
         aug_generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
@@ -610,6 +633,40 @@ class DistributionMatching:
         return loss
 
     # ------------------------------------------------------------------------------ helpers
+    def _queued_network(
+        self, plan: _MatchingPlan, generator: torch.Generator, memory_format: torch.memory_format
+    ) -> nn.Module:
+        """IDM's embedder: one of the queue's networks, trained one SGD step on real data first.
+
+        A network that has taken ``queue_lifetime`` steps is replaced by a fresh one. The step
+        is cross-entropy on up to 32 real images of every class present (lr 0.01, no momentum).
+        """
+        cfg = self.config
+        while len(self._queue) < cfg.queue_size:
+            fresh = get_model(cfg.model, plan.spec, generator=generator).to(self.device, memory_format=memory_format)
+            self._queue.append((fresh, 0))
+        slot = int(torch.randint(len(self._queue), (1,), generator=generator))
+        net, steps = self._queue[slot]
+        if steps >= cfg.queue_lifetime:
+            net = get_model(cfg.model, plan.spec, generator=generator).to(self.device, memory_format=memory_format)
+            steps = 0
+        picks = [plan.pools[c][torch.randperm(plan.pools[c].numel(), generator=generator)[:32]] for c in plan.classes]
+        targets = torch.cat([torch.full((len(p),), c, dtype=torch.long) for p, c in zip(picks, plan.classes, strict=True)])
+        net.train()
+        for p in net.parameters():
+            p.requires_grad_(True)
+        images = plan.real_images[torch.cat(picks).to(self.device)].contiguous(memory_format=memory_format)
+        loss = nn.functional.cross_entropy(net(images), targets.to(self.device))
+        grads = torch.autograd.grad(loss, list(net.parameters()))
+        with torch.no_grad():
+            for p, g in zip(net.parameters(), grads, strict=True):
+                p.sub_(0.01 * g)
+                p.requires_grad_(False)
+        self._queue[slot] = (net, steps + 1)
+        self._net, self._real_embed = net, net.embed
+        self._batch_statistics = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        return net
+
     def _embedding_network(
         self, spec: object, generator: torch.Generator, memory_format: torch.memory_format
     ) -> nn.Module:

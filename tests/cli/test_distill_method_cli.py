@@ -67,7 +67,7 @@ def test_a_flag_the_third_party_method_does_not_read_is_refused(mean_image: None
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--method", "kcenter"], "--method: unknown condensation method 'kcenter'; registered: dm, herding, kmeans"),
+        (["--method", "kcenter"], "--method: unknown condensation method 'kcenter'; registered: dm, gm, herding, kmeans, random"),
         (["--method", "random", "--iterations", "5"], "--method random cannot honour --iterations"),
         (["--method", "herding", "--dp-epsilon", "1"], "--method herding cannot honour --dp-epsilon"),
         (["--method", "kmeans", "--time-budget", "5"], "--method kmeans cannot honour --time-budget"),
@@ -117,3 +117,12 @@ def test_dp_with_a_time_budget_reports_the_epsilon_of_the_iterations_run(tmp_pat
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert cut["iterations"] == 1 and full["iterations"] == 40
     assert cut["epsilon"] < full["epsilon"] <= 2.0 + 1e-9
+
+
+def test_idm_queue_from_the_cli_and_refused_under_dp(tmp_path, capsys) -> None:
+    argv = ["distill", "--ipc", "1", "--iterations", "2", "--batch-real", "16", "--queue-size", "2", *QUICK]
+    assert main([*argv, "--out", str(tmp_path / "idm")]) == 0
+    assert main([*argv, "--dp-epsilon", "1", "--out", str(tmp_path / "dp")]) == 2
+    assert "cannot be combined with real_statistics (DP" in capsys.readouterr().err
+    assert main([*argv, "--method", "gm", "--out", str(tmp_path / "gm")]) == 2
+    assert "--method gm cannot honour --queue-size" in capsys.readouterr().err

@@ -191,3 +191,35 @@ def test_an_entry_point_plugin_is_imported_on_the_first_lookup(private_registry:
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     assert "plugin-random" in list_condensers()  # the broken plugin is logged and left out
     assert get_condenser("plugin-random", DistillConfig(ipc=1)).config.ipc == 1
+
+
+def test_idm_queue_is_reproducible_and_changes_the_embeddings(digits) -> None:
+    config = DistillConfig(ipc=1, iterations=4, queue_size=2, queue_lifetime=2, **TINY)
+    a = get_condenser("dm", config).condense(digits.train).synthetic
+    b = get_condenser("dm", config).condense(digits.train).synthetic
+    plain = get_condenser("dm", DistillConfig(ipc=1, iterations=4, **TINY)).condense(digits.train).synthetic
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, plain.images)
+
+
+def test_idm_queue_trains_its_embedders_on_the_real_data(digits) -> None:
+    engine = DistributionMatching(DistillConfig(ipc=1, iterations=30, queue_size=1, queue_lifetime=1000, **TINY))
+    engine.condense(digits.train)
+    (net, steps), = engine._queue
+    assert steps == 30
+    with torch.no_grad():
+        accuracy = (net(digits.test.images).argmax(1) == digits.test.labels).float().mean()
+    assert accuracy > 0.3  # 30 SGD steps from a random network (chance: 0.1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "options", "message"),
+    [
+        ({"compile": True}, {}, "compile"),
+        ({"checkpoint_every": 5}, {}, "checkpoint_every"),
+        ({}, {"embedder": torch.nn.Identity()}, "embedder"),
+        ({"queue_lifetime": 0}, {}, "queue_lifetime >= 1"),
+    ],
+)
+def test_idm_queue_refuses_what_it_cannot_combine_with(changes: dict, options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DistributionMatching(DistillConfig(queue_size=2, **changes), **options)
