@@ -10,6 +10,7 @@ is therefore measured the same way.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,9 +33,9 @@ class RoundTraffic:
     uplink_bytes: int = 0
     messages_sent: int = 0
     replies_received: int = 0
-    #: replies in which a client declined by its policy (``POLICY_REFUSED``), other error replies
-    refused: int = 0
-    errors: int = 0
+    #: error replies per node: declined by the client's policy (``POLICY_REFUSED``), or other errors
+    refused: dict[int, str] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
 
 
 def _round_of(content: RecordDict) -> int:
@@ -73,7 +74,7 @@ class CountingGrid(Grid):
     def traffic(self) -> dict[int, RoundTraffic]:
         """Traffic per round (a copy)."""
         with self._lock:
-            return {k: RoundTraffic(**vars(v)) for k, v in sorted(self._ledger.rounds.items())}
+            return {k: copy.deepcopy(v) for k, v in sorted(self._ledger.rounds.items())}
 
     @property
     def uplink_bytes(self) -> int:
@@ -107,9 +108,9 @@ class CountingGrid(Grid):
                 if not reply.has_error():
                     entry.uplink_bytes += payload_bytes(reply.content)
                 elif reply.error.code == POLICY_REFUSED:
-                    entry.refused += 1
+                    entry.refused[int(reply.metadata.src_node_id)] = str(reply.error.reason)
                 else:
-                    entry.errors += 1
+                    entry.errors[int(reply.metadata.src_node_id)] = str(reply.error.reason)
 
     # ---------------------------------------------------------------- Grid interface
     def set_run(self, run: Run) -> None:

@@ -309,9 +309,9 @@ def _report(
             entry["messages_sent"] = t.messages_sent
             entry["replies_received"] = t.replies_received
             if fed.strategy != "fedcond":  # FedCond's own report (below) also counts validation drops
-                entry["accepted"] = t.replies_received - t.refused - t.errors
-                entry["refused"] = t.refused
-                entry["dropped"] = t.errors
+                entry["accepted"] = t.replies_received - len(t.refused) - len(t.errors)
+                entry["refused"] = {str(k): v for k, v in t.refused.items()}
+                entry["dropped"] = {str(k): v for k, v in t.errors.items()}
         if server_round in fedcond_rounds:
             entry.update({k: v for k, v in fedcond_rounds[server_round].items() if k != "round"})
         train_metrics = recorder.train_metrics.get(server_round)
@@ -324,7 +324,13 @@ def _report(
     trained_rounds = sum(1 for h in history if h.get("trained"))
     if trained_rounds == 0 and complete:
         reasons = sorted(
-            {reason for r in getattr(strategy, "rounds", []) for reason in (*r.refused.values(), *r.dropped.values())}
+            {
+                reason
+                for h in history
+                for key in ("refused", "dropped")
+                if isinstance(h.get(key), dict)
+                for reason in h[key].values()
+            }
         )
         logger.error(
             "%s: no round trained the global model (every reply was refused, dropped or missing%s); "

@@ -138,6 +138,9 @@ def test_deployment_engine_with_two_supernodes_on_loopback(tmp_path):
     metrics = json.loads((tmp_path / "deploy" / "result" / "metrics.json").read_text())
     assert metrics["num_clients"] == 2 and metrics["history"][1]["accepted"] == 2
     assert metrics["uplink_bytes"] > 0
+    # the ServerApp keeps exactly what each node released (the default policy: noise init, gate)
+    assert len(list((tmp_path / "deploy" / "result" / "uploads" / "round-1").glob("client-*.npz"))) == 2
+    assert all("gate-flagged" in facts for facts in metrics["clients"].values())
     assert (tmp_path / "deploy" / "result" / "accuracy.png").stat().st_size > 1000  # like fedcond simulate
     # the script stopped exactly what it started: nothing is left running from its folder
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "deploy")], capture_output=True, text=True)

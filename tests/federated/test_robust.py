@@ -92,7 +92,8 @@ def _strategy(**overrides) -> FedCond:
     from fedcond.data import get_spec
 
     config = parse_config(
-        FederatedConfig, {"server_epochs": 2, "distill.ipc": IPC, "min_reply_fraction": 0.5, **overrides}
+        FederatedConfig,
+        {"server_epochs": 2, "distill.ipc": IPC, "min_reply_fraction": 0.5, "robust.enabled": True, **overrides},
     )
     return FedCond(spec=get_spec("digits"), config=config, device="cpu")
 

@@ -1,0 +1,37 @@
+"""``fedcond policy FILE``: a node's policy checked before the node starts."""
+
+from __future__ import annotations
+
+import json
+
+from fedcond.cli.main import main
+
+
+def test_a_good_policy_prints_its_effective_rules(tmp_path, capsys):
+    path = tmp_path / "policy.toml"
+    path.write_text('allowed_init = ["noise"]\n[data]\ndataset = "digits"\n')
+    assert main(["policy", str(path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["allowed_init"] == ["noise"] and printed["gate"]["action"] == "withhold"
+    assert printed["permissive"] is False
+
+
+def test_a_bad_policy_is_one_line_and_exit_2(tmp_path, capsys):
+    path = tmp_path / "policy.toml"
+    path.write_text("[dp]\nbudget_epsilon = 3.0\n")
+    assert main(["policy", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "dp.ledger" in err and "Traceback" not in err
+
+
+def test_a_ledger_of_another_data_source_is_refused_at_node_start(tmp_path, capsys):
+    ledger = tmp_path / "ledger.json"
+    ledger.write_text(json.dumps({"format": "fedcond-dp-ledger", "version": 1, "source": "f" * 64,
+                                  "mechanism": "rdp", "history": [], "runs": []}))
+    path = tmp_path / "policy.toml"
+    path.write_text('[dp]\nbudget_epsilon = 3.0\nledger = "ledger.json"\n[data]\ndataset = "digits"\n')
+    assert main(["policy", str(path)]) == 2
+    assert "another data source" in capsys.readouterr().err
+    ledger.write_text("{broken")
+    assert main(["policy", str(path)]) == 2
+    assert "corrupt" in capsys.readouterr().err
