@@ -1,7 +1,7 @@
 """Benchmark: accuracy under hostile clients, FedCond (robust rule on and off) vs weight averaging.
 
 For each dataset, seed, attack kind and attacker count: FedCond one-shot with the robust rule on
-(``robust.enabled=true``, the default) and off, FedAvg, and Flower's robust rules (FedMedian,
+(``robust.enabled=true``) and off (the default), FedAvg, and Flower's robust rules (FedMedian,
 FedTrimmedAvg, Krum, Bulyan ... via ``--strategies``), all on the same Dirichlet partitions,
 model and test set. The first N clients run the attack (``fedcond.federated.attacks``); an
 attack that does not apply to a strategy's replies (label flips for weight averaging,
