@@ -160,3 +160,61 @@ def test_a_dp_job_compared_with_fedavg_runs_the_baseline_without_dp(tmp_path, ca
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epsilon"] <= 8.0
     assert not any(k.startswith("dp") for k in metrics["runs"]["fedavg"]["config"])
+
+
+def test_the_default_policy_lets_no_real_image_reach_the_server(tmp_path, capsys):
+    out = tmp_path / "refused"
+    code = main(["simulate", "--engine", "inprocess", "--num-clients", "3", "--partition", "iid", *SMALL,
+                 "--set", "distill.iterations=0", "--set", "distill.init=real", "--out", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "every client refused the request by its policy" in err and "'allowed_init'" in err
+    metrics = json.loads((out / "metrics.json").read_text())  # written all the same
+    assert (metrics["accepted"], metrics["refused"], metrics["dropped"]) == (0, 3, 0)
+    assert all("'allowed_init'" in reason for reason in metrics["history"][1]["refused"].values())
+    assert metrics["uplink_bytes"] == 0 and not (out / "uploads").exists()
+    assert metrics["client_policy"]["permissive"] is False
+
+
+def test_a_permissive_policy_file_lets_real_init_through_and_the_run_says_so(tmp_path, capsys):
+    policy = tmp_path / "permissive.toml"
+    policy.write_text('allowed_init = ["real", "noise"]\n[gate]\nenabled = false\n')
+    out = tmp_path / "permissive"
+    code = main(["simulate", "--engine", "inprocess", "--num-clients", "3", "--partition", "iid", *SMALL,
+                 "--set", "distill.iterations=0", "--set", "distill.init=real", "--client-policy", str(policy),
+                 "--out", str(out)])
+    assert code == 0
+    assert "client policy is permissive" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accepted"] == 3 and metrics["client_policy"]["permissive"] is True
+    assert metrics["client_policy"]["file"] == str(policy)
+    uploads = sorted((out / "uploads" / "round-1").glob("client-*.npz"))
+    assert len(uploads) == 3
+    from fedcond.data import load_dataset
+    from fedcond.distill.synthetic import SyntheticSet
+
+    train = load_dataset("digits").train
+    received = SyntheticSet.load(uploads[0])  # the format fedcond audit reads
+    assert received.meta["dataset"] == "digits" and received.meta["round"] == 1
+    # zero iterations from real images: the server holds exact training images, as the policy allowed
+    flat = train.images.flatten(1)
+    assert all(bool((flat == image.flatten()).all(1).any()) for image in received.images)
+
+
+def test_the_default_policy_gates_every_upload_and_records_it(tmp_path):
+    out = tmp_path / "gated"
+    code = main(["simulate", "--engine", "inprocess", "--num-clients", "3", "--partition", "iid", *SMALL,
+                 "--out", str(out)])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["clients"]) == {"1000", "1001", "1002"}
+    for facts in metrics["clients"].values():
+        assert facts["round"] == 1 and facts["gate-uploaded"] + facts["gate-withheld"] == 20
+    assert len(list((out / "uploads" / "round-1").glob("client-*.npz"))) == 3
+
+
+def test_a_bad_client_policy_file_is_one_line_before_any_client_runs(tmp_path, capsys):
+    policy = tmp_path / "bad.toml"
+    policy.write_text('allowed_init = ["pixels"]\n')
+    assert main(["simulate", "--engine", "inprocess", "--client-policy", str(policy), "--out", str(tmp_path / "x")]) == 2
+    assert "allowed_init" in capsys.readouterr().err
