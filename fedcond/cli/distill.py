@@ -74,7 +74,9 @@ _FLAG_FIELDS: dict[str, str] = {
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``distill`` and ``coreset`` subcommands and their flags to ``subparsers``."""
-    distill = subparsers.add_parser("distill", help="condense a dataset (distribution matching or any registered method)")
+    distill = subparsers.add_parser(
+        "distill", help="condense a dataset (distribution matching or any registered method)"
+    )
     distill.add_argument(
         "--method",
         default="dm",
@@ -181,7 +183,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common_arguments(coreset, default_out="runs/coreset")
     # the same command as distill: distill's method flags at their defaults, none of them given
     distill_only = {name: distill.get_default(name) for name in (*_FLAG_FIELDS, *_DP_DEFAULTS, "dp_epsilon")}
-    coreset.set_defaults(run=run_distill, flag_defaults=distill_only, **distill_only)
+    flag_defaults = {name: distill_only[name] for name in _FLAG_FIELDS}
+    coreset.set_defaults(run=run_distill, flag_defaults=flag_defaults, **distill_only)
     distill.set_defaults(flag_defaults={name: distill.get_default(name) for name in _FLAG_FIELDS})
 
 

@@ -28,7 +28,7 @@ import importlib.metadata
 import inspect
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -67,15 +67,10 @@ C = TypeVar("C", bound=type)
 class Condenser(Protocol):
     """What every registered method is: constructed from a config, run on a dataset.
 
-    Attributes
-    ----------
-    config_fields : frozenset[str] | None
-        The :class:`~fedcond.config.DistillConfig` fields the method reads (optional class
-        attribute). The CLI refuses a flag that sets any other field by name; a class without
-        it is assumed to read them all.
+    A class may also carry ``config_fields``, a ``frozenset`` of the
+    :class:`~fedcond.config.DistillConfig` fields it reads: the CLI then refuses, by name, a
+    flag that sets any other field. A class without it is assumed to read them all.
     """
-
-    config_fields: ClassVar[frozenset[str] | None]
 
     def condense(
         self,

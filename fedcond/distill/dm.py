@@ -322,7 +322,9 @@ class DistributionMatching:
                 if conflict
             ]
             if conflicts:
-                raise ValueError(f"queue_size > 0 (IDM's embedder queue) cannot be combined with {', '.join(conflicts)}")
+                raise ValueError(
+                    f"queue_size > 0 (IDM's embedder queue) cannot be combined with {', '.join(conflicts)}"
+                )
         check_factor(config.factor)
         self.config = config
         self.device = resolve_device(device)
@@ -651,7 +653,9 @@ class DistributionMatching:
             net = get_model(cfg.model, plan.spec, generator=generator).to(self.device, memory_format=memory_format)
             steps = 0
         picks = [plan.pools[c][torch.randperm(plan.pools[c].numel(), generator=generator)[:32]] for c in plan.classes]
-        targets = torch.cat([torch.full((len(p),), c, dtype=torch.long) for p, c in zip(picks, plan.classes, strict=True)])
+        targets = torch.cat(
+            [torch.full((len(p),), c, dtype=torch.long) for p, c in zip(picks, plan.classes, strict=True)]
+        )
         net.train()
         for p in net.parameters():
             p.requires_grad_(True)

@@ -67,7 +67,8 @@ def test_a_flag_the_third_party_method_does_not_read_is_refused(mean_image: None
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--method", "kcenter"], "--method: unknown condensation method 'kcenter'; registered: dm, gm, herding, kmeans, random"),
+        (["--method", "kcenter"],
+         "--method: unknown condensation method 'kcenter'; registered: dm, gm, herding, kmeans, random"),
         (["--method", "random", "--iterations", "5"], "--method random cannot honour --iterations"),
         (["--method", "herding", "--dp-epsilon", "1"], "--method herding cannot honour --dp-epsilon"),
         (["--method", "kmeans", "--time-budget", "5"], "--method kmeans cannot honour --time-budget"),

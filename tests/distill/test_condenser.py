@@ -12,6 +12,7 @@ from fedcond.data.registry import ArrayDataset
 from fedcond.distill import condenser as registry
 from fedcond.distill import (
     CondensationResult,
+    Condenser,
     DistributionMatching,
     ShortClassError,
     SyntheticSet,
@@ -52,7 +53,7 @@ def test_an_option_the_method_cannot_honour_is_refused_by_name(digits) -> None:
 def test_each_method_condenses_digits_through_the_one_interface(name: str, digits) -> None:
     condenser = get_condenser(name, DistillConfig(ipc=2, iterations=2, seed=3, **TINY))
     result = condenser.condense(digits.train)
-    assert isinstance(result, CondensationResult)
+    assert isinstance(condenser, Condenser) and isinstance(result, CondensationResult)
     synthetic = result.synthetic
     assert synthetic.class_counts().tolist() == [2] * 10
     assert synthetic.images.shape == (20, 1, 8, 8) and synthetic.images.dtype == torch.float32
@@ -118,7 +119,8 @@ def test_a_third_party_condenser_registers_and_runs(private_registry: None, digi
             labels = torch.tensor(classes)
             meta = {"dataset": data.spec.name, "ipc": self.config.ipc, "method": "mean-image"}
             ipc = self.config.ipc
-            return CondensationResult(SyntheticSet(images.repeat_interleave(ipc, 0), labels.repeat_interleave(ipc), meta))
+            synthetic = SyntheticSet(images.repeat_interleave(ipc, 0), labels.repeat_interleave(ipc), meta)
+            return CondensationResult(synthetic)
 
     assert "mean-image" in list_condensers()
     result = get_condenser("mean-image", DistillConfig(ipc=2)).condense(digits.train)
