@@ -189,6 +189,42 @@ def federated() -> str:
     return table(["data", "partition", "method", "seeds", "test accuracy (%)", "uplink", "uplink / FedAvg", "data"], rows)
 
 
+PRIVATE_DEFAULT_FILES = ("federated_private_default_digits.json", "federated_private_default_mnist10k.json")
+
+
+def private_default() -> str:
+    """The private default (noise init, client policy, release gate) beside real init and FedAvg."""
+    names = {"fedcond-oneshot": "FedCond, private default", "fedcond-realinit": "FedCond, real init (permissive)",
+             "fedavg": "FedAvg, 20 rounds"}
+    rows = []
+    for file in PRIVATE_DEFAULT_FILES:
+        if not (RESULTS / file).is_file():
+            continue
+        data = load(file)
+        for summary in data["summary"]:
+            ratio = summary.get("uplink_ratio_to_fedavg")
+            runs = [r for r in data["results"] if r["method"] == summary["method"]]
+
+            def total(key: str, runs: list[dict] = runs) -> int | None:
+                return sum(r[key] for r in runs) if runs and all(key in r for r in runs) else None
+
+            withheld, uploaded = total("gate_withheld"), total("gate_uploaded")
+            gate = f"{withheld} / {withheld + uploaded}" if withheld is not None and uploaded else "-"
+            flagged, audited = total("independent_flagged"), total("independent_audited")
+            independent = f"{flagged} / {audited}" if flagged is not None else "-"
+            shares = [r["gate_time_share"] for r in runs if r.get("gate_time_share")]
+            share = max(shares) if shares else None
+            rows.append([
+                summary["dataset"], names.get(summary["method"], summary["method"]), str(summary["seeds"]),
+                pct(summary["test_accuracy_mean"], summary["test_accuracy_std"] or None),
+                f"{summary['uplink_bytes'] / MIB:.3f} MiB", f"1/{1 / ratio:.0f}" if ratio else "1", gate, independent,
+                f"{100 * share:.1f}%" if share else "-", link(file),
+            ])
+    return table(["data", "method", "seeds", "test accuracy (%)", "uplink", "uplink / FedAvg",
+                  "gate: withheld / made", "independent check: near-copies / uploaded", "gate share of client time",
+                  "data"], rows)
+
+
 def continual() -> str:
     """Full SplitMNIST: final average accuracy of every replay kind at equal memory."""
     summary = load("bench_continual_full_all.json")["summary"]
@@ -284,6 +320,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "dm-methods": dm_methods,
     "dm-speed": dm_speed,
     "federated": federated,
+    "private-default": private_default,
     "continual": continual,
     "privacy": privacy,
     "dp-mnist": dp_mnist,
