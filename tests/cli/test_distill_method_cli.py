@@ -127,3 +127,15 @@ def test_idm_queue_from_the_cli_and_refused_under_dp(tmp_path, capsys) -> None:
     assert "cannot be combined with real_statistics (DP" in capsys.readouterr().err
     assert main([*argv, "--method", "gm", "--out", str(tmp_path / "gm")]) == 2
     assert "--method gm cannot honour --queue-size" in capsys.readouterr().err
+
+
+def test_a_run_stopped_by_its_budget_resumes_from_where_it_stopped(tmp_path) -> None:
+    argv = ["distill", "--ipc", "1", "--iterations", "4", "--batch-real", "16", "--no-dsa", "--checkpoint-every", "1",
+            *QUICK, "--out", str(tmp_path)]
+    assert main([*argv, "--time-budget", "0.000001"]) == 0
+    first = json.loads((tmp_path / "metrics.json").read_text())
+    assert first["iterations"] == 1 and first["stopped_by_time_budget"]
+    assert main([*argv, "--resume"]) == 0
+    second = json.loads((tmp_path / "metrics.json").read_text())
+    assert second["resumed_from_iteration"] == 1 and second["iterations"] == 4
+    assert not second["stopped_by_time_budget"] and len(second["loss_history"]) == 4
