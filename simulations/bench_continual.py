@@ -41,6 +41,10 @@ from typing import Any
 
 import torch
 
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
+
 from fedcond.config import AugmentConfig, ContinualConfig, DistillConfig
 from fedcond.continual import (
     MEMORY_KINDS,
@@ -345,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     report: dict[str, Any] = {
         "command": command,
+        **machine_facts(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     streams: dict[tuple[str, int], Any] = {}

@@ -33,7 +33,6 @@ import json
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -41,6 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.config import AugmentConfig, DataConfig, DistillConfig, EvalConfig
 from fedcond.data import ArrayDataset, DatasetSplits, load_dataset
@@ -104,17 +107,6 @@ def reference_dm(
     return SyntheticSet(image_syn.detach().cpu().clone(), labels, meta), seconds
 
 
-def _git_commit() -> str | None:
-    """The repository's HEAD commit, so a results file names the code that produced it."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip() or None
-
-
-# ----------------------------------------------------------------------------- measurements
 def time_per_iteration(run, *, iterations: int) -> dict[str, float]:  # noqa: ANN001
     """Wall and process-CPU seconds per iteration of ``run(iterations)`` (after a warm-up call)."""
     run(1)
@@ -352,8 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         compile_dm = False
     # shell-quoted, so that a recorded command with an empty value (--baselines '') re-runs as is
     results: dict[str, Any] = {"command": shlex.join([sys.executable.split("/")[-1], *sys.argv]),
-                               "git_commit": _git_commit(),
-                               "torch": torch.__version__,
+                               **machine_facts(),
                                "threads": torch.get_num_threads(), "device": args.device,
                                "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None,
                                "evaluation": vars(evaluation)}

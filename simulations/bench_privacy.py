@@ -26,6 +26,10 @@ from typing import Any
 
 import torch
 
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
+
 from fedcond.config import AuditConfig, AugmentConfig, DataConfig, DistillConfig, EvalConfig
 from fedcond.data.registry import load_dataset
 from fedcond.devices import keep_freed_cpu_memory
@@ -194,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 def write(path: Path, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     payload = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        **machine_facts(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "accuracy": "mean ± std over eval runs (one condensation seed)",

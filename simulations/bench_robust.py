@@ -25,16 +25,18 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.cli.common import overrides_from
 from fedcond.devices import keep_freed_cpu_memory
@@ -54,23 +56,6 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 SPEED = {"device": "cpu", "distill.mixed_precision": False, "distill.channels_last": False}
 WEIGHT_STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return []
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def _peak_rss_mib() -> float:
@@ -139,11 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = overrides_from(args.set)
     record: dict[str, Any] = {
         "command": shlex.join([sys.executable, *sys.argv]),
-        "commit": _commit(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        **machine_facts(),
         "torch_threads": torch.get_num_threads(),
-        "cpu_flags": _cpu_flags(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "results": [],
     }

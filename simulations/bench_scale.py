@@ -33,6 +33,9 @@ try:
 except ImportError as exc:  # installed with flwr[simulation] (Ray needs it)
     raise SystemExit("bench_scale.py needs psutil (pip install psutil; Ray installs it)") from exc
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
+
 GIB = 1024**3
 BUDGETS_GIB = {10: 8.0, 100: 16.0}
 
@@ -84,6 +87,7 @@ def run_one(clients: int, *, out: Path, extra: list[str], interval: float) -> di
     return {
         "clients": clients,
         "command": " ".join(shlex.quote(c) for c in command),
+        **machine_facts(),
         "test_accuracy": metrics.get("test_accuracy"),
         "uplink_bytes": metrics.get("uplink_bytes"),
         "wall_seconds": wall,

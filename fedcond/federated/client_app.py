@@ -38,14 +38,21 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log as flower_log
 
-from fedcond.devices import keep_freed_cpu_memory, resolve_device
-from fedcond.distill.evaluate import accuracy
 from fedcond.config import DataConfig
 from fedcond.data.registry import ArrayDataset
+from fedcond.devices import keep_freed_cpu_memory, resolve_device
+from fedcond.distill.evaluate import accuracy
+from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.client import client_partition, condense_partition, load_splits, local_train
-from fedcond.federated.policy import DEFAULT_POLICY, ClientPolicy, PolicyError, PolicyViolation, check_request, load_policy
-from fedcond.federated.release import gate_release
 from fedcond.federated.job import FederatedJob, job_from_mapping
+from fedcond.federated.policy import (
+    DEFAULT_POLICY,
+    ClientPolicy,
+    PolicyError,
+    PolicyViolation,
+    check_request,
+    load_policy,
+)
 from fedcond.federated.records import (
     CLASS_COUNTS,
     CONDENSE_ACTION,
@@ -75,7 +82,7 @@ from fedcond.federated.records import (
     synthetic_from_record,
     synthetic_to_record,
 )
-from fedcond.distill.synthetic import SyntheticSet
+from fedcond.federated.release import gate_release
 from fedcond.models import get_model
 from fedcond.privacy.ledger import LedgerError, PrivacyLedger, data_source_digest
 

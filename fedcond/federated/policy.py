@@ -331,10 +331,13 @@ def check_request(
         return
     dp = policy.dp
     if dp_epsilon is None and dp.required:
-        raise PolicyViolation("dp.required", "this node uploads only differentially private sets; the request has no DP")
+        raise PolicyViolation(
+            "dp.required", "this node uploads only differentially private sets; the request has no DP"
+        )
     if dp_epsilon is not None and dp.max_epsilon is not None and dp_epsilon > dp.max_epsilon:
         raise PolicyViolation(
-            "dp.max_epsilon", f"the request asks epsilon {dp_epsilon:g} per upload, this node allows at most {dp.max_epsilon:g}"
+            "dp.max_epsilon",
+            f"the request asks epsilon {dp_epsilon:g} per upload, this node allows at most {dp.max_epsilon:g}",
         )
     if server_noise_seed and not dp.honour_server_noise_seed:
         raise PolicyViolation(
@@ -351,5 +354,6 @@ def check_request(
         )
     if iterations is not None and iterations < policy.min_iterations:
         raise PolicyViolation(
-            "min_iterations", f"the request asks {iterations} iterations, this node requires at least {policy.min_iterations}"
+            "min_iterations",
+            f"the request asks {iterations} iterations, this node requires at least {policy.min_iterations}",
         )

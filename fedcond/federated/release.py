@@ -148,7 +148,9 @@ def gate_release(
         synthetic = _keep(synthetic, ~final.flagged)
     withheld = final.flagged_count
     if len(synthetic) == 0:
-        raise PolicyViolation("gate", "every synthetic image is a near-copy of this node's training images; nothing is uploaded")
+        raise PolicyViolation(
+            "gate", "every synthetic image is a near-copy of this node's training images; nothing is uploaded"
+        )
     report = GateReport(
         flagged=first.flagged_count,
         replaced=replaced,
@@ -160,7 +162,8 @@ def gate_release(
     )
     if report.flagged:
         logger.warning(
-            "release gate: %d of %d images were near-copies of local training images (%s: %d re-condensed, %d withheld)",
+            "release gate: %d of %d images were near-copies of local training images "
+            "(%s: %d re-condensed, %d withheld)",
             report.flagged, len(first.flagged), policy.action, report.replaced, report.withheld,
         )
     return synthetic, report

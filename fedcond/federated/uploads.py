@@ -70,7 +70,10 @@ class UploadStore:
         per_image = math.prod(self.spec.image_shape)
         if declared > self.max_images * per_image or (labels.shape and math.prod(labels.shape) > self.max_images):
             logger.warning(
-                "round %d: node %d sent arrays over the cap (%s images): not stored", server_round, node_id, images.shape
+                "round %d: node %d sent arrays over the cap (%s images): not stored",
+                server_round,
+                node_id,
+                images.shape,
             )
             return None
         try:

@@ -141,7 +141,8 @@ class PrivacyLedger:
         """
         if mechanism != self.mechanism:
             raise LedgerError(
-                f"DP ledger {self.path} composes with {self.mechanism!r}, the run asks {mechanism!r}: one accountant per ledger"
+                f"DP ledger {self.path} composes with {self.mechanism!r}, the run asks {mechanism!r}: "
+                "one accountant per ledger"
             )
         after = self.projected(
             noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=budget_delta
