@@ -25,7 +25,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_default_policy_is_private():
     assert DEFAULT_POLICY.allowed_init == ("noise",)
-    assert DEFAULT_POLICY.gate.enabled and DEFAULT_POLICY.gate.action == "replace"
+    assert DEFAULT_POLICY.gate.enabled and DEFAULT_POLICY.gate.action == "withhold"
     assert not DEFAULT_POLICY.dp.honour_server_noise_seed
     assert not DEFAULT_POLICY.permissive
 
