@@ -20,6 +20,9 @@ One policy, for every method: a class with no images in ``data`` is skipped (lis
 :class:`ShortClassError` naming the classes, because a set with fewer images than ``ipc`` would be
 compared at a budget it does not use. A start drawn from noise needs no real images per class and
 accepts any class with at least one. :func:`check_class_sizes` is that rule; condensers call it.
+Callers that must cover every class whatever its size give DM a start that does not draw
+``ipc`` real images of a short class: the continual ``DistilledBuffer`` condenses short classes
+from noise, the federated client starts them from jittered copies of their few images.
 """
 
 from __future__ import annotations
