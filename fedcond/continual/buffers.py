@@ -56,7 +56,7 @@ from fedcond.config import DistillConfig
 from fedcond.continual.benchmarks import dataset_tensors, to_avalanche_dataset
 from fedcond.data.registry import ArrayDataset, DatasetSpec
 from fedcond.distill.coreset import HerdingSelector, herding_order
-from fedcond.distill.condenser import get_condenser
+from fedcond.distill.condenser import accepts_option, condenser_class, get_condenser
 from fedcond.distill.formation import decode_formation, expand_labels
 from fedcond.distill.synthetic import SyntheticSet
 
@@ -166,6 +166,16 @@ class DistilledBuffer(ExemplarsBuffer):
         replay and the GDumb protocols.
     progress : bool
         Show DM's tqdm bar.
+    method : str
+        The registered condenser that makes each class's images (``dm`` by default; see
+        :func:`~fedcond.distill.list_condensers`). A method that selects real images refuses a
+        class shorter than its quota (the small-class policy of :mod:`fedcond.distill.condenser`).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``method`` (the registered ones are listed) or a budget the classes do
+        not fit.
 
     Examples
     --------
@@ -185,7 +195,9 @@ class DistilledBuffer(ExemplarsBuffer):
         device: torch.device | str = "cpu",
         cache_dir: str | Path | None = None,
         progress: bool = False,
+        method: str = "dm",
     ) -> None:
+        condenser_class(method)  # an unknown name fails here, not after the first experience
         if adaptive_size and total_num_classes is not None:
             raise ValueError("total_num_classes is only used with adaptive_size=False")
         if not adaptive_size and total_num_classes is None:
@@ -200,6 +212,7 @@ class DistilledBuffer(ExemplarsBuffer):
         self.device = device
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.progress = progress
+        self.method = method
         self._memory: dict[int, torch.Tensor] = {}
         self._arrival: list[int] = []
         self._updates = 0
@@ -399,7 +412,8 @@ class DistilledBuffer(ExemplarsBuffer):
         if path is not None and path.is_file():
             logger.info("distilled memory: reusing %s", path)
             return SyntheticSet.load(path, num_classes=self.spec.num_classes, image_shape=self.spec.image_shape)
-        engine = get_condenser("dm", config, device=self.device, progress=self.progress)
+        options = {"progress": self.progress} if accepts_option(self.method, "progress") else {}
+        engine = get_condenser(self.method, config, device=self.device, **options)
         start = time.perf_counter()
         with _classes_absent_is_expected():
             synthetic = engine.condense(data).synthetic
@@ -416,4 +430,6 @@ class DistilledBuffer(ExemplarsBuffer):
         digest.update(data.labels.numpy().tobytes())
         digest.update(repr(config).encode())
         digest.update(self.spec.name.encode())
-        return self.cache_dir / f"dm-{digest.hexdigest()[:20]}.npz"
+        if self.method != "dm":  # DM's cache files keep their names
+            digest.update(self.method.encode())
+        return self.cache_dir / f"{self.method}-{digest.hexdigest()[:20]}.npz"

@@ -300,3 +300,22 @@ def test_herding_buffer_keeps_the_herding_prefix_of_each_class(digits_stream) ->
             differs_from_dataset_order |= expected != set(range(k))
         model.train()
     assert differs_from_dataset_order  # herding picks other images than the first k: the test can tell
+
+
+@pytest.mark.parametrize("method", ["herding", "gm"])
+def test_the_buffer_condenses_with_any_registered_method(digits_stream, method: str, tmp_path) -> None:
+    buffer = DistilledBuffer.per_class(
+        2, num_classes=10, spec=digits_stream.spec, distill=TINY_DM, method=method, cache_dir=tmp_path
+    )
+    data = _experience(digits_stream, 0)
+    buffer.update_from_tensors(*_tensors(data))
+    assert buffer.class_counts() == {c: 2 for c in sorted(set(data.labels.tolist()))}
+    images, _ = buffer.tensors()
+    is_real = [bool((data.images == image).flatten(1).all(1).any()) for image in images]
+    assert all(is_real) if method == "herding" else not any(is_real)
+    assert [p.name.split("-")[0] for p in tmp_path.iterdir()] == [method]
+
+
+def test_an_unknown_buffer_method_lists_the_registered_ones(digits_stream) -> None:
+    with pytest.raises(ValueError, match="unknown condensation method 'kcenter'; registered: dm, gm"):
+        DistilledBuffer.per_class(2, num_classes=10, spec=digits_stream.spec, method="kcenter")
