@@ -209,8 +209,14 @@ def test_a_configured_dp_noise_seed_gives_every_client_and_round_its_own_noise(t
 
     monkeypatch.setattr(client_app, "condense_partition", spy)
     job = {**JOB, "dp.epsilon": 4.0, "dp.noise_seed": 5}
+    # the default policy refuses a server-supplied seed; a research policy that honours it
+    refused = app(_train_message(100, 1, None, job), _context(0))
+    assert refused.has_error() and "'dp.honour_server_noise_seed'" in refused.error.reason
+    from fedcond.federated.policy import policy_from_mapping
+
+    research = client_app.build_client_app(policy_from_mapping({"dp.honour_server_noise_seed": True}))
     for partition_id in (0, 1):
-        assert not app(_train_message(100 + partition_id, 1, None, job), _context(partition_id)).has_error()
+        assert not research(_train_message(100 + partition_id, 1, None, job), _context(partition_id)).has_error()
     assert seen == [(derive_noise_seed(5, 0, 1), "seeded"), (derive_noise_seed(5, 1, 1), "seeded")]
     assert seen[0][0] != seen[1][0]
     # without a configured seed every client draws secret noise
