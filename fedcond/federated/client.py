@@ -22,7 +22,8 @@ from torch import nn
 from fedcond.config import DataConfig, DistillConfig, DPConfig
 from fedcond.data.partition import partition_indices
 from fedcond.data.registry import ArrayDataset, DatasetSplits, load_dataset
-from fedcond.distill.dm import DistributionMatching, initial_synthetic
+from fedcond.distill.condenser import get_condenser
+from fedcond.distill.dm import initial_synthetic
 from fedcond.distill.evaluate import train_model
 from fedcond.distill.formation import encode_formation
 from fedcond.distill.synthetic import SyntheticSet
@@ -325,7 +326,7 @@ def condense_partition(
         start = encode_formation(start, factor=distill.factor)
     # the start is given explicitly, so DM's own init is never drawn ("noise": nothing to check)
     config = dataclasses.replace(distill, init="noise", checkpoint_every=0)
-    engine = DistributionMatching(config, device=device, real_statistics=statistics, embedder=embedder)
+    engine = get_condenser("dm", config, device=device, real_statistics=statistics, embedder=embedder)
     result = engine.condense(data, start=start)
     meta = {**result.synthetic.meta, "init": init, "warm_start": warm}
     epsilon = delta = None
@@ -339,7 +340,7 @@ def condense_partition(
             meta["lifetime_epsilon"] = lifetime_ledger.record(
                 noise_multiplier=plan.noise_multiplier,
                 sample_rate=plan.sample_rate,
-                steps=distill.iterations,
+                steps=result.iterations_run,  # a time budget may stop the run early
                 delta=lifetime_budget[1],
             )
     synthetic = SyntheticSet(result.synthetic.images, result.synthetic.labels, meta)
