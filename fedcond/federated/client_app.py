@@ -138,6 +138,14 @@ def _node_data(policy: ClientPolicy, context: Context, job: FederatedJob) -> tup
                 f"the job is for {job.data.dataset!r} ({wanted.num_classes} classes of {wanted.image_shape}), this "
                 f"node holds {source.dataset!r} ({own.spec.num_classes} classes of {own.spec.image_shape})",
             )
+        # synthetic images live in the dataset's normalised space: the server's must be the node's
+        normalisation = (*wanted.mean, *wanted.std), (*own.spec.mean, *own.spec.std)
+        if any(abs(a - b) > 1e-4 for a, b in zip(*normalisation, strict=True)):
+            raise PolicyViolation(
+                "data.dataset",
+                f"the job normalises images as {job.data.dataset!r} (mean {wanted.mean}, std {wanted.std}), this "
+                f"node's {source.dataset!r} as mean {own.spec.mean}, std {own.spec.std}",
+            )
     return own, 0
 
 

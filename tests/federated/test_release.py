@@ -165,3 +165,11 @@ def test_ledger_file_errors(tmp_path, digits):
     path.write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(Exception, match="not a fedcond DP ledger"):
         PrivacyLedger(path, source=source)
+
+
+def test_own_data_normalised_otherwise_than_the_job_is_refused(task_identity, mnist_root):
+    policy = policy_from_mapping({"data.dataset": "mnist", "data.data_dir": str(mnist_root)})
+    job = {**SMALL_JOB, "dataset": "fashion-mnist", "data_dir": str(mnist_root)}  # same shape, other statistics
+    reply = build_client_app(policy)(condense_message(job), context())
+    assert reply.has_error() and reply.error.code == POLICY_REFUSED
+    assert "'data.dataset'" in reply.error.reason and "normalises" in reply.error.reason
