@@ -1,7 +1,7 @@
 """Render the results tables of the docs and the README from the JSON files in docs/results.
 
-Every table between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in README.md and
-docs/results.md is produced here from ``docs/results/*.json``; nothing in those blocks is typed
+Every table between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in README.md,
+docs/results.md and docs/client-policy.md is produced here from ``docs/results/*.json``; nothing in those blocks is typed
 by hand. Run it after adding or replacing a JSON file::
 
     python simulations/render_results.py            # rewrite the blocks in place
@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-TARGETS = (ROOT / "README.md", ROOT / "docs" / "results.md")
+TARGETS = (ROOT / "README.md", ROOT / "docs" / "results.md", ROOT / "docs" / "client-policy.md")
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
 
 MIB = 1024 * 1024
@@ -166,20 +166,20 @@ def federated() -> str:
     fedavg_digits = find(digits_old, method="fedavg")
     fedavg_mnist = {p: find(mnist_all, partition=p, method="fedavg") for p in ("dirichlet-0.1", "dirichlet-0.5", "iid")}
     rows = [
-        row("digits", "Dirichlet 0.1", "FedCond one-shot", load("federated_digits_dir0.1_dsa_class.json")["summary"][0],
+        row("digits", "Dirichlet 0.1", "FedCond one-shot, real init", load("federated_digits_dir0.1_dsa_class.json")["summary"][0],
             fedavg_digits, "federated_digits_dir0.1_dsa_class.json"),
         ["digits", "Dirichlet 0.1", "FedAvg, 20 rounds", "1", pct(fedavg_digits["test_accuracy_mean"]),
          f"{fedavg_digits['uplink_bytes'] / MIB:.1f} MiB", "1", link("federated_digits_dir0.1.json")],
-        row("MNIST 10k", "Dirichlet 0.1", "FedCond one-shot", load("federated_mnist10k_dir0.1_dsa_class.json")["summary"][0],
+        row("MNIST 10k", "Dirichlet 0.1", "FedCond one-shot, real init", load("federated_mnist10k_dir0.1_dsa_class.json")["summary"][0],
             fedavg_mnist["dirichlet-0.1"], "federated_mnist10k_dir0.1_dsa_class.json"),
-        row("MNIST 10k", "Dirichlet 0.1", "FedCond one-shot, `distill.factor=2`",
+        row("MNIST 10k", "Dirichlet 0.1", "FedCond one-shot, real init, `distill.factor=2`",
             load("federated_mnist10k_dir0.1_factor2.json")["summary"][0], fedavg_mnist["dirichlet-0.1"],
             "federated_mnist10k_dir0.1_factor2.json"),
-        row("MNIST 10k", "Dirichlet 0.1", "FedCond, 2 rounds", load("federated_mnist10k_dir0.1_multi_dsa_class.json")["summary"][0],
+        row("MNIST 10k", "Dirichlet 0.1", "FedCond, 2 rounds, real init", load("federated_mnist10k_dir0.1_multi_dsa_class.json")["summary"][0],
             fedavg_mnist["dirichlet-0.1"], "federated_mnist10k_dir0.1_multi_dsa_class.json"),
-        row("MNIST 10k", "Dirichlet 0.5", "FedCond one-shot", other["dirichlet-0.5"], fedavg_mnist["dirichlet-0.5"],
+        row("MNIST 10k", "Dirichlet 0.5", "FedCond one-shot, real init", other["dirichlet-0.5"], fedavg_mnist["dirichlet-0.5"],
             "federated_mnist10k_dir0.5_iid_oneshot_dsa_class.json"),
-        row("MNIST 10k", "IID", "FedCond one-shot", other["iid"], fedavg_mnist["iid"],
+        row("MNIST 10k", "IID", "FedCond one-shot, real init", other["iid"], fedavg_mnist["iid"],
             "federated_mnist10k_dir0.5_iid_oneshot_dsa_class.json"),
     ]
     for partition, label in (("dirichlet-0.1", "Dirichlet 0.1"), ("dirichlet-0.5", "Dirichlet 0.5"), ("iid", "IID")):
@@ -223,6 +223,18 @@ def private_default() -> str:
     return table(["data", "method", "seeds", "test accuracy (%)", "uplink", "uplink / FedAvg",
                   "gate: withheld / made", "independent check: near-copies / uploaded", "gate share of client time",
                   "data"], rows)
+
+
+def gate_probe() -> str:
+    """Per client of the demo partition: what the release gate flags in each space."""
+    file = "gate_probe_digits_demo.json"
+    rows = [
+        [str(c["client"]), str(c["real_images"]), f"{c['classes']} ({c['smallest_class']})", str(c["synthetic_images"]),
+         str(c["flagged_pixel"]), str(c["flagged_feature"]), str(c["flagged"])]
+        for c in load(file)["clients"]
+    ]
+    return table(["client", "real images", "classes (smallest)", "synthetic", "flagged (pixel)", "flagged (feature)",
+                  "flagged (either)"], rows)
 
 
 def continual() -> str:
@@ -286,6 +298,18 @@ def dp_mnist() -> str:
     )
 
 
+def _private_default_row() -> list[list[str]]:
+    """The README row of the private default (noise init, client policy, release gate) on digits."""
+    summary = load("federated_private_default_digits.json")["summary"]
+    private, fedavg = find(summary, method="fedcond-oneshot"), find(summary, method="fedavg")
+    return [[
+        "federated, private default", "digits, 10 clients, Dirichlet 0.1, one round, release gate (3 seeds)",
+        f"{private['test_accuracy_mean'] * 100:.2f}%",
+        f"FedAvg (20 rounds) {fedavg['test_accuracy_mean'] * 100:.2f}%, with "
+        f"{fedavg['uplink_bytes'] / private['uplink_bytes']:.0f}x the uplink",
+    ]]
+
+
 def readme() -> str:
     """The README's short table: one headline per part, each from its JSON."""
     dm = [method(f"bench_dm_mnist_ipc10_dsa_class_seed{s}.json", method="dm/class")["accuracy_mean"] for s in range(3)]
@@ -303,9 +327,10 @@ def readme() -> str:
     rows = [
         ["condensation", "MNIST, 10 images per class (DM, 1000 it., 3 seeds)",
          f"{statistics.fmean(dm) * 100:.2f}%", f"random real images {random10 * 100:.2f}% (3 seeds)"],
-        ["federated", "MNIST 10k, 10 clients, Dirichlet 0.1, one round",
+        ["federated", "MNIST 10k, 10 clients, Dirichlet 0.1, one round, real init (permissive policy)",
          f"{fed['test_accuracy_mean'] * 100:.2f}%",
          f"FedAvg (20 rounds) {avg['test_accuracy_mean'] * 100:.2f}%, with {avg['uplink_bytes'] / fed['uplink_bytes']:.0f}x the uplink"],
+        *_private_default_row(),
         ["continual", "full SplitMNIST, Naive, 10 images per class (`factor=2`)",
          f"{cl_dist['accuracy_mean']:.1f}%", f"random replay {cl_rand['accuracy_mean']:.1f}%"],
         ["audit", "digits, real-init DM: images that are near-copies",
@@ -321,6 +346,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "dm-speed": dm_speed,
     "federated": federated,
     "private-default": private_default,
+    "gate-probe": gate_probe,
     "continual": continual,
     "privacy": privacy,
     "dp-mnist": dp_mnist,
