@@ -58,7 +58,7 @@ from fedcond.data.registry import ArrayDataset, DatasetSpec
 from fedcond.distill.coreset import HerdingSelector, herding_order
 from fedcond.distill.condenser import accepts_option, condenser_class, get_condenser
 from fedcond.distill.formation import decode_formation, expand_labels
-from fedcond.distill.synthetic import SyntheticSet
+from fedcond.distill.synthetic import SyntheticSet, dataset_meta
 
 __all__ = ["ArrivalOrder", "DistilledBuffer", "class_quotas"]
 
@@ -271,11 +271,7 @@ class DistilledBuffer(ExemplarsBuffer):
         images, labels = self.tensors()
         meta = {
             "factor": self.factor,
-            "dataset": self.spec.name,
-            "num_classes": self.spec.num_classes,
-            "image_shape": list(self.spec.image_shape),
-            "mean": list(self.spec.mean),
-            "std": list(self.spec.std),
+            **dataset_meta(self.spec),
             "method": "dm-continual",
             "iterations": self.distill.iterations,
             "seed": self.distill.seed,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fedcond.data.registry import ArrayDataset, DatasetSpec
-from fedcond.distill.synthetic import SyntheticSet
+from fedcond.distill.synthetic import SyntheticSet, dataset_meta
 from fedcond.models import get_model
 
 __all__ = [
@@ -160,11 +160,7 @@ def select_coreset(
         labels.append(data.labels[pick])
     spec = data.spec
     meta = {
-        "dataset": spec.name,
-        "num_classes": spec.num_classes,
-        "image_shape": list(spec.image_shape),
-        "mean": list(spec.mean),
-        "std": list(spec.std),
+        **dataset_meta(spec),
         "ipc": ipc,
         "method": selector.name,
         "init": "real",

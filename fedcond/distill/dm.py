@@ -37,7 +37,7 @@ from fedcond.distill.formation import check_factor, decode_formation, encode_for
 from fedcond.distill.kmeans import kmeans
 from fedcond.distill.matching import check_matching, class_mmd_loss, dm_loss
 from fedcond.distill.statistics import MeanStatistics, RealStatistics, class_means
-from fedcond.distill.synthetic import SyntheticSet
+from fedcond.distill.synthetic import SyntheticSet, dataset_meta
 from fedcond.models import get_model, reset_parameters
 
 __all__ = ["CondensationResult", "DistributionMatching", "DivergenceError", "INITS", "dm_loss", "initial_synthetic"]
@@ -486,11 +486,7 @@ class DistributionMatching:
             self._save_checkpoint(ckpt, syn, optimizer, generator, iterations_run, run_identity, history)
 
         meta = {
-            "dataset": spec.name,
-            "num_classes": spec.num_classes,
-            "image_shape": list(spec.image_shape),
-            "mean": list(spec.mean),
-            "std": list(spec.std),
+            **dataset_meta(spec),
             "ipc": cfg.ipc,
             "method": "dm",
             "init": cfg.init,

@@ -34,7 +34,7 @@ from fedcond.devices import resolve_device
 from fedcond.distill.augment import SiameseAugment
 from fedcond.distill.condenser import UnsupportedOptionError, check_class_sizes, register_condenser
 from fedcond.distill.dm import CondensationResult, DivergenceError, initial_synthetic
-from fedcond.distill.synthetic import SyntheticSet
+from fedcond.distill.synthetic import SyntheticSet, dataset_meta
 from fedcond.models import get_model
 
 __all__ = ["GradientMatching", "default_loops", "gradient_distance"]
@@ -189,11 +189,7 @@ class GradientMatching:
                 break
         seconds = time.perf_counter() - began
         meta = {
-            "dataset": spec.name,
-            "num_classes": spec.num_classes,
-            "image_shape": list(spec.image_shape),
-            "mean": list(spec.mean),
-            "std": list(spec.std),
+            **dataset_meta(spec),
             "ipc": cfg.ipc,
             "method": "gm",
             "init": cfg.init,

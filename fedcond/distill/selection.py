@@ -22,7 +22,7 @@ from fedcond.devices import resolve_device
 from fedcond.distill.condenser import UnsupportedOptionError, check_class_sizes, register_condenser
 from fedcond.distill.coreset import CoresetSelector, HerdingSelector, RandomSelector, select_coreset
 from fedcond.distill.dm import CondensationResult, initial_synthetic
-from fedcond.distill.synthetic import SyntheticSet
+from fedcond.distill.synthetic import SyntheticSet, dataset_meta
 
 __all__ = ["HerdingCondenser", "KMeansCondenser", "RandomCondenser"]
 
@@ -111,11 +111,7 @@ class KMeansCondenser(_SelectionCondenser):
             data, ipc=self.config.ipc, init="kmeans", classes=classes, generator=generator
         )
         meta = {
-            "dataset": spec.name,
-            "num_classes": spec.num_classes,
-            "image_shape": list(spec.image_shape),
-            "mean": list(spec.mean),
-            "std": list(spec.std),
+            **dataset_meta(spec),
             "ipc": self.config.ipc,
             "method": self.name,
             "init": "kmeans",

@@ -20,9 +20,24 @@ import torch
 
 from fedcond.distill.formation import check_factor, decode_formation, expand_labels
 
-__all__ = ["SyntheticSet", "SyntheticSetError", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "SyntheticSet", "SyntheticSetError", "dataset_meta"]
 
 FORMAT_VERSION = 1
+
+
+def dataset_meta(spec: Any) -> dict[str, Any]:
+    """The dataset part of a set's ``meta``: name, class count, image shape and normalisation.
+
+    ``spec`` is a :class:`~fedcond.data.registry.DatasetSpec`; :meth:`SyntheticSet.load` and the
+    audit check a set against these values.
+    """
+    return {
+        "dataset": spec.name,
+        "num_classes": spec.num_classes,
+        "image_shape": list(spec.image_shape),
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+    }
 
 
 class SyntheticSetError(ValueError):

@@ -34,7 +34,7 @@ import logging
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log as flower_log
 
@@ -149,6 +149,11 @@ def _node_data(policy: ClientPolicy, context: Context, job: FederatedJob) -> tup
     return own, 0
 
 
+def _received_model(message: Message, job: FederatedJob, data: ArrayDataset) -> torch.nn.Module:
+    """The global model the message carries, as the job's architecture for the node's data."""
+    return model_from_record(get_model(job.federated.model, data.spec), message.content.array_records[MODEL_KEY])
+
+
 def _ledger_path(policy: ClientPolicy, context: Context) -> Path | None:
     """The persistent DP ledger file; one per partition when the node serves a server-named partition."""
     path = policy.dp.ledger
@@ -207,7 +212,7 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
         distill = dataclasses.replace(fed.distill, seed=fed.distill.seed + 1000 * seed_id + server_round)
         embedder = None
         if MODEL_KEY in message.content.array_records:
-            embedder = model_from_record(get_model(fed.model, data.spec), message.content.array_records[MODEL_KEY])
+            embedder = _received_model(message, job, data)
         warm_start = None
         if MEMORY_KEY in context.state.array_records:
             warm_start = synthetic_from_record(context.state.array_records[MEMORY_KEY])
@@ -295,7 +300,7 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
         job, server_round = _job(message)
         data, seed_id = _node_data(policy, context, job)
         fed = job.federated
-        model = model_from_record(get_model(fed.model, data.spec), message.content.array_records[MODEL_KEY])
+        model = _received_model(message, job, data)
         config = message.content.config_records[CONFIG_KEY]
         generator = torch.Generator().manual_seed(fed.seed + 1000 * seed_id + server_round)
         local_train(
@@ -323,8 +328,7 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
         check_request(policy, action="evaluate")
         job, _ = _job(message)
         data, _ = _node_data(policy, context, job)
-        record: ArrayRecord = message.content.array_records[MODEL_KEY]
-        model = model_from_record(get_model(job.federated.model, data.spec), record)
+        model = _received_model(message, job, data)
         acc = accuracy(model, data, device=_device(job))
         content = RecordDict({METRICS_KEY: MetricRecord({NUM_EXAMPLES: len(data), LOCAL_ACCURACY: acc})})
         return Message(content=content, reply_to=message)

@@ -24,7 +24,7 @@ import numpy as np
 from flwr.app import Message
 
 from fedcond.data.registry import DatasetSpec
-from fedcond.distill.synthetic import FORMAT_VERSION
+from fedcond.distill.synthetic import FORMAT_VERSION, dataset_meta
 from fedcond.federated.records import IMAGES, LABELS, METRICS_KEY, SYNTHETIC_KEY
 
 __all__ = ["UploadStore"]
@@ -98,10 +98,7 @@ class UploadStore:
                     reported[key] = value
         return {
             "format_version": FORMAT_VERSION,
-            "dataset": self.spec.name,
-            "num_classes": self.spec.num_classes,
-            "mean": list(self.spec.mean),
-            "std": list(self.spec.std),
+            **dataset_meta(self.spec),
             "factor": self.factor,
             "method": "federated-upload",
             "round": server_round,
