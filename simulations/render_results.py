@@ -281,7 +281,7 @@ def continual() -> str:
 def privacy() -> str:
     """Audits of IPC-10 sets made with each method, and DP-DM."""
     rows = []
-    for file, dataset in (("bench_privacy_digits_session16.json", "digits, 100 it."), ("bench_privacy_mnist.json", "MNIST, 30 it.")):
+    for file, dataset in (("bench_privacy_digits.json", "digits, 100 it."), ("bench_privacy_mnist.json", "MNIST, 30 it.")):
         for r in load(file)["rows"]:
             if r.get("nn_match_rate") is None:
                 continue
@@ -335,7 +335,7 @@ def readme() -> str:
     cl = load("bench_continual_full_factor2.json")["summary"]
     cl_dist = find(cl, protocol="naive", memory_per_class=10, replay="distilled")
     cl_rand = find(cl, protocol="naive", memory_per_class=10, replay="random")
-    audit = {r["method"]: r for r in load("bench_privacy_digits_session16.json")["rows"]}
+    audit = {r["method"]: r for r in load("bench_privacy_digits.json")["rows"]}
     dp = load("dp_dm_mnist_eps1_200it_secret_noise_3runs.json")
     rows = [
         ["condensation", "MNIST, 10 images per class (DM, 1000 it., 3 seeds)",
@@ -382,18 +382,35 @@ def render(text: str, *, links_from: Path) -> str:
     return BLOCK.sub(replace, text)
 
 
+COMMIT = re.compile(r"[0-9a-f]{40}(-dirty)?")
+
+
+def missing_provenance(data: dict) -> list[str]:
+    """What of ``command``, ``commit`` and ``machine`` one results file lacks.
+
+    command: ``command`` (a string, or null beside a ``command_basis`` saying why), ``commands``
+    or ``sources``; commit: a 40-hex ``commit`` (``-dirty`` allowed, as provenance.py writes it);
+    machine: ``cpu_flags`` (provenance.py's facts) or ``machine`` (saying they were not recorded).
+    """
+    command = data.get("command")
+    has_command = (isinstance(command, str) and command.strip()) or (
+        "command" in data and command is None and data.get("command_basis")
+    ) or data.get("commands") or data.get("sources")
+    commit = data.get("commit")
+    checks = {
+        "command": has_command,
+        "commit": isinstance(commit, str) and COMMIT.fullmatch(commit),
+        "machine": "cpu_flags" in data or "machine" in data,
+    }
+    return [what for what, ok in checks.items() if not ok]
+
+
 def provenance() -> list[str]:
     """One line per JSON file lacking a command, a commit or machine facts."""
     lines = []
     for path in sorted(RESULTS.glob("*.json")):
-        text = path.read_text()
-        missing = [
-            what for what, keys in (
-                ("command", ('"command"', '"commands"', '"argv"')),
-                ("commit", ('"commit"', '"git_commit"')),
-                ("machine", ('"machine"', '"platform"', '"cpu_model"', '"threads"', '"torch_threads"')),
-            ) if not any(key in text for key in keys)
-        ]
+        data = json.loads(path.read_text())
+        missing = missing_provenance(data) if isinstance(data, dict) else ["command", "commit", "machine"]
         if missing:
             lines.append(f"{path.name}: no {', '.join(missing)}")
     return lines
