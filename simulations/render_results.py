@@ -1,14 +1,26 @@
-"""Render the results tables of the docs and the README from the JSON files in docs/results.
+"""Render the results tables and figures of the docs and the README from the JSON files in docs/results.
 
 Every table between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in README.md,
 docs/results.md and docs/client-policy.md is produced here from ``docs/results/*.json``; nothing in those blocks is typed
 by hand. Run it after adding or replacing a JSON file::
 
-    python simulations/render_results.py            # rewrite the blocks in place
-    python simulations/render_results.py --check    # exit 1 when a block differs (CI, tests)
+    python simulations/render_results.py            # rewrite the blocks in place, redraw stale figures
+    python simulations/render_results.py --check    # exit 1 when a block or a figure differs (CI, tests)
+    python simulations/render_results.py --redraw   # redraw every figure
     python simulations/render_results.py --provenance   # which JSON files lack command/commit/machine
 
-It reads JSON only (no torch), so it runs in a second.
+It also draws the result figures in ``docs/figures`` (the names in ``FIGURES``) from the same
+JSON files, with matplotlib's Agg backend at a fixed size and dpi, and without the PNG's
+``Software`` text, so that one matplotlib version writes the same bytes every time. Beside each
+``NAME.png`` it writes ``NAME.json``, the sidecar: the figure's source files, size, titles, axis
+labels and every plotted series, exactly what the PNG is drawn from. ``--check`` compares the
+sidecars (and that each PNG exists), not the PNG bytes: those differ between matplotlib and
+FreeType versions although the data does not. The default run redraws a figure only when its
+sidecar or PNG differs or is missing (``--redraw`` redraws every one, after a change of style
+the sidecar does not record). The other images in ``docs/figures`` (``EXAMPLE_IMAGES``) show
+synthetic sets, not numbers from docs/results, and are not produced here.
+
+It reads JSON only (no torch), so it runs in a second (a few more when it draws).
 """
 
 from __future__ import annotations
@@ -367,6 +379,175 @@ TABLES: dict[str, Callable[[], str]] = {
 }
 
 
+# ------------------------------------------------------------------------------ figures
+FIGURES_DIR = ROOT / "docs" / "figures"
+#: images in docs/figures that show example images (a synthetic set, k-means centroids, the
+#: nearest-neighbour pairs of an audit), not numbers from docs/results: not drawn here
+EXAMPLE_IMAGES = (
+    "kmeans_centroids_mnist_ipc10.png",
+    "privacy_digits_real_init_class_nn.png",
+    "privacy_digits_real_init_nn.png",
+    "synthetic_mnist_ipc10.png",
+)
+DPI = 120
+FEDERATED_NAMES = {
+    "fedcond-oneshot": "FedCond, one round",
+    "fedcond-multi2": "FedCond, 2 rounds",
+    "fedcond-multi3": "FedCond, 3 rounds",
+    "fedavg": "FedAvg",
+    "fedprox": "FedProx",
+}
+PARTITION_NAMES = {"dirichlet-0.1": "Dirichlet 0.1", "dirichlet-0.5": "Dirichlet 0.5", "iid": "IID"}
+
+
+def _values(values: Iterable[float], scale: float = 1.0) -> list[float]:
+    """Plotted numbers, rounded so that the sidecar stays readable (far below a pixel)."""
+    return [round(v * scale, 4) for v in values]
+
+
+def federated_curve(file: str, partition: str, dataset: str) -> dict:
+    """Test accuracy after each round, one curve per method of one partition (round 0: the initial model)."""
+    runs = [r for r in load(file)["results"] if r["partition"] == partition]
+    methods = [r["method"] for r in runs]
+    if len(set(methods)) != len(methods):
+        raise LookupError(f"{file}: more than one run per method for {partition}; the curves would mix seeds")
+    seeds = sorted({r["seed"] for r in runs})
+    clients = sorted({r["config"]["num_clients"] for r in runs})
+    series = [
+        {"label": FEDERATED_NAMES.get(r["method"], r["method"]), "x": list(range(len(r["accuracy_by_round"]))),
+         "y": _values(r["accuracy_by_round"], 100.0)}
+        for r in runs
+    ]
+    return {
+        "sources": [f"docs/results/{file}"],
+        "size_in": [5.0, 3.8], "dpi": DPI,
+        "xlabel": "round (0 = initial model)", "ylabel": "test accuracy (%)", "integer_x": True,
+        "panels": [{
+            "title": f"{dataset}, {PARTITION_NAMES[partition]}, {', '.join(map(str, clients))} clients "
+                     f"(seed {', '.join(map(str, seeds))})",
+            "series": series, "hlines": [],
+        }],
+    }
+
+
+def continual_memory_curve() -> dict:
+    """Full SplitMNIST: final average accuracy against memory size, one panel per protocol."""
+    file = "bench_continual_full_all.json"
+    summary = load(file)["summary"]
+    kinds = {"random": "random real images", "herding": "herding", "distilled": "distilled (DM, 100 it.)"}
+    titles = {"naive": "Naive (2 epochs per experience)", "gdumb": "GDumb (300 epochs on the memory)"}
+    seeds = ", ".join(str(n) for n in sorted({r["seeds"] for r in summary}))
+    panels = []
+    for protocol, title in titles.items():
+        series = []
+        for kind, label in kinds.items():
+            rows = sorted((r for r in summary if r["protocol"] == protocol and r["replay"] == kind),
+                          key=lambda r: r["memory_per_class"])
+            series.append({
+                "label": label, "x": [r["memory_per_class"] for r in rows],
+                "y": _values(r["accuracy_mean"] for r in rows), "yerr": _values(r["accuracy_std"] for r in rows),
+            })
+        hlines = [
+            {"label": f"{name} ({r['accuracy_mean']:.1f})", "y": round(r["accuracy_mean"], 4), "style": style}
+            for replay, name, style in (("none", "no replay", ":"), ("joint", "joint training", "--"))
+            for r in summary if r["protocol"] == protocol and r["replay"] == replay
+        ]
+        panels.append({"title": title, "series": series, "hlines": hlines})
+    return {
+        "sources": [f"docs/results/{file}"],
+        "size_in": [9.2, 4.0], "dpi": DPI,
+        "suptitle": f"Full SplitMNIST (class-incremental, 5 experiences), mean ± std over {seeds} seeds",
+        "xlabel": "memory (images per class)", "ylabel": "final average accuracy (%)",
+        "integer_x": False, "sharey": True,
+        "panels": panels,
+    }
+
+
+FIGURES: dict[str, Callable[[], dict]] = {
+    "federated_accuracy_digits_dir0.1":
+        lambda: federated_curve("federated_digits_dir0.1.json", "dirichlet-0.1", "digits"),
+    "federated_accuracy_mnist10k_dir0.1":
+        lambda: federated_curve("federated_mnist10k_all.json", "dirichlet-0.1", "MNIST 10k"),
+    "federated_accuracy_mnist10k_dir0.5":
+        lambda: federated_curve("federated_mnist10k_all.json", "dirichlet-0.5", "MNIST 10k"),
+    "federated_accuracy_mnist10k_iid": lambda: federated_curve("federated_mnist10k_all.json", "iid", "MNIST 10k"),
+    "continual_split_mnist_full": continual_memory_curve,
+}
+
+
+def sidecar(spec: dict) -> str:
+    """The text of a figure's sidecar: what ``--check`` compares (one line per list of numbers)."""
+
+    def dump(value, depth: int) -> str:
+        inner, outer = " " * (depth + 1), " " * depth
+        if isinstance(value, dict) and value:
+            items = (f"{inner}{json.dumps(k)}: {dump(v, depth + 1)}" for k, v in value.items())
+            return "{\n" + ",\n".join(items) + f"\n{outer}}}"
+        if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+            return "[\n" + ",\n".join(f"{inner}{dump(v, depth + 1)}" for v in value) + f"\n{outer}]"
+        return json.dumps(value, ensure_ascii=False)
+
+    return dump(spec, 0) + "\n"
+
+
+def draw(spec: dict, path: Path) -> None:
+    """Draw the PNG of one figure from its sidecar data (Agg, fixed size and dpi, no Software text)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    panels = spec["panels"]
+    fig, axes = plt.subplots(1, len(panels), figsize=tuple(spec["size_in"]), sharey=spec.get("sharey", False),
+                             squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for i, s in enumerate(panel["series"]):
+            # a marker and a line style per series, earlier ones larger: curves that coincide
+            # (FedAvg and FedProx, one and three FedCond rounds) stay visible
+            style = {"marker": "osD^v"[i % 5], "markersize": max(3.0, 7.0 - 1.3 * i), "color": f"C{i}",
+                     "ls": ("-", "--", "-.", ":")[i % 4], "label": s["label"], "zorder": 2 + i}
+            if "yerr" in s:
+                ax.errorbar(s["x"], s["y"], yerr=s["yerr"], capsize=3, **style)
+            else:
+                ax.plot(s["x"], s["y"], **style)
+        for line in panel["hlines"]:
+            ax.axhline(line["y"], color="grey", ls=line["style"], lw=1, label=line["label"])
+        if spec.get("integer_x"):
+            xs = [x for s in panel["series"] for x in s["x"]]
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
+        else:
+            ax.set_xticks(sorted({x for s in panel["series"] for x in s["x"]}))
+        ax.set_title(panel["title"], fontsize=10)
+        ax.set_xlabel(spec["xlabel"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(spec["ylabel"])
+    if spec.get("suptitle"):
+        fig.suptitle(spec["suptitle"], fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=spec["dpi"], metadata={"Software": None})
+    plt.close(fig)
+
+
+def render_figures(*, check: bool, redraw: bool = False) -> list[Path]:
+    """The figures whose PNG or sidecar is missing or differs; drawn unless ``check``."""
+    stale = []
+    for name, make in FIGURES.items():
+        spec = make()
+        text = sidecar(spec)
+        png, side = FIGURES_DIR / f"{name}.png", FIGURES_DIR / f"{name}.json"
+        current = side.read_text() if side.is_file() else None
+        if png.is_file() and current == text and not redraw:
+            continue
+        stale.append(png)
+        if not check:
+            draw(spec, png)
+            side.write_text(text)
+    return stale
+
+
 # ------------------------------------------------------------------------------ writing
 def render(text: str, *, links_from: Path) -> str:
     """``text`` with every results block replaced by its table."""
@@ -420,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when a file differs from what would be written")
     parser.add_argument("--provenance", action="store_true", help="list JSON files lacking command, commit or machine facts")
+    parser.add_argument("--redraw", action="store_true",
+                        help="redraw every figure, even one whose sidecar matches")
     args = parser.parse_args(argv)
     if args.provenance:
         print("\n".join(provenance()))
@@ -432,12 +615,18 @@ def main(argv: list[str] | None = None) -> int:
             stale.append(target)
             if not args.check:
                 target.write_text(new)
+    figures = render_figures(check=args.check, redraw=args.redraw and not args.check)
+
+    def names(paths: list[Path]) -> str:
+        return ", ".join(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths)
+
     if args.check and stale:
-        names = ", ".join(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in stale)
-        print(f"results tables differ from docs/results/*.json in: {names}; "
+        print(f"results tables differ from docs/results/*.json in: {names(stale)}; "
               "run python simulations/render_results.py", file=sys.stderr)
-        return 1
-    return 0
+    if args.check and figures:
+        print(f"figures missing or their sidecars differ from docs/results/*.json: {names(figures)}; "
+              "run python simulations/render_results.py", file=sys.stderr)
+    return 1 if args.check and (stale or figures) else 0
 
 
 if __name__ == "__main__":
