@@ -20,6 +20,10 @@ Kinds (:data:`ATTACKS`):
 ``noise-images``     FedCond: uniform noise over the dataset's real pixel range, honest labels
                      and counts. FedAvg/FedProx: Gaussian weights of the update's scale.
 ``scaled-update``    FedAvg/FedProx: ``global - 10 x (local - global)`` (a boosted reversed update).
+``drop-out``         Any strategy: the node answers every ``train`` request with an error and
+                     sends nothing (a faulty or departed client). It is the reference for the
+                     other kinds: a defence that refuses an attacker's reply can at best reach
+                     the accuracy of the federation without that client's data.
 ===================  =======================================================================
 """
 
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedcond.data.registry import get_spec
@@ -47,11 +51,13 @@ from fedcond.federated.records import (
     SYNTHETIC_KEY,
 )
 
-__all__ = ["ATTACKS", "AttackConfig", "attack_mod", "attacked_client_app", "check_attack"]
+__all__ = ["ATTACKS", "DROP_OUT_ERROR", "AttackConfig", "attack_mod", "attacked_client_app", "check_attack"]
 
 INFLATED_COUNT = 1_000_000
 EXTREME_VALUE = 1e20
 UPDATE_SCALE = -10.0
+#: ``Error.code`` of a ``drop-out`` node's reply (the server counts it as dropped)
+DROP_OUT_ERROR = 4099
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,8 @@ WeightsAttack = Callable[[dict[str, np.ndarray], float, _Context], tuple[dict[st
 class _Attack:
     synthetic: SyntheticAttack | None = None
     weights: WeightsAttack | None = None
+    #: the node sends no reply content at all (``drop-out``), whatever the strategy
+    drop: bool = False
 
 
 def _extreme_pixels(images, labels, counts, ctx):
@@ -145,6 +153,7 @@ ATTACKS: dict[str, _Attack] = {
     "label-flip": _Attack(_label_flip),
     "noise-images": _Attack(_noise_images, _noise_weights),
     "scaled-update": _Attack(None, _scaled_update),
+    "drop-out": _Attack(drop=True),
 }
 
 
@@ -171,7 +180,7 @@ def check_attack(attack: AttackConfig, *, strategy: str, num_clients: int) -> No
         With the reason and the kinds that do apply.
     """
     synthetic = strategy == "fedcond"
-    applies = [name for name, a in ATTACKS.items() if (a.synthetic if synthetic else a.weights) is not None]
+    applies = [name for name, a in ATTACKS.items() if a.drop or (a.synthetic if synthetic else a.weights) is not None]
     if attack.kind not in applies:
         raise ValueError(
             f"attack {attack.kind!r} does not apply to strategy {strategy!r}; its attacks: {', '.join(applies)}"
@@ -228,9 +237,12 @@ def attack_mod(config: AttackConfig) -> Callable[[Message, Context, Callable[[Me
     attack = ATTACKS[config.kind]
 
     def mod(message: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-        reply = call_next(message, context)
         partition = int(context.node_config.get(PARTITION_ID, -1))
-        if not 0 <= partition < config.attackers or reply.has_error():
+        hostile = 0 <= partition < config.attackers
+        if hostile and attack.drop and message.metadata.message_type == "train":
+            return Message(Error(code=DROP_OUT_ERROR, reason="drop-out: the node sends nothing"), reply_to=message)
+        reply = call_next(message, context)
+        if not hostile or reply.has_error():
             return reply
         job = dict(message.content.config_records.get(CONFIG_KEY, {}))
         dataset = str(job.get("dataset", "digits"))

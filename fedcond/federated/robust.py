@@ -2,7 +2,8 @@
 
 Per-reply checks (:mod:`fedcond.federated.validation`) cannot see a lie that only shows next to
 the other clients' replies. Two cross-client steps run on the validated sets before they are
-aggregated (``robust.enabled``, on by default; ``docs/robustness.md`` gives the threat model):
+aggregated (``robust.enabled``, off by default; ``docs/robustness.md`` gives the threat model and
+the measurement behind that default):
 
 **Capped claims.** Real-sample counts are the client's word and weight the union. A client's
 claimed total counts at most ``count_cap_factor`` times the upper median of the clients'
@@ -15,7 +16,12 @@ client.
 
 **Embedding outliers.** Each client's images of class ``c`` are embedded by a few randomly
 initialised networks (DM's own view of a class: the mean embedding). The class's *prototype* is
-the coordinate-wise median of the clients' class means. A client's class is an outlier when
+the coordinate-wise median of the clients' class means, weighted by the (capped) real-sample
+counts the clients claim for that class. Weighting matters under non-IID partitions: a class is
+typically held by one client with hundreds of images and a few clients with one to five, whose
+small sets are noisy; an unweighted median of such holders lies among the small sets and
+flags the one client that holds the class. Claims are capped first, so a liar weighs at most
+``count_cap_factor`` median clients. A client's class is an outlier when
 
 - its mean lies closer to another class's prototype than to its own by ``outlier_margin``
   (flipped labels, images of the wrong class), or
@@ -43,7 +49,7 @@ from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.validation import ClientSet
 from fedcond.models import get_model
 
-__all__ = ["RobustOutcome", "cap_claimed_counts", "embedding_outliers", "robust_sets"]
+__all__ = ["RobustOutcome", "cap_claimed_counts", "embedding_outliers", "robust_sets", "weighted_median"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +109,30 @@ def cap_claimed_counts(
     return out, notes
 
 
+def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Coordinate-wise weighted median of the rows of ``values``.
+
+    Per coordinate, the smallest value at which the cumulative weight of the sorted values
+    reaches half of the total weight. With equal weights it is the lower median.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        ``(n, d)`` rows.
+    weights : torch.Tensor
+        ``(n,)`` non-negative weights with a positive sum.
+    """
+    if values.ndim != 2 or weights.shape != (values.shape[0],):
+        raise ValueError(f"expected (n, d) values and (n,) weights, got {tuple(values.shape)} and {tuple(weights.shape)}")
+    weights = weights.to(values.dtype)
+    if not bool((weights >= 0).all()) or not float(weights.sum()) > 0:
+        raise ValueError("weights must be non-negative with a positive sum")
+    ordered, order = values.sort(dim=0)
+    cumulative = weights[order].cumsum(dim=0)
+    first = (cumulative >= 0.5 * weights.sum()).to(torch.int64).argmax(dim=0, keepdim=True)
+    return ordered.gather(0, first).squeeze(0)
+
+
 def _class_means(
     sets: Sequence[ClientSet], *, spec: DatasetSpec, model_name: str, nets: int, seed: int
 ) -> dict[tuple[int, int], torch.Tensor]:
@@ -141,7 +171,14 @@ def embedding_outliers(
     holders: dict[int, list[int]] = {}
     for i, c in means:
         holders.setdefault(c, []).append(i)
-    prototypes = {c: torch.stack([means[(i, c)] for i in idx]).median(dim=0).values for c, idx in holders.items()}
+    prototypes = {
+        c: weighted_median(
+            torch.stack([means[(i, c)] for i in idx]),
+            # every holder weighs at least one sample: a set may hold a class it claims 0 of
+            torch.tensor([max(1, int(sets[i].class_counts[c])) for i in idx], dtype=torch.float64),
+        )
+        for c, idx in holders.items()
+    }
     distance = {(i, c): float(torch.linalg.vector_norm(m - prototypes[c])) for (i, c), m in means.items()}
     typical = [distance[(i, c)] for (i, c) in distance if len(holders[c]) >= _SPREAD_MIN_HOLDERS]
     scale = float(torch.tensor(typical).median()) if typical else None

@@ -17,6 +17,7 @@ from fedcond.data import load_dataset
 from fedcond.federated.aggregation import AggregatedSet
 from fedcond.federated.attacks import (
     ATTACKS,
+    DROP_OUT_ERROR,
     EXTREME_VALUE,
     INFLATED_COUNT,
     AttackConfig,
@@ -40,7 +41,7 @@ from fedcond.federated.records import (
     SERVER_ROUND,
     SYNTHETIC_KEY,
 )
-from fedcond.federated.robust import cap_claimed_counts, robust_sets
+from fedcond.federated.robust import cap_claimed_counts, embedding_outliers, robust_sets, weighted_median
 from fedcond.federated.server_training import NonFiniteTraining, train_global_model
 from fedcond.federated.strategy import FedCond
 from fedcond.federated.validation import ClientSet, ReplyRejected, pixel_bounds, validate_reply
@@ -194,6 +195,42 @@ def test_every_synthetic_set_attack_is_refused_or_neutralised_and_the_round_goes
         assert liars < 0.5 * float(union.weights.sum())
 
 
+def test_weighted_median_follows_the_weights_and_equals_the_lower_median_without_them():
+    values = torch.tensor([[0.0, 5.0], [1.0, 4.0], [2.0, 3.0], [3.0, 2.0]])
+    assert weighted_median(values, torch.ones(4)).tolist() == [1.0, 3.0]  # torch.median's lower median
+    assert weighted_median(values, torch.tensor([1.0, 1.0, 1.0, 100.0])).tolist() == [3.0, 2.0]
+    assert weighted_median(values, torch.tensor([0.0, 0.0, 5.0, 0.0])).tolist() == [2.0, 3.0]
+    with pytest.raises(ValueError, match="positive sum"):
+        weighted_median(values, torch.zeros(4))
+    with pytest.raises(ValueError, match=r"\(n, d\)"):
+        weighted_median(values, torch.ones(3))
+
+
+def _labelled_set(node_id: int, digits, *, images_of: int, label: int, count: int, offset: int) -> ClientSet:
+    """A set of IPC real images of class ``images_of`` labelled ``label``, claiming ``count`` samples."""
+    pool = (digits.train.labels == images_of).nonzero().flatten()[offset : offset + IPC]
+    counts = torch.zeros(10, dtype=torch.int64)
+    counts[label] = count
+    synthetic = SyntheticSet(digits.train.images[pool], torch.full((IPC,), label), {})
+    return ClientSet(node_id=node_id, synthetic=synthetic, class_counts=counts, metrics={})
+
+
+def test_the_prototype_of_a_class_follows_the_claimed_counts(digits, digits_spec):
+    # class 3: node 0 holds it with 300 samples; nodes 1 and 2 claim 2 each and send images of 8.
+    # An unweighted median of the three lies with the two small sets and would judge node 0;
+    # weighted by the claims, the class is node 0's and the two small sets are the outliers.
+    sets = [
+        _labelled_set(0, digits, images_of=3, label=3, count=300, offset=0),
+        _labelled_set(1, digits, images_of=8, label=3, count=2, offset=0),
+        _labelled_set(2, digits, images_of=8, label=3, count=2, offset=IPC),
+        _labelled_set(3, digits, images_of=8, label=8, count=300, offset=2 * IPC),
+        _labelled_set(4, digits, images_of=8, label=8, count=300, offset=3 * IPC),
+    ]
+    flagged = embedding_outliers(sets, spec=digits_spec, model_name="convnet", nets=2, margin=1.0, spread=4.0, seed=0)
+    assert 0 not in flagged
+    assert set(flagged) == {1, 2} and all(3 in classes for classes in flagged.values())
+
+
 def test_the_robust_rule_off_lets_a_label_flip_through(task_identity, digits):
     # the same attack with the rule off: the flipped classes stay in the union (the rule is what stops them)
     strategy = _strategy(**{"robust.enabled": False})
@@ -301,6 +338,26 @@ def test_class_flood_sends_ipc_times_classes_images_of_one_class(task_identity, 
     assert labels.shape == (IPC * 10,) and len(set(labels.tolist())) == 1
     images = reply.content.array_records[SYNTHETIC_KEY][IMAGES].numpy()
     assert images.shape[0] == IPC * 10
+
+
+def test_a_drop_out_node_sends_an_error_without_running_the_honest_app(task_identity):
+    request = _weights_request()
+    mod = attack_mod(AttackConfig(kind="drop-out", attackers=1))
+    calls = []
+
+    def honest(message, context):
+        calls.append(context.node_config[PARTITION_ID])
+        return _weights_reply(message)
+
+    for partition in (0, 1):
+        context = Context(run_id=1, node_id=1, node_config={PARTITION_ID: partition}, state=RecordDict(), run_config={})
+        reply = mod(request, context, honest)
+        assert reply.has_error() == (partition == 0)
+    assert calls == [1]
+    assert mod(request, Context(run_id=1, node_id=1, node_config={PARTITION_ID: 0}, state=RecordDict(),
+                                run_config={}), honest).error.code == DROP_OUT_ERROR
+    check_attack(AttackConfig("drop-out", 3), strategy="fedcond", num_clients=10)
+    check_attack(AttackConfig("drop-out", 3), strategy="fedavg", num_clients=10)
 
 
 def test_attacks_are_checked_against_the_strategy_and_clients():
