@@ -84,8 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--attack",
         default=None,
         metavar="KIND",
-        help="simulated hostile clients: extreme-pixels, count-inflation, class-flood, label-flip, noise-images "
-        "(FedCond) or scaled-update (weight averaging); docs/robustness.md",
+        help="simulated hostile or faulty clients: extreme-pixels, count-inflation, class-flood, label-flip, "
+        "noise-images (FedCond), scaled-update (weight averaging) or drop-out (any); docs/robustness.md",
     )
     parser.add_argument("--attackers", type=int, default=None, help="how many clients attack (the first N; default 1)")
     parser.add_argument(
