@@ -60,7 +60,7 @@ _LAZY: dict[str, str] = {
     "run_audit": "fedcond.privacy",
     "recoverability": "fedcond.privacy",
     "membership_inference": "fedcond.privacy",
-    "dp_statistics_for": "fedcond.privacy",
+    "PrivateCondensation": "fedcond.privacy",
     "PrivacyAccountant": "fedcond.privacy",
 }
 

@@ -38,8 +38,8 @@ from fedcond.distill.dm import DistributionMatching
 from fedcond.distill.evaluate import evaluate_synthetic
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.privacy.audit import run_audit
-from fedcond.privacy.dp import dp_statistics_for
 from fedcond.privacy.figures import save_nearest_neighbours, save_roc
+from fedcond.privacy.private_condensation import PrivateCondensation
 
 logger = logging.getLogger("bench_privacy")
 
@@ -83,21 +83,22 @@ def condense(method: str, epsilon: float | None, args: argparse.Namespace, split
         mixed_precision=not args.no_bf16,
         augment=AugmentConfig(layout=args.dm_dsa_layout),  # DP forces "class" whatever this says
     )
-    stats, reporter, extra = None, None, {}
     if dp:
-        stats, reporter = dp_statistics_for(
+        private = PrivateCondensation(
             # a benchmark is a research run: seeded noise, so it repeats (the library's default is secret)
-            dp={"epsilon": epsilon, "delta": args.delta, "clip_norm": args.dp_clip, "noise_seed": args.seed},
+            {"epsilon": epsilon, "delta": args.delta, "clip_norm": args.dp_clip, "noise_seed": args.seed},
             distill=config,
             class_counts=splits.train.class_counts(),
         )
-        extra = {"sample_rate": stats.plan.sample_rate, "noise_multiplier": stats.plan.noise_multiplier,
-                 "dp_noise": stats.noise}
-    result = DistributionMatching(config, real_statistics=stats).condense(splits.train)
+        result = private.condense(DistributionMatching(config, real_statistics=private.statistics), splits.train)
+    else:
+        result = DistributionMatching(config).condense(splits.train)
+    meta = result.synthetic.meta
+    extra: dict[str, Any] = {}
+    if dp:  # the set's own record of the spent budget and the plan
+        extra = {"sample_rate": meta["dp_sample_rate"], "noise_multiplier": meta["dp_noise_multiplier"],
+                 "dp_noise": meta["dp_noise"], "epsilon": meta["epsilon"], "delta": meta["delta"]}
     extra.update({"distill_seconds": result.seconds, "iterations": config.iterations, "batch_real": config.batch_real})
-    if reporter is not None:
-        spent, delta = reporter(result)
-        extra.update({"epsilon": spent, "delta": delta})
     return result.synthetic, extra
 
 

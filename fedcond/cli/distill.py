@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedcond.cli.common import (
     CommandError,
@@ -43,6 +43,9 @@ from fedcond.distill.matching import MATCHINGS
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.models import available_models
 from fedcond.plots import save_image_grid
+
+if TYPE_CHECKING:
+    from fedcond.privacy.private_condensation import PrivateCondensation
 
 __all__ = ["register"]
 
@@ -390,17 +393,17 @@ def run_distill(args: argparse.Namespace) -> int:
         raise CommandError("--resume needs --checkpoint-every N: checkpoints are written (and read) only with it")
     if args.resume and not (out / "checkpoint.npz").exists():
         console.print(f"[yellow]note:[/] --resume: no checkpoint in {out} yet, starting from iteration 0")
-    statistics, dp_report = _dp_statistics(args, config, splits)
-    if statistics is not None and config.init != "noise":
+    if args.dp_epsilon is not None and config.init != "noise":
         console.print("[yellow]DP forces --init noise (real init would publish real images)[/]")
         config = parse_config(DistillConfig, {**_as_dict(config), "init": "noise"})
+    private = _private_condensation(args, config, splits)
     if not dm:  # the small-class policy of every selection: ipc real images per class present
         _refuse_small_classes(splits, config.ipc, "lower --ipc")
     elif config.init != "noise":
         needed = config.ipc * config.factor**2
         hint = f"{config.init} init needs ipc x factor^2 per class (lower --ipc or --factor, or use --init noise)"
         _refuse_small_classes(splits, needed, hint)
-    options: dict[str, Any] = {"real_statistics": statistics} if statistics is not None else {}
+    options: dict[str, Any] = {"real_statistics": private.statistics} if private is not None else {}
     if accepts_option(args.method, "progress"):
         options["progress"] = True
     try:
@@ -415,7 +418,10 @@ def run_distill(args: argparse.Namespace) -> int:
         }
     start = time.perf_counter()
     try:
-        result = engine.condense(splits.train, **condense_options)
+        if private is None:
+            result = engine.condense(splits.train, **condense_options)
+        else:
+            result = private.condense(engine, splits.train, **condense_options)
     except (ShortClassError, UnsupportedOptionError) as exc:
         raise CommandError(f"--method {args.method}: {exc}") from exc
     elapsed = time.perf_counter() - start
@@ -448,11 +454,10 @@ def run_distill(args: argparse.Namespace) -> int:
                 "resumed_from_iteration": result.resumed_from,
             }
         )
-    if dp_report is not None:
-        epsilon, delta = dp_report(result)
-        dp_meta = {"epsilon": epsilon, "delta": delta, "dp_noise": statistics.noise}
-        metrics.update(dp_meta)
-        synthetic = SyntheticSet(synthetic.images, synthetic.labels, {**synthetic.meta, **dp_meta})
+    if private is not None:  # the spent budget and the plan, as the set's metadata records them
+        from fedcond.privacy.private_condensation import DP_META_KEYS
+
+        metrics.update({key: synthetic.meta[key] for key in DP_META_KEYS if key in synthetic.meta})
     _finish(args, synthetic, splits, metrics)
     return 0
 
@@ -463,14 +468,17 @@ def _as_dict(config: DistillConfig) -> dict[str, Any]:
     return flatten_config(config)
 
 
-def _dp_statistics(args: argparse.Namespace, config: DistillConfig, splits: DatasetSplits):  # noqa: ANN202
-    """The DP real-statistics object and a reporter of the spent (epsilon, delta), or (None, None)."""
+def _private_condensation(
+    args: argparse.Namespace, config: DistillConfig, splits: DatasetSplits
+) -> PrivateCondensation | None:
+    """The DP run the ``--dp-*`` flags ask for, or ``None`` without ``--dp-epsilon``."""
     if args.dp_epsilon is None:
-        return None, None
-    from fedcond.privacy.dp import dp_statistics_for  # privacy is optional at import time
+        return None
+    # privacy (Opacus) is optional at import time
+    from fedcond.privacy.private_condensation import PrivateCondensation
 
-    return dp_statistics_for(
-        dp={
+    return PrivateCondensation(
+        {
             "epsilon": args.dp_epsilon,
             "delta": args.dp_delta,
             "clip_norm": args.dp_clip,

@@ -254,7 +254,8 @@ class DistributionMatching:
         ``auto``, ``cpu``, ``cuda`` or a torch device.
     real_statistics : RealStatistics | None
         Samples the real batch and computes per-class means; :class:`MeanStatistics` by default.
-        The DP variant from ``fedcond.privacy`` plugs in here.
+        The DP variant from ``fedcond.privacy`` plugs in here. An object missing a member of
+        the protocol is a ``TypeError``.
     embedder : nn.Module | None
         A fixed embedding network (e.g. the federated global model). When ``None`` a freshly
         initialised ``config.model`` is drawn every iteration, as in the paper. It is moved to
@@ -295,7 +296,13 @@ class DistributionMatching:
             raise ValueError(f"momentum must lie in [0, 1), got {config.momentum}")
         if config.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0 = never), got {config.checkpoint_every}")
-        if config.matching == "mmd" and real_statistics is not None and not isinstance(real_statistics, MeanStatistics):
+        if real_statistics is not None and not isinstance(real_statistics, RealStatistics):
+            raise TypeError(
+                f"real_statistics ({type(real_statistics).__name__}) does not implement "
+                "fedcond.distill.RealStatistics: it needs augmentation_per_class, means_only, sample_batch, "
+                "class_means, fingerprint, state_dict and load_state_dict"
+            )
+        if config.matching == "mmd" and real_statistics is not None and real_statistics.means_only:
             raise ValueError(
                 "matching='mmd' needs every real embedding, but the supplied real statistics "
                 f"({type(real_statistics).__name__}) release only class means (as differentially "
@@ -314,7 +321,7 @@ class DistributionMatching:
                 name
                 for name, conflict in (
                     ("real_statistics (DP: the queue trains on raw real data)",
-                     real_statistics is not None and not isinstance(real_statistics, MeanStatistics)),
+                     real_statistics is not None and real_statistics.means_only),
                     ("embedder", embedder is not None),
                     ("compile", config.compile),
                     ("checkpoint_every", config.checkpoint_every > 0),
@@ -328,7 +335,7 @@ class DistributionMatching:
         check_factor(config.factor)
         self.config = config
         self.device = resolve_device(device)
-        self.statistics = real_statistics or MeanStatistics(batch_size=config.batch_real)
+        self.statistics: RealStatistics = real_statistics or MeanStatistics(batch_size=config.batch_real)
         self.embedder = embedder
         self.progress = progress
         self._net: nn.Module | None = None
@@ -568,7 +575,7 @@ class DistributionMatching:
             # one parameter set per class: the reference's Siamese mode, and required under DP (an
             # image's transform must not depend on which other images were sampled)
             per_class_augmentation=cfg.augment.layout == "class"
-            or bool(getattr(self.statistics, "augmentation_per_class", False)),
+            or self.statistics.augmentation_per_class,
             memory_format=(
                 torch.channels_last if cfg.channels_last and device.type == "cpu" else torch.contiguous_format
             ),
@@ -751,12 +758,11 @@ class DistributionMatching:
         config = dataclasses.asdict(self.config)
         for key in ("iterations", "checkpoint_every", "compile", "real_chunk", "time_budget"):
             config.pop(key, None)
-        fingerprint = getattr(self.statistics, "fingerprint", None)
         identity = {
             "config": config,
             "dataset": data.spec.name,
             "class_counts": data.class_counts().tolist(),
-            "statistics": fingerprint() if callable(fingerprint) else type(self.statistics).__name__,
+            "statistics": self.statistics.fingerprint(),
             "embedder": None if self.embedder is None else type(self.embedder).__name__,
         }
         return json.dumps(identity, sort_keys=True, default=str)
@@ -774,8 +780,7 @@ class DistributionMatching:
         state = optimizer.state.get(syn, {})
         momentum = state.get("momentum_buffer")
         # real-side statistics with state of their own (a seeded DP run's private generator)
-        state_dict = getattr(self.statistics, "state_dict", None)
-        statistics_state = state_dict() if callable(state_dict) else {}
+        statistics_state = self.statistics.state_dict()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("wb") as fh:
@@ -850,9 +855,7 @@ class DistributionMatching:
             generator.set_state(gen_state)
         except RuntimeError as exc:
             raise ValueError(f"checkpoint {path} is corrupted: bad generator state ({exc})") from exc
-        load_state_dict = getattr(self.statistics, "load_state_dict", None)
-        if callable(load_state_dict):
-            load_state_dict(statistics_state)
+        self.statistics.load_state_dict(statistics_state)
         with torch.no_grad():
             syn.copy_(images.to(syn.device))
         if momentum.size:

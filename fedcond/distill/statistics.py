@@ -5,11 +5,14 @@ This is the seam between the DM engine and privacy: the engine asks a
 mean embeddings of that batch. :class:`MeanStatistics` is the plain, non-private version
 (a fixed-size batch per class without replacement, exact means). The differentially private
 version (Poisson sampling, per-sample clipping, Gaussian noise, accounting) lives in
-``fedcond.privacy`` and plugs in here, so the engine never imports Opacus.
+``fedcond.privacy`` and plugs in here, so the engine never imports Opacus. Everything the
+engine reads from the object is declared by the protocol: the engine finds no behaviour by
+inspecting the object's class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -47,16 +50,16 @@ class RealStatistics(Protocol):
         shared by all of the class's real and synthetic images (the reference DSA's batch mode).
         A guarantee that needs each real embedding to depend on its own image only (DP) sets
         it: with per-sample parameters the transform of an image would depend on its rank in
-        the sampled batch, i.e. on which other images were sampled. ``False`` (also assumed
-        when the attribute is missing) leaves the choice to ``AugmentConfig.layout``.
-
-    An implementation may also define ``fingerprint() -> dict``: what identifies it in a DM
-    checkpoint, so that a run with other statistics (another DP plan) refuses to resume it; and
-    ``state_dict() -> dict[str, Tensor]`` with ``load_state_dict(state)``: state of its own that
-    a DM checkpoint keeps and a resumed run restores (a seeded DP run's private generator).
+        the sampled batch, i.e. on which other images were sampled. ``False`` leaves the choice
+        to ``AugmentConfig.layout``.
+    means_only : bool
+        ``True`` when the real data may reach the synthetic set only through
+        :meth:`class_means` (DP). The engine then refuses every setting that reads real images
+        or their embeddings directly: ``matching="mmd"`` and IDM's embedder queue.
     """
 
     augmentation_per_class: bool
+    means_only: bool
 
     def sample_batch(
         self, class_pools: list[torch.Tensor], *, generator: torch.Generator
@@ -68,6 +71,22 @@ class RealStatistics(Protocol):
         self, embeddings: torch.Tensor, groups: torch.Tensor, *, num_classes: int, generator: torch.Generator
     ) -> torch.Tensor:
         """``num_classes x D`` per-class mean embedding (rows of absent classes are unused)."""
+        ...
+
+    def fingerprint(self) -> dict[str, object]:
+        """What identifies these statistics in a DM checkpoint (JSON-ready).
+
+        A run whose statistics give another fingerprint (another DP plan, or non-private
+        statistics) refuses to resume the checkpoint.
+        """
+        ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """State of the statistics' own that a DM checkpoint keeps (empty when there is none)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict` when a DM run resumes from a checkpoint."""
         ...
 
 
@@ -93,6 +112,7 @@ class MeanStatistics:
             raise ValueError(f"batch_real must be positive, got {batch_size}")
         self.batch_size = batch_size
         self.augmentation_per_class = False
+        self.means_only = False
 
     def sample_batch(self, class_pools: list[torch.Tensor], *, generator: torch.Generator) -> RealBatch:
         """Draw up to ``batch_size`` real images per class without replacement."""
@@ -116,3 +136,21 @@ class MeanStatistics:
     def fingerprint(self) -> dict[str, object]:
         """What identifies these statistics in a checkpoint (see ``DistributionMatching``)."""
         return {"kind": "mean", "batch_size": self.batch_size}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Nothing: the plain statistics draw from the engine's generator, which DM checkpoints itself."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Accept the empty state of :meth:`state_dict`.
+
+        Raises
+        ------
+        ValueError
+            When ``state`` holds entries: they were written by other statistics.
+        """
+        if state:
+            raise ValueError(
+                f"the checkpoint holds real-statistics state ({', '.join(sorted(state))}) that the plain "
+                "MeanStatistics never writes: it was made by other statistics"
+            )

@@ -10,16 +10,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedcond.config import DataConfig, DistillConfig, DPConfig
+from fedcond.config import DataConfig, DistillConfig
 from fedcond.data.partition import partition_indices
 from fedcond.data.registry import ArrayDataset, DatasetSplits, load_dataset
 from fedcond.distill.condenser import get_condenser
@@ -30,7 +29,7 @@ from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.job import FederatedJob
 
 if TYPE_CHECKING:
-    from fedcond.privacy.ledger import PrivacyLedger
+    from fedcond.privacy.private_condensation import PrivateCondensation
 
 __all__ = [
     "CondenseOutcome",
@@ -167,10 +166,9 @@ class CondenseOutcome:
     final_loss : float
         Sum of the groups' last DM losses (NaN with zero iterations).
     epsilon, delta : float | None
-        Spent privacy budget under DP (cumulative over the rounds in the ledger), else ``None``.
-    dp_ledger : dict | None
-        Under DP, the client's accountant state after this run (``PrivacyAccountant.state_dict``),
-        to be kept on the client for the next round.
+        Spent privacy budget under DP (cumulative over the earlier rounds), else ``None``.
+    skipped_classes : list[int]
+        Classes the client lacks.
     """
 
     synthetic: SyntheticSet
@@ -179,7 +177,6 @@ class CondenseOutcome:
     epsilon: float | None = None
     delta: float | None = None
     skipped_classes: list[int] = field(default_factory=list)
-    dp_ledger: dict[str, Any] | None = None
 
 
 def initial_images(
@@ -223,13 +220,9 @@ def condense_partition(
     *,
     distill: DistillConfig,
     device: torch.device | str = "cpu",
-    dp: DPConfig | None = None,
+    private: PrivateCondensation | None = None,
     embedder: nn.Module | None = None,
     warm_start: SyntheticSet | None = None,
-    dp_rounds: int = 1,
-    dp_ledger: Mapping[str, Any] | None = None,
-    lifetime_ledger: PrivacyLedger | None = None,
-    lifetime_budget: tuple[float | None, float] = (None, 1e-5),
     start: torch.Tensor | None = None,
 ) -> CondenseOutcome:
     """Condense a client's partition with DM into ``ipc`` images per class it holds.
@@ -245,25 +238,14 @@ def condense_partition(
         The client's real training data (never returned).
     distill : DistillConfig
         DM settings (ipc, iterations, init ...).
-    dp : DPConfig | None
-        Differentially private DM via ``fedcond.privacy.dp.dp_statistics_for``.
+    private : PrivateCondensation | None
+        Differentially private DM: the run's plan, budget checks and ledger, built for this
+        data and ``distill`` (its set then carries ``epsilon``, ``delta`` and the plan).
     embedder : nn.Module | None
         Multi-round mode: the global model as DM's embedding network.
     warm_start : SyntheticSet | None
         The client's previous synthetic set (from ``Context.state``); used as the start point
         when it holds exactly ``ipc`` images of each class present.
-    dp_rounds : int
-        Under DP, how many rounds the budget ``dp.epsilon`` must cover in total (the run's
-        noise is calibrated for ``dp_rounds * iterations`` steps).
-    dp_ledger : Mapping | None
-        Under DP, this client's accountant state from earlier rounds (``None`` in round 1).
-        The reported epsilon is cumulative; a run that would exceed the budget is refused
-        before it touches the data.
-    lifetime_ledger : PrivacyLedger | None
-        Under DP, the node's persistent ledger: the run is checked against
-        ``lifetime_budget`` = ``(epsilon or None, delta)`` before it starts (a
-        :class:`~fedcond.privacy.ledger.LedgerError` when it would exceed it) and recorded
-        before the set is returned.
     start : torch.Tensor | None
         Explicit start images (stored images, label order), e.g. the release gate's
         re-condensation; overrides the init and the warm start.
@@ -273,34 +255,7 @@ def condense_partition(
     if not present:
         raise ValueError("the client's partition is empty")
     skipped = [c for c in range(data.spec.num_classes) if counts[c] == 0]
-    statistics, reporter = None, None
-    init = distill.init
-    if dp is not None:
-        # privacy is optional at import time
-        from fedcond.privacy.accounting import PrivacyAccountant
-        from fedcond.privacy.dp import dp_statistics_for
-
-        init = "noise"
-        ledger = PrivacyAccountant(dp.accountant)
-        if dp_ledger is not None:
-            ledger.load_state_dict(dp_ledger)
-        statistics, reporter = dp_statistics_for(
-            dp=dp,
-            distill=dataclasses.replace(distill, init="noise"),
-            class_counts=counts,
-            rounds=dp_rounds,
-            ledger=ledger,
-        )
-    if lifetime_ledger is not None and statistics is not None:
-        plan = statistics.plan
-        lifetime_ledger.check(
-            noise_multiplier=plan.noise_multiplier,
-            sample_rate=plan.sample_rate,
-            steps=distill.iterations,
-            mechanism=plan.accountant,
-            budget_epsilon=lifetime_budget[0],
-            budget_delta=lifetime_budget[1],
-        )
+    init = distill.init if private is None else "noise"
     generator = torch.Generator().manual_seed(distill.seed)
     expected_labels = torch.tensor(present).repeat_interleave(distill.ipc)
     warm = start is None and warm_start is not None and torch.equal(warm_start.labels, expected_labels)
@@ -326,26 +281,16 @@ def condense_partition(
         start = encode_formation(start, factor=distill.factor)
     # the start is given explicitly, so DM's own init is never drawn ("noise": nothing to check)
     config = dataclasses.replace(distill, init="noise", checkpoint_every=0)
-    engine = get_condenser("dm", config, device=device, real_statistics=statistics, embedder=embedder)
-    result = engine.condense(data, start=start)
+    if private is None:
+        engine = get_condenser("dm", config, device=device, embedder=embedder)
+        result = engine.condense(data, start=start)
+    else:
+        engine = get_condenser("dm", config, device=device, real_statistics=private.statistics, embedder=embedder)
+        result = private.condense(engine, data, start=start)
     meta = {**result.synthetic.meta, "init": init, "warm_start": warm}
-    epsilon = delta = None
-    ledger_state = None
-    if reporter is not None:
-        epsilon, delta = (float(v) for v in reporter(result))
-        ledger_state = ledger.state_dict()
-        meta.update({"epsilon": epsilon, "delta": delta, "dp_noise": statistics.noise})
-        if lifetime_ledger is not None:
-            plan = statistics.plan
-            meta["lifetime_epsilon"] = lifetime_ledger.record(
-                noise_multiplier=plan.noise_multiplier,
-                sample_rate=plan.sample_rate,
-                steps=result.iterations_run,  # a time budget may stop the run early
-                delta=lifetime_budget[1],
-            )
     synthetic = SyntheticSet(result.synthetic.images, result.synthetic.labels, meta)
     loss = result.losses[-1] if result.losses else float("nan")
-    return CondenseOutcome(synthetic, result.seconds, loss, epsilon, delta, skipped, ledger_state)
+    return CondenseOutcome(synthetic, result.seconds, loss, meta.get("epsilon"), meta.get("delta"), skipped)
 
 
 def local_train(

@@ -38,7 +38,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log as flower_log
 
-from fedcond.config import DataConfig
+from fedcond.config import DataConfig, DistillConfig
 from fedcond.data.registry import ArrayDataset
 from fedcond.devices import keep_freed_cpu_memory, resolve_device
 from fedcond.distill.evaluate import accuracy
@@ -84,7 +84,9 @@ from fedcond.federated.records import (
 )
 from fedcond.federated.release import gate_release
 from fedcond.models import get_model
+from fedcond.privacy.dp import derive_noise_seed
 from fedcond.privacy.ledger import LedgerError, PrivacyLedger, data_source_digest
+from fedcond.privacy.private_condensation import PrivateCondensation
 
 __all__ = ["app", "build_client_app"]
 
@@ -162,6 +164,43 @@ def _ledger_path(policy: ClientPolicy, context: Context) -> Path | None:
     return path.with_name(f"{path.stem}-partition-{int(context.node_config[PARTITION_ID])}{path.suffix}")
 
 
+def _private_condensation(
+    job: FederatedJob,
+    policy: ClientPolicy,
+    context: Context,
+    data: ArrayDataset,
+    *,
+    distill: DistillConfig,
+    seed_id: int,
+    server_round: int,
+) -> PrivateCondensation:
+    """This round's DP run: the job's budget over all its rounds, the earlier rounds from
+    ``Context.state``, and the node's persistent ledger when the policy names one."""
+    dp = job.federated.dp
+    if dp.noise_seed is not None:
+        # a server seed reaches this point only under a policy that honours it: one
+        # configured seed, independent noise per client and round
+        dp = dataclasses.replace(dp, noise_seed=derive_noise_seed(dp.noise_seed, seed_id, server_round))
+    state = None
+    if DP_LEDGER_KEY in context.state.config_records:
+        state = ledger_from_record(context.state.config_records[DP_LEDGER_KEY])
+    ledger = None
+    ledger_path = _ledger_path(policy, context)
+    if ledger_path is not None:
+        source = data_source_digest(data.images, data.labels)
+        ledger = PrivacyLedger(ledger_path, source=source, mechanism=dp.accountant)
+    return PrivateCondensation(
+        dp,
+        distill=dataclasses.replace(distill, init="noise"),  # DP-DM starts from noise whatever the job says
+        class_counts=data.class_counts(),
+        rounds=job.federated.rounds,
+        state=state,
+        ledger=ledger,
+        budget_epsilon=policy.dp.budget_epsilon,
+        budget_delta=policy.dp.budget_delta,
+    )
+
+
 def _refusal(message: Message, exc: Exception) -> Message:
     flower_log(logging.WARNING, "fedcond client: refused %s: %s", message.metadata.message_type, exc)
     return Message(Error(code=POLICY_REFUSED, reason=str(exc)), reply_to=message)
@@ -216,38 +255,18 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
         warm_start = None
         if MEMORY_KEY in context.state.array_records:
             warm_start = synthetic_from_record(context.state.array_records[MEMORY_KEY])
-        run_ledger = None
-        if fed.dp is not None and DP_LEDGER_KEY in context.state.config_records:
-            run_ledger = ledger_from_record(context.state.config_records[DP_LEDGER_KEY])
-        lifetime = None
-        ledger_path = _ledger_path(policy, context)
-        if fed.dp is not None and ledger_path is not None:
-            lifetime = PrivacyLedger(
-                ledger_path, source=data_source_digest(data.images, data.labels), mechanism=fed.dp.accountant
+        private = None
+        if fed.dp is not None:
+            private = _private_condensation(
+                job, policy, context, data, distill=distill, seed_id=seed_id, server_round=server_round
             )
-        dp = fed.dp
-        if dp is not None and dp.noise_seed is not None:
-            # a server seed reaches this point only under a policy that honours it: one
-            # configured seed, independent noise per client and round
-            from fedcond.privacy.dp import derive_noise_seed
-
-            dp = dataclasses.replace(dp, noise_seed=derive_noise_seed(dp.noise_seed, seed_id, server_round))
         device = _device(job)
         outcome = condense_partition(
-            data,
-            distill=distill,
-            device=device,
-            dp=dp,
-            embedder=embedder,
-            warm_start=warm_start,
-            dp_rounds=fed.rounds,
-            dp_ledger=run_ledger,
-            lifetime_ledger=lifetime,
-            lifetime_budget=(policy.dp.budget_epsilon, policy.dp.budget_delta),
+            data, distill=distill, device=device, private=private, embedder=embedder, warm_start=warm_start
         )
         synthetic = outcome.synthetic
         gate_metrics: dict[str, float | int] = {}
-        if dp is None and policy.gate.enabled:
+        if private is None and policy.gate.enabled:
 
             def recondense(start: torch.Tensor):  # noqa: ANN202 - returns a SyntheticSet
                 again = condense_partition(data, distill=distill, device=device, embedder=embedder, start=start)
@@ -261,8 +280,8 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
         # the distilled memory and the privacy ledger stay on the node across rounds
         # (Context.state never leaves it); the reported epsilon is cumulative over the rounds
         context.state[MEMORY_KEY] = synthetic_to_record(synthetic)
-        if outcome.dp_ledger is not None:
-            context.state[DP_LEDGER_KEY] = ledger_to_record(outcome.dp_ledger)
+        if private is not None:
+            context.state[DP_LEDGER_KEY] = ledger_to_record(private.state_dict())
         counts = data.class_counts()
         metrics = MetricRecord(
             {

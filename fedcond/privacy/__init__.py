@@ -2,8 +2,9 @@
 
 ``recoverability`` and ``membership`` hold the attacks (pure functions plus a stateful twin),
 ``audit`` runs the whole audit and gives a verdict, ``dp`` is the DP ``RealStatistics`` seam
-for the DM engine and ``accounting`` wraps Opacus' accountants. Opacus is imported by ``dp`` and
-``accounting`` only.
+for the DM engine, ``accounting`` wraps Opacus' accountants, ``ledger`` keeps a node's spending
+on its disk and ``private_condensation`` puts them together into one private run
+(:class:`PrivateCondensation`). Opacus is imported through ``accounting`` only.
 """
 
 from fedcond.lazy import lazy_attribute
@@ -58,7 +59,7 @@ __all__ = [
 _LAZY = {
     "DPMeanStatistics": "fedcond.privacy.dp",
     "DPPlan": "fedcond.privacy.dp",
-    "dp_statistics_for": "fedcond.privacy.dp",
+    "PrivateCondensation": "fedcond.privacy.private_condensation",
     "PrivacyAccountant": "fedcond.privacy.accounting",
     "PrivacyBudgetError": "fedcond.privacy.accounting",
     "calibrate_noise_multiplier": "fedcond.privacy.accounting",

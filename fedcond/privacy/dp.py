@@ -31,20 +31,17 @@ for every run; ``DPConfig.noise_seed`` seeds it explicitly for reproducible rese
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedcond.config import DistillConfig, DPConfig, parse_config
-from fedcond.distill.dm import CondensationResult
-from fedcond.distill.matching import check_matching
+from fedcond.config import DPConfig
 from fedcond.distill.statistics import RealBatch
 from fedcond.privacy.accounting import (
     ACCOUNTANTS,
@@ -59,7 +56,6 @@ __all__ = [
     "DPPlan",
     "clip_embeddings",
     "derive_noise_seed",
-    "dp_statistics_for",
     "noisy_class_sums",
     "plan_dp",
     "poisson_sample",
@@ -68,9 +64,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-Reporter = Callable[[CondensationResult], tuple[float, float]]
-
 
 # ----------------------------------------------------------------------------- pure functions
 def clip_embeddings(embeddings: torch.Tensor, *, max_norm: float) -> torch.Tensor:
@@ -225,8 +218,9 @@ class DPMeanStatistics:
     max_steps : int | None
         Releases this object may make (``plan.steps`` when ``None``). A multi-round plan is
         calibrated for ``rounds x iterations`` steps but each run gets its own object, limited
-        to one run's iterations, so that a run's certificate (:func:`dp_statistics_for`'s
-        reporter, which counts one run) covers every release the object made.
+        to one run's iterations, so that a run's certificate
+        (:class:`~fedcond.privacy.private_condensation.PrivateCondensation`, which accounts one
+        run) covers every release the object made.
 
     Raises
     ------
@@ -252,6 +246,8 @@ class DPMeanStatistics:
         # per-sample augmentation would make an image's transform depend on its rank in the
         # Poisson batch (i.e. on the other images sampled) and break the sensitivity bound
         self.augmentation_per_class = True
+        # the noisy class means are all the mechanism releases: no raw embedding may be matched
+        self.means_only = True
         self.accountant = accountant or PrivacyAccountant(plan.accountant)
         self.noise_seed = noise_seed
         self._private = private_generator(noise_seed)
@@ -291,7 +287,7 @@ class DPMeanStatistics:
             raise PrivacyBudgetError(
                 f"this DP mechanism (epsilon={self.plan.epsilon}, delta={self.plan.delta}) may make "
                 f"{self.max_steps} releases and all are spent; a new condensation needs a new "
-                "dp_statistics_for() (and the ledger) or a new budget"
+                "PrivateCondensation (with the earlier runs' accountant state) or a new budget"
             )
         dim = embeddings.shape[1]
         scale = math.sqrt(dim)
@@ -355,114 +351,3 @@ class DPMeanStatistics:
     def epsilon(self) -> float:
         """Epsilon spent so far by this object's iterations at the plan's delta."""
         return self.accountant.epsilon(delta=self.plan.delta)
-
-
-def dp_statistics_for(
-    *,
-    dp: DPConfig | Mapping[str, Any],
-    distill: DistillConfig,
-    class_counts: torch.Tensor,
-    rounds: int = 1,
-    ledger: PrivacyAccountant | None = None,
-) -> tuple[DPMeanStatistics, Reporter]:
-    """The DP real-statistics object for one condensation run and its epsilon reporter.
-
-    Parameters
-    ----------
-    dp : DPConfig | Mapping
-        Target budget, clip norm, sample rate (0: ``batch_real / smallest class``) and accountant.
-    distill : DistillConfig
-        The run's settings: ``iterations`` steps are accounted for, ``batch_real`` sets the rate.
-        DP requires ``init="noise"`` (real init would publish real images); callers switch it.
-        DP also requires ``matching="mean"``: the noise covers class means, nothing else.
-    class_counts : torch.Tensor
-        Real images per class on this client.
-    rounds : int
-        How many such runs the budget must cover (federated multi-round: one run per round on
-        the same data). Sigma is calibrated for ``rounds * iterations`` steps, so the composed
-        epsilon after every round stays within ``dp.epsilon``.
-    ledger : PrivacyAccountant | None
-        The data owner's accountant holding the earlier runs (e.g. restored from Flower's
-        ``Context.state``). ``reporter`` adds this run to it and returns the *cumulative* epsilon.
-
-    Returns
-    -------
-    (statistics, reporter)
-        Pass ``statistics`` as ``real_statistics`` to ``DistributionMatching``; after
-        ``condense``, ``reporter(result)`` returns the spent ``(epsilon, delta)`` (all runs in
-        ``ledger`` included), which never exceeds the request.
-
-    Raises
-    ------
-    PrivacyBudgetError
-        For an invalid budget or settings (see :func:`plan_dp`), ``matching`` other than
-        ``mean``, or when this run would take the
-        ledger past the budget (more runs than ``rounds``): checked before any data is touched.
-    """
-    config = dp if isinstance(dp, DPConfig) else parse_config(DPConfig, dp)
-    if rounds < 1:
-        raise PrivacyBudgetError(f"DP rounds must be >= 1, got {rounds}")
-    try:
-        check_matching(distill.matching, private=True)
-    except ValueError as exc:
-        raise PrivacyBudgetError(str(exc)) from exc
-    plan = plan_dp(
-        config, iterations=distill.iterations * rounds, batch_real=distill.batch_real, class_counts=class_counts
-    )
-    if ledger is not None:
-        if ledger.mechanism != plan.accountant:
-            raise PrivacyBudgetError(
-                f"the ledger accounts with {ledger.mechanism!r}, this run with {plan.accountant!r}: use one accountant"
-            )
-        projected = copy.deepcopy(ledger)
-        projected.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=distill.iterations)
-        if projected.epsilon(delta=plan.delta) > plan.epsilon + 1e-9:
-            raise PrivacyBudgetError(
-                f"this run would spend epsilon {projected.epsilon(delta=plan.delta):.4f} in total, over the "
-                f"budget {plan.epsilon} (already spent {ledger.epsilon(delta=plan.delta):.4f} in "
-                f"{ledger.steps} steps; the budget was planned for {rounds} run(s))"
-            )
-    # one run's releases per object: the reporter certifies one run (plus the ledger)
-    statistics = DPMeanStatistics(
-        plan, class_counts=class_counts, noise_seed=config.noise_seed, max_steps=distill.iterations
-    )
-    logger.info(
-        "DP-DM: epsilon=%g delta=%g q=%.4f sigma=%.3f C=%g over %d iterations (%s, %s noise)",
-        plan.epsilon, plan.delta, plan.sample_rate, plan.noise_multiplier, plan.clip_norm, plan.steps, plan.accountant,
-        statistics.noise,
-    )
-    if config.noise_seed is not None:
-        logger.warning(
-            "DP-DM noise seeded with dp.noise_seed: reproducible, but the (epsilon, delta) guarantee holds "
-            "only while that seed stays secret"
-        )
-
-    reported: list[bool] = []
-
-    def reporter(result: CondensationResult) -> tuple[float, float]:
-        if result.synthetic.meta.get("init", "noise") != "noise":
-            raise PrivacyBudgetError(
-                "the synthetic set was initialised from real images, which it then publishes: no DP "
-                "guarantee holds (DP requires init='noise')"
-            )
-        if reported:
-            raise PrivacyBudgetError("reporter() was already called for this run: it accounts each run once")
-        if statistics.steps > distill.iterations:  # cannot happen through max_steps; never certify it
-            raise PrivacyBudgetError(
-                f"the mechanism made {statistics.steps} releases, this run accounts {distill.iterations}"
-            )
-        # every iteration run is one application of the mechanism, including those run before a
-        # resume (which this object never saw); a run stopped by its time budget ran fewer than
-        # ``distill.iterations`` and is charged for those it ran (sigma stays calibrated for all)
-        steps = result.resumed_from + max(len(result.losses), statistics.steps)
-        if steps > distill.iterations:
-            raise PrivacyBudgetError(f"the run reports {steps} iterations, this run accounts {distill.iterations}")
-        reported.append(True)
-        accountant = ledger if ledger is not None else PrivacyAccountant(plan.accountant)
-        accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=steps)
-        epsilon = accountant.epsilon(delta=plan.delta)
-        if epsilon > plan.epsilon + 1e-9:
-            raise PrivacyBudgetError(f"spent epsilon {epsilon:.4f} exceeds the requested {plan.epsilon}")
-        return epsilon, plan.delta
-
-    return statistics, reporter

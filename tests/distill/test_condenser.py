@@ -159,14 +159,14 @@ def test_a_bad_time_budget_is_refused(budget: float) -> None:
 
 def test_a_dp_run_stopped_by_its_budget_is_charged_for_the_iterations_it_ran(digits) -> None:
     from fedcond.privacy.accounting import epsilon_for
-    from fedcond.privacy.dp import dp_statistics_for
+    from fedcond.privacy.private_condensation import PrivateCondensation
 
     config = DistillConfig(ipc=1, iterations=20, init="noise", time_budget=1e-9, **TINY)
-    stats, reporter = dp_statistics_for(dp={"epsilon": 2.0}, distill=config, class_counts=digits.train.class_counts())
-    result = DistributionMatching(config, real_statistics=stats).condense(digits.train)
-    epsilon, delta = reporter(result)
-    plan = stats.plan
-    assert stats.steps == 1 and result.iterations_run == 1
+    private = PrivateCondensation({"epsilon": 2.0}, distill=config, class_counts=digits.train.class_counts())
+    result = private.condense(DistributionMatching(config, real_statistics=private.statistics), digits.train)
+    epsilon, delta = result.synthetic.meta["epsilon"], result.synthetic.meta["delta"]
+    plan = private.plan
+    assert private.statistics.steps == 1 and result.iterations_run == 1
     one_step = epsilon_for(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=1, delta=delta)
     assert epsilon == pytest.approx(one_step)
     assert epsilon < 2.0

@@ -91,12 +91,12 @@ def test_resume_refuses_a_checkpoint_past_the_requested_iterations(digits, tmp_p
 
 
 def test_dp_run_refuses_to_resume_a_non_private_checkpoint(digits, tmp_path) -> None:
-    from fedcond.privacy.dp import dp_statistics_for
+    from fedcond.privacy.private_condensation import PrivateCondensation
 
     ckpt = tmp_path / "ckpt.npz"
     config = DistillConfig(ipc=1, iterations=2, init="noise", batch_real=32, checkpoint_every=1, seed=0)
     DistributionMatching(config).condense(digits.train, checkpoint_path=ckpt)
-    stats, _ = dp_statistics_for(dp={"epsilon": 2.0}, distill=config, class_counts=digits.train.class_counts())
+    stats = PrivateCondensation({"epsilon": 2.0}, distill=config, class_counts=digits.train.class_counts()).statistics
     with pytest.raises(ValueError, match="statistics.kind: 'mean' -> 'dp-mean'"):
         DistributionMatching(config, real_statistics=stats).condense(digits.train, checkpoint_path=ckpt, resume=True)
     assert stats.steps == 0  # refused before any private data was touched
@@ -248,7 +248,7 @@ def test_a_compiled_forward_sees_few_shapes_when_the_dp_batch_size_varies(digits
     Compilation itself is replaced by the eager forward (it takes a minute on CPU); what is
     checked is the shapes the compiled function would see, and that padding changes nothing.
     """
-    from fedcond.privacy.dp import dp_statistics_for
+    from fedcond.privacy.private_condensation import PrivateCondensation
 
     shapes: list[int] = []
 
@@ -265,7 +265,7 @@ def test_a_compiled_forward_sees_few_shapes_when_the_dp_batch_size_varies(digits
     counts = digits.train.class_counts()
     runs = {}
     for compiled in (True, False):
-        stats, _ = dp_statistics_for(dp={"epsilon": 5.0, "noise_seed": 1}, distill=config, class_counts=counts)
+        stats = PrivateCondensation({"epsilon": 5.0, "noise_seed": 1}, distill=config, class_counts=counts).statistics
         shapes.clear()
         runs[compiled] = DistributionMatching(replace(config, compile=compiled), real_statistics=stats).condense(
             digits.train

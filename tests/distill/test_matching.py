@@ -14,7 +14,7 @@ from fedcond.distill.matching import class_mmd_loss, dm_loss, gaussian_mmd2
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.models import get_model
 from fedcond.privacy.accounting import PrivacyBudgetError
-from fedcond.privacy.dp import dp_statistics_for
+from fedcond.privacy.private_condensation import PrivateCondensation
 
 
 def _sample(n: int, *, shift: float = 0.0, scale: float = 1.0, seed: int = 0) -> torch.Tensor:
@@ -112,7 +112,7 @@ def test_bad_matching_settings_are_refused(changes: dict, match: str) -> None:
 def test_dp_refuses_mmd_matching() -> None:
     config = DistillConfig(iterations=5, init="noise", matching="mmd")
     with pytest.raises(PrivacyBudgetError, match="matching='mean'"):
-        dp_statistics_for(dp={"epsilon": 1.0}, distill=config, class_counts=torch.tensor([50, 50]))
+        PrivateCondensation({"epsilon": 1.0}, distill=config, class_counts=torch.tensor([50, 50]))
 
 
 def test_distill_cli_mmd_and_its_refusal_under_dp(tmp_path, capsys) -> None:
@@ -127,7 +127,19 @@ def test_distill_cli_mmd_and_its_refusal_under_dp(tmp_path, capsys) -> None:
 
 
 class _MeansOnly:
-    """A real-statistics object that is not the plain MeanStatistics (like the DP one)."""
+    """Real statistics that release class means only, like the DP ones."""
+
+    augmentation_per_class = True
+    means_only = True
+
+    def fingerprint(self):  # noqa: ANN201
+        return {"kind": "means-only"}
+
+    def state_dict(self):  # noqa: ANN201
+        return {}
+
+    def load_state_dict(self, state):  # noqa: ANN001, ANN201
+        pass
 
     def sample_batch(self, class_pools, *, generator):  # noqa: ANN001, ANN201
         raise AssertionError("never reached")

@@ -110,11 +110,14 @@ def test_federated_matching_is_checked_when_the_job_is_read(overrides: dict, mat
 
 def test_dp_client_reports_its_spent_budget():
     from fedcond.federated.client import client_partition, condense_partition
+    from fedcond.privacy.private_condensation import PrivateCondensation
 
     job = job_from_mapping({"num_clients": 4, "alpha": 0.5, "distill.ipc": 2, "distill.iterations": 3,
                             "distill.mixed_precision": False, "dp.epsilon": 8.0, "dp.delta": 1e-5})
     data = client_partition(job, partition_id=0, num_partitions=4)
-    outcome = condense_partition(data, distill=job.federated.distill, dp=job.federated.dp)
+    distill = job.federated.distill
+    private = PrivateCondensation(job.federated.dp, distill=distill, class_counts=data.class_counts())
+    outcome = condense_partition(data, distill=distill, private=private)
     assert outcome.epsilon is not None and 0 < outcome.epsilon <= 8.0 + 1e-6
     assert outcome.delta == pytest.approx(1e-5)
     assert outcome.synthetic.meta["init"] == "noise"

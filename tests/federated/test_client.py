@@ -202,9 +202,9 @@ def test_a_configured_dp_noise_seed_gives_every_client_and_round_its_own_noise(t
     seen: list[tuple[int | None, str]] = []
     real_condense = client_app.condense_partition
 
-    def spy(data, *, dp, **kwargs):
-        outcome = real_condense(data, dp=dp, **kwargs)
-        seen.append((dp.noise_seed, outcome.synthetic.meta["dp_noise"]))
+    def spy(data, *, private, **kwargs):
+        outcome = real_condense(data, private=private, **kwargs)
+        seen.append((private.statistics.noise_seed, outcome.synthetic.meta["dp_noise"]))
         return outcome
 
     monkeypatch.setattr(client_app, "condense_partition", spy)

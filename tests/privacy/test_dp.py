@@ -1,4 +1,4 @@
-"""DP distribution matching: clipping, Poisson sampling, noise scale, budget bookkeeping."""
+"""DP distribution matching: clipping, Poisson sampling, noise scale, private randomness, checkpoints."""
 
 from __future__ import annotations
 
@@ -10,21 +10,17 @@ from hypothesis import strategies as st
 from fedcond.config import AugmentConfig, DistillConfig, DPConfig
 from fedcond.data.registry import load_dataset
 from fedcond.distill.dm import DistributionMatching
-from fedcond.privacy.accounting import (
-    PrivacyAccountant,
-    PrivacyBudgetError,
-    epsilon_for,
-)
+from fedcond.privacy.accounting import PrivacyBudgetError
 from fedcond.privacy.dp import (
     DPMeanStatistics,
     DPPlan,
     clip_embeddings,
-    dp_statistics_for,
     noisy_class_sums,
     plan_dp,
     poisson_sample,
     sample_rate_for,
 )
+from fedcond.privacy.private_condensation import PrivateCondensation
 
 
 @settings(max_examples=30, deadline=None)
@@ -95,85 +91,14 @@ def test_statistics_refuse_to_exceed_the_budget() -> None:
         stats.class_means(emb, groups, num_classes=2, generator=torch.Generator())
 
 
-@pytest.mark.parametrize(
-    ("dp", "match"),
-    [
-        ({"epsilon": 0}, "epsilon"),
-        ({"epsilon": -2}, "epsilon"),
-        ({"epsilon": 1, "delta": 0}, "delta"),
-        ({"epsilon": 1, "delta": 1.5}, "delta"),
-        ({"epsilon": 1, "clip_norm": 0}, "clip"),
-        ({"epsilon": 1, "accountant": "moments"}, "accountant"),
-    ],
-)
-def test_bad_dp_settings_are_clear_errors(dp: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        dp_statistics_for(dp=dp, distill=DistillConfig(iterations=5), class_counts=torch.tensor([10, 10]))
-
-
-def test_dp_dm_end_to_end_reports_spent_epsilon() -> None:
-    splits = load_dataset("digits")
-    config = DistillConfig(ipc=1, iterations=4, init="noise", batch_real=32, dsa=False, mixed_precision=False)
-    stats, reporter = dp_statistics_for(
-        dp={"epsilon": 1.0, "delta": 1e-5}, distill=config, class_counts=splits.train.class_counts()
-    )
-    result = DistributionMatching(config, real_statistics=stats).condense(splits.train)
-    epsilon, delta = reporter(result)
-    assert delta == 1e-5
-    assert 0.5 < epsilon <= 1.0
-    plan = stats.plan
-    assert epsilon == pytest.approx(
-        epsilon_for(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=4, delta=1e-5)
-    )
-    assert stats.steps == 4
-    assert len(result.synthetic) == 10
-    assert bool(torch.isfinite(result.synthetic.images).all())
-
-
-def test_reporter_refuses_a_real_init_result() -> None:
-    splits = load_dataset("digits")
-    config = DistillConfig(ipc=1, iterations=1, init="real", batch_real=16, dsa=False, mixed_precision=False)
-    stats, reporter = dp_statistics_for(dp={"epsilon": 5.0}, distill=config, class_counts=splits.train.class_counts())
-    result = DistributionMatching(config, real_statistics=stats).condense(splits.train)
-    with pytest.raises(PrivacyBudgetError, match="init='noise'"):
-        reporter(result)
-
-
-def test_ledger_composes_rounds_within_the_total_budget() -> None:
-    splits = load_dataset("digits")
-    counts = splits.train.class_counts()
-    config = DistillConfig(ipc=1, iterations=3, init="noise", batch_real=32, dsa=False, mixed_precision=False)
-    ledger = PrivacyAccountant("rdp")
-    spent = []
-    for _ in range(2):  # two rounds planned against one budget of epsilon 2
-        stats, reporter = dp_statistics_for(
-            dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=counts, rounds=2, ledger=ledger
-        )
-        result = DistributionMatching(config, real_statistics=stats).condense(splits.train)
-        spent.append(reporter(result)[0])
-    with pytest.raises(PrivacyBudgetError, match="already called"):
-        reporter(result)  # a run is accounted once, never twice
-    assert ledger.steps == 6
-    assert spent[0] < spent[1] <= 2.0 + 1e-9  # cumulative, and within the whole budget
-    assert spent[1] > 0.9 * 2.0  # the budget is used, not wasted
-    # the per-round noise is larger than a one-round plan's: it must last two rounds
-    one_round, _ = dp_statistics_for(dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=counts)
-    assert stats.plan.noise_multiplier > one_round.plan.noise_multiplier
-    # a third round would exceed the budget: refused before any data is touched
-    with pytest.raises(PrivacyBudgetError, match="over the budget"):
-        dp_statistics_for(
-            dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=counts, rounds=2, ledger=ledger
-        )
-
-
 def test_one_mechanism_object_serves_one_run_of_a_multi_round_plan() -> None:
-    # a three-round plan is calibrated for 3 x 3 releases, but the reporter certifies one run:
-    # reusing the object for a second run would release 6 times under a 3-release certificate
+    # a three-round plan is calibrated for 3 x 3 releases, but a run is certified for its own:
+    # reusing the statistics for a second run would release 6 times under a 3-release certificate
     splits = load_dataset("digits")
     config = DistillConfig(ipc=1, iterations=3, init="noise", batch_real=32, dsa=False, mixed_precision=False)
-    stats, _ = dp_statistics_for(
-        dp={"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=splits.train.class_counts(), rounds=3
-    )
+    stats = PrivateCondensation(
+        {"epsilon": 2.0, "delta": 1e-5}, distill=config, class_counts=splits.train.class_counts(), rounds=3
+    ).statistics
     assert stats.plan.steps == 9 and stats.max_steps == 3
     DistributionMatching(config, real_statistics=stats).condense(splits.train)
     with pytest.raises(PrivacyBudgetError, match="3 releases and all are spent"):
@@ -214,9 +139,9 @@ def test_dp_augmentation_does_not_depend_on_the_other_sampled_images(
     layout = layout or "class"  # the default
     stats = None
     if private:
-        stats, _ = dp_statistics_for(
-            dp={"epsilon": 5.0, "delta": 1e-5}, distill=config, class_counts=splits.train.class_counts()
-        )
+        stats = PrivateCondensation(
+            {"epsilon": 5.0, "delta": 1e-5}, distill=config, class_counts=splits.train.class_counts()
+        ).statistics
     result = DistributionMatching(config, real_statistics=stats).condense(splits.train)
     assert len(sampled) == 3 and len(applied) == 6  # one draw, a real and a synthetic apply per iteration
     # DP forces the class layout whatever the config says
@@ -240,8 +165,8 @@ def _dp_run(splits, *, noise_seed: int | None, iterations: int = 3, checkpoint=N
     """A small DP-DM run on digits with the public seed fixed at 0."""
     config = DistillConfig(ipc=1, iterations=iterations, init="noise", batch_real=32, dsa=False,
                            mixed_precision=False, seed=0, checkpoint_every=1 if checkpoint else 0)
-    stats, _ = dp_statistics_for(dp={"epsilon": 5.0, "noise_seed": noise_seed}, distill=config,
-                                 class_counts=splits.train.class_counts())
+    stats = PrivateCondensation({"epsilon": 5.0, "noise_seed": noise_seed}, distill=config,
+                                class_counts=splits.train.class_counts()).statistics
 
     def stop(iteration: int, loss: float) -> None:
         if iteration == stop_at:

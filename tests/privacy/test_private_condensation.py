@@ -1,0 +1,168 @@
+"""PrivateCondensation: one DP run's settings, plan, accountant, ledger and certificate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fedcond.config import DistillConfig
+from fedcond.data.registry import load_dataset
+from fedcond.distill.dm import DistributionMatching
+from fedcond.privacy.accounting import PrivacyAccountant, PrivacyBudgetError, epsilon_for
+from fedcond.privacy.ledger import LedgerError, PrivacyLedger, data_source_digest
+from fedcond.privacy.private_condensation import DP_META_KEYS, PrivateCondensation
+
+TINY = {"ipc": 1, "init": "noise", "batch_real": 16, "dsa": False, "mixed_precision": False}
+BUDGET = {"epsilon": 2.0, "delta": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _run(private: PrivateCondensation, config: DistillConfig, data, **options):
+    """Condense ``data`` with DM drawing its real statistics from ``private``."""
+    return private.condense(DistributionMatching(config, real_statistics=private.statistics), data, **options)
+
+
+@pytest.mark.parametrize(
+    ("dp", "distill", "match"),
+    [
+        ({"epsilon": 0}, {}, "epsilon"),
+        ({"epsilon": -2}, {}, "epsilon"),
+        ({"epsilon": 1, "delta": 0}, {}, "delta"),
+        ({"epsilon": 1, "delta": 1.5}, {}, "delta"),
+        ({"epsilon": 1, "clip_norm": 0}, {}, "clip"),
+        ({"epsilon": 1, "accountant": "moments"}, {}, "accountant"),
+        ({"epsilon": 1}, {"init": "real"}, "init='noise', got init='real'"),
+        ({"epsilon": 1}, {"init": "kmeans"}, "init='noise', got init='kmeans'"),
+        ({"epsilon": 1}, {"matching": "mmd"}, "matching='mean'"),
+    ],
+)
+def test_bad_dp_settings_are_refused_by_name(dp: dict, distill: dict, match: str) -> None:
+    config = DistillConfig(iterations=5, **{"init": "noise", **distill})
+    with pytest.raises(ValueError, match=match):  # PrivacyBudgetError, or ConfigError when parsing the mapping
+        PrivateCondensation(dp, distill=config, class_counts=torch.tensor([10, 10]))
+
+
+def test_rounds_and_a_budget_without_a_ledger_are_refused() -> None:
+    config = DistillConfig(iterations=5, init="noise")
+    with pytest.raises(PrivacyBudgetError, match="rounds must be >= 1"):
+        PrivateCondensation(BUDGET, distill=config, class_counts=torch.tensor([10, 10]), rounds=0)
+    with pytest.raises(PrivacyBudgetError, match="needs a ledger"):
+        PrivateCondensation(BUDGET, distill=config, class_counts=torch.tensor([10, 10]), budget_epsilon=5.0)
+
+
+def test_a_run_writes_epsilon_delta_and_the_plan_into_the_set_meta(digits) -> None:
+    config = DistillConfig(iterations=4, **TINY)
+    private = PrivateCondensation(BUDGET, distill=config, class_counts=digits.train.class_counts())
+    result = _run(private, config, digits.train)
+    meta, plan = result.synthetic.meta, private.plan
+    expected = epsilon_for(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=4, delta=1e-5)
+    assert meta["epsilon"] == pytest.approx(expected) and 0.5 * 2.0 < meta["epsilon"] <= 2.0
+    assert meta["delta"] == 1e-5
+    assert (meta["dp_noise_multiplier"], meta["dp_sample_rate"], meta["dp_clip_norm"], meta["dp_accountant"]) == (
+        plan.noise_multiplier, plan.sample_rate, plan.clip_norm, "rdp"
+    )
+    assert meta["dp_noise"] == "secret" and "lifetime_epsilon" not in meta
+    assert set(DP_META_KEYS) - set(meta) == {"lifetime_epsilon"}
+    assert meta["method"] == "dm" and meta["iterations"] == 4  # the condenser's own metadata is kept
+    assert private.state_dict()["history"] == [[plan.noise_multiplier, plan.sample_rate, 4]]
+    with pytest.raises(PrivacyBudgetError, match="already ran"):  # one object, one accounted run
+        _run(private, config, digits.train)
+
+
+def test_rounds_restored_from_the_state_compose_like_one_accountant(digits) -> None:
+    config = DistillConfig(iterations=3, **TINY)
+    counts = digits.train.class_counts()
+    state, spent = None, []
+    for _ in range(2):  # two rounds planned against one budget: a new object per round, the state carried over
+        private = PrivateCondensation(BUDGET, distill=config, class_counts=counts, rounds=2, state=state)
+        spent.append(_run(private, config, digits.train).synthetic.meta["epsilon"])
+        state = json.loads(json.dumps(private.state_dict()))  # what Context.state keeps: plain values
+    plan = private.plan
+    single = PrivacyAccountant("rdp")
+    single.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=6)
+    assert spent[1] == pytest.approx(single.epsilon(delta=1e-5))
+    assert spent[0] < spent[1] <= 2.0 + 1e-9 and spent[1] > 0.9 * 2.0  # the budget is used, not wasted
+    one_round = PrivateCondensation(BUDGET, distill=config, class_counts=counts)
+    assert plan.noise_multiplier > one_round.plan.noise_multiplier  # the noise must last both rounds
+    # a third round was not planned: refused when the object is built, before the condenser exists
+    with pytest.raises(PrivacyBudgetError, match="over the budget"):
+        PrivateCondensation(BUDGET, distill=config, class_counts=counts, rounds=2, state=state)
+    with pytest.raises(PrivacyBudgetError, match="accountant state is for 'rdp'"):
+        PrivateCondensation({**BUDGET, "accountant": "prv"}, distill=config, class_counts=counts, state=state)
+
+
+def test_a_run_stopped_by_its_time_budget_is_charged_for_the_iterations_it_ran(digits, tmp_path) -> None:
+    config = DistillConfig(iterations=20, time_budget=1e-9, **TINY)
+    ledger = PrivacyLedger(tmp_path / "ledger.json", source="d" * 64)
+    private = PrivateCondensation(BUDGET, distill=config, class_counts=digits.train.class_counts(), ledger=ledger)
+    result = _run(private, config, digits.train)
+    plan = private.plan
+    assert result.stopped_by_time_budget and result.iterations_run == 1
+    one_step = epsilon_for(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=1, delta=1e-5)
+    assert result.synthetic.meta["epsilon"] == pytest.approx(one_step) and one_step < 2.0
+    assert sum(steps for _, _, steps in private.state_dict()["history"]) == 1
+    assert ledger.runs[-1]["steps"] == 1
+
+
+def test_the_lifetime_ledger_records_every_run_and_refuses_one_past_its_budget(digits, tmp_path) -> None:
+    config = DistillConfig(iterations=2, **TINY)
+    counts = digits.train.class_counts()
+    path = tmp_path / "ledger.json"
+    source = data_source_digest(digits.train.images, digits.train.labels)
+    private = PrivateCondensation(BUDGET, distill=config, class_counts=counts,
+                                  ledger=PrivacyLedger(path, source=source), budget_epsilon=3.0)
+    meta = _run(private, config, digits.train).synthetic.meta
+    on_disk = json.loads(path.read_text())
+    assert len(on_disk["runs"]) == 1 and on_disk["runs"][0]["steps"] == 2
+    assert meta["lifetime_epsilon"] == pytest.approx(on_disk["runs"][0]["epsilon_after"]) == pytest.approx(
+        meta["epsilon"]
+    )
+    # a restarted node reopens the file: a second run of the same plan would pass a lifetime budget
+    # just above what the first one spent
+    with pytest.raises(LedgerError, match="budget is exhausted"):
+        PrivateCondensation(BUDGET, distill=config, class_counts=counts,
+                            ledger=PrivacyLedger(path, source=source), budget_epsilon=meta["epsilon"] * 1.05)
+    assert len(json.loads(path.read_text())["runs"]) == 1
+
+
+class _UntouchableData:
+    """A data set whose every attribute access fails: proof that nothing read it."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"the real data was touched ({name})")
+
+
+def test_a_refused_run_never_reaches_the_condenser_or_the_data(digits, tmp_path) -> None:
+    config = DistillConfig(iterations=2, **TINY)
+    counts = digits.train.class_counts()
+    ledger = PrivacyLedger(tmp_path / "ledger.json", source="e" * 64)
+    ledger.record(noise_multiplier=0.5, sample_rate=0.5, steps=50, delta=1e-5)  # an exhausted node
+    built: list[str] = []
+    with pytest.raises(LedgerError, match="budget is exhausted"):
+        private = PrivateCondensation(BUDGET, distill=config, class_counts=counts, ledger=ledger, budget_epsilon=2.0)
+        built.append("object")
+        private.condense(DistributionMatching(config, real_statistics=private.statistics), _UntouchableData())
+    assert built == []
+
+
+def test_a_condenser_built_without_the_private_statistics_is_not_certified(digits, tmp_path) -> None:
+    config = DistillConfig(iterations=2, **TINY)
+    ledger = PrivacyLedger(tmp_path / "ledger.json", source="f" * 64)
+    private = PrivateCondensation(BUDGET, distill=config, class_counts=digits.train.class_counts(), ledger=ledger)
+    with pytest.raises(PrivacyBudgetError, match="made 0 DP releases"):
+        private.condense(DistributionMatching(config), digits.train)  # non-private DM: nothing to certify
+    assert ledger.runs == [] and private.state_dict()["history"] == []
+
+
+def test_a_set_started_from_real_images_is_not_certified(digits) -> None:
+    private = PrivateCondensation(BUDGET, distill=DistillConfig(iterations=1, **TINY),
+                                  class_counts=digits.train.class_counts())
+    real_start = DistillConfig(iterations=1, **{**TINY, "init": "real"})
+    with pytest.raises(PrivacyBudgetError, match="init='noise'"):
+        _run(private, real_start, digits.train)
