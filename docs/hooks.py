@@ -126,6 +126,8 @@ def field_descriptions(cls: type) -> dict[str, str]:
 
 
 def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return "str"  # its values are in the "allowed" column
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", repr(annotation))
     return text.replace("typing.", "").replace("NoneType", "None")
 
@@ -162,16 +164,30 @@ def _config_rows(cls: type, prefix: str, nested_defaults: Any = None) -> list[st
             note = described.get(f.name, "")
             if default is None:
                 note = (note + f" Unset by default (`None`); any `{key}.*` key sets it.").strip()
-            rows.append(f"| `{key}.*` | {inner.__name__} | | {_cell(note)} |")
+            rows.append(f"| `{key}.*` | {inner.__name__} | | | {_cell(note)} |")
             rows += _config_rows(inner, f"{key}.", default)
             continue
         default = repr(getattr(nested_defaults, f.name)) if nested_defaults is not None else _default(f)
-        rows.append(f"| `{key}` | `{_cell(_type_name(hints[f.name]))}` | `{_cell(default)}` | {_cell(described.get(f.name, ''))} |")
+        rows.append(
+            f"| `{key}` | `{_cell(_type_name(hints[f.name]))}` | `{_cell(default)}` | {_cell(_allowed(cls, f))} "
+            f"| {_cell(described.get(f.name, ''))} |"
+        )
     return rows
 
 
+def _allowed(cls: type, f: dataclasses.Field) -> str:
+    """The values the config accepts: its ``Literal`` choices or its declared range."""
+    from fedcond.config import choices_of
+
+    try:
+        return ", ".join(f"`{choice}`" for choice in choices_of(cls, f.name))
+    except KeyError:
+        bounds = f.metadata.get("range")
+        return bounds.describe().removeprefix("be ").removeprefix("lie ") if bounds is not None else ""
+
+
 def config_reference() -> str:
-    """Markdown for every config dataclass: one table of keys, types, defaults and meanings."""
+    """Markdown for every config dataclass: one table of keys, types, defaults, allowed values and meanings."""
     from fedcond import config
 
     lines = [
@@ -183,11 +199,11 @@ def config_reference() -> str:
     ]
     for name in config.__all__:
         cls = getattr(config, name)
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-            continue
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls) and hasattr(cls, "_check_rules")):
+            continue  # Range describes a field's interval; it is not a config section
         summary = (cls.__doc__ or "").strip().split("\n\n")[0]
         lines += [f"## `{name}`", "", _cell(summary), ""]
-        lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
         lines += _config_rows(cls, "")
         lines.append("")
     return "\n".join(lines)

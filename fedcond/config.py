@@ -4,11 +4,19 @@ CLI flags, TOML files and Flower's flat ``run_config`` all end up in :func:`pars
 which turns a (possibly nested or dotted) mapping into the dataclasses below, coercing
 values to the annotated types and rejecting unknown keys with a message that names them.
 Everything below the CLI receives these typed objects, never an argparse namespace.
+
+The configs check themselves when built, however they are built (:func:`parse_config`, a
+direct constructor call or ``dataclasses.replace``): a closed choice is a ``Literal`` type
+(:func:`choices_of` gives its values to the CLI and to the modules that dispatch on it), a
+numeric field declares its allowed interval with :func:`ranged`, and rules that tie several
+fields together live in the class's ``_check_rules``. A value out of range is a
+:class:`ConfigError` naming the key, before any data is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tomllib
 import types
@@ -16,7 +24,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 __all__ = [
     "AugmentConfig",
@@ -28,8 +36,11 @@ __all__ = [
     "DPConfig",
     "EvalConfig",
     "FederatedConfig",
+    "Range",
     "RobustConfig",
+    "choices_of",
     "load_toml",
+    "ranged",
     "parse_config",
     "flatten_config",
 ]
@@ -39,8 +50,111 @@ class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names the key."""
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 @dataclass(frozen=True)
-class DataConfig:
+class Range:
+    """The allowed interval of a numeric config field; ``None`` leaves that side open.
+
+    ``ge``/``gt`` bound from below (inclusive/exclusive), ``le``/``lt`` from above.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies in the interval (NaN never does)."""
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+
+    def describe(self) -> str:
+        """What a value must do, e.g. ``be >= 1`` or ``lie in (0, 1]``."""
+        lows = [f"[{_number(self.ge)}"] if self.ge is not None else []
+        lows += [f"({_number(self.gt)}"] if self.gt is not None else []
+        highs = [f"{_number(self.le)}]"] if self.le is not None else []
+        highs += [f"{_number(self.lt)})"] if self.lt is not None else []
+        if len(lows) == 1 and len(highs) == 1:
+            return f"lie in {lows[0]}, {highs[0]}"
+        bounds = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+        parts = [f"{op} {_number(bound)}" for op, bound in bounds if bound is not None]
+        return "be " + " and ".join(parts)
+
+
+def ranged(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None) -> Any:
+    """A dataclass field with ``default`` whose value must lie in the given interval (``None`` passes)."""
+    return field(default=default, metadata={"range": Range(ge=ge, gt=gt, le=le, lt=lt)})
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _literal_args(annotation: Any) -> tuple[Any, ...] | None:
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if typing.get_origin(arg) is Literal:
+                return typing.get_args(arg)
+    return None
+
+
+def choices_of(cls: type, name: str) -> tuple[str, ...]:
+    """The values a ``Literal`` config field accepts, in declaration order.
+
+    Raises
+    ------
+    KeyError
+        When ``name`` is not a field of ``cls`` with a ``Literal`` type.
+    """
+    choices = _literal_args(_hints(cls).get(name))
+    if choices is None:
+        raise KeyError(f"{cls.__name__}.{name} is not a field with a closed set of choices")
+    return tuple(choices)
+
+
+class _SelfChecking:
+    """Base of the config dataclasses: choices and ranges are checked once, when an object is built.
+
+    ``_section`` is the dotted prefix of the class's keys in a job (``distill``, ``dp`` ...), so
+    that a message names the key as the user writes it.
+    """
+
+    _section: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None or isinstance(value, _SelfChecking):
+                continue
+            key = f"{self._section}.{f.name}" if self._section else f.name
+            choices = _literal_args(hints[f.name])
+            if choices is not None and value not in choices:
+                raise ConfigError(f"config key {key!r} must be one of {', '.join(map(str, choices))}; got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
+            bounds = f.metadata.get("range")
+            if bounds is not None and not bounds.contains(value):
+                raise ConfigError(f"config key {key!r} must {bounds.describe()}, got {value!r}")
+        self._check_rules()
+
+    def _check_rules(self) -> None:
+        """Rules across several fields; every field is in range when this runs."""
+
+
+@dataclass(frozen=True)
+class DataConfig(_SelfChecking):
     """Which dataset to load and from where.
 
     Attributes
@@ -60,7 +174,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(_SelfChecking):
     """Differentiable siamese augmentation (DSA) settings, the DSA paper's defaults.
 
     ``strategy`` is an underscore-separated list of transforms; one of them is drawn per call
@@ -76,19 +190,21 @@ class AugmentConfig:
     ``class`` (see ``fedcond.privacy.dp``).
     """
 
+    _section: ClassVar[str] = "distill.augment"
+
     strategy: str = "color_crop_cutout_flip_scale_rotate"
-    layout: str = "class"
-    scale: float = 1.2
-    rotate_degrees: float = 15.0
-    crop_pad: float = 0.125
-    cutout: float = 0.5
-    brightness: float = 1.0
-    saturation: float = 2.0
-    contrast: float = 0.5
+    layout: Literal["sample", "class"] = "class"
+    scale: float = ranged(1.2, ge=1.0)
+    rotate_degrees: float = ranged(15.0, ge=0.0, le=180.0)
+    crop_pad: float = ranged(0.125, ge=0.0, lt=1.0)
+    cutout: float = ranged(0.5, ge=0.0, le=1.0)
+    brightness: float = ranged(1.0, ge=0.0)
+    saturation: float = ranged(2.0, ge=0.0)
+    contrast: float = ranged(0.5, ge=0.0)
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(_SelfChecking):
     """Distribution-matching condensation settings (DM paper defaults).
 
     Attributes
@@ -154,49 +270,53 @@ class DistillConfig:
         Training steps after which a queued network is replaced by a fresh one.
     """
 
-    ipc: int = 10
-    iterations: int = 1000
-    init: str = "real"
-    lr_img: float = 1.0
-    momentum: float = 0.5
-    batch_real: int = 256
+    _section: ClassVar[str] = "distill"
+
+    ipc: int = ranged(10, ge=1)
+    iterations: int = ranged(1000, ge=0)
+    init: Literal["real", "herding", "kmeans", "noise"] = "real"
+    lr_img: float = ranged(1.0, gt=0.0)
+    momentum: float = ranged(0.5, ge=0.0, lt=1.0)
+    batch_real: int = ranged(256, ge=1)
     model: str = "convnet"
     dsa: bool = True
-    matching: str = "mean"
-    mmd_weight: float = 1.0
+    matching: Literal["mean", "mmd"] = "mean"
+    mmd_weight: float = ranged(1.0, ge=0.0)
     mixed_precision: bool = True
     channels_last: bool = False
     compile: bool = False
-    real_chunk: int = 64
-    checkpoint_every: int = 0
-    factor: int = 1
-    seed: int = 0
-    time_budget: float | None = None
-    queue_size: int = 0
-    queue_lifetime: int = 100
+    real_chunk: int = ranged(64, ge=0)
+    checkpoint_every: int = ranged(0, ge=0)
+    factor: int = ranged(1, ge=1)
+    seed: int = ranged(0, ge=0)
+    time_budget: float | None = ranged(None, gt=0.0)
+    queue_size: int = ranged(0, ge=0)
+    queue_lifetime: int = ranged(100, ge=1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(_SelfChecking):
     """The field's evaluation protocol: K fresh networks trained on the synthetic set.
 
     SGD (lr 0.01, momentum 0.9, weight decay 5e-4), learning rate x0.1 at half of the
     epochs, DSA during training, batch 256; tested on the real test set.
     """
 
-    runs: int = 3
-    epochs: int = 300
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
+    _section: ClassVar[str] = "eval"
+
+    runs: int = ranged(3, ge=0)
+    epochs: int = ranged(300, ge=1)
+    lr: float = ranged(0.01, gt=0.0)
+    momentum: float = ranged(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = ranged(5e-4, ge=0.0)
+    batch_size: int = ranged(256, ge=1)
     dsa: bool = True
     model: str = "convnet"
 
 
 @dataclass(frozen=True)
-class DPConfig:
+class DPConfig(_SelfChecking):
     """Differentially private distribution matching.
 
     Attributes
@@ -218,16 +338,18 @@ class DPConfig:
         then holds only while this value stays secret.
     """
 
-    epsilon: float
-    delta: float = 1e-5
-    clip_norm: float = 0.6
-    sample_rate: float = 0.0
-    accountant: str = "rdp"
-    noise_seed: int | None = None
+    _section: ClassVar[str] = "dp"
+
+    epsilon: float = field(metadata={"range": Range(gt=0.0)})
+    delta: float = ranged(1e-5, gt=0.0, lt=1.0)
+    clip_norm: float = ranged(0.6, gt=0.0)
+    sample_rate: float = ranged(0.0, ge=0.0, le=1.0)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    noise_seed: int | None = ranged(None, ge=0)
 
 
 @dataclass(frozen=True)
-class RobustConfig:
+class RobustConfig(_SelfChecking):
     """The FedCond server's defences against hostile or faulty clients (``docs/robustness.md``).
 
     Attributes
@@ -259,31 +381,20 @@ class RobustConfig:
 
     #: off by default: on the demo's honest Dirichlet(0.1) partitions it cost 9 points on two of
     #: three seeds (docs/robustness.md), more than the issue's "costs nothing measurable" allows
-    enabled: bool = False
-    pixel_margin: float | None = None
-    max_class_count: int = 10_000_000
-    count_cap_factor: float = 3.0
-    outlier_nets: int = 2
-    outlier_margin: float = 1.0
-    outlier_spread: float = 4.0
-    max_set_age: int = 5
+    _section: ClassVar[str] = "robust"
 
-    def __post_init__(self) -> None:
-        if self.pixel_margin is not None and not self.pixel_margin >= 0:
-            raise ConfigError(f"config key 'robust.pixel_margin' must be >= 0, got {self.pixel_margin}")
-        if not 1 <= self.max_class_count <= 2**31 - 1:
-            raise ConfigError(f"config key 'robust.max_class_count' must lie in 1..2^31-1, got {self.max_class_count}")
-        if not self.count_cap_factor >= 1:
-            raise ConfigError(f"config key 'robust.count_cap_factor' must be >= 1, got {self.count_cap_factor}")
-        if self.outlier_nets < 0 or not self.outlier_margin > 0 or not self.outlier_spread > 0:
-            raise ConfigError("config keys 'robust.outlier_nets' (>= 0), 'robust.outlier_margin' and "
-                              "'robust.outlier_spread' (> 0) are out of range")
-        if self.max_set_age < 1:
-            raise ConfigError(f"config key 'robust.max_set_age' must be >= 1, got {self.max_set_age}")
+    enabled: bool = False
+    pixel_margin: float | None = ranged(None, ge=0.0)
+    max_class_count: int = ranged(10_000_000, ge=1, le=2**31 - 1)
+    count_cap_factor: float = ranged(3.0, ge=1.0)
+    outlier_nets: int = ranged(2, ge=0)
+    outlier_margin: float = ranged(1.0, gt=0.0)
+    outlier_spread: float = ranged(4.0, gt=0.0)
+    max_set_age: int = ranged(5, ge=1)
 
 
 @dataclass(frozen=True)
-class FederatedConfig:
+class FederatedConfig(_SelfChecking):
     """A federated run: partitioning, strategy and the clients' condensation settings.
 
     ``robust`` holds the FedCond server's defences; ``node_wait_timeout`` bounds the wait for
@@ -293,38 +404,49 @@ class FederatedConfig:
     """
 
     strategy: str = "fedcond"
-    num_clients: int = 10
-    partition: str = "dirichlet"
-    alpha: float = 0.1
-    shards_per_client: int = 2
-    min_partition_size: int = 10
-    rounds: int = 1
-    local_epochs: int = 1
-    local_lr: float = 0.01
-    local_batch_size: int = 32
-    proximal_mu: float = 0.01
-    fraction_train: float = 1.0
-    min_reply_fraction: float = 0.5
-    min_available_nodes: int = 1
-    round_timeout: float = 3600.0
-    train_per_class: int | None = None
-    test_per_class: int | None = None
-    server_epochs: int = 300
-    server_lr: float = 0.01
+    num_clients: int = ranged(10, ge=1)
+    partition: Literal["iid", "dirichlet", "shards"] = "dirichlet"
+    alpha: float = ranged(0.1, ge=0.0)
+    shards_per_client: int = ranged(2, ge=0)
+    min_partition_size: int = ranged(10, ge=1)
+    rounds: int = ranged(1, ge=1)
+    local_epochs: int = ranged(1, ge=1)
+    local_lr: float = ranged(0.01, gt=0.0)
+    local_batch_size: int = ranged(32, ge=1)
+    proximal_mu: float = ranged(0.01, ge=0.0)
+    fraction_train: float = ranged(1.0, gt=0.0, le=1.0)
+    min_reply_fraction: float = ranged(0.5, ge=0.0, le=1.0)
+    min_available_nodes: int = ranged(1, ge=1)
+    round_timeout: float = ranged(3600.0, gt=0.0)
+    train_per_class: int | None = ranged(None, ge=1)
+    test_per_class: int | None = ranged(None, ge=1)
+    server_epochs: int = ranged(300, ge=1)
+    server_lr: float = ranged(0.01, gt=0.0)
     model: str = "convnet"
-    seed: int = 0
+    seed: int = ranged(0, ge=0)
     #: clients start from noise: a real-image start uploads near-copies of training images, and
     #: the default client policy (fedcond.federated.policy) refuses it
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(iterations=200, init="noise"))
     dp: DPConfig | None = None
     robust: RobustConfig = field(default_factory=RobustConfig)
-    node_wait_timeout: float = 600.0
-    trimmed_beta: float = 0.2
-    byzantine_nodes: int = 1
+    node_wait_timeout: float = ranged(600.0, gt=0.0)
+    trimmed_beta: float = ranged(0.2, ge=0.0, lt=0.5)
+    byzantine_nodes: int = ranged(1, ge=0)
+
+    def _check_rules(self) -> None:
+        if self.partition == "dirichlet" and not self.alpha > 0:
+            raise ConfigError(f"config key 'alpha' must be > 0 for a Dirichlet partition, got {self.alpha}")
+        if self.partition == "shards" and self.shards_per_client < 1:
+            raise ConfigError(f"config key 'shards_per_client' must be >= 1, got {self.shards_per_client}")
+        if self.strategy != "fedcond" and self.dp is not None:
+            raise ConfigError(
+                f"config keys 'dp.*' apply to FedCond's DP-DM only; strategy {self.strategy!r} would run without "
+                "any privacy while the run config claimed it (drop dp.* for this strategy)"
+            )
 
 
 @dataclass(frozen=True)
-class ContinualConfig:
+class ContinualConfig(_SelfChecking):
     """A class-incremental continual-learning run (see ``docs/continual.md``).
 
     Attributes
@@ -355,27 +477,43 @@ class ContinualConfig:
     """
 
     benchmark: str = "split-digits"
-    replay: str = "distilled"
-    memory_per_class: int = 10
-    max_memory: int | None = None
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    replay: Literal["none", "random", "herding", "distilled", "joint"] = "distilled"
+    memory_per_class: int = ranged(10, ge=0)
+    max_memory: int | None = ranged(None, ge=1)
+    epochs: int = ranged(5, ge=1)
+    batch_size: int = ranged(64, ge=1)
+    lr: float = ranged(0.01, gt=0.0)
+    momentum: float = ranged(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = ranged(0.0, ge=0.0)
     model: str = "convnet"
     augment_memory: bool = False
     gdumb: bool = False
-    gdumb_epochs: int = 100
-    train_per_class: int | None = None
-    test_per_class: int | None = None
-    num_experiences: int = 5
-    seed: int = 0
+    gdumb_epochs: int = ranged(100, ge=1)
+    train_per_class: int | None = ranged(None, ge=1)
+    test_per_class: int | None = ranged(None, ge=1)
+    num_experiences: int = ranged(5, ge=1)
+    seed: int = ranged(0, ge=0)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(iterations=200))
+
+    def _check_rules(self) -> None:
+        remembers = self.replay in ("random", "herding", "distilled")
+        if remembers and self.max_memory is None and self.memory_per_class < 1:
+            raise ConfigError(
+                f"config key 'memory_per_class' must be >= 1 for replay {self.replay}, got {self.memory_per_class}"
+            )
+        if self.gdumb and not remembers:
+            raise ConfigError(
+                f"GDumb trains on the memory alone: it needs replay random, herding or distilled, not {self.replay!r}"
+            )
+        if self.augment_memory and (self.gdumb or not remembers):
+            raise ConfigError(
+                "augment_memory augments replayed memory images: it needs replay random, herding or distilled "
+                "without GDumb (GDumb already trains with DSA)"
+            )
 
 
 @dataclass(frozen=True)
-class AuditConfig:
+class AuditConfig(_SelfChecking):
     """Recoverability and membership-inference audit settings.
 
     ``reference_size`` real training images train the real-data reference model;
@@ -383,14 +521,14 @@ class AuditConfig:
     is the one-sided test level behind the verdict; ``model`` is the attacked architecture.
     """
 
-    shadow_models: int = 4
-    target_epochs: int = 100
+    shadow_models: int = ranged(4, ge=0)
+    target_epochs: int = ranged(100, ge=1)
     feature_space: bool = True
-    calibration_quantile: float = 0.01
-    seed: int = 0
-    reference_size: int = 1000
-    max_candidates: int = 1000
-    significance: float = 0.01
+    calibration_quantile: float = ranged(0.01, gt=0.0, lt=1.0)
+    seed: int = ranged(0, ge=0)
+    reference_size: int = ranged(1000, ge=1)
+    max_candidates: int = ranged(1000, ge=1)
+    significance: float = ranged(0.01, gt=0.0, lt=1.0)
     model: str = "convnet"
 
 
@@ -442,6 +580,11 @@ class _FileString(str):
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if isinstance(value, str) and value in choices:
+            return str(value)
+        raise ConfigError(f"config key {key!r} must be one of {', '.join(map(str, choices))}; got {value!r}")
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):

@@ -185,3 +185,136 @@ def test_a_quoted_number_in_a_config_file_is_refused_but_a_set_string_is_read(tm
     path.write_text('num-clients = 3\npartition = "iid"\n')
     assert parse_config(FederatedConfig, load_toml(path)).num_clients == 3
     assert parse_config(FederatedConfig, {"num-clients": "3"}).num_clients == 3  # --set values are strings
+
+
+# ---------------------------------------------------------------- configs that check themselves
+def _config_classes() -> list[type]:
+    import dataclasses
+
+    import fedcond.config as config
+
+    return [getattr(config, name) for name in config.__all__
+            if isinstance(getattr(config, name), type) and dataclasses.is_dataclass(getattr(config, name))
+            and name != "Range"]
+
+
+def _ranged_fields() -> list[tuple[type, str, object]]:
+    import dataclasses
+
+    return [(cls, f.name, f.metadata["range"]) for cls in _config_classes() for f in dataclasses.fields(cls)
+            if "range" in f.metadata]
+
+
+#: settings under which a field's closed end is valid (a rule across fields forbids it otherwise)
+_EDGE_CONTEXT: dict[tuple[str, str], dict[str, object]] = {
+    ("ContinualConfig", "memory_per_class"): {"replay": "none"},
+    ("FederatedConfig", "alpha"): {"partition": "shards"},
+    ("FederatedConfig", "shards_per_client"): {"partition": "dirichlet"},
+}
+
+
+def _build(cls: type, **values: object) -> object:
+    from fedcond.config import DPConfig
+
+    base: dict[str, object] = {"epsilon": 1.0} if cls is DPConfig else {}
+    return cls(**{**base, **values})
+
+
+def _outside_and_edge(bounds) -> tuple[list[float], list[float]]:
+    """Values just outside the interval, and its closed ends (which must pass)."""
+    outside, edges = [], []
+    if bounds.ge is not None:
+        outside.append(bounds.ge - 1 if float(bounds.ge).is_integer() else bounds.ge - 1e-3)
+        edges.append(bounds.ge)
+    if bounds.gt is not None:
+        outside.append(bounds.gt)
+    if bounds.le is not None:
+        outside.append(bounds.le + 1)
+        edges.append(bounds.le)
+    if bounds.lt is not None:
+        outside.append(bounds.lt)
+    return outside, edges
+
+
+@pytest.mark.parametrize(("cls", "name", "bounds"), _ranged_fields(), ids=lambda v: getattr(v, "__name__", str(v)))
+def test_every_ranged_field_refuses_values_outside_its_range_by_name(cls, name, bounds) -> None:
+    import dataclasses
+    import typing
+
+    annotation = typing.get_type_hints(cls)[name]
+    integer = int in (annotation, *typing.get_args(annotation))
+    outside, edges = _outside_and_edge(bounds)
+    assert outside, f"{cls.__name__}.{name} declares a range without a bound"
+    for value in outside:
+        value = int(value) if integer and float(value).is_integer() else value
+        with pytest.raises(ConfigError, match=rf"'(\w+\.)*{name}' must (be|lie in)"):
+            _build(cls, **{name: value})
+    for value in edges:
+        extra = _EDGE_CONTEXT.get((cls.__name__, name), {})
+        built = _build(cls, **{name: int(value) if integer else value}, **extra)
+        assert getattr(built, name) == value
+        assert dataclasses.replace(built) == built
+    with pytest.raises(ConfigError, match=rf"'(\w+\.)*{name}' must (be|lie in)"):  # replace() checks too
+        dataclasses.replace(_build(cls), **{name: int(outside[0]) if integer else outside[0]})
+
+
+def test_every_config_class_declares_ranges_for_its_numbers() -> None:
+    import dataclasses
+    import typing
+
+    unchecked = []
+    for cls in _config_classes():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            numeric = {int, float} & {hints[f.name], *typing.get_args(hints[f.name])}
+            if numeric and "range" not in f.metadata:
+                unchecked.append(f"{cls.__name__}.{f.name}")
+    assert unchecked == []
+
+
+@pytest.mark.parametrize(
+    ("cls", "name", "bad"),
+    [("DistillConfig", "init", "zeros"), ("DistillConfig", "matching", "cosine"), ("AugmentConfig", "layout", "batch"),
+     ("DPConfig", "accountant", "gdp"), ("ContinualConfig", "replay", "reservoir"),
+     ("FederatedConfig", "partition", "stripes")],
+)
+def test_choices_are_literals_checked_when_built_and_when_parsed(cls: str, name: str, bad: str) -> None:
+    import fedcond.config as config
+    from fedcond.config import choices_of
+
+    klass = getattr(config, cls)
+    choices = choices_of(klass, name)
+    with pytest.raises(ConfigError, match=rf"'(\w+\.)*{name}' must be one of {', '.join(choices)}; got '{bad}'"):
+        _build(klass, **{name: bad})
+    with pytest.raises(ConfigError, match=rf"must be one of {', '.join(choices)}"):
+        parse_config(klass, {"epsilon": 1.0, name: bad} if cls == "DPConfig" else {name: bad})
+    for good in choices:
+        assert getattr(_build(klass, **{name: good}), name) == good
+    with pytest.raises(KeyError, match="closed set of choices"):
+        choices_of(klass, "seed" if cls != "AugmentConfig" else "scale")
+
+
+def test_the_modules_that_dispatch_on_a_choice_take_it_from_the_config() -> None:
+    from fedcond.config import AugmentConfig, ContinualConfig, DistillConfig, choices_of
+    from fedcond.continual.policies import REPLAY_KINDS
+    from fedcond.data.partition import PARTITION_METHODS
+    from fedcond.distill.augment import LAYOUTS
+    from fedcond.distill.dm import INITS
+    from fedcond.distill.matching import MATCHINGS
+
+    assert INITS == choices_of(DistillConfig, "init") and MATCHINGS == choices_of(DistillConfig, "matching")
+    assert LAYOUTS == choices_of(AugmentConfig, "layout") and REPLAY_KINDS == choices_of(ContinualConfig, "replay")
+    assert PARTITION_METHODS == choices_of(FederatedConfig, "partition")
+
+
+def test_rules_across_fields_are_checked_when_built() -> None:
+    from fedcond.config import ContinualConfig, DPConfig
+
+    with pytest.raises(ConfigError, match="apply to FedCond's DP-DM only"):
+        FederatedConfig(strategy="fedavg", dp=DPConfig(epsilon=1.0))
+    with pytest.raises(ConfigError, match="GDumb trains on the memory alone"):
+        ContinualConfig(replay="joint", gdumb=True)
+    with pytest.raises(ConfigError, match="must be >= 1 for replay herding"):
+        ContinualConfig(replay="herding", memory_per_class=0)
+    assert ContinualConfig(replay="none", memory_per_class=0).memory_per_class == 0
+    assert ContinualConfig(replay="herding", memory_per_class=0, max_memory=20).max_memory == 20

@@ -79,8 +79,6 @@ def run_audit_command(args: argparse.Namespace) -> int:
             **overrides_from(args.set),
         },
     )
-    if config.shadow_models < 0 or config.target_epochs <= 0:
-        raise CommandError("--shadow-models must be >= 0 and --target-epochs > 0")
     synthetic = SyntheticSet.load(args.synthetic)
     if args.dataset is None:  # audit against the data the set says it was made from
         args.dataset = str(synthetic.meta.get("dataset") or "digits")

@@ -23,7 +23,7 @@ from fedcond.cli.common import (
     print_table,
     write_metrics,
 )
-from fedcond.config import AugmentConfig, DistillConfig, EvalConfig, parse_config
+from fedcond.config import AugmentConfig, DistillConfig, DPConfig, EvalConfig, choices_of, parse_config
 from fedcond.data.registry import DatasetSplits
 from fedcond.devices import resolve_device
 from fedcond.distill.augment import LAYOUTS
@@ -166,7 +166,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"{_DP_DEFAULTS['dp_clip']}: typical norms are 0.5-0.55)",
     )
     distill.add_argument(
-        "--dp-accountant", choices=("rdp", "prv"), default=None, help="privacy accountant (default rdp)"
+        "--dp-accountant",
+        choices=choices_of(DPConfig, "accountant"),
+        default=None,
+        help="privacy accountant (default rdp)",
     )
     distill.add_argument(
         "--dp-noise-seed",

@@ -24,7 +24,7 @@ from fedcond.cli.common import (
     print_table,
     write_metrics,
 )
-from fedcond.config import load_toml
+from fedcond.config import FederatedConfig, choices_of, load_toml
 from fedcond.federated.job import STRATEGIES
 
 __all__ = ["register", "run_simulate"]
@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", default=None, help="dataset name (default from config: digits)")
     parser.add_argument("--data-dir", type=Path, default=None, help="torchvision-layout dataset root")
     parser.add_argument("--num-clients", type=int, default=None, help="virtual SuperNodes / partitions")
-    parser.add_argument("--partition", choices=("iid", "dirichlet", "shards"), default=None)
+    parser.add_argument("--partition", choices=choices_of(FederatedConfig, "partition"), default=None)
     parser.add_argument("--alpha", type=float, default=None, help="Dirichlet concentration")
     parser.add_argument("--rounds", type=int, default=None, help="server rounds (fedcond: 1 = one-shot)")
     parser.add_argument("--ipc", type=int, default=None, help="synthetic images per class per client")
@@ -222,9 +222,6 @@ def run_simulate(args: argparse.Namespace) -> int:
     demo = _is_demo(args)
     policy = _policy(args)
     values = _mapping(args)
-    for key in ("num_clients", "rounds", "distill.ipc"):
-        if key in values and not isinstance(values[key], str) and int(values[key]) < 1:
-            raise CommandError(f"--{key.split('.')[-1].replace('_', '-')} must be >= 1, got {values[key]}")
     job = job_from_mapping({**values, "out": str(out)})
     jobs = [(job.federated.strategy, job)]
     for name, rounds in _comparisons(args, demo):

@@ -35,7 +35,6 @@ from fedcond.continual.runner import (
     average_accuracy,
     forgetting,
     run_continual,
-    validate_continual_config,
 )
 
 __all__ = [
@@ -60,5 +59,4 @@ __all__ = [
     "run_continual",
     "seeded_class_order",
     "to_avalanche_dataset",
-    "validate_continual_config",
 ]

@@ -21,7 +21,7 @@ from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.plugins.strategy_plugin import SupervisedPlugin
 from avalanche.training.storage_policy import ClassBalancedBuffer, ExemplarsBuffer
 
-from fedcond.config import DistillConfig
+from fedcond.config import ContinualConfig, DistillConfig, choices_of
 from fedcond.continual.buffers import ArrivalOrder, DistilledBuffer, class_quotas
 from fedcond.continual.herding import HerdingBuffer
 from fedcond.continual.plugins import DistilledReplayPlugin
@@ -32,7 +32,7 @@ __all__ = ["MEMORY_KINDS", "REPLAY_KINDS", "make_replay_plugin", "make_storage_p
 #: replay kinds that keep a memory
 MEMORY_KINDS = ("random", "herding", "distilled")
 #: every value of ``--replay`` (``joint`` is the offline upper bound, no memory)
-REPLAY_KINDS = ("none", *MEMORY_KINDS, "joint")
+REPLAY_KINDS = choices_of(ContinualConfig, "replay")
 
 
 def _random(max_size: int, adaptive: bool, num_classes: int | None, **_: object) -> ExemplarsBuffer:

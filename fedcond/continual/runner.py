@@ -43,7 +43,7 @@ from fedcond.config import ContinualConfig, DistillConfig, EvalConfig
 from fedcond.continual.augment import MemoryAugmentation
 from fedcond.continual.benchmarks import SplitBenchmark, dataset_tensors, make_split_benchmark
 from fedcond.continual.buffers import DistilledBuffer, class_quotas
-from fedcond.continual.policies import MEMORY_KINDS, REPLAY_KINDS, make_replay_plugin, make_storage_policy
+from fedcond.continual.policies import MEMORY_KINDS, make_replay_plugin, make_storage_policy
 from fedcond.devices import resolve_device
 from fedcond.distill.evaluate import accuracy, train_with_recipe
 from fedcond.models import get_model
@@ -53,7 +53,6 @@ __all__ = [
     "average_accuracy",
     "forgetting",
     "run_continual",
-    "validate_continual_config",
     "check_memory_fits",
 ]
 
@@ -150,42 +149,6 @@ class ContinualResult:
             "wall_seconds": self.wall_seconds,
             "condense_seconds": self.condense_seconds,
         }
-
-
-def validate_continual_config(config: ContinualConfig) -> None:
-    """Reject settings that cannot run, with a message naming the setting.
-
-    Raises
-    ------
-    ValueError
-        Unknown replay kind, non-positive memory, epochs or batch size, a total budget smaller
-        than the number of classes, GDumb without a memory, or memory augmentation without
-        replay.
-    """
-    if config.replay not in REPLAY_KINDS:
-        raise ValueError(f"unknown replay {config.replay!r}; choose one of {', '.join(REPLAY_KINDS)}")
-    if config.replay in MEMORY_KINDS and config.max_memory is None and config.memory_per_class <= 0:
-        raise ValueError(
-            f"--memory-per-class (memory_per_class) must be >= 1 for replay {config.replay}, "
-            f"got {config.memory_per_class}"
-        )
-    if config.max_memory is not None and config.max_memory <= 0:
-        raise ValueError(f"max_memory must be positive, got {config.max_memory}")
-    if config.gdumb and config.replay not in MEMORY_KINDS:
-        raise ValueError(
-            "GDumb trains on the memory alone: it needs replay random, herding or distilled, "
-            f"not {config.replay!r}"
-        )
-    for name in ("epochs", "batch_size", "num_experiences"):
-        if getattr(config, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
-    if config.augment_memory and (config.gdumb or config.replay not in MEMORY_KINDS):
-        raise ValueError(
-            "augment_memory augments replayed memory images: it needs replay random, herding or distilled "
-            "without GDumb (GDumb already trains with DSA)"
-        )
-    if config.gdumb and config.gdumb_epochs <= 0:
-        raise ValueError(f"gdumb_epochs must be positive, got {config.gdumb_epochs}")
 
 
 def check_memory_fits(config: ContinualConfig, bench: SplitBenchmark) -> None:
@@ -289,7 +252,6 @@ def run_continual(
     -------
     ContinualResult
     """
-    validate_continual_config(config)
     device = resolve_device(device)
     start = time.perf_counter()
     _seed_everything(config.seed)

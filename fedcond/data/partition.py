@@ -19,6 +19,8 @@ import logging
 
 import numpy as np
 
+from fedcond.config import FederatedConfig, choices_of
+
 __all__ = [
     "PARTITION_METHODS",
     "PartitionError",
@@ -30,7 +32,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PARTITION_METHODS = ("iid", "dirichlet", "shards")
+PARTITION_METHODS = choices_of(FederatedConfig, "partition")
 _MAX_DIRICHLET_DRAWS = 1000
 
 

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fedcond.config import AugmentConfig
+from fedcond.config import AugmentConfig, choices_of
 
 __all__ = ["LAYOUTS", "TRANSFORMS", "AugmentParams", "SiameseAugment"]
 
 TRANSFORMS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 #: Who shares a parameter set inside DM (``AugmentConfig.layout``).
-LAYOUTS = ("sample", "class")
+LAYOUTS = choices_of(AugmentConfig, "layout")
 
 
 @dataclass(frozen=True)

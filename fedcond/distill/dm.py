@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedcond.config import DistillConfig
+from fedcond.config import DistillConfig, choices_of
 from fedcond.data.registry import DIGIT_DATASETS, ArrayDataset, DatasetSpec
 from fedcond.devices import autocast_context, resolve_device
 from fedcond.distill.augment import SiameseAugment
@@ -35,7 +35,7 @@ from fedcond.distill.condenser import register_condenser
 from fedcond.distill.coreset import HerdingSelector
 from fedcond.distill.formation import check_factor, decode_formation, encode_formation, expand_labels
 from fedcond.distill.kmeans import kmeans
-from fedcond.distill.matching import check_matching, class_mmd_loss, dm_loss
+from fedcond.distill.matching import class_mmd_loss, dm_loss
 from fedcond.distill.statistics import MeanStatistics, RealStatistics, class_means
 from fedcond.distill.synthetic import SyntheticSet, dataset_meta
 from fedcond.models import get_model, reset_parameters
@@ -44,7 +44,7 @@ __all__ = ["CondensationResult", "DistributionMatching", "DivergenceError", "INI
 
 #: synthetic-set initialisations: random real images, the herding coreset, per-class k-means
 #: centroids, or N(0, 1) noise
-INITS = ("real", "herding", "kmeans", "noise")
+INITS = choices_of(DistillConfig, "init")
 
 logger = logging.getLogger(__name__)
 
@@ -282,20 +282,7 @@ class DistributionMatching:
         embedder: nn.Module | None = None,
         progress: bool = False,
     ) -> None:
-        if config.ipc <= 0:
-            raise ValueError(f"ipc must be positive, got {config.ipc}")
-        if config.iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {config.iterations}")
-        _check_init(config.init)
-        check_matching(config.matching)
-        if not (math.isfinite(config.mmd_weight) and config.mmd_weight >= 0):
-            raise ValueError(f"mmd_weight must be finite and >= 0, got {config.mmd_weight}")
-        if not (math.isfinite(config.lr_img) and config.lr_img > 0):
-            raise ValueError(f"lr_img must be finite and > 0, got {config.lr_img}")
-        if not (math.isfinite(config.momentum) and 0 <= config.momentum < 1):
-            raise ValueError(f"momentum must lie in [0, 1), got {config.momentum}")
-        if config.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 (0 = never), got {config.checkpoint_every}")
+        # every field of ``config`` is in range: DistillConfig checks itself when built
         if real_statistics is not None and not isinstance(real_statistics, RealStatistics):
             raise TypeError(
                 f"real_statistics ({type(real_statistics).__name__}) does not implement "
@@ -307,14 +294,6 @@ class DistributionMatching:
                 "matching='mmd' needs every real embedding, but the supplied real statistics "
                 f"({type(real_statistics).__name__}) release only class means (as differentially "
                 "private DM does): use matching='mean'"
-            )
-        if config.real_chunk < 0:
-            raise ValueError(f"real_chunk must be >= 0 (0 = no chunking), got {config.real_chunk}")
-        if config.time_budget is not None and not (math.isfinite(config.time_budget) and config.time_budget > 0):
-            raise ValueError(f"time_budget must be finite and > 0 seconds (or None), got {config.time_budget}")
-        if config.queue_size < 0 or config.queue_lifetime < 1:
-            raise ValueError(
-                f"queue_size must be >= 0 and queue_lifetime >= 1, got {config.queue_size} and {config.queue_lifetime}"
             )
         if config.queue_size > 0:
             conflicts = [

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import torch
 
+from fedcond.config import DistillConfig, choices_of
+
 __all__ = ["BANDWIDTH_FACTORS", "MATCHINGS", "check_matching", "class_mmd_loss", "dm_loss", "gaussian_mmd2"]
 
 #: ``mean``: DM's squared distance between class means; ``mmd``: that plus a Gaussian-kernel MMD
-MATCHINGS = ("mean", "mmd")
+MATCHINGS = choices_of(DistillConfig, "matching")
 
 #: the kernel mixes three bandwidths around the median squared real-synthetic distance
 BANDWIDTH_FACTORS = (0.25, 1.0, 4.0)

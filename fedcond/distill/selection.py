@@ -34,8 +34,6 @@ class _SelectionCondenser:
     config_fields: ClassVar[frozenset[str] | None] = frozenset({"ipc", "seed"})
 
     def __init__(self, config: DistillConfig, *, device: torch.device | str = "cpu") -> None:
-        if config.ipc <= 0:
-            raise ValueError(f"ipc must be positive, got {config.ipc}")
         self.config = config
         self.device = resolve_device(device)
 

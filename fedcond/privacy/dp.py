@@ -44,7 +44,6 @@ import torch
 from fedcond.config import DPConfig
 from fedcond.distill.statistics import RealBatch
 from fedcond.privacy.accounting import (
-    ACCOUNTANTS,
     PrivacyAccountant,
     PrivacyBudgetError,
     calibrate_noise_multiplier,
@@ -175,23 +174,18 @@ class DPPlan:
 
 
 def plan_dp(config: DPConfig, *, iterations: int, batch_real: int, class_counts: torch.Tensor) -> DPPlan:
-    """Validate ``config`` and calibrate sigma for ``iterations`` steps.
+    """Calibrate sigma for ``iterations`` steps of ``config``'s mechanism.
+
+    ``config`` checked its own ranges (epsilon, delta, clip norm, sample rate, accountant) when
+    it was built; :func:`~fedcond.privacy.accounting.check_budget` guards the accountant's own
+    contract.
 
     Raises
     ------
     PrivacyBudgetError
-        For epsilon <= 0, delta outside (0, 1), a non-positive clip norm, a sample rate outside
-        [0, 1] or an unknown accountant.
+        For a budget the accountant cannot meet.
     """
     check_budget(epsilon=config.epsilon, delta=config.delta)
-    if not config.clip_norm > 0:
-        raise PrivacyBudgetError(f"DP clip norm must be positive, got {config.clip_norm}")
-    if not 0 <= config.sample_rate <= 1:
-        raise PrivacyBudgetError(f"DP sample rate must lie in [0, 1] (0: derive), got {config.sample_rate}")
-    if config.accountant not in ACCOUNTANTS:
-        raise PrivacyBudgetError(
-            f"unknown DP accountant {config.accountant!r}; choose one of {', '.join(ACCOUNTANTS)}"
-        )
     q = config.sample_rate or sample_rate_for(batch_real=batch_real, class_counts=class_counts)
     sigma = calibrate_noise_multiplier(
         epsilon=config.epsilon, delta=config.delta, sample_rate=q, steps=iterations, accountant=config.accountant

@@ -56,7 +56,7 @@ def test_bad_memory_is_one_clear_error(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "must be >= 1 for replay" in err and "Traceback" not in err
     assert main(["continual", "--memory-per-class", "-1", "--out", str(tmp_path / "y")]) == 2
-    assert "--memory-per-class must be >= 0" in capsys.readouterr().err
+    assert "'memory_per_class' must be >= 0" in capsys.readouterr().err
 
 
 def test_no_memory_needs_no_memory_size(tmp_path, capsys) -> None:

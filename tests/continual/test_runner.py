@@ -7,13 +7,13 @@ import dataclasses
 import pytest
 import torch
 
+from fedcond.config import ConfigError
 from fedcond.continual import (
     MEMORY_KINDS,
     average_accuracy,
     forgetting,
     make_storage_policy,
     run_continual,
-    validate_continual_config,
 )
 
 from .conftest import tiny_config
@@ -116,16 +116,16 @@ def test_accuracy_and_forgetting_on_a_known_matrix() -> None:
     ("overrides", "message"),
     [
         ({"memory_per_class": 0}, "must be >= 1 for replay"),
-        ({"memory_per_class": -2}, "must be >= 1 for replay"),
-        ({"replay": "reservoir"}, "unknown replay 'reservoir'"),
+        ({"memory_per_class": -2}, "'memory_per_class' must be >= 0"),
+        ({"replay": "reservoir"}, "'replay' must be one of none, random, herding, distilled, joint; got 'reservoir'"),
         ({"replay": "none", "gdumb": True}, "GDumb trains on the memory alone"),
-        ({"epochs": 0}, "epochs must be positive"),
-        ({"max_memory": 0}, "max_memory must be positive"),
+        ({"epochs": 0}, "'epochs' must be >= 1"),
+        ({"max_memory": 0}, "'max_memory' must be >= 1"),
     ],
 )
 def test_bad_configurations_are_named(overrides: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        validate_continual_config(tiny_config(**overrides))
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(**overrides)
 
 
 def test_a_total_budget_smaller_than_the_classes_is_refused(digits_stream) -> None:

@@ -78,7 +78,7 @@ def test_crop_shifts_follow_each_sides_own_length_on_non_square_images() -> None
 
 
 def test_unknown_augmentation_layout_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="layout 'pixel' is not one of sample, class"):
+    with pytest.raises(ValueError, match="'distill.augment.layout' must be one of sample, class; got 'pixel'"):
         SiameseAugment(AugmentConfig(layout="pixel"))
 
 

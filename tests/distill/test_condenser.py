@@ -219,7 +219,7 @@ def test_idm_queue_trains_its_embedders_on_the_real_data(digits) -> None:
         ({"compile": True}, {}, "compile"),
         ({"checkpoint_every": 5}, {}, "checkpoint_every"),
         ({}, {"embedder": torch.nn.Identity()}, "embedder"),
-        ({"queue_lifetime": 0}, {}, "queue_lifetime >= 1"),
+        ({"queue_lifetime": 0}, {}, "'distill.queue_lifetime' must be >= 1"),
     ],
 )
 def test_idm_queue_refuses_what_it_cannot_combine_with(changes: dict, options: dict, message: str) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedcond.config import DistillConfig
+from fedcond.config import ConfigError, DistillConfig
 from fedcond.distill.dm import DistributionMatching, dm_loss, initial_synthetic
 from fedcond.distill.statistics import class_means
 from fedcond.models import get_model
@@ -195,23 +195,23 @@ def test_herding_init_through_the_engine_is_reproducible_and_needs_enough_images
 
 
 @pytest.mark.parametrize(
-    ("config", "message"),
+    ("values", "message"),
     [
-        (DistillConfig(ipc=0), "ipc must be positive"),
-        (DistillConfig(ipc=-2), "ipc must be positive"),
-        (DistillConfig(init="zeros"), "init must be"),
-        (DistillConfig(iterations=-1), "iterations must be"),
-        (DistillConfig(real_chunk=-1), "real_chunk must be"),
-        (DistillConfig(lr_img=float("nan")), "lr_img must be finite and > 0"),
-        (DistillConfig(lr_img=0.0), "lr_img must be finite and > 0"),
-        (DistillConfig(momentum=1.0), "momentum must lie in"),
-        (DistillConfig(mmd_weight=float("inf")), "mmd_weight must be finite"),
-        (DistillConfig(checkpoint_every=-1), "checkpoint_every must be >= 0"),
+        ({"ipc": 0}, "'distill.ipc' must be >= 1"),
+        ({"ipc": -2}, "'distill.ipc' must be >= 1"),
+        ({"init": "zeros"}, "'distill.init' must be one of real, herding, kmeans, noise"),
+        ({"iterations": -1}, "'distill.iterations' must be >= 0"),
+        ({"real_chunk": -1}, "'distill.real_chunk' must be >= 0"),
+        ({"lr_img": float("nan")}, "'distill.lr_img' must be a finite number"),
+        ({"lr_img": 0.0}, "'distill.lr_img' must be > 0"),
+        ({"momentum": 1.0}, r"'distill.momentum' must lie in \[0, 1\)"),
+        ({"mmd_weight": float("inf")}, "'distill.mmd_weight' must be a finite number"),
+        ({"checkpoint_every": -1}, "'distill.checkpoint_every' must be >= 0"),
     ],
 )
-def test_bad_configs(config: DistillConfig, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        DistributionMatching(config)
+def test_bad_configs_are_refused_before_dm_is_built(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DistillConfig(**values)
 
 
 def test_bad_data(digits) -> None:

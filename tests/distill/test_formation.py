@@ -90,8 +90,8 @@ def test_dm_with_factor_two_stores_ipc_images_and_matches_their_tiles(digits) ->
     assert torch.equal(again.synthetic.images, synthetic.images)
     with pytest.raises(ValueError, match="does not divide the image size 8x8"):
         DistributionMatching(DistillConfig(ipc=1, iterations=1, factor=3)).condense(digits.train)
-    with pytest.raises(ValueError, match="factor must be a positive integer"):
-        DistributionMatching(DistillConfig(factor=0))
+    with pytest.raises(ValueError, match="'distill.factor' must be >= 1"):
+        DistillConfig(factor=0)
     with pytest.raises(ValueError, match=r"ipc x factor\^2 = 40 x 4 = 160"):
         DistributionMatching(DistillConfig(ipc=40, iterations=1, factor=2)).condense(digits.train)
 

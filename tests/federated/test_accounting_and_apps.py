@@ -98,7 +98,7 @@ def test_flwr_run_config_turns_dp_on_with_a_positive_epsilon_only():
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"distill.matching": "median"}, "not one of mean, mmd"),
+        ({"distill.matching": "median"}, "must be one of mean, mmd"),
         ({"distill.matching": "mmd", "dp.epsilon": 4.0}, "not private"),
     ],
 )

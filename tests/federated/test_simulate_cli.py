@@ -69,7 +69,7 @@ def test_one_shot_end_to_end_in_process_with_a_fedavg_comparison(tmp_path):
         (["--num-clients", "0"], "must be >= 1"),
         (["--config", "missing.toml"], "does not exist"),
         (["--set", "strategy=fedsgd"], "is not one of fedcond, fedavg, fedprox"),
-        (["--set", "partition=stripes"], "'partition': 'stripes' is not one of iid, dirichlet, shards"),
+        (["--set", "partition=stripes"], "'partition' must be one of iid, dirichlet, shards; got 'stripes'"),
         (["--alpha", "0"], "'alpha' must be > 0"),
         (["--dataset", "mnist", "--data-dir", "/nonexistent"], "/nonexistent"),
         # --set values arrive as strings and used to skip the CLI's range checks

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedcond.config import DPConfig
+from fedcond.config import ConfigError, DPConfig
 from fedcond.privacy.accounting import (
     PrivacyAccountant,
     PrivacyBudgetError,
@@ -104,5 +104,5 @@ def test_plan_dp_uses_the_configured_rate_or_derives_it_from_the_smallest_class(
     assert fixed.noise_multiplier < derived.noise_multiplier  # a lower rate amplifies privacy: less noise
     spent = epsilon_for(noise_multiplier=fixed.noise_multiplier, sample_rate=0.05, steps=20, delta=1e-5)
     assert spent <= 3.0
-    with pytest.raises(PrivacyBudgetError, match=r"sample rate must lie in \[0, 1\]"):
-        plan_dp(DPConfig(epsilon=3.0, sample_rate=1.5), iterations=20, batch_real=25, class_counts=counts)
+    with pytest.raises(ConfigError, match=r"'dp.sample_rate' must lie in \[0, 1\]"):
+        DPConfig(epsilon=3.0, sample_rate=1.5)

@@ -139,7 +139,7 @@ def test_audit_refuses_a_candidate_cap_below_one(copied_set: Path, tmp_path: Pat
     # -1 used to slice [:-1]: 99 members against 179 non-members, reported as 99 each
     argv = ["audit", "--synthetic", str(copied_set), "--out", str(tmp_path / "a"), *FAST_AUDIT]
     assert main([*argv, "--set", f"max_candidates={value}"]) == 2
-    assert "max_candidates must be >= 1" in capsys.readouterr().err
+    assert "'max_candidates' must be >= 1" in capsys.readouterr().err
 
 
 def test_a_bad_reference_cache_path_is_refused_before_the_audit(copied_set: Path, tmp_path: Path, capsys) -> None:
@@ -169,7 +169,7 @@ def test_audit_rejects_a_quantile_outside_the_unit_interval(
         "audit", "--synthetic", str(copied_set), "--out", str(tmp_path / "a"), f"--quantile={quantile}", *FAST_AUDIT
     ]
     assert main(argv) == 2
-    assert "calibration_quantile must lie in (0, 1)" in capsys.readouterr().err
+    assert "'calibration_quantile' must lie in (0, 1)" in capsys.readouterr().err
 
 
 def test_dp_distill_reports_epsilon_within_the_request(tmp_path: Path) -> None:
