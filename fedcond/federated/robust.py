@@ -2,7 +2,7 @@
 
 Per-reply checks (:mod:`fedcond.federated.validation`) cannot see a lie that only shows next to
 the other clients' replies. Two cross-client steps run on the validated sets before they are
-aggregated (``robust.enabled``, off by default; ``docs/robustness.md`` gives the threat model and
+aggregated (``robust.enabled``, on by default; ``docs/robustness.md`` gives the threat model and
 the measurement behind that default):
 
 **Capped claims.** Real-sample counts are the client's word and weight the union. A client's
