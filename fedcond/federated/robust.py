@@ -16,12 +16,14 @@ client.
 
 **Embedding outliers.** Each client's images of class ``c`` are embedded by a few randomly
 initialised networks (DM's own view of a class: the mean embedding). The class's *prototype* is
-the coordinate-wise median of the clients' class means, weighted by the (capped) real-sample
-counts the clients claim for that class. Weighting matters under non-IID partitions: a class is
-typically held by one client with hundreds of images and a few clients with one to five, whose
-small sets are noisy; an unweighted median of such holders lies among the small sets and
-flags the one client that holds the class. Claims are capped first, so a liar weighs at most
-``count_cap_factor`` median clients. A client's class is an outlier when
+the coordinate-wise median of the clients' class means, weighted by how many images of the
+class each client sent. Weighting matters under non-IID partitions: a class is typically held by
+one client with hundreds of images and a few clients with one to five, whose sets are small
+(the release gate withholds their near-copies) and noisy; an unweighted median of such holders
+lies among the small sets and flags the one client that holds the class. The weight is the
+number of images sent, not the claimed real-sample count: it is bounded by ``ipc`` per class
+(validation caps it), so a liar cannot buy the prototype with an inflated claim. A client's
+class is an outlier when
 
 - its mean lies closer to another class's prototype than to its own by ``outlier_margin``
   (flipped labels, images of the wrong class), or
@@ -30,7 +32,8 @@ flags the one client that holds the class. Claims are capped first, so a liar we
   images).
 
 Outlier classes are removed from that client's set; a client with more than half of its classes
-flagged is rejected altogether. A class held by a single client has no reference and cannot be
+flagged is rejected altogether, one at a time (the most flagged classes first), and the rule judges the
+others again without it, so a rejected client's sets shape no prototype. A class held by a single client has no reference and cannot be
 judged. The embedding networks are seeded by the server (``seed``), so a round is reproducible.
 """
 
@@ -174,8 +177,7 @@ def embedding_outliers(
     prototypes = {
         c: weighted_median(
             torch.stack([means[(i, c)] for i in idx]),
-            # every holder weighs at least one sample: a set may hold a class it claims 0 of
-            torch.tensor([max(1, int(sets[i].class_counts[c])) for i in idx], dtype=torch.float64),
+            torch.tensor([int((sets[i].synthetic.labels == c).sum()) for i in idx], dtype=torch.float64),
         )
         for c, idx in holders.items()
     }
@@ -233,17 +235,35 @@ def robust_sets(
         return RobustOutcome(list(sets))
     capped, cap_notes = cap_claimed_counts(sets, factor=config.count_cap_factor)
     neutralised = {node: [note] for node, note in cap_notes.items()}
-    flagged = embedding_outliers(
-        capped,
-        spec=spec,
-        model_name=model_name,
-        nets=config.outlier_nets,
-        margin=config.outlier_margin,
-        spread=config.outlier_spread,
-        seed=seed,
-    )
-    kept, rejected = [], {}
-    for s in capped:
+    # a rejected client's sets must not shape the prototypes that judge the others: reject the
+    # most flagged client only, judge the rest again without it, and repeat (one pass per rejection)
+    rejected: dict[int, str] = {}
+    remaining = list(capped)
+    while True:
+        flagged = embedding_outliers(
+            remaining,
+            spec=spec,
+            model_name=model_name,
+            nets=config.outlier_nets,
+            margin=config.outlier_margin,
+            spread=config.outlier_spread,
+            seed=seed,
+        )
+        over_half = {}
+        for s in remaining:
+            classes = flagged.get(s.node_id, {})
+            held = int((s.synthetic.class_counts() > 0).sum())
+            if classes and 2 * len(classes) > held:
+                over_half[s.node_id] = (len(classes), len(classes) / held, held, classes)
+        if not over_half or len(over_half) == len(remaining):
+            break
+        # most evidence first: the most flagged classes, then the largest flagged share
+        worst = max(over_half, key=lambda node: over_half[node][:2])
+        count, _, held, classes = over_half[worst]
+        rejected[worst] = f"outlier on {count} of {held} classes: " + "; ".join(classes.values())
+        remaining = [s for s in remaining if s.node_id != worst]
+    kept = []
+    for s in remaining:
         classes = flagged.get(s.node_id)
         if not classes:
             kept.append(s)

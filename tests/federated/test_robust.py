@@ -206,29 +206,58 @@ def test_weighted_median_follows_the_weights_and_equals_the_lower_median_without
         weighted_median(values, torch.ones(3))
 
 
-def _labelled_set(node_id: int, digits, *, images_of: int, label: int, count: int, offset: int) -> ClientSet:
-    """A set of IPC real images of class ``images_of`` labelled ``label``, claiming ``count`` samples."""
-    pool = (digits.train.labels == images_of).nonzero().flatten()[offset : offset + IPC]
+def _labelled_set(node_id: int, digits, *, images_of: int, label: int, count: int, offset: int, n: int = IPC) -> ClientSet:
+    """A set of ``n`` real images of class ``images_of`` labelled ``label``, claiming ``count`` samples."""
+    pool = (digits.train.labels == images_of).nonzero().flatten()[offset : offset + n]
     counts = torch.zeros(10, dtype=torch.int64)
     counts[label] = count
-    synthetic = SyntheticSet(digits.train.images[pool], torch.full((IPC,), label), {})
+    synthetic = SyntheticSet(digits.train.images[pool], torch.full((n,), label), {})
     return ClientSet(node_id=node_id, synthetic=synthetic, class_counts=counts, metrics={})
 
 
-def test_the_prototype_of_a_class_follows_the_claimed_counts(digits, digits_spec):
-    # class 3: node 0 holds it with 300 samples; nodes 1 and 2 claim 2 each and send images of 8.
-    # An unweighted median of the three lies with the two small sets and would judge node 0;
-    # weighted by the claims, the class is node 0's and the two small sets are the outliers.
+@pytest.mark.parametrize("small_claims", [2, 10**6])
+def test_the_prototype_of_a_class_follows_the_images_sent_not_the_claims(digits, digits_spec, small_claims):
+    # class 3: node 0 sends IPC images of it; nodes 1 and 2 send one image each, of an 8. An
+    # unweighted median of the three lies with the two small sets and would judge node 0; weighted
+    # by the images sent, the class is node 0's and the two small sets are the outliers, whatever
+    # real-sample counts they claim (a claim is the client's word; the images are bounded by ipc)
     sets = [
         _labelled_set(0, digits, images_of=3, label=3, count=300, offset=0),
-        _labelled_set(1, digits, images_of=8, label=3, count=2, offset=0),
-        _labelled_set(2, digits, images_of=8, label=3, count=2, offset=IPC),
+        _labelled_set(1, digits, images_of=8, label=3, count=small_claims, offset=0, n=1),
+        _labelled_set(2, digits, images_of=8, label=3, count=small_claims, offset=1, n=1),
         _labelled_set(3, digits, images_of=8, label=8, count=300, offset=2 * IPC),
         _labelled_set(4, digits, images_of=8, label=8, count=300, offset=3 * IPC),
     ]
     flagged = embedding_outliers(sets, spec=digits_spec, model_name="convnet", nets=2, margin=1.0, spread=4.0, seed=0)
     assert 0 not in flagged
     assert set(flagged) == {1, 2} and all(3 in classes for classes in flagged.values())
+
+
+def test_a_rejected_client_shapes_no_prototype(digits, digits_spec):
+    # node 9 sends sixes labelled 5 (and fours labelled 3, threes labelled 4): on its own it is the
+    # largest sender of class 5, so in the first judgement class 5's prototype is its sixes and
+    # node 1's honest fives look wrong. Node 9 is rejected (most of its classes flagged); judged
+    # again without it, node 1 keeps its class 5.
+    sets = [
+        _labelled_set(0, digits, images_of=3, label=3, count=60, offset=0),
+        _labelled_set(1, digits, images_of=5, label=5, count=60, offset=0, n=1),
+        _labelled_set(2, digits, images_of=4, label=4, count=60, offset=0),
+        _labelled_set(3, digits, images_of=6, label=6, count=60, offset=0),
+        _labelled_set(4, digits, images_of=3, label=3, count=60, offset=IPC),
+        _labelled_set(5, digits, images_of=4, label=4, count=60, offset=IPC),
+    ]
+    flipper = [_labelled_set(9, digits, images_of=shown, label=c, count=60, offset=2 * IPC)
+               for c, shown in ((3, 4), (4, 3), (5, 6))]
+    images = torch.cat([f.synthetic.images for f in flipper])
+    labels = torch.cat([f.synthetic.labels for f in flipper])
+    counts = sum(f.class_counts for f in flipper)
+    sets.append(ClientSet(node_id=9, synthetic=SyntheticSet(images, labels, {}), class_counts=counts, metrics={}))
+    first = embedding_outliers(sets, spec=digits_spec, model_name="convnet", nets=2, margin=1.0, spread=4.0, seed=0)
+    config = parse_config(FederatedConfig, {}).robust
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
+    assert 5 in first.get(1, {}), "the scenario must mislead a single judgement"
+    assert 9 in outcome.rejected
+    assert 1 not in outcome.neutralised and 1 not in outcome.rejected
 
 
 def test_the_robust_rule_off_lets_a_label_flip_through(task_identity, digits):
