@@ -20,7 +20,8 @@ Kinds (:data:`ATTACKS`):
 ``noise-images``     FedCond: uniform noise over the dataset's real pixel range, honest labels
                      and counts. FedAvg/FedProx: Gaussian weights of the update's scale.
 ``scaled-update``    FedAvg/FedProx: ``global - 10 x (local - global)`` (a boosted reversed update).
-``drop-out``         Any strategy: the node answers every ``train`` request with an error and
+``drop-out``         Any strategy: the node answers every ``train`` request (FedCond's
+                     ``train.condense`` included) with an error and
                      sends nothing (a faulty or departed client). It is the reference for the
                      other kinds: a defence that refuses an attacker's reply can at best reach
                      the accuracy of the federation without that client's data.
@@ -239,7 +240,7 @@ def attack_mod(config: AttackConfig) -> Callable[[Message, Context, Callable[[Me
     def mod(message: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         partition = int(context.node_config.get(PARTITION_ID, -1))
         hostile = 0 <= partition < config.attackers
-        if hostile and attack.drop and message.metadata.message_type == "train":
+        if hostile and attack.drop and message.metadata.message_type.split(".")[0] == "train":
             return Message(Error(code=DROP_OUT_ERROR, reason="drop-out: the node sends nothing"), reply_to=message)
         reply = call_next(message, context)
         if not hostile or reply.has_error():

@@ -389,6 +389,16 @@ def test_a_drop_out_node_sends_an_error_without_running_the_honest_app(task_iden
     check_attack(AttackConfig("drop-out", 3), strategy="fedavg", num_clients=10)
 
 
+def test_a_drop_out_node_sends_no_synthetic_set_either(task_identity, digits):
+    reply = _attacked(_honest_reply(0, digits, classes=[0, 1, 2]), "drop-out")  # a train.condense request
+    assert reply.has_error() and reply.error.code == DROP_OUT_ERROR
+    strategy = _strategy()
+    replies = [_honest_reply(n, digits, classes=_classes(n)) for n in range(NUM_CLIENTS)]
+    replies[0] = _attacked(replies[0], "drop-out")
+    _round(strategy, replies, list(range(NUM_CLIENTS)))
+    assert 0 in strategy.rounds[-1].dropped and 0 not in strategy.union.node_ids
+
+
 def test_attacks_are_checked_against_the_strategy_and_clients():
     check_attack(AttackConfig("label-flip", 3), strategy="fedcond", num_clients=10)
     with pytest.raises(ValueError, match="does not apply to strategy 'fedavg'"):
