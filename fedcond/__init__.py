@@ -1,7 +1,7 @@
 """fedcond: federated and continual learning on distilled data.
 
-The engine (config, data, models, distillation) is imported eagerly. The federated (Flower),
-continual (Avalanche) and privacy (Opacus) parts load on first attribute access, so
+The engine (config, data, models, training, distillation) is imported eagerly. The federated
+(Flower), continual (Avalanche) and privacy (Opacus) parts load on first attribute access, so
 ``import fedcond`` stays fast and works without starting those frameworks::
 
     import fedcond
@@ -36,10 +36,10 @@ from fedcond.distill import (
     SyntheticSetError,
     evaluate_synthetic,
     select_coreset,
-    train_model,
 )
 from fedcond.lazy import lazy_attribute
 from fedcond.models import get_model
+from fedcond.training import LossHook, train_model
 
 __version__ = "0.1.0"
 
@@ -81,6 +81,7 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "FederatedConfig",
+    "LossHook",
     "MeanStatistics",
     "RealStatistics",
     "SiameseAugment",

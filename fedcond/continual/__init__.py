@@ -28,6 +28,7 @@ from fedcond.continual.benchmarks import (
 )
 from fedcond.continual.buffers import DistilledBuffer, class_quotas
 from fedcond.continual.herding import EmbeddingHerdingSelection, HerdingBuffer
+from fedcond.continual.memory import RandomBuffer, RealImageMemory, ReplayMemory
 from fedcond.continual.plugins import DistilledReplayPlugin
 from fedcond.continual.policies import MEMORY_KINDS, REPLAY_KINDS, make_replay_plugin, make_storage_policy
 from fedcond.continual.runner import (
@@ -47,6 +48,9 @@ __all__ = [
     "MEMORY_KINDS",
     "MemoryAugmentation",
     "REPLAY_KINDS",
+    "RandomBuffer",
+    "RealImageMemory",
+    "ReplayMemory",
     "SplitBenchmark",
     "available_benchmarks",
     "average_accuracy",

@@ -20,6 +20,7 @@ from avalanche.training.storage_policy import ExemplarsSelectionStrategy, Parame
 from torch.utils.data import DataLoader
 
 from fedcond.continual.buffers import ArrivalOrder
+from fedcond.continual.memory import RealImageMemory
 from fedcond.distill.coreset import herding_order
 
 __all__ = ["EmbeddingHerdingSelection", "HerdingBuffer"]
@@ -64,7 +65,7 @@ class EmbeddingHerdingSelection(ExemplarsSelectionStrategy):
         return first + [i for i in range(len(data)) if i not in chosen]
 
 
-class HerdingBuffer(ParametricBuffer):
+class HerdingBuffer(RealImageMemory, ParametricBuffer):
     """Class-grouped herding buffer with the same budget rules as ``ClassBalancedBuffer``.
 
     Parameters

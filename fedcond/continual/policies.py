@@ -3,12 +3,16 @@
 All three memories follow the same budget rules, so at a given ``memory_per_class`` (or
 ``max_memory``) they hold the same number of images after every experience:
 
-* ``random``    -- Avalanche's :class:`~avalanche.training.storage_policy.ClassBalancedBuffer`
-  (reservoir sampling per class) with Avalanche's :class:`~avalanche.training.plugins.ReplayPlugin`;
+* ``random``    -- :class:`~fedcond.continual.memory.RandomBuffer` (Avalanche's
+  ``ClassBalancedBuffer``, reservoir sampling per class) with Avalanche's
+  :class:`~avalanche.training.plugins.ReplayPlugin`;
 * ``herding``   -- :class:`~fedcond.continual.herding.HerdingBuffer` (Avalanche's
   ``ParametricBuffer`` grouped by class, herding on the learner's embeddings) with ``ReplayPlugin``;
 * ``distilled`` -- :class:`~fedcond.continual.buffers.DistilledBuffer` with
   :class:`~fedcond.continual.plugins.DistilledReplayPlugin`.
+
+Every memory satisfies :class:`~fedcond.continual.memory.ReplayMemory` and is an Avalanche
+``ExemplarsBuffer``.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ from pathlib import Path
 import torch
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.plugins.strategy_plugin import SupervisedPlugin
-from avalanche.training.storage_policy import ClassBalancedBuffer, ExemplarsBuffer
 
 from fedcond.config import ContinualConfig, DistillConfig, choices_of
-from fedcond.continual.buffers import ArrivalOrder, DistilledBuffer, class_quotas
+from fedcond.continual.buffers import DistilledBuffer, class_quotas
 from fedcond.continual.herding import HerdingBuffer
+from fedcond.continual.memory import RandomBuffer, ReplayMemory
 from fedcond.continual.plugins import DistilledReplayPlugin
 from fedcond.data.registry import DatasetSpec
 
@@ -35,13 +39,11 @@ MEMORY_KINDS = ("random", "herding", "distilled")
 REPLAY_KINDS = choices_of(ContinualConfig, "replay")
 
 
-def _random(max_size: int, adaptive: bool, num_classes: int | None, **_: object) -> ExemplarsBuffer:
-    buffer = ClassBalancedBuffer(max_size, adaptive_size=adaptive, total_num_classes=num_classes)
-    buffer.seen_classes = ArrivalOrder()  # an adaptive budget's extra images go to the oldest classes
-    return buffer
+def _random(max_size: int, adaptive: bool, num_classes: int | None, **_: object) -> ReplayMemory:
+    return RandomBuffer(max_size, adaptive_size=adaptive, total_num_classes=num_classes)
 
 
-def _herding(max_size: int, adaptive: bool, num_classes: int | None, **_: object) -> ExemplarsBuffer:
+def _herding(max_size: int, adaptive: bool, num_classes: int | None, **_: object) -> ReplayMemory:
     return HerdingBuffer(max_size, adaptive_size=adaptive, total_num_classes=num_classes)
 
 
@@ -55,7 +57,7 @@ def _distilled(
     device: torch.device | str,
     cache_dir: Path | None,
     progress: bool,
-) -> ExemplarsBuffer:
+) -> ReplayMemory:
     return DistilledBuffer(
         max_size,
         spec=spec,
@@ -68,7 +70,7 @@ def _distilled(
     )
 
 
-_BUILDERS: dict[str, Callable[..., ExemplarsBuffer]] = {
+_BUILDERS: dict[str, Callable[..., ReplayMemory]] = {
     "random": _random,
     "herding": _herding,
     "distilled": _distilled,
@@ -85,7 +87,7 @@ def make_storage_policy(
     device: torch.device | str = "cpu",
     cache_dir: str | Path | None = None,
     progress: bool = False,
-) -> ExemplarsBuffer | None:
+) -> ReplayMemory | None:
     """The memory of replay kind ``kind`` (``None`` for ``none`` and ``joint``).
 
     Parameters
@@ -125,7 +127,7 @@ def make_storage_policy(
 
 
 def make_replay_plugin(
-    buffer: ExemplarsBuffer,
+    buffer: ReplayMemory,
     *,
     batch_size: int | None = None,
     batch_size_mem: int | None = None,

@@ -42,11 +42,13 @@ from torch import nn
 from fedcond.config import ContinualConfig, DistillConfig, EvalConfig
 from fedcond.continual.augment import MemoryAugmentation
 from fedcond.continual.benchmarks import SplitBenchmark, dataset_tensors, make_split_benchmark
-from fedcond.continual.buffers import DistilledBuffer, class_quotas
+from fedcond.continual.buffers import class_quotas
+from fedcond.continual.memory import ReplayMemory
 from fedcond.continual.policies import MEMORY_KINDS, make_replay_plugin, make_storage_policy
 from fedcond.devices import resolve_device
-from fedcond.distill.evaluate import accuracy, train_with_recipe
+from fedcond.distill.evaluate import train_with_recipe
 from fedcond.models import get_model
+from fedcond.training import accuracy
 
 __all__ = [
     "ContinualResult",
@@ -286,7 +288,7 @@ def run_continual(
             matrix, memory, counts = _run_gdumb(config, bench, buffer, model, device, on_experience)
         else:
             matrix, memory, counts = _run_replay(config, bench, buffer, model, device, on_experience)
-    condense = buffer.condense_seconds if isinstance(buffer, DistilledBuffer) else 0.0
+    condense = buffer.condense_seconds if buffer is not None else 0.0
     return ContinualResult(
         benchmark=bench.name,
         replay=config.replay,
@@ -313,20 +315,12 @@ def _accuracy_row(model: nn.Module, bench: SplitBenchmark, device: torch.device)
     return [accuracy(model, bench.test_data(j), device=device) for j in range(bench.num_experiences)]
 
 
-def _memory_counts(buffer: Any) -> tuple[int, dict[int, int]]:
+def _memory_counts(buffer: ReplayMemory | None) -> tuple[int, dict[int, int]]:
     """Stored images in memory, in total and per class (what equal-memory accounting compares)."""
     if buffer is None:
         return 0, {}
-    if isinstance(buffer, DistilledBuffer):
-        # stored images, not the factor^2 tiles each trains as under multi-formation
-        counts = buffer.class_counts()
-        return sum(counts.values()), dict(sorted(counts.items()))
-    memory = buffer.buffer
-    if len(memory) == 0:
-        return 0, {}
-    labels = torch.as_tensor(list(memory.targets), dtype=torch.long)
-    classes, counts = torch.unique(labels, return_counts=True)
-    return len(memory), {int(c): int(n) for c, n in zip(classes, counts, strict=True)}
+    counts = buffer.class_counts()
+    return sum(counts.values()), dict(sorted(counts.items()))
 
 
 def _optimizer(config: ContinualConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -351,7 +345,7 @@ def _strategy_kwargs(config: ContinualConfig, model: nn.Module, device: torch.de
 def _run_replay(
     config: ContinualConfig,
     bench: SplitBenchmark,
-    buffer: Any,
+    buffer: ReplayMemory | None,
     model: nn.Module,
     device: torch.device,
     on_experience: ExperienceCallback | None,
@@ -387,7 +381,7 @@ def _run_joint(
 def _run_gdumb(
     config: ContinualConfig,
     bench: SplitBenchmark,
-    buffer: Any,
+    buffer: ReplayMemory,
     model: nn.Module,
     device: torch.device,
     on_experience: ExperienceCallback | None,

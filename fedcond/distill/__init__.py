@@ -20,16 +20,7 @@ from fedcond.distill.coreset import (
     select_coreset,
 )
 from fedcond.distill.dm import INITS, CondensationResult, DistributionMatching, dm_loss, initial_synthetic
-from fedcond.distill.evaluate import (
-    EvalProgress,
-    EvalResult,
-    accuracy,
-    augment_for,
-    evaluate_synthetic,
-    predict_logits,
-    train_model,
-    train_with_recipe,
-)
+from fedcond.distill.evaluate import EvalProgress, EvalResult, augment_for, evaluate_synthetic, train_with_recipe
 from fedcond.distill.formation import check_factor, decode_formation, encode_formation, expand_labels
 from fedcond.distill.gradient_matching import GradientMatching, gradient_distance
 from fedcond.distill.kmeans import KMeansResult, kmeans
@@ -64,7 +55,6 @@ __all__ = [
     "ShortClassError",
     "SyntheticSetError",
     "UnsupportedOptionError",
-    "accuracy",
     "augment_for",
     "check_class_sizes",
     "check_factor",
@@ -83,9 +73,7 @@ __all__ = [
     "initial_synthetic",
     "kmeans",
     "list_condensers",
-    "predict_logits",
     "register_condenser",
     "select_coreset",
-    "train_model",
     "train_with_recipe",
 ]

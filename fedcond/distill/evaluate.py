@@ -1,11 +1,10 @@
-"""The field's evaluation protocol and the shared supervised-training loop.
+"""The field's evaluation protocol: fresh networks trained on a synthetic set, tested on real data.
 
-:func:`train_model` trains one network on a (small) tensor dataset: SGD with momentum and
-weight decay, learning rate x0.1 at half of the epochs, optional DSA augmentation. It is used
-by the evaluation protocol, the federated server, GDumb-style continual learning and the
-privacy audits' target and shadow models. :func:`evaluate_synthetic` trains ``runs`` freshly
-initialised networks on a synthetic set and reports test accuracy as mean +- std; an optional
-callback hears of every finished epoch and tested network (the CLI draws its progress from it).
+:func:`evaluate_synthetic` trains ``runs`` freshly initialised networks on a synthetic set with
+the dataset-distillation recipe (:func:`train_with_recipe`: :func:`fedcond.training.train_model`
+with an :class:`~fedcond.config.EvalConfig`'s optimiser and schedule, DSA from
+:func:`augment_for`) and reports test accuracy as mean +- std; an optional callback hears of
+every finished epoch and tested network (the CLI draws its progress from it).
 """
 
 from __future__ import annotations
@@ -16,23 +15,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedcond.config import AugmentConfig, EvalConfig
 from fedcond.data.registry import DIGIT_DATASETS, ArrayDataset, DatasetSpec
-from fedcond.devices import autocast_context, resolve_device
 from fedcond.distill.augment import SiameseAugment
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.models import get_model
+from fedcond.training import accuracy, train_model
 
 __all__ = [
     "EvalProgress",
     "EvalResult",
-    "accuracy",
+    "augment_for",
     "evaluate_synthetic",
-    "predict_logits",
-    "train_model",
     "train_with_recipe",
 ]
 
@@ -86,89 +82,6 @@ class EvalProgress:
         return ((self.run - 1) * self.epochs + self.epoch) / total if total else 1.0
 
 
-def train_model(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    epochs: int,
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    batch_size: int = 256,
-    augment: SiameseAugment | None = None,
-    generator: torch.Generator,
-    device: torch.device | str = "cpu",
-    mixed_precision: bool = False,
-    proximal_mu: float = 0.0,
-    sample_weights: torch.Tensor | None = None,
-    lr_decay: bool = True,
-    on_epoch: Callable[[int], None] | None = None,
-) -> nn.Module:
-    """Train ``model`` in place with the DD evaluation recipe and return it.
-
-    Parameters
-    ----------
-    model : nn.Module
-        The network (moved to ``device``).
-    images, labels : torch.Tensor
-        Training data (any device; moved batch-wise).
-    epochs : int
-        Passes over the data; the learning rate drops x0.1 after half of them (``lr_decay``).
-    augment : SiameseAugment | None
-        DSA applied independently to every training batch.
-    generator : torch.Generator
-        Drives shuffling and augmentation.
-    proximal_mu : float
-        FedProx term ``mu/2 ||w - w0||^2`` towards the initial weights (0 disables).
-    sample_weights : torch.Tensor | None
-        Per-sample loss weights; each batch's loss is then ``sum(w_i * ce_i) / sum(w_i)``
-        (the federated server weights synthetic images by the real samples they stand for).
-    lr_decay : bool
-        The recipe's x0.1 step at half of the epochs; off keeps ``lr`` throughout (FedAvg /
-        FedProx local SGD, whose rounds are not one training schedule each).
-    on_epoch : callable(epochs_done) | None
-        Called after every epoch with the number of epochs finished.
-    """
-    device = resolve_device(device)
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    model.to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    decay_at = epochs // 2 if lr_decay else -1
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    x_all = images.to(device)
-    y_all = labels.to(device)
-    w_all = sample_weights.to(device) if sample_weights is not None else None
-    n = x_all.shape[0]
-    for epoch in range(epochs):
-        if epoch == decay_at and epoch > 0:
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.1
-        order = torch.randperm(n, generator=generator).to(device)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            x, y = x_all[idx], y_all[idx]
-            if augment is not None:
-                x = augment(x, generator=generator)
-            with autocast_context(device, enabled=mixed_precision):
-                logits = model(x)
-            if w_all is None:
-                loss = F.cross_entropy(logits.float(), y)
-            else:
-                w = w_all[idx]
-                loss = (F.cross_entropy(logits.float(), y, reduction="none") * w).sum() / w.sum()
-            if anchor is not None:
-                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
-                loss = loss + 0.5 * proximal_mu * prox
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if on_epoch is not None:
-            on_epoch(epoch + 1)
-    return model
-
-
 def train_with_recipe(
     model: nn.Module,
     images: torch.Tensor,
@@ -180,7 +93,7 @@ def train_with_recipe(
     device: torch.device | str = "cpu",
     on_epoch: Callable[[int], None] | None = None,
 ) -> nn.Module:
-    """:func:`train_model` with the optimiser, schedule and DSA switch of an :class:`EvalConfig`."""
+    """:func:`fedcond.training.train_model` with the optimiser, schedule and DSA switch of an :class:`EvalConfig`."""
     return train_model(
         model,
         images,
@@ -195,32 +108,6 @@ def train_with_recipe(
         device=device,
         on_epoch=on_epoch,
     )
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module, images: torch.Tensor, *, device: torch.device | str = "cpu", batch_size: int = 1024
-) -> torch.Tensor:
-    """Logits of ``model`` on ``images`` (float32, on CPU), computed in eval mode.
-
-    The model is moved to ``device``; its train/eval mode is restored afterwards.
-    """
-    device = resolve_device(device)
-    was_training = model.training
-    model.to(device).eval()
-    try:
-        outputs = [
-            model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.zeros(0)
-
-
-def accuracy(model: nn.Module, data: ArrayDataset, *, device: torch.device | str = "cpu") -> float:
-    """Top-1 accuracy of ``model`` on ``data`` (fraction)."""
-    logits = predict_logits(model, data.images, device=device)
-    return float((logits.argmax(1) == data.labels).float().mean())
 
 
 def augment_for(spec: DatasetSpec, config: AugmentConfig | None = None) -> SiameseAugment:

@@ -10,6 +10,7 @@ from fedcond.federated.aggregation import AggregatedSet, aggregate_sets
 from fedcond.federated.baselines import baseline_strategy
 from fedcond.federated.client import CondenseOutcome, client_partition, condense_partition, local_train
 from fedcond.federated.job import STRATEGIES, FederatedJob, job_from_mapping, job_to_mapping
+from fedcond.federated.proximal import ProximalTerm
 from fedcond.federated.server_app import FederatedReport, run_federated
 from fedcond.federated.strategy import FedCond, RoundReport
 from fedcond.federated.validation import ClientSet, ReplyRejected, validate_reply
@@ -31,6 +32,7 @@ __all__ = [
     "FedCond",
     "FederatedJob",
     "FederatedReport",
+    "ProximalTerm",
     "ReplyRejected",
     "RoundReport",
     "RoundTraffic",

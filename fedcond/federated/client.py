@@ -21,12 +21,14 @@ from torch import nn
 from fedcond.config import DataConfig, DistillConfig
 from fedcond.data.partition import partition_indices
 from fedcond.data.registry import ArrayDataset, DatasetSplits, load_dataset
+from fedcond.devices import resolve_device
 from fedcond.distill.condenser import get_condenser
 from fedcond.distill.dm import initial_synthetic
-from fedcond.distill.evaluate import train_model
 from fedcond.distill.formation import encode_formation
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.job import FederatedJob
+from fedcond.federated.proximal import ProximalTerm
+from fedcond.training import train_model
 
 if TYPE_CHECKING:
     from fedcond.privacy.private_condensation import PrivateCondensation
@@ -307,9 +309,11 @@ def local_train(
     """FedAvg/FedProx local update: SGD (momentum 0.9, weight decay 5e-4) on the client's data.
 
     The learning rate stays ``lr`` for all local epochs (no in-round decay).
-    ``proximal_mu > 0`` adds FedProx's ``mu/2 ||w - w_global||^2`` (the model arrives holding
-    the global weights).
+    ``proximal_mu > 0`` adds FedProx's ``mu/2 ||w - w_global||^2`` (a :class:`ProximalTerm`
+    anchored at the weights the model arrives with, the global ones).
     """
+    device = resolve_device(device)
+    proximal = ProximalTerm(model.to(device), mu=proximal_mu) if proximal_mu > 0 else None
     return train_model(
         model,
         data.images,
@@ -322,6 +326,6 @@ def local_train(
         augment=None,
         generator=generator,
         device=device,
-        proximal_mu=proximal_mu,
+        loss_hook=proximal,
         lr_decay=False,
     )

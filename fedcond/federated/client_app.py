@@ -41,7 +41,6 @@ from flwr.common.logger import log as flower_log
 from fedcond.config import DataConfig, DistillConfig
 from fedcond.data.registry import ArrayDataset
 from fedcond.devices import keep_freed_cpu_memory, resolve_device
-from fedcond.distill.evaluate import accuracy
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.client import client_partition, condense_partition, load_splits, local_train
 from fedcond.federated.job import FederatedJob, job_from_mapping
@@ -87,6 +86,7 @@ from fedcond.models import get_model
 from fedcond.privacy.dp import derive_noise_seed
 from fedcond.privacy.ledger import LedgerError, PrivacyLedger, data_source_digest
 from fedcond.privacy.private_condensation import PrivateCondensation
+from fedcond.training import accuracy
 
 __all__ = ["app", "build_client_app"]
 

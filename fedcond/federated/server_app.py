@@ -25,7 +25,6 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedcond.config import ConfigError
 from fedcond.devices import keep_freed_cpu_memory, resolve_device
-from fedcond.distill.evaluate import accuracy
 from fedcond.federated.accounting import CountingGrid
 from fedcond.federated.baselines import baseline_strategy
 from fedcond.federated.client import check_partition, federated_test_set, load_splits
@@ -40,6 +39,7 @@ from fedcond.federated.uploads import UploadStore
 from fedcond.metrics_file import write_metrics
 from fedcond.models import get_model
 from fedcond.plots import save_line_plot
+from fedcond.training import accuracy
 
 __all__ = ["FederatedReport", "app", "run_federated", "save_accuracy_curves"]
 

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from fedcond.data.registry import DatasetSpec
-from fedcond.distill.evaluate import augment_for, train_model
+from fedcond.distill.evaluate import augment_for
 from fedcond.federated.aggregation import AggregatedSet
 from fedcond.models import get_model
+from fedcond.training import train_model
 
 __all__ = ["NonFiniteTraining", "train_global_model"]
 
@@ -43,7 +44,7 @@ def train_global_model(
 ) -> nn.Module:
     """A freshly initialised ``model_name`` trained on ``union`` with per-image loss weights.
 
-    The recipe is the field's evaluation recipe (:func:`fedcond.distill.evaluate.train_model`:
+    The recipe is the field's evaluation recipe (:func:`fedcond.training.train_model`:
     SGD with momentum, learning rate x0.1 after half of the epochs, DSA on every batch) with
     the weighted cross-entropy ``sum(w_i * ce_i) / sum(w_i)`` per batch.
 

@@ -33,7 +33,7 @@ from scipy import stats
 
 from fedcond.config import AuditConfig
 from fedcond.data.registry import ArrayDataset, DatasetSpec, DatasetSplits
-from fedcond.distill.evaluate import accuracy, augment_for, train_model
+from fedcond.distill.evaluate import augment_for
 from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
 from fedcond.models import get_model
 from fedcond.privacy.membership import (
@@ -43,6 +43,7 @@ from fedcond.privacy.membership import (
     train_shadow_models,
 )
 from fedcond.privacy.recoverability import RecoverabilityResult, recoverability
+from fedcond.training import accuracy, train_model
 
 __all__ = [
     "LEAKS",

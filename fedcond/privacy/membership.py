@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedcond.distill.evaluate import predict_logits
+from fedcond.training import predict_logits
 
 __all__ = [
     "AttackResult",

@@ -67,8 +67,8 @@ def test_a_bare_pair_with_labels_outside_the_classes_is_one_clear_error(digits) 
 
 def test_predict_logits_and_herding_features_give_the_model_its_mode_back(digits) -> None:
     from fedcond.distill.coreset import HerdingSelector
-    from fedcond.distill.evaluate import predict_logits
     from fedcond.models import get_model
+    from fedcond.training import predict_logits
 
     model = get_model("convnet", digits.spec, generator=torch.Generator().manual_seed(0))
     for training in (True, False):

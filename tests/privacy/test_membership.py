@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from fedcond.data.registry import load_dataset
-from fedcond.distill.evaluate import train_model
 from fedcond.models import get_model
 from fedcond.privacy.membership import (
     MembershipResult,
@@ -18,6 +17,7 @@ from fedcond.privacy.membership import (
     tpr_at_fpr,
     train_shadow_models,
 )
+from fedcond.training import train_model
 
 
 @pytest.fixture(scope="module")
