@@ -2,7 +2,7 @@
 
 A condenser turns an :class:`~fedcond.data.registry.ArrayDataset` into a
 :class:`~fedcond.distill.synthetic.SyntheticSet`, wrapped in a
-:class:`~fedcond.distill.dm.CondensationResult`. Every method is constructed the same way,
+:class:`~fedcond.distill.optimisation.CondensationResult`. Every method is constructed the same way,
 ``cls(config, *, device=..., **options)``, and run the same way, ``condense(data, *, start=...,
 on_iteration=...)``; the CLI, the continual buffers and the benchmarks look methods up with
 :func:`get_condenser` instead of importing a class, so a method registered with
@@ -39,7 +39,7 @@ from fedcond.config import DistillConfig
 from fedcond.data.registry import ArrayDataset
 
 if TYPE_CHECKING:
-    from fedcond.distill.dm import CondensationResult
+    from fedcond.distill.optimisation import CondensationResult
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -10,20 +10,19 @@ with SGD on the synthetic pixels (``matching="mmd"`` adds a Gaussian-kernel MMD 
 see :mod:`fedcond.distill.matching`). All classes go through the network in one batched forward;
 the real side runs under ``torch.inference_mode()`` (no autograd graph) and, where the device
 supports it, in bf16 autocast.
+
+:class:`DistributionMatchingLoss` is that loss; :class:`DistributionMatching` draws the start
+and runs the loss in the shared pixel-optimisation loop (:func:`~fedcond.distill.optimisation.optimise_pixels`),
+which owns the optimiser, checkpoints, resume, the time budget and progress.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -36,11 +35,20 @@ from fedcond.distill.coreset import HerdingSelector
 from fedcond.distill.formation import check_factor, decode_formation, encode_formation, expand_labels
 from fedcond.distill.kmeans import kmeans
 from fedcond.distill.matching import class_mmd_loss, dm_loss
+from fedcond.distill.optimisation import CondensationResult, DivergenceError, optimise_pixels
 from fedcond.distill.statistics import MeanStatistics, RealStatistics, class_means
 from fedcond.distill.synthetic import SyntheticSet, dataset_meta
 from fedcond.models import get_model, reset_parameters
 
-__all__ = ["CondensationResult", "DistributionMatching", "DivergenceError", "INITS", "dm_loss", "initial_synthetic"]
+__all__ = [
+    "INITS",
+    "CondensationResult",
+    "DistributionMatching",
+    "DistributionMatchingLoss",
+    "DivergenceError",
+    "dm_loss",
+    "initial_synthetic",
+]
 
 #: synthetic-set initialisations: random real images, the herding coreset, per-class k-means
 #: centroids, or N(0, 1) noise
@@ -48,72 +56,10 @@ INITS = choices_of(DistillConfig, "init")
 
 logger = logging.getLogger(__name__)
 
-#: prefix of the real-side statistics' ``state_dict`` entries in a checkpoint archive
+#: prefix of the real-side statistics' ``state_dict`` entries in the loss's state
 _STATISTICS_PREFIX = "statistics."
 #: a compiled real forward without chunking sees batches padded to a multiple of this
 _COMPILED_BUCKET = 256
-
-
-@dataclass(frozen=True)
-class CondensationResult:
-    """What :meth:`DistributionMatching.condense` returns.
-
-    Attributes
-    ----------
-    synthetic : SyntheticSet
-        The condensed set (on CPU).
-    losses : list[float]
-        DM loss of every iteration run in this call (resumed iterations excluded).
-    seconds : float
-        Wall-clock time of the optimisation loop.
-    skipped_classes : list[int]
-        Classes with no real samples: no synthetic images were made for them.
-    resumed_from : int
-        The checkpoint's iteration this call resumed from (0 for a fresh run).
-    earlier_losses : list[float]
-        Losses of the iterations before ``resumed_from``, as the checkpoint recorded them
-        (empty for a fresh run or a checkpoint that does not record them).
-    earlier_seconds : float
-        Optimisation seconds of those iterations, from the checkpoint.
-    stopped_by_time_budget : bool
-        The loop stopped at ``config.time_budget`` before ``config.iterations``.
-    """
-
-    synthetic: SyntheticSet
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    skipped_classes: list[int] = field(default_factory=list)
-    resumed_from: int = 0
-    earlier_losses: list[float] = field(default_factory=list)
-    earlier_seconds: float = 0.0
-    stopped_by_time_budget: bool = False
-
-    @property
-    def all_losses(self) -> list[float]:
-        """Losses of the whole run, earlier (resumed-from) segments first."""
-        return [*self.earlier_losses, *self.losses]
-
-    @property
-    def iterations_run(self) -> int:
-        """Iterations of the whole run, resumed-from ones included."""
-        return self.resumed_from + len(self.losses)
-
-    @property
-    def iterations_per_second(self) -> float:
-        """Throughput of the run (``nan`` when no iteration ran)."""
-        return len(self.losses) / self.seconds if self.seconds > 0 else float("nan")
-
-
-class DivergenceError(ValueError):
-    """DM's loss or images became NaN or infinite; nothing of that state was checkpointed."""
-
-
-@dataclass(frozen=True)
-class _History:
-    """Losses and optimisation seconds of the iterations a checkpoint covers."""
-
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def _class_pools(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
@@ -174,30 +120,6 @@ def initial_synthetic(
             images.append(torch.randn((ipc, *data.spec.image_shape), generator=generator))
         labels.append(torch.full((ipc,), c, dtype=torch.long))
     return torch.cat(images), torch.cat(labels)
-
-
-def _identity_differences(stored: str | None, current: str) -> str:
-    """A short description of how two run identities differ, for the resume error."""
-    if stored is None:
-        return "it carries no run identity: written by an older fedcond"
-    try:
-        old, new = json.loads(stored), json.loads(current)
-    except ValueError:
-        return "its run identity is unreadable"
-
-    def flat(tree: object, prefix: str = "") -> dict[str, object]:
-        if isinstance(tree, dict):
-            out: dict[str, object] = {}
-            for key, value in tree.items():
-                out.update(flat(value, f"{prefix}{key}."))
-            return out
-        return {prefix.rstrip("."): tree}
-
-    old_flat, new_flat = flat(old), flat(new)
-    differing = (k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k))
-    keys = sorted(differing, key=lambda k: (not k.endswith(".kind"), k))  # a changed kind explains the rest
-    shown = ", ".join(f"{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}" for k in keys[:4])
-    return shown + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
 
 
 def _slots_within_groups(groups: torch.Tensor, num_classes: int, slots_per_class: int) -> torch.Tensor:
@@ -317,12 +239,10 @@ class DistributionMatching:
         self.statistics: RealStatistics = real_statistics or MeanStatistics(batch_size=config.batch_real)
         self.embedder = embedder
         self.progress = progress
-        self._net: nn.Module | None = None
-        self._net_shape: tuple[tuple[int, ...], int] | None = None
-        self._real_embed: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self._batch_statistics = False
-        self._real_batch_sizes: set[int] = set()  # unchunked real batch sizes seen (compiled runs)
-        self._queue: list[tuple[nn.Module, int]] = []  # IDM's embedders and their training steps
+        #: the matching loss; it keeps its embedding network across runs
+        self.loss = DistributionMatchingLoss(
+            config, device=self.device, statistics=self.statistics, embedder=embedder
+        )
 
     # ------------------------------------------------------------------------------ public
     def condense(
@@ -379,7 +299,7 @@ class DistributionMatching:
                 module.training = mode
             for param, flag in trainable.items():
                 param.requires_grad_(flag)
-            self._net, self._real_embed = None, None  # the next condense() prepares it again
+            self.loss.forget_network()  # the next condense() prepares it again
 
     def _condense(
         self,
@@ -394,11 +314,6 @@ class DistributionMatching:
         _check_real_data(data)
         spec = data.spec
         check_factor(cfg.factor, image_size=spec.image_size)
-        if self.embedder is None and self._net_shape != (tuple(spec.image_shape), spec.num_classes):
-            # the random network kept from an earlier condense() fits another image shape or class count
-            self._net, self._real_embed = None, None
-            self._net_shape = (tuple(spec.image_shape), spec.num_classes)
-        self._queue = []  # every run starts its queue afresh, from its own generator
         counts = data.class_counts()
         classes = [c for c in range(spec.num_classes) if counts[c] > 0]
         skipped = [c for c in range(spec.num_classes) if counts[c] == 0]
@@ -407,95 +322,36 @@ class DistributionMatching:
 
         generator = torch.Generator().manual_seed(cfg.seed)
         if start is None:
-            syn_images, syn_labels = self._initial_images(data, classes=classes, counts=counts, generator=generator)
+            images, labels = self._initial_images(data, classes=classes, counts=counts, generator=generator)
         else:
-            syn_images, syn_labels = self._given_start(start, spec=spec, classes=classes)
-        plan = self._plan(data, classes=classes, syn_labels=syn_labels)
-        syn = syn_images.to(self.device).requires_grad_(True)
-        optimizer = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
-        start_iteration = 0
-        earlier = _History()
-        ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-        run_identity = self._run_identity(data) if ckpt is not None else ""
-        if ckpt is not None and resume and ckpt.exists():
-            start_iteration, earlier = self._load_checkpoint(ckpt, syn, optimizer, generator, run_identity)
-            logger.info("resumed DM from %s at iteration %d", ckpt, start_iteration)
-
-        losses: list[float] = []
-        iterator = range(start_iteration, cfg.iterations)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(iterator, desc=f"DM {spec.name} ipc={cfg.ipc}", unit="it", leave=False)
-            iterator = bar
-        started = time.perf_counter()
-        out_of_time = False
-        for iteration in iterator:
-            loss = self._iteration_loss(plan, syn, generator=generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                # stop before the step spreads it into the images, and before a checkpoint
-                # overwrites the last good state with it
-                raise DivergenceError(
-                    f"DM diverged at iteration {iteration + 1}: the loss is {value}; lower --lr-img "
-                    f"({cfg.lr_img}) or --mmd-weight ({cfg.mmd_weight})"
-                    + (f"; the checkpoint {ckpt} keeps the last good state" if ckpt is not None else "")
-                )
-            optimizer.step()
-            losses.append(value)
-            if bar is not None:
-                bar.set_postfix(loss=f"{value:.4f}")
-            if on_iteration is not None:
-                on_iteration(iteration, value)
-            done = iteration + 1
-            if ckpt is not None and cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0:
-                self._check_finite_images(syn, iteration=done)
-                history = _History([*earlier.losses, *losses], earlier.seconds + time.perf_counter() - started)
-                self._save_checkpoint(ckpt, syn, optimizer, generator, done, run_identity, history)
-            # the budget is checked after a whole step: the set returned is always a stepped one
-            if cfg.time_budget is not None and done < cfg.iterations:
-                if time.perf_counter() - started >= cfg.time_budget:
-                    out_of_time = True
-                    break
-        seconds = time.perf_counter() - started
-        if bar is not None:
-            bar.close()
-        iterations_run = start_iteration + len(losses)
-        if out_of_time:
-            logger.info("DM stopped by its %gs time budget after %d iterations", cfg.time_budget, iterations_run)
-        self._check_finite_images(syn, iteration=iterations_run)
-        if ckpt is not None and cfg.checkpoint_every > 0:
-            history = _History([*earlier.losses, *losses], earlier.seconds + seconds)
-            self._save_checkpoint(ckpt, syn, optimizer, generator, iterations_run, run_identity, history)
-
+            images, labels = self._given_start(start, spec=spec, classes=classes)
+        run = optimise_pixels(
+            self.loss,
+            data,
+            images=images,
+            labels=labels,
+            config=cfg,
+            generator=generator,
+            device=self.device,
+            checkpoint_path=checkpoint_path,
+            resume=resume,
+            on_iteration=on_iteration,
+            progress=self.progress,
+        )
         meta = {
             **dataset_meta(spec),
             "ipc": cfg.ipc,
             "method": "dm",
             "init": cfg.init,
             "given_start": start is not None,
-            "dsa_layout": ("class" if plan.per_class_augmentation else "sample") if cfg.dsa else None,
+            "dsa_layout": ("class" if self.loss.per_class_augmentation else "sample") if cfg.dsa else None,
             "matching": cfg.matching,
             "factor": cfg.factor,
             "seed": cfg.seed,
-            "iterations": iterations_run,
+            "iterations": run.iterations_run,
             "skipped_classes": skipped,
         }
-        synthetic = SyntheticSet(syn.detach().float().cpu().contiguous(), syn_labels.cpu(), meta)
-        return CondensationResult(
-            synthetic, losses, seconds, skipped, start_iteration, list(earlier.losses), earlier.seconds, out_of_time
-        )
-
-    @staticmethod
-    def _check_finite_images(syn: torch.Tensor, *, iteration: int) -> None:
-        if not bool(torch.isfinite(syn).all()):
-            raise DivergenceError(
-                f"DM diverged by iteration {iteration}: synthetic images hold NaN or infinite values; "
-                "lower the image learning rate or the kernel weight"
-            )
+        return run.result(SyntheticSet(run.images, labels.cpu(), meta), skipped_classes=skipped)
 
     # ------------------------------------------------------------------------------ one run's pieces
     def _initial_images(
@@ -533,7 +389,100 @@ class DistributionMatching:
             raise ValueError("the start images contain NaN or infinite values")
         return start.detach().float().cpu().clone(), labels
 
-    def _plan(self, data: ArrayDataset, *, classes: list[int], syn_labels: torch.Tensor) -> _MatchingPlan:
+class DistributionMatchingLoss:
+    """DM's matching loss (a :class:`~fedcond.distill.optimisation.MatchingLoss`).
+
+    Each call draws an embedding network (a fresh random one, the supplied ``embedder``, or
+    one of IDM's queue), a real batch from ``statistics`` and one augmentation, and returns
+    the squared distance between the class means of the real and synthetic embeddings (plus
+    the MMD term under ``matching="mmd"``). The real forward may be compiled and chunked.
+
+    Parameters
+    ----------
+    config : DistillConfig
+        The run's settings (model, augmentation, matching, queue, speed switches).
+    device : torch.device
+        Where the networks and the real images live.
+    statistics : RealStatistics
+        Samples the real batch and computes the per-class means (DP plugs in here).
+    embedder : nn.Module | None
+        A fixed embedding network; ``None`` draws ``config.model`` afresh every iteration.
+    """
+
+    name = "DM"
+    steps_per_iteration = 1
+
+    def __init__(
+        self,
+        config: DistillConfig,
+        *,
+        device: torch.device,
+        statistics: RealStatistics,
+        embedder: nn.Module | None = None,
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.statistics = statistics
+        self.embedder = embedder
+        self._plan: _MatchingPlan | None = None
+        self._net: nn.Module | None = None
+        self._net_shape: tuple[tuple[int, ...], int] | None = None
+        self._real_embed: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._batch_statistics = False
+        self._real_batch_sizes: set[int] = set()  # unchunked real batch sizes seen (compiled runs)
+        self._queue: list[tuple[nn.Module, int]] = []  # IDM's embedders and their training steps
+
+    # ------------------------------------------------------------------------------ MatchingLoss
+    def prepare(self, data: ArrayDataset, *, synthetic_labels: torch.Tensor) -> None:
+        """Move the real data to the device, fix what every iteration reads, start the queue afresh."""
+        spec = data.spec
+        if self.embedder is None and self._net_shape != (tuple(spec.image_shape), spec.num_classes):
+            # the random network kept from an earlier run fits another image shape or class count
+            self.forget_network()
+            self._net_shape = (tuple(spec.image_shape), spec.num_classes)
+        self._queue = []  # every run starts its queue afresh, from its own generator
+        counts = data.class_counts()
+        classes = [c for c in range(spec.num_classes) if counts[c] > 0]
+        self._plan = self._make_plan(data, classes=classes, syn_labels=synthetic_labels)
+
+    def loss(self, images: torch.Tensor, *, iteration: int, step: int, generator: torch.Generator) -> torch.Tensor:
+        """One DM step's loss: draw a network, a real batch and one augmentation, and match."""
+        if self._plan is None:
+            raise RuntimeError("DistributionMatchingLoss.prepare() must run before loss()")
+        return self._iteration_loss(self._plan, images, generator=generator)
+
+    def remedy(self) -> str:
+        """The settings to lower when DM diverges."""
+        return f"lower --lr-img ({self.config.lr_img}) or --mmd-weight ({self.config.mmd_weight})"
+
+    def fingerprint(self) -> dict[str, object]:
+        """The real-side statistics' fingerprint (a DP plan) and the supplied embedder's type."""
+        return {
+            "statistics": self.statistics.fingerprint(),
+            "embedder": None if self.embedder is None else type(self.embedder).__name__,
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The real-side statistics' state (a seeded DP run's private generator), prefixed."""
+        return {_STATISTICS_PREFIX + k: v for k, v in self.statistics.state_dict().items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore the statistics' entries of :meth:`state_dict`."""
+        self.statistics.load_state_dict(
+            {k[len(_STATISTICS_PREFIX):]: v for k, v in state.items() if k.startswith(_STATISTICS_PREFIX)}
+        )
+
+    # ------------------------------------------------------------------------------ the run's pieces
+    @property
+    def per_class_augmentation(self) -> bool:
+        """Whether one augmentation is drawn per class (else per sample slot)."""
+        return self.config.augment.layout == "class" or self.statistics.augmentation_per_class
+
+    def forget_network(self) -> None:
+        """Drop the kept embedding network; the next run draws or prepares it again."""
+        self._net, self._real_embed = None, None
+
+    def _make_plan(self, data: ArrayDataset, *, classes: list[int], syn_labels: torch.Tensor) -> _MatchingPlan:
         """Move the real data to the device and fix what every iteration reads."""
         cfg = self.config
         spec = data.spec
@@ -553,8 +502,7 @@ class DistributionMatching:
             augment=SiameseAugment(cfg.augment, drop_flip=spec.name in DIGIT_DATASETS) if cfg.dsa else None,
             # one parameter set per class: the reference's Siamese mode, and required under DP (an
             # image's transform must not depend on which other images were sampled)
-            per_class_augmentation=cfg.augment.layout == "class"
-            or self.statistics.augmentation_per_class,
+            per_class_augmentation=self.per_class_augmentation,
             memory_format=(
                 torch.channels_last if cfg.channels_last and device.type == "cpu" else torch.contiguous_format
             ),
@@ -726,119 +674,3 @@ class DistributionMatching:
             logger.warning("torch.compile unavailable (%s); using eager mode", exc)
             return net.embed
 
-    def _run_identity(self, data: ArrayDataset) -> str:
-        """What a checkpoint must match to be resumed: everything that shapes the run but its length.
-
-        The iteration count is left out so a finished run can be extended; speed switches
-        (``compile``, ``real_chunk``) and the checkpoint interval are left out too. The real-side
-        statistics contribute their ``fingerprint()`` (the DP plan: epsilon, delta, sigma, q,
-        clip, steps), so a DP run never resumes a non-private checkpoint or another budget's.
-        """
-        config = dataclasses.asdict(self.config)
-        for key in ("iterations", "checkpoint_every", "compile", "real_chunk", "time_budget"):
-            config.pop(key, None)
-        identity = {
-            "config": config,
-            "dataset": data.spec.name,
-            "class_counts": data.class_counts().tolist(),
-            "statistics": self.statistics.fingerprint(),
-            "embedder": None if self.embedder is None else type(self.embedder).__name__,
-        }
-        return json.dumps(identity, sort_keys=True, default=str)
-
-    def _save_checkpoint(
-        self,
-        path: Path,
-        syn: torch.Tensor,
-        optimizer: torch.optim.Optimizer,
-        generator: torch.Generator,
-        iteration: int,
-        run_identity: str,
-        history: _History,
-    ) -> None:
-        state = optimizer.state.get(syn, {})
-        momentum = state.get("momentum_buffer")
-        # real-side statistics with state of their own (a seeded DP run's private generator)
-        statistics_state = self.statistics.state_dict()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as fh:
-            np.savez(
-                fh,
-                images=syn.detach().cpu().numpy(),
-                momentum=(momentum.cpu().numpy() if momentum is not None else np.zeros(0, np.float32)),
-                generator=generator.get_state().numpy(),
-                iteration=np.array(iteration, dtype=np.int64),
-                run=np.array(run_identity),
-                losses=np.asarray(history.losses, dtype=np.float64),
-                seconds=np.array(history.seconds, dtype=np.float64),
-                **{_STATISTICS_PREFIX + k: v.cpu().numpy() for k, v in statistics_state.items()},
-            )
-        tmp.replace(path)
-
-    def _load_checkpoint(
-        self,
-        path: Path,
-        syn: torch.Tensor,
-        optimizer: torch.optim.Optimizer,
-        generator: torch.Generator,
-        run_identity: str,
-    ) -> tuple[int, _History]:
-        """Restore a checkpoint into ``syn``, the optimiser, ``generator`` and the statistics.
-
-        Returns the iteration to continue from and the losses and seconds before it (empty
-        for a checkpoint that does not record them, such as the federated warm start). The images and the optimiser state are restored only after every
-        check has passed; every failure is a ``ValueError``.
-        """
-        try:
-            with np.load(path, allow_pickle=False) as ck:
-                images = torch.from_numpy(np.array(ck["images"]))
-                momentum = np.array(ck["momentum"])
-                gen_state = torch.from_numpy(np.array(ck["generator"]))
-                iteration = int(ck["iteration"])
-                stored_identity = str(ck["run"]) if "run" in ck.files else None
-                earlier = _History(
-                    [float(v) for v in np.array(ck["losses"]).reshape(-1)] if "losses" in ck.files else [],
-                    float(ck["seconds"]) if "seconds" in ck.files else 0.0,
-                )
-                statistics_state = {
-                    name[len(_STATISTICS_PREFIX):]: torch.from_numpy(np.array(ck[name]))
-                    for name in ck.files
-                    if name.startswith(_STATISTICS_PREFIX)
-                }
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets one message
-            raise ValueError(f"checkpoint {path} is unreadable or corrupted: {exc}") from exc
-        if stored_identity != run_identity:
-            differing = _identity_differences(stored_identity, run_identity)
-            raise ValueError(
-                f"checkpoint {path} was written by a different run ({differing}); resuming it would mix "
-                "two runs (and void a DP guarantee). Delete it or choose another --out to start afresh"
-            )
-        if images.shape != syn.shape:
-            raise ValueError(
-                f"checkpoint {path} holds images of shape {tuple(images.shape)}, this run makes {tuple(syn.shape)}"
-            )
-        if momentum.size and momentum.shape != tuple(syn.shape):
-            raise ValueError(
-                f"checkpoint {path} is corrupted: momentum of shape {momentum.shape} for images of shape "
-                f"{tuple(syn.shape)}"
-            )
-        if not 0 <= iteration <= self.config.iterations:
-            raise ValueError(
-                f"checkpoint {path} is at iteration {iteration}, past this run's {self.config.iterations} "
-                f"iterations: ask for at least {iteration} to extend it, or delete it to start afresh"
-                if iteration > self.config.iterations
-                else f"checkpoint {path} is corrupted: iteration {iteration}"
-            )
-        try:
-            generator.set_state(gen_state)
-        except RuntimeError as exc:
-            raise ValueError(f"checkpoint {path} is corrupted: bad generator state ({exc})") from exc
-        self.statistics.load_state_dict(statistics_state)
-        with torch.no_grad():
-            syn.copy_(images.to(syn.device))
-        if momentum.size:
-            optimizer.state[syn]["momentum_buffer"] = torch.from_numpy(momentum).to(syn.device)
-        if len(earlier.losses) != iteration:  # an older checkpoint, or one that was edited
-            earlier = _History()
-        return iteration, earlier

@@ -20,8 +20,7 @@ name (:func:`~fedcond.distill.condenser.get_condenser`).
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import torch
@@ -33,11 +32,12 @@ from fedcond.data.registry import DIGIT_DATASETS, ArrayDataset, DatasetSpec
 from fedcond.devices import resolve_device
 from fedcond.distill.augment import SiameseAugment
 from fedcond.distill.condenser import UnsupportedOptionError, check_class_sizes, register_condenser
-from fedcond.distill.dm import CondensationResult, DivergenceError, initial_synthetic
+from fedcond.distill.dm import initial_synthetic
+from fedcond.distill.optimisation import CondensationResult, optimise_pixels
 from fedcond.distill.synthetic import SyntheticSet, dataset_meta
 from fedcond.models import get_model
 
-__all__ = ["GradientMatching", "default_loops", "gradient_distance"]
+__all__ = ["GradientMatching", "GradientMatchingLoss", "default_loops", "gradient_distance"]
 
 #: (outer, inner) loop lengths of the DC/DSA papers by images per class
 _PAPER_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -131,6 +131,10 @@ class GradientMatching:
         self.config = config
         self.device = resolve_device(device)
         self.lr_net = lr_net
+        #: the matching loss the shared pixel-optimisation loop steps
+        self.loss = GradientMatchingLoss(
+            config, device=self.device, outer_loop=self.outer_loop, inner_loop=self.inner_loop, lr_net=lr_net
+        )
 
     def condense(
         self,
@@ -167,27 +171,10 @@ class GradientMatching:
             )
         else:
             images, labels = self._given_start(start, spec=spec, classes=classes)
-        syn = images.float().to(self.device).requires_grad_(True)
-        optimizer = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
-        augment = SiameseAugment(cfg.augment, drop_flip=spec.name in DIGIT_DATASETS) if cfg.dsa else None
-        pools = [torch.nonzero(data.labels == c).flatten() for c in range(spec.num_classes)]
-        real_images = data.images.to(self.device)
-        losses: list[float] = []
-        out_of_time = False
-        began = time.perf_counter()
-        for iteration in range(cfg.iterations):
-            net = get_model(cfg.model, spec, generator=generator).to(self.device).train()
-            value = self._iteration(net, syn, optimizer, real_images, pools, classes, augment, spec, generator)
-            if not math.isfinite(value):
-                raise DivergenceError(f"gm diverged at iteration {iteration + 1}: the loss is {value}; lower lr_img")
-            losses.append(value)
-            if on_iteration is not None:
-                on_iteration(iteration, value)
-            done = iteration + 1
-            if cfg.time_budget is not None and done < cfg.iterations and time.perf_counter() - began >= cfg.time_budget:
-                out_of_time = True
-                break
-        seconds = time.perf_counter() - began
+        run = optimise_pixels(
+            self.loss, data, images=images, labels=labels, config=cfg, generator=generator, device=self.device,
+            on_iteration=on_iteration,
+        )
         meta = {
             **dataset_meta(spec),
             "ipc": cfg.ipc,
@@ -197,76 +184,10 @@ class GradientMatching:
             "outer_loop": self.outer_loop,
             "inner_loop": self.inner_loop,
             "seed": cfg.seed,
-            "iterations": len(losses),
+            "iterations": run.iterations_run,
             "skipped_classes": skipped,
         }
-        synthetic = SyntheticSet(syn.detach().float().cpu().contiguous(), labels.cpu(), meta)
-        return CondensationResult(synthetic, losses, seconds, skipped, stopped_by_time_budget=out_of_time)
-
-    def _iteration(
-        self,
-        net: nn.Module,
-        syn: torch.Tensor,
-        optimizer: torch.optim.Optimizer,
-        real_images: torch.Tensor,
-        pools: list[torch.Tensor],
-        classes: list[int],
-        augment: SiameseAugment | None,
-        spec: DatasetSpec,
-        generator: torch.Generator,
-    ) -> float:
-        """One network's outer loop: match, step the pixels, train the network; the mean loss."""
-        cfg = self.config
-        params = [p for p in net.parameters() if p.requires_grad]
-        net_optimizer = torch.optim.SGD(params, lr=self.lr_net)
-        ipc = cfg.ipc
-        total = 0.0
-        for outer in range(self.outer_loop):
-            loss = syn.new_zeros(())
-            for slot, c in enumerate(classes):
-                pool = pools[c]
-                pick = pool[torch.randperm(pool.numel(), generator=generator)[: cfg.batch_real]]
-                real = real_images[pick.to(real_images.device)]
-                fake = syn[slot * ipc : (slot + 1) * ipc]
-                if augment is not None:  # one parameter set shared by the class's real and synthetic images
-                    drawn = augment.sample(1, generator=generator, image_size=spec.image_size)
-                    real = augment.apply(real, drawn, torch.zeros(len(real), dtype=torch.long))
-                    fake = augment.apply(fake, drawn, torch.zeros(len(fake), dtype=torch.long))
-                target_real = torch.full((len(real),), c, device=real.device)
-                target_fake = torch.full((len(fake),), c, device=fake.device)
-                real_grads = torch.autograd.grad(F.cross_entropy(net(real), target_real), params)
-                real_grads = [g.detach() for g in real_grads]
-                syn_grads = torch.autograd.grad(F.cross_entropy(net(fake), target_fake), params, create_graph=True)
-                loss = loss + gradient_distance(real_grads, syn_grads)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-            if outer < self.outer_loop - 1:
-                self._train_network(net, net_optimizer, syn.detach(), classes, augment, spec, generator)
-        return total / self.outer_loop
-
-    def _train_network(
-        self,
-        net: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        images: torch.Tensor,
-        classes: list[int],
-        augment: SiameseAugment | None,
-        spec: DatasetSpec,
-        generator: torch.Generator,
-    ) -> None:
-        """``inner_loop`` epochs of SGD on the synthetic set (batches of 256, augmented)."""
-        labels = torch.tensor(classes, device=images.device).repeat_interleave(self.config.ipc)
-        for _ in range(self.inner_loop):
-            order = torch.randperm(len(images), generator=generator).to(images.device)
-            for batch in order.split(256):
-                x = images[batch]
-                if augment is not None:
-                    x = augment.apply(x, augment.sample(len(x), generator=generator, image_size=spec.image_size))
-                optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(net(x), labels[batch]).backward()
-                optimizer.step()
+        return run.result(SyntheticSet(run.images, labels.cpu(), meta), skipped_classes=skipped)
 
     def _given_start(
         self, start: torch.Tensor, *, spec: DatasetSpec, classes: list[int]
@@ -276,3 +197,120 @@ class GradientMatching:
         if tuple(start.shape) != expected or not bool(torch.isfinite(start).all()):
             raise ValueError(f"start images must be finite and of shape {expected}, got {tuple(start.shape)}")
         return start.detach().float().cpu().clone(), labels
+
+
+class GradientMatchingLoss:
+    """Gradient matching's loss (a :class:`~fedcond.distill.optimisation.MatchingLoss`).
+
+    An iteration is ``outer_loop`` steps on one network: step 0 draws a fresh network; every
+    later step first trains it ``inner_loop`` epochs on the (detached) synthetic set. Each step's
+    loss is the sum over the classes of :func:`gradient_distance` between the network's
+    cross-entropy gradients on a real batch and on the class's synthetic images, both under the
+    same augmentation.
+
+    Parameters
+    ----------
+    config : DistillConfig
+        ``ipc``, ``batch_real``, ``model``, ``dsa``, ``augment`` and ``lr_img`` are read.
+    device : torch.device
+        Where the networks and the real images live.
+    outer_loop, inner_loop : int
+        Matches per network and network-training epochs between them.
+    lr_net : float
+        SGD learning rate of the network's training between matches.
+    """
+
+    name = "gm"
+
+    def __init__(
+        self, config: DistillConfig, *, device: torch.device, outer_loop: int, inner_loop: int, lr_net: float
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.steps_per_iteration = outer_loop
+        self.inner_loop = inner_loop
+        self.lr_net = lr_net
+        self._spec: DatasetSpec | None = None
+        self._classes: list[int] = []
+        self._pools: list[torch.Tensor] = []
+        self._real_images = torch.empty(0)
+        self._augment: SiameseAugment | None = None
+        self._net: nn.Module | None = None
+        self._net_optimizer: torch.optim.Optimizer | None = None
+
+    def prepare(self, data: ArrayDataset, *, synthetic_labels: torch.Tensor) -> None:
+        """Move the real data to the device and fix the classes, their pools and the augmentation."""
+        spec = data.spec
+        counts = data.class_counts()
+        self._spec = spec
+        self._classes = [c for c in range(spec.num_classes) if counts[c] > 0]
+        self._pools = [torch.nonzero(data.labels == c).flatten() for c in range(spec.num_classes)]
+        self._real_images = data.images.to(self.device)
+        dsa = self.config.dsa
+        self._augment = SiameseAugment(self.config.augment, drop_flip=spec.name in DIGIT_DATASETS) if dsa else None
+        self._net, self._net_optimizer = None, None
+
+    def loss(self, images: torch.Tensor, *, iteration: int, step: int, generator: torch.Generator) -> torch.Tensor:
+        """The summed per-class gradient distance on this iteration's network."""
+        spec = self._spec
+        if spec is None:
+            raise RuntimeError("GradientMatchingLoss.prepare() must run before loss()")
+        if step == 0 or self._net is None:
+            net = get_model(self.config.model, spec, generator=generator).to(self.device).train()
+            self._net = net
+            self._net_optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=self.lr_net)
+        else:
+            assert self._net_optimizer is not None
+            self._train_network(self._net, self._net_optimizer, images.detach(), generator)
+        net = self._net
+        params = [p for p in net.parameters() if p.requires_grad]
+        augment, ipc = self._augment, self.config.ipc
+        loss = images.new_zeros(())
+        for slot, c in enumerate(self._classes):
+            pool = self._pools[c]
+            pick = pool[torch.randperm(pool.numel(), generator=generator)[: self.config.batch_real]]
+            real = self._real_images[pick.to(self._real_images.device)]
+            fake = images[slot * ipc : (slot + 1) * ipc]
+            if augment is not None:  # one parameter set shared by the class's real and synthetic images
+                drawn = augment.sample(1, generator=generator, image_size=spec.image_size)
+                real = augment.apply(real, drawn, torch.zeros(len(real), dtype=torch.long))
+                fake = augment.apply(fake, drawn, torch.zeros(len(fake), dtype=torch.long))
+            target_real = torch.full((len(real),), c, device=real.device)
+            target_fake = torch.full((len(fake),), c, device=fake.device)
+            real_grads = torch.autograd.grad(F.cross_entropy(net(real), target_real), params)
+            real_grads = [g.detach() for g in real_grads]
+            syn_grads = torch.autograd.grad(F.cross_entropy(net(fake), target_fake), params, create_graph=True)
+            loss = loss + gradient_distance(real_grads, syn_grads)
+        return loss
+
+    def remedy(self) -> str:
+        """The setting to lower when gradient matching diverges."""
+        return f"lower lr_img ({self.config.lr_img})"
+
+    def fingerprint(self) -> dict[str, object]:
+        """The loop lengths and the network learning rate, which shape the run beyond the config."""
+        return {"gm": {"outer_loop": self.steps_per_iteration, "inner_loop": self.inner_loop, "lr_net": self.lr_net}}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Nothing: an iteration's network lives within the iteration."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Nothing to restore (see :meth:`state_dict`)."""
+
+    def _train_network(
+        self, net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, generator: torch.Generator
+    ) -> None:
+        """``inner_loop`` epochs of SGD on the synthetic set (batches of 256, augmented)."""
+        assert self._spec is not None
+        augment, image_size = self._augment, self._spec.image_size
+        labels = torch.tensor(self._classes, device=images.device).repeat_interleave(self.config.ipc)
+        for _ in range(self.inner_loop):
+            order = torch.randperm(len(images), generator=generator).to(images.device)
+            for batch in order.split(256):
+                x = images[batch]
+                if augment is not None:
+                    x = augment.apply(x, augment.sample(len(x), generator=generator, image_size=image_size))
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(net(x), labels[batch]).backward()
+                optimizer.step()

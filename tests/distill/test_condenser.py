@@ -206,7 +206,7 @@ def test_idm_queue_is_reproducible_and_changes_the_embeddings(digits) -> None:
 def test_idm_queue_trains_its_embedders_on_the_real_data(digits) -> None:
     engine = DistributionMatching(DistillConfig(ipc=1, iterations=30, queue_size=1, queue_lifetime=1000, **TINY))
     engine.condense(digits.train)
-    (net, steps), = engine._queue
+    (net, steps), = engine.loss._queue
     assert steps == 30
     with torch.no_grad():
         accuracy = (net(digits.test.images).argmax(1) == digits.test.labels).float().mean()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedcond.config import ConfigError, DistillConfig
-from fedcond.distill.dm import DistributionMatching, dm_loss, initial_synthetic
+from fedcond.distill.dm import DistributionMatching, DistributionMatchingLoss, dm_loss, initial_synthetic
 from fedcond.distill.statistics import class_means
 from fedcond.models import get_model
 
@@ -157,12 +157,12 @@ def test_chunked_real_forward_matches_one_forward(digits) -> None:
     assert torch.allclose(chunked.synthetic.images, whole.synthetic.images, atol=1e-4)
     assert chunked.losses == pytest.approx(whole.losses, rel=1e-4)
     # the padded tail (what the compiled path does) drops the zero rows again
-    engine = DistributionMatching(replace(base, real_chunk=100, compile=True))
-    engine._net = get_model("convnet", digits.spec, generator=torch.Generator().manual_seed(0))
-    engine._real_embed = engine._net.embed
+    loss = DistributionMatching(replace(base, real_chunk=100, compile=True)).loss
+    loss._net = get_model("convnet", digits.spec, generator=torch.Generator().manual_seed(0))
+    loss._real_embed = loss._net.embed
     images = digits.train.images[:237]
     with torch.no_grad():
-        assert torch.allclose(engine._embed_real(images), engine._net.embed(images), atol=1e-5)
+        assert torch.allclose(loss._embed_real(images), loss._net.embed(images), atol=1e-5)
 
 
 def test_herding_init_starts_closer_to_the_real_statistics_than_random_real_images(digits) -> None:
@@ -259,7 +259,7 @@ def test_a_compiled_forward_sees_few_shapes_when_the_dp_batch_size_varies(digits
 
         return forward
 
-    monkeypatch.setattr(DistributionMatching, "_maybe_compile", eager_spy)
+    monkeypatch.setattr(DistributionMatchingLoss, "_maybe_compile", eager_spy)
     config = DistillConfig(ipc=1, iterations=6, init="noise", batch_real=40, dsa=False, mixed_precision=False,
                            real_chunk=0, compile=True)
     counts = digits.train.class_counts()
@@ -285,7 +285,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(digits, tmp_pa
     ckpt = tmp_path / "ckpt.npz"
     config = DistillConfig(ipc=1, iterations=6, seed=0, checkpoint_every=2, dsa=False)
     engine = DistributionMatching(config)
-    original = engine._iteration_loss
+    original = engine.loss.loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -293,7 +293,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(digits, tmp_pa
         loss = original(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(engine, "_iteration_loss", poisoned)
+    monkeypatch.setattr(engine.loss, "loss", poisoned)
     with pytest.raises(DivergenceError, match="diverged at iteration 3.*keeps the last good state"):
         engine.condense(digits.train, checkpoint_path=ckpt)
     import numpy as np
