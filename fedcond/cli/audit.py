@@ -9,10 +9,11 @@ from typing import Any
 from fedcond.cli.common import (
     CommandError,
     add_common_arguments,
+    add_config_arguments,
     add_data_arguments,
+    config_values,
     console,
     load_data,
-    overrides_from,
     prepare_run_folder,
     print_table,
     write_metrics,
@@ -23,6 +24,9 @@ from fedcond.distill.synthetic import SyntheticSet
 
 __all__ = ["register"]
 
+#: the defaults the flags show in their help (``None`` flags leave the config's default standing)
+_DEFAULTS = AuditConfig()
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``audit`` subcommand and its flags to ``subparsers``."""
@@ -31,10 +35,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     audit.add_argument("--synthetic", type=Path, required=True, help="synthetic set file (.npz)")
     add_data_arguments(audit, default=None, default_help="the dataset recorded in the synthetic set, else digits")
-    audit.add_argument("--shadow-models", type=int, default=4, help="LiRA shadow models per target (default 4)")
-    audit.add_argument("--target-epochs", type=int, default=100, help="epochs of every attacked/shadow model")
-    audit.add_argument("--reference-size", type=int, default=1000, help="real images of the reference model")
-    audit.add_argument("--quantile", type=float, default=0.01, help="nearest-neighbour calibration quantile")
+    audit.add_argument(
+        "--shadow-models",
+        type=int,
+        default=None,
+        help=f"LiRA shadow models per target (default {_DEFAULTS.shadow_models})",
+    )
+    audit.add_argument(
+        "--target-epochs",
+        type=int,
+        default=None,
+        help=f"epochs of every attacked/shadow model (default {_DEFAULTS.target_epochs})",
+    )
+    audit.add_argument(
+        "--reference-size",
+        type=int,
+        default=None,
+        help=f"real images of the reference model (default {_DEFAULTS.reference_size})",
+    )
+    audit.add_argument(
+        "--quantile",
+        type=float,
+        default=None,
+        help=f"nearest-neighbour calibration quantile (default {_DEFAULTS.calibration_quantile})",
+    )
     audit.add_argument("--no-feature-space", action="store_true", help="pixel-space nearest neighbours only")
     audit.add_argument(
         "--reference-cache",
@@ -43,8 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="JSON file holding the real-data reference: read when it exists and matches, written when absent",
     )
-    audit.add_argument("--set", action="append", metavar="KEY=VALUE", help="any AuditConfig field")
-    add_common_arguments(audit, default_out="runs/audit")
+    add_config_arguments(
+        audit,
+        config_help="TOML file of AuditConfig keys, at the top level or in an [audit] table; flags override it",
+        set_help="any AuditConfig key, e.g. significance=0.05 (repeatable; overrides the file and the flags)",
+    )
+    # None = "not given": a config file's seed then stands (the flag overrides the file)
+    add_common_arguments(audit, default_out="runs/audit", from_config=("seed",))
     audit.set_defaults(run=run_audit_command)
 
 
@@ -67,18 +96,16 @@ def run_audit_command(args: argparse.Namespace) -> int:
     from fedcond.privacy.reference import ReferenceCacheError, load_reference, reference_identity, save_reference
 
     out = prepare_run_folder(args.out, overwrite=args.overwrite)
-    config = parse_config(
-        AuditConfig,
-        {
-            "shadow_models": args.shadow_models,
-            "target_epochs": args.target_epochs,
-            "reference_size": args.reference_size,
-            "calibration_quantile": args.quantile,
-            "feature_space": not args.no_feature_space,
-            "seed": args.seed,
-            **overrides_from(args.set),
-        },
-    )
+    flags = {
+        "shadow_models": args.shadow_models,
+        "target_epochs": args.target_epochs,
+        "reference_size": args.reference_size,
+        "calibration_quantile": args.quantile,
+        "feature_space": False if args.no_feature_space else None,
+        "seed": args.seed,
+    }
+    values = config_values(file=args.config, section="audit", flags=flags, overrides=args.overrides)
+    config = parse_config(AuditConfig, values)
     synthetic = SyntheticSet.load(args.synthetic)
     if args.dataset is None:  # audit against the data the set says it was made from
         args.dataset = str(synthetic.meta.get("dataset") or "digits")

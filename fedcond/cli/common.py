@@ -1,4 +1,4 @@
-"""Helpers shared by the sub-commands: common flags, run folders, metrics.json, tables."""
+"""Helpers shared by the sub-commands: common flags, config values, run folders, metrics.json, tables."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedcond.config import DataConfig, parse_config
+from fedcond.config import DataConfig, load_toml, parse_config
 from fedcond.data.registry import DatasetSplits, available_datasets, load_dataset
 from fedcond.metrics_file import write_metrics
 
@@ -23,7 +23,9 @@ __all__ = [
     "CommandError",
     "ProgressView",
     "add_common_arguments",
+    "add_config_arguments",
     "add_data_arguments",
+    "config_values",
     "console",
     "data_config_from",
     "forget_run_folders",
@@ -305,4 +307,74 @@ def overrides_from(pairs: Sequence[str] | None) -> dict[str, str]:
         key, value = pair.split("=", 1)
         out[key.strip()] = value.strip()
     return out
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, config_help: str, set_help: str) -> None:
+    """``--config FILE`` (dest ``config``) and the repeatable ``--set KEY=VALUE`` (dest ``overrides``).
+
+    Both are read by :func:`config_values`; ``None`` means not given.
+    """
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE", help=config_help)
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE", help=set_help
+    )
+
+
+def _config_key(key: str) -> str:
+    """``distill.batch-real`` -> ``distill.batch_real``: one spelling, so a later source replaces it."""
+    return ".".join(part.strip().replace("-", "_") for part in str(key).split("."))
+
+
+def config_values(
+    *,
+    file: Path | None,
+    flags: Mapping[str, Any],
+    overrides: Sequence[str] | None,
+    section: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The flat, dotted config values of a command, from its three sources (a later one wins).
+
+    Parameters
+    ----------
+    file : Path | None
+        The ``--config`` TOML file, read first; ``None`` uses ``defaults`` instead.
+    flags : Mapping[str, Any]
+        Config key -> the value of the flag that sets it; ``None`` means the flag was not given,
+        so the file's value (or the config's default) stands.
+    overrides : Sequence[str] | None
+        The ``--set key=value`` pairs, applied last.
+    section : str | None
+        A table the command's keys may live in (``[continual]``): when the file has it, its keys
+        are used without the prefix, and keys beside it are refused rather than ignored.
+    defaults : Mapping[str, Any] | None
+        The values standing in for a missing ``file`` (a command's built-in demo).
+
+    Returns
+    -------
+    dict[str, Any]
+        Dotted keys (underscore spelling) -> values, for :func:`fedcond.config.parse_config`.
+
+    Raises
+    ------
+    CommandError
+        For keys beside the ``section`` table, or a ``--set`` pair without ``=``.
+    ConfigError
+        When the file is missing or not valid TOML.
+    """
+    values: dict[str, Any] = {}
+    table = load_toml(file) if file is not None else dict(defaults or {})
+    if file is not None and section is not None:
+        prefix = f"{section}."
+        scoped = {k.removeprefix(prefix): v for k, v in table.items() if k.startswith(prefix)}
+        outside = sorted(k for k in table if not k.startswith(prefix))
+        if scoped and outside:
+            raise CommandError(
+                f"{file}: keys outside the [{section}] table would be ignored: {', '.join(outside[:6])} "
+                f"(move them into the [{section}] table)"
+            )
+        table = scoped or table
+    for source in (table, {k: v for k, v in flags.items() if v is not None}, overrides_from(overrides)):
+        values.update({_config_key(k): v for k, v in source.items()})
+    return values
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 from fedcond.cli.common import (
     CommandError,
     add_common_arguments,
+    add_config_arguments,
+    config_values,
     console,
-    overrides_from,
     prepare_run_folder,
     print_table,
     write_metrics,
 )
-from fedcond.config import ContinualConfig, choices_of, flatten_config, load_toml, parse_config
+from fedcond.config import ContinualConfig, choices_of, flatten_config, parse_config
 
 __all__ = ["register"]
 
@@ -35,7 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the memory alone after each experience (the DM paper's protocol)."
         ),
     )
-    parser.add_argument("--config", type=Path, default=None, help="TOML file with [continual] settings")
+    add_config_arguments(
+        parser,
+        config_help="TOML file with [continual] settings ([continual.distill] for DM's)",
+        set_help="override any continual key, e.g. distill.lr_img=0.5 (repeatable)",
+    )
     parser.add_argument("--benchmark", choices=_BENCHMARKS, default=None, help="default split-digits (bundled)")
     parser.add_argument("--replay", choices=_REPLAYS, default=None, help="default distilled")
     parser.add_argument("--memory-per-class", type=int, default=None, help="replay images per class (default 10)")
@@ -56,7 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--test-per-class", type=int, default=None, help="subsample the test split (seeded)")
     parser.add_argument("--data-dir", type=Path, default=None, help="torchvision-layout root (MNIST, Fashion-MNIST)")
     parser.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any continual key")
     # None = "not given": a config file's seed then stands (the flag overrides the file)
     add_common_arguments(parser, default_out="runs/continual", from_config=("seed",))
     parser.set_defaults(run=run_continual_command)
@@ -64,18 +67,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from(args: argparse.Namespace) -> ContinualConfig:
     """The typed config: TOML file, then flags, then ``--set`` overrides."""
-    values: dict[str, Any] = {}
-    if args.config is not None:
-        table = load_toml(args.config)
-        scoped = {k.removeprefix("continual."): v for k, v in table.items() if k.startswith("continual.")}
-        outside = sorted(k for k in table if not k.startswith("continual."))
-        if scoped and outside:
-            # keys beside a [continual] table would otherwise be dropped without a word
-            raise CommandError(
-                f"{args.config}: keys outside the [continual] table would be ignored: {', '.join(outside[:6])}"
-                " (move them into [continual], e.g. [continual.distill] for DM settings)"
-            )
-        values.update(scoped or table)
     flags = {
         "benchmark": args.benchmark,
         "replay": args.replay,
@@ -89,16 +80,12 @@ def config_from(args: argparse.Namespace) -> ContinualConfig:
         "distill.batch_real": args.batch_real,
         "train_per_class": args.train_per_class,
         "test_per_class": args.test_per_class,
+        "gdumb": True if args.gdumb else None,
+        "augment_memory": True if args.augment_memory else None,
+        "seed": args.seed,
     }
-    values.update({k: v for k, v in flags.items() if v is not None})
-    if args.gdumb:
-        values["gdumb"] = True
-    if args.augment_memory:
-        values["augment_memory"] = True
-    if args.seed is not None:
-        values["seed"] = args.seed
-    values.update(overrides_from(args.set))
-    if any(str(k).replace("-", "_") == "distill.seed" for k in values):
+    values = config_values(file=args.config, section="continual", flags=flags, overrides=args.overrides)
+    if "distill.seed" in values:
         raise CommandError("distill.seed follows the run's seed in continual runs: use --seed (or seed = N)")
     return parse_config(ContinualConfig, values)
 

@@ -1,29 +1,40 @@
 """``fedcond distill`` and ``fedcond coreset``: condense one dataset and evaluate the result.
 
 ``fedcond distill --method NAME`` runs any registered condenser (:mod:`fedcond.distill.condenser`);
-``fedcond coreset`` is the same command with the coreset methods and their flags only. A flag that
-sets something the chosen method does not read is refused by name instead of being ignored.
+``fedcond coreset`` is the same command with the coreset methods and their flags only. A flag (or
+config key) that sets something the chosen method does not read is refused by name instead of
+being ignored.
+
+Settings come, in increasing priority, from ``--config FILE`` (a ``[distill]`` table of
+:class:`~fedcond.config.DistillConfig` keys and an ``[eval]`` table of
+:class:`~fedcond.config.EvalConfig` keys), the flags, and ``--set distill.KEY=VALUE`` or
+``--set eval.KEY=VALUE`` pairs. The configs are built, and so checked, before any data is read.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fedcond.cli.common import (
     CommandError,
     ProgressView,
     add_common_arguments,
+    add_config_arguments,
     add_data_arguments,
+    config_values,
     console,
     load_data,
     prepare_run_folder,
     print_table,
     write_metrics,
 )
-from fedcond.config import AugmentConfig, DistillConfig, DPConfig, EvalConfig, choices_of, parse_config
+from fedcond.config import DistillConfig, DPConfig, EvalConfig, choices_of, flatten_config, parse_config
 from fedcond.data.registry import DatasetSplits
 from fedcond.devices import resolve_device
 from fedcond.distill.augment import LAYOUTS
@@ -48,6 +59,18 @@ if TYPE_CHECKING:
     from fedcond.privacy.private_condensation import PrivateCondensation
 
 __all__ = ["register"]
+
+#: the defaults the flags' help shows: a flag left out (``None``) keeps the file's value or this default
+_DISTILL = DistillConfig()
+_EVAL = EvalConfig()
+
+
+@dataclass(frozen=True)
+class _CommandConfig:
+    """The settings of one ``fedcond distill`` run: the ``[distill]`` and ``[eval]`` tables."""
+
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 #: DP flags that only mean something with ``--dp-epsilon``, and their values when it is given
@@ -86,7 +109,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"condensation method, any registered condenser ({', '.join(list_condensers())}; default dm)",
     )
     _add_budget_arguments(distill)
-    distill.add_argument("--iterations", type=int, default=1000, help="DM iterations (default 1000)")
+    distill.add_argument(
+        "--iterations", type=int, default=None, help=f"DM iterations (default {_DISTILL.iterations})"
+    )
     distill.add_argument(
         "--time-budget",
         type=float,
@@ -98,61 +123,76 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     distill.add_argument(
         "--init",
         choices=INITS,
-        default="real",
+        default=None,
         help="synthetic init (herding: the herding coreset; kmeans: per-class k-means centroids, "
-        "with --iterations 0 the centroid baseline)",
+        f"with --iterations 0 the centroid baseline; default {_DISTILL.init})",
     )
     distill.add_argument(
-        "--batch-real", type=int, default=256, help="real images per class and iteration (default 256)"
+        "--batch-real",
+        type=int,
+        default=None,
+        help=f"real images per class and iteration (default {_DISTILL.batch_real})",
     )
-    distill.add_argument("--lr-img", type=float, default=1.0, help="SGD learning rate on pixels (default 1.0)")
+    distill.add_argument(
+        "--lr-img", type=float, default=None, help=f"SGD learning rate on pixels (default {_DISTILL.lr_img})"
+    )
     distill.add_argument(
         "--matching",
         choices=MATCHINGS,
-        default="mean",
+        default=None,
         help="mean: class-mean embeddings (DM paper); mmd: plus a Gaussian-kernel MMD per class "
-        "(measured better at ipc 10, worse at ipc 1)",
+        f"(measured better at ipc 10, worse at ipc 1; default {_DISTILL.matching})",
     )
     distill.add_argument(
-        "--mmd-weight", type=float, default=1.0, help="weight of the MMD term (--matching mmd; default 1.0)"
+        "--mmd-weight",
+        type=float,
+        default=None,
+        help=f"weight of the MMD term (--matching mmd; default {_DISTILL.mmd_weight})",
     )
     distill.add_argument(
         "--factor",
         type=int,
-        default=1,
+        default=None,
         help="multi-formation (IDC): each stored image holds factor x factor downsampled tiles that "
-        "train as factor^2 images at the same storage (default 1: plain DM; with --iterations 0 "
+        f"train as factor^2 images at the same storage (default {_DISTILL.factor}: plain DM; with --iterations 0 "
         "and --init real: downsampled random real images)",
     )
     distill.add_argument(
         "--queue-size",
         type=int,
-        default=0,
+        default=None,
         help="IDM: match with a queue of N partly trained embedders, each trained one step on real data when "
-        "drawn (default 0: a fresh random network every iteration, the DM paper; not with DP)",
+        f"drawn (default {_DISTILL.queue_size}: a fresh random network every iteration, the DM paper; not with DP)",
     )
     distill.add_argument(
         "--queue-lifetime",
         type=int,
-        default=DistillConfig().queue_lifetime,
-        help=f"IDM: training steps before a queued embedder is replaced (default {DistillConfig().queue_lifetime})",
+        default=None,
+        help=f"IDM: training steps before a queued embedder is replaced (default {_DISTILL.queue_lifetime})",
     )
     distill.add_argument("--no-dsa", action="store_true", help="disable siamese augmentation")
     distill.add_argument(
         "--dsa-layout",
         choices=LAYOUTS,
-        default=AugmentConfig().layout,
-        help="one DSA parameter set per class shared by its real and synthetic images (class, the "
-        "default: the reference code's Siamese mode; always used under DP) or one per image (sample)",
+        default=None,
+        help="one DSA parameter set per class shared by its real and synthetic images (class: the "
+        "reference code's Siamese mode; always used under DP) or one per image (sample; "
+        f"default {_DISTILL.augment.layout})",
     )
     distill.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast")
     distill.add_argument(
         "--compile",
         choices=("auto", "on", "off"),
         default="auto",
-        help="torch.compile the real-side forward (auto: on from 300 iterations)",
+        help="torch.compile the real-side forward (auto, the default: distill.compile from --config or --set, "
+        "else on from 300 iterations without an embedder queue)",
     )
-    distill.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint period (0: off)")
+    distill.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help=f"checkpoint period in iterations (0: off; default {_DISTILL.checkpoint_every})",
+    )
     distill.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     distill.add_argument("--dp-epsilon", type=float, default=None, help="differentially private DM: target epsilon")
     distill.add_argument(
@@ -178,7 +218,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seed the DP noise and Poisson sampling (reproducible research runs only: the guarantee then "
         "holds only while this value stays secret; default: a fresh secret seed from the OS)",
     )
-    add_common_arguments(distill, default_out="runs/distill")
+    add_config_arguments(
+        distill,
+        config_help="TOML file: DistillConfig keys in a [distill] table ([distill.augment] for DSA), "
+        "evaluation keys (runs, epochs, lr, momentum, weight_decay, batch_size, dsa, model) in an [eval] "
+        "table; flags override it",
+        set_help="override a file or flag value by its dotted key, distill.KEY or eval.KEY, e.g. "
+        "distill.momentum=0.9 or eval.lr=0.02 (repeatable)",
+    )
+    # None = "not given": the config file's distill.seed then stands (the flag overrides the file)
+    add_common_arguments(distill, default_out="runs/distill", from_config=("seed",))
     distill.set_defaults(run=run_distill)
 
     coreset = subparsers.add_parser(
@@ -190,23 +239,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # the same command as distill: distill's method flags at their defaults, none of them given
     distill_only = {name: distill.get_default(name) for name in (*_FLAG_FIELDS, *_DP_DEFAULTS, "dp_epsilon")}
     flag_defaults = {name: distill_only[name] for name in _FLAG_FIELDS}
-    coreset.set_defaults(run=run_distill, flag_defaults=flag_defaults, **distill_only)
+    coreset.set_defaults(run=run_distill, flag_defaults=flag_defaults, config=None, overrides=None, **distill_only)
     distill.set_defaults(flag_defaults={name: distill.get_default(name) for name in _FLAG_FIELDS})
 
 
-def _check_method(args: argparse.Namespace) -> type:
-    """The chosen condenser's class; refuse an unknown name and flags it cannot honour, by name."""
+def _check_method(args: argparse.Namespace, keys: Collection[str]) -> type:
+    """The chosen condenser's class; refuse an unknown name, and the flags and ``distill.*`` config
+    ``keys`` it cannot honour, by name."""
     try:
         cls = condenser_class(args.method)
     except ValueError as exc:
         raise CommandError(f"--method: {exc}") from exc
     given = {name for name, default in args.flag_defaults.items() if getattr(args, name) != default}
-    fields = {_FLAG_FIELDS[name] for name in given}
-    refused = set(refused_config_fields(args.method, fields))
+    flagged = {_FLAG_FIELDS[name] for name in given}
+    set_fields = {key.split(".")[1] for key in keys if key.startswith("distill.")}
+    refused = set(refused_config_fields(args.method, flagged | set_fields))
     flags = sorted("--" + name.replace("_", "-") for name in given if _FLAG_FIELDS[name] in refused)
+    flags += [f"distill.{name}" for name in sorted(refused - flagged)]
     if args.dp_epsilon is not None and not accepts_option(args.method, "real_statistics"):
         flags.append("--dp-epsilon")
-    if (args.checkpoint_every or args.resume) and "checkpoint_path" not in inspect.signature(cls.condense).parameters:
+    checkpoints = args.resume or "checkpoint_every" in set_fields
+    if checkpoints and "checkpoint_path" not in inspect.signature(cls.condense).parameters:
         flags += [flag for flag in ("--checkpoint-every", "--resume") if flag not in flags]
     if flags:
         reads = getattr(cls, "config_fields", None)
@@ -233,10 +286,16 @@ def _check_dp_flags(args: argparse.Namespace) -> None:
 
 def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
-    parser.add_argument("--ipc", type=int, default=10, help="images per class (default 10)")
-    parser.add_argument("--eval-runs", type=int, default=3, help="networks trained for evaluation (default 3; 0 skips)")
-    parser.add_argument("--eval-epochs", type=int, default=300, help="epochs per evaluation network (default 300)")
-    parser.add_argument("--eval-model", default="convnet", help="evaluation network (convnet or mlp; default convnet)")
+    parser.add_argument("--ipc", type=int, default=None, help=f"images per class (default {_DISTILL.ipc})")
+    parser.add_argument(
+        "--eval-runs", type=int, default=None, help=f"networks trained for evaluation (default {_EVAL.runs}; 0 skips)"
+    )
+    parser.add_argument(
+        "--eval-epochs", type=int, default=None, help=f"epochs per evaluation network (default {_EVAL.epochs})"
+    )
+    parser.add_argument(
+        "--eval-model", default=None, help=f"evaluation network (convnet or mlp; default {_EVAL.model})"
+    )
     parser.add_argument(
         "--eval-no-dsa",
         action="store_true",
@@ -244,19 +303,45 @@ def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace) -> DatasetSplits:
-    """Check every flag that can be checked before the (long) work starts, then load the data."""
-    if args.ipc <= 0:
-        raise CommandError(f"--ipc must be positive, got {args.ipc}")
-    if args.eval_runs < 0 or args.eval_epochs < 0:
-        raise CommandError("--eval-runs and --eval-epochs must be >= 0")
-    if args.eval_runs > 0 and args.eval_epochs == 0:
-        raise CommandError("--eval-epochs 0 would report untrained networks' accuracy: use >= 1, or --eval-runs 0")
-    if getattr(args, "checkpoint_every", 0) < 0:
-        raise CommandError(f"--checkpoint-every must be >= 0 (0 = no checkpoints), got {args.checkpoint_every}")
-    if args.eval_runs > 0 and args.eval_model not in available_models():  # not only after DM has run
+def _command_config(args: argparse.Namespace) -> tuple[_CommandConfig, dict[str, Any]]:
+    """The run's checked configs, from ``--config``, the flags and ``--set``, and the values they came from."""
+    flags = {
+        "distill.ipc": args.ipc,
+        "distill.iterations": args.iterations,
+        "distill.init": args.init,
+        "distill.batch_real": args.batch_real,
+        "distill.lr_img": args.lr_img,
+        "distill.matching": args.matching,
+        "distill.mmd_weight": args.mmd_weight,
+        "distill.factor": args.factor,
+        "distill.queue_size": args.queue_size,
+        "distill.queue_lifetime": args.queue_lifetime,
+        "distill.checkpoint_every": args.checkpoint_every,
+        "distill.time_budget": args.time_budget,
+        "distill.dsa": False if args.no_dsa else None,
+        "distill.augment.layout": args.dsa_layout,
+        "distill.mixed_precision": False if args.no_bf16 else None,
+        "distill.compile": {"on": True, "off": False}.get(args.compile),  # auto: decided below
+        "distill.seed": args.seed,
+        "eval.runs": args.eval_runs,
+        "eval.epochs": args.eval_epochs,
+        "eval.model": args.eval_model,
+        "eval.dsa": False if args.eval_no_dsa else None,
+    }
+    values = config_values(file=args.config, flags=flags, overrides=args.overrides)
+    config = parse_config(_CommandConfig, values)
+    if "distill.compile" not in values:  # auto: worth its compile time from a few hundred iterations
+        distill = config.distill
+        compiled = distill.iterations >= 300 and distill.queue_size == 0
+        config = dataclasses.replace(config, distill=dataclasses.replace(distill, compile=compiled))
+    return config, values
+
+
+def _load(args: argparse.Namespace, eval_config: EvalConfig) -> DatasetSplits:
+    """Check what the configs cannot check themselves before the (long) work starts, then load the data."""
+    if eval_config.runs > 0 and eval_config.model not in available_models():  # not only after DM has run
         choices = ", ".join(available_models())
-        raise CommandError(f"--eval-model: unknown model {args.eval_model!r}; choose one of {choices}")
+        raise CommandError(f"--eval-model: unknown model {eval_config.model!r}; choose one of {choices}")
     return load_data(args)
 
 
@@ -267,12 +352,12 @@ def _refuse_small_classes(splits: DatasetSplits, needed: int, hint: str) -> None
 
 
 def _evaluate(
-    args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSplits, metrics: dict[str, Any]
+    args: argparse.Namespace,
+    eval_config: EvalConfig,
+    synthetic: SyntheticSet,
+    splits: DatasetSplits,
+    metrics: dict[str, Any],
 ) -> None:
-    eval_config = parse_config(
-        EvalConfig,
-        {"runs": args.eval_runs, "epochs": args.eval_epochs, "model": args.eval_model, "dsa": not args.eval_no_dsa},
-    )
     metrics["eval_runs"] = eval_config.runs
     metrics["eval_epochs"] = eval_config.epochs
     metrics["eval_dsa"] = eval_config.dsa
@@ -287,7 +372,7 @@ def _evaluate(
             synthetic,
             splits.test,
             eval_config,
-            seed=args.seed,
+            seed=metrics["seed"],
             device=resolve_device(args.device),
             progress=lambda step: _show_eval_progress(view, step, test_images=len(splits.test)),
         )
@@ -313,7 +398,13 @@ def _show_eval_progress(view: ProgressView, step: EvalProgress, *, test_images: 
         view.note(f"{network}: trained, testing on {test_images} images")
 
 
-def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSplits, metrics: dict[str, Any]) -> None:
+def _finish(
+    args: argparse.Namespace,
+    eval_config: EvalConfig,
+    synthetic: SyntheticSet,
+    splits: DatasetSplits,
+    metrics: dict[str, Any],
+) -> None:
     path = synthetic.save(args.out / "synthetic.npz")
     save_image_grid(
         synthetic.images,
@@ -328,7 +419,7 @@ def _finish(args: argparse.Namespace, synthetic: SyntheticSet, splits: DatasetSp
     # metrics.json describes the set just written before the evaluation starts, so a failed or
     # interrupted evaluation never leaves an earlier run's metrics beside this run's set
     write_metrics(args.out, {**metrics, "test_accuracy_mean": None, "test_accuracy_std": None, "evaluation": "pending"})
-    _evaluate(args, synthetic, splits, metrics)
+    _evaluate(args, eval_config, synthetic, splits, metrics)
     write_metrics(args.out, metrics)
     acc = metrics["test_accuracy_mean"]
     print_table(
@@ -355,50 +446,25 @@ def run_distill(args: argparse.Namespace) -> int:
     """Run ``fedcond distill`` (and ``fedcond coreset``): condense with ``--method``, evaluate, write
     the set, ``synthetic.png`` and ``metrics.json``."""
     _check_dp_flags(args)
-    cls = _check_method(args)
+    settings, values = _command_config(args)  # bad settings fail here, before any data is read
+    config, eval_config = settings.distill, settings.eval
+    cls = _check_method(args, values)
     dm = args.method == "dm"
     out = prepare_run_folder(args.out, overwrite=args.overwrite, resume=args.resume)
-    splits = _load(args)
-    if args.time_budget is not None and not args.time_budget > 0:
-        raise CommandError(f"--time-budget must be > 0 seconds, got {args.time_budget}")
-    config = parse_config(
-        DistillConfig,
-        {
-            "ipc": args.ipc,
-            "iterations": args.iterations,
-            "init": args.init,
-            "batch_real": args.batch_real,
-            "lr_img": args.lr_img,
-            "matching": args.matching,
-            "mmd_weight": args.mmd_weight,
-            "dsa": not args.no_dsa,
-            "augment.layout": args.dsa_layout,
-            "mixed_precision": not args.no_bf16,
-            "compile": args.compile == "on"
-            or (args.compile == "auto" and args.iterations >= 300 and args.queue_size == 0),
-            "checkpoint_every": args.checkpoint_every,
-            "factor": args.factor,
-            "seed": args.seed,
-            "time_budget": args.time_budget,
-            "queue_size": args.queue_size,
-            "queue_lifetime": args.queue_lifetime,
-        },
-    )
+    splits = _load(args, eval_config)
     try:
-        check_factor(args.factor, image_size=splits.spec.image_size)
+        check_factor(config.factor, image_size=splits.spec.image_size)
     except ValueError as exc:
         raise CommandError(
             f"--factor must be a positive integer dividing the image size {splits.spec.image_size}: {exc}"
         ) from exc
-    if args.iterations < 0:
-        raise CommandError(f"--iterations must be >= 0, got {args.iterations}")
     if args.resume and not config.checkpoint_every:
         raise CommandError("--resume needs --checkpoint-every N: checkpoints are written (and read) only with it")
     if args.resume and not (out / "checkpoint.npz").exists():
         console.print(f"[yellow]note:[/] --resume: no checkpoint in {out} yet, starting from iteration 0")
     if args.dp_epsilon is not None and config.init != "noise":
         console.print("[yellow]DP forces --init noise (real init would publish real images)[/]")
-        config = parse_config(DistillConfig, {**_as_dict(config), "init": "noise"})
+        config = parse_config(DistillConfig, {**flatten_config(config), "init": "noise"})
     private = _private_condensation(args, config, splits)
     if not dm:  # the small-class policy of every selection: ipc real images per class present
         _refuse_small_classes(splits, config.ipc, "lower --ipc")
@@ -436,7 +502,7 @@ def run_distill(args: argparse.Namespace) -> int:
         "iterations": result.iterations_run,
         "time_budget": config.time_budget,
         "stopped_by_time_budget": result.stopped_by_time_budget,
-        "seed": args.seed,
+        "seed": config.seed,
         "device": str(getattr(engine, "device", resolve_device(args.device))),
         # a resumed run: the seconds of the earlier segments (from the checkpoint) are added;
         # iterations_per_second is this segment's throughput
@@ -461,14 +527,9 @@ def run_distill(args: argparse.Namespace) -> int:
         from fedcond.privacy.private_condensation import DP_META_KEYS
 
         metrics.update({key: synthetic.meta[key] for key in DP_META_KEYS if key in synthetic.meta})
-    _finish(args, synthetic, splits, metrics)
+    metrics["config"] = flatten_config(_CommandConfig(distill=config, eval=eval_config))
+    _finish(args, eval_config, synthetic, splits, metrics)
     return 0
-
-
-def _as_dict(config: DistillConfig) -> dict[str, Any]:
-    from fedcond.config import flatten_config
-
-    return flatten_config(config)
 
 
 def _private_condensation(

@@ -18,13 +18,14 @@ from typing import Any
 from fedcond.cli.common import (
     CommandError,
     add_common_arguments,
+    add_config_arguments,
+    config_values,
     console,
-    overrides_from,
     prepare_run_folder,
     print_table,
     write_metrics,
 )
-from fedcond.config import FederatedConfig, choices_of, load_toml
+from fedcond.config import FederatedConfig, choices_of
 from fedcond.federated.job import STRATEGIES
 
 __all__ = ["register", "run_simulate"]
@@ -54,7 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Flags override the TOML config; --set key=value overrides both. "
         "With no job flag at all the demo runs (digits, 10 clients, Dirichlet 0.1, FedCond one-shot vs FedAvg).",
     )
-    parser.add_argument("--config", type=Path, default=None, help="TOML experiment file (see configs/)")
+    add_config_arguments(
+        parser,
+        config_help="TOML experiment file (see configs/)",
+        set_help="any config key, e.g. server-epochs=200 or distill.init=noise (repeatable)",
+    )
     parser.add_argument("--strategy", choices=STRATEGIES, default=None,
                         help="fedcond, Flower's FedAvg/FedProx, or its robust rules (default from config: fedcond)")
     parser.add_argument("--dataset", default=None, help="dataset name (default from config: digits)")
@@ -93,8 +98,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the killed run in --out after its last finished round (same settings; finished runs are kept)",
     )
-    parser.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
-                        help="any config key, e.g. server-epochs=200 or distill.init=noise (repeatable)")
     parser.add_argument(
         "--engine",
         choices=("ray", "inprocess"),
@@ -139,17 +142,12 @@ def _refusals(metrics: dict[str, Any]) -> list[str]:
 def _mapping(args: argparse.Namespace) -> dict[str, Any]:
     from fedcond.federated.job import DEMO_JOB
 
-    values: dict[str, Any] = dict(DEMO_JOB) if args.config is None else load_toml(args.config)
-    for flag, key in _FLAG_KEYS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            values[key] = str(value) if isinstance(value, Path) else value
-    if args.seed is not None:
-        values["seed"] = values["distill.seed"] = args.seed
-    if args.device is not None:
-        values["device"] = args.device
-    values.setdefault("device", "auto")  # a missing distill.seed follows seed (job_from_mapping)
-    values.update(overrides_from(args.overrides))
+    flags = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items()}
+    flags = {key: str(value) if isinstance(value, Path) else value for key, value in flags.items()}
+    # --seed re-seeds the clients' DM too; a missing distill.seed follows seed (job_from_mapping)
+    flags.update({"seed": args.seed, "distill.seed": args.seed, "device": args.device})
+    values = config_values(file=args.config, defaults=DEMO_JOB, flags=flags, overrides=args.overrides)
+    values.setdefault("device", "auto")
     return values
 
 

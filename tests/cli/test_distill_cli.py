@@ -70,7 +70,7 @@ def test_coreset_end_to_end(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["distill", "--ipc", "0"], "--ipc must be positive"),
+        (["distill", "--ipc", "0"], "config key 'distill.ipc' must be >= 1, got 0"),
         (["distill", "--dataset", "imagenet"], "unknown dataset"),
         (["distill", "--dataset", "mnist", "--data-dir", "/nonexistent"], "MNIST/raw"),
         (["distill", "--ipc", "500", "--iterations", "1"], "hold fewer than 500 images"),
@@ -78,9 +78,9 @@ def test_coreset_end_to_end(tmp_path) -> None:
         (["distill", "--factor", "3", "--iterations", "1"], "--factor must be a positive integer dividing"),
         # checked before DM runs (a typo used to surface only after the whole condensation)
         (["distill", "--iterations", "1", "--eval-model", "resnet"], "--eval-model: unknown model 'resnet'"),
-        (["distill", "--iterations", "1", "--eval-epochs", "0"], "--eval-epochs 0 would report untrained"),
-        (["distill", "--iterations", "1", "--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
-        (["distill", "--iterations", "2", "--lr-img", "nan", "--eval-runs", "0"], "'lr_img': cannot read nan"),
+        (["distill", "--iterations", "1", "--eval-epochs", "0"], "config key 'eval.epochs' must be >= 1, got 0"),
+        (["distill", "--iterations", "1", "--checkpoint-every", "-1"], "'distill.checkpoint_every' must be >= 0"),
+        (["distill", "--iterations", "2", "--lr-img", "nan", "--eval-runs", "0"], "'distill.lr_img': cannot read nan"),
         (["coreset", "--ipc", "500"], "hold fewer than 500 images; lower --ipc"),
         # DP flags alone would publish a non-private, real-init set
         (["distill", "--dp-delta", "1e-5", "--iterations", "1"], "--dp-delta without --dp-epsilon"),
@@ -210,3 +210,48 @@ def test_resume_without_checkpoints_is_refused_and_the_run_is_kept(tmp_path, cap
     err = capsys.readouterr().err
     assert "--resume needs --checkpoint-every" in err and "Traceback" not in err
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
+def test_config_file_flags_and_set_build_the_run_config(tmp_path) -> None:
+    config = tmp_path / "distill.toml"
+    config.write_text("[distill]\nipc = 2\nlr_img = 0.5\nmomentum = 0.7\ninit = \"noise\"\n[eval]\nepochs = 7\n")
+    out = tmp_path / "run"
+    argv = ["distill", "--config", str(config), "--ipc", "3", "--set", "distill.momentum=0.8", "--set", "eval.lr=0.02",
+            "--iterations", "1", "--eval-runs", "0", "--out", str(out)]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    used = metrics["config"]
+    assert used["distill.lr_img"] == 0.5 and used["distill.init"] == "noise" and used["eval.epochs"] == 7  # file
+    assert used["distill.ipc"] == 3 and metrics["ipc"] == 3  # the flag over the file
+    assert used["distill.momentum"] == 0.8 and used["eval.lr"] == 0.02  # --set over the file
+    assert used["distill.iterations"] == 1 and used["eval.runs"] == 0
+    assert used["distill.batch_real"] == 256  # neither gave it: the config's default
+
+
+def test_set_wins_over_the_flag(tmp_path) -> None:
+    out = tmp_path / "run"
+    argv = ["distill", "--method", "random", "--ipc", "2", "--set", "distill.ipc=1", "--eval-runs", "0"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["distill.ipc"] == 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["--set", "distill.ipcs=2"], "unknown config key(s) distill.ipcs"),
+        (["--set", "ipc=2"], "unknown config key(s) ipc; valid keys: distill, eval"),
+        (["--set", "eval.epochs=0"], "config key 'eval.epochs' must be >= 1, got 0"),
+        (["--set", "distill.lr_img=-1"], "config key 'distill.lr_img' must be > 0, got -1.0"),
+        (["--method", "random", "--set", "distill.lr_img=2"],
+         "--method random cannot honour --iterations, distill.lr_img"),
+    ],
+)
+def test_bad_config_keys_and_values_are_named_before_any_data_is_read(tmp_path, capsys, settings, message) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[distill]\nbatch_reel = 8\n")
+    assert main(["distill", "--config", str(config), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown config key(s) distill.batch_reel" in capsys.readouterr().err
+    assert main(["distill", *settings, "--iterations", "1", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

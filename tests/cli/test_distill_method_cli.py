@@ -73,7 +73,7 @@ def test_a_flag_the_third_party_method_does_not_read_is_refused(mean_image: None
         (["--method", "herding", "--dp-epsilon", "1"], "--method herding cannot honour --dp-epsilon"),
         (["--method", "kmeans", "--time-budget", "5"], "--method kmeans cannot honour --time-budget"),
         (["--method", "random", "--ipc", "500"], "hold fewer than 500 images; lower --ipc"),
-        (["--time-budget", "0", "--iterations", "1"], "--time-budget must be > 0"),
+        (["--time-budget", "0", "--iterations", "1"], "config key 'distill.time_budget' must be > 0"),
     ],
 )
 def test_bad_method_input_is_one_clear_line(tmp_path, capsys, argv, message) -> None:
