@@ -1,8 +1,8 @@
 """Render the results tables and figures of the docs and the README from the JSON files in docs/results.
 
 Every table between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in README.md,
-docs/results.md and docs/client-policy.md is produced here from ``docs/results/*.json``; nothing in those blocks is typed
-by hand. Run it after adding or replacing a JSON file::
+docs/results.md, docs/client-policy.md and docs/robustness.md is produced here from
+``docs/results/*.json``; nothing in those blocks is typed by hand. Run it after adding or replacing a JSON file::
 
     python simulations/render_results.py            # rewrite the blocks in place, redraw stale figures
     python simulations/render_results.py --check    # exit 1 when a block or a figure differs (CI, tests)
@@ -36,7 +36,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-TARGETS = (ROOT / "README.md", ROOT / "docs" / "results.md", ROOT / "docs" / "client-policy.md")
+TARGETS = (
+    ROOT / "README.md",
+    ROOT / "docs" / "results.md",
+    ROOT / "docs" / "client-policy.md",
+    ROOT / "docs" / "robustness.md",
+)
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
 
 MIB = 1024 * 1024
@@ -366,7 +371,75 @@ def readme() -> str:
     return table(["part", "setting", "fedcond", "compared with"], rows)
 
 
+ROBUST_METHODS = {
+    "fedcond-cap": "FedCond, count cap only (default)",
+    "fedcond-robust": "FedCond, count cap + outlier rule (`outlier_nets=2`)",
+    "fedcond-plain": "FedCond, rule off",
+    "fedavg": "FedAvg",
+    "fedmedian": "FedMedian",
+    "fedtrimmedavg": "FedTrimmedAvg",
+}
+ROBUST_FILES = {
+    "attacks": "bench_robust_digits_attacks.json",
+    "honest": "bench_robust_digits_honest.json",
+    "cap": "bench_robust_digits_cap_only.json",
+}
+
+
+def _robust_results(name: str) -> list[dict]:
+    """The runs of one robustness file; the count-cap-only runs are renamed ``fedcond-cap``."""
+    if not (RESULTS / ROBUST_FILES[name]).is_file():
+        return []
+    rows = load(ROBUST_FILES[name])["results"]
+    if name == "cap":
+        rows = [{**r, "method": "fedcond-cap"} for r in rows if r["method"] == "fedcond-robust"]
+    return rows
+
+
+def _robust_cell(rows: list[dict]) -> str:
+    if not rows:
+        return "-"
+    accs = [100 * (r["test_accuracy"] or 0.0) for r in rows]
+    mean = sum(accs) / len(accs)
+    dropped = sum(r["dropped"] or 0 for r in rows)
+    finite = "" if all(r["finite"] is not False for r in rows) else ", non-finite"
+    return f"{mean:.2f} ({dropped} dropped{finite})"
+
+
+def robust_honest() -> str:
+    """Honest clients: FedCond with the cap and the outlier rule and without the rule, seed by seed."""
+    results = [r for name in ("attacks", "honest") for r in _robust_results(name)
+               if r["attackers"] == 0 and r["method"] in ("fedcond-robust", "fedcond-plain")]
+    seeds = sorted({r["seed"] for r in results})
+    rows = []
+    for method in ("fedcond-robust", "fedcond-plain"):
+        cells = [_robust_cell([r for r in results if r["method"] == method and r["seed"] == s]) for s in seeds]
+        rows.append([ROBUST_METHODS[method], *cells])
+    files = ", ".join(f"[{ROBUST_FILES[n]}](results/{ROBUST_FILES[n]})" for n in ("attacks", "honest"))
+    return table(["method", *(f"seed {s}: test accuracy (%)" for s in seeds)], rows) + f"\nData: {files}.\n"
+
+
+def robust_attacks() -> str:
+    """3 of 10 clients hostile (seed 0): every attack kind against every method."""
+    results = _robust_results("attacks") + _robust_results("cap")
+    methods = [m for m in ROBUST_METHODS if any(r["method"] == m for r in results)]
+    kinds = [k for k in dict.fromkeys(r["attack"] for r in results) if k is not None]
+    def cell(method: str, kind: str | None, attackers: int) -> str:
+        return _robust_cell([r for r in results
+                             if r["method"] == method and r["attack"] == kind and r["attackers"] == attackers])
+
+    rows = [["none", *(cell(m, None, 0) for m in methods)]]
+    for kind in kinds:
+        for n in sorted({r["attackers"] for r in results if r["attack"] == kind}):
+            rows.append([f"`{kind}` x {n}", *(cell(m, kind, n) for m in methods)])
+    files = ", ".join(f"[{ROBUST_FILES[n]}](results/{ROBUST_FILES[n]})" for n in ("attacks", "cap")
+                      if (RESULTS / ROBUST_FILES[n]).is_file())
+    return table(["attack", *(ROBUST_METHODS[m] for m in methods)], rows) + f"\nData: {files}.\n"
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "robust-honest": robust_honest,
+    "robust-attacks": robust_attacks,
     "dm-methods": dm_methods,
     "dm-speed": dm_speed,
     "federated": federated,

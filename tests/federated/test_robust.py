@@ -94,7 +94,8 @@ def _strategy(**overrides) -> FedCond:
 
     config = parse_config(
         FederatedConfig,
-        {"server_epochs": 2, "distill.ipc": IPC, "min_reply_fraction": 0.5, "robust.enabled": True, **overrides},
+        {"server_epochs": 2, "distill.ipc": IPC, "min_reply_fraction": 0.5, "robust.enabled": True,
+         "robust.outlier_nets": 2, **overrides},
     )
     return FedCond(spec=get_spec("digits"), config=config, device="cpu")
 
@@ -253,7 +254,7 @@ def test_a_rejected_client_shapes_no_prototype(digits, digits_spec):
     counts = sum(f.class_counts for f in flipper)
     sets.append(ClientSet(node_id=9, synthetic=SyntheticSet(images, labels, {}), class_counts=counts, metrics={}))
     first = embedding_outliers(sets, spec=digits_spec, model_name="convnet", nets=2, margin=1.0, spread=4.0, seed=0)
-    config = parse_config(FederatedConfig, {}).robust
+    config = parse_config(FederatedConfig, {"robust.outlier_nets": 2}).robust
     outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
     assert 5 in first.get(1, {}), "the scenario must mislead a single judgement"
     assert 9 in outcome.rejected
@@ -267,6 +268,18 @@ def test_the_robust_rule_off_lets_a_label_flip_through(task_identity, digits):
     replies[0] = _attacked(replies[0], "label-flip")
     _round(strategy, replies, list(range(NUM_CLIENTS)))
     assert 0 in strategy.union.node_ids and strategy.rounds[-1].rejected == {}
+
+
+def test_by_default_the_rule_caps_claims_and_judges_no_embedding(digits, digits_spec):
+    robust = parse_config(FederatedConfig, {}).robust
+    assert robust.enabled and robust.outlier_nets == 0
+    flipped = _labelled_set(1, digits, images_of=8, label=3, count=40, offset=0)
+    sets = [_labelled_set(0, digits, images_of=3, label=3, count=40, offset=0), flipped,
+            _labelled_set(2, digits, images_of=3, label=3, count=10**6, offset=IPC)]
+    outcome = robust_sets(sets, spec=digits_spec, config=robust, model_name="convnet", seed=0)
+    assert outcome.rejected == {} and [s.node_id for s in outcome.sets] == [0, 1, 2]
+    assert int(outcome.sets[2].class_counts.sum()) <= 3 * 10**6 and 2 in outcome.neutralised
+    assert int(outcome.sets[2].class_counts.sum()) < 10**6
 
 
 def test_robust_outcome_without_the_rule_is_a_copy(digits_spec):
