@@ -268,9 +268,9 @@ def robust_sets(
         if not classes:
             kept.append(s)
             continue
-        held = int((s.synthetic.class_counts() > 0).sum())
-        if 2 * len(classes) > held:
-            rejected[s.node_id] = f"outlier on {len(classes)} of {held} classes: " + "; ".join(classes.values())
+        if s.node_id in over_half:  # every remaining client is over half: the rule stands aside below
+            count, _, held, _ = over_half[s.node_id]
+            rejected[s.node_id] = f"outlier on {count} of {held} classes: " + "; ".join(classes.values())
             continue
         kept.append(_without_classes(s, sorted(classes)))
         neutralised.setdefault(s.node_id, []).extend(f"removed: {reason}" for reason in classes.values())
