@@ -32,9 +32,9 @@ class is an outlier when
   images).
 
 Outlier classes are removed from that client's set; a client with more than half of its classes
-flagged is rejected altogether, one at a time (the most flagged classes first), and the rule judges the
-others again without it, so a rejected client's sets shape no prototype. A class held by a single client has no reference and cannot be
-judged. The embedding networks are seeded by the server (``seed``), so a round is reproducible.
+flagged is rejected altogether, one at a time (the most flagged classes first), and the rule
+judges the others again without it, so a rejected client's sets shape no prototype. A class held
+by a single client has no reference and cannot be judged. The embedding networks are seeded by the server (``seed``), so a round is reproducible.
 """
 
 from __future__ import annotations
@@ -126,7 +126,9 @@ def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
         ``(n,)`` non-negative weights with a positive sum.
     """
     if values.ndim != 2 or weights.shape != (values.shape[0],):
-        raise ValueError(f"expected (n, d) values and (n,) weights, got {tuple(values.shape)} and {tuple(weights.shape)}")
+        raise ValueError(
+            f"expected (n, d) values and (n,) weights, got {tuple(values.shape)} and {tuple(weights.shape)}"
+        )
     weights = weights.to(values.dtype)
     if not bool((weights >= 0).all()) or not float(weights.sum()) > 0:
         raise ValueError("weights must be non-negative with a positive sum")
