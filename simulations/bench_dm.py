@@ -57,6 +57,20 @@ from fedcond.models import get_model
 
 DEFAULT_LAYOUT = AugmentConfig().layout  # rows of another layout are suffixed /LAYOUT
 
+#: DM rows with IDM's options (Zhao et al., CVPR 2023), named ``dm+NAME``: ``queue`` matches
+#: with a queue of partly trained embedders, ``expand`` is partition-and-expand (multi-formation,
+#: factor 2: four half-resolution tiles per stored image), ``idm`` both
+DM_VARIANTS = ("queue", "expand", "idm")
+
+
+def dm_variant_options(name: str, *, idm_queue: int) -> dict[str, int]:
+    """The :class:`DistillConfig` fields of the DM variant ``name`` (see :data:`DM_VARIANTS`)."""
+    options = {"queue": {"queue_size": idm_queue}, "expand": {"factor": 2},
+               "idm": {"queue_size": idm_queue, "factor": 2}}
+    if name not in options:
+        raise ValueError(f"unknown DM variant {name!r} ({', '.join(DM_VARIANTS)})")
+    return options[name]
+
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
@@ -194,6 +208,8 @@ def methods_section(
     baselines: tuple[str, ...] = ("random", "herding", "kmeans"),
     dm_init: str = "real",
     dm_layout: str = DEFAULT_LAYOUT,
+    variants: tuple[str, ...] = (),
+    idm_queue: int = 10,
 ) -> list[dict[str, Any]]:
     """DM vs the baselines at each IPC; every method made once per seed (selection / DM seed),
     each set evaluated by ``evaluation.runs`` networks; mean +- std over all seeds x runs.
@@ -201,21 +217,26 @@ def methods_section(
     ``baselines``: ``random`` and ``herding`` coresets (real images) and ``kmeans`` (each
     class's pixel-space k-means centroids, no DM: what the start point alone gives).
     ``matchings`` picks the DM rows: ``dm`` (class means, the paper) and/or ``dm-mmd``, all
-    started from ``dm_init`` (named ``dm...@init`` when it is not ``real``)."""
+    started from ``dm_init`` (named ``dm...@init`` when it is not ``real``). ``variants`` adds
+    DM rows with the IDM options (:data:`DM_VARIANTS`), class-mean matching, same start."""
     rows = []
     methods: list[tuple[str, str | None]] = [(b, None) for b in baselines]
     suffix = ("" if dm_init == "real" else f"@{dm_init}") + ("" if dm_layout == DEFAULT_LAYOUT else f"/{dm_layout}")
     methods += [(("dm" if m == "mean" else f"dm-{m}") + suffix, m) for m in matchings]
+    methods += [(f"dm+{v}" + suffix, "mean") for v in variants]
     for ipc in ipcs:
         for method, matching in methods:
             accuracies, per_seed, make_seconds = [], [], []
             for seed in seeds:
                 start = time.perf_counter()
                 if matching is not None:
+                    options = dm_variant_options(method.split("+", 1)[1].split("@")[0].split("/")[0],
+                                                 idm_queue=idm_queue) if "+" in method else {}
                     result = get_condenser(
                         "dm",
-                        DistillConfig(ipc=ipc, iterations=iterations[ipc], seed=seed, compile=compile_dm,
-                                      matching=matching, init=dm_init, augment=AugmentConfig(layout=dm_layout)),
+                        DistillConfig(ipc=ipc, iterations=iterations[ipc], seed=seed,
+                                      compile=compile_dm and not options, matching=matching, init=dm_init,
+                                      augment=AugmentConfig(layout=dm_layout), **options),
                         device=device,
                     ).condense(splits.train)
                     syn = result.synthetic
@@ -234,6 +255,9 @@ def methods_section(
                 "iterations": iterations[ipc] if matching is not None else 0,
                 "init": dm_init if matching is not None else None,
                 "dsa_layout": dm_layout if matching is not None else None,
+                "dm_options": (dm_variant_options(method.split("+", 1)[1].split("@")[0].split("/")[0],
+                                                  idm_queue=idm_queue)
+                               if matching is not None and "+" in method else None),
                 "seeds": seeds,
                 "accuracy_mean": statistics.fmean(accuracies),
                 "accuracy_std": statistics.pstdev(accuracies),
@@ -317,7 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digits-iterations", type=int, default=1000)
     parser.add_argument("--digits-seeds", type=int, default=3, help="selection/DM seeds per digits row")
     parser.add_argument("--mnist-seeds", type=int, default=1, help="selection/DM seeds per MNIST row")
-    parser.add_argument("--datasets", default="digits,mnist", help="methods section: digits, mnist or both")
+    parser.add_argument("--datasets", default="digits,mnist",
+                        help="methods section: digits, mnist, cifar10 (comma-separated)")
+    parser.add_argument("--cifar-dir", type=Path, default=None,
+                        help="CIFAR-10 root: torchvision's cifar-10-batches-py/ or the JPEG ImageFolder copy "
+                             "(train/, test/); needed for the cifar10 rows")
+    parser.add_argument("--cifar-ipcs", default="10,1,50", help="methods section: CIFAR-10 IPCs")
+    parser.add_argument("--cifar-iterations", type=int, default=200, help="DM iterations for CIFAR-10 (every IPC)")
+    parser.add_argument("--cifar-seeds", type=int, default=1, help="selection/DM seeds per CIFAR-10 row")
+    parser.add_argument("--dm-variants", default="",
+                        help=f"methods section: extra DM rows with IDM options ({', '.join(DM_VARIANTS)})")
+    parser.add_argument("--idm-queue", type=int, default=10, help="queue size of the queue/idm DM rows")
     parser.add_argument("--mnist-ipcs", default="10,1,50", help="methods section: MNIST IPCs (10 runs first)")
     parser.add_argument("--digits-ipcs", default="1,10,50", help="methods section: digits IPCs")
     parser.add_argument("--dm-matchings", default="mean,mmd", help="methods section: DM rows (mean: dm, mmd: dm-mmd)")
@@ -375,6 +409,13 @@ def main(argv: list[str] | None = None) -> int:
     matchings = tuple(m for m in args.dm_matchings.split(",") if m)  # empty: baseline rows only
     if unknown := set(matchings) - set(MATCHINGS):
         parser.error(f"--dm-matchings: unknown {sorted(unknown)} ({', '.join(MATCHINGS)})")
+    variants = tuple(v for v in args.dm_variants.split(",") if v)
+    if unknown := set(variants) - set(DM_VARIANTS):
+        parser.error(f"--dm-variants: unknown {sorted(unknown)} ({', '.join(DM_VARIANTS)})")
+    if unknown := datasets - {"digits", "mnist", "cifar10"}:
+        parser.error(f"--datasets: unknown {sorted(unknown)} (digits, mnist, cifar10)")
+    if "cifar10" in datasets and "methods" in sections and args.cifar_dir is None:
+        parser.error("--datasets cifar10 needs --cifar-dir (the CIFAR-10 root)")
     baselines = tuple(b for b in args.baselines.split(",") if b)
     if unknown := set(baselines) - {"random", "herding", "kmeans"}:
         parser.error(f"--baselines: unknown {sorted(unknown)} (random, herding, kmeans)")
@@ -386,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         results["methods"] += methods_section(mnist, ipcs=[10], iterations=mnist_iters, evaluation=evaluation,
                                               seeds=mnist_seeds, compile_dm=compile_dm, device=args.device,
                                               matchings=matchings, baselines=baselines, dm_init=args.dm_init,
-                                              dm_layout=args.dm_dsa_layout)
+                                              dm_layout=args.dm_dsa_layout, variants=variants,
+                                              idm_queue=args.idm_queue)
         save()
     if "equal" in sections:
         seeds = list(range(args.equal_seeds))
@@ -407,15 +449,29 @@ def main(argv: list[str] | None = None) -> int:
             digits, ipcs=digits_ipcs if not args.quick else [1, 10],
             iterations=dict.fromkeys(digits_ipcs + [1, 10], args.digits_iterations), evaluation=evaluation,
             seeds=digits_seeds, compile_dm=False, device=args.device, matchings=matchings, baselines=baselines,
-            dm_init=args.dm_init, dm_layout=args.dm_dsa_layout)
+            dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
+                                              idm_queue=args.idm_queue)
         save()
     if "methods" in sections and mnist is not None and "mnist" in datasets and set(mnist_ipcs) - {10}:
         print("methods, mnist other ipcs:", flush=True)
         results["methods"] += methods_section(
             mnist, ipcs=[i for i in mnist_ipcs if i != 10], iterations=mnist_iters, evaluation=evaluation,
             seeds=mnist_seeds, compile_dm=compile_dm, device=args.device, matchings=matchings, baselines=baselines,
-            dm_init=args.dm_init, dm_layout=args.dm_dsa_layout)
+            dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
+                                              idm_queue=args.idm_queue)
         save()
+    if "methods" in sections and "cifar10" in datasets:
+        cifar = load_dataset(DataConfig(dataset="cifar10", data_dir=args.cifar_dir))
+        cifar_ipcs = [int(v) for v in args.cifar_ipcs.split(",") if v]
+        cifar_seeds = list(range(args.seed, args.seed + args.cifar_seeds))
+        for ipc in cifar_ipcs:  # one IPC at a time, saved after each
+            print(f"methods, cifar10 ipc {ipc}:", flush=True)
+            results["methods"] += methods_section(
+                cifar, ipcs=[ipc], iterations={ipc: args.cifar_iterations}, evaluation=evaluation,
+                seeds=cifar_seeds, compile_dm=compile_dm, device=args.device, matchings=matchings,
+                baselines=baselines, dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
+                idm_queue=args.idm_queue)
+            save()
     if "whole" in sections:
         print("whole training set:", flush=True)
         for name in args.whole_datasets.split(","):

@@ -1,0 +1,57 @@
+"""simulations/bench_dm.py: the IDM variant rows and the CIFAR-10 options."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from fedcond.config import DistillConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_dm", ROOT / "simulations" / "bench_dm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_variant_names_real_config_fields(bench):
+    assert bench.dm_variant_options("queue", idm_queue=7) == {"queue_size": 7}
+    assert bench.dm_variant_options("expand", idm_queue=7) == {"factor": 2}
+    assert bench.dm_variant_options("idm", idm_queue=7) == {"queue_size": 7, "factor": 2}
+    for name in bench.DM_VARIANTS:  # every variant builds a checked config
+        DistillConfig(**bench.dm_variant_options(name, idm_queue=4))
+    with pytest.raises(ValueError, match="unknown DM variant 'gm'"):
+        bench.dm_variant_options("gm", idm_queue=4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--datasets", "cifar10"], "needs --cifar-dir"),
+        (["--datasets", "svhn"], "unknown ['svhn']"),
+        (["--dm-variants", "idm,fast"], "unknown ['fast']"),
+    ],
+)
+def test_bad_options_are_refused_by_name(bench, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        bench.main(["--sections", "methods", "--out", str(tmp_path), *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_variant_rows_run_on_digits_and_record_their_options(bench, tmp_path):
+    bench.main(["--sections", "methods", "--datasets", "digits", "--digits-ipcs", "1", "--digits-seeds", "1",
+                "--digits-iterations", "2", "--eval-runs", "1", "--eval-epochs", "1", "--baselines", "",
+                "--dm-matchings", "mean", "--dm-variants", "queue,idm", "--idm-queue", "2", "--no-compile",
+                "--out", str(tmp_path)])
+    rows = {r["method"]: r for r in json.loads((tmp_path / "bench_dm.json").read_text())["methods"]}
+    assert list(rows) == ["dm", "dm+queue", "dm+idm"]
+    assert rows["dm"]["dm_options"] is None
+    assert rows["dm+queue"]["dm_options"] == {"queue_size": 2}
+    assert rows["dm+idm"]["dm_options"] == {"queue_size": 2, "factor": 2}
