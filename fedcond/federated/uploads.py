@@ -5,8 +5,9 @@ as its arrays arrived (no rescaling, no filtering), in the :class:`~fedcond.dist
 SyntheticSet` file format, so ``fedcond audit --synthetic OUT/uploads/round-1/client-K.npz``
 audits exactly what a client released. ``K`` is the Flower node id, an identity the server
 controls. The metadata holds the server's own facts (dataset, normalisation, round, node) and,
-under ``client_reported``, the scalar metrics the client claimed (untrusted, kept for the audit
-trail).
+under ``client_reported``, the metrics the client claimed (untrusted, kept for the audit trail):
+finite scalars, and lists of at most ``num_classes`` finite numbers (the per-class real counts
+the server weights the set by), so that the files alone rebuild the server's training set.
 
 Only arrays within the server's size cap are written: a reply whose declared arrays exceed it
 is recorded as refused-to-store in the log, never read into memory.
@@ -30,6 +31,10 @@ from fedcond.federated.records import IMAGES, LABELS, METRICS_KEY, SYNTHETIC_KEY
 __all__ = ["UploadStore"]
 
 logger = logging.getLogger(__name__)
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class UploadStore:
@@ -94,8 +99,14 @@ class UploadStore:
         reported: dict[str, Any] = {}
         if METRICS_KEY in reply.content.metric_records:
             for key, value in reply.content.metric_records[METRICS_KEY].items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                if _finite_number(value):
                     reported[key] = value
+                elif (
+                    isinstance(value, list)
+                    and len(value) <= self.spec.num_classes
+                    and all(_finite_number(v) for v in value)
+                ):
+                    reported[key] = list(value)
         return {
             "format_version": FORMAT_VERSION,
             **dataset_meta(self.spec),

@@ -1,0 +1,34 @@
+"""The server's record of what left the clients: OUT/uploads/round-R/client-K.npz."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from fedcond.data import get_spec
+from fedcond.distill.synthetic import SyntheticSet
+from fedcond.federated.records import METRICS_KEY
+from fedcond.federated.uploads import UploadStore
+
+from .conftest import synthetic_reply
+
+
+def test_a_kept_upload_holds_the_arrays_and_the_claimed_class_counts(task_identity, tmp_path):
+    reply = synthetic_reply(1003, classes={2: 40, 7: 9})
+    metrics = reply.content.metric_records[METRICS_KEY]
+    metrics["too-long"] = list(range(11))  # longer than num_classes: not kept
+    metrics["non-finite"] = [1.0, float("nan")]
+    metrics["seconds-nan"] = float("nan")
+    store = UploadStore(tmp_path / "uploads", spec=get_spec("digits"), max_images=20)
+    path = store.keep(reply, server_round=2)
+    assert path == tmp_path / "uploads" / "round-2" / "client-1003.npz"
+    received = SyntheticSet.load(path)
+    assert received.labels.tolist() == [2, 2, 7, 7] and received.meta["node_id"] == 1003
+    reported = received.meta["client_reported"]
+    assert reported["class-counts"] == [0, 0, 40, 0, 0, 0, 0, 9, 0, 0]
+    assert reported["num-examples"] == 49 and reported["distill-seconds"] == 1.0
+    assert not {"too-long", "non-finite", "seconds-nan"} & set(reported)
+    with np.load(path, allow_pickle=False) as raw:  # stored as sent: no rescaling
+        sent = reply.content.array_records["synthetic"]["images"].numpy()
+        assert np.array_equal(raw["images"], sent) and json.loads(str(raw["meta"]))["round"] == 2
