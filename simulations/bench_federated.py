@@ -19,6 +19,11 @@ counts are identical, but without Ray's start-up and low-priority actors on a sh
     python simulations/bench_federated.py --out results/federated --datasets digits
     python simulations/bench_federated.py --out results/federated-mnist --datasets mnist \
         --data-dir ../shared/data --partitions dirichlet-0.1
+    python simulations/bench_federated.py --out results/federated-cifar10 --datasets cifar10 \
+        --cifar-dir ../shared/data/cifar10-jpeg --partitions dirichlet-0.1
+
+CIFAR-10 is read from ``--cifar-dir`` (torchvision's ``cifar-10-batches-py/`` or its images in
+the ImageFolder layout ``train/<class>/``, ``test/<class>/``); MNIST from ``--data-dir``.
 
 Results are written after every run (``results.json``), so an interrupted benchmark keeps
 what it measured.
@@ -78,7 +83,21 @@ RECIPES: dict[str, dict[str, Any]] = {
             "rounds": 2,
         },
     },
+    "cifar10": {
+        # every training image (5,000 per class) split over the clients, the full 10k test set
+        "common": {"dataset": "cifar10", "train_per_class": None},
+        "fedcond": {"distill.ipc": 10, "distill.iterations": 200, "distill.batch_real": 128, "server_epochs": 300},
+        "multi": {
+            "distill.ipc": 10,
+            "distill.iterations": 100,
+            "distill.batch_real": 128,
+            "server_epochs": 300,
+            "rounds": 3,
+        },
+    },
 }
+#: datasets read from --cifar-dir; the others (MNIST) from --data-dir, digits is bundled
+CIFAR_DATASETS = ("cifar10",)
 PARTITIONS = {
     "dirichlet-0.1": {"partition": "dirichlet", "alpha": 0.1},
     "dirichlet-0.5": {"partition": "dirichlet", "alpha": 0.5},
@@ -94,8 +113,9 @@ def _peak_rss_mib() -> float:
 def _jobs(dataset: str, partition: str, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     recipe = RECIPES[dataset]
     base = {**recipe["common"], **PARTITIONS[partition], **SPEED, "num_clients": args.num_clients}
-    if args.data_dir is not None:
-        base["data_dir"] = str(args.data_dir)
+    data_dir = args.cifar_dir if dataset in CIFAR_DATASETS else args.data_dir
+    if data_dir is not None:
+        base["data_dir"] = str(data_dir)
     extra = overrides_from(args.set)  # FedCond jobs only (e.g. distill.augment.layout=sample)
     out = []
     if "fedcond" in args.strategies:
@@ -212,6 +232,8 @@ def _plot(results: list[dict[str, Any]], out: Path) -> None:
     for dataset in sorted({r["dataset"] for r in results}):
         for partition in sorted({r["partition"] for r in results if r["dataset"] == dataset}):
             series = {}
+            clients = next(r["config"]["num_clients"] for r in results
+                           if r["dataset"] == dataset and r["partition"] == partition)
             for r in results:
                 if r["dataset"] == dataset and r["partition"] == partition and r["seed"] == results[0]["seed"]:
                     points = [(i, a) for i, a in enumerate(r["accuracy_by_round"]) if a is not None]
@@ -222,11 +244,12 @@ def _plot(results: list[dict[str, Any]], out: Path) -> None:
                     out / f"accuracy_{dataset}_{partition}.png",
                     xlabel="round",
                     ylabel="test accuracy",
-                    title=f"{dataset}, {partition}, 10 clients",
+                    title=f"{dataset}, {partition}, {clients} clients",
                 )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options (:func:`parse_args` adds the checks across options)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--datasets", nargs="+", default=["digits"], choices=sorted(RECIPES))
@@ -238,11 +261,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-clients", type=int, default=10)
     parser.add_argument("--fedavg-rounds", type=int, default=20)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--data-dir", type=Path, default=None, help="MNIST root (torchvision layout)")
+    parser.add_argument("--cifar-dir", type=Path, default=None,
+                        help="CIFAR-10 root: torchvision's cifar-10-batches-py/ or the JPEG ImageFolder copy "
+                             "(train/, test/); needed for --datasets cifar10")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a FedCond job key, e.g. distill.augment.layout=sample (repeatable)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed options; a dataset without its data folder is refused by name (exit 2)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if any(d in CIFAR_DATASETS for d in args.datasets) and args.cifar_dir is None:
+        parser.error("--datasets cifar10 needs --cifar-dir (the CIFAR-10 root)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     torch.set_num_threads(args.threads)
     keep_freed_cpu_memory()  # CPU activations re-used instead of page-faulted (fedcond.devices)

@@ -7,9 +7,12 @@ The real-data row is the audit's reference model (``--reference-size`` real imag
 Writes ``OUT/bench_privacy.json`` (rows, settings, peak RSS, the command) and
 ``OUT/<dataset>_<method>_roc.png`` / ``..._nn.png``.
 
-Example (the digits table of docs/privacy.md)::
+Examples (the digits table of docs/privacy.md; CIFAR-10 from its JPEG ImageFolder copy or
+torchvision's ``cifar-10-batches-py/`` under ``--cifar-dir``)::
 
     python simulations/bench_privacy.py --datasets digits --out results/privacy
+    python simulations/bench_privacy.py --datasets cifar10 --cifar-dir ../shared/data/cifar10-jpeg \\
+        --out results/privacy-cifar10
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
@@ -44,10 +46,19 @@ from fedcond.privacy.private_condensation import PrivateCondensation
 logger = logging.getLogger("bench_privacy")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+#: the datasets this benchmark reads, and where from: bundled, --data-dir or --cifar-dir
+DATASETS = ("digits", "mnist", "cifar10")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options (:func:`parse_args` adds the checks across options)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=["digits"], help="digits and/or mnist")
-    p.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    p.add_argument("--datasets", nargs="+", default=["digits"], help=f"any of {', '.join(DATASETS)}")
+    p.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+                   help="MNIST root (torchvision layout)")
+    p.add_argument("--cifar-dir", type=Path, default=None,
+                   help="CIFAR-10 root: torchvision's cifar-10-batches-py/ or the JPEG ImageFolder copy "
+                        "(train/, test/); needed for --datasets cifar10")
     p.add_argument("--out", type=Path, default=Path("results/privacy"))
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--iterations", type=int, default=200, help="DM iterations (all methods)")
@@ -62,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shadow-models", type=int, default=4)
     p.add_argument("--reference-size", type=int, default=1000)
     p.add_argument("--max-candidates", type=int, default=1000)
+    p.add_argument("--quantile", type=float, default=AuditConfig().calibration_quantile,
+                   help="nearest-neighbour threshold calibration quantile (small test sets need a larger one)")
     p.add_argument("--no-feature-space", action="store_true")
     p.add_argument("--methods", nargs="*", default=["real-init", "noise-init", "dp"])
     p.add_argument("--no-bf16", action="store_true", help="fp32 embeddings (faster on CPUs without bf16 units)")
@@ -69,7 +82,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dm-dsa-layout", choices=LAYOUTS, default=AugmentConfig().layout,
                    help="DSA parameter sharing of the non-private DM rows (DP always uses class)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed options; an unknown dataset, or CIFAR-10 without its folder, is refused by name (exit 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if unknown := sorted(set(args.datasets) - set(DATASETS)):
+        parser.error(f"--datasets: unknown {unknown} ({', '.join(DATASETS)})")
+    if "cifar10" in args.datasets and args.cifar_dir is None:
+        parser.error("--datasets cifar10 needs --cifar-dir (the CIFAR-10 root)")
+    return args
+
+
+def data_config(name: str, args: argparse.Namespace) -> DataConfig | str:
+    """Where ``name`` is read from: bundled (digits), ``--cifar-dir`` (cifar10) or ``--data-dir``."""
+    if name == "digits":
+        return "digits"
+    return DataConfig(name, data_dir=args.cifar_dir if name == "cifar10" else args.data_dir)
 
 
 def condense(method: str, epsilon: float | None, args: argparse.Namespace, splits) -> tuple[SyntheticSet, dict]:
@@ -104,6 +135,7 @@ def condense(method: str, epsilon: float | None, args: argparse.Namespace, split
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         target_epochs=args.audit_epochs,
         reference_size=args.reference_size,
         max_candidates=args.max_candidates,
+        calibration_quantile=args.quantile,
         feature_space=not args.no_feature_space,
         seed=args.seed,
     )
@@ -121,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     report_path = args.out / "bench_privacy.json"
     for name in args.datasets:
-        splits = load_dataset(DataConfig(name, data_dir=args.data_dir) if name != "digits" else "digits")
+        splits = load_dataset(data_config(name, args))
         reference = None
         plan: list[tuple[str, float | None]] = []
         for method in args.methods:
@@ -159,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                 splits.test.images[report.recoverability.reference_indices],
                 splits.spec,
                 args.out / f"{slug}_nn.png",
+                synthetic_labels=synthetic.labels,
+                train_labels=splits.train.labels,
+                held_out_labels=splits.test.labels[report.recoverability.reference_indices],
             )
             rows.append(
                 {
@@ -181,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             logger.info("%s", json.dumps(rows[-1]))
-            write(report_path, args, rows)
-    write(report_path, args, rows)
+            write(report_path, args, rows, command=command)
+    write(report_path, args, rows, command=command)
     for r in rows:
         acc = r["test_accuracy_mean"]
         std = r["test_accuracy_std"]
@@ -196,9 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write(path: Path, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+def write(path: Path, args: argparse.Namespace, rows: list[dict[str, Any]], *, command: str) -> None:
     payload = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": command,
         **machine_facts(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

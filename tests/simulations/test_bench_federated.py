@@ -1,0 +1,100 @@
+"""simulations/bench_federated.py: the CIFAR-10 rows (--cifar-dir, the recipe, the baselines)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from fedcond.federated.job import job_from_mapping
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_federated", ROOT / "simulations" / "bench_federated.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--datasets", "cifar10"], "--datasets cifar10 needs --cifar-dir"),
+        (["--datasets", "mnist", "cifar10", "--data-dir", "mnist-root"], "--datasets cifar10 needs --cifar-dir"),
+        (["--datasets", "svhn"], "invalid choice: 'svhn'"),
+    ],
+)
+def test_bad_options_are_refused_by_name(bench, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--out", str(tmp_path / "out"), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_cifar10_jobs_read_the_cifar_dir_and_follow_the_recipe(bench, tmp_path):
+    args = bench.parse_args(["--out", str(tmp_path), "--datasets", "mnist", "cifar10", "--data-dir", "mnist-root",
+                             "--cifar-dir", "cifar-root", "--partitions", "dirichlet-0.5", "--all-extras",
+                             "--fedavg-rounds", "7"])
+    jobs = dict(bench._jobs("cifar10", "dirichlet-0.5", args))
+    assert list(jobs) == ["fedcond-oneshot", "fedcond-multi3", "fedavg", "fedprox"]
+    for mapping in jobs.values():
+        assert mapping["dataset"] == "cifar10" and mapping["data_dir"] == "cifar-root"
+        assert mapping["num_clients"] == 10 and mapping["alpha"] == 0.5
+        job = job_from_mapping({**mapping, "seed": 0})  # every row is a valid job
+        assert job.federated.train_per_class is None and job.federated.model == "convnet"
+    oneshot = job_from_mapping(jobs["fedcond-oneshot"]).federated
+    assert (oneshot.rounds, oneshot.distill.ipc, oneshot.distill.iterations) == (1, 10, 200)
+    assert (oneshot.distill.batch_real, oneshot.server_epochs, oneshot.distill.init) == (128, 300, "noise")
+    assert job_from_mapping(jobs["fedcond-multi3"]).federated.rounds == 3
+    for baseline in ("fedavg", "fedprox"):
+        assert jobs[baseline]["strategy"] == baseline and jobs[baseline]["rounds"] == 7
+    # MNIST keeps --data-dir
+    assert all(m["data_dir"] == "mnist-root" for _, m in bench._jobs("mnist", "dirichlet-0.5", args))
+
+
+def test_cifar10_rows_run_on_a_slice(bench, cifar10_slice, tmp_path):
+    out = tmp_path / "bench"
+    assert bench.main(["--out", str(out), "--datasets", "cifar10", "--cifar-dir", str(cifar10_slice),
+                       "--partitions", "iid", "--num-clients", "2", "--strategies", "fedcond", "fedavg",
+                       "--fedavg-rounds", "1", "--set", "distill.ipc=1", "--set", "distill.iterations=2",
+                       "--set", "server_epochs=1"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    runs = {r["method"]: r for r in report["results"]}
+    assert list(runs) == ["fedcond-oneshot", "fedavg"]
+    for run in runs.values():
+        assert run["dataset"] == "cifar10" and run["config"]["data_dir"] == str(cifar10_slice)
+        assert 0.0 <= run["test_accuracy"] <= 1.0
+    # the independent check read the 3x32x32 uploads against each client's images
+    oneshot = runs["fedcond-oneshot"]
+    assert oneshot["independent_audited"] == oneshot["gate_uploaded"] > 0
+    assert (out / "accuracy_cifar10_iid.png").exists()
+
+
+def documented_commands(script: str) -> list[tuple[str, list[str]]]:
+    """``(where, argv)`` of every ``python <script> ...`` line in a fenced block of the docs."""
+    fence = re.compile(r"^(?P<indent>[ \t]*)```[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.MULTILINE | re.DOTALL)
+    found = []
+    for path in sorted((ROOT / "docs").rglob("*.md")):
+        for block in fence.finditer(path.read_text()):
+            for line in re.sub(r"\\\n\s*", " ", block.group("body")).splitlines():
+                if line.strip().startswith(f"python {script} "):
+                    found.append((str(path.relative_to(ROOT)), shlex.split(line, comments=True)[2:]))
+    return found
+
+
+def test_documented_commands_parse(bench, capsys):
+    commands = documented_commands("simulations/bench_federated.py")
+    assert any("cifar10" in argv for _, argv in commands)
+    for where, argv in commands:
+        try:
+            bench.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{where}: {shlex.join(argv)} does not parse: {capsys.readouterr().err.strip()}")

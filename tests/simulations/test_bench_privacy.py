@@ -1,0 +1,91 @@
+"""simulations/bench_privacy.py: the CIFAR-10 rows (--cifar-dir) and their figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from fedcond.data.registry import CIFAR10_CLASSES
+from fedcond.plots import figure_classes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_privacy", ROOT / "simulations" / "bench_privacy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--datasets", "cifar10"], "--datasets cifar10 needs --cifar-dir"),
+        (["--datasets", "digits", "svhn"], "--datasets: unknown ['svhn']"),
+    ],
+)
+def test_bad_options_are_refused_by_name(bench, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--out", str(tmp_path / "out"), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_each_dataset_is_read_from_its_own_folder(bench, tmp_path):
+    args = bench.parse_args(["--datasets", "digits", "mnist", "cifar10", "--data-dir", "mnist-root",
+                             "--cifar-dir", "cifar-root", "--out", str(tmp_path)])
+    assert bench.data_config("digits", args) == "digits"
+    mnist, cifar = bench.data_config("mnist", args), bench.data_config("cifar10", args)
+    assert (mnist.dataset, mnist.data_dir) == ("mnist", Path("mnist-root"))
+    assert (cifar.dataset, cifar.data_dir) == ("cifar10", Path("cifar-root"))
+
+
+@pytest.mark.slow
+def test_cifar10_rows_run_on_a_slice_and_name_the_classes(bench, cifar10_slice, tmp_path):
+    out = tmp_path / "bench"
+    assert bench.main(["--datasets", "cifar10", "--cifar-dir", str(cifar10_slice), "--out", str(out),
+                       "--methods", "noise-init", "dp", "--epsilons", "10", "--ipc", "1", "--iterations", "2",
+                       "--batch-real", "4", "--dp-batch-real", "4", "--no-bf16", "--eval-runs", "1",
+                       "--eval-epochs", "1", "--audit-epochs", "1", "--shadow-models", "1",
+                       "--reference-size", "20", "--max-candidates", "20", "--quantile", "0.1",
+                       "--no-feature-space"]) == 0
+    report = json.loads((out / "bench_privacy.json").read_text())
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {"real-data model (20 images)", "noise-init", "dp eps=10"}
+    assert all(r["dataset"] == "cifar10" for r in rows.values())
+    assert rows["dp eps=10"]["epsilon"] <= 10.0
+    assert report["settings"]["cifar_dir"] == str(cifar10_slice)
+    for slug in ("noise-init", "dp_eps10"):
+        pairs = figure_classes(out / f"cifar10_{slug}_nn.png")
+        assert pairs and all(name in CIFAR10_CLASSES for row in pairs for name in row)
+        assert (out / f"cifar10_{slug}_roc.png").exists()
+
+
+def documented_commands(script: str) -> list[tuple[str, list[str]]]:
+    """``(where, argv)`` of every ``python <script> ...`` line in a fenced block of the docs."""
+    fence = re.compile(r"^(?P<indent>[ \t]*)```[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.MULTILINE | re.DOTALL)
+    found = []
+    for path in sorted((ROOT / "docs").rglob("*.md")):
+        for block in fence.finditer(path.read_text()):
+            for line in re.sub(r"\\\n\s*", " ", block.group("body")).splitlines():
+                if line.strip().startswith(f"python {script} "):
+                    found.append((str(path.relative_to(ROOT)), shlex.split(line, comments=True)[2:]))
+    return found
+
+
+def test_documented_commands_parse(bench, capsys):
+    commands = documented_commands("simulations/bench_privacy.py")
+    assert any("cifar10" in argv for _, argv in commands)
+    for where, argv in commands:
+        try:
+            bench.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{where}: {shlex.join(argv)} does not parse: {capsys.readouterr().err.strip()}")
