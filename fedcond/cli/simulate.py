@@ -31,7 +31,6 @@ from fedcond.federated.job import STRATEGIES
 __all__ = ["register", "run_simulate"]
 
 #: per-run checkpoint folders under --out (fedcond.federated.checkpoint)
-CHECKPOINTS = "checkpoints"
 
 # flag name -> job key
 _FLAG_KEYS = {
@@ -209,7 +208,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.resume and not (Path(args.out) / "metrics.json").is_file():
         raise CommandError(f"--resume: {args.out} holds no run to continue (no metrics.json)")
     out = prepare_run_folder(args.out, overwrite=args.overwrite, resume=args.resume)
-    from fedcond.federated.checkpoint import CheckpointMismatch, RunCheckpoint
+    from fedcond.federated.checkpoint import CHECKPOINTS, CheckpointMismatch, RunCheckpoint
     from fedcond.federated.job import job_from_mapping  # Flower is imported only when needed
     from fedcond.federated.server_app import run_identity, save_accuracy_curves
     from fedcond.federated.simulation import SimulationError, simulate

@@ -28,7 +28,10 @@ from flwr.app import Array, ArrayRecord
 
 from fedcond.metrics_file import json_safe, write_metrics
 
-__all__ = ["CheckpointMismatch", "RunCheckpoint", "SavedRound"]
+__all__ = ["CHECKPOINTS", "CheckpointMismatch", "RunCheckpoint", "SavedRound"]
+
+#: the folder under a run's ``out`` that holds one checkpoint folder per run (strategy)
+CHECKPOINTS = "checkpoints"
 
 MODEL_FILE = "model.npz"
 STRATEGY_FILE = "strategy.npz"

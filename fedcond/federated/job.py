@@ -43,7 +43,7 @@ DEMO_JOB: dict[str, Any] = {
 }
 DEMO_BASELINE_ROUNDS = 20
 _DATA_KEYS = {"dataset": "dataset", "data_dir": "data_dir", "download": "download"}
-_RUN_KEYS = ("device", "out")
+_RUN_KEYS = ("device", "out", "resume")
 _IGNORED = ("server_round",)  # injected into train configs by Flower's strategies
 #: ``distill.seed`` value (and its absence) meaning "the job's ``seed``": pyproject.toml's
 #: run config declares the key so that ``flwr run --run-config distill.seed=N`` can set it
@@ -64,12 +64,16 @@ class FederatedJob:
         ``auto``, ``cpu`` or ``cuda``, for clients and server alike.
     out : Path | None
         Run folder for ``metrics.json`` (``flwr run`` path; the CLI passes ``--out``).
+    resume : bool
+        ``flwr run`` only: continue the killed run in ``out`` after its last checkpointed round
+        (``fedcond simulate`` has ``--resume``).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     device: str = "auto"
     out: Path | None = None
+    resume: bool = False
 
 
 def _key(raw: str) -> str:
@@ -128,11 +132,18 @@ def job_from_mapping(values: Mapping[str, Any] | None) -> FederatedJob:
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"config key 'device': {device!r} is not one of auto, cpu, cuda")
     out = run.get("out")
+    resume = run.get("resume", False)
+    if not isinstance(resume, bool):
+        raise ConfigError(f"config key 'resume': expected true or false, got {resume!r}")
+    out_path = Path(out) if out not in (None, "") else None
+    if resume and out_path is None:
+        raise ConfigError("config key 'resume': true needs 'out', the folder of the run to continue")
     return FederatedJob(
         data=parse_config(DataConfig, data),
         federated=federated,
         device=device,
-        out=Path(out) if out not in (None, "") else None,
+        out=out_path,
+        resume=resume,
     )
 
 
@@ -151,4 +162,6 @@ def job_to_mapping(job: FederatedJob) -> dict[str, Any]:
     flat["device"] = job.device
     if job.out is not None:
         flat["out"] = str(job.out)
+    if job.resume:
+        flat["resume"] = True
     return {k: v for k, v in flat.items() if v is not None}

@@ -31,7 +31,7 @@ from fedcond.federated.client import check_partition, federated_test_set, load_s
 from fedcond.federated.job import FederatedJob, job_from_mapping, job_to_mapping
 from fedcond.federated.records import model_from_record, model_to_record
 from fedcond.federated.attacks import AttackConfig
-from fedcond.federated.checkpoint import RunCheckpoint
+from fedcond.federated.checkpoint import CHECKPOINTS, CheckpointMismatch, RunCheckpoint
 from fedcond.federated.nodes import wait_for_nodes
 from fedcond.federated.rounds import RoundRecorder, fedcond_state, restore_fedcond
 from fedcond.federated.strategy import FedCond
@@ -41,7 +41,7 @@ from fedcond.models import get_model
 from fedcond.plots import save_line_plot
 from fedcond.training import accuracy
 
-__all__ = ["FederatedReport", "app", "run_federated", "save_accuracy_curves"]
+__all__ = ["FederatedReport", "app", "run_federated", "save_accuracy_curves", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _evaluate_fn(job: FederatedJob):  # noqa: ANN202 - Flower's evaluate_fn sign
 def run_identity(job: FederatedJob, attack: AttackConfig | None = None) -> dict[str, Any]:
     """What makes a run this run, for checkpoints: the job's flat config (not its folder or
     device) and the simulated attack."""
-    flat = {k: v for k, v in job_to_mapping(job).items() if k not in ("out", "device")}
+    flat = {k: v for k, v in job_to_mapping(job).items() if k not in ("out", "device", "resume")}
     flat["attack"] = None if attack is None else f"{attack.kind}:{attack.attackers}"
     return flat
 
@@ -366,22 +366,51 @@ def _report(
 app = ServerApp()
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    """``flwr run .`` entry point: the job comes from ``context.run_config``."""
-    keep_freed_cpu_memory()  # a process entry point, like the CLI (fedcond.devices)
-    try:
-        job = job_from_mapping(dict(context.run_config))
-    except ConfigError as exc:  # one line that names the key, above Flower's traceback
-        logger.error("fedcond: bad --run-config: %s", exc)
-        raise
-    if job.out is not None and (Path(job.out) / "metrics.json").exists():
+def serve(
+    grid: Grid, job: FederatedJob, *, on_round: Callable[[FederatedReport], None] | None = None
+) -> FederatedReport:
+    """The ``flwr run`` path: run ``job`` on ``grid``, crash-safe when ``job.out`` is set.
+
+    With an ``out`` folder, every round is checkpointed under ``OUT/checkpoints/STRATEGY/`` and
+    ``OUT/metrics.json`` is rewritten with ``"complete": false`` until the last round; the
+    final ``metrics.json`` and ``accuracy.png`` follow. ``job.resume`` continues a killed run in
+    ``out`` after its last checkpointed round. ``on_round`` is called after each round's files.
+
+    Raises
+    ------
+    ValueError
+        Before any round runs: ``out`` already holds a run and ``resume`` is false; ``resume``
+        with no run (or a finished one) in ``out``; a checkpoint of another job (the message
+        names the first differing key).
+    """
+    checkpoint, after_round = None, on_round
+    if job.out is not None:
+        out = Path(job.out)
+        holds_run = (out / "metrics.json").exists()
         # refused before any round runs, so neither the earlier results nor this run's time is lost
-        raise ValueError(
-            f"out={str(job.out)!r} already holds a run (metrics.json); choose another out folder "
-            "(--run-config 'out=\"...\"') or remove the earlier one"
-        )
-    report = run_federated(grid, job)
+        if holds_run and not job.resume:
+            raise ValueError(
+                f"out={str(job.out)!r} already holds a run (metrics.json); continue a killed run with "
+                "--run-config 'resume=true', choose another out folder (--run-config 'out=\"...\"') "
+                "or remove the earlier one"
+            )
+        if job.resume and not holds_run:
+            raise ValueError(f"resume=true: out={str(job.out)!r} holds no run to continue (no metrics.json)")
+        checkpoint = RunCheckpoint(out / CHECKPOINTS / job.federated.strategy, identity=run_identity(job))
+        if job.resume:
+            try:
+                saved = checkpoint.load()
+            except CheckpointMismatch as exc:
+                raise ValueError(f"resume=true: {exc}") from None
+            if saved is not None and saved.complete:
+                raise ValueError(f"resume=true: the run in out={str(job.out)!r} is finished; nothing to continue")
+
+        def after_round(partial: FederatedReport) -> None:
+            write_metrics(out, partial.metrics())  # "complete": false until the last round
+            if on_round is not None:
+                on_round(partial)
+
+    report = run_federated(grid, job, checkpoint=checkpoint, on_round=after_round)
     if job.out is not None:
         logger.info("wrote %s", write_metrics(job.out, report.metrics()))
         save_accuracy_curves(
@@ -390,3 +419,16 @@ def main(grid: Grid, context: Context) -> None:
             job=job,
             num_clients=report.num_nodes,
         )
+    return report
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """``flwr run .`` entry point: the job comes from ``context.run_config`` (see :func:`serve`)."""
+    keep_freed_cpu_memory()  # a process entry point, like the CLI (fedcond.devices)
+    try:
+        job = job_from_mapping(dict(context.run_config))
+    except ConfigError as exc:  # one line that names the key, above Flower's traceback
+        logger.error("fedcond: bad --run-config: %s", exc)
+        raise
+    serve(grid, job)

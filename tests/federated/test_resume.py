@@ -103,3 +103,42 @@ def test_an_attacked_simulation_drops_the_attackers_and_stays_finite(tmp_path):
     assert len(dropped) == 1 and "outside the allowed" in next(iter(dropped.values()))
     assert report.test_accuracy is not None
     assert all(bool(torch.isfinite(torch.as_tensor(v.numpy())).all()) for v in report.final_arrays.values())
+
+
+def test_flwr_run_path_checkpoints_every_round_and_resumes_with_resume_true(tmp_path, task_identity):
+    from fedcond.federated.client_app import build_client_app
+    from fedcond.federated.inprocess import InProcessGrid
+    from fedcond.federated.server_app import serve
+
+    values = {**SMALL, "strategy": "fedmedian", "rounds": 3, "out": str(tmp_path / "run")}
+    grid = lambda: InProcessGrid(build_client_app(None), num_nodes=3)  # noqa: E731 - a fresh federation per call
+    with pytest.raises(Killed):
+        serve(grid(), job_from_mapping(values), on_round=_kill_after(2))
+    partial = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert partial["complete"] is False and [h["round"] for h in partial["history"]] == [0, 1, 2]
+    assert (tmp_path / "run" / "checkpoints" / "fedmedian" / "model.npz").is_file()
+    # the folder holds a run: a plain start is refused, resume=true continues it
+    with pytest.raises(ValueError, match="already holds a run.*resume=true"):
+        serve(grid(), job_from_mapping(values))
+    other = {**values, "num_clients": 4, "resume": True}
+    with pytest.raises(ValueError, match="resume=true: .*'num_clients' is 3 there, 4 here"):
+        serve(grid(), job_from_mapping(other))
+    resumed = serve(grid(), job_from_mapping({**values, "resume": True}))
+    assert resumed.resumed_after == 2 and resumed.complete
+    uninterrupted = serve(grid(), job_from_mapping({**values, "out": str(tmp_path / "whole")}))
+    assert [h["test_accuracy"] for h in resumed.history] == [h["test_accuracy"] for h in uninterrupted.history]
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert final["complete"] is True and (tmp_path / "run" / "accuracy.png").is_file()
+    with pytest.raises(ValueError, match="is finished; nothing to continue"):
+        serve(grid(), job_from_mapping({**values, "resume": True}))
+    with pytest.raises(ValueError, match="holds no run to continue"):
+        serve(grid(), job_from_mapping({**values, "out": str(tmp_path / "empty"), "resume": True}))
+
+
+@pytest.mark.parametrize(("values", "match"), [({"resume": "yes", "out": "x"}, "expected true or false"),
+                                               ({"resume": True}, "needs 'out'")])
+def test_resume_in_the_run_config_is_checked(values, match):
+    from fedcond.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        job_from_mapping({**SMALL, **values})
