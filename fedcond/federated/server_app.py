@@ -26,13 +26,13 @@ from flwr.serverapp import Grid, ServerApp
 from fedcond.config import ConfigError
 from fedcond.devices import keep_freed_cpu_memory, resolve_device
 from fedcond.federated.accounting import CountingGrid
+from fedcond.federated.attacks import AttackConfig
 from fedcond.federated.baselines import baseline_strategy
+from fedcond.federated.checkpoint import CHECKPOINTS, CheckpointMismatch, RunCheckpoint
 from fedcond.federated.client import check_partition, federated_test_set, load_splits
 from fedcond.federated.job import FederatedJob, job_from_mapping, job_to_mapping
-from fedcond.federated.records import model_from_record, model_to_record
-from fedcond.federated.attacks import AttackConfig
-from fedcond.federated.checkpoint import CHECKPOINTS, CheckpointMismatch, RunCheckpoint
 from fedcond.federated.nodes import wait_for_nodes
+from fedcond.federated.records import model_from_record, model_to_record
 from fedcond.federated.rounds import RoundRecorder, fedcond_state, restore_fedcond
 from fedcond.federated.strategy import FedCond
 from fedcond.federated.uploads import UploadStore

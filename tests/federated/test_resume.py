@@ -93,7 +93,8 @@ def _arrays():
 
 def test_an_attacked_simulation_drops_the_attackers_and_stays_finite(tmp_path):
     job = job_from_mapping(
-        {**SMALL, "num_clients": 4, "strategy": "fedcond", "distill.iterations": 5, "distill.ipc": 2, "server_epochs": 5}
+        {**SMALL, "num_clients": 4, "strategy": "fedcond", "distill.iterations": 5, "distill.ipc": 2,
+         "server_epochs": 5}
     )
     report = simulate_in_process(job, attack=AttackConfig("extreme-pixels", 1))
     metrics = report.metrics()
