@@ -457,7 +457,8 @@ class ContinualConfig(_SelfChecking):
     Attributes
     ----------
     benchmark : str
-        ``split-digits``, ``split-mnist`` or ``split-fashion-mnist`` (5 experiences x 2 classes).
+        ``split-digits``, ``split-mnist``, ``split-fashion-mnist`` or ``split-cifar10``
+        (5 experiences x 2 classes).
     replay : str
         ``none``, ``random``, ``herding``, ``distilled`` or ``joint`` (the offline upper bound).
     memory_per_class : int
@@ -481,7 +482,7 @@ class ContinualConfig(_SelfChecking):
         Experiences in the class-incremental stream.
     """
 
-    benchmark: str = "split-digits"
+    benchmark: Literal["split-digits", "split-mnist", "split-fashion-mnist", "split-cifar10"] = "split-digits"
     replay: Literal["none", "random", "herding", "distilled", "joint"] = "distilled"
     memory_per_class: int = ranged(10, ge=0)
     max_memory: int | None = ranged(None, ge=1)

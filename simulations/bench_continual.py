@@ -15,6 +15,13 @@ Example (the budget measured in docs/continual.md)::
 
     python simulations/bench_continual.py --out results/continual --data-dir ../shared/data
 
+``--data-dir`` is the torchvision root for MNIST and Fashion-MNIST and the CIFAR-10 root for
+``split-cifar10`` (``cifar-10-batches-py/`` or the image folders ``train/`` and ``test/``), so
+split-cifar10 runs in a call of its own::
+
+    python simulations/bench_continual.py --out results/continual-cifar10 \
+        --data-dir ../shared/data/cifar10-jpeg --benchmarks split-cifar10
+
 A table too slow for one process is run as several (one per seed or per memory size, side by
 side) and then merged into one JSON/table/figure::
 
@@ -49,9 +56,12 @@ from fedcond.config import AugmentConfig, ContinualConfig, DistillConfig
 from fedcond.continual import (
     MEMORY_KINDS,
     REPLAY_KINDS,
+    SplitBenchmark,
+    available_benchmarks,
     make_split_benchmark,
     run_continual,
 )
+from fedcond.data import DatasetNotFoundError, ImageFolderError
 from fedcond.devices import keep_freed_cpu_memory
 from fedcond.distill.augment import LAYOUTS
 from fedcond.distill.dm import INITS
@@ -61,8 +71,10 @@ from fedcond.distill.matching import MATCHINGS
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("results/continual"))
-    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--benchmarks", nargs="+", default=["split-mnist", "split-digits", "split-fashion-mnist"])
+    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+                        help="torchvision root (MNIST, Fashion-MNIST) or, for split-cifar10, the CIFAR-10 root")
+    parser.add_argument("--benchmarks", nargs="+", choices=available_benchmarks(),
+                        default=["split-mnist", "split-digits", "split-fashion-mnist"])
     parser.add_argument(
         "--memories", type=int, nargs="+", default=[10, 1, 20], help="images per class, first benchmark"
     )
@@ -119,6 +131,16 @@ def _config(
         distill=DistillConfig(iterations=args.iterations, batch_real=args.batch_real, init=args.dm_init,
                               matching=args.dm_matching, augment=AugmentConfig(layout=args.dm_dsa_layout),
                               factor=args.dm_factor),
+    )
+
+
+def _stream(args: argparse.Namespace, benchmark: str, seed: int) -> SplitBenchmark:
+    return make_split_benchmark(
+        benchmark,
+        seed=seed,
+        data_dir=args.data_dir,
+        train_per_class=args.train_per_class or None,
+        test_per_class=args.test_per_class or None,
     )
 
 
@@ -342,26 +364,30 @@ def main(argv: list[str] | None = None) -> int:
         return _merge_main(args.merge, args.out)
     torch.set_num_threads(args.threads)
     keep_freed_cpu_memory()  # CPU activations re-used instead of page-faulted (fedcond.devices)
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     started = time.perf_counter()
+    jobs = _jobs(args)
+    first_seeds: dict[str, int] = {}
+    for benchmark, seed, *_ in jobs:
+        first_seeds.setdefault(benchmark, seed)
+    streams: dict[tuple[str, int], SplitBenchmark] = {}
+    try:  # each benchmark's first stream is read before any run, so a wrong --data-dir stops at once
+        for benchmark, seed in first_seeds.items():
+            streams[(benchmark, seed)] = _stream(args, benchmark, seed)
+    except (DatasetNotFoundError, ImageFolderError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     report: dict[str, Any] = {
         "command": command,
         **machine_facts(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
-    streams: dict[tuple[str, int], Any] = {}
-    for benchmark, seed, kind, memory, protocol in _jobs(args):
+    for benchmark, seed, kind, memory, protocol in jobs:
         if (benchmark, seed) not in streams:
-            streams[(benchmark, seed)] = make_split_benchmark(
-                benchmark,
-                seed=seed,
-                data_dir=args.data_dir,
-                train_per_class=args.train_per_class or None,
-                test_per_class=args.test_per_class or None,
-            )
+            streams[(benchmark, seed)] = _stream(args, benchmark, seed)
         config = _config(args, benchmark, kind, max(memory, 1), seed, protocol)
         result = run_continual(
             config, benchmark=streams[(benchmark, seed)], device=args.device, cache_dir=out / "dm-cache"

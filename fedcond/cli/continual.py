@@ -20,7 +20,7 @@ from fedcond.config import ContinualConfig, choices_of, flatten_config, parse_co
 
 __all__ = ["register"]
 
-_BENCHMARKS = ("split-digits", "split-mnist", "split-fashion-mnist")
+_BENCHMARKS = choices_of(ContinualConfig, "benchmark")
 _REPLAYS = choices_of(ContinualConfig, "replay")
 
 
@@ -58,7 +58,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-real", type=int, default=None, help="DM real images per class and iteration")
     parser.add_argument("--train-per-class", type=int, default=None, help="subsample the training split (seeded)")
     parser.add_argument("--test-per-class", type=int, default=None, help="subsample the test split (seeded)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="torchvision-layout root (MNIST, Fashion-MNIST)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="torchvision-layout root (MNIST, Fashion-MNIST); for split-cifar10 the CIFAR-10 root, holding "
+        "cifar-10-batches-py/ or the image folders train/ and test/ (one sub-folder per class)",
+    )
     parser.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
     # None = "not given": a config file's seed then stands (the flag overrides the file)
     add_common_arguments(parser, default_out="runs/continual", from_config=("seed",))

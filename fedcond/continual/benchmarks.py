@@ -1,8 +1,8 @@
 """Class-incremental split benchmarks built with Avalanche 0.6's current builders.
 
-``split-digits``, ``split-mnist`` and ``split-fashion-mnist`` split the ten classes of a
-registry dataset (:func:`fedcond.data.load_dataset`) into 5 experiences of 2 classes, in a
-class order drawn from the seed. The stream is made by
+``split-digits``, ``split-mnist``, ``split-fashion-mnist`` and ``split-cifar10`` split the ten
+classes of a registry dataset (:func:`fedcond.data.load_dataset`) into 5 experiences of 2
+classes, in a class order drawn from the seed. The stream is made by
 :func:`avalanche.benchmarks.scenarios.supervised.class_incremental_benchmark` from
 :class:`~avalanche.benchmarks.utils.classification_dataset.ClassificationDataset` wrappers
 (``targets`` plus a constant task label 0, as in Avalanche's classic class-incremental
@@ -44,6 +44,7 @@ BENCHMARKS: dict[str, str] = {
     "split-digits": "digits",
     "split-mnist": "mnist",
     "split-fashion-mnist": "fashion-mnist",
+    "split-cifar10": "cifar10",
 }
 
 
@@ -199,11 +200,14 @@ def make_split_benchmark(
     Parameters
     ----------
     name : str
-        ``split-digits`` (bundled data), ``split-mnist`` or ``split-fashion-mnist``.
+        ``split-digits`` (bundled data), ``split-mnist``, ``split-fashion-mnist`` or
+        ``split-cifar10``.
     seed : int
         Draws the class order (and the optional subsamples).
     data_dir : str | Path | None
-        torchvision-layout root for MNIST / Fashion-MNIST.
+        torchvision-layout root for MNIST / Fashion-MNIST (the folder holding ``MNIST/`` or
+        ``FashionMNIST/``); for CIFAR-10 the CIFAR-10 root itself, holding torchvision's
+        ``cifar-10-batches-py/`` or the ImageFolder layout ``train/<class>/``, ``test/<class>/``.
     num_experiences : int
         Must divide the number of classes (5 -> 2 classes per experience).
     train_per_class, test_per_class : int | None
@@ -213,6 +217,8 @@ def make_split_benchmark(
     ------
     ValueError
         For an unknown name or a number of experiences that does not divide the classes.
+    DatasetNotFoundError
+        When ``data_dir`` does not hold the dataset; the message names the expected layouts.
     """
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(available_benchmarks())}")

@@ -242,7 +242,8 @@ def run_continual(
         Benchmark, replay kind, memory, training and DM settings (``distill.seed`` is set to
         ``config.seed``).
     data_dir, download
-        Where MNIST / Fashion-MNIST live.
+        The dataset's folder and whether torchvision may download it (see
+        :func:`~fedcond.continual.benchmarks.make_split_benchmark`).
     cache_dir : str | Path | None
         Reuse distilled memories across runs (see :class:`DistilledBuffer`).
     benchmark : SplitBenchmark | None

@@ -357,6 +357,22 @@ def _cifar10_layout(root: Path) -> str | None:
     return None
 
 
+def _cifar10_root_hint(root: Path) -> str:
+    """A sentence naming the sub-folders of ``root`` that hold a CIFAR-10 layout (a user who
+    pointed at the folder above the CIFAR-10 root), or why ``root`` itself cannot hold one."""
+    if not root.is_dir():
+        return f" ({root} is not a folder)"
+    try:
+        nested = [child for child in sorted(root.iterdir()) if child.is_dir() and _cifar10_layout(child)]
+    except OSError:  # an unreadable folder: the message without the hint
+        return ""
+    if not nested:
+        return ""
+    if len(nested) == 1:
+        return f"; {nested[0]} holds one: point --data-dir at that folder"
+    return f"; {', '.join(str(child) for child in nested)} hold one each: point --data-dir at one of them"
+
+
 def _load_cifar10(config: DataConfig, *, progress: ProgressCallback | None) -> DatasetSplits:
     """CIFAR-10 from torchvision's files or from an ImageFolder tree of its images (e.g. JPEGs).
 
@@ -374,7 +390,7 @@ def _load_cifar10(config: DataConfig, *, progress: ProgressCallback | None) -> D
             f"dataset 'cifar10' not found under {root}: expected torchvision's layout "
             f"{root}/{_EXPECTED_FILES['cifar10']} (pass --download to fetch it) or CIFAR-10's images in "
             f"the ImageFolder layout {root}/train/<class>/<image> and {root}/test/<class>/<image> "
-            f"with the classes {', '.join(CIFAR10_CLASSES)}"
+            f"with the classes {', '.join(CIFAR10_CLASSES)}{_cifar10_root_hint(root)}"
         )
     from fedcond.data.imagefolder import ImageFolderError, read_image_folder
 

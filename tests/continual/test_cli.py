@@ -154,3 +154,31 @@ def test_a_one_row_matrix_is_labelled_by_its_protocol(tmp_path, monkeypatch) -> 
     assert seen == [["after 0"], ["joint"]]
     with pytest.raises(ValueError, match="2 row labels for 1 rows"):
         save_accuracy_matrix([[0.9]], tmp_path / "c.png", row_labels=["a", "b"])
+
+
+def test_split_cifar10_runs_on_the_jpeg_slice(cifar10_slice, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FEDCOND_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    code = main(
+        [
+            "continual", "--benchmark", "split-cifar10", "--data-dir", str(cifar10_slice), "--replay", "distilled",
+            "--memory-per-class", "1", "--epochs", "1", "--iterations", "1", "--batch-real", "4",
+            "--out", str(out), "--device", "cpu",
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["benchmark"] == "split-cifar10" and metrics["config"]["benchmark"] == "split-cifar10"
+    assert metrics["memory_images"] == 10
+    assert len(metrics["accuracy_matrix"]) == 5
+    assert sorted(c for pair in metrics["experience_classes"] for c in pair) == list(range(10))
+
+
+def test_split_cifar10_with_a_wrong_data_dir_is_one_line_naming_the_layouts(tmp_path, capsys) -> None:
+    argv = ["continual", "--benchmark", "split-cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x")]
+    code = main(argv)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "cifar-10-batches-py" in err and "train/<class>" in err and "airplane" in err
+    assert not (tmp_path / "x").exists()  # no empty run folder left behind

@@ -1,0 +1,42 @@
+"""simulations/bench_continual.py reads each benchmark's data from --data-dir before any run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_continual", ROOT / "simulations" / "bench_continual.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_data_dir_without_cifar10_stops_before_any_run(bench, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    code = bench.main(
+        ["--benchmarks", "split-digits", "split-cifar10", "--data-dir", str(tmp_path / "none"), "--out", str(out)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cifar-10-batches-py" in err and "train/<class>" in err
+    assert not out.exists()
+
+
+def test_split_cifar10_runs_from_the_cifar10_root(bench, cifar10_slice, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FEDCOND_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    one_small_run = ["--seeds", "0", "--memories", "1", "--kinds", "random", "--gdumb-kinds", "--epochs", "1"]
+    whole_slice = ["--train-per-class", "0", "--test-per-class", "0"]
+    where = ["--data-dir", str(cifar10_slice), "--out", str(out)]
+    code = bench.main(["--benchmarks", "split-cifar10", *where, *one_small_run, *whole_slice])
+    assert code == 0
+    (run,) = json.loads((out / "bench_continual.json").read_text())["runs"]
+    assert run["benchmark"] == "split-cifar10" and run["replay"] == "random" and run["memory_images"] == 10
