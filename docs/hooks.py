@@ -32,8 +32,12 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
 
 # ------------------------------------------------------------------------------------- CLI
 def _cell(text: str) -> str:
-    """``text`` made safe for one cell of a markdown table (reST literals become code spans)."""
-    return " ".join(str(text).split()).replace("``", "`").replace("|", "\\|")
+    """``text`` made safe for one cell of a markdown table (reST literals become code spans;
+    ``<`` and ``>`` outside code spans are escaped, so ``train/<class>/`` is not read as HTML)."""
+    parts = " ".join(str(text).split()).replace("``", "`").replace("|", "\\|").split("`")
+    for i in range(0, len(parts), 2):  # even parts lie outside code spans
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts)
 
 
 def _option_cell(action: argparse.Action) -> str:
