@@ -488,6 +488,35 @@ def _values(values: Iterable[float], scale: float = 1.0) -> list[float]:
     return [round(v * scale, 4) for v in values]
 
 
+def robust_attacks_figure() -> dict:
+    """Accuracy under each attack (3 of 10 clients hostile, seed 0), one point series per method."""
+    results = _robust_results("attacks") + _robust_results("cap")
+    kinds = [None, *(k for k in dict.fromkeys(r["attack"] for r in results) if k is not None)]
+    methods = [m for m in ROBUST_METHODS if any(r["method"] == m for r in results)]
+    series = []
+    for method in methods:
+        xs, ys = [], []
+        for i, kind in enumerate(kinds):
+            runs = [r for r in results if r["method"] == method and r["attack"] == kind
+                    and r["attackers"] == (0 if kind is None else 3)]
+            if runs:
+                xs.append(i)
+                ys.append(sum(r["test_accuracy"] or 0.0 for r in runs) / len(runs))
+        series.append({"label": ROBUST_METHODS[method].replace("`", ""), "x": xs, "y": _values(ys, 100)})
+    return {
+        "source": [ROBUST_FILES[n] for n in ("attacks", "cap")],
+        "size_in": [11.0, 4.6],
+        "dpi": DPI,
+        "xlabel": "attack (3 of 10 clients; none: every client honest)",
+        "ylabel": "test accuracy (%)",
+        "lines": False,
+        "legend_outside": True,
+        "suptitle": "digits, Dirichlet 0.1, 10 clients, seed 0",
+        "panels": [{"title": "accuracy of the global model under attack", "series": series, "hlines": [],
+                    "xticklabels": ["none" if k is None else k for k in kinds]}],
+    }
+
+
 def federated_curve(file: str, partition: str, dataset: str) -> dict:
     """Test accuracy after each round, one curve per method of one partition (round 0: the initial model)."""
     runs = [r for r in load(file)["results"] if r["partition"] == partition]
@@ -555,6 +584,7 @@ FIGURES: dict[str, Callable[[], dict]] = {
         lambda: federated_curve("federated_mnist10k_all.json", "dirichlet-0.5", "MNIST 10k"),
     "federated_accuracy_mnist10k_iid": lambda: federated_curve("federated_mnist10k_all.json", "iid", "MNIST 10k"),
     "continual_split_mnist_full": continual_memory_curve,
+    "robustness_digits_attacks": robust_attacks_figure,
 }
 
 
@@ -590,13 +620,18 @@ def draw(spec: dict, path: Path) -> None:
             # (FedAvg and FedProx, one and three FedCond rounds) stay visible
             style = {"marker": "osD^v"[i % 5], "markersize": max(3.0, 7.0 - 1.3 * i), "color": f"C{i}",
                      "ls": ("-", "--", "-.", ":")[i % 4], "label": s["label"], "zorder": 2 + i}
+            if not spec.get("lines", True):  # categories on x: points, no lines between them
+                style["ls"] = "none"
             if "yerr" in s:
                 ax.errorbar(s["x"], s["y"], yerr=s["yerr"], capsize=3, **style)
             else:
                 ax.plot(s["x"], s["y"], **style)
         for line in panel["hlines"]:
             ax.axhline(line["y"], color="grey", ls=line["style"], lw=1, label=line["label"])
-        if spec.get("integer_x"):
+        if panel.get("xticklabels"):
+            ax.set_xticks(range(len(panel["xticklabels"])))
+            ax.set_xticklabels(panel["xticklabels"], rotation=30, ha="right", fontsize=8)
+        elif spec.get("integer_x"):
             xs = [x for s in panel["series"] for x in s["x"]]
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
@@ -605,7 +640,10 @@ def draw(spec: dict, path: Path) -> None:
         ax.set_title(panel["title"], fontsize=10)
         ax.set_xlabel(spec["xlabel"])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if spec.get("legend_outside"):
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(fontsize=8)
     axes[0][0].set_ylabel(spec["ylabel"])
     if spec.get("suptitle"):
         fig.suptitle(spec["suptitle"], fontsize=11)
