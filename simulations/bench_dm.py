@@ -9,7 +9,10 @@ Reports, side by side in one run (JSON + a markdown table):
    evaluated with the same protocol (fedcond must not be worse by more than 1 point);
 3. *DM vs random vs herding vs k-means centroids* at IPC 1/10/50 on digits and MNIST, DM with
    mean matching (the paper) and with mean + kernel MMD (``--dm-matchings``), started from
-   random real images or ``--dm-init`` (e.g. ``kmeans``);
+   random real images or ``--dm-init`` (e.g. ``kmeans``); with ``--datasets cifar10
+   --cifar-dir ROOT`` on CIFAR-10 too; ``--dm-variants`` adds DM rows with IDM's options
+   (queue of partly trained embedders, partition-and-expand) and ``--gm-iterations`` a
+   gradient-matching row;
 4. *whole*: the same protocol trained on every training image (the field's "whole dataset"
    upper bound), by default on digits only, where it costs seconds per network.
 
@@ -210,6 +213,7 @@ def methods_section(
     dm_layout: str = DEFAULT_LAYOUT,
     variants: tuple[str, ...] = (),
     idm_queue: int = 10,
+    gm_iterations: int = 0,
 ) -> list[dict[str, Any]]:
     """DM vs the baselines at each IPC; every method made once per seed (selection / DM seed),
     each set evaluated by ``evaluation.runs`` networks; mean +- std over all seeds x runs.
@@ -218,12 +222,16 @@ def methods_section(
     class's pixel-space k-means centroids, no DM: what the start point alone gives).
     ``matchings`` picks the DM rows: ``dm`` (class means, the paper) and/or ``dm-mmd``, all
     started from ``dm_init`` (named ``dm...@init`` when it is not ``real``). ``variants`` adds
-    DM rows with the IDM options (:data:`DM_VARIANTS`), class-mean matching, same start."""
+    DM rows with the IDM options (:data:`DM_VARIANTS`), class-mean matching, same start.
+    ``gm_iterations`` > 0 adds a gradient-matching row (``gm``: the DSA paper's loops and pixel
+    learning rate 0.1, started like DM)."""
     rows = []
     methods: list[tuple[str, str | None]] = [(b, None) for b in baselines]
     suffix = ("" if dm_init == "real" else f"@{dm_init}") + ("" if dm_layout == DEFAULT_LAYOUT else f"/{dm_layout}")
     methods += [(("dm" if m == "mean" else f"dm-{m}") + suffix, m) for m in matchings]
     methods += [(f"dm+{v}" + suffix, "mean") for v in variants]
+    if gm_iterations > 0:
+        methods.append(("gm" + ("" if dm_init == "real" else f"@{dm_init}"), None))
     for ipc in ipcs:
         for method, matching in methods:
             accuracies, per_seed, make_seconds = [], [], []
@@ -240,6 +248,13 @@ def methods_section(
                         device=device,
                     ).condense(splits.train)
                     syn = result.synthetic
+                elif method.startswith("gm"):
+                    syn = get_condenser(
+                        "gm",
+                        DistillConfig(ipc=ipc, iterations=gm_iterations, seed=seed, init=dm_init, lr_img=0.1,
+                                      augment=AugmentConfig(layout=dm_layout)),
+                        device=device,
+                    ).condense(splits.train).synthetic
                 else:  # the loop-free condensers (kmeans, random, herding), by name
                     syn = get_condenser(method, DistillConfig(ipc=ipc, seed=seed), device=device).condense(
                         splits.train
@@ -252,7 +267,8 @@ def methods_section(
                 "dataset": splits.spec.name,
                 "ipc": ipc,
                 "method": method,
-                "iterations": iterations[ipc] if matching is not None else 0,
+                "iterations": (iterations[ipc] if matching is not None
+                               else gm_iterations if method.startswith("gm") else 0),
                 "init": dm_init if matching is not None else None,
                 "dsa_layout": dm_layout if matching is not None else None,
                 "dm_options": (dm_variant_options(method.split("+", 1)[1].split("@")[0].split("/")[0],
@@ -352,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dm-variants", default="",
                         help=f"methods section: extra DM rows with IDM options ({', '.join(DM_VARIANTS)})")
     parser.add_argument("--idm-queue", type=int, default=10, help="queue size of the queue/idm DM rows")
+    parser.add_argument("--gm-iterations", type=int, default=0,
+                        help="methods section: a gradient-matching row (gm) with this many iterations (0: none)")
     parser.add_argument("--mnist-ipcs", default="10,1,50", help="methods section: MNIST IPCs (10 runs first)")
     parser.add_argument("--digits-ipcs", default="1,10,50", help="methods section: digits IPCs")
     parser.add_argument("--dm-matchings", default="mean,mmd", help="methods section: DM rows (mean: dm, mmd: dm-mmd)")
@@ -428,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                                               seeds=mnist_seeds, compile_dm=compile_dm, device=args.device,
                                               matchings=matchings, baselines=baselines, dm_init=args.dm_init,
                                               dm_layout=args.dm_dsa_layout, variants=variants,
-                                              idm_queue=args.idm_queue)
+                                              idm_queue=args.idm_queue, gm_iterations=args.gm_iterations)
         save()
     if "equal" in sections:
         seeds = list(range(args.equal_seeds))
@@ -450,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             iterations=dict.fromkeys(digits_ipcs + [1, 10], args.digits_iterations), evaluation=evaluation,
             seeds=digits_seeds, compile_dm=False, device=args.device, matchings=matchings, baselines=baselines,
             dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
-                                              idm_queue=args.idm_queue)
+                                              idm_queue=args.idm_queue, gm_iterations=args.gm_iterations)
         save()
     if "methods" in sections and mnist is not None and "mnist" in datasets and set(mnist_ipcs) - {10}:
         print("methods, mnist other ipcs:", flush=True)
@@ -458,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             mnist, ipcs=[i for i in mnist_ipcs if i != 10], iterations=mnist_iters, evaluation=evaluation,
             seeds=mnist_seeds, compile_dm=compile_dm, device=args.device, matchings=matchings, baselines=baselines,
             dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
-                                              idm_queue=args.idm_queue)
+                                              idm_queue=args.idm_queue, gm_iterations=args.gm_iterations)
         save()
     if "methods" in sections and "cifar10" in datasets:
         cifar = load_dataset(DataConfig(dataset="cifar10", data_dir=args.cifar_dir))
@@ -470,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                 cifar, ipcs=[ipc], iterations={ipc: args.cifar_iterations}, evaluation=evaluation,
                 seeds=cifar_seeds, compile_dm=compile_dm, device=args.device, matchings=matchings,
                 baselines=baselines, dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
-                idm_queue=args.idm_queue)
+                idm_queue=args.idm_queue, gm_iterations=args.gm_iterations)
             save()
     if "whole" in sections:
         print("whole training set:", flush=True)

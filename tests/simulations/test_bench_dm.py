@@ -49,9 +49,10 @@ def test_variant_rows_run_on_digits_and_record_their_options(bench, tmp_path):
     bench.main(["--sections", "methods", "--datasets", "digits", "--digits-ipcs", "1", "--digits-seeds", "1",
                 "--digits-iterations", "2", "--eval-runs", "1", "--eval-epochs", "1", "--baselines", "",
                 "--dm-matchings", "mean", "--dm-variants", "queue,idm", "--idm-queue", "2", "--no-compile",
-                "--out", str(tmp_path)])
+                "--gm-iterations", "1", "--out", str(tmp_path)])
     rows = {r["method"]: r for r in json.loads((tmp_path / "bench_dm.json").read_text())["methods"]}
-    assert list(rows) == ["dm", "dm+queue", "dm+idm"]
+    assert list(rows) == ["dm", "dm+queue", "dm+idm", "gm"]
+    assert rows["gm"]["iterations"] == 1 and rows["dm"]["iterations"] == 2
     assert rows["dm"]["dm_options"] is None
     assert rows["dm+queue"]["dm_options"] == {"queue_size": 2}
     assert rows["dm+idm"]["dm_options"] == {"queue_size": 2, "factor": 2}
