@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from fedcond.config import DistillConfig
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.simulations.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_dm", ROOT / "simulations" / "bench_dm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_dm")
 
 
 def test_each_variant_names_real_config_fields(bench):

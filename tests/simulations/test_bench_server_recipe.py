@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 
 from fedcond.federated.job import job_from_mapping, job_to_mapping
 from fedcond.federated.simulation import simulate_in_process
+from tests.simulations.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"dataset": "digits", "num_clients": 3, "partition": "dirichlet", "alpha": 0.5, "train_per_class": 30,
@@ -21,11 +21,7 @@ SMALL = {"dataset": "digits", "num_clients": 3, "partition": "dirichlet", "alpha
 
 @pytest.fixture(scope="module")
 def bench():
-    path = ROOT / "simulations" / "bench_server_recipe.py"
-    spec = importlib.util.spec_from_file_location("bench_server_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_server_recipe")
 
 
 @pytest.fixture(scope="module")

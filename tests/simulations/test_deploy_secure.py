@@ -7,7 +7,6 @@ key is not registered and a SuperNode that connects without TLS, while a registe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -22,6 +21,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from tests.simulations.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "simulations" / "deploy_local.sh"
@@ -42,10 +43,7 @@ def slow(test):
 
 @pytest.fixture(scope="module")
 def credentials_module():
-    spec = importlib.util.spec_from_file_location("make_credentials", ROOT / "simulations" / "make_credentials.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_credentials")
 
 
 # --- the credentials script (fast) ---------------------------------------------------------------
