@@ -278,7 +278,8 @@ def test_a_supernode_without_tls_or_without_a_key_never_gets_a_node_id(tls_super
     # plain HTTP to the TLS port (bounded retries, so that the refusal ends the process) ...
     plain, plain_log = tls_superlink.supernode("plain", "--insecure", "--max-retries", "1", "--max-wait-time", "20")
     # ... and TLS without a key: it would register itself, which authentication forbids
-    keyless, keyless_log = tls_superlink.supernode("keyless", "--root-certificates", str(tls_superlink.certs / "ca.crt"))
+    root_certificate = str(tls_superlink.certs / "ca.crt")
+    keyless, keyless_log = tls_superlink.supernode("keyless", "--root-certificates", root_certificate)
 
     assert plain.wait(timeout=60) != 0
     assert keyless.wait(timeout=60) != 0
