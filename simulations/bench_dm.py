@@ -48,7 +48,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
 
-from fedcond.config import AugmentConfig, DataConfig, DistillConfig, EvalConfig
+from fedcond.cli.common import overrides_from
+from fedcond.config import AugmentConfig, DataConfig, DistillConfig, EvalConfig, parse_config
 from fedcond.data import ArrayDataset, DatasetSplits, load_dataset
 from fedcond.data.registry import DIGIT_DATASETS
 from fedcond.devices import keep_freed_cpu_memory
@@ -214,6 +215,7 @@ def methods_section(
     variants: tuple[str, ...] = (),
     idm_queue: int = 10,
     gm_iterations: int = 0,
+    dm_settings: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """DM vs the baselines at each IPC; every method made once per seed (selection / DM seed),
     each set evaluated by ``evaluation.runs`` networks; mean +- std over all seeds x runs.
@@ -224,7 +226,9 @@ def methods_section(
     started from ``dm_init`` (named ``dm...@init`` when it is not ``real``). ``variants`` adds
     DM rows with the IDM options (:data:`DM_VARIANTS`), class-mean matching, same start.
     ``gm_iterations`` > 0 adds a gradient-matching row (``gm``: the DSA paper's loops and pixel
-    learning rate 0.1, started like DM)."""
+    learning rate 0.1, started like DM). ``dm_settings`` (``--dm-set``) are further
+    :class:`DistillConfig` keys for every DM row (e.g. ``time_budget``, ``batch_real``); a
+    row records the iterations its DM actually ran."""
     rows = []
     methods: list[tuple[str, str | None]] = [(b, None) for b in baselines]
     suffix = ("" if dm_init == "real" else f"@{dm_init}") + ("" if dm_layout == DEFAULT_LAYOUT else f"/{dm_layout}")
@@ -234,20 +238,19 @@ def methods_section(
         methods.append(("gm" + ("" if dm_init == "real" else f"@{dm_init}"), None))
     for ipc in ipcs:
         for method, matching in methods:
-            accuracies, per_seed, make_seconds = [], [], []
+            accuracies, per_seed, make_seconds, iterations_run = [], [], [], []
             for seed in seeds:
                 start = time.perf_counter()
                 if matching is not None:
                     options = dm_variant_options(method.split("+", 1)[1].split("@")[0].split("/")[0],
                                                  idm_queue=idm_queue) if "+" in method else {}
-                    result = get_condenser(
-                        "dm",
-                        DistillConfig(ipc=ipc, iterations=iterations[ipc], seed=seed,
-                                      compile=compile_dm and not options, matching=matching, init=dm_init,
-                                      augment=AugmentConfig(layout=dm_layout), **options),
-                        device=device,
-                    ).condense(splits.train)
+                    config = parse_config(DistillConfig, {
+                        "ipc": ipc, "iterations": iterations[ipc], "seed": seed,
+                        "compile": compile_dm and not options, "matching": matching, "init": dm_init,
+                        "augment.layout": dm_layout, **(dm_settings or {}), **options})
+                    result = get_condenser("dm", config, device=device).condense(splits.train)
                     syn = result.synthetic
+                    iterations_run.append(int(syn.meta.get("iterations", config.iterations)))
                 elif method.startswith("gm"):
                     syn = get_condenser(
                         "gm",
@@ -271,6 +274,8 @@ def methods_section(
                                else gm_iterations if method.startswith("gm") else 0),
                 "init": dm_init if matching is not None else None,
                 "dsa_layout": dm_layout if matching is not None else None,
+                "iterations_run": iterations_run or None,
+                "dm_settings": dict(dm_settings or {}) if matching is not None else None,
                 "dm_options": (dm_variant_options(method.split("+", 1)[1].split("@")[0].split("/")[0],
                                                   idm_queue=idm_queue)
                                if matching is not None and "+" in method else None),
@@ -333,7 +338,11 @@ def markdown(results: dict[str, Any]) -> str:
                   "| dataset | IPC | method | DM iterations | seeds | test accuracy | make s | peak RSS GiB |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in results["methods"]:
-            lines.append(f"| {r['dataset']} | {r['ipc']} | {r['method']} | {r['iterations']} | {len(r['seeds'])} | "
+            settings = ", ".join(f"{k}={v}" for k, v in (r.get("dm_settings") or {}).items())
+            name = r["method"] + (f" ({settings})" if settings else "")
+            iterations = (round(statistics.fmean(r["iterations_run"])) if r.get("iterations_run")
+                          else r["iterations"])
+            lines.append(f"| {r['dataset']} | {r['ipc']} | {name} | {iterations} | {len(r['seeds'])} | "
                          f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} | {r['make_seconds']:.0f} | "
                          f"{r['peak_rss_gib']:.2f} |")
         if any(r["method"] == "whole" for r in results["methods"]):
@@ -368,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dm-variants", default="",
                         help=f"methods section: extra DM rows with IDM options ({', '.join(DM_VARIANTS)})")
     parser.add_argument("--idm-queue", type=int, default=10, help="queue size of the queue/idm DM rows")
+    parser.add_argument("--dm-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="methods section: a DistillConfig key for every DM row, e.g. time_budget=1800, "
+                             "factor=2, batch_real=128 (repeatable)")
     parser.add_argument("--gm-iterations", type=int, default=0,
                         help="methods section: a gradient-matching row (gm) with this many iterations (0: none)")
     parser.add_argument("--mnist-ipcs", default="10,1,50", help="methods section: MNIST IPCs (10 runs first)")
@@ -434,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--datasets: unknown {sorted(unknown)} (digits, mnist, cifar10)")
     if "cifar10" in datasets and "methods" in sections and args.cifar_dir is None:
         parser.error("--datasets cifar10 needs --cifar-dir (the CIFAR-10 root)")
+    dm_settings = overrides_from(args.dm_set)
+    try:
+        parse_config(DistillConfig, dm_settings)
+    except ValueError as exc:
+        parser.error(f"--dm-set: {exc}")
     baselines = tuple(b for b in args.baselines.split(",") if b)
     if unknown := set(baselines) - {"random", "herding", "kmeans"}:
         parser.error(f"--baselines: unknown {sorted(unknown)} (random, herding, kmeans)")
@@ -446,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
                                               seeds=mnist_seeds, compile_dm=compile_dm, device=args.device,
                                               matchings=matchings, baselines=baselines, dm_init=args.dm_init,
                                               dm_layout=args.dm_dsa_layout, variants=variants,
-                                              idm_queue=args.idm_queue, gm_iterations=args.gm_iterations)
+                                              idm_queue=args.idm_queue, gm_iterations=args.gm_iterations,
+                                              dm_settings=dm_settings)
         save()
     if "equal" in sections:
         seeds = list(range(args.equal_seeds))
@@ -468,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             iterations=dict.fromkeys(digits_ipcs + [1, 10], args.digits_iterations), evaluation=evaluation,
             seeds=digits_seeds, compile_dm=False, device=args.device, matchings=matchings, baselines=baselines,
             dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
-                                              idm_queue=args.idm_queue, gm_iterations=args.gm_iterations)
+                                              idm_queue=args.idm_queue, gm_iterations=args.gm_iterations,
+                                              dm_settings=dm_settings)
         save()
     if "methods" in sections and mnist is not None and "mnist" in datasets and set(mnist_ipcs) - {10}:
         print("methods, mnist other ipcs:", flush=True)
@@ -476,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
             mnist, ipcs=[i for i in mnist_ipcs if i != 10], iterations=mnist_iters, evaluation=evaluation,
             seeds=mnist_seeds, compile_dm=compile_dm, device=args.device, matchings=matchings, baselines=baselines,
             dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
-                                              idm_queue=args.idm_queue, gm_iterations=args.gm_iterations)
+                                              idm_queue=args.idm_queue, gm_iterations=args.gm_iterations,
+                                              dm_settings=dm_settings)
         save()
     if "methods" in sections and "cifar10" in datasets:
         cifar = load_dataset(DataConfig(dataset="cifar10", data_dir=args.cifar_dir))
@@ -488,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
                 cifar, ipcs=[ipc], iterations={ipc: args.cifar_iterations}, evaluation=evaluation,
                 seeds=cifar_seeds, compile_dm=compile_dm, device=args.device, matchings=matchings,
                 baselines=baselines, dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
-                idm_queue=args.idm_queue, gm_iterations=args.gm_iterations)
+                idm_queue=args.idm_queue, gm_iterations=args.gm_iterations,
+                                              dm_settings=dm_settings)
             save()
     if "whole" in sections:
         print("whole training set:", flush=True)

@@ -31,6 +31,8 @@ def test_each_variant_names_real_config_fields(bench):
         (["--datasets", "cifar10"], "needs --cifar-dir"),
         (["--datasets", "svhn"], "unknown ['svhn']"),
         (["--dm-variants", "idm,fast"], "unknown ['fast']"),
+        (["--dm-set", "time_budget=-1"], "--dm-set"),
+        (["--dm-set", "speed=3"], "--dm-set"),
     ],
 )
 def test_bad_options_are_refused_by_name(bench, tmp_path, capsys, argv, message):
@@ -43,10 +45,23 @@ def test_variant_rows_run_on_digits_and_record_their_options(bench, tmp_path):
     bench.main(["--sections", "methods", "--datasets", "digits", "--digits-ipcs", "1", "--digits-seeds", "1",
                 "--digits-iterations", "2", "--eval-runs", "1", "--eval-epochs", "1", "--baselines", "",
                 "--dm-matchings", "mean", "--dm-variants", "queue,idm", "--idm-queue", "2", "--no-compile",
-                "--gm-iterations", "1", "--out", str(tmp_path)])
+                "--gm-iterations", "1", "--dm-set", "batch_real=16", "--dm-set", "time_budget=30",
+                "--out", str(tmp_path)])
     rows = {r["method"]: r for r in json.loads((tmp_path / "bench_dm.json").read_text())["methods"]}
     assert list(rows) == ["dm", "dm+queue", "dm+idm", "gm"]
     assert rows["gm"]["iterations"] == 1 and rows["dm"]["iterations"] == 2
+    assert rows["dm"]["iterations_run"] == [2] and rows["gm"]["dm_settings"] is None
+    assert rows["dm"]["dm_settings"] == {"batch_real": "16", "time_budget": "30"}
+    table = (tmp_path / "bench_dm.md").read_text()
+    assert "| dm (batch_real=16, time_budget=30) | 2 |" in table
     assert rows["dm"]["dm_options"] is None
     assert rows["dm+queue"]["dm_options"] == {"queue_size": 2}
     assert rows["dm+idm"]["dm_options"] == {"queue_size": 2, "factor": 2}
+
+
+def test_a_time_budget_row_records_the_iterations_it_ran(bench, tmp_path):
+    bench.main(["--sections", "methods", "--datasets", "digits", "--digits-ipcs", "1", "--digits-seeds", "1",
+                "--digits-iterations", "500", "--eval-runs", "1", "--eval-epochs", "1", "--baselines", "",
+                "--dm-matchings", "mean", "--no-compile", "--dm-set", "time_budget=0.01", "--out", str(tmp_path)])
+    (row,) = json.loads((tmp_path / "bench_dm.json").read_text())["methods"]
+    assert row["iterations"] == 500 and 1 <= row["iterations_run"][0] < 500
