@@ -9,8 +9,9 @@ Reports, side by side in one run (JSON + a markdown table):
    evaluated with the same protocol (fedcond must not be worse by more than 1 point);
 3. *DM vs random vs herding vs k-means centroids* at IPC 1/10/50 on digits and MNIST, DM with
    mean matching (the paper) and with mean + kernel MMD (``--dm-matchings``), started from
-   random real images or ``--dm-init`` (e.g. ``kmeans``); with ``--datasets cifar10
-   --cifar-dir ROOT`` on CIFAR-10 too; ``--dm-variants`` adds DM rows with IDM's options
+   random real images or ``--dm-init`` (e.g. ``kmeans``); with ``--datasets fashion-mnist``
+   and ``--datasets cifar10 --cifar-dir ROOT`` on Fashion-MNIST and CIFAR-10 too;
+   ``--dm-variants`` adds DM rows with IDM's options
    (queue of partly trained embedders, partition-and-expand) and ``--gm-iterations`` a
    gradient-matching row;
 4. *whole*: the same protocol trained on every training image (the field's "whole dataset"
@@ -60,6 +61,10 @@ from fedcond.distill.matching import MATCHINGS
 from fedcond.models import get_model
 
 DEFAULT_LAYOUT = AugmentConfig().layout  # rows of another layout are suffixed /LAYOUT
+
+#: datasets of the methods section besides digits and MNIST: option prefix, and the option
+#: naming the folder (``--data-dir``: torchvision's root; ``--cifar-dir``: the CIFAR-10 root)
+EXTRA_DATASETS = {"fashion-mnist": ("fashion", "data_dir"), "cifar10": ("cifar", "cifar_dir")}
 
 #: DM rows with IDM's options (Zhao et al., CVPR 2023), named ``dm+NAME``: ``queue`` matches
 #: with a queue of partly trained embedders, ``expand`` is partition-and-expand (multi-formation,
@@ -367,13 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digits-seeds", type=int, default=3, help="selection/DM seeds per digits row")
     parser.add_argument("--mnist-seeds", type=int, default=1, help="selection/DM seeds per MNIST row")
     parser.add_argument("--datasets", default="digits,mnist",
-                        help="methods section: digits, mnist, cifar10 (comma-separated)")
+                        help="methods section: digits, mnist, fashion-mnist, cifar10 (comma-separated)")
     parser.add_argument("--cifar-dir", type=Path, default=None,
                         help="CIFAR-10 root: torchvision's cifar-10-batches-py/ or the JPEG ImageFolder copy "
                              "(train/, test/); needed for the cifar10 rows")
-    parser.add_argument("--cifar-ipcs", default="10,1,50", help="methods section: CIFAR-10 IPCs")
-    parser.add_argument("--cifar-iterations", type=int, default=200, help="DM iterations for CIFAR-10 (every IPC)")
-    parser.add_argument("--cifar-seeds", type=int, default=1, help="selection/DM seeds per CIFAR-10 row")
+    for name, (option, _) in EXTRA_DATASETS.items():
+        parser.add_argument(f"--{option}-ipcs", default="10,1,50", help=f"methods section: {name} IPCs")
+        parser.add_argument(f"--{option}-iterations", type=int, default=200,
+                            help=f"DM iterations for {name} (every IPC)")
+        parser.add_argument(f"--{option}-seeds", type=int, default=1, help=f"selection/DM seeds per {name} row")
     parser.add_argument("--dm-variants", default="",
                         help=f"methods section: extra DM rows with IDM options ({', '.join(DM_VARIANTS)})")
     parser.add_argument("--idm-queue", type=int, default=10, help="queue size of the queue/idm DM rows")
@@ -442,10 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     variants = tuple(v for v in args.dm_variants.split(",") if v)
     if unknown := set(variants) - set(DM_VARIANTS):
         parser.error(f"--dm-variants: unknown {sorted(unknown)} ({', '.join(DM_VARIANTS)})")
-    if unknown := datasets - {"digits", "mnist", "cifar10"}:
-        parser.error(f"--datasets: unknown {sorted(unknown)} (digits, mnist, cifar10)")
-    if "cifar10" in datasets and "methods" in sections and args.cifar_dir is None:
-        parser.error("--datasets cifar10 needs --cifar-dir (the CIFAR-10 root)")
+    known = ["digits", "mnist", *EXTRA_DATASETS]
+    if unknown := datasets - set(known):
+        parser.error(f"--datasets: unknown {sorted(unknown)} ({', '.join(known)})")
+    for name, (_, folder) in EXTRA_DATASETS.items():
+        if name in datasets and "methods" in sections and getattr(args, folder) is None:
+            parser.error(f"--datasets {name} needs --{folder.replace('_', '-')}")
     dm_settings = overrides_from(args.dm_set)
     try:
         parse_config(DistillConfig, dm_settings)
@@ -498,18 +507,18 @@ def main(argv: list[str] | None = None) -> int:
                                               idm_queue=args.idm_queue, gm_iterations=args.gm_iterations,
                                               dm_settings=dm_settings)
         save()
-    if "methods" in sections and "cifar10" in datasets:
-        cifar = load_dataset(DataConfig(dataset="cifar10", data_dir=args.cifar_dir))
-        cifar_ipcs = [int(v) for v in args.cifar_ipcs.split(",") if v]
-        cifar_seeds = list(range(args.seed, args.seed + args.cifar_seeds))
-        for ipc in cifar_ipcs:  # one IPC at a time, saved after each
-            print(f"methods, cifar10 ipc {ipc}:", flush=True)
+    for name, (option, folder) in EXTRA_DATASETS.items():
+        if "methods" not in sections or name not in datasets:
+            continue
+        splits = load_dataset(DataConfig(dataset=name, data_dir=getattr(args, folder)))
+        seeds = list(range(args.seed, args.seed + getattr(args, f"{option}_seeds")))
+        for ipc in [int(v) for v in getattr(args, f"{option}_ipcs").split(",") if v]:  # saved after each
+            print(f"methods, {name} ipc {ipc}:", flush=True)
             results["methods"] += methods_section(
-                cifar, ipcs=[ipc], iterations={ipc: args.cifar_iterations}, evaluation=evaluation,
-                seeds=cifar_seeds, compile_dm=compile_dm, device=args.device, matchings=matchings,
+                splits, ipcs=[ipc], iterations={ipc: getattr(args, f"{option}_iterations")}, evaluation=evaluation,
+                seeds=seeds, compile_dm=compile_dm, device=args.device, matchings=matchings,
                 baselines=baselines, dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
-                idm_queue=args.idm_queue, gm_iterations=args.gm_iterations,
-                                              dm_settings=dm_settings)
+                idm_queue=args.idm_queue, gm_iterations=args.gm_iterations, dm_settings=dm_settings)
             save()
     if "whole" in sections:
         print("whole training set:", flush=True)

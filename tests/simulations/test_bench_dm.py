@@ -29,6 +29,7 @@ def test_each_variant_names_real_config_fields(bench):
     ("argv", "message"),
     [
         (["--datasets", "cifar10"], "needs --cifar-dir"),
+        (["--datasets", "fashion-mnist"], "needs --data-dir"),
         (["--datasets", "svhn"], "unknown ['svhn']"),
         (["--dm-variants", "idm,fast"], "unknown ['fast']"),
         (["--dm-set", "time_budget=-1"], "--dm-set"),
