@@ -39,7 +39,7 @@ from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of
 
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.aggregation import aggregate_sets
-from fedcond.federated.client import _partition, federated_test_set, load_splits
+from fedcond.federated.client import client_partition, federated_test_set, load_splits
 from fedcond.federated.job import FederatedJob, job_from_mapping
 from fedcond.federated.robust import robust_sets
 from fedcond.federated.server_training import train_global_model
@@ -49,9 +49,8 @@ from fedcond.training import accuracy
 
 def partition_counts(job: FederatedJob) -> list[np.ndarray]:
     """Real samples per class of every partition of ``job`` (the split its clients used)."""
-    labels = load_splits(job.data).train.labels.numpy()
-    parts = _partition(job, num_partitions=job.federated.num_clients)
-    return [np.bincount(labels[p], minlength=load_splits(job.data).spec.num_classes) for p in parts]
+    n = job.federated.num_clients
+    return [client_partition(job, partition_id=i, num_partitions=n).class_counts().numpy() for i in range(n)]
 
 
 def client_sets(uploads: Path, job: FederatedJob, *, server_round: int = 1) -> tuple[list[ClientSet], str]:
