@@ -30,8 +30,6 @@ from fedcond.federated.job import STRATEGIES
 
 __all__ = ["register", "run_simulate"]
 
-#: per-run checkpoint folders under --out (fedcond.federated.checkpoint)
-
 # flag name -> job key
 _FLAG_KEYS = {
     "strategy": "strategy",
