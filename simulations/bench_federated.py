@@ -66,7 +66,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     "mnist": {
         # 1000 training images per class (10k of MNIST's 60k) split over the clients, the full
-        # 10k test set; bf16 DM on the clients (the CPU has AVX512-BF16)
+        # 10k test set; bf16 DM on the clients where the CPU has bf16 kernels (AVX512-BF16 or
+        # AMX; fedcond.devices falls back to fp32 elsewhere)
         "common": {"dataset": "mnist", "train_per_class": 1000},
         "fedcond": {
             "distill.ipc": 20,
