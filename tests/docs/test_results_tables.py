@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
 from pathlib import Path
 
+from tests.simulations.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _renderer():
-    spec = importlib.util.spec_from_file_location("render_results", ROOT / "simulations" / "render_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("render_results")
 
 
 def test_every_results_block_matches_the_json(capsys) -> None:
