@@ -39,12 +39,12 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
@@ -221,6 +221,7 @@ def methods_section(
     idm_queue: int = 10,
     gm_iterations: int = 0,
     dm_settings: dict[str, Any] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """DM vs the baselines at each IPC; every method made once per seed (selection / DM seed),
     each set evaluated by ``evaluation.runs`` networks; mean +- std over all seeds x runs.
@@ -233,7 +234,8 @@ def methods_section(
     ``gm_iterations`` > 0 adds a gradient-matching row (``gm``: the DSA paper's loops and pixel
     learning rate 0.1, started like DM). ``dm_settings`` (``--dm-set``) are further
     :class:`DistillConfig` keys for every DM row (e.g. ``time_budget``, ``batch_real``); a
-    row records the iterations its DM actually ran."""
+    row records the iterations its DM actually ran. ``on_row`` is called with each finished
+    row (the script saves its JSON there, so a killed run keeps every finished row)."""
     rows = []
     methods: list[tuple[str, str | None]] = [(b, None) for b in baselines]
     suffix = ("" if dm_init == "real" else f"@{dm_init}") + ("" if dm_layout == DEFAULT_LAYOUT else f"/{dm_layout}")
@@ -292,6 +294,8 @@ def methods_section(
                 "peak_rss_gib": peak_rss_gib(),
             }
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
             print(f"  {splits.spec.name} ipc={ipc} {method}: {100 * row['accuracy_mean']:.2f} ± "
                   f"{100 * row['accuracy_std']:.2f} (seeds {seeds})", flush=True)
     return rows
@@ -418,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                                **machine_facts(),
                                "threads": torch.get_num_threads(), "device": args.device,
                                "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None,
-                               "evaluation": vars(evaluation)}
+                               "evaluation": vars(evaluation), "complete": False}
     digits = load_dataset("digits")
     mnist = (None if args.data_dir is None or args.quick
              else load_dataset(DataConfig(dataset="mnist", data_dir=args.data_dir)))
@@ -426,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         (args.out / "bench_dm.json").write_text(json.dumps(results, indent=2))
         (args.out / "bench_dm.md").write_text(markdown(results))
+
+    def record(row: dict[str, Any]) -> None:
+        results["methods"].append(row)
+        save()
 
     if "speed" in sections:
         print("speed:", flush=True)
@@ -468,12 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     if "methods" in sections and mnist is not None and "mnist" in datasets and 10 in mnist_ipcs:
         # the headline number first: MNIST IPC 10 after --mnist-iterations iterations
         print("methods, mnist ipc 10:", flush=True)
-        results["methods"] += methods_section(mnist, ipcs=[10], iterations=mnist_iters, evaluation=evaluation,
+        methods_section(mnist, ipcs=[10], iterations=mnist_iters, evaluation=evaluation,
                                               seeds=mnist_seeds, compile_dm=compile_dm, device=args.device,
                                               matchings=matchings, baselines=baselines, dm_init=args.dm_init,
                                               dm_layout=args.dm_dsa_layout, variants=variants,
                                               idm_queue=args.idm_queue, gm_iterations=args.gm_iterations,
-                                              dm_settings=dm_settings)
+                                              dm_settings=dm_settings, on_row=record)
         save()
     if "equal" in sections:
         seeds = list(range(args.equal_seeds))
@@ -490,22 +498,22 @@ def main(argv: list[str] | None = None) -> int:
             save()
     if "methods" in sections and "digits" in datasets:
         print("methods, digits:", flush=True)
-        results["methods"] += methods_section(
+        methods_section(
             digits, ipcs=digits_ipcs if not args.quick else [1, 10],
             iterations=dict.fromkeys(digits_ipcs + [1, 10], args.digits_iterations), evaluation=evaluation,
             seeds=digits_seeds, compile_dm=False, device=args.device, matchings=matchings, baselines=baselines,
             dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
                                               idm_queue=args.idm_queue, gm_iterations=args.gm_iterations,
-                                              dm_settings=dm_settings)
+                                              dm_settings=dm_settings, on_row=record)
         save()
     if "methods" in sections and mnist is not None and "mnist" in datasets and set(mnist_ipcs) - {10}:
         print("methods, mnist other ipcs:", flush=True)
-        results["methods"] += methods_section(
+        methods_section(
             mnist, ipcs=[i for i in mnist_ipcs if i != 10], iterations=mnist_iters, evaluation=evaluation,
             seeds=mnist_seeds, compile_dm=compile_dm, device=args.device, matchings=matchings, baselines=baselines,
             dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
                                               idm_queue=args.idm_queue, gm_iterations=args.gm_iterations,
-                                              dm_settings=dm_settings)
+                                              dm_settings=dm_settings, on_row=record)
         save()
     for name, (option, folder) in EXTRA_DATASETS.items():
         if "methods" not in sections or name not in datasets:
@@ -514,11 +522,12 @@ def main(argv: list[str] | None = None) -> int:
         seeds = list(range(args.seed, args.seed + getattr(args, f"{option}_seeds")))
         for ipc in [int(v) for v in getattr(args, f"{option}_ipcs").split(",") if v]:  # saved after each
             print(f"methods, {name} ipc {ipc}:", flush=True)
-            results["methods"] += methods_section(
+            methods_section(
                 splits, ipcs=[ipc], iterations={ipc: getattr(args, f"{option}_iterations")}, evaluation=evaluation,
                 seeds=seeds, compile_dm=compile_dm, device=args.device, matchings=matchings,
                 baselines=baselines, dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
-                idm_queue=args.idm_queue, gm_iterations=args.gm_iterations, dm_settings=dm_settings)
+                idm_queue=args.idm_queue, gm_iterations=args.gm_iterations, dm_settings=dm_settings,
+                on_row=record)
             save()
     if "whole" in sections:
         print("whole training set:", flush=True)
@@ -532,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device))
             save()
     results["peak_rss_gib"] = peak_rss_gib()
+    results["complete"] = True
     save()
     print(markdown(results))
     return 0

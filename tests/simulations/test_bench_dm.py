@@ -66,3 +66,23 @@ def test_a_time_budget_row_records_the_iterations_it_ran(bench, tmp_path):
                 "--dm-matchings", "mean", "--no-compile", "--dm-set", "time_budget=0.01", "--out", str(tmp_path)])
     (row,) = json.loads((tmp_path / "bench_dm.json").read_text())["methods"]
     assert row["iterations"] == 500 and 1 <= row["iterations_run"][0] < 500
+
+
+def test_a_killed_run_keeps_every_finished_row(bench, tmp_path, monkeypatch):
+    evaluate = bench.evaluate
+    calls = []
+
+    def evaluate_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second row's evaluation: the process is killed
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "evaluate", evaluate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--sections", "methods", "--datasets", "digits", "--digits-ipcs", "1", "--digits-seeds", "1",
+                    "--eval-runs", "1", "--eval-epochs", "1", "--baselines", "random,herding",
+                    "--dm-matchings", "", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "bench_dm.json").read_text())
+    assert [r["method"] for r in saved["methods"]] == ["random"]
+    assert saved["complete"] is False
