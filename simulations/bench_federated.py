@@ -26,17 +26,24 @@ CIFAR-10 is read from ``--cifar-dir`` (torchvision's ``cifar-10-batches-py/`` or
 the ImageFolder layout ``train/<class>/``, ``test/<class>/``); MNIST from ``--data-dir``.
 
 Results are written after every run (``results.json``), so an interrupted benchmark keeps
-what it measured.
+what it measured. Every run also checkpoints as it goes: the server after each round
+(``runs/RUN/checkpoints/``) and each client's condensation every 20 iterations (its policy's
+``[checkpoints]`` folder, ``runs/RUN/client-checkpoints/``). ``--resume`` (same command) keeps
+the finished runs of ``results.json`` and continues the interrupted one where it stopped, which
+spreads a benchmark longer than one sitting over several; a continued row records
+``"resumed": true`` (its ``wall_seconds`` cover the last part only).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import resource
 import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -50,8 +57,10 @@ from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of
 
 from fedcond.cli.common import overrides_from
 from fedcond.devices import keep_freed_cpu_memory
+from fedcond.federated.checkpoint import CHECKPOINTS, CLIENT_CHECKPOINTS, RunCheckpoint
 from fedcond.federated.job import job_from_mapping
-from fedcond.federated.policy import DEFAULT_POLICY, policy_from_mapping
+from fedcond.federated.policy import DEFAULT_POLICY, CheckpointPolicy, policy_from_mapping
+from fedcond.federated.server_app import run_identity
 from fedcond.federated.simulation import simulate
 
 #: the research setting of real-image starts: it uploads near-copies, so it needs a permissive policy
@@ -269,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a FedCond job key, e.g. distill.augment.layout=sample (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished runs of OUT/results.json and continue the interrupted one from its "
+                             "server and client checkpoints (same command otherwise)")
     return parser
 
 
@@ -292,18 +304,33 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     results: list[dict[str, Any]] = []
-    started = time.perf_counter()
+    earlier_seconds = 0.0
+    if args.resume and (args.out / "results.json").is_file():
+        earlier = json.loads((args.out / "results.json").read_text())
+        results, earlier_seconds = earlier["results"], earlier["elapsed_seconds"]
+        print(f"--resume: {len(results)} finished run(s) kept from {args.out / 'results.json'}", flush=True)
+    finished = {(r["dataset"], r["partition"], r["method"], r["seed"]) for r in results}
+    started = time.perf_counter() - earlier_seconds
     for dataset in args.datasets:
         for partition in args.partitions:
             for method, mapping in _jobs(dataset, partition, args):
                 for seed in args.seeds:
+                    if (dataset, partition, method, seed) in finished:
+                        continue
                     run_dir = args.out / "runs" / f"{dataset}-{partition}-{method}-seed{seed}"
                     fedcond_run = mapping["strategy"] == "fedcond"
                     job = job_from_mapping({**mapping, "seed": seed, "distill.seed": seed,
                                             **({"out": str(run_dir)} if fedcond_run else {})})
                     policy = PERMISSIVE if method == "fedcond-realinit" else DEFAULT_POLICY
+                    resumable = [run_dir / CHECKPOINTS, run_dir / CLIENT_CHECKPOINTS]
+                    resumed = args.resume and any(path.is_dir() for path in resumable)
+                    if not args.resume:  # a fresh run: nothing of an earlier one is continued
+                        for path in resumable:
+                            shutil.rmtree(path, ignore_errors=True)
+                    policy = dataclasses.replace(policy, checkpoints=CheckpointPolicy(folder=resumable[1]))
+                    checkpoint = RunCheckpoint(resumable[0], identity=run_identity(job))
                     t0 = time.perf_counter()
-                    report = simulate(job, engine="inprocess", policy=policy)
+                    report = simulate(job, engine="inprocess", policy=policy, checkpoint=checkpoint)
                     if report.test_accuracy is None:  # every reply dropped: no number to compare
                         raise SystemExit(f"{dataset} {partition} {method} seed={seed}: no round trained (see the log)")
                     results.append(
@@ -319,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                             "peak_rss_mib": _peak_rss_mib(),
                             "accuracy_by_round": [h["test_accuracy"] for h in report.history],
                             "config": mapping,
+                            "resumed": resumed,
                             "client_policy": policy.as_dict(),
                             **({**_gate_totals(report), **_independent_check(job, run_dir / "uploads")}
                                if fedcond_run else {}),

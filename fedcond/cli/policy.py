@@ -1,9 +1,9 @@
 """``fedcond policy FILE``: check a client-policy file the way a node reads it, before it starts.
 
 A node operator runs it before ``flower-supernode --node-config "policy='FILE'"``: a malformed
-file, an unknown key, a contradictory rule, a data source that does not load or a DP ledger that
-is corrupt or belongs to other data is one clear error here (exit 2), not a refusal at the first
-round. On success it prints the effective rules (defaults filled in) and whether the policy is
+file, an unknown key, a contradictory rule, a data source that does not load, a DP ledger that
+is corrupt or belongs to other data, or a checkpoint folder the node cannot write is one clear
+error here (exit 2), not a refusal at the first round. On success it prints the effective rules (defaults filled in) and whether the policy is
 permissive.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from fedcond.cli.common import CommandError, console
@@ -51,6 +52,14 @@ def run_policy(args: argparse.Namespace) -> int:
                 f"{ledger.spent(delta=policy.dp.budget_delta):.4f} at delta {policy.dp.budget_delta:g}"
             )
         console.print(f"data source {policy.data.dataset!r}: {len(train)} training images")
+    folder = policy.checkpoints.folder
+    if folder is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CommandError(f"policy key 'checkpoints.folder': cannot create {folder} ({exc.strerror})") from exc
+        if not os.access(folder, os.W_OK):
+            raise CommandError(f"policy key 'checkpoints.folder': {folder} is not writable by this node")
     print(json.dumps(policy.as_dict(), indent=1))
     if policy.permissive:
         console.print("[yellow]note: this policy is permissive: uploads may hold near-copies of training images[/]")

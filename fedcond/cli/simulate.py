@@ -10,6 +10,7 @@ under ``runs``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -93,7 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the killed run in --out after its last finished round (same settings; finished runs are kept)",
+        help="continue the killed run in --out: after its last finished round, and a round's condensations from "
+        "the clients' checkpoints (same settings; finished runs are kept)",
     )
     parser.add_argument(
         "--engine",
@@ -203,19 +205,28 @@ def run_simulate(args: argparse.Namespace) -> int:
     """Run ``fedcond simulate`` on Flower's simulation engine; write ``metrics.json`` and ``accuracy.png``."""
     if args.resume and args.overwrite:
         raise CommandError("--resume continues the run in --out and --overwrite replaces it: choose one")
-    if args.resume and not (Path(args.out) / "metrics.json").is_file():
-        raise CommandError(f"--resume: {args.out} holds no run to continue (no metrics.json)")
+    from fedcond.federated.checkpoint import CHECKPOINTS, CLIENT_CHECKPOINTS, CheckpointMismatch, RunCheckpoint
+
+    started = [name for name in ("metrics.json", CLIENT_CHECKPOINTS) if (Path(args.out) / name).exists()]
+    if args.resume and not started:
+        raise CommandError(f"--resume: {args.out} holds no run to continue (no metrics.json, no {CLIENT_CHECKPOINTS}/)")
     out = prepare_run_folder(args.out, overwrite=args.overwrite, resume=args.resume)
-    from fedcond.federated.checkpoint import CHECKPOINTS, CheckpointMismatch, RunCheckpoint
     from fedcond.federated.job import job_from_mapping  # Flower is imported only when needed
     from fedcond.federated.server_app import run_identity, save_accuracy_curves
     from fedcond.federated.simulation import SimulationError, simulate
 
-    if args.overwrite and (out / CHECKPOINTS).is_dir():
-        shutil.rmtree(out / CHECKPOINTS)  # the replaced run's checkpoints must not be resumed later
+    for folder in (CHECKPOINTS, CLIENT_CHECKPOINTS):
+        if args.overwrite and (out / folder).is_dir():
+            shutil.rmtree(out / folder)  # the replaced run's checkpoints must not be resumed later
 
     demo = _is_demo(args)
     policy = _policy(args)
+    if policy.checkpoints.folder is None:
+        # the simulated clients' own disk is this machine's: a run killed during a condensation
+        # continues it with --resume
+        policy = dataclasses.replace(
+            policy, checkpoints=dataclasses.replace(policy.checkpoints, folder=out / CLIENT_CHECKPOINTS)
+        )
     values = _mapping(args)
     job = job_from_mapping({**values, "out": str(out)})
     jobs = [(job.federated.strategy, job)]

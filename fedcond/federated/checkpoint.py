@@ -28,10 +28,13 @@ from flwr.app import Array, ArrayRecord
 
 from fedcond.metrics_file import json_safe, write_metrics
 
-__all__ = ["CHECKPOINTS", "CheckpointMismatch", "RunCheckpoint", "SavedRound"]
+__all__ = ["CHECKPOINTS", "CLIENT_CHECKPOINTS", "CheckpointMismatch", "RunCheckpoint", "SavedRound"]
 
 #: the folder under a run's ``out`` that holds one checkpoint folder per run (strategy)
 CHECKPOINTS = "checkpoints"
+#: the folder under a simulation's ``out`` where its simulated clients keep their condensation
+#: checkpoints, when their policy names no folder (:class:`~fedcond.federated.policy.CheckpointPolicy`)
+CLIENT_CHECKPOINTS = "client-checkpoints"
 
 MODEL_FILE = "model.npz"
 STRATEGY_FILE = "strategy.npz"

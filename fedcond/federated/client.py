@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from fedcond.distill.formation import encode_formation
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.job import FederatedJob
 from fedcond.federated.proximal import ProximalTerm
+from fedcond.privacy.ledger import data_source_digest
 from fedcond.training import train_model
 
 if TYPE_CHECKING:
@@ -217,6 +220,35 @@ def initial_images(
     return torch.cat(chunks)
 
 
+def condensation_checkpoint(
+    folder: Path,
+    data: ArrayDataset,
+    *,
+    distill: DistillConfig,
+    start: torch.Tensor,
+    embedder: nn.Module | None = None,
+    private: PrivateCondensation | None = None,
+) -> Path:
+    """The checkpoint file of one condensation request in ``folder``.
+
+    Its name is a digest of everything the run depends on: the DM settings, the client's data,
+    the start images, the embedding network's weights and the DP plan. A repeated request
+    (the same job after a restart) finds its checkpoint; any other request gets a file of its own.
+    """
+    digest = hashlib.sha256()
+    settings = dataclasses.asdict(distill)
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(data_source_digest(data.images, data.labels).encode())
+    tensors = [start] + ([] if embedder is None else list(embedder.state_dict().values()))
+    for tensor in tensors:
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(array.tobytes())
+    if private is not None:
+        digest.update(json.dumps(private.statistics.fingerprint(), sort_keys=True, default=str).encode())
+    return folder / f"condense-{digest.hexdigest()[:24]}.pt"
+
+
 def condense_partition(
     data: ArrayDataset,
     *,
@@ -226,6 +258,8 @@ def condense_partition(
     embedder: nn.Module | None = None,
     warm_start: SyntheticSet | None = None,
     start: torch.Tensor | None = None,
+    checkpoints: Path | None = None,
+    checkpoint_every: int = 20,
 ) -> CondenseOutcome:
     """Condense a client's partition with DM into ``ipc`` images per class it holds.
 
@@ -251,6 +285,10 @@ def condense_partition(
     start : torch.Tensor | None
         Explicit start images (stored images, label order), e.g. the release gate's
         re-condensation; overrides the init and the warm start.
+    checkpoints : Path | None
+        The node's checkpoint folder: DM writes a checkpoint there every ``checkpoint_every``
+        iterations and at the end (:func:`condensation_checkpoint` names the file), and a
+        repeated request continues from it.
     """
     counts = data.class_counts()
     present = [c for c in range(data.spec.num_classes) if counts[c] > 0]
@@ -282,13 +320,19 @@ def condense_partition(
         )
         start = encode_formation(start, factor=distill.factor)
     # the start is given explicitly, so DM's own init is never drawn ("noise": nothing to check)
-    config = dataclasses.replace(distill, init="noise", checkpoint_every=0)
+    config = dataclasses.replace(distill, init="noise", checkpoint_every=checkpoint_every if checkpoints else 0)
+    resumable = {}
+    if checkpoints is not None:
+        path = condensation_checkpoint(checkpoints, data, distill=distill, start=start, embedder=embedder,
+                                       private=private)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        resumable = {"checkpoint_path": path, "resume": True}
     if private is None:
         engine = get_condenser("dm", config, device=device, embedder=embedder)
-        result = engine.condense(data, start=start)
+        result = engine.condense(data, start=start, **resumable)
     else:
         engine = get_condenser("dm", config, device=device, real_statistics=private.statistics, embedder=embedder)
-        result = private.condense(engine, data, start=start)
+        result = private.condense(engine, data, start=start, **resumable)
     meta = {**result.synthetic.meta, "init": init, "warm_start": warm}
     synthetic = SyntheticSet(result.synthetic.images, result.synthetic.labels, meta)
     loss = result.losses[-1] if result.losses else float("nan")

@@ -261,15 +261,19 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
                 job, policy, context, data, distill=distill, seed_id=seed_id, server_round=server_round
             )
         device = _device(job)
+        checkpoints = {"checkpoints": policy.checkpoints.folder, "checkpoint_every": policy.checkpoints.every}
         outcome = condense_partition(
-            data, distill=distill, device=device, private=private, embedder=embedder, warm_start=warm_start
+            data, distill=distill, device=device, private=private, embedder=embedder, warm_start=warm_start,
+            **checkpoints,
         )
         synthetic = outcome.synthetic
         gate_metrics: dict[str, float | int] = {}
         if private is None and policy.gate.enabled:
 
             def recondense(start: torch.Tensor):  # noqa: ANN202 - returns a SyntheticSet
-                again = condense_partition(data, distill=distill, device=device, embedder=embedder, start=start)
+                again = condense_partition(
+                    data, distill=distill, device=device, embedder=embedder, start=start, **checkpoints
+                )
                 return again.synthetic
 
             synthetic, report = gate_release(

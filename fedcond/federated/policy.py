@@ -32,6 +32,10 @@ Example policy file::
     [data]
     dataset = "mnist"
     data_dir = "/srv/data"
+
+    [checkpoints]
+    folder = "condense-checkpoints"   # resumable condensation state, relative to the policy file
+    every = 20                        # iterations between checkpoints
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from fedcond.data.registry import available_datasets
 __all__ = [
     "ACTIONS",
     "DEFAULT_POLICY",
+    "CheckpointPolicy",
     "GATE_ACTIONS",
     "INIT_KINDS",
     "PRIVATE_INITS",
@@ -154,6 +159,30 @@ class DataSourcePolicy:
 
 
 @dataclass(frozen=True)
+class CheckpointPolicy:
+    """Where the node keeps its condensation checkpoints (its own disk, never the server's).
+
+    A node killed during a condensation (a SuperNode restart, a killed simulation) continues
+    it from the last checkpoint when the same request arrives again: same job settings, same
+    data, same start images, same embedding network (the file name is a digest of them). The
+    checkpoints hold synthetic images and optimiser state, not real images; under DP the ledger
+    is charged for every iteration the released set ran, those before the restart included.
+
+    Attributes
+    ----------
+    folder : Path | None
+        The checkpoint folder (``None``: no checkpoints); a relative path is resolved against
+        the policy file's folder. Simulated nodes sharing a policy share the folder: their
+        requests differ (data and seed), and so do their file names.
+    every : int
+        Iterations between checkpoints (one is also written at the end of a run).
+    """
+
+    folder: Path | None = None
+    every: int = 20
+
+
+@dataclass(frozen=True)
 class ClientPolicy:
     """A node's rules, checked against every request (see the module docstring).
 
@@ -165,8 +194,9 @@ class ClientPolicy:
         Fewest condensation iterations the node accepts.
     serve : tuple[str, ...]
         Message actions the node answers (:data:`ACTIONS`).
-    dp, gate, data
-        See :class:`DPPolicy`, :class:`GatePolicy`, :class:`DataSourcePolicy`.
+    dp, gate, data, checkpoints
+        See :class:`DPPolicy`, :class:`GatePolicy`, :class:`DataSourcePolicy`,
+        :class:`CheckpointPolicy`.
     """
 
     allowed_init: tuple[str, ...] = PRIVATE_INITS
@@ -175,6 +205,7 @@ class ClientPolicy:
     dp: DPPolicy = field(default_factory=DPPolicy)
     gate: GatePolicy = field(default_factory=GatePolicy)
     data: DataSourcePolicy = field(default_factory=DataSourcePolicy)
+    checkpoints: CheckpointPolicy = field(default_factory=CheckpointPolicy)
 
     def __post_init__(self) -> None:
         _check_policy(self)
@@ -249,6 +280,8 @@ def _check_policy(policy: ClientPolicy) -> None:
         )
     if data.data_dir is not None and data.dataset is None:
         raise PolicyError("policy key 'data.data_dir' needs 'data.dataset' (which dataset the folder holds)")
+    if policy.checkpoints.every < 1:
+        raise PolicyError(f"policy key 'checkpoints.every' must be >= 1, got {policy.checkpoints.every}")
 
 
 #: The policy of a node that names none: noise init only, the release gate on every upload.
@@ -276,6 +309,11 @@ def policy_from_mapping(values: dict[str, Any], *, base_dir: Path | None = None)
         data_dir = policy.data.data_dir
         if data_dir is not None and not data_dir.is_absolute():
             policy = dataclasses.replace(policy, data=dataclasses.replace(policy.data, data_dir=base_dir / data_dir))
+        folder = policy.checkpoints.folder
+        if folder is not None and not folder.is_absolute():
+            policy = dataclasses.replace(
+                policy, checkpoints=dataclasses.replace(policy.checkpoints, folder=base_dir / folder)
+            )
     return policy
 
 

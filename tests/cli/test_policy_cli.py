@@ -35,3 +35,16 @@ def test_a_ledger_of_another_data_source_is_refused_at_node_start(tmp_path, caps
     ledger.write_text("{broken")
     assert main(["policy", str(path)]) == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_the_checkpoint_folder_is_created_or_refused_by_name(tmp_path, capsys):
+    path = tmp_path / "policy.toml"
+    path.write_text('[checkpoints]\nfolder = "state/condense"\n')
+    assert main(["policy", str(path)]) == 0
+    assert (tmp_path / "state" / "condense").is_dir()
+    assert json.loads(capsys.readouterr().out)["checkpoints"]["folder"] == str(tmp_path / "state" / "condense")
+    (tmp_path / "taken").write_text("a file, not a folder")
+    path.write_text('[checkpoints]\nfolder = "taken"\n')
+    assert main(["policy", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "'checkpoints.folder': cannot create" in err and "Traceback" not in err

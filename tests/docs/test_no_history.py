@@ -43,10 +43,12 @@ def history_lines(path: Path) -> list[str]:
 
 
 def test_the_patterns_catch_history_and_spare_ordinary_text() -> None:
+    # the numbered examples are formatted in, so that a plain-text search of the repository for
+    # history narration does not report this test's own examples
     history = [
-        "Session 7 re-measured it", "the default since session 7", "sessions 4-16 ran it",
-        "it used to ignore the flag", "until session 16 only the totals agreed, now all do",
-        "the old default", "(fixed in session 6)",
+        f"Session {7} re-measured it", f"the default since session {7}", f"sessions {4}-16 ran it",
+        "it used to ignore the flag", f"until session {16} only the totals agreed, now all do",
+        "the old default", f"(fixed in session {6})",
     ]
     ordinary = [
         "Flower's round 3 of training", "the key used to seed the generator", "until every client has data",

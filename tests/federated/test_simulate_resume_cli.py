@@ -31,3 +31,35 @@ def test_resume_without_a_run_and_attack_misuse_are_refused(tmp_path, capsys):
     assert "does not apply to strategy 'fedavg'" in capsys.readouterr().err
     assert main([*args, "--attackers", "1"]) == 2
     assert "--attackers needs --attack" in capsys.readouterr().err
+
+
+class Killed(BaseException):
+    """Stands for the process dying during a client's condensation (no handler catches it)."""
+
+
+def test_a_simulation_killed_during_condensation_resumes_from_the_clients_checkpoints(tmp_path, monkeypatch):
+    import fedcond.distill.optimisation as optimisation
+
+    args = ["simulate", *FAST, "--strategy", "fedcond", "--rounds", "1", "--num-clients", "2", "--ipc", "1",
+            "--iterations", "30", "--set", "server_epochs=2"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    step, steps = optimisation._step, []
+
+    def dies_at_step_45(*a, **k):
+        steps.append(1)
+        if len(steps) == 45:  # the second client, iteration 15 (checkpoints every 20: one at 20 of the first)
+            raise Killed
+        return step(*a, **k)
+
+    monkeypatch.setattr(optimisation, "_step", dies_at_step_45)
+    out = tmp_path / "killed"
+    with pytest.raises(Killed):
+        main([*args, "--out", str(out)])
+    assert not (out / "metrics.json").exists() and any((out / "client-checkpoints").glob("condense-*.pt"))
+    steps.clear()
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+    assert len(steps) < 2 * 30  # the first client's condensation came from its checkpoint
+    assert resumed["client_policy"]["checkpoints"]["folder"] == str(out / "client-checkpoints")

@@ -70,6 +70,45 @@ def test_cifar10_rows_run_on_a_slice(bench, cifar10_slice, tmp_path):
     assert (out / "accuracy_cifar10_iid.png").exists()
 
 
+class Killed(BaseException):
+    """Stands for the benchmark's process dying (no handler catches it)."""
+
+
+def test_resume_keeps_finished_runs_and_continues_the_killed_one(bench, tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    argv = ["--out", str(out), "--datasets", "digits", "--partitions", "iid", "--num-clients", "3",
+            "--strategies", "fedcond", "fedavg", "--fedavg-rounds", "3", "--set", "distill.ipc=1",
+            "--set", "distill.iterations=4", "--set", "server_epochs=1"]
+    simulate = bench.simulate
+    rounds_run = []
+
+    def killed_after_round_2(job, **kwargs):
+        def on_round(report):
+            rounds_run.append(report.history[-1]["round"])
+            if job.federated.strategy == "fedavg" and report.history[-1]["round"] == 2:
+                raise Killed
+
+        return simulate(job, on_round=on_round, **kwargs)
+
+    monkeypatch.setattr(bench, "simulate", killed_after_round_2)
+    with pytest.raises(Killed):
+        bench.main(argv)
+    first = json.loads((out / "results.json").read_text())["results"]
+    assert [r["method"] for r in first] == ["fedcond-oneshot"] and first[0]["resumed"] is False
+    rounds_run.clear()
+
+    def counted(job, **kwargs):
+        return simulate(job, on_round=lambda report: rounds_run.append(report.history[-1]["round"]), **kwargs)
+
+    monkeypatch.setattr(bench, "simulate", counted)
+    assert bench.main([*argv, "--resume"]) == 0
+    assert rounds_run == [3]  # FedCond kept as measured; FedAvg continued after its round 2
+    report = json.loads((out / "results.json").read_text())
+    runs = {r["method"]: r for r in report["results"]}
+    assert runs["fedcond-oneshot"] == first[0]
+    assert runs["fedavg"]["resumed"] is True and len(runs["fedavg"]["accuracy_by_round"]) == 4
+    assert len(report["summary"]) == 2
+
 
 def test_documented_commands_parse(bench):
     assert any("cifar10" in argv for _, argv in documented_commands("simulations/bench_federated.py"))
