@@ -12,8 +12,11 @@ test a trained network.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +67,8 @@ def train_model(
     sample_weights: torch.Tensor | None = None,
     lr_decay: bool = True,
     on_epoch: Callable[[int], None] | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 10,
 ) -> nn.Module:
     """Train ``model`` in place with SGD and return it.
 
@@ -98,6 +103,14 @@ def train_model(
         local SGD, whose rounds are not one training schedule each).
     on_epoch : callable(epochs_done) | None
         Called after every epoch with the number of epochs finished.
+    checkpoint : str | Path | None
+        A file that keeps the training state (weights, optimiser, ``generator``, epochs done)
+        every ``checkpoint_every`` epochs and at the end. When it exists, training continues
+        from it and ends with the weights an uninterrupted run gives; a file written for other
+        data or other settings is refused. ``model`` must arrive as it did for the first call
+        (its architecture; its weights are replaced by the checkpoint's).
+    checkpoint_every : int
+        Epochs between checkpoints.
 
     Returns
     -------
@@ -107,11 +120,14 @@ def train_model(
     Raises
     ------
     ValueError
-        If ``epochs`` is negative.
+        If ``epochs`` is negative or ``checkpoint_every`` below 1, or ``checkpoint`` holds the
+        state of another training run (the message names what differs) or is unreadable.
     """
     device = resolve_device(device)
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     decay_at = epochs // 2 if lr_decay else -1
@@ -119,7 +135,18 @@ def train_model(
     y_all = labels.to(device)
     w_all = sample_weights.to(device) if sample_weights is not None else None
     n = x_all.shape[0]
-    for epoch in range(epochs):
+    first_epoch = 0
+    identity: dict[str, Any] = {}
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        identity = {
+            "epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+            "batch_size": batch_size, "lr_decay": lr_decay, "augment": type(augment).__name__,
+            "data": _digest(images, labels, sample_weights),
+        }
+        if checkpoint.exists():
+            first_epoch = _restore_training(checkpoint, identity, model, optimizer, generator)
+    for epoch in range(first_epoch, epochs):
         if epoch == decay_at and epoch > 0:
             for group in optimizer.param_groups:
                 group["lr"] = lr * 0.1
@@ -141,9 +168,57 @@ def train_model(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            _save_training(checkpoint, identity, epoch + 1, model, optimizer, generator)
         if on_epoch is not None:
             on_epoch(epoch + 1)
     return model
+
+
+def _digest(*tensors: torch.Tensor | None) -> str:
+    """SHA-256 of the tensors' dtypes, shapes and bytes (``None`` counts as absent)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        if tensor is None:
+            digest.update(b"none")
+            continue
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _save_training(
+    path: Path, identity: dict[str, Any], epochs_done: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> None:
+    """Write the training state to ``path`` atomically (a kill mid-write keeps the previous file)."""
+    state = {"identity": identity, "epochs_done": epochs_done, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _restore_training(
+    path: Path, identity: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> int:
+    """Load the state at ``path`` into the model, optimiser and generator; return the epochs done."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only
+        saved = state["identity"]
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear error
+        raise ValueError(f"training checkpoint {path} is unreadable ({exc.__class__.__name__}: {exc})") from exc
+    differing = [f"{key!r} is {saved.get(key)!r} there, {value!r} here" for key, value in identity.items()
+                 if saved.get(key) != value]
+    if differing:
+        raise ValueError(f"training checkpoint {path} belongs to another training run: {'; '.join(differing)}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    return int(state["epochs_done"])
 
 
 @torch.inference_mode()

@@ -18,6 +18,11 @@ Usage::
 
 ``RUN_FOLDER`` holds ``uploads/``; ``RESULTS.json`` is the ``bench_federated.py`` output that
 made it (its ``config`` gives the job).
+
+The JSON is written after each recipe, and each recipe's training is checkpointed every 10
+epochs (beside ``--out``, in ``OUT.checkpoints/``): ``--resume`` (same command) keeps the
+finished recipes and continues the interrupted one, so a recipe longer than one sitting spreads
+over several (its ``seconds`` then cover the last part only, and the row says ``"resumed"``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import json
 import resource
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -92,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=None, help="server learning rate (default: the job's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished recipes of --out and continue the interrupted one")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     source = json.loads(args.results.read_text())
@@ -121,12 +129,23 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"union of {len(sets)} clients: {len(union)} images; the run's own recipe scored "
           f"{100 * report['source_run']['test_accuracy']:.2f}% with {fed.server_epochs} epochs", flush=True)
+    checkpoints = args.out.with_name(args.out.name + ".checkpoints")
+    if args.resume and args.out.is_file():
+        report["recipes"] = json.loads(args.out.read_text())["recipes"]
+    elif checkpoints.is_dir():
+        shutil.rmtree(checkpoints)  # a fresh benchmark continues nothing of an earlier one
+    done = {(r["server_epochs"], r["server_lr"]) for r in report["recipes"]}
     for epochs in args.epochs:
+        if (epochs, lr) in done:
+            continue
+        checkpoint = checkpoints / f"epochs-{epochs}-lr-{lr:g}.pt"
+        resumed = checkpoint.is_file()
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(fed.seed * 1000 + 500 + 1)  # the strategy's round-1 seed
-        model = train_global_model(union, spec=spec, model_name=fed.model, epochs=epochs, lr=lr, generator=generator)
+        model = train_global_model(union, spec=spec, model_name=fed.model, epochs=epochs, lr=lr, generator=generator,
+                                   checkpoint=checkpoint)
         row = {"server_epochs": epochs, "server_lr": lr, "test_accuracy": accuracy(model, test),
-               "seconds": time.perf_counter() - start}
+               "seconds": time.perf_counter() - start, "resumed": resumed}
         report["recipes"].append(row)
         print(f"  {epochs} epochs, lr {lr}: {100 * row['test_accuracy']:.2f}% ({row['seconds']:.0f}s)", flush=True)
         report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

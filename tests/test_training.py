@@ -105,3 +105,56 @@ class _AlwaysClass(nn.Module):
 def test_accuracy_is_the_share_of_correct_predictions(digits: DatasetSplits) -> None:
     share_of_threes = float((digits.test.labels == 3).float().mean())
     assert accuracy(_AlwaysClass(3, digits.spec.num_classes), digits.test) == pytest.approx(share_of_threes)
+
+
+class Killed(BaseException):
+    """Stands for the process dying between two epochs (no handler catches it)."""
+
+
+def _killed_at(epoch: int):
+    def on_epoch(done: int) -> None:
+        if done == epoch:
+            raise Killed
+
+    return on_epoch
+
+
+@pytest.mark.parametrize("decay", [True, False], ids=["lr-decay", "constant-lr"])
+def test_training_killed_between_epochs_resumes_to_the_uninterrupted_weights(
+    digits: DatasetSplits, tmp_path, decay: bool
+) -> None:
+    images, labels = digits.train.images[:96], digits.train.labels[:96]
+    weights = torch.linspace(0.5, 2.0, 96)
+    recipe = {"epochs": 6, "lr": 0.05, "batch_size": 32, "sample_weights": weights, "lr_decay": decay,
+              "augment": SiameseAugment(drop_flip=True)}
+
+    def fresh() -> nn.Module:
+        return get_model("convnet", digits.spec, generator=torch.Generator().manual_seed(3))
+
+    whole = train_model(fresh(), images, labels, generator=torch.Generator().manual_seed(5), **recipe)
+    path = tmp_path / "train.pt"
+    with pytest.raises(Killed):  # dies after epoch 5: the checkpoint of epoch 4 survives
+        train_model(fresh(), images, labels, generator=torch.Generator().manual_seed(5), checkpoint=path,
+                    checkpoint_every=2, on_epoch=_killed_at(5), **recipe)
+    epochs_run = []
+    resumed = train_model(fresh(), images, labels, generator=torch.Generator().manual_seed(5), checkpoint=path,
+                          checkpoint_every=2, on_epoch=epochs_run.append, **recipe)
+    assert epochs_run == [5, 6]
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_training_checkpoint_of_other_data_or_settings_is_refused(digits: DatasetSplits, tmp_path) -> None:
+    images, labels = digits.train.images[:64], digits.train.labels[:64]
+    path = tmp_path / "train.pt"
+    model = get_model("mlp", digits.spec, generator=torch.Generator().manual_seed(3))
+    train_model(model, images, labels, epochs=2, lr=0.05, generator=torch.Generator().manual_seed(5), checkpoint=path)
+    with pytest.raises(ValueError, match="'lr' is 0.05 there, 0.1 here"):
+        train_model(model, images, labels, epochs=2, lr=0.1, generator=torch.Generator(), checkpoint=path)
+    with pytest.raises(ValueError, match="'data' is"):
+        train_model(model, images + 1, labels, epochs=2, lr=0.05, generator=torch.Generator(), checkpoint=path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is unreadable"):
+        train_model(model, images, labels, epochs=2, lr=0.05, generator=torch.Generator(), checkpoint=path)
+    with pytest.raises(ValueError, match="checkpoint_every must be >= 1"):
+        train_model(model, images, labels, epochs=2, generator=torch.Generator(), checkpoint=path, checkpoint_every=0)

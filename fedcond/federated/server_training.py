@@ -7,6 +7,8 @@ strategy then keeps the previous global model and counts the round as failed.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -41,12 +43,14 @@ def train_global_model(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     dsa: bool = True,
+    checkpoint: Path | None = None,
 ) -> nn.Module:
     """A freshly initialised ``model_name`` trained on ``union`` with per-image loss weights.
 
     The recipe is the field's evaluation recipe (:func:`fedcond.training.train_model`:
     SGD with momentum, learning rate x0.1 after half of the epochs, DSA on every batch) with
-    the weighted cross-entropy ``sum(w_i * ce_i) / sum(w_i)`` per batch.
+    the weighted cross-entropy ``sum(w_i * ce_i) / sum(w_i)`` per batch. ``checkpoint`` (a file)
+    keeps the training state every 10 epochs; a call that finds it continues from it.
 
     Raises
     ------
@@ -69,6 +73,7 @@ def train_global_model(
             generator=generator,
             device=device,
             sample_weights=union.weights,
+            checkpoint=checkpoint,
         )
     finally:
         hook.remove()

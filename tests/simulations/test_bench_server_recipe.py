@@ -62,3 +62,33 @@ def test_uploads_without_counts_take_them_from_the_jobs_partition(bench, finishe
     recomputed, source = bench.client_sets(folder / "stripped", job)
     assert source == "job partition"
     assert [s.class_counts.tolist() for s in recomputed] == [s.class_counts.tolist() for s in from_meta]
+
+
+class Killed(BaseException):
+    """Stands for the benchmark's process dying (no handler catches it)."""
+
+
+def test_resume_keeps_finished_recipes_and_continues_the_killed_one(bench, finished_run, tmp_path, monkeypatch):
+    folder, results, _ = finished_run
+    argv = ["--run", str(folder), "--results", str(results), "--epochs", "3", "4", "--threads",
+            str(torch.get_num_threads())]
+    bench.main([*argv, "--out", str(tmp_path / "whole.json")])
+    whole = json.loads((tmp_path / "whole.json").read_text())["recipes"]
+    accuracy, calls = bench.accuracy, []
+
+    def killed_in_the_second_evaluation(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the 4-epoch recipe trained (and checkpointed), then the process died
+            raise Killed
+        return accuracy(*args, **kwargs)
+
+    out = tmp_path / "killed.json"
+    monkeypatch.setattr(bench, "accuracy", killed_in_the_second_evaluation)
+    with pytest.raises(Killed):
+        bench.main([*argv, "--out", str(out)])
+    assert [r["server_epochs"] for r in json.loads(out.read_text())["recipes"]] == [3]
+    monkeypatch.setattr(bench, "accuracy", accuracy)
+    bench.main([*argv, "--out", str(out), "--resume"])
+    recipes = json.loads(out.read_text())["recipes"]
+    assert [(r["server_epochs"], r["resumed"]) for r in recipes] == [(3, False), (4, True)]
+    assert [r["test_accuracy"] for r in recipes] == [r["test_accuracy"] for r in whole]
