@@ -19,7 +19,8 @@ The ``drop-out`` kind (the attackers send nothing) is the reference for the othe
 that refuses an attacker's reply can at best reach the accuracy of the federation without it.
 
 The in-process engine runs every job (the same ServerApp/ClientApp code as Ray); results are
-written after every run, so an interrupted benchmark keeps what it measured.
+written after every run, so an interrupted benchmark keeps what it measured, and ``--resume``
+(same command) keeps those runs and goes on with the rest.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fedcond-variants", nargs="+", default=["robust", "plain"], choices=["robust", "plain"],
                         help="FedCond with the robust rule (robust) and without it (plain)")
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", help="FedCond job overrides")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in --out and run the rest")
     args = parser.parse_args(argv)
     keep_freed_cpu_memory()
     logging.basicConfig(level=logging.WARNING)
@@ -136,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         "results": [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.resume and args.out.is_file():
+        record["results"] = json.loads(args.out.read_text())["results"]
+        print(f"--resume: {len(record['results'])} run(s) kept from {args.out}", flush=True)
+    finished = {(r["dataset"], r["seed"], r["method"], r["attack"], r["attackers"]) for r in record["results"]}
     for dataset in args.datasets:
         recipe = RECIPES[dataset]
         base = {**recipe["common"], **SPEED, "partition": "dirichlet", "alpha": args.alpha, "num_clients": args.num_clients}
@@ -146,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                 conditions = [(None, 0)] if 0 in args.attackers else []
                 conditions += [(k, n) for k in args.attacks for n in args.attackers if n > 0]
                 for kind, attackers in conditions:
+                    if (dataset, seed, method, kind, attackers) in finished:
+                        continue
                     attack = None if kind is None else AttackConfig(kind=kind, attackers=attackers)
                     if attack is not None:
                         try:
