@@ -25,7 +25,11 @@ from torch import nn
 from fedcond.data.registry import ArrayDataset
 from fedcond.devices import autocast_context, resolve_device
 
-__all__ = ["BatchAugment", "LossHook", "accuracy", "predict_logits", "train_model"]
+__all__ = ["BatchAugment", "LossHook", "TrainingCheckpointMismatch", "accuracy", "predict_logits", "train_model"]
+
+
+class TrainingCheckpointMismatch(ValueError):
+    """A training checkpoint holds the state of another training run (other data or settings)."""
 
 
 class BatchAugment(Protocol):
@@ -120,8 +124,9 @@ def train_model(
     Raises
     ------
     ValueError
-        If ``epochs`` is negative or ``checkpoint_every`` below 1, or ``checkpoint`` holds the
-        state of another training run (the message names what differs) or is unreadable.
+        If ``epochs`` is negative or ``checkpoint_every`` below 1, or ``checkpoint`` is unreadable.
+    TrainingCheckpointMismatch
+        If ``checkpoint`` holds the state of another training run (the message names what differs).
     """
     device = resolve_device(device)
     if epochs < 0:
@@ -214,7 +219,9 @@ def _restore_training(
     differing = [f"{key!r} is {saved.get(key)!r} there, {value!r} here" for key, value in identity.items()
                  if saved.get(key) != value]
     if differing:
-        raise ValueError(f"training checkpoint {path} belongs to another training run: {'; '.join(differing)}")
+        raise TrainingCheckpointMismatch(
+            f"training checkpoint {path} belongs to another training run: {'; '.join(differing)}"
+        )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])

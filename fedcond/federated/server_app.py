@@ -204,6 +204,7 @@ def run_federated(
             device=device,
             min_available_nodes=max(1, fed.min_available_nodes),
             uploads=uploads,
+            training_checkpoints=None if checkpoint is None else checkpoint.folder,
         )
     else:
         strategy = baseline_strategy(fed)

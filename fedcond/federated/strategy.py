@@ -28,16 +28,19 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from torch import nn
 
 from fedcond.config import FederatedConfig
 from fedcond.data.registry import DatasetSpec
 from fedcond.federated.aggregation import AggregatedSet, aggregate_sets
+from fedcond.federated.nodes import wait_for_nodes
 from fedcond.federated.records import (
     CONDENSE_ACTION,
     CONFIG_KEY,
@@ -49,7 +52,6 @@ from fedcond.federated.records import (
     client_report,
     model_to_record,
 )
-from fedcond.federated.nodes import wait_for_nodes
 from fedcond.federated.robust import robust_sets
 from fedcond.federated.server_training import NonFiniteTraining, train_global_model
 from fedcond.federated.uploads import UploadStore
@@ -61,6 +63,7 @@ from fedcond.federated.validation import (
     pixel_bounds,
     validate_reply,
 )
+from fedcond.training import TrainingCheckpointMismatch
 
 __all__ = ["FedCond", "RoundReport"]
 
@@ -125,6 +128,12 @@ class FedCond(Strategy):
         Where the server trains the global model.
     min_available_nodes : int
         Wait for this many connected nodes before sampling.
+    uploads : UploadStore | None
+        Keeps every received synthetic set on disk (``OUT/uploads``).
+    training_checkpoints : Path | None
+        A folder where each round's server training keeps its state every 10 epochs
+        (``server-training-round-R.pt``); a resumed round continues it when its union is the
+        same, and trains afresh otherwise.
 
     Examples
     --------
@@ -141,6 +150,7 @@ class FedCond(Strategy):
         device: torch.device | str = "cpu",
         min_available_nodes: int = 1,
         uploads: UploadStore | None = None,
+        training_checkpoints: Path | None = None,
     ) -> None:
         if not 0 < config.fraction_train <= 1:
             raise ValueError(f"fraction_train must be in (0, 1], got {config.fraction_train}")
@@ -165,6 +175,8 @@ class FedCond(Strategy):
         self.node_epsilon: dict[int, float] = {}
         #: keeps every received synthetic set on disk (``OUT/uploads``), when given
         self.uploads = uploads
+        #: where each round's server training keeps its state (a killed round continues it)
+        self.training_checkpoints = training_checkpoints
 
     # ------------------------------------------------------------------ Strategy steps
     def summary(self) -> None:
@@ -255,17 +267,11 @@ class FedCond(Strategy):
             logger.error("round %d: no client set left in the union; the global model is kept", server_round)
             return None, self._metrics(report)
         union = aggregate_sets(sets, num_classes=self.spec.num_classes)
-        generator = torch.Generator().manual_seed(self.config.seed * 1000 + 500 + server_round)
+        checkpoint = None
+        if self.training_checkpoints is not None:
+            checkpoint = self.training_checkpoints / f"server-training-round-{server_round}.pt"
         try:
-            model = train_global_model(
-                union,
-                spec=self.spec,
-                model_name=self.config.model,
-                epochs=self.config.server_epochs,
-                lr=self.config.server_lr,
-                generator=generator,
-                device=self.device,
-            )
+            model = self._train(union, server_round, checkpoint)
         except NonFiniteTraining as exc:
             report.training_stopped = str(exc)
             logger.error("round %d: server training stopped: %s; the global model is kept", server_round, exc)
@@ -282,6 +288,31 @@ class FedCond(Strategy):
             report.server_seconds,
         )
         return model_to_record(model), self._metrics(report)
+
+    def _train(self, union: AggregatedSet, server_round: int, checkpoint: Path | None) -> nn.Module:
+        """The round's global model trained on ``union``, continuing ``checkpoint`` when it holds
+        this training (a resumed round); a checkpoint of another union is replaced."""
+
+        def train() -> nn.Module:
+            generator = torch.Generator().manual_seed(self.config.seed * 1000 + 500 + server_round)
+            return train_global_model(
+                union,
+                spec=self.spec,
+                model_name=self.config.model,
+                epochs=self.config.server_epochs,
+                lr=self.config.server_lr,
+                generator=generator,
+                device=self.device,
+                checkpoint=checkpoint,
+            )
+
+        try:
+            return train()
+        except TrainingCheckpointMismatch as exc:  # the resumed round's clients sent other sets
+            logger.warning("round %d: %s; training afresh", server_round, exc)
+            assert checkpoint is not None
+            checkpoint.unlink()
+            return train()
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -143,3 +143,56 @@ def test_resume_in_the_run_config_is_checked(values, match):
 
     with pytest.raises(ConfigError, match=match):
         job_from_mapping({**SMALL, **values})
+
+
+class Died(BaseException):
+    """Stands for the server process dying during its training (no handler catches it)."""
+
+
+def test_a_round_killed_during_server_training_continues_that_training(tmp_path, monkeypatch):
+    import fedcond.federated.server_training as server_training
+
+    job = job_from_mapping(
+        {**SMALL, "strategy": "fedcond", "rounds": 1, "distill.iterations": 2, "distill.ipc": 2, "server_epochs": 12}
+    )
+    uninterrupted = simulate_in_process(job)
+    train_model, epochs_run = server_training.train_model, []
+
+    def dies_in_epoch_11(*args, **kwargs):
+        def on_epoch(done: int) -> None:
+            epochs_run.append(done)
+            if done == 11:  # the checkpoint of epoch 10 is on disk
+                raise Died
+
+        return train_model(*args, on_epoch=on_epoch, **kwargs)
+
+    monkeypatch.setattr(server_training, "train_model", dies_in_epoch_11)
+    checkpoint = RunCheckpoint(tmp_path / "run", identity=run_identity(job))
+    with pytest.raises(Died):
+        simulate_in_process(job, checkpoint=checkpoint)
+    assert (tmp_path / "run" / "server-training-round-1.pt").is_file()
+    epochs_run.clear()
+    monkeypatch.setattr(server_training, "train_model",
+                        lambda *a, **k: train_model(*a, on_epoch=epochs_run.append, **k))
+    resumed = simulate_in_process(job, checkpoint=checkpoint)
+    assert epochs_run == [11, 12]
+    assert resumed.test_accuracy == uninterrupted.test_accuracy
+    for key, value in uninterrupted.final_arrays.items():
+        assert np.array_equal(resumed.final_arrays[key].numpy(), value.numpy())
+
+
+def test_a_training_checkpoint_of_another_union_is_replaced(tmp_path, caplog):
+    job = job_from_mapping(
+        {**SMALL, "strategy": "fedcond", "rounds": 1, "distill.iterations": 2, "distill.ipc": 2, "server_epochs": 2}
+    )
+    uninterrupted = simulate_in_process(job)
+    folder = tmp_path / "run"
+    other = job_from_mapping({**SMALL, "strategy": "fedcond", "rounds": 1, "distill.iterations": 3,
+                              "distill.ipc": 2, "server_epochs": 2})
+    simulate_in_process(other, checkpoint=RunCheckpoint(folder, identity=run_identity(other)))
+    for name in ("state.json", "model.npz", "strategy.npz", "metrics.json"):  # only the training file stays
+        (folder / name).unlink(missing_ok=True)
+    with caplog.at_level("WARNING"):
+        resumed = simulate_in_process(job, checkpoint=RunCheckpoint(folder, identity=run_identity(job)))
+    assert "belongs to another training run" in caplog.text and "training afresh" in caplog.text
+    assert resumed.test_accuracy == uninterrupted.test_accuracy
