@@ -12,7 +12,6 @@ test a trained network.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 
 from fedcond.data.registry import ArrayDataset
 from fedcond.devices import autocast_context, resolve_device
+from fedcond.digests import tensor_digest
 
 __all__ = ["BatchAugment", "LossHook", "TrainingCheckpointMismatch", "accuracy", "predict_logits", "train_model"]
 
@@ -147,7 +147,7 @@ def train_model(
         identity = {
             "epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
             "batch_size": batch_size, "lr_decay": lr_decay, "augment": type(augment).__name__,
-            "data": _digest(images, labels, sample_weights),
+            "data": tensor_digest(images, labels, sample_weights),
         }
         if checkpoint.exists():
             first_epoch = _restore_training(checkpoint, identity, model, optimizer, generator)
@@ -178,19 +178,6 @@ def train_model(
         if on_epoch is not None:
             on_epoch(epoch + 1)
     return model
-
-
-def _digest(*tensors: torch.Tensor | None) -> str:
-    """SHA-256 of the tensors' dtypes, shapes and bytes (``None`` counts as absent)."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        if tensor is None:
-            digest.update(b"none")
-            continue
-        array = tensor.detach().cpu().contiguous().numpy()
-        digest.update(str((array.dtype.str, array.shape)).encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def _save_training(

@@ -3,8 +3,8 @@
 A node operator runs it before ``flower-supernode --node-config "policy='FILE'"``: a malformed
 file, an unknown key, a contradictory rule, a data source that does not load, a DP ledger that
 is corrupt or belongs to other data, or a checkpoint folder the node cannot write is one clear
-error here (exit 2), not a refusal at the first round. On success it prints the effective rules (defaults filled in) and whether the policy is
-permissive.
+error here (exit 2), not a refusal at the first round. On success it prints the effective rules
+(defaults filled in) and whether the policy is permissive.
 """
 
 from __future__ import annotations

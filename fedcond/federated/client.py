@@ -24,13 +24,13 @@ from fedcond.config import DataConfig, DistillConfig
 from fedcond.data.partition import partition_indices
 from fedcond.data.registry import ArrayDataset, DatasetSplits, load_dataset
 from fedcond.devices import resolve_device
+from fedcond.digests import tensor_digest
 from fedcond.distill.condenser import get_condenser
 from fedcond.distill.dm import initial_synthetic
 from fedcond.distill.formation import encode_formation
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.job import FederatedJob
 from fedcond.federated.proximal import ProximalTerm
-from fedcond.privacy.ledger import data_source_digest
 from fedcond.training import train_model
 
 if TYPE_CHECKING:
@@ -235,17 +235,13 @@ def condensation_checkpoint(
     the start images, the embedding network's weights and the DP plan. A repeated request
     (the same job after a restart) finds its checkpoint; any other request gets a file of its own.
     """
-    digest = hashlib.sha256()
-    settings = dataclasses.asdict(distill)
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    digest.update(data_source_digest(data.images, data.labels).encode())
-    tensors = [start] + ([] if embedder is None else list(embedder.state_dict().values()))
-    for tensor in tensors:
-        array = tensor.detach().cpu().contiguous().numpy()
-        digest.update(str((array.dtype.str, array.shape)).encode())
-        digest.update(array.tobytes())
-    if private is not None:
-        digest.update(json.dumps(private.statistics.fingerprint(), sort_keys=True, default=str).encode())
+    request = {
+        "distill": dataclasses.asdict(distill),
+        "tensors": tensor_digest(data.images, data.labels, start,
+                                 *([] if embedder is None else embedder.state_dict().values())),
+        "dp": None if private is None else private.statistics.fingerprint(),
+    }
+    digest = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode())
     return folder / f"condense-{digest.hexdigest()[:24]}.pt"
 
 

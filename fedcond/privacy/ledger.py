@@ -17,7 +17,6 @@ File format (JSON, no pickle)::
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from fedcond.digests import tensor_digest
 from fedcond.privacy.accounting import PrivacyAccountant, PrivacyBudgetError
 
 __all__ = ["LEDGER_FORMAT", "LedgerError", "PrivacyLedger", "data_source_digest"]
@@ -39,12 +39,7 @@ class LedgerError(PrivacyBudgetError):
 
 def data_source_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
     """A digest identifying a node's data (SHA-256 of its images and labels)."""
-    digest = hashlib.sha256()
-    for tensor in (images, labels):
-        array = tensor.detach().cpu().contiguous().numpy()
-        digest.update(str((array.dtype.str, array.shape)).encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+    return tensor_digest(images, labels)
 
 
 class PrivacyLedger:
