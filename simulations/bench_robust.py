@@ -79,9 +79,11 @@ def _methods(args: argparse.Namespace, recipe: dict[str, Any]) -> list[tuple[str
         for variant in args.fedcond_variants:
             overrides = {**recipe["fedcond"], "rounds": 1, "robust.enabled": variant == "robust"}
             methods.append((f"fedcond-{variant}", "fedcond", overrides))
+    weight_set = overrides_from(args.weight_set)
+    suffix = "[" + ",".join(f"{k}={v}" for k, v in weight_set.items()) + "]" if weight_set else ""
     for name in args.strategies:
         if name in WEIGHT_STRATEGIES:
-            methods.append((name, name, {"rounds": args.fedavg_rounds, "local_epochs": 1}))
+            methods.append((name + suffix, name, {"rounds": args.fedavg_rounds, "local_epochs": 1, **weight_set}))
     return methods
 
 
@@ -124,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fedcond-variants", nargs="+", default=["robust", "plain"], choices=["robust", "plain"],
                         help="FedCond with the robust rule (robust) and without it (plain)")
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", help="FedCond job overrides")
+    parser.add_argument("--weight-set", action="append", default=None, metavar="KEY=VALUE",
+                        help="job overrides of the weight-averaging strategies, e.g. byzantine_nodes=3 (the method "
+                             "name then shows them: krum[byzantine_nodes=3])")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --out and run the rest")
     args = parser.parse_args(argv)
     keep_freed_cpu_memory()

@@ -46,3 +46,19 @@ def test_resume_keeps_the_finished_runs_and_runs_the_rest(bench, tmp_path, monke
     assert [attack.kind for attack in calls] == ["drop-out"]
     results = json.loads(out.read_text())["results"]
     assert results[:2] == kept and [(r["attack"], r["attackers"]) for r in results[2:]] == [("drop-out", 1)]
+
+
+def test_weight_set_reaches_the_weight_averaging_jobs_and_names_them(bench):
+    import argparse
+
+    from fedcond.federated.job import job_from_mapping
+
+    args = argparse.Namespace(strategies=["fedcond", "krum"], fedcond_variants=["robust"], fedavg_rounds=5,
+                              weight_set=["byzantine_nodes=3"])
+    listed = bench._methods(args, bench.RECIPES["digits"])
+    methods = {name: (strategy, overrides) for name, strategy, overrides in listed}
+    assert list(methods) == ["fedcond-robust", "krum[byzantine_nodes=3]"]
+    assert "byzantine_nodes" not in methods["fedcond-robust"][1]
+    strategy, overrides = methods["krum[byzantine_nodes=3]"]
+    job = job_from_mapping({"dataset": "digits", **overrides, "strategy": strategy})
+    assert job.federated.byzantine_nodes == 3 and job.federated.rounds == 5
