@@ -468,11 +468,16 @@ ROBUST_METHODS = {
     "fedavg": "FedAvg",
     "fedmedian": "FedMedian",
     "fedtrimmedavg": "FedTrimmedAvg",
+    "krum[byzantine_nodes=3]": "Krum (f = 3)",
+    "multikrum[byzantine_nodes=3]": "MultiKrum (f = 3)",
+    "bulyan": "Bulyan (f = 1)",
 }
 ROBUST_FILES = {
     "attacks": "bench_robust_digits_attacks.json",
     "honest": "bench_robust_digits_honest.json",
     "cap": "bench_robust_digits_cap_only.json",
+    "krum": "bench_robust_digits_krum_f3.json",
+    "bulyan": "bench_robust_digits_bulyan_f1.json",
 }
 
 
@@ -527,9 +532,28 @@ def robust_attacks() -> str:
     return table(["attack", *(ROBUST_METHODS[m] for m in methods)], rows) + f"\nData: {files}.\n"
 
 
+def robust_byzantine() -> str:
+    """Flower's Byzantine-robust rules (Krum, MultiKrum, Bulyan) under every attack, seed 0."""
+    results = _robust_results("krum") + _robust_results("bulyan")
+    methods = [m for m in ROBUST_METHODS if any(r["method"] == m for r in results)]
+    conditions = sorted({(r["attack"], r["attackers"]) for r in results},
+                        key=lambda c: (c[0] is not None, c[0] or "", c[1]))
+
+    def cell(method: str, kind: str | None, attackers: int) -> str:
+        return _robust_cell([r for r in results
+                             if r["method"] == method and r["attack"] == kind and r["attackers"] == attackers])
+
+    rows = [["none" if kind is None else f"`{kind}` x {n}", *(cell(m, kind, n) for m in methods)]
+            for kind, n in conditions]
+    files = ", ".join(f"[{ROBUST_FILES[n]}](results/{ROBUST_FILES[n]})" for n in ("krum", "bulyan")
+                      if (RESULTS / ROBUST_FILES[n]).is_file())
+    return table(["attack", *(ROBUST_METHODS[m] for m in methods)], rows) + f"\nData: {files}.\n"
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "robust-honest": robust_honest,
     "robust-attacks": robust_attacks,
+    "robust-byzantine": robust_byzantine,
     "dm-methods": dm_methods,
     "dm-speed": dm_speed,
     "dm-time-budget": dm_time_budget,
