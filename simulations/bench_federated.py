@@ -322,13 +322,13 @@ def main(argv: list[str] | None = None) -> int:
                     job = job_from_mapping({**mapping, "seed": seed, "distill.seed": seed,
                                             **({"out": str(run_dir)} if fedcond_run else {})})
                     policy = PERMISSIVE if method == "fedcond-realinit" else DEFAULT_POLICY
-                    resumable = [run_dir / CHECKPOINTS, run_dir / CLIENT_CHECKPOINTS]
-                    resumed = args.resume and any(path.is_dir() for path in resumable)
+                    server_state, client_state = run_dir / CHECKPOINTS, run_dir / CLIENT_CHECKPOINTS
+                    resumed = args.resume and (server_state.is_dir() or client_state.is_dir())
                     if not args.resume:  # a fresh run: nothing of an earlier one is continued
-                        for path in resumable:
-                            shutil.rmtree(path, ignore_errors=True)
-                    policy = dataclasses.replace(policy, checkpoints=CheckpointPolicy(folder=resumable[1]))
-                    checkpoint = RunCheckpoint(resumable[0], identity=run_identity(job))
+                        shutil.rmtree(server_state, ignore_errors=True)
+                        shutil.rmtree(client_state, ignore_errors=True)
+                    policy = dataclasses.replace(policy, checkpoints=CheckpointPolicy(folder=client_state))
+                    checkpoint = RunCheckpoint(server_state, identity=run_identity(job))
                     t0 = time.perf_counter()
                     report = simulate(job, engine="inprocess", policy=policy, checkpoint=checkpoint)
                     if report.test_accuracy is None:  # every reply dropped: no number to compare
