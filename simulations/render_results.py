@@ -476,18 +476,22 @@ ROBUST_FILES = {
     "attacks": "bench_robust_digits_attacks.json",
     "honest": "bench_robust_digits_honest.json",
     "cap": "bench_robust_digits_cap_only.json",
+    "one": "bench_robust_digits_1attacker.json",
     "krum": "bench_robust_digits_krum_f3.json",
     "bulyan": "bench_robust_digits_bulyan_f1.json",
 }
 
 
 def _robust_results(name: str) -> list[dict]:
-    """The runs of one robustness file; the count-cap-only runs are renamed ``fedcond-cap``."""
+    """The runs of one robustness file; the count-cap-only runs are renamed ``fedcond-cap``
+    (``cap`` and ``one`` ran FedCond's robust variant with the default ``outlier_nets=0``)."""
     if not (RESULTS / ROBUST_FILES[name]).is_file():
         return []
     rows = load(ROBUST_FILES[name])["results"]
     if name == "cap":
-        rows = [{**r, "method": "fedcond-cap"} for r in rows if r["method"] == "fedcond-robust"]
+        rows = [r for r in rows if r["method"] == "fedcond-robust"]
+    if name in ("cap", "one"):
+        rows = [{**r, "method": "fedcond-cap"} if r["method"] == "fedcond-robust" else r for r in rows]
     return rows
 
 
@@ -515,8 +519,8 @@ def robust_honest() -> str:
 
 
 def robust_attacks() -> str:
-    """3 of 10 clients hostile (seed 0): every attack kind against every method."""
-    results = _robust_results("attacks") + _robust_results("cap")
+    """1 and 3 of 10 clients hostile (seed 0): every attack kind against every method."""
+    results = _robust_results("attacks") + _robust_results("cap") + _robust_results("one")
     methods = [m for m in ROBUST_METHODS if any(r["method"] == m for r in results)]
     kinds = [k for k in dict.fromkeys(r["attack"] for r in results) if k is not None]
     def cell(method: str, kind: str | None, attackers: int) -> str:
@@ -527,7 +531,7 @@ def robust_attacks() -> str:
     for kind in kinds:
         for n in sorted({r["attackers"] for r in results if r["attack"] == kind}):
             rows.append([f"`{kind}` x {n}", *(cell(m, kind, n) for m in methods)])
-    files = ", ".join(f"[{ROBUST_FILES[n]}](results/{ROBUST_FILES[n]})" for n in ("attacks", "cap")
+    files = ", ".join(f"[{ROBUST_FILES[n]}](results/{ROBUST_FILES[n]})" for n in ("attacks", "cap", "one")
                       if (RESULTS / ROBUST_FILES[n]).is_file())
     return table(["attack", *(ROBUST_METHODS[m] for m in methods)], rows) + f"\nData: {files}.\n"
 
