@@ -12,6 +12,7 @@ from fedcond.data import DatasetSplits
 from fedcond.distill import SiameseAugment
 from fedcond.models import get_model
 from fedcond.training import accuracy, train_model
+from tests.killed import Killed
 
 
 def _weight_sums(model: nn.Module) -> tuple[float, float]:
@@ -106,9 +107,6 @@ def test_accuracy_is_the_share_of_correct_predictions(digits: DatasetSplits) -> 
     share_of_threes = float((digits.test.labels == 3).float().mean())
     assert accuracy(_AlwaysClass(3, digits.spec.num_classes), digits.test) == pytest.approx(share_of_threes)
 
-
-class Killed(BaseException):
-    """Stands for the process dying between two epochs (no handler catches it)."""
 
 
 def _killed_at(epoch: int):

@@ -21,10 +21,7 @@ from fedcond.federated.client import condensation_checkpoint, condense_partition
 from fedcond.federated.job import job_from_mapping
 from fedcond.federated.policy import DEFAULT_POLICY, PolicyError, load_policy, policy_from_mapping
 from fedcond.federated.simulation import simulate_in_process
-
-
-class Killed(BaseException):
-    """Stands for the process dying in the middle of a DM run (no handler catches it)."""
+from tests.killed import Killed
 
 
 @pytest.fixture

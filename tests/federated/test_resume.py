@@ -14,6 +14,7 @@ from fedcond.federated.checkpoint import CheckpointMismatch, RunCheckpoint
 from fedcond.federated.job import job_from_mapping
 from fedcond.federated.server_app import run_identity
 from fedcond.federated.simulation import simulate_in_process
+from tests.killed import Killed as ProcessKilled
 
 SMALL = {
     "dataset": "digits",
@@ -145,9 +146,6 @@ def test_resume_in_the_run_config_is_checked(values, match):
         job_from_mapping({**SMALL, **values})
 
 
-class Died(BaseException):
-    """Stands for the server process dying during its training (no handler catches it)."""
-
 
 def test_a_round_killed_during_server_training_continues_that_training(tmp_path, monkeypatch):
     import fedcond.federated.server_training as server_training
@@ -162,13 +160,13 @@ def test_a_round_killed_during_server_training_continues_that_training(tmp_path,
         def on_epoch(done: int) -> None:
             epochs_run.append(done)
             if done == 11:  # the checkpoint of epoch 10 is on disk
-                raise Died
+                raise ProcessKilled
 
         return train_model(*args, on_epoch=on_epoch, **kwargs)
 
     monkeypatch.setattr(server_training, "train_model", dies_in_epoch_11)
     checkpoint = RunCheckpoint(tmp_path / "run", identity=run_identity(job))
-    with pytest.raises(Died):
+    with pytest.raises(ProcessKilled):
         simulate_in_process(job, checkpoint=checkpoint)
     assert (tmp_path / "run" / "server-training-round-1.pt").is_file()
     epochs_run.clear()

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fedcond.cli.main import main
+from tests.killed import Killed
 
 FAST = ["--engine", "inprocess", "--dataset", "digits", "--partition", "iid", "--set", "train-per-class=20",
         "--set", "test-per-class=10", "--device", "cpu"]
@@ -32,9 +33,6 @@ def test_resume_without_a_run_and_attack_misuse_are_refused(tmp_path, capsys):
     assert main([*args, "--attackers", "1"]) == 2
     assert "--attackers needs --attack" in capsys.readouterr().err
 
-
-class Killed(BaseException):
-    """Stands for the process dying during a client's condensation (no handler catches it)."""
 
 
 def test_a_simulation_killed_during_condensation_resumes_from_the_clients_checkpoints(tmp_path, monkeypatch):

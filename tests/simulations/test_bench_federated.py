@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fedcond.federated.job import job_from_mapping
+from tests.killed import Killed
 from tests.simulations.scripts import documented_commands, load_script, unparsable_commands
 
 
@@ -69,9 +70,6 @@ def test_cifar10_rows_run_on_a_slice(bench, cifar10_slice, tmp_path):
     assert oneshot["independent_audited"] == oneshot["gate_uploaded"] > 0
     assert (out / "accuracy_cifar10_iid.png").exists()
 
-
-class Killed(BaseException):
-    """Stands for the benchmark's process dying (no handler catches it)."""
 
 
 def test_resume_keeps_finished_runs_and_continues_the_killed_one(bench, tmp_path, monkeypatch):

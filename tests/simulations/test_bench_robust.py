@@ -6,11 +6,8 @@ import json
 
 import pytest
 
+from tests.killed import Killed
 from tests.simulations.scripts import load_script
-
-
-class Killed(BaseException):
-    """Stands for the benchmark's process dying (no handler catches it)."""
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 
 from fedcond.federated.job import job_from_mapping, job_to_mapping
 from fedcond.federated.simulation import simulate_in_process
+from tests.killed import Killed
 from tests.simulations.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,9 +64,6 @@ def test_uploads_without_counts_take_them_from_the_jobs_partition(bench, finishe
     assert source == "job partition"
     assert [s.class_counts.tolist() for s in recomputed] == [s.class_counts.tolist() for s in from_meta]
 
-
-class Killed(BaseException):
-    """Stands for the benchmark's process dying (no handler catches it)."""
 
 
 def test_resume_keeps_finished_recipes_and_continues_the_killed_one(bench, finished_run, tmp_path, monkeypatch):
