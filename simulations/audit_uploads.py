@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.cli.main import main as fedcond
 
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"file": f"{path.parent.name}/{path.name}", **{k: metrics.get(k) for k in KEYS}})
             print(rows[-1], flush=True)
     payload = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+        "command": recorded_command(argv),
         **machine_facts(),
         "audits": rows,
         "leaks": sum(r["verdict"] == "leaks" for r in rows),

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shlex
 import statistics
 import sys
 import time
@@ -48,9 +47,8 @@ from typing import Any
 
 import torch
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.config import AugmentConfig, ContinualConfig, DistillConfig
 from fedcond.continual import (
@@ -364,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         return _merge_main(args.merge, args.out)
     torch.set_num_threads(args.threads)
     keep_freed_cpu_memory()  # CPU activations re-used instead of page-faulted (fedcond.devices)
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    command = recorded_command(argv)
     started = time.perf_counter()
     jobs = _jobs(args)
     first_seeds: dict[str, int] = {}

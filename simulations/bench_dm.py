@@ -39,7 +39,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.cli.common import overrides_from
 from fedcond.config import AugmentConfig, DataConfig, DistillConfig, EvalConfig, parse_config
@@ -221,7 +221,9 @@ def methods_section(
     idm_queue: int = 10,
     gm_iterations: int = 0,
     dm_settings: dict[str, Any] | None = None,
+    time_budget: float | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    finished: Collection[tuple[str, int, str]] = (),
 ) -> list[dict[str, Any]]:
     """DM vs the baselines at each IPC; every method made once per seed (selection / DM seed),
     each set evaluated by ``evaluation.runs`` networks; mean +- std over all seeds x runs.
@@ -234,8 +236,15 @@ def methods_section(
     ``gm_iterations`` > 0 adds a gradient-matching row (``gm``: the DSA paper's loops and pixel
     learning rate 0.1, started like DM). ``dm_settings`` (``--dm-set``) are further
     :class:`DistillConfig` keys for every DM row (e.g. ``time_budget``, ``batch_real``); a
-    row records the iterations its DM actually ran. ``on_row`` is called with each finished
-    row (the script saves its JSON there, so a killed run keeps every finished row)."""
+    row records the iterations its DM actually ran. ``time_budget`` (seconds) gives every
+    iterative row (DM, its variants, ``gm``) the same wall-clock budget per set, counted from
+    the start of its condense call; their iteration counts become caps and each row records the
+    iterations run. ``on_row`` is called with each finished row (the script saves its JSON
+    there, so a killed run keeps every finished row); rows whose ``(dataset, ipc, method)`` is
+    in ``finished`` are skipped (``--resume``)."""
+    if time_budget is not None and "time_budget" in (dm_settings or {}):
+        raise ValueError("give the time budget once: time_budget or dm_settings['time_budget'], not both")
+    budget = {} if time_budget is None else {"time_budget": time_budget}
     rows = []
     methods: list[tuple[str, str | None]] = [(b, None) for b in baselines]
     suffix = ("" if dm_init == "real" else f"@{dm_init}") + ("" if dm_layout == DEFAULT_LAYOUT else f"/{dm_layout}")
@@ -245,6 +254,9 @@ def methods_section(
         methods.append(("gm" + ("" if dm_init == "real" else f"@{dm_init}"), None))
     for ipc in ipcs:
         for method, matching in methods:
+            if (splits.spec.name, ipc, method) in finished:
+                print(f"  {splits.spec.name} ipc={ipc} {method}: kept from the earlier run (--resume)", flush=True)
+                continue
             accuracies, per_seed, make_seconds, iterations_run = [], [], [], []
             for seed in seeds:
                 start = time.perf_counter()
@@ -254,7 +266,7 @@ def methods_section(
                     config = parse_config(DistillConfig, {
                         "ipc": ipc, "iterations": iterations[ipc], "seed": seed,
                         "compile": compile_dm and not options, "matching": matching, "init": dm_init,
-                        "augment.layout": dm_layout, **(dm_settings or {}), **options})
+                        "augment.layout": dm_layout, **(dm_settings or {}), **budget, **options})
                     result = get_condenser("dm", config, device=device).condense(splits.train)
                     syn = result.synthetic
                     iterations_run.append(int(syn.meta.get("iterations", config.iterations)))
@@ -262,9 +274,10 @@ def methods_section(
                     syn = get_condenser(
                         "gm",
                         DistillConfig(ipc=ipc, iterations=gm_iterations, seed=seed, init=dm_init, lr_img=0.1,
-                                      augment=AugmentConfig(layout=dm_layout)),
+                                      augment=AugmentConfig(layout=dm_layout), time_budget=time_budget),
                         device=device,
                     ).condense(splits.train).synthetic
+                    iterations_run.append(int(syn.meta.get("iterations", gm_iterations)))
                 else:  # the loop-free condensers (kmeans, random, herding), by name
                     syn = get_condenser(method, DistillConfig(ipc=ipc, seed=seed), device=device).condense(
                         splits.train
@@ -283,6 +296,7 @@ def methods_section(
                 "dsa_layout": dm_layout if matching is not None else None,
                 "iterations_run": iterations_run or None,
                 "dm_settings": dict(dm_settings or {}) if matching is not None else None,
+                "time_budget": time_budget if matching is not None or method.startswith("gm") else None,
                 "dm_options": (dm_variant_options(method.split("+", 1)[1].split("@")[0].split("/")[0],
                                                   idm_queue=idm_queue)
                                if matching is not None and "+" in method else None),
@@ -299,6 +313,27 @@ def methods_section(
             print(f"  {splits.spec.name} ipc={ipc} {method}: {100 * row['accuracy_mean']:.2f} ± "
                   f"{100 * row['accuracy_std']:.2f} (seeds {seeds})", flush=True)
     return rows
+
+
+def resumed_rows(path: Path, command: str) -> list[dict[str, Any]]:
+    """The finished methods rows of an earlier run of ``command`` saved at ``path`` (``--resume``).
+
+    Raises
+    ------
+    SystemExit
+        When ``path`` was written by another command (its rows would not belong to this table).
+    """
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+
+    def without_resume(recorded: str) -> list[str]:
+        return [word for word in shlex.split(recorded) if word != "--resume"]
+
+    if without_resume(earlier.get("command", "")) != without_resume(command):
+        raise SystemExit(f"--resume: {path} was written by another command ({earlier.get('command')!r}); "
+                         "use another --out or the same command")
+    return [row for row in earlier.get("methods", []) if row.get("method") != "whole"]
 
 
 def whole_dataset_row(
@@ -391,6 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dm-set", action="append", default=[], metavar="KEY=VALUE",
                         help="methods section: a DistillConfig key for every DM row, e.g. time_budget=1800, "
                              "factor=2, batch_real=128 (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the methods rows of OUT/bench_dm.json written by the same command and run the rest")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="methods section: equal wall-clock budget per set for every iterative row (DM, its "
+                             "variants, gm); their iteration counts become caps")
     parser.add_argument("--gm-iterations", type=int, default=0,
                         help="methods section: a gradient-matching row (gm) with this many iterations (0: none)")
     parser.add_argument("--mnist-ipcs", default="10,1,50", help="methods section: MNIST IPCs (10 runs first)")
@@ -418,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         args.digits_iterations, args.equal_iterations, args.equal_seeds, args.speed_iterations = 30, 20, 1, 2
         compile_dm = False
     # shell-quoted, so that a recorded command with an empty value (--baselines '') re-runs as is
-    results: dict[str, Any] = {"command": shlex.join([sys.executable.split("/")[-1], *sys.argv]),
+    results: dict[str, Any] = {"command": recorded_command(argv),
                                **machine_facts(),
                                "threads": torch.get_num_threads(), "device": args.device,
                                "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None,
@@ -444,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     # the speed section above ran with glibc's default allocator, reference and fedcond alike;
     # from here on (training-heavy evaluation) freed CPU memory is reused, as the CLI does
     results["keep_freed_cpu_memory"] = keep_freed_cpu_memory()
-    results["methods"] = []
+    results["methods"] = resumed_rows(args.out / "bench_dm.json", results["command"]) if args.resume else []
+    finished = {(row["dataset"], row["ipc"], row["method"]) for row in results["methods"]}
     mnist_iters = {1: args.mnist_other_iterations, 10: args.mnist_iterations, 50: args.mnist_other_iterations}
     datasets = set(args.datasets.split(","))
     mnist_seeds = list(range(args.seed, args.seed + args.mnist_seeds))
@@ -473,15 +514,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--baselines: unknown {sorted(unknown)} (random, herding, kmeans)")
     if unknown := set(args.whole_datasets.split(",")) - {"digits", "mnist"}:
         parser.error(f"--whole-datasets: unknown {sorted(unknown)} (digits, mnist)")
+    if args.time_budget is not None and "time_budget" in dm_settings:
+        parser.error("--time-budget and --dm-set time_budget=...: give the budget once")
+    row_settings: dict[str, Any] = {  # what every methods-section row shares
+        "evaluation": evaluation, "device": args.device, "matchings": matchings, "baselines": baselines,
+        "dm_init": args.dm_init, "dm_layout": args.dm_dsa_layout, "variants": variants, "idm_queue": args.idm_queue,
+        "gm_iterations": args.gm_iterations, "dm_settings": dm_settings, "time_budget": args.time_budget,
+        "on_row": record, "finished": finished}
     if "methods" in sections and mnist is not None and "mnist" in datasets and 10 in mnist_ipcs:
         # the headline number first: MNIST IPC 10 after --mnist-iterations iterations
         print("methods, mnist ipc 10:", flush=True)
-        methods_section(mnist, ipcs=[10], iterations=mnist_iters, evaluation=evaluation,
-                                              seeds=mnist_seeds, compile_dm=compile_dm, device=args.device,
-                                              matchings=matchings, baselines=baselines, dm_init=args.dm_init,
-                                              dm_layout=args.dm_dsa_layout, variants=variants,
-                                              idm_queue=args.idm_queue, gm_iterations=args.gm_iterations,
-                                              dm_settings=dm_settings, on_row=record)
+        methods_section(mnist, ipcs=[10], iterations=mnist_iters, seeds=mnist_seeds, compile_dm=compile_dm,
+                        **row_settings)
         save()
     if "equal" in sections:
         seeds = list(range(args.equal_seeds))
@@ -500,20 +544,14 @@ def main(argv: list[str] | None = None) -> int:
         print("methods, digits:", flush=True)
         methods_section(
             digits, ipcs=digits_ipcs if not args.quick else [1, 10],
-            iterations=dict.fromkeys(digits_ipcs + [1, 10], args.digits_iterations), evaluation=evaluation,
-            seeds=digits_seeds, compile_dm=False, device=args.device, matchings=matchings, baselines=baselines,
-            dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
-                                              idm_queue=args.idm_queue, gm_iterations=args.gm_iterations,
-                                              dm_settings=dm_settings, on_row=record)
+            iterations=dict.fromkeys(digits_ipcs + [1, 10], args.digits_iterations), seeds=digits_seeds,
+            compile_dm=False, **row_settings)
         save()
     if "methods" in sections and mnist is not None and "mnist" in datasets and set(mnist_ipcs) - {10}:
         print("methods, mnist other ipcs:", flush=True)
         methods_section(
-            mnist, ipcs=[i for i in mnist_ipcs if i != 10], iterations=mnist_iters, evaluation=evaluation,
-            seeds=mnist_seeds, compile_dm=compile_dm, device=args.device, matchings=matchings, baselines=baselines,
-            dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
-                                              idm_queue=args.idm_queue, gm_iterations=args.gm_iterations,
-                                              dm_settings=dm_settings, on_row=record)
+            mnist, ipcs=[i for i in mnist_ipcs if i != 10], iterations=mnist_iters, seeds=mnist_seeds,
+            compile_dm=compile_dm, **row_settings)
         save()
     for name, (option, folder) in EXTRA_DATASETS.items():
         if "methods" not in sections or name not in datasets:
@@ -523,11 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         for ipc in [int(v) for v in getattr(args, f"{option}_ipcs").split(",") if v]:  # saved after each
             print(f"methods, {name} ipc {ipc}:", flush=True)
             methods_section(
-                splits, ipcs=[ipc], iterations={ipc: getattr(args, f"{option}_iterations")}, evaluation=evaluation,
-                seeds=seeds, compile_dm=compile_dm, device=args.device, matchings=matchings,
-                baselines=baselines, dm_init=args.dm_init, dm_layout=args.dm_dsa_layout, variants=variants,
-                idm_queue=args.idm_queue, gm_iterations=args.gm_iterations, dm_settings=dm_settings,
-                on_row=record)
+                splits, ipcs=[ipc], iterations={ipc: getattr(args, f"{option}_iterations")}, seeds=seeds,
+                compile_dm=compile_dm, **row_settings)
             save()
     if "whole" in sections:
         print("whole training set:", flush=True)

@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import resource
-import shlex
 import shutil
 import statistics
 import sys
@@ -53,7 +52,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.cli.common import overrides_from
 from fedcond.devices import keep_freed_cpu_memory
@@ -302,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = recorded_command(argv)
     results: list[dict[str, Any]] = []
     earlier_seconds = 0.0
     if args.resume and (args.out / "results.json").is_file():

@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import resource
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.config import AuditConfig, AugmentConfig, DataConfig, DistillConfig, EvalConfig
 from fedcond.data.registry import load_dataset
@@ -135,7 +134,7 @@ def condense(method: str, epsilon: float | None, args: argparse.Namespace, split
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    command = recorded_command(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import resource
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,9 +37,8 @@ from typing import Any
 
 import torch
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.cli.common import overrides_from
 from fedcond.devices import keep_freed_cpu_memory
@@ -136,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     extra = overrides_from(args.set)
     record: dict[str, Any] = {
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "command": recorded_command(argv),
         **machine_facts(),
         "torch_threads": torch.get_num_threads(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shlex
 import shutil
 import sys
 import time
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.aggregation import aggregate_sets
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     test = federated_test_set(job)
     lr = fed.server_lr if args.lr is None else args.lr
     report: dict[str, Any] = {
-        "command": shlex.join(["python", *sys.argv]),
+        "command": recorded_command(argv),
         **machine_facts(),
         "torch_threads": torch.get_num_threads(),
         "source_run": {"results": str(args.results), "command": source.get("command"),

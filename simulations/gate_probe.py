@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shlex
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.cli.common import overrides_from
 from fedcond.federated.client import client_partition, condense_partition
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         })
         print(rows[-1], flush=True)
     payload = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+        "command": recorded_command(argv),
         **machine_facts(),
         "job": {k: v for k, v in DEMO_JOB.items()} | overrides_from(args.set),
         "clients": rows,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_facts"]
+__all__ = ["machine_facts", "recorded_command"]
 
 _ROOT = Path(__file__).resolve().parents[1]
 #: the CPU flags that decide which kernels torch runs
@@ -41,6 +43,16 @@ def _cpu() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu_model": model, "cpu_count": os.cpu_count(), "cpu_flags": [f for f in _KERNEL_FLAGS if f in flags]}
+
+
+def recorded_command(argv: list[str] | None = None) -> str:
+    """The command line that re-runs this benchmark, shell-quoted (``python SCRIPT ARGS``).
+
+    ``argv`` is what ``main(argv)`` parsed (``None``: the process's own arguments), so a run
+    started from Python records the options it really ran with; an empty value stays quoted
+    (``--baselines ''``) and re-runs as is.
+    """
+    return shlex.join(["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
 
 
 def machine_facts() -> dict[str, Any]:

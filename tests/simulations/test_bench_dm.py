@@ -86,3 +86,49 @@ def test_a_killed_run_keeps_every_finished_row(bench, tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "bench_dm.json").read_text())
     assert [r["method"] for r in saved["methods"]] == ["random"]
     assert saved["complete"] is False
+
+
+def test_one_time_budget_caps_every_iterative_row(bench, tmp_path):
+    bench.main(["--sections", "methods", "--datasets", "digits", "--digits-ipcs", "1", "--digits-seeds", "1",
+                "--digits-iterations", "500", "--gm-iterations", "500", "--eval-runs", "1", "--eval-epochs", "1",
+                "--baselines", "random", "--dm-matchings", "mean", "--no-compile", "--time-budget", "0.01",
+                "--out", str(tmp_path)])
+    rows = {r["method"]: r for r in json.loads((tmp_path / "bench_dm.json").read_text())["methods"]}
+    for method in ("dm", "gm"):
+        assert rows[method]["time_budget"] == 0.01
+        assert rows[method]["iterations"] == 500 and 1 <= rows[method]["iterations_run"][0] < 500
+    assert rows["random"]["time_budget"] is None and rows["random"]["iterations_run"] is None
+
+
+def test_a_budget_given_twice_is_refused(bench, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--sections", "methods", "--datasets", "digits", "--time-budget", "5",
+                    "--dm-set", "time_budget=5", "--out", str(tmp_path)])
+    assert "give the budget once" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_finished_rows_and_runs_the_rest(bench, tmp_path, monkeypatch):
+    argv = ["--sections", "methods", "--datasets", "digits", "--digits-ipcs", "1", "--digits-seeds", "1",
+            "--eval-runs", "1", "--eval-epochs", "1", "--baselines", "random,herding", "--dm-matchings", "",
+            "--out", str(tmp_path)]
+    evaluate = bench.evaluate
+    calls = []
+
+    def evaluate_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "evaluate", evaluate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(argv)
+    first = json.loads((tmp_path / "bench_dm.json").read_text())["methods"][0]
+    evaluated = []
+    monkeypatch.setattr(bench, "evaluate", lambda *a, **k: evaluated.append(1) or evaluate(*a, **k))
+    bench.main([*argv, "--resume"])
+    saved = json.loads((tmp_path / "bench_dm.json").read_text())
+    assert [r["method"] for r in saved["methods"]] == ["random", "herding"]
+    assert saved["methods"][0] == first and len(evaluated) == 1 and saved["complete"] is True
+    with pytest.raises(SystemExit, match="written by another command"):
+        bench.main([*argv[:-2], "--baselines", "random", "--out", str(tmp_path), "--resume"])
