@@ -192,6 +192,47 @@ def dm_time_budget() -> str:
                   "vs target", "data"], rows)
 
 
+#: bench_dm.py runs with ``--time-budget S`` (every iterative method gets the same seconds per set)
+EQUAL_BUDGET_FILES = ("bench_dm_budget_digits.json", "bench_dm_budget_fashion.json", "bench_dm_budget_mnist.json",
+                      "bench_dm_budget_cifar10.json")
+#: the columns of the equal-budget table, in order
+EQUAL_BUDGET_METHODS = ("random", "herding", "kmeans", "dm", "dm-mmd", "dm+queue", "dm+idm", "gm")
+
+
+def dm_equal_budget() -> str:
+    """Every method at one wall-clock budget per set: a row per dataset and IPC, the best in bold.
+
+    An iterative method's cell adds the iterations it ran within the budget (mean over seeds);
+    a method the run did not reach is ``–``.
+    """
+    rows = []
+    for file in EQUAL_BUDGET_FILES:
+        if not (RESULTS / file).is_file():
+            continue
+        data = load(file)
+        runs = [r for r in data["methods"] if r["method"] in EQUAL_BUDGET_METHODS]
+        budgets = {r["time_budget"] for r in runs if r.get("time_budget") is not None}
+        if len(budgets) != 1:
+            raise ValueError(f"{file}: expected one --time-budget over its rows, found {sorted(budgets)}")
+        (budget,) = budgets
+        for dataset, ipc in sorted({(r["dataset"], r["ipc"]) for r in runs}, key=lambda key: key[1]):
+            cells = {r["method"]: r for r in runs if r["dataset"] == dataset and r["ipc"] == ipc}
+            best = max(r["accuracy_mean"] for r in cells.values())
+            row = [dataset, str(ipc), f"{budget:g}", str(len(next(iter(cells.values()))["seeds"]))]
+            for name in EQUAL_BUDGET_METHODS:
+                if name not in cells:
+                    row.append("–")
+                    continue
+                r = cells[name]
+                cell = pct(r["accuracy_mean"], r["accuracy_std"], bold=r["accuracy_mean"] == best)
+                if r.get("iterations_run"):
+                    cell += f" ({round(sum(r['iterations_run']) / len(r['iterations_run']))} it.)"
+                row.append(cell)
+            rows.append([*row, link(file)])
+    return table(["dataset", "IPC", "budget (s)", "seeds", *(DM_METHOD_NAMES[m] for m in EQUAL_BUDGET_METHODS),
+                  "data"], rows)
+
+
 #: CIFAR-10 distillation files (bench_dm.py --datasets cifar10), every row of each is shown
 CIFAR10_DM_FILES = ("bench_dm_cifar10_ipc10.json",)
 
@@ -562,6 +603,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "dm-speed": dm_speed,
     "dm-time-budget": dm_time_budget,
     "dm-cifar10": dm_cifar10,
+    "dm-equal-budget": dm_equal_budget,
     "federated": federated,
     "private-default": private_default,
     "gate-probe": gate_probe,

@@ -59,3 +59,31 @@ def test_weight_set_reaches_the_weight_averaging_jobs_and_names_them(bench):
     strategy, overrides = methods["krum[byzantine_nodes=3]"]
     job = job_from_mapping({"dataset": "digits", **overrides, "strategy": strategy})
     assert job.federated.byzantine_nodes == 3 and job.federated.rounds == 5
+
+
+def test_a_condensation_cache_runs_each_condensation_once_and_changes_no_result(bench, tmp_path, monkeypatch):
+    from fedcond.distill import dm
+
+    optimise, runs = dm.optimise_pixels, []
+
+    def recorded(*args, **kwargs):
+        run = optimise(*args, **kwargs)
+        runs.append((run.resumed_from, len(run.losses)))
+        return run
+
+    monkeypatch.setattr(dm, "optimise_pixels", recorded)
+    argv = ["--datasets", "digits", "--seeds", "0", "--strategies", "fedcond", "--attackers", "0",
+            "--set", "distill.iterations=4", "--set", "server_epochs=2"]
+    cached = tmp_path / "cached.json"
+    bench.main([*argv, "--out", str(cached), "--fedcond-variants", "robust", "plain",
+                "--condensation-cache", str(tmp_path / "cache")])
+    first, second = runs[: len(runs) // 2], runs[len(runs) // 2:]
+    assert first and all(done == (0, 4) for done in first)  # the robust run condenses
+    assert all(done == (4, 0) for done in second)  # the plain run loads every finished set
+    runs.clear()
+    fresh = tmp_path / "fresh.json"
+    bench.main([*argv, "--out", str(fresh), "--fedcond-variants", "plain"])
+    assert all(done == (0, 4) for done in runs)
+    (plain_cached,) = [r for r in json.loads(cached.read_text())["results"] if r["method"] == "fedcond-plain"]
+    (plain_fresh,) = json.loads(fresh.read_text())["results"]
+    assert plain_cached["test_accuracy"] == plain_fresh["test_accuracy"]
