@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import earlier_run, machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.config import AugmentConfig, ContinualConfig, DistillConfig
 from fedcond.continual import (
@@ -103,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-per-class", type=int, default=50, help="0 keeps the whole test split")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared CPU)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs of OUT/bench_continual.json written by the same command and run the rest")
     parser.add_argument("--merge", nargs="+", metavar="JSON[:KIND,...]",
                         help="merge these bench_continual.json files into OUT instead of running anything; "
                              "a ':random,herding' suffix keeps only those replay kinds of that file")
@@ -162,6 +164,12 @@ def _jobs(args: argparse.Namespace) -> list[tuple[str, int, str, int, str]]:
                 if memory in args.gdumb_memories:
                     jobs += [(benchmark, seed, k, memory, "gdumb") for k in args.gdumb_kinds]
     return jobs
+
+
+def _job_key(run: dict[str, Any]) -> tuple[str, int, str, int, str]:
+    """The :func:`_jobs` tuple a finished run's metrics answer (``--resume``)."""
+    protocol = "gdumb" if run["gdumb"] else "naive+aug" if run["augment_memory"] else "naive"
+    return run["benchmark"], run["seed"], run["replay"], run["memory_per_class"], protocol
 
 
 def _summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -377,13 +385,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    runs: list[dict[str, Any]] = []
+    earlier = earlier_run(out / "bench_continual.json", command) if args.resume else None
+    runs: list[dict[str, Any]] = list((earlier or {}).get("runs", []))
+    finished = {_job_key(run) for run in runs}
     report: dict[str, Any] = {
         "command": command,
         **machine_facts(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     for benchmark, seed, kind, memory, protocol in jobs:
+        if (benchmark, seed, kind, memory, protocol) in finished:
+            print(f"{benchmark} seed={seed} {protocol} {kind} mem={memory}: kept from the earlier run (--resume)",
+                  flush=True)
+            continue
         if (benchmark, seed) not in streams:
             streams[(benchmark, seed)] = _stream(args, benchmark, seed)
         config = _config(args, benchmark, kind, max(memory, 1), seed, protocol)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shlex
 import statistics
 import sys
 import time
@@ -47,7 +46,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import earlier_run, machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.cli.common import overrides_from
 from fedcond.config import AugmentConfig, DataConfig, DistillConfig, EvalConfig, parse_config
@@ -315,27 +314,6 @@ def methods_section(
     return rows
 
 
-def resumed_rows(path: Path, command: str) -> list[dict[str, Any]]:
-    """The finished methods rows of an earlier run of ``command`` saved at ``path`` (``--resume``).
-
-    Raises
-    ------
-    SystemExit
-        When ``path`` was written by another command (its rows would not belong to this table).
-    """
-    if not path.exists():
-        return []
-    earlier = json.loads(path.read_text())
-
-    def without_resume(recorded: str) -> list[str]:
-        return [word for word in shlex.split(recorded) if word != "--resume"]
-
-    if without_resume(earlier.get("command", "")) != without_resume(command):
-        raise SystemExit(f"--resume: {path} was written by another command ({earlier.get('command')!r}); "
-                         "use another --out or the same command")
-    return [row for row in earlier.get("methods", []) if row.get("method") != "whole"]
-
-
 def whole_dataset_row(
     splits: DatasetSplits, *, evaluation: EvalConfig, seeds: list[int], device: str
 ) -> dict[str, Any]:
@@ -484,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     # the speed section above ran with glibc's default allocator, reference and fedcond alike;
     # from here on (training-heavy evaluation) freed CPU memory is reused, as the CLI does
     results["keep_freed_cpu_memory"] = keep_freed_cpu_memory()
-    results["methods"] = resumed_rows(args.out / "bench_dm.json", results["command"]) if args.resume else []
+    earlier = earlier_run(args.out / "bench_dm.json", results["command"]) if args.resume else None
+    # the whole section's rows are made again (they are not methods rows)
+    results["methods"] = [row for row in (earlier or {}).get("methods", []) if row["method"] != "whole"]
     finished = {(row["dataset"], row["ipc"], row["method"]) for row in results["methods"]}
     mnist_iters = {1: args.mnist_other_iterations, 10: args.mnist_iterations, 50: args.mnist_other_iterations}
     datasets = set(args.datasets.split(","))

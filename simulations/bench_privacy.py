@@ -29,13 +29,13 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import earlier_run, machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.config import AuditConfig, AugmentConfig, DataConfig, DistillConfig, EvalConfig
 from fedcond.data.registry import load_dataset
 from fedcond.devices import keep_freed_cpu_memory
 from fedcond.distill.augment import LAYOUTS
-from fedcond.distill.dm import DistributionMatching
+from fedcond.distill.condenser import get_condenser
 from fedcond.distill.evaluate import evaluate_synthetic
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.privacy.audit import run_audit
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bf16", action="store_true", help="fp32 embeddings (faster on CPUs without bf16 units)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows of OUT/bench_privacy.json written by the same command and run the rest")
     p.add_argument("--dm-dsa-layout", choices=LAYOUTS, default=AugmentConfig().layout,
                    help="DSA parameter sharing of the non-private DM rows (DP always uses class)")
     return p
@@ -120,9 +122,9 @@ def condense(method: str, epsilon: float | None, args: argparse.Namespace, split
             distill=config,
             class_counts=splits.train.class_counts(),
         )
-        result = private.condense(DistributionMatching(config, real_statistics=private.statistics), splits.train)
+        result = private.condense(get_condenser("dm", config, real_statistics=private.statistics), splits.train)
     else:
-        result = DistributionMatching(config).condense(splits.train)
+        result = get_condenser("dm", config).condense(splits.train)
     meta = result.synthetic.meta
     extra: dict[str, Any] = {}
     if dp:  # the set's own record of the spent budget and the plan
@@ -150,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     eval_config = EvalConfig(runs=args.eval_runs, epochs=args.eval_epochs)
-    rows: list[dict[str, Any]] = []
     report_path = args.out / "bench_privacy.json"
+    rows = (earlier_run(report_path, command) or {}).get("rows", []) if args.resume else []
+    finished = {(r["dataset"], r["method"]) for r in rows}
     for name in args.datasets:
         splits = load_dataset(data_config(name, args))
         reference = None
@@ -160,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             plan += [(method, e) for e in args.epsilons] if method == "dp" else [(method, None)]
         for method, epsilon in plan:
             label = method if epsilon is None else f"dp eps={epsilon:g}"
+            if (name, label) in finished:
+                logger.info("%s %s: kept from the earlier run (--resume)", name, label)
+                continue
             start = time.perf_counter()
             synthetic, extra = condense(method, epsilon, args, splits)
             logger.info("%s %s: condensed in %.0fs", name, label, time.perf_counter() - start)
@@ -168,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             if reference is None:
                 reference = (report.reference, report.details["reference_accuracy"])
                 ref = report.reference.strongest
+            if not any(r["dataset"] == name and r["method"].startswith("real-data model") for r in rows):
                 rows.append(
                     {
                         "dataset": name,

@@ -7,6 +7,7 @@ EPYC runs DM without bf16, an Intel with AMX runs it several times faster).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_facts", "recorded_command"]
+__all__ = ["earlier_run", "machine_facts", "recorded_command"]
 
 _ROOT = Path(__file__).resolve().parents[1]
 #: the CPU flags that decide which kernels torch runs
@@ -53,6 +54,29 @@ def recorded_command(argv: list[str] | None = None) -> str:
     (``--baselines ''``) and re-runs as is.
     """
     return shlex.join(["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+
+
+def earlier_run(path: Path, command: str) -> dict[str, Any] | None:
+    """The JSON an earlier run of ``command`` left at ``path`` (``--resume``); ``None`` when absent.
+
+    The commands are compared without ``--resume`` itself.
+
+    Raises
+    ------
+    SystemExit
+        When ``path`` was written by another command: its rows would not belong to this run.
+    """
+    if not path.exists():
+        return None
+    earlier = json.loads(path.read_text())
+
+    def without_resume(recorded: str) -> list[str]:
+        return [word for word in shlex.split(recorded) if word != "--resume"]
+
+    if without_resume(earlier.get("command", "")) != without_resume(command):
+        raise SystemExit(f"--resume: {path} was written by another command ({earlier.get('command')!r}); "
+                         "use another --out or the same command")
+    return earlier
 
 
 def machine_facts() -> dict[str, Any]:

@@ -35,3 +35,31 @@ def test_split_cifar10_runs_from_the_cifar10_root(bench, cifar10_slice, tmp_path
     assert code == 0
     (run,) = json.loads((out / "bench_continual.json").read_text())["runs"]
     assert run["benchmark"] == "split-cifar10" and run["replay"] == "random" and run["memory_images"] == 10
+
+
+def test_resume_keeps_the_finished_runs_and_runs_the_rest(bench, tmp_path, monkeypatch) -> None:
+    from tests.killed import Killed
+
+    out = tmp_path / "out"
+    argv = ["--benchmarks", "split-digits", "--seeds", "0", "--memories", "1", "--kinds", "none", "random",
+            "herding", "--gdumb-kinds", "--epochs", "1", "--out", str(out)]
+    run_continual, ran = bench.run_continual, []
+
+    def dies_in_the_third(config, **kwargs):
+        ran.append(config)
+        if len(ran) == 3:
+            raise Killed
+        return run_continual(config, **kwargs)
+
+    monkeypatch.setattr(bench, "run_continual", dies_in_the_third)
+    with pytest.raises(Killed):
+        bench.main(argv)
+    kept = json.loads((out / "bench_continual.json").read_text())["runs"]
+    assert [r["replay"] for r in kept] == ["none", "random"]
+    ran.clear()
+    monkeypatch.setattr(bench, "run_continual", lambda config, **kw: ran.append(config) or run_continual(config, **kw))
+    assert bench.main([*argv, "--resume"]) == 0
+    runs = json.loads((out / "bench_continual.json").read_text())["runs"]
+    assert len(ran) == 1 and runs[:2] == kept and [r["replay"] for r in runs] == ["none", "random", "herding"]
+    with pytest.raises(SystemExit, match="written by another command"):
+        bench.main([*argv, "--epochs", "2", "--resume"])

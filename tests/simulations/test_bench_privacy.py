@@ -62,6 +62,36 @@ def test_cifar10_rows_run_on_a_slice_and_name_the_classes(bench, cifar10_slice, 
         assert (out / f"cifar10_{slug}_roc.png").exists()
 
 
+def test_resume_keeps_the_finished_rows_and_runs_the_rest(bench, tmp_path, monkeypatch):
+    from tests.killed import Killed
+
+    out = tmp_path / "bench"
+    argv = ["--datasets", "digits", "--out", str(out), "--methods", "noise-init", "real-init", "--ipc", "1",
+            "--iterations", "2", "--batch-real", "4", "--no-bf16", "--eval-runs", "1", "--eval-epochs", "1",
+            "--audit-epochs", "1", "--shadow-models", "1", "--reference-size", "20", "--max-candidates", "20",
+            "--no-feature-space"]
+    condense, made = bench.condense, []
+
+    def dies_in_the_second(method, *args, **kwargs):
+        made.append(method)
+        if len(made) == 2:
+            raise Killed
+        return condense(method, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "condense", dies_in_the_second)
+    with pytest.raises(Killed):
+        bench.main(argv)
+    kept = json.loads((out / "bench_privacy.json").read_text())["rows"]
+    assert [r["method"] for r in kept] == ["real-data model (20 images)", "noise-init"]
+    made.clear()
+    monkeypatch.setattr(bench, "condense", lambda method, *a, **k: made.append(method) or condense(method, *a, **k))
+    assert bench.main([*argv, "--resume"]) == 0
+    rows = json.loads((out / "bench_privacy.json").read_text())["rows"]
+    assert made == ["real-init"] and rows[:2] == kept
+    assert [r["method"] for r in rows] == ["real-data model (20 images)", "noise-init", "real-init"]
+    with pytest.raises(SystemExit, match="written by another command"):
+        bench.main([*argv, "--seed", "1", "--resume"])
+
 
 def test_documented_commands_parse(bench):
     assert any("cifar10" in argv for _, argv in documented_commands("simulations/bench_privacy.py"))
