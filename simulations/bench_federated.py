@@ -52,7 +52,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import earlier_run, machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.cli.common import overrides_from
 from fedcond.devices import keep_freed_cpu_memory
@@ -304,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     command = recorded_command(argv)
     results: list[dict[str, Any]] = []
     earlier_seconds = 0.0
-    if args.resume and (args.out / "results.json").is_file():
-        earlier = json.loads((args.out / "results.json").read_text())
+    earlier = earlier_run(args.out / "results.json", command) if args.resume else None
+    if earlier is not None:
         results, earlier_seconds = earlier["results"], earlier["elapsed_seconds"]
         print(f"--resume: {len(results)} finished run(s) kept from {args.out / 'results.json'}", flush=True)
     finished = {(r["dataset"], r["partition"], r["method"], r["seed"]) for r in results}

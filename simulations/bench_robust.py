@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import earlier_run, machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.cli.common import overrides_from
 from fedcond.devices import keep_freed_cpu_memory
@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.resume and args.out.is_file():
-        record["results"] = json.loads(args.out.read_text())["results"]
+    earlier = earlier_run(args.out, record["command"]) if args.resume else None
+    if earlier is not None:
+        record["results"] = earlier["results"]
         print(f"--resume: {len(record['results'])} run(s) kept from {args.out}", flush=True)
     finished = {(r["dataset"], r["seed"], r["method"], r["attack"], r["attackers"]) for r in record["results"]}
     for dataset in args.datasets:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import earlier_run, machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.aggregation import aggregate_sets
@@ -129,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"union of {len(sets)} clients: {len(union)} images; the run's own recipe scored "
           f"{100 * report['source_run']['test_accuracy']:.2f}% with {fed.server_epochs} epochs", flush=True)
     checkpoints = args.out.with_name(args.out.name + ".checkpoints")
-    if args.resume and args.out.is_file():
-        report["recipes"] = json.loads(args.out.read_text())["recipes"]
+    earlier = earlier_run(args.out, report["command"]) if args.resume else None
+    if earlier is not None:
+        report["recipes"] = earlier["recipes"]
     elif checkpoints.is_dir():
         shutil.rmtree(checkpoints)  # a fresh benchmark continues nothing of an earlier one
     done = {(r["server_epochs"], r["server_lr"]) for r in report["recipes"]}
