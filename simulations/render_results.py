@@ -520,30 +520,47 @@ ROBUST_FILES = {
     "one": "bench_robust_digits_1attacker.json",
     "krum": "bench_robust_digits_krum_f3.json",
     "bulyan": "bench_robust_digits_bulyan_f1.json",
+    "cap0": "bench_robust_digits_cap_seed0.json",
+    "seeds12": "bench_robust_digits_seeds12.json",
 }
+#: files whose ``fedcond-robust`` runs are the count cap alone (the default ``outlier_nets=0``)
+CAP_ONLY_FILES = ("cap", "one", "cap0", "seeds12")
 
 
 def _robust_results(name: str) -> list[dict]:
     """The runs of one robustness file; the count-cap-only runs are renamed ``fedcond-cap``
-    (``cap`` and ``one`` ran FedCond's robust variant with the default ``outlier_nets=0``)."""
+    (:data:`CAP_ONLY_FILES` ran FedCond's robust variant with the default ``outlier_nets=0``)."""
     if not (RESULTS / ROBUST_FILES[name]).is_file():
         return []
     rows = load(ROBUST_FILES[name])["results"]
     if name == "cap":
         rows = [r for r in rows if r["method"] == "fedcond-robust"]
-    if name in ("cap", "one"):
+    if name in CAP_ONLY_FILES:
         rows = [{**r, "method": "fedcond-cap"} if r["method"] == "fedcond-robust" else r for r in rows]
     return rows
 
 
-def _robust_cell(rows: list[dict]) -> str:
+def _robust_cell(rows: list[dict], *, name_a_lone_seed: bool = False) -> str:
+    """``mean ± std`` over the seeds of ``rows`` (a lone run: its accuracy, and with
+    ``name_a_lone_seed`` its seed), the replies dropped in all of them, and whether any ended
+    with non-finite parameters."""
     if not rows:
         return "-"
     accs = [100 * (r["test_accuracy"] or 0.0) for r in rows]
-    mean = sum(accs) / len(accs)
+    mean = statistics.fmean(accs)
+    value = f"{mean:.2f} ± {statistics.pstdev(accs):.2f}" if len(accs) > 1 else f"{mean:.2f}"
     dropped = sum(r["dropped"] or 0 for r in rows)
     finite = "" if all(r["finite"] is not False for r in rows) else ", non-finite"
-    return f"{mean:.2f} ({dropped} dropped{finite})"
+    lone = f", seed {rows[0]['seed']}" if name_a_lone_seed and len(rows) == 1 else ""
+    return f"{value} ({dropped} dropped{finite}{lone})"
+
+
+def _unique_runs(rows: Iterable[dict]) -> list[dict]:
+    """One run per (seed, method, attack, attackers): the first file listing it wins."""
+    runs: dict[tuple, dict] = {}
+    for r in rows:
+        runs.setdefault((r["seed"], r["method"], r["attack"], r["attackers"]), r)
+    return list(runs.values())
 
 
 def robust_honest() -> str:
@@ -559,20 +576,26 @@ def robust_honest() -> str:
     return table(["method", *(f"seed {s}: test accuracy (%)" for s in seeds)], rows) + f"\nData: {files}.\n"
 
 
+#: the files of the attacks table (every seed of every attack kind and count)
+ATTACK_TABLE_FILES = ("attacks", "cap", "one", "cap0", "seeds12", "honest")
+
+
 def robust_attacks() -> str:
-    """1 and 3 of 10 clients hostile (seed 0): every attack kind against every method."""
-    results = _robust_results("attacks") + _robust_results("cap") + _robust_results("one")
+    """1 and 3 of 10 clients hostile: every attack kind against every method, mean ± std over seeds."""
+    results = _unique_runs(r for name in ATTACK_TABLE_FILES for r in _robust_results(name))
     methods = [m for m in ROBUST_METHODS if any(r["method"] == m for r in results)]
     kinds = [k for k in dict.fromkeys(r["attack"] for r in results) if k is not None]
+
     def cell(method: str, kind: str | None, attackers: int) -> str:
         return _robust_cell([r for r in results
-                             if r["method"] == method and r["attack"] == kind and r["attackers"] == attackers])
+                             if r["method"] == method and r["attack"] == kind and r["attackers"] == attackers],
+                            name_a_lone_seed=True)
 
     rows = [["none", *(cell(m, None, 0) for m in methods)]]
     for kind in kinds:
         for n in sorted({r["attackers"] for r in results if r["attack"] == kind}):
             rows.append([f"`{kind}` x {n}", *(cell(m, kind, n) for m in methods)])
-    files = ", ".join(f"[{ROBUST_FILES[n]}](results/{ROBUST_FILES[n]})" for n in ("attacks", "cap", "one")
+    files = ", ".join(f"[{ROBUST_FILES[n]}](results/{ROBUST_FILES[n]})" for n in ATTACK_TABLE_FILES
                       if (RESULTS / ROBUST_FILES[n]).is_file())
     return table(["attack", *(ROBUST_METHODS[m] for m in methods)], rows) + f"\nData: {files}.\n"
 
