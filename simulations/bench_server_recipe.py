@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     earlier = earlier_run(args.out, report["command"]) if args.resume else None
     if earlier is not None:
         report["recipes"] = earlier["recipes"]
-    elif checkpoints.is_dir():
+    if not args.resume and checkpoints.is_dir():
         shutil.rmtree(checkpoints)  # a fresh benchmark continues nothing of an earlier one
     done = {(r["server_epochs"], r["server_lr"]) for r in report["recipes"]}
     for epochs in args.epochs:

@@ -90,3 +90,25 @@ def test_resume_keeps_finished_recipes_and_continues_the_killed_one(bench, finis
     recipes = json.loads(out.read_text())["recipes"]
     assert [(r["server_epochs"], r["resumed"]) for r in recipes] == [(3, False), (4, True)]
     assert [r["test_accuracy"] for r in recipes] == [r["test_accuracy"] for r in whole]
+
+
+def test_resume_continues_a_first_recipe_killed_before_any_json(bench, finished_run, tmp_path, monkeypatch):
+    folder, results, _ = finished_run
+    argv = ["--run", str(folder), "--results", str(results), "--epochs", "4", "--threads",
+            str(torch.get_num_threads())]
+    bench.main([*argv, "--out", str(tmp_path / "whole.json")])
+    (whole,) = json.loads((tmp_path / "whole.json").read_text())["recipes"]
+    accuracy = bench.accuracy
+
+    def killed_after_training(*args, **kwargs):
+        raise Killed
+
+    out = tmp_path / "killed.json"
+    monkeypatch.setattr(bench, "accuracy", killed_after_training)
+    with pytest.raises(Killed):
+        bench.main([*argv, "--out", str(out)])
+    assert not out.exists() and (tmp_path / "killed.json.checkpoints" / "epochs-4-lr-0.01.pt").is_file()
+    monkeypatch.setattr(bench, "accuracy", accuracy)
+    bench.main([*argv, "--out", str(out), "--resume"])
+    (recipe,) = json.loads(out.read_text())["recipes"]
+    assert recipe["resumed"] is True and recipe["test_accuracy"] == whole["test_accuracy"]
