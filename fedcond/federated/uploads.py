@@ -9,8 +9,10 @@ under ``client_reported``, the metrics the client claimed (untrusted, kept for t
 finite scalars, and lists of at most ``num_classes`` finite numbers (the per-class real counts
 the server weights the set by), so that the files alone rebuild the server's training set.
 
-Only arrays within the server's size cap are written: a reply whose declared arrays exceed it
-is recorded as refused-to-store in the log, never read into memory.
+Only arrays within the server's size cap are written: a reply whose declared arrays exceed it,
+or whose bytes hold more or less than they declare
+(:func:`~fedcond.federated.untrusted.check_array_payload`), is recorded as refused-to-store in
+the log, never decoded nor written.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from flwr.app import Message
 from fedcond.data.registry import DatasetSpec
 from fedcond.distill.synthetic import FORMAT_VERSION, dataset_meta
 from fedcond.federated.records import IMAGES, LABELS, METRICS_KEY, SYNTHETIC_KEY
+from fedcond.federated.untrusted import ArrayPayloadError, check_array_payload
 
 __all__ = ["UploadStore"]
 
@@ -71,15 +74,13 @@ class UploadStore:
         if IMAGES not in record or LABELS not in record:
             return None
         images, labels = record[IMAGES], record[LABELS]
-        declared = math.prod(images.shape) if images.shape else 0
         per_image = math.prod(self.spec.image_shape)
-        if declared > self.max_images * per_image or (labels.shape and math.prod(labels.shape) > self.max_images):
-            logger.warning(
-                "round %d: node %d sent arrays over the cap (%s images): not stored",
-                server_round,
-                node_id,
-                images.shape,
-            )
+        try:
+            # the declared sizes bind the bytes, so nothing over the cap is decoded or written
+            check_array_payload(images, max_elements=self.max_images * per_image)
+            check_array_payload(labels, max_elements=self.max_images)
+        except ArrayPayloadError as exc:
+            logger.warning("round %d: node %d's arrays are not stored: %s", server_round, node_id, exc)
             return None
         try:
             image_array, label_array = images.numpy(), labels.numpy()

@@ -1,9 +1,11 @@
 """Server-side checks of a FedCond reply before anything of it is aggregated.
 
 A reply is accepted only when it is not an error message, carries the synthetic-set
-``ArrayRecord`` and the ``MetricRecord`` under the expected keys, the arrays have the declared
-dtypes and shapes of the dataset, every value is finite, labels lie in range, the set holds
-no more than ``ipc x classes`` images, and the reported per-class counts are consistent.
+``ArrayRecord`` and the ``MetricRecord`` under the expected keys, the arrays declare the dtypes
+and shapes of the dataset and their bytes hold exactly that (checked before decoding by
+:func:`~fedcond.federated.untrusted.check_array_payload`), every value is finite, labels lie in
+range, the set holds no more than ``ipc x classes`` images, and the reported per-class counts
+are consistent.
 Anything else raises :class:`ReplyRejected` with the reason, which the strategy logs.
 
 Two bounds stop a finite but hostile reply (``docs/robustness.md``): every pixel must lie in
@@ -32,6 +34,7 @@ from fedcond.federated.records import (
     SYNTHETIC_KEY,
     synthetic_from_record,
 )
+from fedcond.federated.untrusted import ArrayPayloadError, check_array_payload
 
 __all__ = ["MAX_CLASS_COUNT", "PIXEL_MARGINS", "ClientSet", "ReplyRejected", "pixel_bounds", "validate_reply"]
 
@@ -191,6 +194,15 @@ def validate_reply(
         raise ReplyRejected(
             f"labels have shape {tuple(labels_arr.shape)}, expected one label per image ({images_arr.shape[0]},)"
         )
+    # the declared shapes bind the bytes: nothing larger than declared is decoded
+    for key, array, max_elements in (
+        (IMAGES, images_arr, max_images * math.prod(image_shape)),
+        (LABELS, labels_arr, max_images),
+    ):
+        try:
+            check_array_payload(array, max_elements=max_elements)
+        except ArrayPayloadError as exc:
+            raise ReplyRejected(f"synthetic-set array {key!r} refused before decoding: {exc}") from exc
     try:
         synthetic = synthetic_from_record(arrays, meta={"num_classes": num_classes, "factor": factor})
         synthetic.validate(num_classes=num_classes, image_shape=tuple(image_shape), max_images=max_images)

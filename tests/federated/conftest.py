@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
@@ -65,3 +67,11 @@ def synthetic_reply(
 
 def error_reply(node_id: int, reason: str = "ValueError: client crashed") -> Message:
     return Message(Error(code=0, reason=reason), reply_to=request_to(node_id))
+
+
+def forged_array(values: np.ndarray, *, shape: tuple[int, ...], dtype: str | None = None, tail: bytes = b"") -> Array:
+    """An Array that declares ``shape`` (and ``dtype``) while its bytes hold ``values`` (plus ``tail``)."""
+    buffer = io.BytesIO()
+    np.save(buffer, values, allow_pickle=False)
+    declared = str(values.dtype) if dtype is None else dtype
+    return Array(dtype=declared, shape=tuple(shape), stype="numpy.ndarray", data=buffer.getvalue() + tail)

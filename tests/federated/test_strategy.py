@@ -21,11 +21,12 @@ from fedcond.federated.records import (
     model_from_record,
 )
 from fedcond.federated.strategy import FedCond
+from fedcond.federated.uploads import UploadStore
 from fedcond.federated.validation import ReplyRejected, validate_reply
 from fedcond.models import get_model
 from fedcond.training import predict_logits
 
-from .conftest import error_reply, request_to, synthetic_reply
+from .conftest import error_reply, forged_array, request_to, synthetic_reply
 
 
 class FakeGrid:
@@ -133,8 +134,8 @@ def test_the_global_model_trains_with_the_class_count_weights(task_identity, dig
         ),
         (lambda: error_reply(9), "client error: ValueError: client crashed"),
         # used to escape validation and end the run: TypeError / EOFError from Array.numpy()
-        (lambda: _raw_images_reply(9, stype="torch.raw", data=bytes(2 * 64 * 4)), "undecodable"),
-        (lambda: _raw_images_reply(9, stype="numpy.ndarray", data=b""), "undecodable"),
+        (lambda: _raw_images_reply(9, stype="torch.raw", data=bytes(2 * 64 * 4)), "serialisation 'torch.raw'"),
+        (lambda: _raw_images_reply(9, stype="numpy.ndarray", data=b""), "no readable .npy header"),
         # used to overflow int64 (crash), wrap around to an accepted negative total, or outweigh everyone
         (lambda: synthetic_reply(9, classes={0: 10}, counts=[1e300] + [0.0] * 9), "integers in 0.."),
         (lambda: synthetic_reply(9, classes={0: 10}, counts=[2**62, 2**62] + [0] * 8, num_examples=-(2**63)),
@@ -289,3 +290,29 @@ def test_multi_formation_sets_are_decoded_and_weighted_per_tile(task_identity, d
     strategy.aggregate_train(1, [reply])
     assert strategy.union is not None and len(strategy.union) == 4 * len(kept.synthetic)
     assert strategy.max_images == 20  # the cap counts stored images
+
+
+@pytest.mark.parametrize(
+    ("carried", "declared", "reason"),
+    [(2000, 2, "header says shape (2000, 1, 8, 8)"), (21, 21, "21 images exceed the cap of 20")],
+    ids=["bytes-disagree-with-shape", "bytes-over-the-cap"],
+)
+def test_a_reply_larger_than_it_declares_or_the_cap_is_dropped_undecoded_and_unstored(
+    task_identity, digits_spec, tmp_path, monkeypatch, carried, declared, reason
+):
+    strategy = _strategy(digits_spec)
+    strategy.uploads = UploadStore(tmp_path / "uploads", spec=digits_spec, max_images=strategy.max_images)
+    _configure(strategy, [1, 2, 9])
+    forged = synthetic_reply(9, classes={0: 10})
+    arrays = forged.content.array_records[SYNTHETIC_KEY]
+    arrays["images"] = forged_array(np.zeros((carried, 1, 8, 8), np.float32), shape=(declared, 1, 8, 8))
+    arrays["labels"] = forged_array(np.zeros(carried, np.int64), shape=(declared,))
+    decoded = []
+    numpy = Array.numpy
+    monkeypatch.setattr(Array, "numpy", lambda self: decoded.append(self) or numpy(self))
+    replies = [synthetic_reply(1, classes={0: 50}), forged, synthetic_reply(2, classes={1: 40})]
+    trained, metrics = strategy.aggregate_train(1, replies)
+    assert trained is not None and metrics["accepted"] == 2 and metrics["dropped"] == 1
+    assert reason in strategy.rounds[-1].dropped[9]
+    assert not any(a is arrays["images"] or a is arrays["labels"] for a in decoded)
+    assert sorted(p.name for p in (tmp_path / "uploads" / "round-1").iterdir()) == ["client-1.npz", "client-2.npz"]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
+import pytest
+from flwr.app import Array
 
 from fedcond.data import get_spec
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.records import METRICS_KEY
 from fedcond.federated.uploads import UploadStore
 
-from .conftest import synthetic_reply
+from .conftest import forged_array, synthetic_reply
 
 
 def test_a_kept_upload_holds_the_arrays_and_the_claimed_class_counts(task_identity, tmp_path):
@@ -32,3 +35,27 @@ def test_a_kept_upload_holds_the_arrays_and_the_claimed_class_counts(task_identi
     with np.load(path, allow_pickle=False) as raw:  # stored as sent: no rescaling
         sent = reply.content.array_records["synthetic"]["images"].numpy()
         assert np.array_equal(raw["images"], sent) and json.loads(str(raw["meta"]))["round"] == 2
+
+
+def _forged_reply(node_id: int, *, carried: int, declared: int) -> object:
+    """A reply whose arrays declare ``declared`` images and carry ``carried``."""
+    reply = synthetic_reply(node_id, classes={0: 10})
+    arrays = reply.content.array_records["synthetic"]
+    arrays["images"] = forged_array(np.zeros((carried, 1, 8, 8), np.float32), shape=(declared, 1, 8, 8))
+    arrays["labels"] = forged_array(np.zeros(carried, np.int64), shape=(declared,))
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("carried", "declared"), [(2000, 2), (21, 21)], ids=["bytes-disagree-with-shape", "bytes-over-the-cap"]
+)
+def test_arrays_over_the_cap_or_larger_than_declared_are_neither_decoded_nor_written(
+    task_identity, tmp_path, monkeypatch, caplog, carried, declared
+):
+    store = UploadStore(tmp_path / "uploads", spec=get_spec("digits"), max_images=20)
+    reply = _forged_reply(9, carried=carried, declared=declared)
+    monkeypatch.setattr(Array, "numpy", lambda self: pytest.fail("an array was decoded"))
+    with caplog.at_level(logging.WARNING, logger="fedcond.federated.uploads"):
+        assert store.keep(reply, server_round=1) is None
+    assert not (tmp_path / "uploads").exists()
+    assert any("node 9's arrays are not stored" in r.message for r in caplog.records)
