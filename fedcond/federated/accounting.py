@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fedcond.federated.records import CONFIG_KEY, POLICY_REFUSED, SERVER_ROUND, payload_bytes
+from fedcond.federated.untrusted import client_text
 
 __all__ = ["CountingGrid", "RoundTraffic"]
 
@@ -33,7 +34,8 @@ class RoundTraffic:
     uplink_bytes: int = 0
     messages_sent: int = 0
     replies_received: int = 0
-    #: error replies per node: declined by the client's policy (``POLICY_REFUSED``), or other errors
+    #: error replies per node: declined by the client's policy (``POLICY_REFUSED``), or other errors;
+    #: the reasons are the clients' text, bounded to one line (:func:`~fedcond.federated.untrusted.client_text`)
     refused: dict[int, str] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
 
@@ -108,9 +110,9 @@ class CountingGrid(Grid):
                 if not reply.has_error():
                     entry.uplink_bytes += payload_bytes(reply.content)
                 elif reply.error.code == POLICY_REFUSED:
-                    entry.refused[int(reply.metadata.src_node_id)] = str(reply.error.reason)
+                    entry.refused[int(reply.metadata.src_node_id)] = client_text(reply.error.reason)
                 else:
-                    entry.errors[int(reply.metadata.src_node_id)] = str(reply.error.reason)
+                    entry.errors[int(reply.metadata.src_node_id)] = client_text(reply.error.reason)
 
     # ---------------------------------------------------------------- Grid interface
     def set_run(self, run: Run) -> None:

@@ -17,6 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from torch import nn
 
 from fedcond.distill.synthetic import SyntheticSet
+from fedcond.federated.untrusted import client_text
 
 __all__ = [
     "CLASS_COUNTS",
@@ -162,10 +163,11 @@ GATE_PREFIX = "gate-"
 def client_report(reply: Message) -> dict[str, object]:
     """A reply's facts for ``metrics.json``: error (if any), set size and release-gate results.
 
-    Values are copied only when they are finite numbers (the client's word, bounded to scalars).
+    Values are copied only when they are finite numbers (the client's word, bounded to scalars);
+    an error reason is bounded to one line (:func:`~fedcond.federated.untrusted.client_text`).
     """
     if reply.has_error():
-        return {"error_code": int(reply.error.code), "error": str(reply.error.reason)[:500]}
+        return {"error_code": int(reply.error.code), "error": client_text(reply.error.reason)}
     out: dict[str, object] = {}
     if METRICS_KEY in reply.content.metric_records:
         for key, value in reply.content.metric_records[METRICS_KEY].items():

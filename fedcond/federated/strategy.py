@@ -54,6 +54,7 @@ from fedcond.federated.records import (
 )
 from fedcond.federated.robust import robust_sets
 from fedcond.federated.server_training import NonFiniteTraining, train_global_model
+from fedcond.federated.untrusted import client_text
 from fedcond.federated.uploads import UploadStore
 from fedcond.federated.validation import (
     DEFAULT_PIXEL_MARGIN,
@@ -226,8 +227,9 @@ class FedCond(Strategy):
             if self.uploads is not None:
                 self.uploads.keep(reply, server_round=server_round)
             if reply.has_error() and reply.error.code == POLICY_REFUSED:
-                report.refused[node_id] = reply.error.reason
-                logger.warning("round %d: node %d refused by its policy: %s", server_round, node_id, reply.error.reason)
+                reason = client_text(reply.error.reason)
+                report.refused[node_id] = reason
+                logger.warning("round %d: node %d refused by its policy: %s", server_round, node_id, reason)
                 continue
             try:
                 accepted = validate_reply(
@@ -391,14 +393,17 @@ class FedCond(Strategy):
 
     def _mean_client_metrics(self, node_ids: list[int]) -> dict[str, float]:
         sums: dict[str, float] = {}
+        reported: dict[str, int] = {}
         epsilons: list[float] = []
         for node_id in node_ids:
             for key, value in self.client_sets[node_id].metrics.items():
                 if key != "class-counts":
                     sums[key] = sums.get(key, 0.0) + float(value)
+                    reported[key] = reported.get(key, 0) + 1
                 if key == EPSILON:
                     epsilons.append(float(value))
-        out = {f"client-mean-{k}": v / len(node_ids) for k, v in sums.items()} if node_ids else {}
+        # each mean over the replies that report the metric (validation keeps finite values only)
+        out = {f"client-mean-{k}": v / reported[k] for k, v in sums.items()}
         if epsilons:
             # clients hold disjoint data (parallel composition): the federation's guarantee is the
             # largest cumulative epsilon any client reports

@@ -7,6 +7,11 @@ size cap the server applies reads the declaration, so :func:`check_array_payload
 the declaration binding: it reads only the ``.npy`` header and refuses an array whose header,
 declaration and byte count disagree, or whose declared size exceeds the cap. An array that
 passes decodes (``Array.numpy()``) to exactly the declared shape and dtype.
+
+A client's text (an error or refusal reason) reaches the server's log and ``metrics.json``
+through :func:`client_text` only: one line of at most :data:`MAX_CLIENT_TEXT` characters, in
+which control characters are escaped, so that a reply can neither fill the log nor forge a line
+of it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import numpy as np
 from flwr.app import Array
 from flwr.common.constant import SType
 
-__all__ = ["MAX_DIMS", "ArrayPayloadError", "check_array_payload"]
+__all__ = ["MAX_CLIENT_TEXT", "MAX_DIMS", "ArrayPayloadError", "check_array_payload", "client_text"]
+
+#: most characters of a client's text kept in a log line or ``metrics.json`` (before the truncation mark)
+MAX_CLIENT_TEXT = 300
 
 #: most dimensions a client's array may declare (NumPy allows 64; the server's arrays have <= 4)
 MAX_DIMS = 32
@@ -28,6 +36,44 @@ _MAX_NAME = 32
 
 #: dtype kinds a client's array may hold: booleans, integers, floats, complex numbers
 _NUMERIC_KINDS = "biufc"
+
+
+def client_text(text: object, *, limit: int = MAX_CLIENT_TEXT) -> str:
+    r"""A client-supplied ``text`` as one bounded line for a log or ``metrics.json``.
+
+    Characters that are not printable (newlines, carriage returns, terminal escapes, Unicode
+    line separators) are written as their Python escapes (``\n``), so the result is one line;
+    beyond ``limit`` characters the rest is cut and the cut is marked with the text's length.
+
+    Parameters
+    ----------
+    text : object
+        The client's text (``str()`` is applied to anything else, e.g. an exception).
+    limit : int
+        Most characters kept from the escaped text.
+
+    Returns
+    -------
+    str
+        At most ``limit`` characters, plus `` ... [N characters, truncated]`` when cut.
+
+    Examples
+    --------
+    >>> client_text("refused\nFAKE LOG LINE")
+    'refused\\nFAKE LOG LINE'
+    >>> client_text("x" * 1000, limit=5)
+    'xxxxx ... [1000 characters, truncated]'
+    """
+    text = str(text)
+    pieces: list[str] = []
+    used = 0
+    for char in text:  # stops after at most limit + 1 characters: every piece is >= 1 long
+        piece = char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        if used + len(piece) > limit:
+            return "".join(pieces) + f" ... [{len(text)} characters, truncated]"
+        pieces.append(piece)
+        used += len(piece)
+    return "".join(pieces)
 
 
 class ArrayPayloadError(ValueError):

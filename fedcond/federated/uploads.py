@@ -29,7 +29,7 @@ from flwr.app import Message
 from fedcond.data.registry import DatasetSpec
 from fedcond.distill.synthetic import FORMAT_VERSION, dataset_meta
 from fedcond.federated.records import IMAGES, LABELS, METRICS_KEY, SYNTHETIC_KEY
-from fedcond.federated.untrusted import ArrayPayloadError, check_array_payload
+from fedcond.federated.untrusted import ArrayPayloadError, check_array_payload, client_text
 
 __all__ = ["UploadStore"]
 
@@ -85,7 +85,9 @@ class UploadStore:
         try:
             image_array, label_array = images.numpy(), labels.numpy()
         except Exception as exc:  # noqa: BLE001 - untrusted bytes: an undecodable array is not stored
-            logger.warning("round %d: node %d's arrays do not decode (%s): not stored", server_round, node_id, exc)
+            logger.warning(
+                "round %d: node %d's arrays do not decode (%s): not stored", server_round, node_id, client_text(exc)
+            )
             return None
         meta = self._meta(reply, server_round=server_round, node_id=node_id)
         path = self.path_for(server_round=server_round, node_id=node_id)

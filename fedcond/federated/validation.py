@@ -4,9 +4,11 @@ A reply is accepted only when it is not an error message, carries the synthetic-
 ``ArrayRecord`` and the ``MetricRecord`` under the expected keys, the arrays declare the dtypes
 and shapes of the dataset and their bytes hold exactly that (checked before decoding by
 :func:`~fedcond.federated.untrusted.check_array_payload`), every value is finite, labels lie in
-range, the set holds no more than ``ipc x classes`` images, and the reported per-class counts
-are consistent.
-Anything else raises :class:`ReplyRejected` with the reason, which the strategy logs.
+range, the set holds no more than ``ipc x classes`` images, the reported per-class counts are
+consistent, and a reported ``epsilon`` is a finite number >= 0 and ``delta`` one in [0, 1].
+Anything else raises :class:`ReplyRejected` with the reason, which the strategy logs; text the
+client wrote (an error reason) enters the reason bounded to one line
+(:func:`~fedcond.federated.untrusted.client_text`).
 
 Two bounds stop a finite but hostile reply (``docs/robustness.md``): every pixel must lie in
 the dataset's normalised pixel range widened by a margin (:func:`pixel_bounds`; a set beyond
@@ -27,6 +29,8 @@ from fedcond.data.registry import DatasetSpec
 from fedcond.distill.synthetic import SyntheticSet, SyntheticSetError
 from fedcond.federated.records import (
     CLASS_COUNTS,
+    DELTA,
+    EPSILON,
     IMAGES,
     LABELS,
     METRICS_KEY,
@@ -34,9 +38,17 @@ from fedcond.federated.records import (
     SYNTHETIC_KEY,
     synthetic_from_record,
 )
-from fedcond.federated.untrusted import ArrayPayloadError, check_array_payload
+from fedcond.federated.untrusted import ArrayPayloadError, check_array_payload, client_text
 
-__all__ = ["MAX_CLASS_COUNT", "PIXEL_MARGINS", "ClientSet", "ReplyRejected", "pixel_bounds", "validate_reply"]
+__all__ = [
+    "MAX_CLASS_COUNT",
+    "MAX_METRIC_NAME",
+    "PIXEL_MARGINS",
+    "ClientSet",
+    "ReplyRejected",
+    "pixel_bounds",
+    "validate_reply",
+]
 
 #: Largest per-class real-sample count a reply may report. The counts weight the union (as
 #: ``num-examples`` weights FedAvg, they are the client's word), so they are bounded to keep the
@@ -54,8 +66,44 @@ PIXEL_MARGINS: dict[str, float] = {"mean": 10.0, "mmd": 1000.0}
 DEFAULT_PIXEL_MARGIN = 1000.0
 
 
+#: longest metric name of a reply kept in :attr:`ClientSet.metrics` (the names reach ``metrics.json``
+#: as ``client-mean-NAME``)
+MAX_METRIC_NAME = 64
+
+
 class ReplyRejected(ValueError):
     """A client reply failed validation; the message is the logged reason."""
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_privacy_claims(metrics: MetricRecord) -> None:
+    """Refuse a reported epsilon that is not a finite number >= 0, or a delta outside [0, 1].
+
+    The server takes the federation's epsilon as the largest one reported: a NaN would make
+    that maximum NaN, so a reply claiming one is refused like any other impossible number.
+    """
+    for key, high in ((EPSILON, math.inf), (DELTA, 1.0)):
+        if key not in metrics:
+            continue
+        value = metrics[key]
+        if not (_finite_number(value) and 0 <= value <= high):
+            allowed = "a finite number >= 0" if high == math.inf else f"a number in [0, {high:g}]"
+            raise ReplyRejected(f"metric {key!r} ({client_text(value, limit=40)}) must be {allowed}")
+
+
+def _reported_scalars(metrics: MetricRecord) -> dict[str, float]:
+    """The reply's finite scalar metrics under short printable names (the ones averaged per round).
+
+    A non-finite value (a NaN loss) is left out rather than averaged into the round's means.
+    """
+    return {
+        key: value
+        for key, value in metrics.items()
+        if _finite_number(value) and client_text(key, limit=MAX_METRIC_NAME) == key
+    }
 
 
 def pixel_bounds(spec: DatasetSpec, *, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +167,8 @@ class ClientSet:
     class_counts : torch.Tensor
         int64, length ``num_classes``: real samples per class on that client.
     metrics : dict
-        The reply's scalar metrics (seconds, loss, epsilon ...).
+        The reply's finite scalar metrics (seconds, loss, epsilon ...) whose names are at most
+        :data:`MAX_METRIC_NAME` printable characters.
     """
 
     node_id: int
@@ -176,7 +225,7 @@ def validate_reply(
     max_class_count = min(int(max_class_count), MAX_CLASS_COUNT)
     node_id = int(message.metadata.src_node_id)
     if message.has_error():
-        raise ReplyRejected(f"client error: {message.error.reason}")
+        raise ReplyRejected(f"client error: {client_text(message.error.reason)}")
     arrays = _array_record(message)
     metrics = _metric_record(message)
     # cheap structural checks before any array is decoded
@@ -207,10 +256,9 @@ def validate_reply(
         synthetic = synthetic_from_record(arrays, meta={"num_classes": num_classes, "factor": factor})
         synthetic.validate(num_classes=num_classes, image_shape=tuple(image_shape), max_images=max_images)
     except (SyntheticSetError, ValueError) as exc:
-        raise ReplyRejected(str(exc)) from exc
+        raise ReplyRejected(client_text(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any decoding failure drops the reply only
-        # e.g. a non-NumPy serialisation type (TypeError) or an empty payload (EOFError)
-        raise ReplyRejected(f"undecodable synthetic-set arrays ({type(exc).__name__}: {exc})") from exc
+        raise ReplyRejected(f"undecodable synthetic-set arrays ({type(exc).__name__}: {client_text(exc)})") from exc
     if bounds is not None:
         _check_bounds(synthetic, bounds)
     if ipc is not None:
@@ -239,5 +287,5 @@ def validate_reply(
         or num_examples != sum(int(v) for v in counts_value)  # Python ints: no int64 wrap-around
     ):
         raise ReplyRejected(f"metric {NUM_EXAMPLES!r} ({num_examples}) disagrees with the class counts")
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    return ClientSet(node_id, synthetic, counts, scalars)
+    _check_privacy_claims(metrics)
+    return ClientSet(node_id, synthetic, counts, _reported_scalars(metrics))

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.config import flatten_dict
 
 from fedcond.config import ConfigError, load_toml
 from fedcond.federated.accounting import CountingGrid
 from fedcond.federated.job import DEMO_JOB, job_from_mapping
-from fedcond.federated.records import CONFIG_KEY, SERVER_ROUND, payload_bytes
+from fedcond.federated.records import CONFIG_KEY, POLICY_REFUSED, SERVER_ROUND, payload_bytes
+from fedcond.federated.untrusted import client_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -210,3 +211,27 @@ def test_server_app_names_a_bad_run_config_key_in_one_log_line(task_identity, ca
         server_app.main(object(), context)
     assert any("bad --run-config" in r.getMessage() and "'rounds' must be >= 1" in r.getMessage()
                for r in caplog.records)
+
+
+class ErrorGrid:
+    """A grid whose node 1 refuses by its policy and node 2 fails, each with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def get_node_ids(self):
+        return [1, 2]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        codes = {1: POLICY_REFUSED, 2: 0}
+        return [Message(Error(code=codes[m.metadata.dst_node_id], reason=self.reason), reply_to=m) for m in messages]
+
+
+def test_counting_grid_keeps_a_clients_error_reasons_as_one_bounded_line(task_identity):
+    reason = "z" * 5_000_000 + "\nround 1: node 1 accepted"
+    grid = CountingGrid(ErrorGrid(reason))
+    content = RecordDict({CONFIG_KEY: ConfigRecord({SERVER_ROUND: 1})})
+    grid.send_and_receive([Message(content=content, dst_node_id=n, message_type="train") for n in (1, 2)])
+    traffic = grid.traffic[1]
+    assert traffic.refused == {1: client_text(reason)} and traffic.errors == {2: client_text(reason)}
+    assert "\n" not in traffic.refused[1] and traffic.refused[1].endswith("characters, truncated]")

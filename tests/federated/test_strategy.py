@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
 
 from fedcond.config import FederatedConfig, parse_config
 from fedcond.federated.aggregation import aggregate_sets
@@ -16,11 +16,13 @@ from fedcond.federated.records import (
     EPSILON,
     METRICS_KEY,
     MODEL_KEY,
+    POLICY_REFUSED,
     SERVER_ROUND,
     SYNTHETIC_KEY,
     model_from_record,
 )
 from fedcond.federated.strategy import FedCond
+from fedcond.federated.untrusted import client_text
 from fedcond.federated.uploads import UploadStore
 from fedcond.federated.validation import ReplyRejected, validate_reply
 from fedcond.models import get_model
@@ -316,3 +318,47 @@ def test_a_reply_larger_than_it_declares_or_the_cap_is_dropped_undecoded_and_uns
     assert reason in strategy.rounds[-1].dropped[9]
     assert not any(a is arrays["images"] or a is arrays["labels"] for a in decoded)
     assert sorted(p.name for p in (tmp_path / "uploads" / "round-1").iterdir()) == ["client-1.npz", "client-2.npz"]
+
+
+@pytest.mark.parametrize("code", [POLICY_REFUSED, 0], ids=["refusal", "client-error"])
+def test_a_clients_reason_reaches_the_log_and_report_as_one_bounded_line(task_identity, digits_spec, caplog, code):
+    strategy = _strategy(digits_spec)
+    _configure(strategy, [1, 2, 9])
+    reason = "x" * 5_000_000 + "\nround 1: node 9 accepted"
+    hostile = Message(Error(code=code, reason=reason), reply_to=request_to(9))
+    with caplog.at_level(logging.WARNING, logger="fedcond.federated.strategy"):
+        arrays, _ = strategy.aggregate_train(1, [synthetic_reply(1, classes={0: 50}), hostile,
+                                                 synthetic_reply(2, classes={1: 40})])
+    assert arrays is not None
+    report = strategy.rounds[-1]
+    stored = (report.refused if code == POLICY_REFUSED else report.dropped)[9]
+    assert stored.endswith(f"x ... [{len(reason)} characters, truncated]") and len(stored) < 400
+    assert report.clients[9]["error"] == client_text(reason) and "\n" not in report.clients[9]["error"]
+    logged = [r.getMessage() for r in caplog.records if "node 9" in r.getMessage()]
+    assert logged and all("\n" not in m and len(m) < 500 for m in logged)
+
+
+@pytest.mark.parametrize("epsilon", [float("nan"), float("inf"), -1.0])
+def test_an_impossible_epsilon_drops_the_reply_and_leaves_the_rounds_epsilon_finite(
+    task_identity, digits_spec, epsilon
+):
+    strategy = _strategy(digits_spec)
+    _configure(strategy, [1, 2, 9])
+    hostile = _with_epsilon(synthetic_reply(9, classes={2: 30}), epsilon)
+    replies = [_with_epsilon(synthetic_reply(1, classes={0: 50}), 3.0), hostile,
+               _with_epsilon(synthetic_reply(2, classes={1: 40}), 2.0)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics["dropped"] == 1
+    assert "metric 'epsilon'" in strategy.rounds[-1].dropped[9]
+    assert strategy.rounds[-1].client_metrics["client-max-epsilon"] == 3.0
+    assert strategy.federation_epsilon == 3.0
+
+
+def test_a_non_finite_informational_metric_does_not_poison_the_rounds_means(task_identity, digits_spec):
+    strategy = _strategy(digits_spec)
+    _configure(strategy, [1, 2])
+    nan_seconds = synthetic_reply(2, classes={1: 40})
+    nan_seconds.content.metric_records[METRICS_KEY]["distill-seconds"] = float("nan")
+    strategy.aggregate_train(1, [synthetic_reply(1, classes={0: 50}), nan_seconds])
+    assert strategy.rounds[-1].accepted == [1, 2]
+    assert strategy.rounds[-1].client_metrics["client-mean-distill-seconds"] == 1.0  # the NaN left out

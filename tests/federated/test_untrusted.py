@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import Array
 
-from fedcond.federated.untrusted import MAX_DIMS, ArrayPayloadError, check_array_payload
+from fedcond.federated.untrusted import MAX_CLIENT_TEXT, MAX_DIMS, ArrayPayloadError, check_array_payload, client_text
 
 from .conftest import forged_array
 
@@ -68,3 +68,27 @@ def test_a_refusal_reason_stays_one_short_line():
     with pytest.raises(ArrayPayloadError) as caught:
         check_array_payload(array, max_elements=10**9)
     assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
+
+
+# ---------------------------------------------------------------- a client's text
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("policy: train is not served", "policy: train is not served"),
+        ("refused\nround 1: node 2 accepted", "refused\\nround 1: node 2 accepted"),
+        ("a\r\x1b[2Kb\u2028c\td", "a\\r\\x1b[2Kb\\u2028c\\td"),
+        (ValueError("boom\n"), "boom\\n"),
+    ],
+    ids=["plain", "forged-log-line", "control-characters", "exception"],
+)
+def test_a_clients_text_becomes_one_line_with_its_control_characters_escaped(text, expected):
+    assert client_text(text) == expected
+
+
+def test_a_long_text_is_cut_at_the_limit_and_marked():
+    text = "x" * 5_000_000 + "\nFAKE LOG LINE"
+    bounded = client_text(text)
+    assert bounded == "x" * MAX_CLIENT_TEXT + f" ... [{len(text)} characters, truncated]"
+    assert client_text("x" * MAX_CLIENT_TEXT) == "x" * MAX_CLIENT_TEXT  # at the limit: kept whole
+    # the limit counts escaped characters: six newlines take twelve
+    assert client_text("\n" * 6, limit=11) == "\\n" * 5 + " ... [6 characters, truncated]"

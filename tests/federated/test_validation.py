@@ -8,10 +8,11 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from fedcond.federated.records import CLASS_COUNTS, METRICS_KEY, NUM_EXAMPLES, SYNTHETIC_KEY
-from fedcond.federated.validation import MAX_CLASS_COUNT, ReplyRejected, validate_reply
+from fedcond.federated.records import CLASS_COUNTS, DELTA, EPSILON, METRICS_KEY, NUM_EXAMPLES, SYNTHETIC_KEY
+from fedcond.federated.untrusted import client_text
+from fedcond.federated.validation import MAX_CLASS_COUNT, MAX_METRIC_NAME, ReplyRejected, validate_reply
 
-from .conftest import request_to, synthetic_reply
+from .conftest import error_reply, request_to, synthetic_reply
 
 SHAPE = (1, 8, 8)
 
@@ -155,3 +156,41 @@ def test_an_accepted_reply_carries_node_set_counts_and_scalar_metrics(task_ident
     sent = reply.content.array_records[SYNTHETIC_KEY]["images"].numpy()
     assert torch.equal(accepted.synthetic.images, torch.from_numpy(sent))
     assert accepted.metrics == {NUM_EXAMPLES: 10.0, "distill-seconds": 1.0, "final-loss": 0.25}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        (EPSILON, float("nan"), "a finite number >= 0"),
+        (EPSILON, float("inf"), "a finite number >= 0"),
+        (EPSILON, -0.5, "a finite number >= 0"),
+        (EPSILON, [1.0, 2.0], "a finite number >= 0"),
+        (DELTA, float("nan"), r"a number in \[0, 1\]"),
+        (DELTA, -1e-5, r"a number in \[0, 1\]"),
+        (DELTA, 1.5, r"a number in \[0, 1\]"),
+    ],
+)
+def test_an_impossible_privacy_claim_refuses_the_reply(task_identity, key, value, allowed) -> None:
+    reply = _with_metrics(synthetic_reply(3, classes={0: 10}), **{key: value})
+    with pytest.raises(ReplyRejected, match=rf"metric '{key}' \(.*\) must be {allowed}"):
+        _validate(reply)
+
+
+def test_zero_privacy_claims_are_possible_ones(task_identity) -> None:
+    accepted = _validate(_with_metrics(synthetic_reply(3, classes={0: 10}), **{EPSILON: 0.0, DELTA: 0.0}))
+    assert accepted.metrics[EPSILON] == 0.0 and accepted.metrics[DELTA] == 0.0
+
+
+def test_only_finite_metrics_under_short_printable_names_are_kept(task_identity) -> None:
+    reply = _with_metrics(
+        synthetic_reply(3, classes={0: 10}),
+        **{"final-loss": float("nan"), "x" * (MAX_METRIC_NAME + 1): 1.0, "forged\nline": 2.0, "ok": 3.0},
+    )
+    assert _validate(reply).metrics == {NUM_EXAMPLES: 10, "distill-seconds": 1.0, "ok": 3.0}
+
+
+def test_a_client_error_reason_is_bounded_to_one_line(task_identity) -> None:
+    reason = "y" * 100_000 + "\nround 1: node 3 accepted"
+    with pytest.raises(ReplyRejected) as caught:
+        _validate(error_reply(3, reason))
+    assert str(caught.value) == f"client error: {client_text(reason)}" and "\n" not in str(caught.value)
