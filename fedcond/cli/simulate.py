@@ -81,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="FILE",
         help="client-policy TOML applied to every simulated client (default: the private policy: noise init "
-        "only, release gate on every upload; docs/client-policy.md)",
+        "only, release gate on every upload, no model updates; a FedAvg/FedProx run without a file serves "
+        "them and is marked permissive; docs/client-policy.md)",
     )
     parser.add_argument(
         "--attack",
@@ -121,11 +122,12 @@ def _is_demo(args: argparse.Namespace) -> bool:
     )
 
 
-def _policy(args: argparse.Namespace):  # noqa: ANN202 - ClientPolicy, imported lazily
-    from fedcond.federated.policy import DEFAULT_POLICY, PolicyError, load_policy
+def _policy(args: argparse.Namespace):  # noqa: ANN202 - ClientPolicy | None, imported lazily
+    """The ``--client-policy`` file's policy; ``None`` when the run names none."""
+    from fedcond.federated.policy import PolicyError, load_policy
 
     if args.client_policy is None:
-        return DEFAULT_POLICY
+        return None
     try:
         return load_policy(args.client_policy)
     except PolicyError as exc:
@@ -219,14 +221,21 @@ def run_simulate(args: argparse.Namespace) -> int:
         if args.overwrite and (out / folder).is_dir():
             shutil.rmtree(out / folder)  # the replaced run's checkpoints must not be resumed later
 
+    from fedcond.federated.policy import simulated_client_policy
+
     demo = _is_demo(args)
-    policy = _policy(args)
-    if policy.checkpoints.folder is None:
-        # the simulated clients' own disk is this machine's: a run killed during a condensation
-        # continues it with --resume
-        policy = dataclasses.replace(
-            policy, checkpoints=dataclasses.replace(policy.checkpoints, folder=out / CLIENT_CHECKPOINTS)
-        )
+    named_policy = _policy(args)
+
+    def client_policy(strategy: str):  # noqa: ANN202 - the ClientPolicy of one run's simulated clients
+        policy = simulated_client_policy(named_policy, strategy=strategy)
+        if policy.checkpoints.folder is None:
+            # the simulated clients' own disk is this machine's: a run killed during a
+            # condensation continues it with --resume
+            policy = dataclasses.replace(
+                policy, checkpoints=dataclasses.replace(policy.checkpoints, folder=out / CLIENT_CHECKPOINTS)
+            )
+        return policy
+
     values = _mapping(args)
     job = job_from_mapping({**values, "out": str(out)})
     jobs = [(job.federated.strategy, job)]
@@ -245,7 +254,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     if demo:
         console.print("[bold]fedcond simulate[/] demo: digits, 10 clients, Dirichlet(0.1), FedCond one-shot vs FedAvg")
     runs: dict[str, dict[str, Any]] = {}
-    policy_info = {"file": str(args.client_policy) if args.client_policy else None, **policy.as_dict()}
+    policies = {name: client_policy(name) for name, _ in jobs}
+
+    def policy_info(strategy: str) -> dict[str, Any]:
+        return {"file": str(args.client_policy) if args.client_policy else None, **policies[strategy].as_dict()}
 
     def combined(partial: dict[str, dict[str, Any]], *, complete: bool) -> dict[str, Any]:
         first_key = next(iter(partial))
@@ -262,7 +274,7 @@ def run_simulate(args: argparse.Namespace) -> int:
                 for k, v in partial.items()
             }
         metrics["demo"] = demo
-        metrics["client_policy"] = policy_info
+        metrics["client_policy"] = policy_info(jobs[0][0])  # the first run's; each run records its own
         metrics["complete"] = complete  # false while a run is unfinished: `--resume` continues it
         return metrics
 
@@ -280,8 +292,9 @@ def run_simulate(args: argparse.Namespace) -> int:
             runs[key] = saved.metrics  # finished before the kill: kept as written
             continue
 
-        def write_partial(partial_report: Any, key: str = key) -> None:
-            write_metrics(out, combined({**runs, key: partial_report.metrics()}, complete=False))
+        def write_partial(partial_report: Any, key: str = key, name: str = name) -> None:
+            partial = {**partial_report.metrics(), "client_policy": policy_info(name)}
+            write_metrics(out, combined({**runs, key: partial}, complete=False))
 
         with console.status(f"simulating {name}: {fed.num_clients} clients, {fed.rounds} round(s)"):
             try:
@@ -290,7 +303,7 @@ def run_simulate(args: argparse.Namespace) -> int:
                     engine=args.engine,
                     cpus_per_client=args.cpus_per_client,
                     max_concurrent_clients=args.max_concurrent_clients,
-                    policy=policy,
+                    policy=policies[name],
                     attack=attack,
                     checkpoint=checkpoint,
                     on_round=write_partial,
@@ -298,7 +311,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             except SimulationError as exc:  # the ServerApp failed: one line, not a traceback
                 console.print(f"[red]fedcond simulate: error: {exc}[/]")
                 return 1
-        runs[key] = report.metrics()
+        runs[key] = {**report.metrics(), "client_policy": policy_info(name)}
         # every finished run is on disk at once: a later run's crash cannot lose it
         write_metrics(out, combined(runs, complete=len(runs) == len(jobs)))
         logging.getLogger(__name__).info("%s: %s", key, report.test_accuracy)
@@ -318,10 +331,12 @@ def run_simulate(args: argparse.Namespace) -> int:
         [_row(k, v, reference_uplink) for k, v in runs.items()],
     )
     console.print(f"wrote {out}/metrics.json, accuracy.png" + (", uploads/" if (out / "uploads").is_dir() else ""))
-    if policy.permissive:
+    permissive = [key for key, (name, _) in zip(keys, jobs, strict=True) if policies[name].permissive]
+    if permissive:
         console.print(
-            "[yellow]note: the client policy is permissive (real-image starts or no release gate): uploads may "
-            "hold near-copies of the clients' training images; metrics.json records client_policy.permissive[/]"
+            f"[yellow]note: the client policy of {', '.join(permissive)} is permissive (real-image starts, no "
+            "release gate, or FedAvg/FedProx model updates): what the clients sent may hold or reveal their "
+            "training images; metrics.json records client_policy.permissive[/]"
         )
     untrained = [k for k, v in runs.items() if not v["trained_rounds"]]
     refusals = [reason for k in untrained for reason in _refusals(runs[k])]

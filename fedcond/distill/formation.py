@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_factor", "decode_formation", "encode_formation", "expand_labels"]
+__all__ = ["check_factor", "decode_formation", "encode_formation", "expand_labels", "formation_round_trip"]
 
 
 def check_factor(factor: int, *, image_size: tuple[int, int] | None = None) -> None:
@@ -77,6 +77,20 @@ def encode_formation(images: torch.Tensor, *, factor: int) -> torch.Tensor:
     small = F.interpolate(images, size=(th, tw), mode="bilinear", align_corners=False, antialias=True)
     tiles = small.reshape(m // per, factor, factor, c, th, tw).permute(0, 3, 1, 4, 2, 5)
     return tiles.reshape(m // per, c, h, w).contiguous()
+
+
+def formation_round_trip(images: torch.Tensor, *, factor: int) -> torch.Tensor:
+    """Each image as a multi-formation set of ``factor`` trains on it: stored as one tile
+    (:func:`encode_formation`) and decoded again (:func:`decode_formation`), ``N x C x H x W``.
+
+    The release gate compares a decoded tile with the client's images passed through the same
+    round trip: a tile that copies a training image sits at about distance 0 from it there,
+    while at full resolution the lost detail hides it.
+    """
+    if factor == 1:
+        return images
+    per = factor * factor
+    return decode_formation(encode_formation(images.repeat_interleave(per, dim=0), factor=factor), factor=factor)[::per]
 
 
 def expand_labels(labels: torch.Tensor, *, factor: int) -> torch.Tensor:

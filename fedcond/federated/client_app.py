@@ -49,6 +49,7 @@ from fedcond.federated.policy import (
     ClientPolicy,
     PolicyError,
     PolicyViolation,
+    check_iterations_run,
     check_request,
     load_policy,
 )
@@ -128,6 +129,9 @@ def _node_data(policy: ClientPolicy, context: Context, job: FederatedJob) -> tup
     source = policy.data
     if source.dataset is None:
         partition_id, num_partitions = _partition_of(context, job)
+        # the server names the dataset and folder here, never a download: a node reaches the
+        # network only if its operator fetched the data beforehand
+        job = dataclasses.replace(job, data=dataclasses.replace(job.data, download=False))
         return client_partition(job, partition_id=partition_id, num_partitions=num_partitions), partition_id
     own = load_splits(DataConfig(dataset=source.dataset, data_dir=source.data_dir)).train
     if job.data.dataset != "imagefolder":
@@ -245,6 +249,7 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
             init=fed.distill.init,
             iterations=fed.distill.iterations,
             dp_epsilon=None if fed.dp is None else fed.dp.epsilon,
+            dp_delta=None if fed.dp is None else fed.dp.delta,
             server_noise_seed=fed.dp is not None and fed.dp.noise_seed is not None,
         )
         data, seed_id = _node_data(policy, context, job)
@@ -267,6 +272,7 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
             **checkpoints,
         )
         synthetic = outcome.synthetic
+        check_iterations_run(policy, iterations_run=int(synthetic.meta.get("iterations", distill.iterations)))
         gate_metrics: dict[str, float | int] = {}
         if private is None and policy.gate.enabled:
 

@@ -62,14 +62,26 @@ __all__ = [
     "GatePolicy",
     "PolicyError",
     "PolicyViolation",
+    "DEFAULT_MAX_EPSILON",
+    "DEFAULT_SERVE",
+    "check_iterations_run",
     "check_request",
     "load_policy",
     "policy_from_mapping",
+    "simulated_client_policy",
 ]
 
 #: Message actions a node can serve: FedCond's condensation, FedAvg/FedProx local training
 #: (which sends model updates) and evaluation of the global model on local data.
 ACTIONS = ("condense", "train", "evaluate")
+#: What a node serves unless its policy says otherwise. ``train`` is opt-in: a FedAvg/FedProx
+#: update passes no release gate, and a server that picks the model, the batch size and a
+#: one-image partition reads the image back out of the first layer's update.
+DEFAULT_SERVE = ("condense", "evaluate")
+#: The largest epsilon per upload when a policy sets none. The release gate tests only non-DP
+#: uploads, so without a cap a request for a huge epsilon (noise that protects nothing) would
+#: pass ungated; past about 10 the DP literature calls the guarantee weak.
+DEFAULT_MAX_EPSILON = 10.0
 #: Init kinds of the condenser; every one but ``noise`` starts from real images.
 INIT_KINDS = ("real", "herding", "kmeans", "noise")
 #: Inits that put no real image into the start set.
@@ -108,9 +120,11 @@ class DPPolicy:
     required : bool
         Refuse any condensation request without DP.
     max_epsilon : float | None
-        Largest epsilon one upload (one run of the federated job) may spend.
+        Largest epsilon one upload (one run of the federated job) may spend; unset,
+        :data:`DEFAULT_MAX_EPSILON` (:attr:`upload_epsilon_cap`).
     budget_epsilon, budget_delta : float | None, float
-        The node's lifetime budget over every run it serves; needs ``ledger``.
+        The node's lifetime budget over every run it serves (``budget_epsilon`` needs
+        ``ledger``); ``budget_delta`` is also the largest delta a request may ask.
     ledger : Path | None
         The persistent DP ledger file (:class:`fedcond.privacy.ledger.PrivacyLedger`); a
         relative path is resolved against the policy file's folder.
@@ -124,6 +138,11 @@ class DPPolicy:
     budget_delta: float = 1e-5
     ledger: Path | None = None
     honour_server_noise_seed: bool = False
+
+    @property
+    def upload_epsilon_cap(self) -> float:
+        """The largest epsilon one upload may spend: ``max_epsilon``, else :data:`DEFAULT_MAX_EPSILON`."""
+        return DEFAULT_MAX_EPSILON if self.max_epsilon is None else self.max_epsilon
 
 
 @dataclass(frozen=True)
@@ -193,7 +212,8 @@ class ClientPolicy:
     min_iterations : int
         Fewest condensation iterations the node accepts.
     serve : tuple[str, ...]
-        Message actions the node answers (:data:`ACTIONS`).
+        Message actions the node answers (:data:`ACTIONS`; default :data:`DEFAULT_SERVE`, without
+        FedAvg/FedProx ``train``).
     dp, gate, data, checkpoints
         See :class:`DPPolicy`, :class:`GatePolicy`, :class:`DataSourcePolicy`,
         :class:`CheckpointPolicy`.
@@ -201,7 +221,7 @@ class ClientPolicy:
 
     allowed_init: tuple[str, ...] = PRIVATE_INITS
     min_iterations: int = 0
-    serve: tuple[str, ...] = ACTIONS
+    serve: tuple[str, ...] = DEFAULT_SERVE
     dp: DPPolicy = field(default_factory=DPPolicy)
     gate: GatePolicy = field(default_factory=GatePolicy)
     data: DataSourcePolicy = field(default_factory=DataSourcePolicy)
@@ -212,9 +232,11 @@ class ClientPolicy:
 
     @property
     def permissive(self) -> bool:
-        """Whether a non-DP upload may carry real images: a real-data init allowed, or no gate."""
+        """Whether an upload may carry training images: a real-data init allowed or no release
+        gate (without required DP), or FedAvg/FedProx model updates served (they pass no gate)."""
         real_init = any(init not in PRIVATE_INITS for init in self.allowed_init)
-        return not self.dp.required and (real_init or not self.gate.enabled)
+        serves_updates = "train" in self.serve and not self.dp.required  # required DP refuses train
+        return serves_updates or (not self.dp.required and (real_init or not self.gate.enabled))
 
     def as_dict(self) -> dict[str, Any]:
         """The policy as JSON-ready values (for ``metrics.json``), plus ``permissive``."""
@@ -284,8 +306,24 @@ def _check_policy(policy: ClientPolicy) -> None:
         raise PolicyError(f"policy key 'checkpoints.every' must be >= 1, got {policy.checkpoints.every}")
 
 
-#: The policy of a node that names none: noise init only, the release gate on every upload.
+#: The policy of a node that names none: noise init only, the release gate on every upload, DP
+#: requests up to epsilon 10, no FedAvg/FedProx model updates.
 DEFAULT_POLICY = ClientPolicy()
+
+
+def simulated_client_policy(policy: ClientPolicy | None, *, strategy: str) -> ClientPolicy:
+    """The policy of a simulation's clients: ``policy`` when the run names one, else the default.
+
+    A simulation runs both sides on one machine, and a weight-averaging baseline (FedAvg,
+    FedProx, ...) cannot run at all on nodes that refuse ``train``: when the run names no policy,
+    its clients serve ``train`` as well, and the policy is then permissive (the run says so).
+    A named policy is used as written, so a node file without ``train`` refuses the baseline.
+    """
+    if policy is not None:
+        return policy
+    if strategy == "fedcond":
+        return DEFAULT_POLICY
+    return dataclasses.replace(DEFAULT_POLICY, serve=ACTIONS)
 
 
 def policy_from_mapping(values: dict[str, Any], *, base_dir: Path | None = None) -> ClientPolicy:
@@ -343,6 +381,7 @@ def check_request(
     init: str | None = None,
     iterations: int | None = None,
     dp_epsilon: float | None = None,
+    dp_delta: float | None = None,
     server_noise_seed: bool = False,
 ) -> None:
     """Refuse a request that breaks ``policy``.
@@ -353,7 +392,7 @@ def check_request(
         ``condense``, ``train`` or ``evaluate``.
     init, iterations : str | None, int | None
         The requested condensation start and length (``condense`` only).
-    dp_epsilon : float | None
+    dp_epsilon, dp_delta : float | None
         The requested DP budget of the run (``None``: no DP).
     server_noise_seed : bool
         Whether the request carries a server-supplied ``dp.noise_seed``.
@@ -365,17 +404,26 @@ def check_request(
     """
     if action not in policy.serve:
         raise PolicyViolation("serve", f"this node does not serve {action!r} requests (it serves {list(policy.serve)})")
+    dp = policy.dp
+    if action == "train" and dp.required:
+        raise PolicyViolation(
+            "dp.required", "this node releases only differentially private sets; a model update is not one"
+        )
     if action != "condense":
         return
-    dp = policy.dp
     if dp_epsilon is None and dp.required:
         raise PolicyViolation(
             "dp.required", "this node uploads only differentially private sets; the request has no DP"
         )
-    if dp_epsilon is not None and dp.max_epsilon is not None and dp_epsilon > dp.max_epsilon:
+    if dp_epsilon is not None and dp_epsilon > dp.upload_epsilon_cap:
         raise PolicyViolation(
             "dp.max_epsilon",
-            f"the request asks epsilon {dp_epsilon:g} per upload, this node allows at most {dp.max_epsilon:g}",
+            f"the request asks epsilon {dp_epsilon:g} per upload, this node allows at most {dp.upload_epsilon_cap:g}",
+        )
+    if dp_epsilon is not None and dp_delta is not None and dp_delta > dp.budget_delta:
+        raise PolicyViolation(
+            "dp.budget_delta",
+            f"the request asks delta {dp_delta:g}, this node allows at most {dp.budget_delta:g}",
         )
     if server_noise_seed and not dp.honour_server_noise_seed:
         raise PolicyViolation(
@@ -394,4 +442,23 @@ def check_request(
         raise PolicyViolation(
             "min_iterations",
             f"the request asks {iterations} iterations, this node requires at least {policy.min_iterations}",
+        )
+
+
+def check_iterations_run(policy: ClientPolicy, *, iterations_run: int) -> None:
+    """Refuse an upload whose condensation ran fewer iterations than ``min_iterations``.
+
+    The request's ``iterations`` is checked before the run (:func:`check_request`); a run can
+    still stop earlier (a server-set ``time_budget``), so the node checks what really ran.
+
+    Raises
+    ------
+    PolicyViolation
+        Naming ``min_iterations``.
+    """
+    if iterations_run < policy.min_iterations:
+        raise PolicyViolation(
+            "min_iterations",
+            f"the condensation stopped after {iterations_run} iterations (the request's time budget), "
+            f"this node requires at least {policy.min_iterations}",
         )

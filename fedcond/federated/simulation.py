@@ -34,9 +34,9 @@ from fedcond.federated.checkpoint import RunCheckpoint
 from fedcond.federated.client import load_splits
 from fedcond.federated.client_app import build_client_app
 from fedcond.federated.flower_logging import without_run_simulation_notice
-from fedcond.federated.policy import ClientPolicy
 from fedcond.federated.inprocess import InProcessGrid, task_identity
 from fedcond.federated.job import FederatedJob
+from fedcond.federated.policy import ClientPolicy, simulated_client_policy
 from fedcond.federated.server_app import FederatedReport, run_federated
 
 __all__ = ["ENGINES", "SimulationError", "backend_config_for", "simulate", "simulate_in_process"]
@@ -97,9 +97,10 @@ def simulate_in_process(
 ) -> FederatedReport:
     """Run ``job`` with :class:`InProcessGrid`: sequential clients, no Ray (tests, CPU benchmarks).
 
-    ``policy`` is every simulated client's policy (``None``: the default, private policy);
+    ``policy`` is every simulated client's policy (``None``: :func:`simulated_client_policy`);
     ``attack``, ``checkpoint`` and ``on_round`` as for :func:`simulate`.
     """
+    policy = simulated_client_policy(policy, strategy=job.federated.strategy)
     client_app = attacked_client_app(build_client_app(policy), attack)
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     with task_identity():
@@ -139,7 +140,8 @@ def simulate(
     max_concurrent_clients : int
         Upper bound on clients running at once (memory budget).
     policy : ClientPolicy | None
-        The client policy of every simulated node (``None``: the default, private policy).
+        The client policy of every simulated node (``None``: the default, private policy, which
+        serves ``train`` too when the job's strategy averages weights; :func:`simulated_client_policy`).
     attack : AttackConfig | None
         Simulated hostile clients: partitions ``0..attackers-1`` run ``attack.kind``.
     checkpoint : RunCheckpoint | None
@@ -195,7 +197,9 @@ def simulate(
         with without_run_simulation_notice():
             run_simulation(
                 server_app=server_app,
-                client_app=attacked_client_app(build_client_app(policy), attack),
+                client_app=attacked_client_app(
+                    build_client_app(simulated_client_policy(policy, strategy=job.federated.strategy)), attack
+                ),
                 num_supernodes=job.federated.num_clients,
                 backend_name="ray",
                 backend_config=backend_config,

@@ -19,6 +19,14 @@ close *distinct* images come. With fewer
 calibration images than ``1 / quantile`` the rank is 1: "closer than any two of the client's own
 images are to each other".
 
+Multi-formation sets (``factor`` f > 1) store f x f downsampled tiles per image, and a network
+trains on the tiles upsampled again. A tile that copies a training image lost that image's fine
+detail, so at full resolution it can sit as far from its original as distinct images sit from
+each other. The gate therefore also compares decoded tiles with the client's images passed
+through the same round trip (:func:`~fedcond.distill.formation.formation_round_trip`), with
+thresholds calibrated leave-one-out on those round-tripped images; a tile flagged in either
+comparison is flagged.
+
 The gate runs on non-DP sets only. Its decision depends on the raw data outside any privacy
 accountant, so applying it to a DP-DM set (and reporting what it flagged) would release
 information the (epsilon, delta) guarantee does not cover; a DP set's protection is its noise.
@@ -32,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from fedcond.data.registry import DatasetSpec
+from fedcond.distill.formation import formation_round_trip
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.models import get_model
 from fedcond.privacy.recoverability import nearest_neighbours, threshold_rank
@@ -127,24 +136,39 @@ class ReleaseGate:
         distinct = torch.unique(real.detach().float().cpu().flatten(1), dim=0).view(-1, *real.shape[1:])
         if distinct.shape[0] < 2:
             raise ValueError("the release gate needs at least two distinct real images")
-        self._real = {"pixel": distinct}
+        self._distinct = distinct
+        self._calibration = torch.randperm(distinct.shape[0], generator=generator)[:MAX_CALIBRATION]
+        #: per multi-formation factor: the reference images per space and their thresholds
+        self._references: dict[int, tuple[dict[str, torch.Tensor], dict[str, float]]] = {}
+        self._real, self.thresholds = self._reference(1)
+        self.threshold_rank = threshold_rank(max(1, self.calibration_size), quantile=quantile)
+        self.setup_seconds = time.perf_counter() - start
+
+    def _reference(self, factor: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The client's distinct images as a set of ``factor`` shows them, per space, with the
+        leave-one-out near-copy thresholds calibrated on them (computed once per factor)."""
+        if factor in self._references:
+            return self._references[factor]
+        pixels = formation_round_trip(self._distinct, factor=factor)
+        reference = {"pixel": pixels}
         if self._embed is not None:
-            self._real["feature"] = self._features(self._real["pixel"])
-        calibration = torch.randperm(distinct.shape[0], generator=generator)[:MAX_CALIBRATION]
-        self.thresholds: dict[str, float] = {}
+            reference["feature"] = self._features(pixels)
+        calibration = self._calibration
+        thresholds: dict[str, float] = {}
         sizes = []
-        for space, reference in self._real.items():
-            loo = nearest_neighbours(reference[calibration], reference, exclude=calibration).distances
+        for space, images in reference.items():
+            loo = nearest_neighbours(images[calibration], images, exclude=calibration).distances
             loo = loo[loo > 0]  # distinct images that share a feature vector calibrate nothing
             sizes.append(int(loo.numel()))
             if loo.numel() == 0:
-                self.thresholds[space] = 0.0  # only exact copies count
+                thresholds[space] = 0.0  # only exact copies count
                 continue
-            rank = threshold_rank(int(loo.numel()), quantile=quantile)
-            self.thresholds[space] = float(loo.double().sort().values[rank - 1])
-        self.calibration_size = min(sizes)
-        self.threshold_rank = threshold_rank(max(1, self.calibration_size), quantile=quantile)
-        self.setup_seconds = time.perf_counter() - start
+            rank = threshold_rank(int(loo.numel()), quantile=self.quantile)
+            thresholds[space] = float(loo.double().sort().values[rank - 1])
+        if factor == 1:
+            self.calibration_size = min(sizes)
+        self._references[factor] = (reference, thresholds)
+        return reference, thresholds
 
     def _features(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         embed = self._embed
@@ -157,7 +181,11 @@ class ReleaseGate:
         """Flag the stored images of ``synthetic`` that are near-copies of the client's images.
 
         A multi-formation set is tested as the images a network trains on (its decoded
-        tiles); a stored image is flagged when any of its tiles is.
+        tiles), against the client's images at full resolution and as a tile of the set's
+        factor shows them (thresholds of the factor's own calibration; the module docstring
+        says why); a stored image is flagged when any of its tiles is, in any space.
+        ``distances`` and ``thresholds`` report the full-resolution comparison, and for a
+        multi-formation set also the round-tripped one (spaces suffixed ``@factorF``).
         """
         start = time.perf_counter()
         decoded = synthetic.decoded()
@@ -166,16 +194,23 @@ class ReleaseGate:
         queries = {"pixel": tiles}
         if self._embed is not None:
             queries["feature"] = self._features(tiles)
+        comparisons = {1: self._reference(1)}
+        if synthetic.factor > 1:
+            comparisons[synthetic.factor] = self._reference(synthetic.factor)
         flagged = torch.zeros(len(synthetic), dtype=torch.bool)
         distances: dict[str, torch.Tensor] = {}
-        for space, query in queries.items():
-            d = nearest_neighbours(query, self._real[space]).distances
-            near = (d < self.thresholds[space]) | (d == 0)
-            flagged |= near.view(len(synthetic), per_stored).any(1)
-            distances[space] = d.view(len(synthetic), per_stored).min(1).values
+        thresholds: dict[str, float] = {}
+        for factor, (reference, limits) in comparisons.items():
+            for space, query in queries.items():
+                d = nearest_neighbours(query, reference[space]).distances
+                near = (d < limits[space]) | (d == 0)
+                flagged |= near.view(len(synthetic), per_stored).any(1)
+                name = space if factor == 1 else f"{space}@factor{factor}"
+                distances[name] = d.view(len(synthetic), per_stored).min(1).values
+                thresholds[name] = limits[space]
         return GateResult(
             flagged=flagged,
-            thresholds=dict(self.thresholds),
+            thresholds=thresholds,
             distances=distances,
             calibration_size=self.calibration_size,
             threshold_rank=self.threshold_rank,

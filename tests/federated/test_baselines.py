@@ -12,8 +12,9 @@ from fedcond.config import FederatedConfig
 from fedcond.data import get_spec
 from fedcond.federated.baselines import baseline_strategy
 from fedcond.federated.client import client_partition
-from fedcond.federated.client_app import app
+from fedcond.federated.client_app import build_client_app
 from fedcond.federated.job import job_from_mapping, job_to_mapping
+from fedcond.federated.policy import policy_from_mapping
 from fedcond.federated.records import CONFIG_KEY, METRICS_KEY, MODEL_KEY, NUM_EXAMPLES, PROXIMAL_MU
 from fedcond.models import get_model
 
@@ -78,6 +79,7 @@ def test_the_fedavg_client_reports_its_partition_size_as_num_examples(task_ident
                       dst_node_id=102, message_type="train")
     context = Context(run_id=1, node_id=102, node_config={"partition-id": 2, "num-partitions": 4},
                       state=RecordDict(), run_config={})
-    reply = app(message, context)
+    serving_updates = build_client_app(policy_from_mapping({"serve": ["condense", "train", "evaluate"]}))
+    reply = serving_updates(message, context)
     expected = len(client_partition(job, partition_id=2, num_partitions=4))
     assert reply.content.metric_records[METRICS_KEY][NUM_EXAMPLES] == expected

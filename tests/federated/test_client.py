@@ -13,8 +13,9 @@ from fedcond.data import get_spec, load_dataset
 from fedcond.distill.dm import initial_synthetic
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.client import client_partition, condense_partition, initial_images, local_train
-from fedcond.federated.client_app import app
+from fedcond.federated.client_app import app, build_client_app
 from fedcond.federated.job import job_from_mapping, job_to_mapping
+from fedcond.federated.policy import policy_from_mapping
 from fedcond.federated.records import (
     CLASS_COUNTS,
     CONDENSE_ACTION,
@@ -146,7 +147,10 @@ def test_fedavg_train_handler_returns_weights_and_num_examples(task_identity):
                            "proximal-mu": 0.1})
     message = Message(content=RecordDict({CONFIG_KEY: config, MODEL_KEY: model_to_record(model)}), dst_node_id=101,
                       message_type="train")
-    reply = app(message, _context(1))
+    refused = app(message, _context(1))  # the default policy serves no model updates
+    assert refused.has_error() and "'serve'" in refused.error.reason
+    serving_updates = build_client_app(policy_from_mapping({"serve": ["condense", "train", "evaluate"]}))
+    reply = serving_updates(message, _context(1))
     arrays = reply.content.array_records[MODEL_KEY]
     assert set(arrays.keys()) == set(model.state_dict().keys())
     assert reply.content.metric_records[METRICS_KEY][NUM_EXAMPLES] > 0
@@ -212,7 +216,6 @@ def test_a_configured_dp_noise_seed_gives_every_client_and_round_its_own_noise(t
     # the default policy refuses a server-supplied seed; a research policy that honours it
     refused = app(_train_message(100, 1, None, job), _context(0))
     assert refused.has_error() and "'dp.honour_server_noise_seed'" in refused.error.reason
-    from fedcond.federated.policy import policy_from_mapping
 
     research = client_app.build_client_app(policy_from_mapping({"dp.honour_server_noise_seed": True}))
     for partition_id in (0, 1):

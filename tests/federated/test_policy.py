@@ -108,7 +108,16 @@ def test_permissive_policies():
             "dp.honour_server_noise_seed",
         ),
         (ClientPolicy(serve=("condense", "evaluate")), {"action": "train"}, "serve"),
+        (ClientPolicy(), {"action": "train"}, "serve"),  # model updates are opt-in
         (ClientPolicy(serve=("train",)), {"action": "condense", "init": "noise", "iterations": 10}, "serve"),
+        # a model update is not a DP release, whatever else the node serves
+        (policy_from_mapping({"serve": ["condense", "train"], "dp.required": True}), {"action": "train"},
+         "dp.required"),
+        # without a max_epsilon the default cap holds: a huge epsilon would skip the release gate
+        (ClientPolicy(), {"action": "condense", "init": "noise", "iterations": 10, "dp_epsilon": 1e6},
+         "dp.max_epsilon"),
+        (ClientPolicy(), {"action": "condense", "init": "noise", "iterations": 10, "dp_epsilon": 1.0,
+                          "dp_delta": 0.5}, "dp.budget_delta"),
     ],
 )
 def test_each_rule_refuses_the_request_that_breaks_it(policy, request_kwargs, rule):
@@ -129,10 +138,38 @@ def test_each_rule_refuses_the_request_that_breaks_it(policy, request_kwargs, ru
          {"action": "condense", "init": "noise", "iterations": 10, "dp_epsilon": 2.0}),
         (policy_from_mapping({"dp.honour_server_noise_seed": True}),
          {"action": "condense", "init": "noise", "iterations": 10, "dp_epsilon": 1.0, "server_noise_seed": True}),
-        (ClientPolicy(), {"action": "train"}),
+        (ClientPolicy(serve=("condense", "train")), {"action": "train"}),
         (ClientPolicy(), {"action": "evaluate"}),
+        (ClientPolicy(), {"action": "condense", "init": "noise", "iterations": 10, "dp_epsilon": 10.0,
+                          "dp_delta": 1e-5}),
         (policy_from_mapping({"allowed_init": ["real", "noise"]}), {"action": "condense", "init": "real", "iterations": 0}),
     ],
 )
 def test_requests_that_keep_the_rules_are_served(policy, request_kwargs):
     check_request(policy, **request_kwargs)
+
+
+def test_a_run_cut_short_by_its_time_budget_is_refused_under_min_iterations():
+    from fedcond.federated.policy import check_iterations_run
+
+    check_iterations_run(ClientPolicy(min_iterations=100), iterations_run=100)
+    with pytest.raises(PolicyViolation) as info:
+        check_iterations_run(ClientPolicy(min_iterations=100), iterations_run=1)
+    assert info.value.rule == "min_iterations" and "stopped after 1 iterations" in str(info.value)
+
+
+def test_model_updates_make_a_policy_permissive_unless_dp_is_required():
+    from fedcond.federated.policy import ACTIONS, DEFAULT_SERVE
+
+    assert "train" not in DEFAULT_SERVE and not DEFAULT_POLICY.permissive
+    assert ClientPolicy(serve=ACTIONS).permissive
+    assert not policy_from_mapping({"serve": list(ACTIONS), "dp.required": True}).permissive
+
+
+def test_simulated_clients_serve_train_only_for_weight_averaging_without_a_named_policy():
+    from fedcond.federated.policy import simulated_client_policy
+
+    assert simulated_client_policy(None, strategy="fedcond") == DEFAULT_POLICY
+    assert "train" in simulated_client_policy(None, strategy="fedavg").serve
+    named = ClientPolicy(serve=("condense",))
+    assert simulated_client_policy(named, strategy="fedavg") is named

@@ -184,7 +184,7 @@ def test_a_permissive_policy_file_lets_real_init_through_and_the_run_says_so(tmp
                  "--set", "distill.iterations=0", "--set", "distill.init=real", "--client-policy", str(policy),
                  "--out", str(out)])
     assert code == 0
-    assert "client policy is permissive" in capsys.readouterr().err
+    assert "client policy of fedcond is permissive" in capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["accepted"] == 3 and metrics["client_policy"]["permissive"] is True
     assert metrics["client_policy"]["file"] == str(policy)
@@ -199,6 +199,23 @@ def test_a_permissive_policy_file_lets_real_init_through_and_the_run_says_so(tmp
     # zero iterations from real images: the server holds exact training images, as the policy allowed
     flat = train.images.flatten(1)
     assert all(bool((flat == image.flatten()).all(1).any()) for image in received.images)
+
+
+def test_a_fedavg_run_serves_model_updates_only_without_a_named_policy_and_says_so(tmp_path, capsys):
+    fedavg = ["simulate", "--engine", "inprocess", "--num-clients", "2", "--partition", "iid", "--strategy",
+              "fedavg", "--rounds", "1", "--set", "local-epochs=1", "--device", "cpu"]
+    out = tmp_path / "fedavg"
+    assert main([*fedavg, "--out", str(out)]) == 0
+    assert "client policy of fedavg is permissive" in capsys.readouterr().err
+    policy = json.loads((out / "metrics.json").read_text())["client_policy"]
+    assert "train" in policy["serve"] and policy["permissive"] is True and policy["file"] is None
+    # a node file without train is used as written: every client refuses the baseline, by name
+    named = tmp_path / "no-updates.toml"
+    named.write_text('serve = ["condense", "evaluate"]\n')
+    refused = tmp_path / "refused"
+    assert main([*fedavg, "--client-policy", str(named), "--out", str(refused)]) == 1
+    assert "refused the request by its policy" in capsys.readouterr().err
+    assert json.loads((refused / "metrics.json").read_text())["refused"] == 2
 
 
 def test_the_default_policy_gates_every_upload_and_records_it(tmp_path):

@@ -59,6 +59,23 @@ def test_multi_formation_sets_are_tested_tile_by_tile(digits):
     result = gate.test(as_set(stored, train.labels[:8:4], factor=2))
     assert result.flagged.shape == (2,)
     assert result.distances["pixel"].shape == (2,)
+    # the tiles are half-resolution copies: at full resolution they sit as far from their
+    # originals as distinct images do, next to the round-tripped originals at about 0
+    assert result.flagged.all()
+    assert (result.distances["pixel@factor2"] < 1e-4).all()
+    assert (result.distances["pixel"] > 1e-2).all()
+    # half-resolution tiles of fresh images of the same distribution are not flagged
+    fresh = encode_formation(digits.test.images[:80], factor=2)
+    assert gate.test(as_set(fresh, digits.test.labels[:80:4], factor=2)).flagged_count <= 2
+
+
+def test_formation_round_trip_is_what_a_decoded_tile_shows():
+    from fedcond.distill.formation import decode_formation, encode_formation, formation_round_trip
+
+    images = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    tiles = decode_formation(encode_formation(images, factor=2), factor=2)
+    assert torch.allclose(formation_round_trip(images, factor=2), tiles, atol=1e-6)
+    assert formation_round_trip(images, factor=1) is images
 
 
 def test_duplicates_in_the_clients_own_data_do_not_zero_the_threshold(digits):
