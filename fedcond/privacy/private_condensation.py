@@ -10,9 +10,10 @@
    any image is read;
 2. :attr:`PrivateCondensation.statistics` is the DP ``RealStatistics`` to build the condenser
    with;
-3. :meth:`PrivateCondensation.condense` runs the condenser, accounts the iterations it ran,
-   records them in the ledger and returns the result whose set's metadata carries the spent
-   ``epsilon`` and ``delta`` and the plan that spent them.
+3. :meth:`PrivateCondensation.condense` reserves the run's spend in the ledger (checking the
+   lifetime budget again, atomically with the runs in flight), runs the condenser, accounts the
+   iterations it ran, records them in the ledger and returns the result whose set's metadata
+   carries the spent ``epsilon`` and ``delta`` and the plan that spent them.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ class PrivateCondensation:
         The accountant state of the earlier runs (:meth:`state_dict` of the previous round's
         object, e.g. from Flower's ``Context.state``); ``None`` for the first run.
     ledger : PrivacyLedger | None
-        The node's persistent ledger. This run is checked against ``budget_epsilon`` here and
-        recorded by :meth:`condense`.
+        The node's persistent ledger. This run is checked against ``budget_epsilon`` here;
+        :meth:`condense` checks it again and reserves its spend (so overlapping runs on one
+        ledger cannot both pass a budget that only one fits), then records it.
     budget_epsilon : float | None
         The node's lifetime budget over every run in ``ledger`` (``None``: record, never refuse).
     budget_delta : float
@@ -145,6 +147,7 @@ class PrivateCondensation:
         self._iterations = distill.iterations
         self._rounds = rounds
         self._ledger = ledger
+        self._budget_epsilon = budget_epsilon
         self._budget_delta = budget_delta
         self._started = False
         self.plan: DPPlan = plan_dp(
@@ -157,15 +160,9 @@ class PrivateCondensation:
         self._accountant = PrivacyAccountant(self.plan.accountant)
         if state is not None:
             self.load_state_dict(state)
-        if ledger is not None:
-            ledger.check(
-                noise_multiplier=self.plan.noise_multiplier,
-                sample_rate=self.plan.sample_rate,
-                steps=distill.iterations,
-                mechanism=self.plan.accountant,
-                budget_epsilon=budget_epsilon,
-                budget_delta=budget_delta,
-            )
+        # refuse a run past the lifetime budget before any image is read; condense() reserves
+        # the spend, so an object built and never run holds no reservation
+        self._check_ledger(reserve=False)
         plan = self.plan
         logger.info(
             "DP-DM: epsilon=%g delta=%g q=%.4f sigma=%.3f C=%g over %d iterations (%s, %s noise)",
@@ -210,13 +207,31 @@ class PrivateCondensation:
             )
         self._accountant = accountant
 
+    def _check_ledger(self, *, reserve: bool) -> None:
+        """Check this run against the lifetime budget (``reserve``: and reserve its spend)."""
+        if self._ledger is None:
+            return
+        self._ledger.check(
+            noise_multiplier=self.plan.noise_multiplier,
+            sample_rate=self.plan.sample_rate,
+            steps=self._iterations,
+            mechanism=self.plan.accountant,
+            budget_epsilon=self._budget_epsilon,
+            budget_delta=self._budget_delta,
+            reserve=reserve,
+        )
+
     # ------------------------------------------------------------------------- the run
     def condense(self, condenser: Condenser, data: ArrayDataset, **options: Any) -> CondensationResult:
         """Run ``condenser`` on ``data`` and certify the result.
 
-        The iterations the run made (a time budget may stop it early; a resumed run adds those
-        before its checkpoint) are added to the run accountant and recorded in the ledger, and
-        the set's metadata gains :data:`DP_META_KEYS`.
+        With a ledger, the run's spend is first reserved in it (the lifetime budget is checked
+        again against the recorded runs and those in flight). The iterations the run made (a
+        time budget may stop it early; a resumed run adds those before its checkpoint) are added
+        to the run accountant and recorded in the ledger, which settles the reservation, and the
+        set's metadata gains :data:`DP_META_KEYS`. A run that fails before its record withdraws
+        its reservation: no set leaves, and a resumed run is charged for the iterations before
+        its checkpoint.
 
         Parameters
         ----------
@@ -239,14 +254,27 @@ class PrivateCondensation:
             When this object already ran, when the condenser did not draw its real statistics from
             :attr:`statistics` (one release per iteration), when the set was started from real
             images, or when the spent epsilon would exceed the request.
+        LedgerError
+            When the runs recorded and in flight leave no room for this one in the lifetime
+            budget (nothing is condensed), or the ledger cannot be written.
         """
         if self._started:
             raise PrivacyBudgetError(
                 "this PrivateCondensation already ran: it accounts one run; build a new one with its state_dict()"
             )
         self._started = True
-        result = condenser.condense(data, **options)
-        return self._certify(result)
+        self._check_ledger(reserve=True)
+        try:
+            result = condenser.condense(data, **options)
+            return self._certify(result)
+        except BaseException:
+            if self._ledger is not None:
+                try:
+                    self._ledger.cancel_reservation()  # a no-op once _certify recorded the run
+                except PrivacyBudgetError as exc:
+                    # the reservation stays charged: the budget errs towards privacy
+                    logger.warning("could not withdraw the failed run's DP ledger reservation: %s", exc)
+            raise
 
     def _certify(self, result: CondensationResult) -> CondensationResult:
         plan = self.plan

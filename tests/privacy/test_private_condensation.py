@@ -157,7 +157,66 @@ def test_a_condenser_built_without_the_private_statistics_is_not_certified(digit
     private = PrivateCondensation(BUDGET, distill=config, class_counts=digits.train.class_counts(), ledger=ledger)
     with pytest.raises(PrivacyBudgetError, match="made 0 DP releases"):
         private.condense(DistributionMatching(config), digits.train)  # non-private DM: nothing to certify
-    assert ledger.runs == [] and private.state_dict()["history"] == []
+    assert ledger.runs == [] and ledger.reserved == [] and private.state_dict()["history"] == []
+
+
+class _WhileRunning:
+    """A condenser that calls ``during`` while its run holds a reservation, then condenses with ``inner``."""
+
+    def __init__(self, inner: DistributionMatching, during) -> None:  # noqa: ANN001 - a callable
+        self.inner, self.during = inner, during
+
+    def condense(self, data, **options):  # noqa: ANN001, ANN201 - the Condenser protocol
+        self.during()
+        return self.inner.condense(data, **options)
+
+
+def test_two_runs_on_one_ledger_cannot_both_condense_past_its_budget(digits, tmp_path) -> None:
+    # Prepare: a lifetime budget between one run's spend and two runs' spend
+    config = DistillConfig(iterations=2, **TINY)
+    counts = digits.train.class_counts()
+    plan = PrivateCondensation(BUDGET, distill=config, class_counts=counts).plan
+    one, two = (epsilon_for(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=n,
+                            delta=1e-5) for n in (2, 4))
+    path = tmp_path / "ledger.json"
+
+    def build() -> PrivateCondensation:
+        return PrivateCondensation(BUDGET, distill=config, class_counts=counts,
+                                   ledger=PrivacyLedger(path, source="a" * 64), budget_epsilon=(one + two) / 2)
+
+    first, second = build(), build()  # both fit when built: nothing is spent or in flight yet
+    refusals: list[str] = []
+
+    def second_run() -> None:
+        with pytest.raises(LedgerError, match="1 run\\(s\\) in flight") as refused:
+            second.condense(DistributionMatching(config, real_statistics=second.statistics), _UntouchableData())
+        refusals.append(str(refused.value))
+
+    # Execute: the second run starts while the first one condenses
+    result = first.condense(_WhileRunning(DistributionMatching(config, real_statistics=first.statistics),
+                                          second_run), digits.train)
+
+    # Assert: the second run was refused before it touched the data; the first one is recorded
+    assert len(refusals) == 1 and result.synthetic.meta["lifetime_epsilon"] == pytest.approx(one)
+    state = json.loads(path.read_text())
+    assert len(state["runs"]) == 1 and state["reserved"] == []
+
+
+class _Failing:
+    def condense(self, data, **options):  # noqa: ANN001, ANN201 - the Condenser protocol
+        raise RuntimeError("the device went away")
+
+
+def test_a_run_that_fails_withdraws_its_reservation(digits, tmp_path) -> None:
+    config = DistillConfig(iterations=2, **TINY)
+    path = tmp_path / "ledger.json"
+    private = PrivateCondensation(BUDGET, distill=config, class_counts=digits.train.class_counts(),
+                                  ledger=PrivacyLedger(path, source="b" * 64), budget_epsilon=3.0)
+    assert not path.exists()  # built, not run: nothing reserved
+    with pytest.raises(RuntimeError, match="went away"):
+        private.condense(_Failing(), digits.train)
+    state = json.loads(path.read_text())
+    assert state["runs"] == [] and state["reserved"] == []
 
 
 def test_a_set_started_from_real_images_is_not_certified(digits) -> None:
