@@ -2,9 +2,10 @@
 
 A node operator runs it before ``flower-supernode --node-config "policy='FILE'"``: a malformed
 file, an unknown key, a contradictory rule, a data source that does not load, a DP ledger that
-is corrupt or belongs to other data, or a checkpoint folder the node cannot write is one clear
-error here (exit 2), not a refusal at the first round. On success it prints the effective rules
-(defaults filled in) and whether the policy is permissive.
+is corrupt, belongs to other data or lies in a folder the node cannot write, or a checkpoint
+folder the node cannot write is one clear error here (exit 2), not a refusal at the first round.
+On success it prints the effective rules (defaults filled in) and whether the policy is
+permissive.
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ def run_policy(args: argparse.Namespace) -> int:
         policy = load_policy(args.file)
     except PolicyError as exc:
         raise CommandError(str(exc)) from exc
+    if policy.dp.ledger is not None:
+        from fedcond.privacy.ledger import LedgerError, check_ledger_writable
+
+        # with or without a [data] table: per-partition ledgers live in the same folder
+        try:
+            check_ledger_writable(policy.dp.ledger)
+        except LedgerError as exc:
+            raise CommandError(str(exc)) from exc
     if policy.data.dataset is not None:
         from fedcond.config import DataConfig
         from fedcond.federated.client import load_splits
@@ -47,9 +56,10 @@ def run_policy(args: argparse.Namespace) -> int:
         train = load_splits(DataConfig(dataset=policy.data.dataset, data_dir=policy.data.data_dir)).train
         if policy.dp.ledger is not None:
             ledger = PrivacyLedger(policy.dp.ledger, source=data_source_digest(train.images, train.labels))
+            in_flight = f"; {len(ledger.reserved)} run(s) in flight (reserved)" if ledger.reserved else ""
             console.print(
                 f"DP ledger {policy.dp.ledger}: {len(ledger.runs)} run(s), epsilon spent "
-                f"{ledger.spent(delta=policy.dp.budget_delta):.4f} at delta {policy.dp.budget_delta:g}"
+                f"{ledger.spent(delta=policy.dp.budget_delta):.4f} at delta {policy.dp.budget_delta:g}{in_flight}"
             )
         console.print(f"data source {policy.data.dataset!r}: {len(train)} training images")
     folder = policy.checkpoints.folder

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +48,7 @@ import torch
 from fedcond.digests import tensor_digest
 from fedcond.privacy.accounting import PrivacyAccountant, PrivacyBudgetError
 
-__all__ = ["LEDGER_FORMAT", "LedgerError", "PrivacyLedger", "data_source_digest"]
+__all__ = ["LEDGER_FORMAT", "LedgerError", "PrivacyLedger", "check_ledger_writable", "data_source_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +68,53 @@ def data_source_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
 
 
 def _unwritable(path: Path, exc: OSError) -> str:
-    """The one-line reason why the folder of ledger ``path`` cannot hold it."""
+    """The one-line reason why the folder of ledger ``path`` cannot hold it.
+
+    It names the folder, not the file: the per-partition ledgers a node derives from one
+    policy path share the folder, and the node reports the error ``fedcond policy`` reports.
+    """
     blocker = next((p for p in path.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         reason = f"{blocker} is a file, not a folder"
     else:
         reason = exc.strerror or str(exc)
     return f"the DP ledger's folder {path.parent} cannot be created or written ({reason})"
+
+
+def check_ledger_writable(path: str | Path) -> None:
+    """Check that the node can write the ledger ``path``, leaving the disk as it found it.
+
+    Creates the ledger's folder (and any missing parent), writes and removes a probe file in it,
+    then removes the folders it created. The error is the one a run would meet when it first
+    writes the ledger, raised before any run starts.
+
+    Parameters
+    ----------
+    path : str | Path
+        The ledger file (it need not exist yet).
+
+    Raises
+    ------
+    LedgerError
+        When ``path`` is a folder, or its folder cannot be created or written (one line, naming
+        the folder and the reason).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise LedgerError(f"DP ledger {path} is a folder, not a file")
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise LedgerError(_unwritable(path, exc)) from exc
+    finally:
+        # the folders are created by the first run that writes the ledger, not by a check
+        for folder in missing:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 class PrivacyLedger:

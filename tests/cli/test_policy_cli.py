@@ -48,3 +48,22 @@ def test_the_checkpoint_folder_is_created_or_refused_by_name(tmp_path, capsys):
     assert main(["policy", str(path)]) == 2
     err = capsys.readouterr().err
     assert "'checkpoints.folder': cannot create" in err and "Traceback" not in err
+
+
+def test_a_ledger_folder_the_node_cannot_write_is_refused_with_or_without_a_data_table(tmp_path, capsys):
+    (tmp_path / "afile").write_text("a file, not a folder")  # the machine runs as root: no chmod test
+    path = tmp_path / "policy.toml"
+    for data in ("", '[data]\ndataset = "digits"\n'):
+        path.write_text(f'[dp]\nrequired = true\nbudget_epsilon = 5.0\nledger = "afile/l.json"\n{data}')
+        assert main(["policy", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"the DP ledger's folder {tmp_path / 'afile'} cannot be created" in err
+        assert "is a file, not a folder" in err and "Traceback" not in err
+
+
+def test_a_ledger_folder_that_does_not_exist_yet_passes_and_is_not_created(tmp_path, capsys):
+    path = tmp_path / "policy.toml"
+    path.write_text('[dp]\nbudget_epsilon = 5.0\nledger = "state/ledger.json"\n')
+    assert main(["policy", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["dp"]["ledger"] == str(tmp_path / "state" / "ledger.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.toml"]

@@ -10,10 +10,11 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
+from fedcond.cli.main import main
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.client_app import build_client_app
 from fedcond.federated.job import job_from_mapping, job_to_mapping
-from fedcond.federated.policy import GatePolicy, PolicyViolation, policy_from_mapping
+from fedcond.federated.policy import GatePolicy, PolicyViolation, load_policy, policy_from_mapping
 from fedcond.federated.records import (
     CONDENSE_ACTION,
     CONFIG_KEY,
@@ -173,3 +174,16 @@ def test_own_data_normalised_otherwise_than_the_job_is_refused(task_identity, mn
     reply = build_client_app(policy)(condense_message(job), context())
     assert reply.has_error() and reply.error.code == POLICY_REFUSED
     assert "'data.dataset'" in reply.error.reason and "normalises" in reply.error.reason
+
+
+def test_a_node_refuses_a_dp_request_with_an_unwritable_ledger_as_the_policy_check_does(task_identity, tmp_path,
+                                                                                          capsys):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    path = tmp_path / "policy.toml"
+    for data in ("", '[data]\ndataset = "digits"\n'):  # without a data table: per-partition ledgers
+        path.write_text(f'[dp]\nbudget_epsilon = 5.0\nledger = "afile/l.json"\n{data}')
+        assert main(["policy", str(path)]) == 2
+        checked = capsys.readouterr().err.strip()
+        reply = build_client_app(load_policy(path))(condense_message({**SMALL_JOB, "dp.epsilon": 1.0}), context())
+        assert reply.has_error() and reply.error.code == POLICY_REFUSED
+        assert checked.endswith(reply.error.reason) and "is a file, not a folder" in reply.error.reason

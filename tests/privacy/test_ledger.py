@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedcond.privacy.accounting import PrivacyAccountant
-from fedcond.privacy.ledger import LedgerError, PrivacyLedger
+from fedcond.privacy.ledger import LedgerError, PrivacyLedger, check_ledger_writable
 
 RUN = {"noise_multiplier": 1.2, "sample_rate": 0.1, "steps": 200}
 DELTA = 1e-5
@@ -146,6 +146,33 @@ def test_a_corrupt_reservation_is_refused(tmp_path) -> None:
     path.write_text(json.dumps(state))
     with pytest.raises(LedgerError, match="out of range"):
         PrivacyLedger(path, source=SOURCE)
+
+
+# --------------------------------------------------------------------------- an unwritable folder
+def test_a_ledger_under_a_regular_file_is_refused_by_name(tmp_path) -> None:
+    (tmp_path / "afile").write_text("a file, not a folder")
+    path = tmp_path / "afile" / "sub" / "l.json"
+    with pytest.raises(LedgerError) as probed:
+        check_ledger_writable(path)
+    message = str(probed.value)
+    assert str(path.parent) in message and f"{tmp_path / 'afile'} is a file, not a folder" in message
+    assert "\n" not in message
+    # a run meets the same error, at its first check and before anything is condensed
+    with pytest.raises(LedgerError) as at_run:
+        _check(PrivacyLedger(path, source=SOURCE), 10.0, reserve=False)
+    assert str(at_run.value) == message
+    with pytest.raises(LedgerError, match="is a file, not a folder"):
+        _record(PrivacyLedger(path, source=SOURCE))
+
+
+def test_the_writability_check_leaves_the_disk_as_it_found_it(tmp_path) -> None:
+    check_ledger_writable(tmp_path / "state" / "ledgers" / "l.json")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(LedgerError, match="is a folder, not a file"):
+        check_ledger_writable(tmp_path / "folder")
+    with pytest.raises(LedgerError, match="is a folder, not a file"):
+        PrivacyLedger(tmp_path / "folder", source=SOURCE)
 
 
 # --------------------------------------------------------------------------- two processes
