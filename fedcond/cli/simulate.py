@@ -123,15 +123,19 @@ def _is_demo(args: argparse.Namespace) -> bool:
 
 
 def _policy(args: argparse.Namespace):  # noqa: ANN202 - ClientPolicy | None, imported lazily
-    """The ``--client-policy`` file's policy; ``None`` when the run names none."""
+    """The ``--client-policy`` file's policy (its ledger checked writable); ``None`` when the run names none."""
     from fedcond.federated.policy import PolicyError, load_policy
+    from fedcond.privacy.ledger import LedgerError, check_ledger_writable
 
     if args.client_policy is None:
         return None
     try:
-        return load_policy(args.client_policy)
-    except PolicyError as exc:
+        policy = load_policy(args.client_policy)
+        if policy.dp.ledger is not None:
+            check_ledger_writable(policy.dp.ledger)
+    except (PolicyError, LedgerError) as exc:
         raise CommandError(f"--client-policy {args.client_policy}: {exc}") from exc
+    return policy
 
 
 def _refusals(metrics: dict[str, Any]) -> list[str]:

@@ -85,7 +85,7 @@ from fedcond.federated.records import (
 from fedcond.federated.release import gate_release
 from fedcond.models import get_model
 from fedcond.privacy.dp import derive_noise_seed
-from fedcond.privacy.ledger import LedgerError, PrivacyLedger, data_source_digest
+from fedcond.privacy.ledger import LedgerError, PrivacyLedger, check_ledger_writable, data_source_digest
 from fedcond.privacy.private_condensation import PrivateCondensation
 from fedcond.training import accuracy
 
@@ -220,12 +220,19 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
         named by the node config key ``policy`` on each node, else :data:`DEFAULT_POLICY`.
     """
     client_app = ClientApp()
+    if policy is not None and policy.dp.ledger is not None:
+        check_ledger_writable(policy.dp.ledger)  # an unwritable ledger stops the node now, not at a DP run
 
     def node_policy(context: Context) -> ClientPolicy:
         if policy is not None:
             return policy
         path = context.node_config.get(POLICY_KEY)
-        return load_policy(str(path)) if path else DEFAULT_POLICY
+        if not path:
+            return DEFAULT_POLICY
+        loaded = load_policy(str(path))
+        if loaded.dp.ledger is not None:  # every request, DP or not, meets an unwritable ledger
+            check_ledger_writable(loaded.dp.ledger)
+        return loaded
 
     def refusing(handler):  # noqa: ANN001, ANN202 - a ClientApp handler wrapper
         @functools.wraps(handler)

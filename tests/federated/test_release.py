@@ -27,7 +27,7 @@ from fedcond.federated.records import (
     SYNTHETIC_KEY,
 )
 from fedcond.federated.release import gate_release
-from fedcond.privacy.ledger import PrivacyLedger, data_source_digest
+from fedcond.privacy.ledger import LedgerError, PrivacyLedger, data_source_digest
 
 
 def half_copies(digits) -> SyntheticSet:
@@ -184,6 +184,11 @@ def test_a_node_refuses_a_dp_request_with_an_unwritable_ledger_as_the_policy_che
         path.write_text(f'[dp]\nbudget_epsilon = 5.0\nledger = "afile/l.json"\n{data}')
         assert main(["policy", str(path)]) == 2
         checked = capsys.readouterr().err.strip()
-        reply = build_client_app(load_policy(path))(condense_message({**SMALL_JOB, "dp.epsilon": 1.0}), context())
-        assert reply.has_error() and reply.error.code == POLICY_REFUSED
-        assert checked.endswith(reply.error.reason) and "is a file, not a folder" in reply.error.reason
+        # a node whose policy file names it refuses every request, DP or not, with the same words
+        for job in ({**SMALL_JOB, "dp.epsilon": 1.0}, SMALL_JOB):
+            reply = build_client_app()(condense_message(job), context(**{POLICY_KEY: str(path)}))
+            assert reply.has_error() and reply.error.code == POLICY_REFUSED
+            assert checked.endswith(reply.error.reason) and "is a file, not a folder" in reply.error.reason
+        # an app built with the policy (a simulation's clients) stops at once
+        with pytest.raises(LedgerError, match="is a file, not a folder"):
+            build_client_app(load_policy(path))

@@ -235,3 +235,14 @@ def test_a_bad_client_policy_file_is_one_line_before_any_client_runs(tmp_path, c
     policy.write_text('allowed_init = ["pixels"]\n')
     assert main(["simulate", "--engine", "inprocess", "--client-policy", str(policy), "--out", str(tmp_path / "x")]) == 2
     assert "allowed_init" in capsys.readouterr().err
+
+
+def test_a_policy_whose_ledger_cannot_be_written_stops_the_simulation_before_any_round(tmp_path, capsys):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[dp]\nbudget_epsilon = 5.0\nledger = "afile/l.json"\n')
+    code = main(["simulate", "--engine", "inprocess", "--client-policy", str(policy), "--out", str(tmp_path / "o")])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "--client-policy" in err and "is a file, not a folder" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "metrics.json").exists()
