@@ -3,8 +3,10 @@
 FedAvg and FedProx, and Flower's Byzantine-robust rules FedMedian, FedTrimmedAvg, Krum,
 MultiKrum and Bulyan, come from :mod:`flwr.serverapp.strategy` unchanged; only their sampling
 settings (and ``trimmed_beta`` / ``byzantine_nodes``) are derived from :class:`FederatedConfig`.
-Their clients run the ``train`` handler of :mod:`fedcond.federated.client_app` (local SGD, plus
-the proximal term FedProx asks for).
+Each is wrapped in a :class:`~fedcond.federated.screening.ReplyScreen`, which drops a reply whose
+structure or weight would make Flower's aggregation raise (and end the run) or break, before
+Flower aggregates. Their clients run the ``train`` handler of :mod:`fedcond.federated.client_app`
+(local SGD, plus the proximal term FedProx asks for).
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum, Strategy
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
 
 from fedcond.config import FederatedConfig
+from fedcond.federated.screening import ReplyScreen
 
 __all__ = ["BASELINES", "baseline_strategy"]
 
 #: strategy name -> builder from (Flower's common settings, the job's config)
-BASELINES: dict[str, Callable[[dict[str, Any], FederatedConfig], Strategy]] = {
+BASELINES: dict[str, Callable[[dict[str, Any], FederatedConfig], FedAvg]] = {
     "fedavg": lambda common, c: FedAvg(**common),
     "fedprox": lambda common, c: FedProx(**common, proximal_mu=c.proximal_mu),
     "fedmedian": lambda common, c: FedMedian(**common),
@@ -32,8 +35,13 @@ BASELINES: dict[str, Callable[[dict[str, Any], FederatedConfig], Strategy]] = {
 }
 
 
-def baseline_strategy(config: FederatedConfig) -> Strategy:
+def baseline_strategy(config: FederatedConfig) -> ReplyScreen:
     """Flower's strategy named ``config.strategy`` (:data:`BASELINES`), evaluated on the server only.
+
+    Returns
+    -------
+    ReplyScreen
+        The strategy (its ``inner``) behind the reply screen.
 
     Raises
     ------
@@ -49,4 +57,4 @@ def baseline_strategy(config: FederatedConfig) -> Strategy:
         "min_evaluate_nodes": 0,
         "min_available_nodes": max(1, config.min_available_nodes),
     }
-    return BASELINES[config.strategy](common, config)
+    return ReplyScreen(BASELINES[config.strategy](common, config))

@@ -292,6 +292,8 @@ def _report(
     uplink_total = history[-1]["cumulative_uplink_bytes"] if history else 0
     downlink_total = history[-1]["cumulative_downlink_bytes"] if history else 0
     fedcond_rounds = {r.server_round: r.as_dict() for r in getattr(strategy, "rounds", [])}
+    # a baseline's replies dropped by its ReplyScreen (malformed structure or weight), by round
+    screened: dict[int, dict[int, str]] = getattr(strategy, "dropped", {})
     for server_round in range(len(history), last_round + 1):
         t = traffic.get(server_round)
         up, down = (t.uplink_bytes, t.downlink_bytes) if t else (0, 0)
@@ -310,9 +312,10 @@ def _report(
             entry["messages_sent"] = t.messages_sent
             entry["replies_received"] = t.replies_received
             if fed.strategy != "fedcond":  # FedCond's own report (below) also counts validation drops
-                entry["accepted"] = t.replies_received - len(t.refused) - len(t.errors)
+                dropped = {**t.errors, **screened.get(server_round, {})}
+                entry["accepted"] = t.replies_received - len(t.refused) - len(dropped)
                 entry["refused"] = {str(k): v for k, v in t.refused.items()}
-                entry["dropped"] = {str(k): v for k, v in t.errors.items()}
+                entry["dropped"] = {str(k): v for k, v in dropped.items()}
         if server_round in fedcond_rounds:
             entry.update({k: v for k, v in fedcond_rounds[server_round].items() if k != "round"})
         train_metrics = recorder.train_metrics.get(server_round)

@@ -37,8 +37,9 @@ def _weights_reply(node_id: int, value: float, num_examples: int) -> Message:
 
 @pytest.mark.parametrize(("name", "cls"), [("fedavg", FedAvg), ("fedprox", FedProx)])
 def test_baseline_strategy_is_flowers_own_with_the_configs_sampling(name: str, cls: type) -> None:
-    strategy = baseline_strategy(FederatedConfig(strategy=name, fraction_train=0.3, min_available_nodes=4,
+    screened = baseline_strategy(FederatedConfig(strategy=name, fraction_train=0.3, min_available_nodes=4,
                                                  proximal_mu=0.25))
+    strategy = screened.inner  # behind the reply screen (tests/federated/test_screening.py)
     assert type(strategy) is cls
     assert strategy.fraction_train == 0.3 and strategy.min_available_nodes == 4
     assert strategy.fraction_evaluate == 0.0 and strategy.min_train_nodes == 1
@@ -83,3 +84,8 @@ def test_the_fedavg_client_reports_its_partition_size_as_num_examples(task_ident
     reply = serving_updates(message, context)
     expected = len(client_partition(job, partition_id=2, num_partitions=4))
     assert reply.content.metric_records[METRICS_KEY][NUM_EXAMPLES] == expected
+    # the ClientApp's reply has the structure the reply screen expects: it is aggregated, not dropped
+    strategy = baseline_strategy(FederatedConfig(strategy="fedavg"))
+    strategy.configure_train(1, ArrayRecord(model.state_dict()), ConfigRecord(), FakeGrid([102]))
+    arrays, _ = strategy.aggregate_train(1, [reply])
+    assert strategy.dropped[1] == {} and arrays is not None
