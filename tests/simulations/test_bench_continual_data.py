@@ -38,25 +38,17 @@ def test_split_cifar10_runs_from_the_cifar10_root(bench, cifar10_slice, tmp_path
 
 
 def test_resume_keeps_the_finished_runs_and_runs_the_rest(bench, tmp_path, monkeypatch) -> None:
-    from tests.killed import Killed
+    from tests.killed import Killed, killed_at_call
 
     out = tmp_path / "out"
     argv = ["--benchmarks", "split-digits", "--seeds", "0", "--memories", "1", "--kinds", "none", "random",
             "herding", "--gdumb-kinds", "--epochs", "1", "--out", str(out)]
     run_continual, ran = bench.run_continual, []
-
-    def dies_in_the_third(config, **kwargs):
-        ran.append(config)
-        if len(ran) == 3:
-            raise Killed
-        return run_continual(config, **kwargs)
-
-    monkeypatch.setattr(bench, "run_continual", dies_in_the_third)
+    monkeypatch.setattr(bench, "run_continual", killed_at_call(run_continual, 3))
     with pytest.raises(Killed):
         bench.main(argv)
     kept = json.loads((out / "bench_continual.json").read_text())["runs"]
     assert [r["replay"] for r in kept] == ["none", "random"]
-    ran.clear()
     monkeypatch.setattr(bench, "run_continual", lambda config, **kw: ran.append(config) or run_continual(config, **kw))
     assert bench.main([*argv, "--resume"]) == 0
     runs = json.loads((out / "bench_continual.json").read_text())["runs"]

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fedcond.config import DistillConfig
+from tests.killed import Killed, killed_at_call
 from tests.simulations.scripts import load_script
 
 
@@ -112,16 +113,8 @@ def test_resume_keeps_the_finished_rows_and_runs_the_rest(bench, tmp_path, monke
             "--eval-runs", "1", "--eval-epochs", "1", "--baselines", "random,herding", "--dm-matchings", "",
             "--out", str(tmp_path)]
     evaluate = bench.evaluate
-    calls = []
-
-    def evaluate_then_die(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(bench, "evaluate", evaluate_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(bench, "evaluate", killed_at_call(evaluate, 2))
+    with pytest.raises(Killed):
         bench.main(argv)
     first = json.loads((tmp_path / "bench_dm.json").read_text())["methods"][0]
     evaluated = []

@@ -63,7 +63,7 @@ def test_cifar10_rows_run_on_a_slice_and_name_the_classes(bench, cifar10_slice, 
 
 
 def test_resume_keeps_the_finished_rows_and_runs_the_rest(bench, tmp_path, monkeypatch):
-    from tests.killed import Killed
+    from tests.killed import Killed, killed_at_call
 
     out = tmp_path / "bench"
     argv = ["--datasets", "digits", "--out", str(out), "--methods", "noise-init", "real-init", "--ipc", "1",
@@ -71,19 +71,11 @@ def test_resume_keeps_the_finished_rows_and_runs_the_rest(bench, tmp_path, monke
             "--audit-epochs", "1", "--shadow-models", "1", "--reference-size", "20", "--max-candidates", "20",
             "--no-feature-space"]
     condense, made = bench.condense, []
-
-    def dies_in_the_second(method, *args, **kwargs):
-        made.append(method)
-        if len(made) == 2:
-            raise Killed
-        return condense(method, *args, **kwargs)
-
-    monkeypatch.setattr(bench, "condense", dies_in_the_second)
+    monkeypatch.setattr(bench, "condense", killed_at_call(condense, 2))
     with pytest.raises(Killed):
         bench.main(argv)
     kept = json.loads((out / "bench_privacy.json").read_text())["rows"]
     assert [r["method"] for r in kept] == ["real-data model (20 images)", "noise-init"]
-    made.clear()
     monkeypatch.setattr(bench, "condense", lambda method, *a, **k: made.append(method) or condense(method, *a, **k))
     assert bench.main([*argv, "--resume"]) == 0
     rows = json.loads((out / "bench_privacy.json").read_text())["rows"]
