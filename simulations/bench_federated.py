@@ -58,7 +58,7 @@ from fedcond.cli.common import overrides_from
 from fedcond.devices import keep_freed_cpu_memory
 from fedcond.federated.checkpoint import CHECKPOINTS, CLIENT_CHECKPOINTS, RunCheckpoint
 from fedcond.federated.job import job_from_mapping
-from fedcond.federated.policy import DEFAULT_POLICY, CheckpointPolicy, policy_from_mapping
+from fedcond.federated.policy import CheckpointPolicy, policy_from_mapping, simulated_client_policy
 from fedcond.federated.server_app import run_identity
 from fedcond.federated.simulation import simulate
 
@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                     fedcond_run = mapping["strategy"] == "fedcond"
                     job = job_from_mapping({**mapping, "seed": seed, "distill.seed": seed,
                                             **({"out": str(run_dir)} if fedcond_run else {})})
-                    policy = PERMISSIVE if method == "fedcond-realinit" else DEFAULT_POLICY
+                    policy = (PERMISSIVE if method == "fedcond-realinit"
+                              else simulated_client_policy(None, strategy=mapping["strategy"]))
                     server_state, client_state = run_dir / CHECKPOINTS, run_dir / CLIENT_CHECKPOINTS
                     resumed = args.resume and (server_state.is_dir() or client_state.is_dir())
                     if not args.resume:  # a fresh run: nothing of an earlier one is continued

@@ -34,6 +34,7 @@ was not cached.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -52,7 +53,7 @@ from fedcond.cli.common import overrides_from
 from fedcond.devices import keep_freed_cpu_memory
 from fedcond.federated.attacks import ATTACKS, AttackConfig, check_attack
 from fedcond.federated.job import job_from_mapping
-from fedcond.federated.policy import CheckpointPolicy, ClientPolicy
+from fedcond.federated.policy import CheckpointPolicy, simulated_client_policy
 from fedcond.federated.simulation import simulate
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -180,11 +181,11 @@ def main(argv: list[str] | None = None) -> int:
                     if strategy == "fedcond":
                         mapping.update(extra)
                     job = job_from_mapping(mapping)
-                    policy = None
+                    policy = simulated_client_policy(None, strategy=strategy)
                     if args.condensation_cache is not None:
                         folder = args.condensation_cache / f"{dataset}-seed{seed}"
                         folder.mkdir(parents=True, exist_ok=True)
-                        policy = ClientPolicy(checkpoints=CheckpointPolicy(folder=folder))
+                        policy = dataclasses.replace(policy, checkpoints=CheckpointPolicy(folder=folder))
                     start = time.perf_counter()
                     report = simulate(job, engine="inprocess", attack=attack, policy=policy)
                     metrics = report.metrics()

@@ -87,3 +87,12 @@ def test_a_condensation_cache_runs_each_condensation_once_and_changes_no_result(
     (plain_cached,) = [r for r in json.loads(cached.read_text())["results"] if r["method"] == "fedcond-plain"]
     (plain_fresh,) = json.loads(fresh.read_text())["results"]
     assert plain_cached["test_accuracy"] == plain_fresh["test_accuracy"]
+
+
+def test_weight_averaging_runs_are_served_with_and_without_the_condensation_cache(bench, tmp_path):
+    for cache in ([], ["--condensation-cache", str(tmp_path / "cache")]):
+        out = tmp_path / f"fedavg{len(cache)}.json"
+        bench.main(["--out", str(out), "--datasets", "digits", "--seeds", "0", "--strategies", "fedavg",
+                    "--fedavg-rounds", "1", "--attackers", "0", *cache])
+        (run,) = json.loads(out.read_text())["results"]
+        assert run["accepted"] == 10 and run["refused"] == 0 and run["test_accuracy"] is not None
