@@ -461,6 +461,11 @@ def run_distill(args: argparse.Namespace) -> int:
     if args.resume and not config.checkpoint_every:
         raise CommandError("--resume needs --checkpoint-every N: checkpoints are written (and read) only with it")
     if args.resume and not (out / "checkpoint.npz").exists():
+        if (out / "metrics.json").exists():  # a finished run, or another command's: nothing to continue
+            raise CommandError(
+                f"--resume: {out} holds a run's metrics.json and no checkpoint.npz to continue; "
+                "choose another --out, or --overwrite to replace it"
+            )
         console.print(f"[yellow]note:[/] --resume: no checkpoint in {out} yet, starting from iteration 0")
     if args.dp_epsilon is not None and config.init != "noise":
         console.print("[yellow]DP forces --init noise (real init would publish real images)[/]")
@@ -500,6 +505,8 @@ def run_distill(args: argparse.Namespace) -> int:
         "method": args.method,
         "ipc": config.ipc,
         "iterations": result.iterations_run,
+        # the start of an optimised set (the set's own record); null for a coreset, which has none
+        "init": synthetic.meta.get("init"),
         "time_budget": config.time_budget,
         "stopped_by_time_budget": result.stopped_by_time_budget,
         "seed": config.seed,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -138,6 +139,22 @@ def _policy(args: argparse.Namespace):  # noqa: ANN202 - ClientPolicy | None, im
     return policy
 
 
+def _check_same_runs(path: Path, keys: list[str]) -> None:
+    """Refuse a ``--resume`` whose ``metrics.json`` holds other runs than this command's ``keys``."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"--resume: {path} is unreadable ({exc}); use another --out or --overwrite") from None
+    if not isinstance(earlier, dict) or "strategy" not in earlier:
+        raise CommandError(f"--resume: {path} was not written by fedcond simulate; use another --out or --overwrite")
+    found = sorted(earlier["runs"]) if isinstance(earlier.get("runs"), dict) else [str(earlier["strategy"])]
+    if found != sorted(keys):
+        raise CommandError(
+            f"--resume: {path.parent} holds the run(s) {found}, this command runs {keys}; "
+            "use another --out, or --overwrite to replace them"
+        )
+
+
 def _refusals(metrics: dict[str, Any]) -> list[str]:
     """The distinct policy refusals of a run (each names its rule)."""
     reasons = {reason for h in metrics["history"] for reason in (h.get("refused") or {}).values()}
@@ -212,6 +229,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise CommandError("--resume continues the run in --out and --overwrite replaces it: choose one")
     from fedcond.federated.checkpoint import CHECKPOINTS, CLIENT_CHECKPOINTS, CheckpointMismatch, RunCheckpoint
+    from fedcond.federated.uploads import UPLOADS
 
     started = [name for name in ("metrics.json", CLIENT_CHECKPOINTS) if (Path(args.out) / name).exists()]
     if args.resume and not started:
@@ -221,9 +239,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     from fedcond.federated.server_app import run_identity, save_accuracy_curves
     from fedcond.federated.simulation import SimulationError, simulate
 
-    for folder in (CHECKPOINTS, CLIENT_CHECKPOINTS):
+    for folder in (CHECKPOINTS, CLIENT_CHECKPOINTS, UPLOADS):
         if args.overwrite and (out / folder).is_dir():
-            shutil.rmtree(out / folder)  # the replaced run's checkpoints must not be resumed later
+            # the replaced run's checkpoints must not be resumed later, and its uploads are not
+            # what this run's server received
+            shutil.rmtree(out / folder)
 
     from fedcond.federated.policy import simulated_client_policy
 
@@ -285,6 +305,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     keys: list[str] = []
     for name, this_job in jobs:
         keys.append(name if name not in keys else f"{name}-{this_job.federated.rounds}")
+    if args.resume and (out / "metrics.json").exists():
+        _check_same_runs(out / "metrics.json", keys)
     for key, (name, this_job) in zip(keys, jobs, strict=True):
         fed = this_job.federated
         checkpoint = RunCheckpoint(out / CHECKPOINTS / key, identity=run_identity(this_job, attack))

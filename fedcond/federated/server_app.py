@@ -35,7 +35,7 @@ from fedcond.federated.nodes import wait_for_nodes
 from fedcond.federated.records import model_from_record, model_to_record
 from fedcond.federated.rounds import RoundRecorder, fedcond_state, restore_fedcond
 from fedcond.federated.strategy import FedCond
-from fedcond.federated.uploads import UploadStore
+from fedcond.federated.uploads import UPLOADS, UploadStore
 from fedcond.metrics_file import write_metrics
 from fedcond.models import get_model
 from fedcond.plots import save_line_plot
@@ -193,7 +193,7 @@ def run_federated(
         uploads = None
         if job.out is not None:  # what left the clients, kept exactly as received
             uploads = UploadStore(
-                Path(job.out) / "uploads",
+                Path(job.out) / UPLOADS,
                 spec=spec,
                 max_images=fed.distill.ipc * spec.num_classes,
                 factor=fed.distill.factor,

@@ -31,7 +31,10 @@ from fedcond.distill.synthetic import FORMAT_VERSION, dataset_meta
 from fedcond.federated.records import IMAGES, LABELS, METRICS_KEY, SYNTHETIC_KEY
 from fedcond.federated.untrusted import ArrayPayloadError, check_array_payload, client_text
 
-__all__ = ["UploadStore"]
+__all__ = ["UPLOADS", "UploadStore"]
+
+#: the folder of a run's ``--out`` that keeps what the server received
+UPLOADS = "uploads"
 
 logger = logging.getLogger(__name__)
 

@@ -255,3 +255,23 @@ def test_bad_config_keys_and_values_are_named_before_any_data_is_read(tmp_path, 
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_resume_refuses_a_folder_with_a_run_and_no_checkpoint(tmp_path, capsys) -> None:
+    out = tmp_path / "finished"
+    assert main(["distill", "--ipc", "1", "--iterations", "2", "--eval-runs", "0", "--out", str(out)]) == 0
+    before = (out / "metrics.json").read_text()
+    code = main(["distill", "--ipc", "1", "--iterations", "2", "--eval-runs", "0", "--checkpoint-every", "1",
+                 "--resume", "--out", str(out)])
+    assert code != 0 and "no checkpoint.npz to continue" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == before
+
+
+@pytest.mark.parametrize("method", ["gm", "random"])
+def test_every_method_records_its_init(tmp_path, method) -> None:
+    extra = ["--iterations", "2"] if method == "gm" else []
+    out = tmp_path / method
+    assert main(["distill", "--method", method, "--ipc", "1", *extra, "--eval-runs", "0", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["init"] == SyntheticSet.load(out / "synthetic.npz").meta.get("init")
+    assert {"dataset", "ipc", "iterations", "init", "method"} <= set(metrics)

@@ -61,3 +61,28 @@ def test_a_simulation_killed_during_condensation_resumes_from_the_clients_checkp
     assert resumed["test_accuracy"] == whole["test_accuracy"]
     assert len(steps) < 2 * 30  # the first client's condensation came from its checkpoint
     assert resumed["client_policy"]["checkpoints"]["folder"] == str(out / "client-checkpoints")
+
+
+SMALL_RUN = ["simulate", "--engine", "inprocess", "--num-clients", "2", "--partition", "iid", "--ipc", "1",
+             "--iterations", "2", "--set", "server-epochs=2", "--device", "cpu"]
+
+
+def test_resume_refuses_a_folder_of_other_runs_and_keeps_it(tmp_path, capsys):
+    out = tmp_path / "fedcond"
+    assert main([*SMALL_RUN, "--out", str(out)]) == 0
+    before = (out / "metrics.json").read_text()
+    code = main([*SMALL_RUN, "--strategy", "fedavg", "--rounds", "1", "--resume", "--out", str(out)])
+    assert code != 0 and "holds the run(s) ['fedcond']" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == before
+    distilled = tmp_path / "distilled"
+    assert main(["distill", "--ipc", "1", "--iterations", "2", "--eval-runs", "0", "--out", str(distilled)]) == 0
+    code = main([*SMALL_RUN, "--resume", "--out", str(distilled)])
+    assert code != 0 and "not written by fedcond simulate" in capsys.readouterr().err
+
+
+def test_overwrite_removes_the_replaced_runs_uploads(tmp_path):
+    out = tmp_path / "run"
+    assert main([*SMALL_RUN, "--rounds", "2", "--out", str(out)]) == 0
+    assert (out / "uploads" / "round-2").is_dir()
+    assert main([*SMALL_RUN, "--rounds", "1", "--overwrite", "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "uploads").iterdir()) == ["round-1"]
