@@ -42,7 +42,7 @@ def test_toml(tmp_path) -> None:
 
 
 def test_an_empty_table_is_an_error_not_a_silently_missing_section(tmp_path) -> None:
-    # "[dp]" with its keys commented out used to vanish: the run went ahead without privacy
+    # "[dp]" with its keys commented out must not vanish: the run would go ahead without privacy
     path = tmp_path / "dp.toml"
     path.write_text('strategy = "fedcond"\n[dp]\n# epsilon = 8.0\n')
     with pytest.raises(ConfigError, match=r"table \[dp\] is empty"):

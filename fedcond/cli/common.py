@@ -50,6 +50,13 @@ class CommandError(Exception):
     """A user-facing error: printed as one line, exit status 2, no traceback."""
 
 
+def run_folder(value: str) -> Path:
+    """``--out``: a folder path; an empty value (an unset shell variable) is refused, never the working folder."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset variable?); name the run folder, e.g. --out runs/demo")
+    return Path(value)
+
+
 def add_common_arguments(
     parser: argparse.ArgumentParser, *, default_out: str, from_config: Sequence[str] = ()
 ) -> None:
@@ -58,7 +65,7 @@ def add_common_arguments(
     ``from_config`` names the flags (``"seed"``, ``"device"``) that default to ``None``, so that
     a config file's value stands unless the flag is given.
     """
-    parser.add_argument("--out", type=Path, default=Path(default_out), help=f"run folder (default {default_out})")
+    parser.add_argument("--out", type=run_folder, default=Path(default_out), help=f"run folder (default {default_out})")
     parser.add_argument(
         "--overwrite",
         action="store_true",

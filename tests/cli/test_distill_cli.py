@@ -76,7 +76,7 @@ def test_coreset_end_to_end(tmp_path) -> None:
         (["distill", "--ipc", "500", "--iterations", "1"], "hold fewer than 500 images"),
         (["distill", "--ipc", "40", "--factor", "2", "--iterations", "1"], "needs ipc x factor^2"),
         (["distill", "--factor", "3", "--iterations", "1"], "--factor must be a positive integer dividing"),
-        # checked before DM runs (a typo used to surface only after the whole condensation)
+        # checked before DM runs, so a typo does not wait for the whole condensation
         (["distill", "--iterations", "1", "--eval-model", "resnet"], "--eval-model: unknown model 'resnet'"),
         (["distill", "--iterations", "1", "--eval-epochs", "0"], "config key 'eval.epochs' must be >= 1, got 0"),
         (["distill", "--iterations", "1", "--checkpoint-every", "-1"], "'distill.checkpoint_every' must be >= 0"),
@@ -275,3 +275,12 @@ def test_every_method_records_its_init(tmp_path, method) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["init"] == SyntheticSet.load(out / "synthetic.npz").meta.get("init")
     assert {"dataset", "ipc", "iterations", "init", "method"} <= set(metrics)
+
+
+@pytest.mark.parametrize("command", ["distill", "simulate", "audit"])
+def test_an_empty_out_is_refused_not_the_working_folder(tmp_path, capsys, monkeypatch, command) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--out", ""])
+    assert exc.value.code == 2 and "--out: is empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -85,8 +85,8 @@ def test_imagefolder_refuses_a_training_class_without_images(tmp_path) -> None:
 
 
 def test_imagefolder_reads_every_image_format_nested_folders_and_mixed_colour_modes(tmp_path, caplog) -> None:
-    # the colour mode used to come from the first file only (RGB images turned grey without a
-    # word), .pgm/.ppm and images in subfolders were skipped silently
+    # the colour mode comes from every file, not the first only (RGB images would turn grey
+    # without a word), and .pgm/.ppm and images in subfolders are read, not skipped
     from PIL import Image
 
     for split in ("train", "test"):

@@ -134,7 +134,7 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def test_a_file_declaring_a_huge_array_is_refused_before_reading_it(tmp_path) -> None:
-    # 1 KB on disk, 153 GiB declared: np.load used to try to allocate it (a MemoryError traceback)
+    # 1 KB on disk, 153 GiB declared: np.load would try to allocate it (a MemoryError traceback)
     import io
     import json
     import zipfile

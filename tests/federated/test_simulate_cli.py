@@ -72,7 +72,7 @@ def test_one_shot_end_to_end_in_process_with_a_fedavg_comparison(tmp_path):
         (["--set", "partition=stripes"], "'partition' must be one of iid, dirichlet, shards; got 'stripes'"),
         (["--alpha", "0"], "'alpha' must be > 0"),
         (["--dataset", "mnist", "--data-dir", "/nonexistent"], "/nonexistent"),
-        # --set values arrive as strings and used to skip the CLI's range checks
+        # --set values arrive as strings and still meet the CLI's range checks
         (["--set", "distill.ipc=0"], "'distill.ipc' must be >= 1"),
         (["--set", "rounds=0"], "'rounds' must be >= 1"),
         (["--set", "fraction_train=0"], "'fraction_train' must lie in (0, 1]"),
@@ -131,7 +131,7 @@ def test_config_file_seed_and_device_stand_unless_a_flag_overrides_them(tmp_path
     assert seeds("--config", str(config)) == (7, 7, "cpu")
     assert seeds("--config", str(config), "--seed", "3", "--device", "auto") == (3, 3, "auto")
     assert seeds() == (0, 0, "auto")
-    # --set seed=N re-seeds the clients' DM too (it used to leave distill.seed at 0) ...
+    # --set seed=N re-seeds the clients' DM too (distill.seed does not stay at 0) ...
     assert seeds("--set", "seed=5") == (5, 5, "auto")
     assert seeds("--config", str(config), "--set", "seed=9") == (9, 9, "cpu")
     # ... unless distill.seed is set on its own; -1 (pyproject.toml's run config) follows seed

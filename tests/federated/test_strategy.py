@@ -65,8 +65,8 @@ def test_configure_train_sends_condense_messages_with_the_round(task_identity, d
 
 @pytest.mark.parametrize(("fraction", "expected"), [(0.15, 1), (0.35, 3), (0.5, 5), (0.01, 1), (1.0, 10)])
 def test_partial_participation_samples_as_many_nodes_as_flowers_fedavg(task_identity, digits_spec, fraction, expected):
-    # Flower's FedAvg samples int(N * fraction) (at least min_train_nodes = 1); FedCond used to
-    # round half to even (2 of 10 at 0.15, 4 at 0.35), comparing strategies on unequal participation
+    # Flower's FedAvg samples int(N * fraction) (at least min_train_nodes = 1); FedCond samples
+    # alike (rounding half to even would take 2 of 10 at 0.15, 4 at 0.35: unequal participation)
     strategy = _strategy(digits_spec, fraction_train=fraction)
     assert len(_configure(strategy, range(1, 11))) == expected
 
@@ -135,10 +135,11 @@ def test_the_global_model_trains_with_the_class_count_weights(task_identity, dig
             "no synthetic images",
         ),
         (lambda: error_reply(9), "client error: ValueError: client crashed"),
-        # used to escape validation and end the run: TypeError / EOFError from Array.numpy()
+        # unchecked, these would end the run: TypeError / EOFError from Array.numpy()
         (lambda: _raw_images_reply(9, stype="torch.raw", data=bytes(2 * 64 * 4)), "serialisation 'torch.raw'"),
         (lambda: _raw_images_reply(9, stype="numpy.ndarray", data=b""), "no readable .npy header"),
-        # used to overflow int64 (crash), wrap around to an accepted negative total, or outweigh everyone
+        # unchecked, these would overflow int64 (crash), wrap around to an accepted negative total,
+        # or outweigh everyone
         (lambda: synthetic_reply(9, classes={0: 10}, counts=[1e300] + [0.0] * 9), "integers in 0.."),
         (lambda: synthetic_reply(9, classes={0: 10}, counts=[2**62, 2**62] + [0] * 8, num_examples=-(2**63)),
          "integers in 0.."),

@@ -136,7 +136,7 @@ def test_audit_refuses_an_empty_set(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_audit_refuses_a_candidate_cap_below_one(copied_set: Path, tmp_path: Path, capsys, value: str) -> None:
-    # -1 used to slice [:-1]: 99 members against 179 non-members, reported as 99 each
+    # -1 would slice [:-1]: 99 members against 179 non-members, reported as 99 each
     argv = ["audit", "--synthetic", str(copied_set), "--out", str(tmp_path / "a"), *FAST_AUDIT]
     assert main([*argv, "--set", f"max_candidates={value}"]) == 2
     assert "'max_candidates' must be >= 1" in capsys.readouterr().err
