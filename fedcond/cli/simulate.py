@@ -139,6 +139,10 @@ def _policy(args: argparse.Namespace):  # noqa: ANN202 - ClientPolicy | None, im
     return policy
 
 
+#: the folder of ``--out`` holding the uploads of a command's later FedCond runs (``--compare``)
+COMPARED_RUNS = "runs"
+
+
 def _check_same_runs(path: Path, keys: list[str]) -> None:
     """Refuse a ``--resume`` whose ``metrics.json`` holds other runs than this command's ``keys``."""
     try:
@@ -239,7 +243,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from fedcond.federated.server_app import run_identity, save_accuracy_curves
     from fedcond.federated.simulation import SimulationError, simulate
 
-    for folder in (CHECKPOINTS, CLIENT_CHECKPOINTS, UPLOADS):
+    for folder in (CHECKPOINTS, CLIENT_CHECKPOINTS, UPLOADS, COMPARED_RUNS):
         if args.overwrite and (out / folder).is_dir():
             # the replaced run's checkpoints must not be resumed later, and its uploads are not
             # what this run's server received
@@ -264,7 +268,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     job = job_from_mapping({**values, "out": str(out)})
     jobs = [(job.federated.strategy, job)]
     for name, rounds in _comparisons(args, demo):
-        compared = {**values, "strategy": name, "rounds": rounds, "out": str(out)}
+        # the first FedCond run keeps what its server received in OUT/uploads; a later one of the
+        # same command in OUT/runs/KEY/uploads (KEY as in metrics.json), so none overwrites another
+        later_fedcond = name == "fedcond" and any(strategy == "fedcond" for strategy, _ in jobs)
+        run_out = out / COMPARED_RUNS / (name if name not in (strategy for strategy, _ in jobs) else f"{name}-{rounds}")
+        compared = {**values, "strategy": name, "rounds": rounds, "out": str(run_out if later_fedcond else out)}
         if name != "fedcond" and job.federated.dp is not None:
             # dp.* is FedCond's DP-DM: a FedAvg/FedProx baseline runs without privacy, and says so
             compared = {k: v for k, v in compared.items() if not str(k).startswith("dp.")}

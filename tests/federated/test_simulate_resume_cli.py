@@ -86,3 +86,13 @@ def test_overwrite_removes_the_replaced_runs_uploads(tmp_path):
     assert (out / "uploads" / "round-2").is_dir()
     assert main([*SMALL_RUN, "--rounds", "1", "--overwrite", "--out", str(out)]) == 0
     assert sorted(p.name for p in (out / "uploads").iterdir()) == ["round-1"]
+
+
+def test_each_fedcond_run_of_a_comparison_keeps_its_own_uploads(tmp_path):
+    out = tmp_path / "compare"
+    assert main([*SMALL_RUN, "--compare", "fedcond=2", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(metrics["runs"]) == ["fedcond", "fedcond-2"]
+    assert sorted(p.name for p in (out / "uploads").iterdir()) == ["round-1"]
+    later = out / "runs" / "fedcond-2" / "uploads"
+    assert sorted(p.name for p in later.iterdir()) == ["round-1", "round-2"]
