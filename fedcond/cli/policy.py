@@ -34,20 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_policy(args: argparse.Namespace) -> int:
     """Validate ``args.file``; print the effective policy; exit 2 on any problem."""
-    from fedcond.federated.policy import PolicyError, load_policy
+    from fedcond.federated.policy import PolicyError, load_node_policy
+    from fedcond.privacy.ledger import LedgerError
 
     try:
-        policy = load_policy(args.file)
-    except PolicyError as exc:
+        policy = load_node_policy(args.file)
+    except (PolicyError, LedgerError) as exc:
         raise CommandError(str(exc)) from exc
-    if policy.dp.ledger is not None:
-        from fedcond.privacy.ledger import LedgerError, check_ledger_writable
-
-        # with or without a [data] table: per-partition ledgers live in the same folder
-        try:
-            check_ledger_writable(policy.dp.ledger)
-        except LedgerError as exc:
-            raise CommandError(str(exc)) from exc
     if policy.data.dataset is not None:
         from fedcond.config import DataConfig
         from fedcond.federated.client import load_splits

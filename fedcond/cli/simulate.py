@@ -125,18 +125,15 @@ def _is_demo(args: argparse.Namespace) -> bool:
 
 def _policy(args: argparse.Namespace):  # noqa: ANN202 - ClientPolicy | None, imported lazily
     """The ``--client-policy`` file's policy (its ledger checked writable); ``None`` when the run names none."""
-    from fedcond.federated.policy import PolicyError, load_policy
-    from fedcond.privacy.ledger import LedgerError, check_ledger_writable
+    from fedcond.federated.policy import PolicyError, load_node_policy
+    from fedcond.privacy.ledger import LedgerError
 
     if args.client_policy is None:
         return None
     try:
-        policy = load_policy(args.client_policy)
-        if policy.dp.ledger is not None:
-            check_ledger_writable(policy.dp.ledger)
+        return load_node_policy(args.client_policy)
     except (PolicyError, LedgerError) as exc:
         raise CommandError(f"--client-policy {args.client_policy}: {exc}") from exc
-    return policy
 
 
 #: the folder of ``--out`` holding the uploads of a command's later FedCond runs (``--compare``)

@@ -51,7 +51,7 @@ from fedcond.federated.policy import (
     PolicyViolation,
     check_iterations_run,
     check_request,
-    load_policy,
+    load_node_policy,
 )
 from fedcond.federated.records import (
     CLASS_COUNTS,
@@ -229,10 +229,7 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
         path = context.node_config.get(POLICY_KEY)
         if not path:
             return DEFAULT_POLICY
-        loaded = load_policy(str(path))
-        if loaded.dp.ledger is not None:  # every request, DP or not, meets an unwritable ledger
-            check_ledger_writable(loaded.dp.ledger)
-        return loaded
+        return load_node_policy(str(path))  # every request, DP or not, meets an unwritable ledger
 
     def refusing(handler):  # noqa: ANN001, ANN202 - a ClientApp handler wrapper
         @functools.wraps(handler)

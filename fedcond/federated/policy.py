@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_SERVE",
     "check_iterations_run",
     "check_request",
+    "load_node_policy",
     "load_policy",
     "policy_from_mapping",
     "simulated_client_policy",
@@ -372,6 +373,25 @@ def load_policy(path: str | Path) -> ClientPolicy:
     except ConfigError as exc:
         raise PolicyError(f"client policy: {exc}") from exc
     return policy_from_mapping(values, base_dir=path.resolve().parent)
+
+
+def load_node_policy(path: str | Path) -> ClientPolicy:
+    """A node's policy file as the node checks it before serving: :func:`load_policy`, and the
+    DP ledger's folder writable (:func:`~fedcond.privacy.ledger.check_ledger_writable`).
+
+    Raises
+    ------
+    PolicyError
+        As :func:`load_policy`.
+    fedcond.privacy.ledger.LedgerError
+        When the node cannot create or write the ledger's folder.
+    """
+    from fedcond.privacy.ledger import check_ledger_writable
+
+    policy = load_policy(path)
+    if policy.dp.ledger is not None:  # with or without a [data] table: per-partition ledgers share the folder
+        check_ledger_writable(policy.dp.ledger)
+    return policy
 
 
 def check_request(
