@@ -15,26 +15,32 @@ honest totals span 17 to 359 with upper median 169, so the default factor 3 caps
 client.
 
 **Embedding outliers.** Each client's images of class ``c`` are embedded by a few randomly
-initialised networks (DM's own view of a class: the mean embedding). The class's *prototype* is
-the coordinate-wise median of the clients' class means, weighted by how many images of the
-class each client sent. Weighting matters under non-IID partitions: a class is typically held by
-one client with hundreds of images and a few clients with one to five, whose sets are small
-(the release gate withholds their near-copies) and noisy; an unweighted median of such holders
-lies among the small sets and flags the one client that holds the class. The weight is the
-number of images sent, not the claimed real-sample count: it is bounded by ``ipc`` per class
-(validation caps it), so a liar cannot buy the prototype with an inflated claim. A client's
-class is an outlier when
+initialised networks (DM's own view of a class: the mean embedding). A client's class is judged
+against a *reference* made of the other clients only: the coordinate-wise median of their class
+means, weighted by how many images of the class each sent. A client never shapes the reference
+that judges it, so a label flipper that sends most of a class's images cannot make its flipped
+images the class's prototype. The weight is the number of images sent, not the claimed
+real-sample count: it is bounded by ``ipc`` per class (validation caps it), so a liar cannot buy
+the reference with an inflated claim.
 
-- its mean lies closer to another class's prototype than to its own by ``outlier_margin``
+A class is judged only where the others form a majority: at least two other clients hold it,
+together they sent at least as many of its images as the judged client, and none of them sent
+half of those images or more. Under non-IID partitions a class is typically held by one client
+with many images and a few with one to five, whose sets are small and noisy (the release gate
+withholds their near-copies); a reference that one client owns is that client's word, and small
+sets are no reference for the client that holds the class. A client's class is an outlier when
+
+- its mean lies closer to another class's reference than to its own by ``outlier_margin``
   (flipped labels, images of the wrong class), or
-- its distance to its class's prototype exceeds ``outlier_spread`` times the median such
+- its distance to its class's reference exceeds ``outlier_spread`` times the median such
   distance over classes held by at least three clients (noise, adversarial or off-manifold
   images).
 
-Outlier classes are removed from that client's set; a client with more than half of its classes
-flagged is rejected altogether, one at a time (the most flagged classes first), and the rule
-judges the others again without it, so a rejected client's sets shape no prototype. A class held
-by a single client has no reference and cannot be judged. The embedding networks are seeded by the server (``seed``), so a round is reproducible.
+Outlier classes are removed from that client's set; a client with more than half of its judged
+classes flagged is rejected altogether, one at a time (the most flagged classes first), and the
+rule judges the others again without it, so a rejected client's sets shape no reference. A class
+without a majority of other holders cannot be judged. The embedding networks are seeded by the
+server (``seed``), so a round is reproducible.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ logger = logging.getLogger(__name__)
 
 #: holders a class needs before its prototype sets the typical spread
 _SPREAD_MIN_HOLDERS = 3
+#: holders a class needs before any of them is judged: the others' median needs two clients
+_MIN_HOLDERS = 3
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,12 @@ def _class_means(
     return means
 
 
+def _has_majority(judged: int, others: list[float], own: float) -> bool:
+    """Whether the other holders' images can judge a client's class (see the module)."""
+    total = sum(others)
+    return len(others) >= 2 and total >= own and max(others) < 0.5 * total
+
+
 def embedding_outliers(
     sets: Sequence[ClientSet],
     *,
@@ -170,28 +184,52 @@ def embedding_outliers(
     seed: int,
 ) -> dict[int, dict[int, str]]:
     """Node id -> {class: reason} for every client class the outlier rule flags (see the module)."""
+    return _judge(sets, spec=spec, model_name=model_name, nets=nets, margin=margin, spread=spread, seed=seed)[1]
+
+
+def _judge(
+    sets: Sequence[ClientSet],
+    *,
+    spec: DatasetSpec,
+    model_name: str,
+    nets: int,
+    margin: float,
+    spread: float,
+    seed: int,
+) -> tuple[dict[int, int], dict[int, dict[int, str]]]:
+    """Node id -> how many of its classes had a reference to judge them, and the flagged classes."""
     if nets < 1 or len(sets) < 2:
-        return {}
+        return {}, {}
     means = _class_means(sets, spec=spec, model_name=model_name, nets=nets, seed=seed)
     holders: dict[int, list[int]] = {}
     for i, c in means:
         holders.setdefault(c, []).append(i)
-    prototypes = {
-        c: weighted_median(
-            torch.stack([means[(i, c)] for i in idx]),
-            torch.tensor([int((sets[i].synthetic.labels == c).sum()) for i in idx], dtype=torch.float64),
-        )
-        for c, idx in holders.items()
+    sent = {(i, c): float((sets[i].synthetic.labels == c).sum()) for i, c in means}
+
+    def prototypes_without(judged: int) -> dict[int, torch.Tensor]:
+        """Class -> weighted median of the other clients' class means (classes only ``judged`` holds have none)."""
+        out = {}
+        for c, idx in holders.items():
+            others = [j for j in idx if j != judged]
+            if others:
+                out[c] = weighted_median(
+                    torch.stack([means[(j, c)] for j in others]),
+                    torch.tensor([sent[(j, c)] for j in others], dtype=torch.float64),
+                )
+        return out
+
+    references = {i: prototypes_without(i) for i in range(len(sets))}
+    distance = {
+        (i, c): float(torch.linalg.vector_norm(m - references[i][c]))
+        for (i, c), m in means.items()
+        if _has_majority(i, [sent[(j, c)] for j in holders[c] if j != i], sent[(i, c)])
     }
-    distance = {(i, c): float(torch.linalg.vector_norm(m - prototypes[c])) for (i, c), m in means.items()}
     typical = [distance[(i, c)] for (i, c) in distance if len(holders[c]) >= _SPREAD_MIN_HOLDERS]
     scale = float(torch.tensor(typical).median()) if typical else None
     flagged: dict[int, dict[int, str]] = {}
-    for (i, c), m in means.items():
-        if len(holders[c]) < 2:
-            continue  # the only holder is its own reference
-        own = distance[(i, c)]
-        others = {o: float(torch.linalg.vector_norm(m - p)) for o, p in prototypes.items() if o != c}
+    for (i, c), own in distance.items():
+        m = means[(i, c)]
+        others = {o: float(torch.linalg.vector_norm(m - p)) for o, p in references[i].items() if o != c}
         nearest = min(others, key=others.get) if others else None
         reason = None
         if nearest is not None and others[nearest] * margin < own:
@@ -200,7 +238,10 @@ def embedding_outliers(
             reason = f"class {c} images lie {own / scale:.1f}x the typical distance from the class median"
         if reason is not None:
             flagged.setdefault(sets[i].node_id, {})[c] = reason
-    return flagged
+    judged: dict[int, int] = {}
+    for i, _ in distance:
+        judged[sets[i].node_id] = judged.get(sets[i].node_id, 0) + 1
+    return judged, flagged
 
 
 def _without_classes(client_set: ClientSet, classes: Sequence[int]) -> ClientSet:
@@ -242,7 +283,7 @@ def robust_sets(
     rejected: dict[int, str] = {}
     remaining = list(capped)
     while True:
-        flagged = embedding_outliers(
+        judged, flagged = _judge(
             remaining,
             spec=spec,
             model_name=model_name,
@@ -254,15 +295,14 @@ def robust_sets(
         over_half = {}
         for s in remaining:
             classes = flagged.get(s.node_id, {})
-            held = int((s.synthetic.class_counts() > 0).sum())
-            if classes and 2 * len(classes) > held:
-                over_half[s.node_id] = (len(classes), len(classes) / held, held, classes)
+            if classes and 2 * len(classes) > judged[s.node_id]:
+                over_half[s.node_id] = (len(classes), len(classes) / judged[s.node_id], judged[s.node_id], classes)
         if not over_half or len(over_half) == len(remaining):
             break
         # most evidence first: the most flagged classes, then the largest flagged share
         worst = max(over_half, key=lambda node: over_half[node][:2])
         count, _, held, classes = over_half[worst]
-        rejected[worst] = f"outlier on {count} of {held} classes: " + "; ".join(classes.values())
+        rejected[worst] = f"outlier on {count} of {held} judged classes: " + "; ".join(classes.values())
         remaining = [s for s in remaining if s.node_id != worst]
     kept = []
     for s in remaining:
@@ -272,7 +312,7 @@ def robust_sets(
             continue
         if s.node_id in over_half:  # every remaining client is over half: the rule stands aside below
             count, _, held, _ = over_half[s.node_id]
-            rejected[s.node_id] = f"outlier on {count} of {held} classes: " + "; ".join(classes.values())
+            rejected[s.node_id] = f"outlier on {count} of {held} judged classes: " + "; ".join(classes.values())
             continue
         kept.append(_without_classes(s, sorted(classes)))
         neutralised.setdefault(s.node_id, []).extend(f"removed: {reason}" for reason in classes.values())

@@ -216,49 +216,113 @@ def _labelled_set(node_id: int, digits, *, images_of: int, label: int, count: in
     return ClientSet(node_id=node_id, synthetic=synthetic, class_counts=counts, metrics={})
 
 
-@pytest.mark.parametrize("small_claims", [2, 10**6])
-def test_the_prototype_of_a_class_follows_the_images_sent_not_the_claims(digits, digits_spec, small_claims):
-    # class 3: node 0 sends IPC images of it; nodes 1 and 2 send one image each, of an 8. An
-    # unweighted median of the three lies with the two small sets and would judge node 0; weighted
-    # by the images sent, the class is node 0's and the two small sets are the outliers, whatever
-    # real-sample counts they claim (a claim is the client's word; the images are bounded by ipc)
-    sets = [
-        _labelled_set(0, digits, images_of=3, label=3, count=300, offset=0),
-        _labelled_set(1, digits, images_of=8, label=3, count=small_claims, offset=0, n=1),
-        _labelled_set(2, digits, images_of=8, label=3, count=small_claims, offset=1, n=1),
-        _labelled_set(3, digits, images_of=8, label=8, count=300, offset=2 * IPC),
-        _labelled_set(4, digits, images_of=8, label=8, count=300, offset=3 * IPC),
-    ]
-    flagged = embedding_outliers(sets, spec=digits_spec, model_name="convnet", nets=2, margin=1.0, spread=4.0, seed=0)
-    assert 0 not in flagged
-    assert set(flagged) == {1, 2} and all(3 in classes for classes in flagged.values())
+def _flagged(sets, digits_spec):
+    return embedding_outliers(sets, spec=digits_spec, model_name="convnet", nets=2, margin=1.0, spread=4.0, seed=0)
 
 
-def test_a_rejected_client_shapes_no_prototype(digits, digits_spec):
-    # node 9 sends sixes labelled 5 (and fours labelled 3, threes labelled 4): on its own it is the
-    # largest sender of class 5, so in the first judgement class 5's prototype is its sixes and
-    # node 1's honest fives look wrong. Node 9 is rejected (most of its classes flagged); judged
-    # again without it, node 1 keeps its class 5.
+def _eights(node_id: int, digits, *, offset: int) -> ClientSet:
+    return _labelled_set(node_id, digits, images_of=8, label=8, count=60, offset=offset, n=10)
+
+
+@pytest.mark.parametrize("claim", [2, 10**6])
+def test_a_class_is_judged_by_the_images_the_others_sent_not_by_claims(digits, digits_spec, claim):
+    # class 3: nodes 0-2 send 10, 6 and 6 threes, node 5 sends five eights labelled 3. Judged
+    # against the others (weighted by the images they sent), node 5 is the outlier whatever
+    # real-sample count it claims (a claim is the client's word; the images are bounded by ipc),
+    # and node 0, judged against nodes 1, 2 and 5, keeps its threes
     sets = [
-        _labelled_set(0, digits, images_of=3, label=3, count=60, offset=0),
-        _labelled_set(1, digits, images_of=5, label=5, count=60, offset=0, n=1),
-        _labelled_set(2, digits, images_of=4, label=4, count=60, offset=0),
-        _labelled_set(3, digits, images_of=6, label=6, count=60, offset=0),
-        _labelled_set(4, digits, images_of=3, label=3, count=60, offset=IPC),
-        _labelled_set(5, digits, images_of=4, label=4, count=60, offset=IPC),
+        _labelled_set(0, digits, images_of=3, label=3, count=300, offset=0, n=10),
+        _labelled_set(1, digits, images_of=3, label=3, count=60, offset=10, n=6),
+        _labelled_set(2, digits, images_of=3, label=3, count=60, offset=16, n=6),
+        _eights(3, digits, offset=0),
+        _eights(4, digits, offset=10),
+        _labelled_set(5, digits, images_of=8, label=3, count=claim, offset=20, n=5),
     ]
-    flipper = [_labelled_set(9, digits, images_of=shown, label=c, count=60, offset=2 * IPC)
-               for c, shown in ((3, 4), (4, 3), (5, 6))]
+    flagged = _flagged(sets, digits_spec)
+    assert set(flagged) == {5} and set(flagged[5]) == {3}
+
+
+def test_small_sets_do_not_judge_the_client_that_sent_most_of_a_class(digits, digits_spec):
+    # class 3: node 0 sends 10 threes, nodes 1, 2 and 5 one eight each. Node 0 is not judged
+    # (the others sent fewer images than it did); a small set is not judged either, since node 0
+    # alone would be its reference: no majority of clients decides class 3
+    sets = [
+        _labelled_set(0, digits, images_of=3, label=3, count=300, offset=0, n=10),
+        _labelled_set(1, digits, images_of=8, label=3, count=2, offset=0, n=1),
+        _labelled_set(2, digits, images_of=8, label=3, count=2, offset=1, n=1),
+        _labelled_set(5, digits, images_of=8, label=3, count=2, offset=22, n=1),
+        _eights(3, digits, offset=2),
+        _eights(4, digits, offset=12),
+    ]
+    assert _flagged(sets, digits_spec) == {}
+
+
+def test_a_client_cannot_be_its_own_reference(digits, digits_spec):
+    # node 9 sends ten eights labelled 3; nodes 0, 1 and 4 send ten honest threes between them. A
+    # prototype that counted node 9's own images would be mostly its eights (10 of the 20
+    # images) and would judge the honest threes; judged against the other clients only, node 9
+    # is the outlier and is rejected, and the honest clients keep their sets
+    sets = [
+        _labelled_set(0, digits, images_of=3, label=3, count=60, offset=0, n=4),
+        _labelled_set(1, digits, images_of=3, label=3, count=60, offset=4, n=3),
+        _labelled_set(4, digits, images_of=3, label=3, count=60, offset=7, n=3),
+        _eights(2, digits, offset=0),
+        _eights(3, digits, offset=10),
+        _labelled_set(9, digits, images_of=8, label=3, count=60, offset=20, n=10),
+    ]
+    # far from its own class's reference: over twice as near class 8's (a reference holding its
+    # own eights would lie between the two)
+    strict = embedding_outliers(sets, spec=digits_spec, model_name="convnet", nets=2, margin=2.0, spread=4.0, seed=0)
+    assert set(strict) == {9}
+    config = parse_config(FederatedConfig, {"robust.outlier_nets": 2}).robust
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
+    assert set(outcome.rejected) == {9} and "1 of 1 judged classes" in outcome.rejected[9]
+    assert outcome.neutralised == {} and [s.node_id for s in outcome.sets] == [0, 1, 4, 2, 3]
+
+
+def test_a_class_needs_a_majority_of_other_clients_to_judge_it(digits, digits_spec):
+    # class 3 held by a client of threes and a client of eights: neither can judge the other.
+    # With three clients of threes beside the eights, the eights are judged and flagged, and each
+    # client of threes, judged against two of threes and one of eights, is not
+    sets = [
+        _labelled_set(0, digits, images_of=3, label=3, count=60, offset=0, n=10),
+        _labelled_set(1, digits, images_of=8, label=3, count=60, offset=0, n=10),
+        _eights(2, digits, offset=10),
+        _eights(3, digits, offset=20),
+    ]
+    assert _flagged(sets, digits_spec) == {}
+    sets += [
+        _labelled_set(4, digits, images_of=3, label=3, count=60, offset=10, n=10),
+        _labelled_set(5, digits, images_of=3, label=3, count=60, offset=20, n=10),
+    ]
+    flagged = _flagged(sets, digits_spec)
+    assert set(flagged) == {1} and set(flagged[1]) == {3}
+
+
+def test_a_rejected_client_shapes_no_reference(digits, digits_spec):
+    # node 9 sends fours labelled 3, threes labelled 4, sixes labelled 5 and sevens labelled 7.
+    # Its classes 3 and 4 are judged against the honest holders and flagged; no one else holds 5
+    # or 7, so they cannot be judged, and the flipper is rejected on 2 of its 2 judged classes
+    # (half of the four it holds). The honest clients are judged again without it and keep their sets
+    sets = [
+        _labelled_set(0, digits, images_of=3, label=3, count=60, offset=0, n=5),
+        _labelled_set(1, digits, images_of=3, label=3, count=60, offset=5, n=5),
+        _labelled_set(2, digits, images_of=4, label=4, count=60, offset=0, n=5),
+        _labelled_set(3, digits, images_of=4, label=4, count=60, offset=5, n=5),
+        _labelled_set(4, digits, images_of=3, label=3, count=60, offset=10, n=5),
+        _labelled_set(5, digits, images_of=4, label=4, count=60, offset=10, n=5),
+        _labelled_set(6, digits, images_of=6, label=6, count=60, offset=0, n=10),
+    ]
+    flipper = [_labelled_set(9, digits, images_of=shown, label=c, count=60, offset=20, n=5)
+               for c, shown in ((3, 4), (4, 3), (5, 6), (7, 7))]
     images = torch.cat([f.synthetic.images for f in flipper])
     labels = torch.cat([f.synthetic.labels for f in flipper])
     counts = sum(f.class_counts for f in flipper)
     sets.append(ClientSet(node_id=9, synthetic=SyntheticSet(images, labels, {}), class_counts=counts, metrics={}))
-    first = embedding_outliers(sets, spec=digits_spec, model_name="convnet", nets=2, margin=1.0, spread=4.0, seed=0)
     config = parse_config(FederatedConfig, {"robust.outlier_nets": 2}).robust
     outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
-    assert 5 in first.get(1, {}), "the scenario must mislead a single judgement"
-    assert 9 in outcome.rejected
-    assert 1 not in outcome.neutralised and 1 not in outcome.rejected
+    assert set(outcome.rejected) == {9} and "2 of 2 judged classes" in outcome.rejected[9]
+    assert set(outcome.neutralised) <= {9} and [s.node_id for s in outcome.sets] == list(range(7))
 
 
 def test_the_robust_rule_off_lets_a_label_flip_through(task_identity, digits):
