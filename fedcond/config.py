@@ -36,10 +36,12 @@ __all__ = [
     "DPConfig",
     "EvalConfig",
     "FederatedConfig",
+    "MAX_SEED",
     "Range",
     "RobustConfig",
     "choices_of",
     "load_toml",
+    "offset_seed",
     "ranged",
     "parse_config",
     "flatten_config",
@@ -58,13 +60,17 @@ def _number(value: float) -> str:
 class Range:
     """The allowed interval of a numeric config field; ``None`` leaves that side open.
 
-    ``ge``/``gt`` bound from below (inclusive/exclusive), ``le``/``lt`` from above.
+    ``ge``/``gt`` bound from below (inclusive/exclusive), ``le``/``lt`` from above: the bounds
+    of what the value means (a fraction lies in ``[0, 1]``). ``limit`` is an inclusive upper
+    bound that guards the run instead: the largest value it can take without overflowing torch
+    or NumPy or asking for absurd resources (the ``MAX_*`` constants below).
     """
 
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
     lt: float | None = None
+    limit: float | None = None
 
     def contains(self, value: float) -> bool:
         """Whether ``value`` lies in the interval (NaN never does)."""
@@ -73,25 +79,78 @@ class Range:
             and (self.gt is None or value > self.gt)
             and (self.le is None or value <= self.le)
             and (self.lt is None or value < self.lt)
+            and (self.limit is None or value <= self.limit)
         )
 
-    def describe(self) -> str:
-        """What a value must do, e.g. ``be >= 1`` or ``lie in (0, 1]``."""
+    def describe(self, value: float | None = None) -> str:
+        """What a value must do, e.g. ``be >= 1`` or ``lie in (0, 1]``.
+
+        Without ``value``, the whole interval. Given the ``value`` that failed, the ``limit``
+        is named only when the value exceeds it: ``--ipc 0`` is told ``be >= 1``, ``--ipc 1e20``
+        ``lie in [1, 10000]``.
+        """
+        le = self.le
+        if self.limit is not None and (value is None or value > self.limit):
+            le = self.limit if le is None else min(le, self.limit)
         lows = [f"[{_number(self.ge)}"] if self.ge is not None else []
         lows += [f"({_number(self.gt)}"] if self.gt is not None else []
-        highs = [f"{_number(self.le)}]"] if self.le is not None else []
+        highs = [f"{_number(le)}]"] if le is not None else []
         highs += [f"{_number(self.lt)})"] if self.lt is not None else []
         if len(lows) == 1 and len(highs) == 1:
             return f"lie in {lows[0]}, {highs[0]}"
-        bounds = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+        bounds = ((">=", self.ge), (">", self.gt), ("<=", le), ("<", self.lt))
         parts = [f"{op} {_number(bound)}" for op, bound in bounds if bound is not None]
         return "be " + " and ".join(parts)
 
 
 def ranged(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-           lt: float | None = None) -> Any:
-    """A dataclass field with ``default`` whose value must lie in the given interval (``None`` passes)."""
-    return field(default=default, metadata={"range": Range(ge=ge, gt=gt, le=le, lt=lt)})
+           lt: float | None = None, limit: float | None = None) -> Any:
+    """A dataclass field with ``default`` whose value must lie in the given interval (``None`` passes).
+
+    ``limit`` is the largest value a run can take (see :class:`Range`).
+    """
+    return field(default=default, metadata={"range": Range(ge=ge, gt=gt, le=le, lt=lt, limit=limit)})
+
+
+# Upper bounds shared by the numeric fields below. Every number a config takes has one, so that a
+# huge value is refused by its key here instead of overflowing inside torch or NumPy later.
+
+#: Seeds. A run derives further seeds from a config's seed (``seed * 1000 + round``,
+#: ``seed * 7919 + k``), which must stay inside ``torch.Generator.manual_seed``'s range [0, 2**64).
+MAX_SEED = 2**32 - 1
+#: ``dp.noise_seed``: the 63-bit seeds :func:`fedcond.privacy.dp.derive_noise_seed` gives each client.
+MAX_NOISE_SEED = 2**63 - 1
+#: Optimisation steps, epochs, rounds and the periods counted in them.
+MAX_STEPS = 10**9
+#: Images per class of a condensed set or a replay memory (more than a whole class of any
+#: registered dataset); a memory's total budget too, since one class may hold all of it.
+MAX_IPC = 10_000
+#: Any other count of images: batch sizes, per-class subsamples, partition sizes.
+MAX_IMAGES = 10**9
+#: Networks a run trains or keeps side by side (evaluation runs, shadow models, embedder queues).
+MAX_NETWORKS = 1000
+#: Clients of a federation.
+MAX_CLIENTS = 100_000
+#: Wall-clock limits, in seconds (about 116 days).
+MAX_SECONDS = 1e7
+#: SGD learning rate on a network's weights.
+MAX_LR = 10.0
+#: SGD learning rate on synthetic pixels (trajectory-matching methods use up to 1e4).
+MAX_PIXEL_LR = 1e6
+#: Weights, factors and norm bounds without a natural scale.
+MAX_FACTOR = 1e6
+#: Privacy budget: a larger epsilon certifies nothing, and the accountants' noise calibration
+#: stops converging (RDP runs for minutes at epsilon 1e308).
+MAX_EPSILON = 100.0
+
+
+def offset_seed(seed: int, offset: int) -> int:
+    """The seed ``offset`` steps after ``seed``, wrapped into ``[0, MAX_SEED]``.
+
+    A derived config (one client's round, one experience's condensation) takes it, so that a
+    valid seed near :data:`MAX_SEED` never derives an invalid one.
+    """
+    return (seed + offset) % (MAX_SEED + 1)
 
 
 @functools.cache
@@ -146,7 +205,7 @@ class _SelfChecking:
                 raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
             bounds = f.metadata.get("range")
             if bounds is not None and not bounds.contains(value):
-                raise ConfigError(f"config key {key!r} must {bounds.describe()}, got {value!r}")
+                raise ConfigError(f"config key {key!r} must {bounds.describe(value)}, got {value!r}")
         self._check_rules()
 
     def _check_rules(self) -> None:
@@ -194,13 +253,13 @@ class AugmentConfig(_SelfChecking):
 
     strategy: str = "color_crop_cutout_flip_scale_rotate"
     layout: Literal["sample", "class"] = "class"
-    scale: float = ranged(1.2, ge=1.0)
+    scale: float = ranged(1.2, ge=1.0, limit=10.0)
     rotate_degrees: float = ranged(15.0, ge=0.0, le=180.0)
     crop_pad: float = ranged(0.125, ge=0.0, lt=1.0)
     cutout: float = ranged(0.5, ge=0.0, le=1.0)
-    brightness: float = ranged(1.0, ge=0.0)
-    saturation: float = ranged(2.0, ge=0.0)
-    contrast: float = ranged(0.5, ge=0.0)
+    brightness: float = ranged(1.0, ge=0.0, limit=100.0)
+    saturation: float = ranged(2.0, ge=0.0, limit=100.0)
+    contrast: float = ranged(0.5, ge=0.0, limit=100.0)
 
 
 @dataclass(frozen=True)
@@ -272,26 +331,26 @@ class DistillConfig(_SelfChecking):
 
     _section: ClassVar[str] = "distill"
 
-    ipc: int = ranged(10, ge=1)
-    iterations: int = ranged(1000, ge=0)
+    ipc: int = ranged(10, ge=1, limit=MAX_IPC)
+    iterations: int = ranged(1000, ge=0, limit=MAX_STEPS)
     init: Literal["real", "herding", "kmeans", "noise"] = "real"
-    lr_img: float = ranged(1.0, gt=0.0)
+    lr_img: float = ranged(1.0, gt=0.0, limit=MAX_PIXEL_LR)
     momentum: float = ranged(0.5, ge=0.0, lt=1.0)
-    batch_real: int = ranged(256, ge=1)
+    batch_real: int = ranged(256, ge=1, limit=MAX_IMAGES)
     model: str = "convnet"
     dsa: bool = True
     matching: Literal["mean", "mmd"] = "mean"
-    mmd_weight: float = ranged(1.0, ge=0.0)
+    mmd_weight: float = ranged(1.0, ge=0.0, limit=MAX_FACTOR)
     mixed_precision: bool = True
     channels_last: bool = False
     compile: bool = False
-    real_chunk: int = ranged(64, ge=0)
-    checkpoint_every: int = ranged(0, ge=0)
-    factor: int = ranged(1, ge=1)
-    seed: int = ranged(0, ge=0)
-    time_budget: float | None = ranged(None, gt=0.0)
-    queue_size: int = ranged(0, ge=0)
-    queue_lifetime: int = ranged(100, ge=1)
+    real_chunk: int = ranged(64, ge=0, limit=MAX_IMAGES)
+    checkpoint_every: int = ranged(0, ge=0, limit=MAX_STEPS)
+    factor: int = ranged(1, ge=1, limit=64)
+    seed: int = ranged(0, ge=0, limit=MAX_SEED)
+    time_budget: float | None = ranged(None, gt=0.0, limit=MAX_SECONDS)
+    queue_size: int = ranged(0, ge=0, limit=MAX_NETWORKS)
+    queue_lifetime: int = ranged(100, ge=1, limit=MAX_STEPS)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -305,12 +364,12 @@ class EvalConfig(_SelfChecking):
 
     _section: ClassVar[str] = "eval"
 
-    runs: int = ranged(3, ge=0)
-    epochs: int = ranged(300, ge=1)
-    lr: float = ranged(0.01, gt=0.0)
+    runs: int = ranged(3, ge=0, limit=MAX_NETWORKS)
+    epochs: int = ranged(300, ge=1, limit=MAX_STEPS)
+    lr: float = ranged(0.01, gt=0.0, limit=MAX_LR)
     momentum: float = ranged(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = ranged(5e-4, ge=0.0)
-    batch_size: int = ranged(256, ge=1)
+    weight_decay: float = ranged(5e-4, ge=0.0, limit=1.0)
+    batch_size: int = ranged(256, ge=1, limit=MAX_IMAGES)
     dsa: bool = True
     model: str = "convnet"
 
@@ -340,12 +399,12 @@ class DPConfig(_SelfChecking):
 
     _section: ClassVar[str] = "dp"
 
-    epsilon: float = field(metadata={"range": Range(gt=0.0)})
+    epsilon: float = field(metadata={"range": Range(gt=0.0, limit=MAX_EPSILON)})
     delta: float = ranged(1e-5, gt=0.0, lt=1.0)
-    clip_norm: float = ranged(0.6, gt=0.0)
+    clip_norm: float = ranged(0.6, gt=0.0, limit=MAX_FACTOR)
     sample_rate: float = ranged(0.0, ge=0.0, le=1.0)
     accountant: Literal["rdp", "prv"] = "rdp"
-    noise_seed: int | None = ranged(None, ge=0)
+    noise_seed: int | None = ranged(None, ge=0, limit=MAX_NOISE_SEED)
 
 
 @dataclass(frozen=True)
@@ -389,13 +448,13 @@ class RobustConfig(_SelfChecking):
     #: on by default: the count cap changes no honest run and neutralises inflated claims
     #: (docs/robustness.md)
     enabled: bool = True
-    pixel_margin: float | None = ranged(None, ge=0.0)
+    pixel_margin: float | None = ranged(None, ge=0.0, limit=MAX_FACTOR)
     max_class_count: int = ranged(10_000_000, ge=1, le=2**31 - 1)
-    count_cap_factor: float = ranged(3.0, ge=1.0)
-    outlier_nets: int = ranged(0, ge=0)
-    outlier_margin: float = ranged(1.0, gt=0.0)
-    outlier_spread: float = ranged(4.0, gt=0.0)
-    max_set_age: int = ranged(5, ge=1)
+    count_cap_factor: float = ranged(3.0, ge=1.0, limit=MAX_FACTOR)
+    outlier_nets: int = ranged(0, ge=0, limit=MAX_NETWORKS)
+    outlier_margin: float = ranged(1.0, gt=0.0, limit=MAX_FACTOR)
+    outlier_spread: float = ranged(4.0, gt=0.0, limit=MAX_FACTOR)
+    max_set_age: int = ranged(5, ge=1, limit=MAX_STEPS)
 
 
 @dataclass(frozen=True)
@@ -409,34 +468,34 @@ class FederatedConfig(_SelfChecking):
     """
 
     strategy: str = "fedcond"
-    num_clients: int = ranged(10, ge=1)
+    num_clients: int = ranged(10, ge=1, limit=MAX_CLIENTS)
     partition: Literal["iid", "dirichlet", "shards"] = "dirichlet"
-    alpha: float = ranged(0.1, ge=0.0)
-    shards_per_client: int = ranged(2, ge=0)
-    min_partition_size: int = ranged(10, ge=1)
-    rounds: int = ranged(1, ge=1)
-    local_epochs: int = ranged(1, ge=1)
-    local_lr: float = ranged(0.01, gt=0.0)
-    local_batch_size: int = ranged(32, ge=1)
-    proximal_mu: float = ranged(0.01, ge=0.0)
+    alpha: float = ranged(0.1, ge=0.0, limit=MAX_FACTOR)
+    shards_per_client: int = ranged(2, ge=0, limit=MAX_IMAGES)
+    min_partition_size: int = ranged(10, ge=1, limit=MAX_IMAGES)
+    rounds: int = ranged(1, ge=1, limit=MAX_STEPS)
+    local_epochs: int = ranged(1, ge=1, limit=MAX_STEPS)
+    local_lr: float = ranged(0.01, gt=0.0, limit=MAX_LR)
+    local_batch_size: int = ranged(32, ge=1, limit=MAX_IMAGES)
+    proximal_mu: float = ranged(0.01, ge=0.0, limit=MAX_FACTOR)
     fraction_train: float = ranged(1.0, gt=0.0, le=1.0)
     min_reply_fraction: float = ranged(0.5, ge=0.0, le=1.0)
-    min_available_nodes: int = ranged(1, ge=1)
-    round_timeout: float = ranged(3600.0, gt=0.0)
-    train_per_class: int | None = ranged(None, ge=1)
-    test_per_class: int | None = ranged(None, ge=1)
-    server_epochs: int = ranged(300, ge=1)
-    server_lr: float = ranged(0.01, gt=0.0)
+    min_available_nodes: int = ranged(1, ge=1, limit=MAX_CLIENTS)
+    round_timeout: float = ranged(3600.0, gt=0.0, limit=MAX_SECONDS)
+    train_per_class: int | None = ranged(None, ge=1, limit=MAX_IMAGES)
+    test_per_class: int | None = ranged(None, ge=1, limit=MAX_IMAGES)
+    server_epochs: int = ranged(300, ge=1, limit=MAX_STEPS)
+    server_lr: float = ranged(0.01, gt=0.0, limit=MAX_LR)
     model: str = "convnet"
-    seed: int = ranged(0, ge=0)
+    seed: int = ranged(0, ge=0, limit=MAX_SEED)
     #: clients start from noise: a real-image start uploads near-copies of training images, and
     #: the default client policy (fedcond.federated.policy) refuses it
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(iterations=200, init="noise"))
     dp: DPConfig | None = None
     robust: RobustConfig = field(default_factory=RobustConfig)
-    node_wait_timeout: float = ranged(600.0, gt=0.0)
+    node_wait_timeout: float = ranged(600.0, gt=0.0, limit=MAX_SECONDS)
     trimmed_beta: float = ranged(0.2, ge=0.0, lt=0.5)
-    byzantine_nodes: int = ranged(1, ge=0)
+    byzantine_nodes: int = ranged(1, ge=0, limit=MAX_CLIENTS)
 
     def _check_rules(self) -> None:
         if self.partition == "dirichlet" and not self.alpha > 0:
@@ -484,21 +543,21 @@ class ContinualConfig(_SelfChecking):
 
     benchmark: Literal["split-digits", "split-mnist", "split-fashion-mnist", "split-cifar10"] = "split-digits"
     replay: Literal["none", "random", "herding", "distilled", "joint"] = "distilled"
-    memory_per_class: int = ranged(10, ge=0)
-    max_memory: int | None = ranged(None, ge=1)
-    epochs: int = ranged(5, ge=1)
-    batch_size: int = ranged(64, ge=1)
-    lr: float = ranged(0.01, gt=0.0)
+    memory_per_class: int = ranged(10, ge=0, limit=MAX_IPC)
+    max_memory: int | None = ranged(None, ge=1, limit=MAX_IPC)
+    epochs: int = ranged(5, ge=1, limit=MAX_STEPS)
+    batch_size: int = ranged(64, ge=1, limit=MAX_IMAGES)
+    lr: float = ranged(0.01, gt=0.0, limit=MAX_LR)
     momentum: float = ranged(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = ranged(0.0, ge=0.0)
+    weight_decay: float = ranged(0.0, ge=0.0, limit=1.0)
     model: str = "convnet"
     augment_memory: bool = False
     gdumb: bool = False
-    gdumb_epochs: int = ranged(100, ge=1)
-    train_per_class: int | None = ranged(None, ge=1)
-    test_per_class: int | None = ranged(None, ge=1)
-    num_experiences: int = ranged(5, ge=1)
-    seed: int = ranged(0, ge=0)
+    gdumb_epochs: int = ranged(100, ge=1, limit=MAX_STEPS)
+    train_per_class: int | None = ranged(None, ge=1, limit=MAX_IMAGES)
+    test_per_class: int | None = ranged(None, ge=1, limit=MAX_IMAGES)
+    num_experiences: int = ranged(5, ge=1, limit=1000)
+    seed: int = ranged(0, ge=0, limit=MAX_SEED)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(iterations=200))
 
     def _check_rules(self) -> None:
@@ -527,13 +586,13 @@ class AuditConfig(_SelfChecking):
     is the one-sided test level behind the verdict; ``model`` is the attacked architecture.
     """
 
-    shadow_models: int = ranged(4, ge=0)
-    target_epochs: int = ranged(100, ge=1)
+    shadow_models: int = ranged(4, ge=0, limit=MAX_NETWORKS)
+    target_epochs: int = ranged(100, ge=1, limit=MAX_STEPS)
     feature_space: bool = True
     calibration_quantile: float = ranged(0.01, gt=0.0, lt=1.0)
-    seed: int = ranged(0, ge=0)
-    reference_size: int = ranged(1000, ge=1)
-    max_candidates: int = ranged(1000, ge=1)
+    seed: int = ranged(0, ge=0, limit=MAX_SEED)
+    reference_size: int = ranged(1000, ge=1, limit=MAX_IMAGES)
+    max_candidates: int = ranged(1000, ge=1, limit=MAX_IMAGES)
     significance: float = ranged(0.01, gt=0.0, lt=1.0)
     model: str = "convnet"
 

@@ -233,6 +233,9 @@ def _outside_and_edge(bounds) -> tuple[list[float], list[float]]:
         edges.append(bounds.le)
     if bounds.lt is not None:
         outside.append(bounds.lt)
+    if bounds.limit is not None:
+        outside.append(bounds.limit + 1)
+        edges.append(bounds.limit)
     return outside, edges
 
 
@@ -318,3 +321,57 @@ def test_rules_across_fields_are_checked_when_built() -> None:
         ContinualConfig(replay="herding", memory_per_class=0)
     assert ContinualConfig(replay="none", memory_per_class=0).memory_per_class == 0
     assert ContinualConfig(replay="herding", memory_per_class=0, max_memory=20).max_memory == 20
+
+
+def test_every_number_has_an_upper_bound() -> None:
+    import dataclasses
+
+    unbounded = []
+    for cls in _config_classes():
+        for f in dataclasses.fields(cls):
+            bounds = f.metadata.get("range")
+            if bounds is not None and bounds.le is None and bounds.lt is None and bounds.limit is None:
+                unbounded.append(f"{cls.__name__}.{f.name}")
+    assert unbounded == [], "a huge value of these would reach torch or NumPy unchecked"
+
+
+@pytest.mark.parametrize(
+    ("cls", "values", "message"),
+    [
+        ("DistillConfig", {"ipc": "100000000000000000000"}, "'distill.ipc' must lie in [1, 10000], got 1000"),
+        ("DistillConfig", {"iterations": 10**20}, "'distill.iterations' must lie in [0, 1000000000]"),
+        ("DistillConfig", {"lr_img": "1e308"}, "'distill.lr_img' must lie in (0, 1000000], got 1e+308"),
+        ("DistillConfig", {"seed": 2**64}, "'distill.seed' must lie in [0, 4294967295]"),
+        ("FederatedConfig", {"seed": 2**32}, "'seed' must lie in [0, 4294967295]"),
+        ("FederatedConfig", {"dp.epsilon": 1e308}, "'dp.epsilon' must lie in (0, 100], got 1e+308"),
+        ("FederatedConfig", {"round_timeout": 1e300}, "'round_timeout' must lie in (0, 10000000]"),
+        ("ContinualConfig", {"max_memory": 10**12}, "'max_memory' must lie in [1, 10000]"),
+    ],
+)
+def test_huge_numbers_are_refused_by_key_with_the_allowed_range(cls: str, values: dict, message: str) -> None:
+    import fedcond.config as config
+
+    with pytest.raises(ConfigError) as exc:
+        parse_config(getattr(config, cls), values)
+    assert message in str(exc.value)
+
+
+def test_a_value_below_the_range_is_told_its_lower_bound_and_one_above_the_limit_the_range() -> None:
+    with pytest.raises(ConfigError, match=r"'distill.ipc' must be >= 1, got 0$"):
+        parse_config(DistillConfig, {"ipc": 0})
+    with pytest.raises(ConfigError, match=r"'distill.ipc' must lie in \[1, 10000\], got 10001$"):
+        parse_config(DistillConfig, {"ipc": 10001})
+    with pytest.raises(ConfigError, match=r"'dp.delta' must lie in \(0, 1\), got 1.0$"):
+        parse_config(FederatedConfig, {"dp.epsilon": 1.0, "dp.delta": 1.0})
+
+
+def test_the_largest_seed_derives_seeds_that_torch_takes() -> None:
+    import torch
+
+    from fedcond.config import MAX_SEED, MAX_STEPS, offset_seed
+
+    # the largest derivation: a robust round's networks, (seed * 1000 + 700 + round) * 7919 + k
+    torch.Generator().manual_seed((MAX_SEED * 1000 + 700 + MAX_STEPS) * 7919 + 1000)
+    # a derived config (one client's round, one experience) stays valid at the edge
+    assert DistillConfig(seed=offset_seed(MAX_SEED, 1000 * 7 + 3)).seed == 1000 * 7 + 2
+    assert offset_seed(5, 1009) == 1014

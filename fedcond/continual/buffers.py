@@ -52,7 +52,7 @@ import torch
 from avalanche.benchmarks.utils.data import AvalancheDataset
 from avalanche.training.storage_policy import ExemplarsBuffer
 
-from fedcond.config import DistillConfig
+from fedcond.config import DistillConfig, offset_seed
 from fedcond.continual.benchmarks import dataset_tensors, to_avalanche_dataset
 from fedcond.data.registry import ArrayDataset, DatasetSpec
 from fedcond.distill.coreset import HerdingSelector, herding_order
@@ -371,7 +371,7 @@ class DistilledBuffer(ExemplarsBuffer):
         """``ipc`` synthetic images for every class in ``data``, sorted by importance."""
         counts = data.class_counts()
         classes = [c for c in range(self.spec.num_classes) if counts[c] > 0]
-        config = dataclasses.replace(self.distill, ipc=ipc, seed=self.distill.seed + 1009 * self._updates)
+        config = dataclasses.replace(self.distill, ipc=ipc, seed=offset_seed(self.distill.seed, 1009 * self._updates))
         scarce = [c for c in classes if counts[c] < ipc * self.factor**2]
         groups: list[tuple[list[int], str]] = []
         plenty = [c for c in classes if c not in scarce]

@@ -38,7 +38,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log as flower_log
 
-from fedcond.config import DataConfig, DistillConfig
+from fedcond.config import DataConfig, DistillConfig, offset_seed
 from fedcond.data.registry import ArrayDataset
 from fedcond.devices import keep_freed_cpu_memory, resolve_device
 from fedcond.distill.synthetic import SyntheticSet
@@ -257,7 +257,7 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
             server_noise_seed=fed.dp is not None and fed.dp.noise_seed is not None,
         )
         data, seed_id = _node_data(policy, context, job)
-        distill = dataclasses.replace(fed.distill, seed=fed.distill.seed + 1000 * seed_id + server_round)
+        distill = dataclasses.replace(fed.distill, seed=offset_seed(fed.distill.seed, 1000 * seed_id + server_round))
         embedder = None
         if MODEL_KEY in message.content.array_records:
             embedder = _received_model(message, job, data)

@@ -85,6 +85,11 @@ def test_coreset_end_to_end(tmp_path) -> None:
         # DP flags alone would publish a non-private, real-init set
         (["distill", "--dp-delta", "1e-5", "--iterations", "1"], "--dp-delta without --dp-epsilon"),
         (["distill", "--dp-noise-seed", "3", "--dp-clip", "0.3"], "--dp-clip, --dp-noise-seed without --dp-epsilon"),
+        # huge numbers: refused by key with the allowed range, never an overflow inside torch
+        (["distill", "--ipc", "100000000000000000000", "--init", "noise"], "'distill.ipc' must lie in [1, 10000]"),
+        (["distill", "--iterations", "100000000000000000000"], "'distill.iterations' must lie in [0, 1000000000]"),
+        (["distill", "--lr-img", "1e308"], "'distill.lr_img' must lie in (0, 1000000], got 1e+308"),
+        (["distill", "--seed", "18446744073709551616"], "'distill.seed' must lie in [0, 4294967295]"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, capsys, argv, message) -> None:
