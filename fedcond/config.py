@@ -620,17 +620,24 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for raw_key, value in flat.items():
         parts = [_normalise_key(p) for p in str(raw_key).split(".")]
+        if not any(parts):
+            raise ConfigError(f"config key {raw_key!r} is empty: a key names a setting, e.g. distill.ipc")
+        if not all(parts):
+            raise ConfigError(f"config key {raw_key!r} has an empty name before, between or after its dots")
         node = nested
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1], start=1):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"config key {raw_key!r} conflicts with a scalar value")
+                table = ".".join(parts[:depth])
+                raise ConfigError(f"config key {table!r} is a table of settings, not a value; set its keys")
         if isinstance(value, Mapping):
             inner = node.setdefault(parts[-1], {})
             if not isinstance(inner, dict):
-                raise ConfigError(f"config key {raw_key!r} conflicts with a scalar value")
+                raise ConfigError(f"config key {raw_key!r} is a table of settings, not a value; set its keys")
             _merge_into(inner, _nest(value), prefix=f"{raw_key}.")  # "distill.ipc" and [distill] ipc
         else:
+            if isinstance(node.get(parts[-1]), dict):  # "distill.augment=3" beside "distill.augment.scale=2"
+                raise ConfigError(f"config key {raw_key!r} is a table of settings, not a value; set its keys")
             if parts[-1] in node:  # "num-clients" and "num_clients" both given
                 raise ConfigError(f"config key {raw_key!r} is given twice (hyphen and underscore spellings)")
             node[parts[-1]] = value
@@ -661,7 +668,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, annotation):
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"config key {key!r} expects a table of {annotation.__name__} settings")
+            keys = ", ".join(f"{key}.{f.name}" for f in dataclasses.fields(annotation)[:3])
+            raise ConfigError(
+                f"config key {key!r} is a table of {annotation.__name__} settings, not a value (got {value!r}); "
+                f"set its keys instead ({keys} ...)"
+            )
         return parse_config(annotation, value, _prefix=f"{key}.")
     if isinstance(value, _FileString) and annotation in (bool, int, float):
         raise ConfigError(
@@ -751,9 +762,10 @@ def parse_config(cls: type[T], values: Mapping[str, Any] | None = None, *, _pref
         if dataclasses.is_dataclass(annotation) and isinstance(value, Mapping):
             default = _default_of(fields[name])
             if default is not None:
-                base = flatten_config(default)
-                base.update(_flatten_mapping(value))
-                value = base
+                given = _flatten_mapping(value)
+                # a value given for a whole table replaces its defaults, so that _coerce names it
+                base = {k: v for k, v in flatten_config(default).items() if not _under_any(k, given)}
+                value = {**base, **given}
         elif _optional_dataclass(annotation) is not None and isinstance(value, Mapping):
             annotation = _optional_dataclass(annotation)
         kwargs[name] = _coerce(value, annotation, _prefix + name)
@@ -761,6 +773,11 @@ def parse_config(cls: type[T], values: Mapping[str, Any] | None = None, *, _pref
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"incomplete {cls.__name__} settings: {exc}") from exc
+
+
+def _under_any(key: str, tables: Mapping[str, Any]) -> bool:
+    """Whether the dotted ``key`` lies inside one of the keys of ``tables`` (``augment.scale`` in ``augment``)."""
+    return any(key.startswith(f"{table}.") for table in tables)
 
 
 def _optional_dataclass(annotation: Any) -> Any:
@@ -815,15 +832,25 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     Raises
     ------
     ConfigError
-        When the file is missing or not valid TOML.
+        When the path is missing, a folder or unreadable, or the file is not UTF-8 or not valid
+        TOML; the message names the file.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder, not a TOML file")
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        text = path.read_bytes().decode("utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "TOML files are UTF-8: save it in that encoding"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from exc
     # strings stay strings: "3" in a file is a typo for 3, not a number to guess
     return {k: _FileString(v) if isinstance(v, str) else v for k, v in _flatten_mapping(data).items()}

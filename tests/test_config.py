@@ -72,7 +72,7 @@ def test_non_finite_numbers_tables_for_names_and_duplicate_spellings_are_refused
         ({"num_clients": True}, "'num_clients': cannot read True as int"),
         ({"alpha": False}, "'alpha': cannot read False as float"),
         ({"model": True}, "'model': cannot read True as str"),
-        ({"distill": 3}, "'distill' expects a table of DistillConfig settings"),
+        ({"distill": 3}, "'distill' is a table of DistillConfig settings, not a value"),
     ],
 )
 def test_booleans_are_not_numbers_or_names_and_only_0_1_are_booleans(values: dict, message: str) -> None:
@@ -375,3 +375,39 @@ def test_the_largest_seed_derives_seeds_that_torch_takes() -> None:
     # a derived config (one client's round, one experience) stays valid at the edge
     assert DistillConfig(seed=offset_seed(MAX_SEED, 1000 * 7 + 3)).seed == 1000 * 7 + 2
     assert offset_seed(5, 1009) == 1014
+
+
+def test_a_config_path_that_is_a_folder_or_not_utf8_is_named(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=rf"config file {tmp_path} is a folder, not a TOML file"):
+        load_toml(tmp_path)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b"[distill]\nipc = 1\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin.toml is not UTF-8 text \(byte 0xe9 at offset 23\)"):
+        load_toml(latin)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"": 3}, "config key '' is empty"),
+        ({"distill.": 3}, "config key 'distill.' has an empty name"),
+        ({"distill..ipc": 3}, "config key 'distill..ipc' has an empty name"),
+    ],
+)
+def test_an_empty_key_or_key_part_is_named(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(FederatedConfig, values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"distill.augment": "3"},
+        {"distill.augment": "3", "distill.augment.scale": 2},
+        {"distill.augment.scale": 2, "distill.augment": "3"},
+    ],
+)
+def test_a_value_given_for_a_table_is_named_as_such_not_as_given_twice(values: dict) -> None:
+    with pytest.raises(ConfigError, match="'distill.augment' is a table of") as exc:
+        parse_config(FederatedConfig, values)
+    assert "given twice" not in str(exc.value)

@@ -312,6 +312,8 @@ def overrides_from(pairs: Sequence[str] | None) -> dict[str, str]:
         if "=" not in pair:
             raise CommandError(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
+        if not key.strip():
+            raise CommandError(f"--set {pair!r} has no key before '='; write KEY=VALUE, e.g. --set distill.ipc=1")
         out[key.strip()] = value.strip()
     return out
 

@@ -50,8 +50,12 @@ def test_a_section_table_is_read_without_its_prefix_and_keys_beside_it_are_refus
 def test_bad_sources_are_named(tmp_path) -> None:
     with pytest.raises(CommandError, match="--set expects key=value, got 'ipc'"):
         config_values(file=None, flags={}, overrides=["ipc"])
+    with pytest.raises(CommandError, match="--set '=3' has no key before '='"):
+        config_values(file=None, flags={}, overrides=["=3"])
     with pytest.raises(ConfigError, match="does not exist"):
         config_values(file=tmp_path / "missing.toml", flags={}, overrides=None)
+    with pytest.raises(ConfigError, match="is a folder, not a TOML file"):
+        config_values(file=tmp_path, flags={}, overrides=None)
 
 
 def test_add_config_arguments_gives_config_and_repeatable_set() -> None:
