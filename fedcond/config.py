@@ -21,7 +21,7 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -210,6 +210,26 @@ class _SelfChecking:
 
     def _check_rules(self) -> None:
         """Rules across several fields; every field is in range when this runs."""
+
+    def ignored_keys(self, keys: Iterable[str]) -> dict[str, str]:
+        """The ``keys`` (dotted, underscore spelling) whose values this run does not read, each
+        with the reason; a table key (``distill``) stands for every key inside it.
+
+        A config holds every field, but the mode it describes may leave some unread (``alpha``
+        in an ``iid`` partition). A command refuses such a key when the user gave it, instead of
+        recording a setting that had no effect.
+        """
+        unread = self._unread_keys()
+        return {key: reason for key in keys for table, reason in unread.items() if _is_under(key, table)}
+
+    def _unread_keys(self) -> dict[str, str]:
+        """Keys (or tables) this config's mode does not read -> why; subclasses with modes add theirs."""
+        return {}
+
+
+def _is_under(key: str, table: str) -> bool:
+    """Whether the dotted ``key`` is ``table`` or lies inside it (``distill.ipc`` in ``distill``)."""
+    return key == table or key.startswith(f"{table}.")
 
 
 @dataclass(frozen=True)
@@ -508,6 +528,14 @@ class FederatedConfig(_SelfChecking):
                 "any privacy while the run config claimed it (drop dp.* for this strategy)"
             )
 
+    def _unread_keys(self) -> dict[str, str]:
+        unread = {}
+        if self.partition != "dirichlet":
+            unread["alpha"] = f"it is the Dirichlet concentration, and partition {self.partition} draws none"
+        if self.partition != "shards":
+            unread["shards_per_client"] = f"it sizes the shards partition, not partition {self.partition}"
+        return unread
+
 
 @dataclass(frozen=True)
 class ContinualConfig(_SelfChecking):
@@ -575,6 +603,27 @@ class ContinualConfig(_SelfChecking):
                 "augment_memory augments replayed memory images: it needs replay random, herding or distilled "
                 "without GDumb (GDumb already trains with DSA)"
             )
+
+    def _unread_keys(self) -> dict[str, str]:
+        unread: dict[str, str] = {}
+        if self.replay != "distilled":
+            condenses = f"it configures distilled replay's condensation, and replay {self.replay} condenses nothing"
+            # augment_memory replays the memory through the transforms DM matches under
+            kept = ("augment",) if self.augment_memory else ()
+            names = [f.name for f in dataclasses.fields(DistillConfig) if f.name not in kept]
+            unread.update({f"distill.{name}": condenses for name in names})
+        unread["distill.ipc"] = "the memory budget sets the images per class (memory_per_class or max_memory)"
+        if self.replay in ("none", "joint"):
+            keeps = [key for key in ("memory_per_class", "max_memory") if getattr(self, key)]  # 0 says "none"
+            unread.update({key: f"replay {self.replay} keeps no memory" for key in keeps})
+        elif self.max_memory is not None:
+            unread["memory_per_class"] = "max_memory sets the memory's budget instead"
+        if self.gdumb:
+            for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay"):
+                unread[key] = "GDumb trains no network on the stream; it trains each one on the memory (gdumb_epochs)"
+        else:
+            unread["gdumb_epochs"] = "it sets GDumb's training, and the run does not use GDumb (gdumb)"
+        return unread
 
 
 @dataclass(frozen=True)

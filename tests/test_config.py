@@ -411,3 +411,27 @@ def test_a_value_given_for_a_table_is_named_as_such_not_as_given_twice(values: d
     with pytest.raises(ConfigError, match="'distill.augment' is a table of") as exc:
         parse_config(FederatedConfig, values)
     assert "given twice" not in str(exc.value)
+
+
+def test_ignored_keys_name_what_a_mode_does_not_read() -> None:
+    from fedcond.config import ContinualConfig
+
+    assert FederatedConfig().ignored_keys(["alpha", "rounds"]) == {}
+    iid = FederatedConfig(partition="iid").ignored_keys(["alpha", "shards_per_client", "rounds"])
+    assert set(iid) == {"alpha", "shards_per_client"} and "partition iid" in iid["alpha"]
+    assert FederatedConfig(partition="shards").ignored_keys(["shards_per_client"]) == {}
+
+    distilled = ContinualConfig()
+    assert set(distilled.ignored_keys(["distill.ipc", "distill.iterations", "gdumb_epochs", "lr"])) == {
+        "distill.ipc", "gdumb_epochs"}
+    random = ContinualConfig(replay="random")
+    assert set(random.ignored_keys(["distill.iterations", "distill.augment.scale", "memory_per_class"])) == {
+        "distill.iterations", "distill.augment.scale"}
+    augmented = ContinualConfig(replay="random", augment_memory=True)
+    assert augmented.ignored_keys(["distill.augment.scale"]) == {}  # the memory's transforms are DM's
+    gdumb = ContinualConfig(gdumb=True)
+    assert set(gdumb.ignored_keys(["epochs", "lr", "gdumb_epochs"])) == {"epochs", "lr"}
+    assert set(ContinualConfig(replay="joint", memory_per_class=0).ignored_keys(["memory_per_class"])) == set()
+    assert set(ContinualConfig(replay="joint").ignored_keys(["memory_per_class"])) == {"memory_per_class"}
+    assert set(ContinualConfig(max_memory=20).ignored_keys(["memory_per_class", "max_memory"])) == {
+        "memory_per_class"}

@@ -20,11 +20,13 @@ from fedcond.data.registry import DatasetSplits, available_datasets, load_datase
 from fedcond.metrics_file import write_metrics
 
 __all__ = [
+    "RUN_OPTIONS",
     "CommandError",
     "ProgressView",
     "add_common_arguments",
     "add_config_arguments",
     "add_data_arguments",
+    "command_line_keys",
     "config_values",
     "console",
     "data_config_from",
@@ -33,6 +35,8 @@ __all__ = [
     "overrides_from",
     "prepare_run_folder",
     "print_table",
+    "refuse_files_of_bundled_data",
+    "refuse_ignored_keys",
     "remove_unused_run_folders",
     "write_metrics",
 ]
@@ -110,9 +114,13 @@ def add_data_arguments(
 
 
 def data_config_from(args: argparse.Namespace) -> DataConfig:
-    """The typed data config from the parsed flags."""
+    """The typed data config from the flags; ``--data-dir`` or ``--download`` for a bundled dataset is refused."""
     if args.dataset not in available_datasets():
         raise CommandError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(available_datasets())}")
+    given = {"data_dir": f"--data-dir {args.data_dir}", "download": "--download"}
+    refuse_files_of_bundled_data(
+        args.dataset, {key: flag for key, flag in given.items() if getattr(args, key) not in (None, False)}
+    )
     return parse_config(
         DataConfig, {"dataset": args.dataset, "data_dir": args.data_dir, "download": args.download}
     )
@@ -221,7 +229,8 @@ def prepare_run_folder(out: Path, *, overwrite: bool = False, resume: bool = Fal
     Raises
     ------
     CommandError
-        ``out`` is a file, or holds a run and neither ``overwrite`` nor ``resume`` is set.
+        ``out`` is a file, cannot be created or written, or holds a run and neither
+        ``overwrite`` nor ``resume`` is set.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -237,7 +246,12 @@ def prepare_run_folder(out: Path, *, overwrite: bool = False, resume: bool = Fal
         while not top.parent.exists():
             top = top.parent
         _CREATED_FOLDERS.append((top, out / ".state"))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a path under a regular file, a folder the user may not write in
+        raise CommandError(f"--out {out}: cannot create the run folder ({exc.strerror or exc})") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CommandError(f"--out {out}: the run folder is not writable by this user")
     state = (out / ".state").resolve()
     _set_state_variables(
         {
@@ -329,9 +343,86 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, config_help: str, s
     )
 
 
+def command_line_keys(
+    flags: Mapping[str, Any], flag_names: Mapping[str, str], overrides: Sequence[str] | None
+) -> dict[str, str]:
+    """The config keys the command line sets, each as the user wrote it.
+
+    Parameters
+    ----------
+    flags : Mapping[str, Any]
+        Config key -> the value of the flag that sets it (``None``: not given), as for
+        :func:`config_values`.
+    flag_names : Mapping[str, str]
+        Config key -> that flag (``"alpha"`` -> ``"--alpha"``).
+    overrides : Sequence[str] | None
+        The ``--set key=value`` pairs; one wins over a flag for the same key.
+
+    Returns
+    -------
+    dict[str, str]
+        Key (underscore spelling) -> ``--alpha 0.5`` or ``--set alpha=0.5``.
+    """
+    given = {
+        _config_key(key): f"{flag_names[key]} {value}" if not isinstance(value, bool) else flag_names[key]
+        for key, value in flags.items()
+        if value is not None and key in flag_names
+    }
+    given.update({_config_key(key): f"--set {key}={value}" for key, value in overrides_from(overrides).items()})
+    return given
+
+
+def refuse_ignored_keys(ignored: Mapping[str, str], given: Mapping[str, str]) -> None:
+    """Refuse the settings the command line gave (``given``, from :func:`command_line_keys`) that
+    the run would not read (``ignored``: key -> reason, from the config's ``ignored_keys``).
+
+    Raises
+    ------
+    CommandError
+        Naming each such flag or ``--set`` pair and why it has no effect.
+    """
+    if ignored:
+        problems = [f"{given[key]} has no effect: {reason}" for key, reason in ignored.items()]
+        raise CommandError("; ".join(problems) + "; drop it")
+
+
+def refuse_files_of_bundled_data(dataset: str, given: Mapping[str, str]) -> None:
+    """Refuse ``--data-dir`` and ``--download`` (``given``: key -> as written) for a dataset that
+    ships with its library and reads no folder.
+
+    Raises
+    ------
+    CommandError
+        Naming the flag and the dataset.
+    """
+    from fedcond.data.registry import BUNDLED_DATASETS
+
+    if dataset not in BUNDLED_DATASETS:
+        return
+    for key, what in (("data_dir", "reads no data folder"), ("download", "downloads nothing")):
+        if key in given:
+            raise CommandError(
+                f"{given[key]}: dataset {dataset} is bundled with scikit-learn and {what}; drop it"
+            )
+
+
 def _config_key(key: str) -> str:
     """``distill.batch-real`` -> ``distill.batch_real``: one spelling, so a later source replaces it."""
     return ".".join(part.strip().replace("-", "_") for part in str(key).split("."))
+
+
+#: the options of :func:`add_common_arguments` that steer one run of a command (where it writes,
+#: whether it replaces a run, which device it uses): command-line flags, no config keys; key -> flag
+RUN_OPTIONS: dict[str, str] = {"out": "--out", "overwrite": "--overwrite", "device": "--device"}
+
+
+def _refuse_run_options(keys: Sequence[str], run_options: Mapping[str, str], *, source: str) -> None:
+    for key in keys:
+        flag = run_options.get(_config_key(key))
+        if flag is not None:
+            raise CommandError(
+                f"{source}: {_config_key(key)!r} is not a config key but a command-line option: use the flag {flag}"
+            )
 
 
 def config_values(
@@ -341,6 +432,7 @@ def config_values(
     overrides: Sequence[str] | None,
     section: str | None = None,
     defaults: Mapping[str, Any] | None = None,
+    run_options: Mapping[str, str] = RUN_OPTIONS,
 ) -> dict[str, Any]:
     """The flat, dotted config values of a command, from its three sources (a later one wins).
 
@@ -358,6 +450,10 @@ def config_values(
         are used without the prefix, and keys beside it are refused rather than ignored.
     defaults : Mapping[str, Any] | None
         The values standing in for a missing ``file`` (a command's built-in demo).
+    run_options : Mapping[str, str]
+        Keys that are the command's run options, and the flag that sets each
+        (:data:`RUN_OPTIONS` by default): the file or ``--set`` giving one is refused, naming
+        the flag, instead of being ignored or overridden by it.
 
     Returns
     -------
@@ -367,7 +463,8 @@ def config_values(
     Raises
     ------
     CommandError
-        For keys beside the ``section`` table, or a ``--set`` pair without ``=``.
+        For keys beside the ``section`` table, a run option given as a key, or a ``--set`` pair
+        without ``=`` or without a key.
     ConfigError
         When the file is missing or not valid TOML.
     """
@@ -383,7 +480,11 @@ def config_values(
                 f"(move them into the [{section}] table)"
             )
         table = scoped or table
-    for source in (table, {k: v for k, v in flags.items() if v is not None}, overrides_from(overrides)):
+    pairs = overrides_from(overrides)
+    if file is not None:
+        _refuse_run_options(list(table), run_options, source=f"config file {file}")
+    _refuse_run_options(list(pairs), run_options, source="--set")
+    for source in (table, {k: v for k, v in flags.items() if v is not None}, pairs):
         values.update({_config_key(k): v for k, v in source.items()})
     return values
 

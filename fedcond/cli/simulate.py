@@ -15,20 +15,27 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedcond.cli.common import (
+    RUN_OPTIONS,
     CommandError,
     add_common_arguments,
     add_config_arguments,
+    command_line_keys,
     config_values,
     console,
     prepare_run_folder,
     print_table,
+    refuse_files_of_bundled_data,
+    refuse_ignored_keys,
     write_metrics,
 )
 from fedcond.config import FederatedConfig, choices_of
 from fedcond.federated.job import STRATEGIES
+
+if TYPE_CHECKING:
+    from fedcond.federated.job import FederatedJob
 
 __all__ = ["register", "run_simulate"]
 
@@ -43,6 +50,18 @@ _FLAG_KEYS = {
     "rounds": "rounds",
     "ipc": "distill.ipc",
     "iterations": "distill.iterations",
+}
+#: flags that steer the run and are no job keys (``device`` is one: a config file's device stands)
+_RUN_OPTIONS = {
+    **{key: flag for key, flag in RUN_OPTIONS.items() if key != "device"},
+    "resume": "--resume",
+    "engine": "--engine",
+    "cpus_per_client": "--cpus-per-client",
+    "max_concurrent_clients": "--max-concurrent-clients",
+    "compare": "--compare",
+    "client_policy": "--client-policy",
+    "attack": "--attack",
+    "attackers": "--attackers",
 }
 
 
@@ -169,9 +188,41 @@ def _mapping(args: argparse.Namespace) -> dict[str, Any]:
     flags = {key: str(value) if isinstance(value, Path) else value for key, value in flags.items()}
     # --seed re-seeds the clients' DM too; a missing distill.seed follows seed (job_from_mapping)
     flags.update({"seed": args.seed, "distill.seed": args.seed, "device": args.device})
-    values = config_values(file=args.config, defaults=DEMO_JOB, flags=flags, overrides=args.overrides)
+    values = config_values(
+        file=args.config, defaults=DEMO_JOB, flags=flags, overrides=args.overrides, run_options=_RUN_OPTIONS
+    )
     values.setdefault("device", "auto")
     return values
+
+
+def _check_job(args: argparse.Namespace, values: dict[str, Any]) -> FederatedJob:
+    """The job of ``values``, checked before any run folder, Flower simulation or data is touched.
+
+    Besides the job's own checks (:func:`~fedcond.federated.job.job_from_mapping`), the command
+    line refuses what the job would silently drop: ``dp.epsilon`` <= 0 (Flower's run config
+    spells "no DP" so), and ``--alpha``, ``--set shards_per_client=...``, ``--data-dir`` or
+    ``--set download=true`` that the job's partition or dataset does not read.
+    """
+    raw = values.get("dp.epsilon")
+    try:
+        epsilon = None if raw is None or isinstance(raw, bool) else float(raw)
+    except ValueError:
+        epsilon = None  # not a number: parse_config names it
+    if epsilon is not None and epsilon <= 0:
+        raise CommandError(
+            f"dp.epsilon must be > 0, got {raw}: a run without DP gives no dp.* key at all (drop dp.epsilon "
+            "and the other dp.* keys); epsilon 0 means 'no DP' only in Flower's run config (pyproject.toml)"
+        )
+    from fedcond.federated.job import job_from_mapping
+
+    job = job_from_mapping(values)
+    flags = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items()}
+    given = command_line_keys(flags, {key: "--" + flag.replace("_", "-") for flag, key in _FLAG_KEYS.items()},
+                              args.overrides)
+    refuse_ignored_keys(job.federated.ignored_keys(given), given)
+    asked = {"data_dir": job.data.data_dir is not None, "download": job.data.download}
+    refuse_files_of_bundled_data(job.data.dataset, {key: given[key] for key in given if asked.get(key)})
+    return job
 
 
 def _comparisons(args: argparse.Namespace, demo: bool) -> list[tuple[str, int]]:
@@ -229,6 +280,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     """Run ``fedcond simulate`` on Flower's simulation engine; write ``metrics.json`` and ``accuracy.png``."""
     if args.resume and args.overwrite:
         raise CommandError("--resume continues the run in --out and --overwrite replaces it: choose one")
+    values = _mapping(args)
+    job = _check_job(args, values)  # bad settings fail here, before the run folder and Flower's engine
     from fedcond.federated.checkpoint import CHECKPOINTS, CLIENT_CHECKPOINTS, CheckpointMismatch, RunCheckpoint
     from fedcond.federated.uploads import UPLOADS
 
@@ -261,8 +314,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             )
         return policy
 
-    values = _mapping(args)
-    job = job_from_mapping({**values, "out": str(out)})
+    job = dataclasses.replace(job, out=out)
     jobs = [(job.federated.strategy, job)]
     for name, rounds in _comparisons(args, demo):
         # the first FedCond run keeps what its server received in OUT/uploads; a later one of the

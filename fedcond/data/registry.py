@@ -187,6 +187,8 @@ _EXPECTED_FILES: dict[str, str] = {
 }
 
 DIGIT_DATASETS = frozenset({"digits", "mnist", "svhn"})
+#: datasets that ship with their library (scikit-learn's digits): they read no folder and download nothing
+BUNDLED_DATASETS = frozenset({"digits"})
 
 
 def available_datasets() -> list[str]:

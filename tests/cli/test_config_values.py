@@ -64,3 +64,17 @@ def test_add_config_arguments_gives_config_and_repeatable_set() -> None:
     args = parser.parse_args(["--config", "c.toml", "--set", "a=1", "--set", "b=2"])
     assert str(args.config) == "c.toml" and args.overrides == ["a=1", "b=2"]
     assert parser.parse_args([]).overrides is None and parser.parse_args([]).config is None
+
+
+def test_a_run_option_given_as_a_key_is_refused_naming_its_flag(tmp_path) -> None:
+    with pytest.raises(CommandError, match="--set: 'resume' is not a config key but a command-line option: use "
+                       "the flag --resume"):
+        config_values(file=None, flags={}, overrides=["resume=true"], run_options={"resume": "--resume"})
+    with pytest.raises(CommandError, match="'out' is not a config key .* use the flag --out"):
+        config_values(file=None, flags={}, overrides=["out=runs/x"])
+    config = tmp_path / "c.toml"
+    config.write_text('overwrite = true\n')
+    with pytest.raises(CommandError, match=f"config file {config}: 'overwrite' is not a config key"):
+        config_values(file=config, flags={}, overrides=None)
+    # a key the command reads stays a key
+    assert config_values(file=None, flags={}, overrides=["device=cpu"], run_options={}) == {"device": "cpu"}

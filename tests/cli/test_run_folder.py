@@ -39,3 +39,13 @@ def test_an_empty_folder_or_one_without_a_run_is_accepted(tmp_path, clean_enviro
         (tmp_path / "metrics.json").write_text("{}")
         prepare_run_folder(tmp_path)
     assert prepare_run_folder(tmp_path, overwrite=True) == tmp_path
+
+
+def test_an_out_the_system_refuses_is_named_with_the_flag_and_the_path(tmp_path, clean_environment, monkeypatch):
+    (tmp_path / "file").write_text("")
+    under_a_file = tmp_path / "file" / "run"
+    with pytest.raises(CommandError, match=rf"--out {under_a_file}: cannot create the run folder \(Not a directory\)"):
+        prepare_run_folder(under_a_file)
+    monkeypatch.setattr(common.os, "access", lambda path, mode: False)  # as for a user without write permission
+    with pytest.raises(CommandError, match=rf"--out {tmp_path / 'ro'}: the run folder is not writable"):
+        prepare_run_folder(tmp_path / "ro")

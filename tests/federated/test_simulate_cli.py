@@ -83,12 +83,50 @@ def test_one_shot_end_to_end_in_process_with_a_fedavg_comparison(tmp_path):
         # after seconds of redraws, as 100 dropped replies)
         (["--num-clients", "3", "--set", "min_partition_size=1000"], "min_partition_size=1000 x 3 clients exceeds"),
         (["--num-clients", "100", "--alpha", "0.001"], "gave every one of 100 clients >= 10 samples"),
+        # run options are flags: --set resume=true would be ignored, --set out=... overridden by --out
+        (["--set", "resume=true"], "--set: 'resume' is not a config key but a command-line option: use the flag "
+                                   "--resume"),
+        (["--set", "out=runs/elsewhere"], "'out' is not a config key but a command-line option: use the flag --out"),
+        # settings the partition or the dataset does not read are refused, not recorded as if used
+        (["--partition", "iid", "--alpha", "0.5"], "--alpha 0.5 has no effect: it is the Dirichlet concentration, "
+                                                   "and partition iid draws none"),
+        (["--set", "partition=shards", "--set", "alpha=0.5"], "--set alpha=0.5 has no effect"),
+        (["--set", "shards_per_client=3"], "--set shards_per_client=3 has no effect: it sizes the shards partition"),
+        (["--data-dir", "/data"], "--data-dir /data: dataset digits is bundled with scikit-learn and reads no data "
+                                  "folder"),
+        (["--set", "download=true"], "--set download=true: dataset digits is bundled"),
+        # epsilon 0 spells "no DP" in Flower's run config only: here it would silently drop every dp.* key
+        (["--set", "dp.epsilon=0"], "dp.epsilon must be > 0, got 0: a run without DP gives no dp.* key at all"),
+        (["--set", "dp.epsilon=-1", "--set", "dp.delta=1e-6"], "dp.epsilon must be > 0, got -1"),
+        (["--set", "=3"], "--set '=3' has no key before '='"),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
     code = main(["simulate", *argv, "--out", str(tmp_path / "bad")])
     assert code == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--set", "dp.epsilon=1", "--set", "dp.delta=2"], "config key 'dp.delta' must lie in (0, 1), got 2.0"),
+        (["--set", "dp.epsilon=1e308"], "config key 'dp.epsilon' must lie in (0, 100]"),
+        (["--set", "dp.epsilon=1", "--set", "dp.clip_norm=0"], "config key 'dp.clip_norm' must be > 0"),
+    ],
+)
+def test_dp_settings_fail_before_the_run_folder_and_the_simulation_engine(tmp_path, capsys, monkeypatch, argv,
+                                                                          message):
+    import fedcond.cli.simulate as simulate_cli
+
+    def no_folder(*args, **kwargs):
+        raise AssertionError("the run folder was prepared before the settings were checked")
+
+    monkeypatch.setattr(simulate_cli, "prepare_run_folder", no_folder)
+    assert main(["simulate", *argv, "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
