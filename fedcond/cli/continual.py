@@ -7,13 +7,17 @@ import dataclasses
 from pathlib import Path
 
 from fedcond.cli.common import (
+    RUN_OPTIONS,
     CommandError,
     add_common_arguments,
     add_config_arguments,
+    command_line_keys,
     config_values,
     console,
     prepare_run_folder,
     print_table,
+    refuse_files_of_bundled_data,
+    refuse_ignored_keys,
     write_metrics,
 )
 from fedcond.config import ContinualConfig, choices_of, flatten_config, parse_config
@@ -22,6 +26,26 @@ __all__ = ["register"]
 
 _BENCHMARKS = choices_of(ContinualConfig, "benchmark")
 _REPLAYS = choices_of(ContinualConfig, "replay")
+#: flags that are no config keys: ``--set`` or the file giving one is refused, naming the flag
+_RUN_OPTIONS = {**RUN_OPTIONS, "data_dir": "--data-dir", "download": "--download"}
+#: flag (argparse dest) -> the config key it sets
+_FLAG_KEYS = {
+    "benchmark": "benchmark",
+    "replay": "replay",
+    "memory_per_class": "memory_per_class",
+    "max_memory": "max_memory",
+    "gdumb_epochs": "gdumb_epochs",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "iterations": "distill.iterations",
+    "batch_real": "distill.batch_real",
+    "train_per_class": "train_per_class",
+    "test_per_class": "test_per_class",
+    "gdumb": "gdumb",
+    "augment_memory": "augment_memory",
+    "seed": "seed",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,32 +96,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from(args: argparse.Namespace) -> ContinualConfig:
-    """The typed config: TOML file, then flags, then ``--set`` overrides."""
-    flags = {
-        "benchmark": args.benchmark,
-        "replay": args.replay,
-        "memory_per_class": args.memory_per_class,
-        "max_memory": args.max_memory,
-        "gdumb_epochs": args.gdumb_epochs,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "distill.iterations": args.iterations,
-        "distill.batch_real": args.batch_real,
-        "train_per_class": args.train_per_class,
-        "test_per_class": args.test_per_class,
-        "gdumb": True if args.gdumb else None,
-        "augment_memory": True if args.augment_memory else None,
-        "seed": args.seed,
-    }
-    values = config_values(file=args.config, section="continual", flags=flags, overrides=args.overrides)
+    """The typed config: TOML file, then flags, then ``--set`` overrides.
+
+    A flag or ``--set`` key that the chosen mode does not read (``--gdumb-epochs`` without
+    ``--gdumb``, ``--iterations`` without distilled replay, ``distill.ipc`` ever) is refused with
+    the reason; a config file may hold keys of other modes, since a flag may switch the mode.
+    """
+    flags = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items()}
+    flags.update({key: True if flags[key] else None for key in ("gdumb", "augment_memory")})  # store_true flags
+    values = config_values(
+        file=args.config, section="continual", flags=flags, overrides=args.overrides, run_options=_RUN_OPTIONS
+    )
     if "distill.seed" in values:
         raise CommandError("distill.seed follows the run's seed in continual runs: use --seed (or seed = N)")
-    return parse_config(ContinualConfig, values)
+    config = parse_config(ContinualConfig, values)
+    flag_names = {key: "--" + flag.replace("_", "-") for flag, key in _FLAG_KEYS.items()}
+    given = command_line_keys(flags, flag_names, args.overrides)
+    refuse_ignored_keys(config.ignored_keys(given), given)
+    from fedcond.continual.benchmarks import BENCHMARKS
+
+    asked = {"data_dir": f"--data-dir {args.data_dir}", "download": "--download"}
+    dataset = BENCHMARKS[config.benchmark]
+    refuse_files_of_bundled_data(dataset, {key: flag for key, flag in asked.items() if getattr(args, key)})
+    return config
 
 
 def run_continual_command(args: argparse.Namespace) -> int:
     """Run ``fedcond continual``: write ``metrics.json`` and ``accuracy_matrix.png``; return the exit code."""
+    config = config_from(args)  # bad settings fail here, before the run folder and the training libraries
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedcond.continual.benchmarks import BENCHMARKS
@@ -106,7 +132,6 @@ def run_continual_command(args: argparse.Namespace) -> int:
     from fedcond.data.registry import get_spec
 
     out = prepare_run_folder(args.out, overwrite=args.overwrite)
-    config = config_from(args)
     protocol = "gdumb" if config.gdumb else ("joint" if config.replay == "joint" else "naive")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:

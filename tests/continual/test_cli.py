@@ -182,3 +182,49 @@ def test_split_cifar10_with_a_wrong_data_dir_is_one_line_naming_the_layouts(tmp_
     assert "Traceback" not in err
     assert "cifar-10-batches-py" in err and "train/<class>" in err and "airplane" in err
     assert not (tmp_path / "x").exists()  # no empty run folder left behind
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--set", "distill.ipc=5"], "--set distill.ipc=5 has no effect: the memory budget sets the images per class"),
+        (["--replay", "random", "--iterations", "5"], "--iterations 5 has no effect: it configures distilled replay's "
+                                                      "condensation, and replay random condenses nothing"),
+        (["--replay", "herding", "--set", "distill.augment.scale=2"], "--set distill.augment.scale=2 has no effect"),
+        (["--gdumb-epochs", "3"], "--gdumb-epochs 3 has no effect: it sets GDumb's training"),
+        (["--gdumb", "--lr", "0.1"], "--lr 0.1 has no effect: GDumb trains no network on the stream"),
+        (["--replay", "none", "--memory-per-class", "5"], "--memory-per-class 5 has no effect: replay none keeps no "
+                                                          "memory"),
+        (["--max-memory", "20", "--memory-per-class", "5"], "--memory-per-class 5 has no effect: max_memory sets"),
+        (["--data-dir", "/data"], "--data-dir /data: dataset digits is bundled with scikit-learn"),
+        (["--set", "out=x"], "'out' is not a config key but a command-line option: use the flag --out"),
+    ],
+)
+def test_a_setting_the_mode_does_not_read_is_refused_not_ignored(argv, message) -> None:
+    from fedcond.cli.common import CommandError
+    from fedcond.cli.continual import config_from
+    from fedcond.cli.main import build_parser
+
+    with pytest.raises(CommandError) as exc:
+        config_from(build_parser().parse_args(["continual", *argv]))
+    assert message in str(exc.value)
+
+
+def test_settings_the_mode_reads_pass_and_a_file_may_hold_other_modes_keys(tmp_path) -> None:
+    from fedcond.cli.continual import config_from
+    from fedcond.cli.main import build_parser
+
+    parser = build_parser()
+    augmented = config_from(parser.parse_args(["continual", "--replay", "random", "--augment-memory",
+                                               "--set", "distill.augment.scale=1.5"]))
+    assert augmented.distill.augment.scale == 1.5  # augment_memory replays DM's transforms
+    assert config_from(parser.parse_args(["continual", "--replay", "none", "--memory-per-class", "0"])).replay == "none"
+    toml = tmp_path / "distilled.toml"
+    toml.write_text('[continual]\nreplay = "distilled"\n[continual.distill]\niterations = 50\n')
+    assert config_from(parser.parse_args(["continual", "--config", str(toml), "--replay", "random"])).replay == "random"
+
+
+def test_a_refused_setting_fails_before_the_run_folder(tmp_path, capsys) -> None:
+    assert main(["continual", "--gdumb-epochs", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "--gdumb-epochs 3 has no effect" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
