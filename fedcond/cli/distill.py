@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fedcond.cli.common import (
+    RUN_OPTIONS,
     CommandError,
     ProgressView,
     add_common_arguments,
@@ -75,6 +76,18 @@ class _CommandConfig:
 
 #: DP flags that only mean something with ``--dp-epsilon``, and their values when it is given
 _DP_DEFAULTS: dict[str, Any] = {"dp_delta": 1e-5, "dp_clip": 0.6, "dp_accountant": "rdp", "dp_noise_seed": None}
+
+#: flags that are no config keys: ``--set`` or the file giving one is refused, naming the flag
+_RUN_OPTIONS: dict[str, str] = {
+    **RUN_OPTIONS,
+    "resume": "--resume",
+    "method": "--method",
+    "dp.epsilon": "--dp-epsilon",
+    "dp.delta": "--dp-delta",
+    "dp.clip_norm": "--dp-clip",
+    "dp.accountant": "--dp-accountant",
+    "dp.noise_seed": "--dp-noise-seed",
+}
 
 #: ``distill`` flags (argparse dests) that set a ``DistillConfig`` field, and that field: a method
 #: whose ``config_fields`` leaves the field out refuses the flag when it is given
@@ -328,7 +341,7 @@ def _command_config(args: argparse.Namespace) -> tuple[_CommandConfig, dict[str,
         "eval.model": args.eval_model,
         "eval.dsa": False if args.eval_no_dsa else None,
     }
-    values = config_values(file=args.config, flags=flags, overrides=args.overrides)
+    values = config_values(file=args.config, flags=flags, overrides=args.overrides, run_options=_RUN_OPTIONS)
     config = parse_config(_CommandConfig, values)
     if "distill.compile" not in values:  # auto: worth its compile time from a few hundred iterations
         distill = config.distill
@@ -447,6 +460,7 @@ def run_distill(args: argparse.Namespace) -> int:
     the set, ``synthetic.png`` and ``metrics.json``."""
     _check_dp_flags(args)
     settings, values = _command_config(args)  # bad settings fail here, before any data is read
+    dp = _dp_config(args)
     config, eval_config = settings.distill, settings.eval
     cls = _check_method(args, values)
     dm = args.method == "dm"
@@ -470,7 +484,7 @@ def run_distill(args: argparse.Namespace) -> int:
     if args.dp_epsilon is not None and config.init != "noise":
         console.print("[yellow]DP forces --init noise (real init would publish real images)[/]")
         config = parse_config(DistillConfig, {**flatten_config(config), "init": "noise"})
-    private = _private_condensation(args, config, splits)
+    private = _private_condensation(dp, config, splits)
     if not dm:  # the small-class policy of every selection: ipc real images per class present
         _refuse_small_classes(splits, config.ipc, "lower --ipc")
     elif config.init != "noise":
@@ -539,16 +553,16 @@ def run_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _private_condensation(
-    args: argparse.Namespace, config: DistillConfig, splits: DatasetSplits
-) -> PrivateCondensation | None:
-    """The DP run the ``--dp-*`` flags ask for, or ``None`` without ``--dp-epsilon``."""
+def _dp_config(args: argparse.Namespace) -> DPConfig | None:
+    """The checked settings of the ``--dp-*`` flags, before any data is read; ``None`` without ``--dp-epsilon``."""
     if args.dp_epsilon is None:
         return None
-    # privacy (Opacus) is optional at import time
-    from fedcond.privacy.private_condensation import PrivateCondensation
-
-    return PrivateCondensation(
+    if args.dp_epsilon <= 0:
+        raise CommandError(
+            f"--dp-epsilon must be > 0, got {args.dp_epsilon:g}; a run without DP leaves --dp-epsilon out"
+        )
+    return parse_config(
+        DPConfig,
         {
             "epsilon": args.dp_epsilon,
             "delta": args.dp_delta,
@@ -556,6 +570,16 @@ def _private_condensation(
             "accountant": args.dp_accountant,
             "noise_seed": args.dp_noise_seed,
         },
-        distill=config,
-        class_counts=splits.train.class_counts(),
     )
+
+
+def _private_condensation(
+    dp: DPConfig | None, config: DistillConfig, splits: DatasetSplits
+) -> PrivateCondensation | None:
+    """The DP run of the ``--dp-*`` flags' settings ``dp``, or ``None`` without them."""
+    if dp is None:
+        return None
+    # privacy (Opacus) is optional at import time
+    from fedcond.privacy.private_condensation import PrivateCondensation
+
+    return PrivateCondensation(dp, distill=config, class_counts=splits.train.class_counts())

@@ -289,3 +289,69 @@ def test_an_empty_out_is_refused_not_the_working_folder(tmp_path, capsys, monkey
         main([command, "--out", ""])
     assert exc.value.code == 2 and "--out: is empty" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["distill", "coreset", "simulate", "continual", "audit"])
+def test_an_out_the_system_cannot_create_is_one_line_naming_the_flag(tmp_path, capsys, command) -> None:
+    (tmp_path / "results.txt").write_text("keep me")
+    out = tmp_path / "results.txt" / "run"
+    argv = [command, "--out", str(out)]
+    if command == "audit":
+        argv += ["--synthetic", str(tmp_path / "missing.npz")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: cannot create the run folder (Not a directory)" in err and "Traceback" not in err
+    assert (tmp_path / "results.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dp-epsilon", "0"], "--dp-epsilon must be > 0, got 0; a run without DP leaves --dp-epsilon out"),
+        (["--dp-epsilon", "-2"], "--dp-epsilon must be > 0, got -2"),
+        (["--dp-epsilon", "1", "--dp-delta", "2"], "config key 'dp.delta' must lie in (0, 1), got 2.0"),
+        (["--dp-epsilon", "1", "--dp-clip", "0"], "config key 'dp.clip_norm' must be > 0, got 0.0"),
+        (["--dp-epsilon", "1e308"], "config key 'dp.epsilon' must lie in (0, 100], got 1e+308"),
+        (["--set", "dp.epsilon=1"], "'dp.epsilon' is not a config key but a command-line option: use the flag "
+                                    "--dp-epsilon"),
+    ],
+)
+def test_dp_settings_are_checked_before_any_data_is_read(tmp_path, capsys, monkeypatch, argv, message) -> None:
+    import fedcond.cli.distill as distill_cli
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the DP settings were checked")
+
+    monkeypatch.setattr(distill_cli, "load_data", no_data)
+    assert main(["distill", *argv, "--iterations", "1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", ["distill", "coreset"])
+@pytest.mark.parametrize(("flag", "message"), [(["--data-dir", "/data"], "--data-dir /data: dataset digits is bundled "
+                                                 "with scikit-learn and reads no data folder"),
+                                                (["--download"], "--download: dataset digits is bundled")])
+def test_data_flags_for_the_bundled_digits_are_refused_not_ignored(tmp_path, capsys, command, flag, message) -> None:
+    assert main([command, *flag, "--iterations" if command == "distill" else "--ipc", "1",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["--set", "resume=true"], "--set: 'resume' is not a config key but a command-line option: use the flag "
+                                   "--resume"),
+        (["--set", "out=runs/elsewhere"], "'out' is not a config key but a command-line option: use the flag --out"),
+        (["--set", "=3"], "--set '=3' has no key before '='"),
+        (["--set", "distill.augment=3"], "config key 'distill.augment' is a table of AugmentConfig settings, not a "
+                                         "value (got '3')"),
+    ],
+)
+def test_set_names_run_options_empty_keys_and_tables(tmp_path, capsys, settings, message) -> None:
+    assert main(["distill", *settings, "--iterations", "1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "given twice" not in err and "Traceback" not in err
