@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,55 @@ def dataset_meta(spec: Any) -> dict[str, Any]:
 
 class SyntheticSetError(ValueError):
     """A synthetic set (in memory or on disk) is malformed; the message says how."""
+
+
+def _integer(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _numbers(value: Any, *, positive: bool = False) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        and (not positive or all(v > 0 for v in value))
+    )
+
+
+#: What each metadata key the code reads must hold when a file gives it: the rule and its
+#: description. A set's other keys are kept as they are.
+_META_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "format_version": (lambda v: _integer(v, 1), "a positive integer"),
+    "dataset": (lambda v: isinstance(v, str) and bool(v), "a dataset name"),
+    "num_classes": (lambda v: _integer(v, 1), "a positive integer"),
+    "image_shape": (lambda v: isinstance(v, list) and len(v) == 3 and all(_integer(d, 1) for d in v),
+                    "three positive integers [C, H, W]"),
+    "mean": (_numbers, "a list of finite numbers"),
+    "std": (lambda v: _numbers(v, positive=True), "a list of positive numbers"),
+    "ipc": (lambda v: _integer(v, 1), "a positive integer"),
+    "factor": (lambda v: _integer(v, 1), "a positive integer"),
+    "iterations": (lambda v: _integer(v, 0), "an integer >= 0"),
+    "seed": (lambda v: _integer(v, 0), "an integer >= 0"),
+    "epsilon": (lambda v: _numbers([v]) and v >= 0, "a finite number >= 0"),
+    "delta": (lambda v: _numbers([v]) and 0 <= v <= 1, "a number in [0, 1]"),
+}
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> None:
+    """Refuse a ``format_version`` this code does not read and a known key holding a bad value.
+
+    A file without ``format_version`` (made by hand, not by :meth:`SyntheticSet.save`) is read
+    as version :data:`FORMAT_VERSION`.
+    """
+    for key, (rule, expected) in _META_RULES.items():
+        if key in meta and not rule(meta[key]):
+            raise SyntheticSetError(f"{path}: metadata key {key!r} must be {expected}, got {meta[key]!r}")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise SyntheticSetError(
+            f"{path}: format_version {version} is not one this fedcond reads (it reads {FORMAT_VERSION}); "
+            "the file was written by another fedcond version"
+        )
 
 
 #: Default cap on one array of a synthetic-set file (a CIFAR-100 set of 50 images per class is
@@ -223,7 +273,8 @@ class SyntheticSet:
         Raises
         ------
         SyntheticSetError
-            If the file is missing, truncated, not a synthetic-set archive, or inconsistent.
+            If the file is missing, truncated, not a synthetic-set archive, of another
+            ``format_version``, or inconsistent; a bad metadata value is named by its key.
         """
         path = Path(path)
         if not path.is_file():
@@ -237,7 +288,17 @@ class SyntheticSet:
                 images = np.array(archive["images"])
                 labels = np.array(archive["labels"])
                 meta_raw = archive["meta"]
-                meta = json.loads(str(meta_raw.item() if meta_raw.ndim == 0 else meta_raw))
+            if meta_raw.ndim != 0 or meta_raw.dtype.kind not in "US":
+                raise SyntheticSetError(
+                    f"{path}: member 'meta' must hold one JSON string, got a {meta_raw.dtype} array of shape "
+                    f"{meta_raw.shape}"
+                )
+            meta_item = meta_raw.item()
+            meta_text = meta_item.decode("utf-8") if isinstance(meta_item, bytes) else str(meta_item)
+            try:
+                meta = json.loads(meta_text)
+            except ValueError as exc:
+                raise SyntheticSetError(f"{path}: member 'meta' is not valid JSON ({exc})") from exc
         except SyntheticSetError:
             raise
         except MemoryError as exc:
@@ -248,6 +309,7 @@ class SyntheticSet:
             ) from exc
         if not isinstance(meta, dict):
             raise SyntheticSetError(f"{path}: metadata is not a JSON object")
+        _check_meta(path, meta)
         if images.dtype != np.float32 or labels.dtype != np.int64:
             raise SyntheticSetError(
                 f"{path}: expected float32 images and int64 labels, got {images.dtype} and {labels.dtype}"

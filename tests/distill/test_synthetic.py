@@ -79,7 +79,7 @@ def test_inconsistent_contents_are_refused(tmp_path, images, labels, message) ->
     ("meta", "message"),
     [
         ("[1, 2]", "not a JSON object"),
-        ("{not json", "corrupted or not a fedcond synthetic set: Expecting property name"),
+        ("{not json", r"bad_meta.npz: member 'meta' is not valid JSON \(Expecting property name"),
     ],
 )
 def test_metadata_that_is_not_a_json_object_is_refused(tmp_path, meta: str, message: str) -> None:
@@ -121,7 +121,7 @@ def test_hand_edited_num_classes_is_a_clear_error(tmp_path, num_classes) -> None
     path = tmp_path / "edited.npz"
     np.savez(path, images=np.zeros((2, 1, 8, 8), np.float32), labels=np.zeros(2, np.int64),
              meta=np.array(json.dumps({"num_classes": num_classes})))
-    with pytest.raises(SyntheticSetError, match="num_classes must be a positive integer"):
+    with pytest.raises(SyntheticSetError, match="edited.npz: metadata key 'num_classes' must be a positive integer"):
         SyntheticSet.load(path)
 
 
@@ -224,3 +224,51 @@ def test_metadata_round_trips_exactly_and_to_keeps_it(tmp_path) -> None:
     moved = loaded.to("cpu")
     assert moved.meta == loaded.meta and moved.meta is not loaded.meta
     assert torch.equal(moved.images, loaded.images) and torch.equal(moved.labels, loaded.labels)
+
+
+def _write(path, meta: object) -> None:
+    np.savez(path, images=np.zeros((2, 1, 8, 8), np.float32), labels=np.zeros(2, np.int64),
+             meta=np.array(json.dumps(meta)))
+
+
+def test_an_unknown_format_version_is_refused_naming_the_file_and_the_version(tmp_path) -> None:
+    path = tmp_path / "future.npz"
+    _write(path, {"num_classes": 10, "format_version": 99})
+    with pytest.raises(SyntheticSetError, match=r"future.npz: format_version 99 is not one this fedcond reads "
+                                                r"\(it reads 1\)"):
+        SyntheticSet.load(path)
+    _write(path, {"num_classes": 10, "format_version": 1})
+    assert SyntheticSet.load(path).meta["format_version"] == 1
+    _write(path, {"num_classes": 10})  # a hand-made file without a version is read as version 1
+    assert len(SyntheticSet.load(path)) == 2
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"mean": "x"}, "metadata key 'mean' must be a list of finite numbers, got 'x'"),
+        ({"std": [0.0]}, "metadata key 'std' must be a list of positive numbers, got [0.0]"),
+        ({"ipc": "abc"}, "metadata key 'ipc' must be a positive integer, got 'abc'"),
+        ({"image_shape": [1, 8]}, "metadata key 'image_shape' must be three positive integers"),
+        ({"factor": 0}, "metadata key 'factor' must be a positive integer, got 0"),
+        ({"iterations": -1}, "metadata key 'iterations' must be an integer >= 0, got -1"),
+        ({"epsilon": "inf"}, "metadata key 'epsilon' must be a finite number >= 0"),
+        ({"delta": 2}, "metadata key 'delta' must be a number in [0, 1], got 2"),
+        ({"format_version": "1"}, "metadata key 'format_version' must be a positive integer, got '1'"),
+        ({"dataset": 3}, "metadata key 'dataset' must be a dataset name, got 3"),
+    ],
+)
+def test_a_bad_metadata_value_is_named_by_file_and_key(tmp_path, meta: dict, message: str) -> None:
+    path = tmp_path / "edited.npz"
+    _write(path, {"num_classes": 10, **meta})
+    with pytest.raises(SyntheticSetError) as exc:
+        SyntheticSet.load(path)
+    assert str(exc.value) == f"{path}: {message}" or str(exc.value).startswith(f"{path}: {message}")
+
+
+@pytest.mark.parametrize("meta", [np.array(["{}", "{}"]), np.frombuffer(b"{}", np.uint8)])
+def test_a_meta_member_that_is_not_one_json_string_is_named(tmp_path, meta: np.ndarray) -> None:
+    path = tmp_path / "odd.npz"
+    np.savez(path, images=np.zeros((2, 1, 8, 8), np.float32), labels=np.zeros(2, np.int64), meta=meta)
+    with pytest.raises(SyntheticSetError, match=r"odd.npz: member 'meta' must hold one JSON string, got a"):
+        SyntheticSet.load(path)
