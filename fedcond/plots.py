@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -103,12 +104,32 @@ def save_image_grid(
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
         axes[row][0].set_title(spec.class_name(c), fontsize=7, loc="left")
     if title:
-        fig.suptitle(title, fontsize=9)
+        _fit_title(fig, title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120, metadata={CLASSES_KEY: json.dumps([spec.class_name(c) for c in classes])})
     plt.close(fig)
     return path
+
+
+#: the share of a figure's width its title may take
+_TITLE_WIDTH = 0.96
+
+
+def _fit_title(fig: Any, title: str, *, fontsize: float) -> None:
+    """Set ``title`` as the figure's title, its lines wrapped at words until each fits the figure's width.
+
+    A grid of one column (ipc 1) is narrower than a title such as "dm cifar10 ipc=1 factor 2
+    (noise init, 1000 it)"; unwrapped, the title is clipped at both edges of the saved PNG.
+    """
+    import textwrap
+
+    text = fig.suptitle(title, fontsize=fontsize)
+    renderer = fig.canvas.get_renderer()
+    columns = max(len(line) for line in title.split("\n"))
+    while text.get_window_extent(renderer).width > _TITLE_WIDTH * fig.bbox.width and columns > 8:
+        columns = max(8, int(columns * 0.85))
+        text.set_text("\n".join(textwrap.fill(line, columns) for line in title.split("\n")))
 
 
 def save_line_plot(

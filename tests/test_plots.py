@@ -84,3 +84,30 @@ def test_accuracy_matrix_columns_name_their_classes(tmp_path) -> None:
     assert figure_classes(tmp_path / "named.png") == [["T-shirt/top", "Ankle boot"], ["Dress", "Trouser"]]
     save_accuracy_matrix(matrix, tmp_path / "numbers.png", experience_classes=[[0, 9], [3, 1]])
     assert figure_classes(tmp_path / "numbers.png") == []  # label numbers only: nothing to list
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "dm digits ipc=1 (real init, 1000 it)",
+        "gradient-matching fashion-mnist ipc=1 factor 2 (noise init, 100000 it)",
+        "dm cifar10 ipc=1 factor 2\n(outside the pixel range: each image contrast-stretched)",
+    ],
+)
+def test_the_title_of_a_one_column_grid_lies_within_the_saved_figure(digits, tmp_path, monkeypatch, title) -> None:
+    import matplotlib.pyplot as plt
+
+    saved, close = [], plt.close
+    monkeypatch.setattr(plt, "close", saved.append)  # keep the figure to measure it
+    images, labels = digits.train.images[:40], digits.train.labels[:40]
+    one_each = torch.stack([torch.nonzero(labels == c)[0, 0] for c in torch.unique(labels)])
+    save_image_grid(images[one_each], labels[one_each], digits.spec, tmp_path / "ipc1.png", title=title)
+    fig = saved[0]
+    fig.canvas.draw()
+    box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width and 0 <= box.y0 and box.y1 <= fig.bbox.height
+    words = " ".join(fig._suptitle.get_text().split())
+    assert words == " ".join(title.split())  # wrapped at spaces, nothing dropped
+    top_row = fig.axes[0].get_tightbbox(fig.canvas.get_renderer())
+    assert box.y0 >= top_row.y1  # above the first row and its class label
+    close(fig)
