@@ -503,8 +503,8 @@ def readme() -> str:
 
 
 ROBUST_METHODS = {
-    "fedcond-cap": "FedCond, count cap only (default)",
-    "fedcond-robust": "FedCond, count cap + outlier rule (`outlier_nets=2`)",
+    "fedcond-robust": "FedCond, count cap + outlier rule (default)",
+    "fedcond-cap": "FedCond, count cap only (`outlier_nets=0`)",
     "fedcond-plain": "FedCond, rule off",
     "fedavg": "FedAvg",
     "fedmedian": "FedMedian",
@@ -522,14 +522,19 @@ ROBUST_FILES = {
     "bulyan": "bench_robust_digits_bulyan_f1.json",
     "cap0": "bench_robust_digits_cap_seed0.json",
     "seeds12": "bench_robust_digits_seeds12.json",
+    "judged": "bench_robust_digits_judged.json",
 }
-#: files whose ``fedcond-robust`` runs are the count cap alone (the default ``outlier_nets=0``)
+#: files whose ``fedcond-robust`` runs are the count cap alone (``outlier_nets=0``)
 CAP_ONLY_FILES = ("cap", "one", "cap0", "seeds12")
+#: files whose ``fedcond-robust`` runs judged with a prototype that held the judged client's own
+#: images (``robust.py`` at the file's commit); the tables show the rule in ``judged``
+OTHER_RULE_FILES = ("attacks", "honest")
 
 
 def _robust_results(name: str) -> list[dict]:
     """The runs of one robustness file; the count-cap-only runs are renamed ``fedcond-cap``
-    (:data:`CAP_ONLY_FILES` ran FedCond's robust variant with the default ``outlier_nets=0``)."""
+    (:data:`CAP_ONLY_FILES` ran FedCond's robust variant with ``outlier_nets=0``); the runs of
+    another outlier rule (:data:`OTHER_RULE_FILES`) are left out."""
     if not (RESULTS / ROBUST_FILES[name]).is_file():
         return []
     rows = load(ROBUST_FILES[name])["results"]
@@ -537,6 +542,8 @@ def _robust_results(name: str) -> list[dict]:
         rows = [r for r in rows if r["method"] == "fedcond-robust"]
     if name in CAP_ONLY_FILES:
         rows = [{**r, "method": "fedcond-cap"} if r["method"] == "fedcond-robust" else r for r in rows]
+    if name in OTHER_RULE_FILES:
+        rows = [r for r in rows if r["method"] != "fedcond-robust"]
     return rows
 
 
@@ -565,19 +572,19 @@ def _unique_runs(rows: Iterable[dict]) -> list[dict]:
 
 def robust_honest() -> str:
     """Honest clients: FedCond with the cap and the outlier rule and without the rule, seed by seed."""
-    results = [r for name in ("attacks", "honest") for r in _robust_results(name)
+    results = [r for name in ("judged", "attacks", "honest") for r in _robust_results(name)
                if r["attackers"] == 0 and r["method"] in ("fedcond-robust", "fedcond-plain")]
     seeds = sorted({r["seed"] for r in results})
     rows = []
     for method in ("fedcond-robust", "fedcond-plain"):
         cells = [_robust_cell([r for r in results if r["method"] == method and r["seed"] == s]) for s in seeds]
         rows.append([ROBUST_METHODS[method], *cells])
-    files = ", ".join(f"[{ROBUST_FILES[n]}](results/{ROBUST_FILES[n]})" for n in ("attacks", "honest"))
+    files = ", ".join(f"[{ROBUST_FILES[n]}](results/{ROBUST_FILES[n]})" for n in ("judged", "attacks", "honest"))
     return table(["method", *(f"seed {s}: test accuracy (%)" for s in seeds)], rows) + f"\nData: {files}.\n"
 
 
 #: the files of the attacks table (every seed of every attack kind and count)
-ATTACK_TABLE_FILES = ("attacks", "cap", "one", "cap0", "seeds12", "honest")
+ATTACK_TABLE_FILES = ("judged", "attacks", "cap", "one", "cap0", "seeds12", "honest")
 
 
 def robust_attacks() -> str:
@@ -665,7 +672,8 @@ def _values(values: Iterable[float], scale: float = 1.0) -> list[float]:
 
 def robust_attacks_figure() -> dict:
     """Accuracy under each attack (3 of 10 clients hostile, seed 0), one point series per method."""
-    results = _robust_results("attacks") + _robust_results("cap")
+    results = _unique_runs(r for name in ("judged", "attacks", "cap", "cap0") for r in _robust_results(name)
+                           if r["seed"] == 0)
     kinds = [None, *(k for k in dict.fromkeys(r["attack"] for r in results) if k is not None)]
     methods = [m for m in ROBUST_METHODS if any(r["method"] == m for r in results)]
     series = []
@@ -679,7 +687,7 @@ def robust_attacks_figure() -> dict:
                 ys.append(sum(r["test_accuracy"] or 0.0 for r in runs) / len(runs))
         series.append({"label": ROBUST_METHODS[method].replace("`", ""), "x": xs, "y": _values(ys, 100)})
     return {
-        "source": [ROBUST_FILES[n] for n in ("attacks", "cap")],
+        "source": [ROBUST_FILES[n] for n in ("judged", "attacks", "cap", "cap0")],
         "size_in": [11.0, 4.6],
         "dpi": DPI,
         "xlabel": "attack (3 of 10 clients; none: every client honest)",
