@@ -124,11 +124,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="ray",
         help="ray: Flower's Simulation Engine (default); inprocess: same apps, sequential, no Ray",
     )
-    parser.add_argument("--cpus-per-client", type=int, default=1, help="Ray CPUs per client (default 1)")
-    parser.add_argument("--max-concurrent-clients", type=int, default=2, help="clients running at once (default 2)")
+    parser.add_argument(
+        "--cpus-per-client", type=_ray_count, default=None, help="Ray CPUs per client (default 1; --engine ray only)"
+    )
+    parser.add_argument(
+        "--max-concurrent-clients",
+        type=_ray_count,
+        default=None,
+        help="clients running at once (default 2; --engine ray only: inprocess runs them one at a time)",
+    )
     # None = "not given": a config file's seed/device then stand (flags override the file)
     add_common_arguments(parser, default_out="runs/simulate", from_config=("seed", "device"))
     parser.set_defaults(run=run_simulate)
+
+
+#: the most CPUs a client, or clients at once, a Ray simulation is given from the command line
+MAX_RAY_COUNT = 4096
+#: Ray's defaults for ``--cpus-per-client`` and ``--max-concurrent-clients``
+_RAY_DEFAULTS = {"cpus_per_client": 1, "max_concurrent_clients": 2}
+
+
+def _ray_count(text: str) -> int:
+    """An argparse type: a whole number in ``[1, MAX_RAY_COUNT]``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_RAY_COUNT:
+        raise argparse.ArgumentTypeError(f"must lie in [1, {MAX_RAY_COUNT}], got {value}")
+    return value
+
+
+def _ray_options(args: argparse.Namespace) -> dict[str, int]:
+    """``cpus_per_client`` and ``max_concurrent_clients`` for the Ray engine (refused for ``inprocess``)."""
+    given = [key for key in _RAY_DEFAULTS if getattr(args, key) is not None]
+    if args.engine != "ray" and given:
+        flags = " and ".join(_RUN_OPTIONS[key] for key in given)
+        raise CommandError(f"{flags}: Ray settings; --engine {args.engine} runs the clients one at a time")
+    return {key: default if getattr(args, key) is None else getattr(args, key) for key, default in _RAY_DEFAULTS.items()}
 
 
 def _is_demo(args: argparse.Namespace) -> bool:
@@ -282,6 +315,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         raise CommandError("--resume continues the run in --out and --overwrite replaces it: choose one")
     values = _mapping(args)
     job = _check_job(args, values)  # bad settings fail here, before the run folder and Flower's engine
+    ray = _ray_options(args)
     from fedcond.federated.checkpoint import CHECKPOINTS, CLIENT_CHECKPOINTS, CheckpointMismatch, RunCheckpoint
     from fedcond.federated.uploads import UPLOADS
 
@@ -384,8 +418,8 @@ def run_simulate(args: argparse.Namespace) -> int:
                 report = simulate(
                     this_job,
                     engine=args.engine,
-                    cpus_per_client=args.cpus_per_client,
-                    max_concurrent_clients=args.max_concurrent_clients,
+                    cpus_per_client=ray["cpus_per_client"],
+                    max_concurrent_clients=ray["max_concurrent_clients"],
                     policy=policies[name],
                     attack=attack,
                     checkpoint=checkpoint,

@@ -86,6 +86,8 @@ def test_one_shot_end_to_end_in_process_with_a_fedavg_comparison(tmp_path):
         # run options are flags: --set resume=true would be ignored, --set out=... overridden by --out
         (["--set", "resume=true"], "--set: 'resume' is not a config key but a command-line option: use the flag "
                                    "--resume"),
+        (["--engine", "inprocess", "--cpus-per-client", "2"], "--cpus-per-client: Ray settings; --engine inprocess runs"),
+        (["--engine", "inprocess", "--max-concurrent-clients", "4"], "--max-concurrent-clients: Ray settings"),
         (["--set", "out=runs/elsewhere"], "'out' is not a config key but a command-line option: use the flag --out"),
         # settings the partition or the dataset does not read are refused, not recorded as if used
         (["--partition", "iid", "--alpha", "0.5"], "--alpha 0.5 has no effect: it is the Dirichlet concentration, "
@@ -104,6 +106,22 @@ def test_one_shot_end_to_end_in_process_with_a_fedavg_comparison(tmp_path):
 def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
     code = main(["simulate", *argv, "--out", str(tmp_path / "bad")])
     assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-concurrent-clients", "0"], "argument --max-concurrent-clients: must lie in [1, 4096], got 0"),
+        (["--cpus-per-client", str(10**20)], "argument --cpus-per-client: must lie in [1, 4096]"),
+        (["--cpus-per-client", "two"], "argument --cpus-per-client: expected a whole number, got 'two'"),
+    ],
+)
+def test_ray_counts_out_of_range_are_refused_by_the_parser(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", *argv, "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
