@@ -149,7 +149,7 @@ def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
 def _class_means(
     sets: Sequence[ClientSet], *, spec: DatasetSpec, model_name: str, nets: int, seed: int
 ) -> dict[tuple[int, int], torch.Tensor]:
-    """(set index, class) -> the mean embedding of that set's images of that class, over ``nets`` networks."""
+    """(node id, class) -> the mean embedding of that set's images of that class, over ``nets`` networks."""
     decoded = [s.synthetic.decoded() for s in sets]
     images = torch.cat([d.images for d in decoded]).float()
     owners = torch.cat([torch.full((len(d),), i) for i, d in enumerate(decoded)])
@@ -161,14 +161,14 @@ def _class_means(
             features.append(torch.cat([net.embed(chunk) for chunk in images.split(1024)]).flatten(1))
     embedded = torch.cat(features, dim=1).double()
     means = {}
-    for i in range(len(sets)):
+    for i, s in enumerate(sets):
         for c in labels[owners == i].unique().tolist():
-            means[(i, int(c))] = embedded[(owners == i) & (labels == c)].mean(0)
+            means[(s.node_id, int(c))] = embedded[(owners == i) & (labels == c)].mean(0)
     return means
 
 
-def _has_majority(judged: int, others: list[float], own: float) -> bool:
-    """Whether the other holders' images can judge a client's class (see the module)."""
+def _has_majority(others: list[float], own: float) -> bool:
+    """Whether the other holders' images (counts per holder) can judge a client's ``own`` images of a class."""
     total = sum(others)
     return len(others) >= 2 and total >= own and max(others) < 0.5 * total
 
@@ -184,29 +184,28 @@ def embedding_outliers(
     seed: int,
 ) -> dict[int, dict[int, str]]:
     """Node id -> {class: reason} for every client class the outlier rule flags (see the module)."""
-    return _judge(sets, spec=spec, model_name=model_name, nets=nets, margin=margin, spread=spread, seed=seed)[1]
+    if nets < 1 or len(sets) < 2:
+        return {}
+    means = _class_means(sets, spec=spec, model_name=model_name, nets=nets, seed=seed)
+    return _judge(sets, means, margin=margin, spread=spread)[1]
 
 
 def _judge(
-    sets: Sequence[ClientSet],
-    *,
-    spec: DatasetSpec,
-    model_name: str,
-    nets: int,
-    margin: float,
-    spread: float,
-    seed: int,
+    sets: Sequence[ClientSet], means: dict[tuple[int, int], torch.Tensor], *, margin: float, spread: float
 ) -> tuple[dict[int, int], dict[int, dict[int, str]]]:
-    """Node id -> how many of its classes had a reference to judge them, and the flagged classes."""
-    if nets < 1 or len(sets) < 2:
-        return {}, {}
-    means = _class_means(sets, spec=spec, model_name=model_name, nets=nets, seed=seed)
+    """Node id -> how many of its classes had a reference to judge them, and the flagged classes.
+
+    ``means`` holds (at least) every class mean of ``sets`` (:func:`_class_means`), so that a
+    repeated judgement of fewer clients embeds nothing again.
+    """
+    nodes = {s.node_id for s in sets}
+    means = {(i, c): m for (i, c), m in means.items() if i in nodes}
     holders: dict[int, list[int]] = {}
     for i, c in means:
         holders.setdefault(c, []).append(i)
-    sent = {(i, c): float((sets[i].synthetic.labels == c).sum()) for i, c in means}
+    sent = {(s.node_id, c): float((s.synthetic.labels == c).sum()) for s in sets for c in holders}
 
-    def prototypes_without(judged: int) -> dict[int, torch.Tensor]:
+    def references_without(judged: int) -> dict[int, torch.Tensor]:
         """Class -> weighted median of the other clients' class means (classes only ``judged`` holds have none)."""
         out = {}
         for c, idx in holders.items():
@@ -218,11 +217,11 @@ def _judge(
                 )
         return out
 
-    references = {i: prototypes_without(i) for i in range(len(sets))}
+    references = {i: references_without(i) for i in nodes}
     distance = {
         (i, c): float(torch.linalg.vector_norm(m - references[i][c]))
         for (i, c), m in means.items()
-        if _has_majority(i, [sent[(j, c)] for j in holders[c] if j != i], sent[(i, c)])
+        if _has_majority([sent[(j, c)] for j in holders[c] if j != i], sent[(i, c)])
     }
     typical = [distance[(i, c)] for (i, c) in distance if len(holders[c]) >= _SPREAD_MIN_HOLDERS]
     scale = float(torch.tensor(typical).median()) if typical else None
@@ -233,14 +232,14 @@ def _judge(
         nearest = min(others, key=others.get) if others else None
         reason = None
         if nearest is not None and others[nearest] * margin < own:
-            reason = f"class {c} images embed nearer class {nearest}'s median ({others[nearest]:.3g} vs {own:.3g})"
+            reason = f"class {c} images embed nearer class {nearest}'s reference ({others[nearest]:.3g} vs {own:.3g})"
         elif scale is not None and scale > 0 and own > spread * scale:
-            reason = f"class {c} images lie {own / scale:.1f}x the typical distance from the class median"
+            reason = f"class {c} images lie {own / scale:.1f}x the typical distance from the class reference"
         if reason is not None:
-            flagged.setdefault(sets[i].node_id, {})[c] = reason
-    judged: dict[int, int] = {}
+            flagged.setdefault(i, {})[c] = reason
+    judged = {i: 0 for i in nodes}
     for i, _ in distance:
-        judged[sets[i].node_id] = judged.get(sets[i].node_id, 0) + 1
+        judged[i] += 1
     return judged, flagged
 
 
@@ -278,19 +277,21 @@ def robust_sets(
         return RobustOutcome(list(sets))
     capped, cap_notes = cap_claimed_counts(sets, factor=config.count_cap_factor)
     neutralised = {node: [note] for node, note in cap_notes.items()}
-    # a rejected client's sets must not shape the prototypes that judge the others: reject the
+    # a rejected client's sets must not shape the references that judge the others: reject the
     # most flagged client only, judge the rest again without it, and repeat (one pass per rejection)
     rejected: dict[int, str] = {}
     remaining = list(capped)
+    judging = config.outlier_nets >= 1 and len(remaining) >= 2
+    means = (
+        _class_means(remaining, spec=spec, model_name=model_name, nets=config.outlier_nets, seed=seed)
+        if judging
+        else {}
+    )
     while True:
-        judged, flagged = _judge(
-            remaining,
-            spec=spec,
-            model_name=model_name,
-            nets=config.outlier_nets,
-            margin=config.outlier_margin,
-            spread=config.outlier_spread,
-            seed=seed,
+        judged, flagged = (
+            _judge(remaining, means, margin=config.outlier_margin, spread=config.outlier_spread)
+            if judging
+            else ({}, {})
         )
         over_half = {}
         for s in remaining:
