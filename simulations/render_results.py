@@ -465,6 +465,21 @@ def _private_default_row() -> list[list[str]]:
     ]]
 
 
+def _robust_readme_row() -> list[list[str]]:
+    """FedCond's default rule against three label flippers of ten, beside the drop-out reference."""
+    runs = _robust_results("judged")
+
+    def mean(kind: str) -> float:
+        accs = [r["test_accuracy"] for r in runs if r["attack"] == kind and r["attackers"] == 3]
+        return statistics.fmean(accs) * 100
+
+    flipped_cap = [r["test_accuracy"] for name in ("cap", "seeds12") for r in _robust_results(name)
+                   if r["method"] == "fedcond-cap" and r["attack"] == "label-flip" and r["attackers"] == 3]
+    return [["hostile clients", "digits, 3 of 10 clients flip labels, default robust rule (3 seeds)",
+             f"{mean('label-flip'):.2f}%",
+             f"the 3 sending nothing {mean('drop-out'):.2f}%; count cap alone {statistics.fmean(flipped_cap) * 100:.2f}%"]]
+
+
 def readme() -> str:
     """The README's short table: one headline per part, each from its JSON."""
     dm = [method(f"bench_dm_mnist_ipc10_dsa_class_seed{s}.json", method="dm/class")["accuracy_mean"] for s in range(3)]
@@ -492,6 +507,7 @@ def readme() -> str:
          f"{fed['test_accuracy_mean'] * 100:.2f}%",
          f"FedAvg (20 rounds) {avg['test_accuracy_mean'] * 100:.2f}%, with {avg['uplink_bytes'] / fed['uplink_bytes']:.0f}x the uplink"],
         *_private_default_row(),
+        *_robust_readme_row(),
         ["continual", "full SplitMNIST, Naive, 10 images per class (`factor=2`)",
          f"{cl_dist['accuracy_mean']:.1f}%", f"random replay {cl_rand['accuracy_mean']:.1f}%"],
         ["audit", "digits, real-init DM: images that are near-copies",
