@@ -458,6 +458,11 @@ class RobustConfig(_SelfChecking):
     outlier_spread : float
         ... or farther from its class's median embedding than this many times the typical
         (median) client's distance.
+    reference_per_class : int
+        Real images per class the server draws from its own training split and judges every
+        client class against (the outlier rule's reference; 0, the default: the other clients'
+        median). A server holding a small labelled set of its own gets a reference no coalition
+        of clients can outvote (docs/robustness.md).
     max_set_age : int
         Rounds a client's last accepted set stays in the union without a fresh one.
     """
@@ -473,7 +478,15 @@ class RobustConfig(_SelfChecking):
     outlier_nets: int = ranged(2, ge=0, limit=MAX_NETWORKS)
     outlier_margin: float = ranged(1.0, gt=0.0, limit=MAX_FACTOR)
     outlier_spread: float = ranged(4.0, gt=0.0, limit=MAX_FACTOR)
+    reference_per_class: int = ranged(0, ge=0, limit=MAX_IPC)
     max_set_age: int = ranged(5, ge=1, limit=MAX_STEPS)
+
+    def _check_rules(self) -> None:
+        if self.reference_per_class > 0 and (not self.enabled or self.outlier_nets < 1):
+            raise ConfigError(
+                "config key 'robust.reference_per_class' sets the outlier rule's reference; the rule is off "
+                "(it needs robust.enabled=true and robust.outlier_nets >= 1)"
+            )
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -58,7 +58,15 @@ from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.validation import ClientSet
 from fedcond.models import get_model
 
-__all__ = ["RobustOutcome", "cap_claimed_counts", "embedding_outliers", "robust_sets", "weighted_median"]
+__all__ = [
+    "RobustOutcome",
+    "ServerReference",
+    "cap_claimed_counts",
+    "embedding_outliers",
+    "robust_sets",
+    "server_reference",
+    "weighted_median",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +88,54 @@ class RobustOutcome:
         Node id -> reason, for sets removed altogether.
     neutralised : dict[int, list[str]]
         Node id -> what was changed in a kept set (a capped claim, removed classes).
+    alarm : str | None
+        Why the rule failed closed (``sets`` is then empty): its verdicts would reject half of
+        the clients or more, or flag every set, which contradicts the honest majority it assumes.
     """
 
     sets: list[ClientSet]
     rejected: dict[int, str] = field(default_factory=dict)
     neutralised: dict[int, list[str]] = field(default_factory=dict)
+    alarm: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerReference:
+    """Labelled real images the server holds: the outlier rule's reference for every class.
+
+    Attributes
+    ----------
+    images : torch.Tensor
+        ``N x C x H x W`` in the dataset's normalised space.
+    labels : torch.Tensor
+        ``N`` class indices.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def server_reference(images: torch.Tensor, labels: torch.Tensor, *, per_class: int, num_classes: int,
+                     generator: torch.Generator) -> ServerReference:
+    """Draw ``per_class`` images of every class from the server's own labelled data.
+
+    Raises
+    ------
+    ValueError
+        When a class has fewer than ``per_class`` images (the reference would not judge it).
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    picks = []
+    for c in range(num_classes):
+        pool = (labels == c).nonzero().flatten()
+        if len(pool) < per_class:
+            raise ValueError(
+                f"robust.reference_per_class={per_class}, but the server's data holds {len(pool)} images of class {c}"
+            )
+        picks.append(pool[torch.randperm(len(pool), generator=generator)[:per_class]])
+    chosen = torch.cat(picks)
+    return ServerReference(images=images[chosen].clone(), labels=labels[chosen].clone())
 
 
 def cap_claimed_counts(
@@ -146,6 +197,25 @@ def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return ordered.gather(0, first).squeeze(0)
 
 
+def _embedder(
+    *, spec: DatasetSpec, model_name: str, nets: int, seed: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function mapping images to their embeddings under ``nets`` seeded random networks, concatenated."""
+    networks = [
+        get_model(model_name, spec, generator=torch.Generator().manual_seed(seed * 7919 + k)).eval()
+        for k in range(nets)
+    ]
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = [
+                torch.cat([net.embed(chunk) for chunk in images.float().split(1024)]).flatten(1) for net in networks
+            ]
+        return torch.cat(features, dim=1).double()
+
+    return embed
+
+
 def _class_means(
     sets: Sequence[ClientSet], *, spec: DatasetSpec, model_name: str, nets: int, seed: int
 ) -> dict[tuple[int, int], torch.Tensor]:
@@ -154,17 +224,20 @@ def _class_means(
     images = torch.cat([d.images for d in decoded]).float()
     owners = torch.cat([torch.full((len(d),), i) for i, d in enumerate(decoded)])
     labels = torch.cat([d.labels for d in decoded])
-    features = []
-    with torch.no_grad():
-        for k in range(nets):
-            net = get_model(model_name, spec, generator=torch.Generator().manual_seed(seed * 7919 + k)).eval()
-            features.append(torch.cat([net.embed(chunk) for chunk in images.split(1024)]).flatten(1))
-    embedded = torch.cat(features, dim=1).double()
+    embedded = _embedder(spec=spec, model_name=model_name, nets=nets, seed=seed)(images)
     means = {}
     for i, s in enumerate(sets):
         for c in labels[owners == i].unique().tolist():
             means[(s.node_id, int(c))] = embedded[(owners == i) & (labels == c)].mean(0)
     return means
+
+
+def _reference_means(
+    reference: ServerReference, *, spec: DatasetSpec, model_name: str, nets: int, seed: int
+) -> dict[int, torch.Tensor]:
+    """Class -> the mean embedding of the server's reference images of that class (same networks)."""
+    embedded = _embedder(spec=spec, model_name=model_name, nets=nets, seed=seed)(reference.images)
+    return {int(c): embedded[reference.labels == c].mean(0) for c in reference.labels.unique().tolist()}
 
 
 def _has_majority(others: list[float], own: float) -> bool:
@@ -191,12 +264,18 @@ def embedding_outliers(
 
 
 def _judge(
-    sets: Sequence[ClientSet], means: dict[tuple[int, int], torch.Tensor], *, margin: float, spread: float
+    sets: Sequence[ClientSet],
+    means: dict[tuple[int, int], torch.Tensor],
+    *,
+    margin: float,
+    spread: float,
+    anchors: dict[int, torch.Tensor] | None = None,
 ) -> tuple[dict[int, int], dict[int, dict[int, str]]]:
     """Node id -> how many of its classes had a reference to judge them, and the flagged classes.
 
     ``means`` holds (at least) every class mean of ``sets`` (:func:`_class_means`), so that a
-    repeated judgement of fewer clients embeds nothing again.
+    repeated judgement of fewer clients embeds nothing again. ``anchors`` (class -> the server's
+    reference mean) replace the other clients' medians: every class the server holds is judged.
     """
     nodes = {s.node_id for s in sets}
     means = {(i, c): m for (i, c), m in means.items() if i in nodes}
@@ -217,13 +296,20 @@ def _judge(
                 )
         return out
 
-    references = {i: references_without(i) for i in nodes}
-    distance = {
-        (i, c): float(torch.linalg.vector_norm(m - references[i][c]))
-        for (i, c), m in means.items()
-        if _has_majority([sent[(j, c)] for j in holders[c] if j != i], sent[(i, c)])
-    }
-    typical = [distance[(i, c)] for (i, c) in distance if len(holders[c]) >= _SPREAD_MIN_HOLDERS]
+    if anchors is not None:
+        references = {i: anchors for i in nodes}
+        distance = {
+            (i, c): float(torch.linalg.vector_norm(m - anchors[c])) for (i, c), m in means.items() if c in anchors
+        }
+        typical = list(distance.values())
+    else:
+        references = {i: references_without(i) for i in nodes}
+        distance = {
+            (i, c): float(torch.linalg.vector_norm(m - references[i][c]))
+            for (i, c), m in means.items()
+            if _has_majority([sent[(j, c)] for j in holders[c] if j != i], sent[(i, c)])
+        }
+        typical = [distance[(i, c)] for (i, c) in distance if len(holders[c]) >= _SPREAD_MIN_HOLDERS]
     scale = float(torch.tensor(typical).median()) if typical else None
     flagged: dict[int, dict[int, str]] = {}
     for (i, c), own in distance.items():
@@ -256,7 +342,13 @@ def _without_classes(client_set: ClientSet, classes: Sequence[int]) -> ClientSet
 
 
 def robust_sets(
-    sets: Sequence[ClientSet], *, spec: DatasetSpec, config: RobustConfig, model_name: str, seed: int
+    sets: Sequence[ClientSet],
+    *,
+    spec: DatasetSpec,
+    config: RobustConfig,
+    model_name: str,
+    seed: int,
+    reference: ServerReference | None = None,
 ) -> RobustOutcome:
     """Apply the robust rule to validated client sets (a no-op copy when ``config.enabled`` is off).
 
@@ -272,9 +364,19 @@ def robust_sets(
         Architecture of the random embedding networks (the job's model).
     seed : int
         Seeds the embedding networks.
+    reference : ServerReference | None
+        The server's own labelled images (``robust.reference_per_class`` per class,
+        :func:`server_reference`); required when that key is above 0.
+
+    Raises
+    ------
+    ValueError
+        When the config asks for a server reference and none is given.
     """
     if not config.enabled:
         return RobustOutcome(list(sets))
+    if config.reference_per_class > 0 and reference is None:
+        raise ValueError("robust.reference_per_class > 0: the server's reference images must be given")
     capped, cap_notes = cap_claimed_counts(sets, factor=config.count_cap_factor)
     neutralised = {node: [note] for node, note in cap_notes.items()}
     # a rejected client's sets must not shape the references that judge the others: reject the
@@ -282,14 +384,15 @@ def robust_sets(
     rejected: dict[int, str] = {}
     remaining = list(capped)
     judging = config.outlier_nets >= 1 and len(remaining) >= 2
-    means = (
-        _class_means(remaining, spec=spec, model_name=model_name, nets=config.outlier_nets, seed=seed)
-        if judging
-        else {}
-    )
+    means, anchors = {}, None
+    if judging:
+        means = _class_means(remaining, spec=spec, model_name=model_name, nets=config.outlier_nets, seed=seed)
+        if config.reference_per_class > 0:
+            assert reference is not None
+            anchors = _reference_means(reference, spec=spec, model_name=model_name, nets=config.outlier_nets, seed=seed)
     while True:
         judged, flagged = (
-            _judge(remaining, means, margin=config.outlier_margin, spread=config.outlier_spread)
+            _judge(remaining, means, margin=config.outlier_margin, spread=config.outlier_spread, anchors=anchors)
             if judging
             else ({}, {})
         )
@@ -298,8 +401,17 @@ def robust_sets(
             classes = flagged.get(s.node_id, {})
             if classes and 2 * len(classes) > judged[s.node_id]:
                 over_half[s.node_id] = (len(classes), len(classes) / judged[s.node_id], judged[s.node_id], classes)
-        if not over_half or len(over_half) == len(remaining):
+        if not over_half:
             break
+        # judged by the other clients, the verdicts hold only while most clients are honest: a
+        # rule that would reject half of them or more, or flags every set, contradicts its premise
+        # and fails closed. A server reference judges alone, so only flagging every set is an alarm
+        # there (a reference unlike every client's images, e.g. another class order)
+        outvoted = anchors is None and 2 * (len(rejected) + 1) >= len(capped)
+        if len(over_half) == len(remaining) or outvoted:
+            alarm = _contradiction(len(capped), rejected, over_half, every=len(over_half) == len(remaining))
+            logger.error("the robust rule raised an alarm: %s", alarm)
+            return RobustOutcome([], {}, neutralised, alarm=alarm)
         # most evidence first: the most flagged classes, then the largest flagged share
         worst = max(over_half, key=lambda node: over_half[node][:2])
         count, _, held, classes = over_half[worst]
@@ -311,14 +423,19 @@ def robust_sets(
         if not classes:
             kept.append(s)
             continue
-        if s.node_id in over_half:  # every remaining client is over half: the rule stands aside below
-            count, _, held, _ = over_half[s.node_id]
-            rejected[s.node_id] = f"outlier on {count} of {held} judged classes: " + "; ".join(classes.values())
-            continue
         kept.append(_without_classes(s, sorted(classes)))
         neutralised.setdefault(s.node_id, []).extend(f"removed: {reason}" for reason in classes.values())
-    if not kept:
-        # every set flagged: nothing is more trustworthy than the rest, so the rule stands aside
-        logger.warning("the outlier rule flagged every client set; none is removed")
-        return RobustOutcome(capped, {}, {node: notes for node, notes in neutralised.items()})
     return RobustOutcome(kept, rejected, neutralised)
+
+
+def _contradiction(clients: int, rejected: dict[int, str], over_half: dict[int, tuple], *, every: bool) -> str:
+    """The alarm's text: how the verdicts contradict an honest majority of ``clients``."""
+    if every:
+        verdict = f"every one of the {len(over_half)} remaining client sets is an outlier on most of its judged classes"
+    else:
+        verdict = f"it would reject {len(rejected) + 1} or more of the {clients} client sets"
+    return (
+        f"{verdict} ({len(rejected)} rejected before); the rule assumes most clients are honest, so its "
+        "references cannot be trusted: no set is aggregated this round (clients that disagree about what "
+        "the classes look like, e.g. colluding label flippers or a wrong class order on some clients)"
+    )

@@ -23,7 +23,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedcond.config import ConfigError
+from fedcond.config import ConfigError, FederatedConfig
+from fedcond.data.registry import DatasetSplits
 from fedcond.devices import keep_freed_cpu_memory, resolve_device
 from fedcond.federated.accounting import CountingGrid
 from fedcond.federated.attacks import AttackConfig
@@ -33,6 +34,7 @@ from fedcond.federated.client import check_partition, federated_test_set, load_s
 from fedcond.federated.job import FederatedJob, job_from_mapping, job_to_mapping
 from fedcond.federated.nodes import wait_for_nodes
 from fedcond.federated.records import model_from_record, model_to_record
+from fedcond.federated.robust import ServerReference, server_reference
 from fedcond.federated.rounds import RoundRecorder, fedcond_state, restore_fedcond
 from fedcond.federated.strategy import FedCond
 from fedcond.federated.uploads import UPLOADS, UploadStore
@@ -157,6 +159,26 @@ def run_identity(job: FederatedJob, attack: AttackConfig | None = None) -> dict[
     return flat
 
 
+def reference_for_job(splits: DatasetSplits, fed: FederatedConfig) -> ServerReference | None:
+    """The robust rule's reference drawn from the server's own training split (``robust.reference_per_class``;
+    ``None`` at 0), with the seed the ServerApp uses."""
+    per_class = fed.robust.reference_per_class
+    if per_class == 0:
+        return None
+    reference = server_reference(
+        splits.train.images,
+        splits.train.labels,
+        per_class=per_class,
+        num_classes=splits.spec.num_classes,
+        generator=torch.Generator().manual_seed(fed.seed * 1000 + 699),
+    )
+    logger.info(
+        "the robust rule judges client classes against %d of the server's own training images per class",
+        per_class,
+    )
+    return reference
+
+
 def run_federated(
     grid: Grid,
     job: FederatedJob,
@@ -205,6 +227,7 @@ def run_federated(
             min_available_nodes=max(1, fed.min_available_nodes),
             uploads=uploads,
             training_checkpoints=None if checkpoint is None else checkpoint.folder,
+            reference=reference_for_job(splits, fed),
         )
     else:
         strategy = baseline_strategy(fed)
@@ -336,12 +359,21 @@ def _report(
                 for reason in h[key].values()
             }
         )
-        logger.error(
-            "%s: no round trained the global model (every reply was refused, dropped or missing%s); "
-            "test_accuracy is reported as null, not the untrained model's accuracy",
-            fed.strategy,
-            f": {reasons[0]}" if reasons else "",
-        )
+        alarms = [h["robust_alarm"] for h in history if h.get("robust_alarm")]
+        if alarms:
+            logger.error(
+                "%s: no round trained the global model: the robust rule failed closed (%s); "
+                "test_accuracy is reported as null, not the untrained model's accuracy",
+                fed.strategy,
+                alarms[0],
+            )
+        else:
+            logger.error(
+                "%s: no round trained the global model (every reply was refused, dropped or missing%s); "
+                "test_accuracy is reported as null, not the untrained model's accuracy",
+                fed.strategy,
+                f": {reasons[0]}" if reasons else "",
+            )
     nodes = len(list(grid.get_node_ids()))
     if nodes != fed.num_clients and complete:
         # under `flwr run` the federation's num-supernodes decides, and each node takes one partition

@@ -52,7 +52,7 @@ from fedcond.federated.records import (
     client_report,
     model_to_record,
 )
-from fedcond.federated.robust import robust_sets
+from fedcond.federated.robust import ServerReference, robust_sets
 from fedcond.federated.server_training import NonFiniteTraining, train_global_model
 from fedcond.federated.untrusted import client_text
 from fedcond.federated.uploads import UploadStore
@@ -94,6 +94,8 @@ class RoundReport:
     forgotten: dict[int, str] = field(default_factory=dict)
     #: why server training stopped without a model (non-finite values), if it did
     training_stopped: str | None = None
+    #: why the robust rule failed closed (no set aggregated), if it did
+    robust_alarm: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """This round's record as JSON-ready values (the ``history`` entries of ``metrics.json``)."""
@@ -111,6 +113,7 @@ class RoundReport:
             "neutralised": {str(k): v for k, v in self.neutralised.items()},
             "forgotten": {str(k): v for k, v in self.forgotten.items()},
             "training_stopped": self.training_stopped,
+            "robust_alarm": self.robust_alarm,
             **self.client_metrics,
         }
 
@@ -135,6 +138,9 @@ class FedCond(Strategy):
         A folder where each round's server training keeps its state every 10 epochs
         (``server-training-round-R.pt``); a resumed round continues it when its union is the
         same, and trains afresh otherwise.
+    reference : ServerReference | None
+        The server's own labelled images the outlier rule judges client classes against
+        (required when ``robust.reference_per_class`` > 0; :func:`server_reference`).
 
     Examples
     --------
@@ -152,11 +158,16 @@ class FedCond(Strategy):
         min_available_nodes: int = 1,
         uploads: UploadStore | None = None,
         training_checkpoints: Path | None = None,
+        reference: ServerReference | None = None,
     ) -> None:
         if not 0 < config.fraction_train <= 1:
             raise ValueError(f"fraction_train must be in (0, 1], got {config.fraction_train}")
         if not 0 <= config.min_reply_fraction <= 1:
             raise ValueError(f"min_reply_fraction must be in [0, 1], got {config.min_reply_fraction}")
+        if config.robust.reference_per_class > 0 and reference is None:
+            raise ValueError("robust.reference_per_class > 0 needs the server's reference images (reference=...)")
+        #: the server's own labelled images, the outlier rule's reference (``robust.reference_per_class``)
+        self.reference = reference
         self.spec = spec
         self.config = config
         self.device = device
@@ -266,7 +277,11 @@ class FedCond(Strategy):
         start = time.perf_counter()
         sets = self._robust_union(server_round, report)
         if not sets:
-            logger.error("round %d: no client set left in the union; the global model is kept", server_round)
+            logger.error(
+                "round %d: no client set left in the union%s; the global model is kept",
+                server_round,
+                " (the robust rule failed closed)" if report.robust_alarm else "",
+            )
             return None, self._metrics(report)
         union = aggregate_sets(sets, num_classes=self.spec.num_classes)
         checkpoint = None
@@ -353,9 +368,11 @@ class FedCond(Strategy):
             config=self.config.robust,
             model_name=self.config.model,
             seed=self.config.seed * 1000 + 700 + server_round,
+            reference=self.reference,
         )
         report.rejected = dict(outcome.rejected)
         report.neutralised = dict(outcome.neutralised)
+        report.robust_alarm = outcome.alarm
         for node_id, reason in outcome.rejected.items():
             logger.warning("round %d: the robust rule rejected the set of node %d: %s", server_round, node_id, reason)
             if node_id in report.accepted:  # this round's reply: counted as dropped, with the reason

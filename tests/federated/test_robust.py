@@ -523,3 +523,125 @@ def test_every_baseline_name_builds_flowers_strategy(name, cls):
     if name == "fedtrimmedavg":
         assert strategy.beta == 0.3
     assert STRATEGIES == ("fedcond", *BASELINES)
+
+
+def _mixed_set(node_id: int, digits, *, shown: dict[int, int], n: int, offset: int) -> ClientSet:
+    """``n`` real images of class ``shown[c]`` labelled ``c``, for each class ``c`` (60 samples claimed each)."""
+    parts = [_labelled_set(node_id, digits, images_of=s, label=c, count=60, offset=offset, n=n) for c, s in shown.items()]
+    return ClientSet(
+        node_id=node_id,
+        synthetic=SyntheticSet(torch.cat([p.synthetic.images for p in parts]),
+                               torch.cat([p.synthetic.labels for p in parts]), {}),
+        class_counts=sum(p.class_counts for p in parts),
+        metrics={},
+    )
+
+
+def test_clients_that_contradict_each_other_fail_the_rule_closed(digits, digits_spec):
+    # three honest clients and three colluders that swap threes and fours: each client's classes
+    # are judged by a reference the other side outweighs, so every set is flagged. The rule's
+    # premise (most clients honest) fails; it aggregates nothing rather than pick a side or let
+    # the swapped labels through
+    honest, swapped = {3: 3, 4: 4}, {3: 4, 4: 3}
+    sets = [_mixed_set(n, digits, shown=swapped if n >= 3 else honest, n=5, offset=5 * n) for n in range(6)]
+    config = parse_config(FederatedConfig, {"robust.outlier_nets": 2}).robust
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
+    assert outcome.sets == [] and outcome.rejected == {}
+    assert outcome.alarm is not None and "every one of the 6 remaining client sets" in outcome.alarm
+    # with the honest clients a majority of every class's holders, the colluders are rejected
+    sets += [_mixed_set(n, digits, shown=honest, n=5, offset=5 * n) for n in (6, 7, 8, 9)]
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
+    assert outcome.alarm is None and set(outcome.rejected) == {3, 4, 5}
+
+
+def test_the_rule_never_rejects_half_of_the_clients(digits, digits_spec):
+    # four honest clients, one per class (3, 4, 5, 6), and three colluders sending fours labelled
+    # 3, fives labelled 4, sixes labelled 5 and threes labelled 6. Per class the colluders
+    # outnumber the one honest holder: they judge it, it looks like another class, and it is
+    # rejected; the honest client does not outweigh the colluders that judge each other. The
+    # honest clients fall one after another, and rejecting a fourth of seven would leave no
+    # majority of the clients: the rule fails closed instead of handing the union to the colluders
+    sets = [_mixed_set(n, digits, shown={c: c}, n=10, offset=0) for n, c in enumerate((3, 4, 5, 6))]
+    cycle = {3: 4, 4: 5, 5: 6, 6: 3}
+    sets += [_mixed_set(n, digits, shown=cycle, n=10, offset=10 * n) for n in (7, 8, 9)]
+    config = parse_config(FederatedConfig, {"robust.outlier_nets": 2}).robust
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
+    assert outcome.sets == [] and outcome.alarm is not None
+    assert "would reject 4 or more of the 7 client sets (3 rejected before)" in outcome.alarm
+
+
+def test_a_round_the_rule_fails_closed_keeps_the_model_and_records_the_alarm(task_identity, digits):
+    # half of the clients flip their labels: the clients contradict each other, nothing is aggregated
+    strategy = _strategy()
+    replies = [_honest_reply(n, digits, classes=_classes(n)) for n in range(NUM_CLIENTS)]
+    replies = [_attacked(r, "label-flip") if n % 2 else r for n, r in enumerate(replies)]
+    arrays, _ = _round(strategy, replies, list(range(NUM_CLIENTS)))
+    report = strategy.rounds[-1]
+    assert arrays is None and not report.trained and report.robust_alarm
+    assert report.as_dict()["robust_alarm"] == report.robust_alarm
+
+
+def _digits_reference(digits, per_class: int = 10):
+    from fedcond.federated.robust import server_reference
+
+    train = digits.train
+    return server_reference(train.images, train.labels, per_class=per_class, num_classes=10,
+                            generator=torch.Generator().manual_seed(0))
+
+
+def test_a_server_reference_judges_every_class_and_no_coalition_outvotes_it(digits, digits_spec):
+    # the coalition of the test above: against the clients' medians it rejected the honest
+    # clients (the rule failed closed); against 10 real images per class the server holds, the
+    # colluders are rejected and every honest client keeps its set
+    sets = [_mixed_set(n, digits, shown={c: c}, n=10, offset=0) for n, c in enumerate((3, 4, 5, 6))]
+    cycle = {3: 4, 4: 5, 5: 6, 6: 3}
+    sets += [_mixed_set(n, digits, shown=cycle, n=10, offset=10 * n) for n in (7, 8, 9)]
+    config = parse_config(FederatedConfig, {"robust.outlier_nets": 2, "robust.reference_per_class": 10}).robust
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0,
+                          reference=_digits_reference(digits))
+    assert outcome.alarm is None and set(outcome.rejected) == {7, 8, 9}
+    assert "4 of 4 judged classes" in outcome.rejected[7]
+    assert [s.node_id for s in outcome.sets] == [0, 1, 2, 3] and set(outcome.neutralised) <= {7, 8, 9}
+    # a class the others could not judge (one holder) is judged by the server's reference
+    lone = [_mixed_set(0, digits, shown={3: 3}, n=10, offset=0), _mixed_set(1, digits, shown={4: 8}, n=10, offset=0)]
+    assert robust_sets(lone, spec=digits_spec, config=dataclasses.replace(config, reference_per_class=0),
+                       model_name="convnet", seed=0).rejected == {}
+    judged = robust_sets(lone, spec=digits_spec, config=config, model_name="convnet", seed=0,
+                         reference=_digits_reference(digits))
+    assert set(judged.rejected) == {1} and "class 4 images embed nearer class 8" in judged.rejected[1]
+
+
+def test_a_server_reference_is_drawn_per_class_and_required_when_configured(digits, digits_spec):
+    from fedcond.federated.robust import server_reference
+
+    reference = _digits_reference(digits, per_class=7)
+    assert torch.bincount(reference.labels, minlength=10).tolist() == [7] * 10
+    again = _digits_reference(digits, per_class=7)
+    assert torch.equal(reference.images, again.images)  # the server's seed decides the draw
+    labels = digits.train.labels.clone()
+    with pytest.raises(ValueError, match="holds 0 images of class 9"):
+        server_reference(digits.train.images, labels.masked_fill(labels == 9, 0), per_class=7, num_classes=10,
+                         generator=torch.Generator().manual_seed(0))
+    config = parse_config(FederatedConfig, {"robust.outlier_nets": 2, "robust.reference_per_class": 5}).robust
+    with pytest.raises(ValueError, match="reference images must be given"):
+        robust_sets([_client_set(0, 10)], spec=digits_spec, config=config, model_name="convnet", seed=0)
+    with pytest.raises(ValueError, match="needs the server's reference"):
+        _strategy(**{"robust.reference_per_class": 5})
+
+
+@pytest.mark.parametrize("keys", [{"robust.outlier_nets": 0}, {"robust.enabled": False, "robust.outlier_nets": 2}])
+def test_a_server_reference_without_the_outlier_rule_is_refused(keys):
+    with pytest.raises(ConfigError, match="'robust.reference_per_class'.*rule is off"):
+        parse_config(FederatedConfig, {**keys, "robust.reference_per_class": 5})
+
+
+def test_a_simulation_judges_against_the_servers_own_training_images(caplog):
+    from fedcond.federated.job import job_from_mapping
+    from fedcond.federated.simulation import simulate_in_process
+
+    job = job_from_mapping({"dataset": "digits", "num_clients": 3, "distill.iterations": 2, "distill.ipc": 2,
+                            "server_epochs": 1, "robust.outlier_nets": 1, "robust.reference_per_class": 4})
+    with caplog.at_level("INFO", logger="fedcond.federated.server_app"):
+        report = simulate_in_process(job)
+    assert "against 4 of the server's own training images per class" in caplog.text
+    assert report.metrics()["complete"] and len(report.history) == 2
