@@ -138,7 +138,8 @@ def uploaded_sets(args: argparse.Namespace, seed: int, attack: AttackConfig | No
     tag = "none" if attack is None else f"{attack.kind}-{attack.attackers}"
     folder = args.work / f"{args.dataset}-seed{seed}-{tag}"
     uploads = folder / "uploads" / "round-1"
-    if not (folder / "metrics.json").is_file() or not uploads.is_dir():
+    finished = folder / "finished"  # written once the run has returned
+    if not finished.is_file():
         policy = simulated_client_policy(None, strategy="fedcond")
         if args.condensation_cache is not None:
             cache = args.condensation_cache / f"{args.dataset}-seed{seed}"
@@ -147,6 +148,7 @@ def uploaded_sets(args: argparse.Namespace, seed: int, attack: AttackConfig | No
         if folder.exists():
             raise SystemExit(f"{folder} holds an unfinished run: remove it and start again")
         simulate(_job(args, seed, folder), engine="inprocess", attack=attack, policy=policy)
+        finished.write_text("the run returned; uploads/round-1 holds what the server received\n")
     sets = []
     for path in sorted(uploads.glob("client-*.npz")):
         synthetic = SyntheticSet.load(path)

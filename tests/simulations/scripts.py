@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +18,7 @@ def load_script(name: str) -> ModuleType:
     """``simulations/NAME.py`` imported as a module (the folder is scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "simulations" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
