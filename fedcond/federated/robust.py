@@ -2,8 +2,9 @@
 
 Per-reply checks (:mod:`fedcond.federated.validation`) cannot see a lie that only shows next to
 the other clients' replies. Two cross-client steps run on the validated sets before they are
-aggregated (``robust.enabled``, on by default; ``docs/robustness.md`` gives the threat model and
-the measurement behind that default):
+aggregated (``robust.enabled``; ``docs/robustness.md`` gives the threat model and the
+measurements behind the defaults): the count cap, on by default, and the embedding outlier rule,
+opt-in (``robust.outlier_nets`` > 0).
 
 **Capped claims.** Real-sample counts are the client's word and weight the union. A client's
 claimed total counts at most ``count_cap_factor`` times the upper median of the clients'
@@ -16,8 +17,10 @@ client.
 
 **Embedding outliers.** Each client's images of class ``c`` are embedded by a few randomly
 initialised networks (DM's own view of a class: the mean embedding). A client's class is judged
-against a *reference* made of the other clients only: the coordinate-wise median of their class
-means, weighted by how many images of the class each sent. A client never shapes the reference
+against a *reference*: the server's own real images of the class when it holds some
+(``robust.reference_per_class``, :func:`server_reference`), else one made of the other clients
+only: the coordinate-wise median of their class means, weighted by how many images of the class
+each sent. A client never shapes the reference
 that judges it, so a label flipper that sends most of a class's images cannot make its flipped
 images the class's prototype. The weight is the number of images sent, not the claimed
 real-sample count: it is bounded by ``ipc`` per class (validation caps it), so a liar cannot buy
@@ -41,6 +44,18 @@ classes flagged is rejected altogether, one at a time (the most flagged classes 
 rule judges the others again without it, so a rejected client's sets shape no reference. A class
 without a majority of other holders cannot be judged. The embedding networks are seeded by the
 server (``seed``), so a round is reproducible.
+
+**Failing closed.** References made of clients are only as honest as most clients. Where the
+rule would reject half of the clients or more, or flags every set, its verdicts contradict that
+premise (a coalition outvoting a class's honest holders, clients with another class order): it
+aggregates nothing that round and says why (:attr:`RobustOutcome.alarm`); the server keeps its
+previous model. A server reference does not depend on the clients, so there only a verdict
+against every set is an alarm.
+
+A coalition need not reach that alarm: under non-IID partitions, a few colluders who all send
+images of one class labelled as another outnumber that class's one or two honest holders, who
+are then judged by the colluders' images and rejected. That is why the rule judged by clients is
+opt-in, and a server that holds a few labelled images per class should use them as the reference.
 """
 
 from __future__ import annotations

@@ -336,10 +336,11 @@ def test_the_robust_rule_off_lets_a_label_flip_through(task_identity, digits):
     assert 0 in strategy.union.node_ids and strategy.rounds[-1].rejected == {}
 
 
-def test_by_default_the_rule_caps_claims_and_judges_embeddings(digits, digits_spec):
-    # class 3: three honest clients of threes (one claiming a million samples) and one of eights
+def test_by_default_the_rule_caps_claims_and_the_outlier_rule_is_opt_in(digits, digits_spec):
+    # class 3: three honest clients of threes (one claiming a million samples) and one of eights.
+    # The default caps the claim and judges no embedding; outlier_nets=2 rejects the eights
     robust = parse_config(FederatedConfig, {}).robust
-    assert robust.enabled and robust.outlier_nets == 2
+    assert robust.enabled and robust.outlier_nets == 0 and robust.reference_per_class == 0
     sets = [
         _labelled_set(0, digits, images_of=3, label=3, count=40, offset=0),
         _labelled_set(1, digits, images_of=8, label=3, count=40, offset=0),
@@ -349,10 +350,11 @@ def test_by_default_the_rule_caps_claims_and_judges_embeddings(digits, digits_sp
         _eights(5, digits, offset=IPC + 10),
     ]
     outcome = robust_sets(sets, spec=digits_spec, config=robust, model_name="convnet", seed=0)
-    assert set(outcome.rejected) == {1}
-    assert int(outcome.sets[1].class_counts.sum()) <= 3 * 60 and 2 in outcome.neutralised
-    cap_only = dataclasses.replace(robust, outlier_nets=0)
-    assert robust_sets(sets, spec=digits_spec, config=cap_only, model_name="convnet", seed=0).rejected == {}
+    assert outcome.rejected == {} and set(outcome.neutralised) == {2}
+    assert int(outcome.sets[2].class_counts.sum()) <= 3 * 60
+    judged = robust_sets(sets, spec=digits_spec, config=dataclasses.replace(robust, outlier_nets=2),
+                         model_name="convnet", seed=0)
+    assert set(judged.rejected) == {1}
 
 
 def test_robust_outcome_without_the_rule_is_a_copy(digits_spec):
