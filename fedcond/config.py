@@ -548,6 +548,12 @@ class FederatedConfig(_SelfChecking):
             unread["alpha"] = f"it is the Dirichlet concentration, and partition {self.partition} draws none"
         if self.partition != "shards":
             unread["shards_per_client"] = f"it sizes the shards partition, not partition {self.partition}"
+        if not self.robust.enabled:
+            for key in ("count_cap_factor", "outlier_nets", "outlier_margin", "outlier_spread"):
+                unread[f"robust.{key}"] = "the robust rule across clients is off (robust.enabled=false)"
+        elif self.robust.outlier_nets == 0:
+            for key in ("outlier_margin", "outlier_spread"):
+                unread[f"robust.{key}"] = "it tunes the embedding outlier rule, which is off (robust.outlier_nets=0)"
         return unread
 
 

@@ -210,6 +210,7 @@ _EDGE_CONTEXT: dict[tuple[str, str], dict[str, object]] = {
     ("ContinualConfig", "memory_per_class"): {"replay": "none"},
     ("FederatedConfig", "alpha"): {"partition": "shards"},
     ("FederatedConfig", "shards_per_client"): {"partition": "dirichlet"},
+    ("RobustConfig", "reference_per_class"): {"outlier_nets": 2},
 }
 
 
@@ -420,6 +421,16 @@ def test_ignored_keys_name_what_a_mode_does_not_read() -> None:
     iid = FederatedConfig(partition="iid").ignored_keys(["alpha", "shards_per_client", "rounds"])
     assert set(iid) == {"alpha", "shards_per_client"} and "partition iid" in iid["alpha"]
     assert FederatedConfig(partition="shards").ignored_keys(["shards_per_client"]) == {}
+    # the outlier rule's settings are read only with the rule on, the count cap's only with the robust rule on
+    cap_only = FederatedConfig().ignored_keys(
+        ["robust.outlier_margin", "robust.outlier_spread", "robust.count_cap_factor"])
+    assert set(cap_only) == {"robust.outlier_margin", "robust.outlier_spread"} and "outlier_nets=0" in cap_only[
+        "robust.outlier_margin"]
+    judged = parse_config(FederatedConfig, {"robust.outlier_nets": 2})
+    assert judged.ignored_keys(["robust.outlier_margin", "robust.outlier_spread"]) == {}
+    off = parse_config(FederatedConfig, {"robust.enabled": False})
+    assert set(off.ignored_keys(["robust.count_cap_factor", "robust.outlier_nets", "robust.enabled"])) == {
+        "robust.count_cap_factor", "robust.outlier_nets"}
 
     distilled = ContinualConfig()
     assert set(distilled.ignored_keys(["distill.ipc", "distill.iterations", "gdumb_epochs", "lr"])) == {
