@@ -232,14 +232,14 @@ def _embedder(
 
 
 def _class_means(
-    sets: Sequence[ClientSet], *, spec: DatasetSpec, model_name: str, nets: int, seed: int
+    sets: Sequence[ClientSet], embed: Callable[[torch.Tensor], torch.Tensor]
 ) -> dict[tuple[int, int], torch.Tensor]:
-    """(node id, class) -> the mean embedding of that set's images of that class, over ``nets`` networks."""
+    """(node id, class) -> the mean embedding (:func:`_embedder`) of that set's images of that class."""
     decoded = [s.synthetic.decoded() for s in sets]
     images = torch.cat([d.images for d in decoded]).float()
     owners = torch.cat([torch.full((len(d),), i) for i, d in enumerate(decoded)])
     labels = torch.cat([d.labels for d in decoded])
-    embedded = _embedder(spec=spec, model_name=model_name, nets=nets, seed=seed)(images)
+    embedded = embed(images)
     means = {}
     for i, s in enumerate(sets):
         for c in labels[owners == i].unique().tolist():
@@ -248,10 +248,10 @@ def _class_means(
 
 
 def _reference_means(
-    reference: ServerReference, *, spec: DatasetSpec, model_name: str, nets: int, seed: int
+    reference: ServerReference, embed: Callable[[torch.Tensor], torch.Tensor]
 ) -> dict[int, torch.Tensor]:
-    """Class -> the mean embedding of the server's reference images of that class (same networks)."""
-    embedded = _embedder(spec=spec, model_name=model_name, nets=nets, seed=seed)(reference.images)
+    """Class -> the mean embedding of the server's reference images of that class."""
+    embedded = embed(reference.images)
     return {int(c): embedded[reference.labels == c].mean(0) for c in reference.labels.unique().tolist()}
 
 
@@ -274,7 +274,7 @@ def embedding_outliers(
     """Node id -> {class: reason} for every client class the outlier rule flags (see the module)."""
     if nets < 1 or len(sets) < 2:
         return {}
-    means = _class_means(sets, spec=spec, model_name=model_name, nets=nets, seed=seed)
+    means = _class_means(sets, _embedder(spec=spec, model_name=model_name, nets=nets, seed=seed))
     return _judge(sets, means, margin=margin, spread=spread)[1]
 
 
@@ -401,10 +401,11 @@ def robust_sets(
     judging = config.outlier_nets >= 1 and len(remaining) >= 2
     means, anchors = {}, None
     if judging:
-        means = _class_means(remaining, spec=spec, model_name=model_name, nets=config.outlier_nets, seed=seed)
+        embed = _embedder(spec=spec, model_name=model_name, nets=config.outlier_nets, seed=seed)
+        means = _class_means(remaining, embed)
         if config.reference_per_class > 0:
             assert reference is not None
-            anchors = _reference_means(reference, spec=spec, model_name=model_name, nets=config.outlier_nets, seed=seed)
+            anchors = _reference_means(reference, embed)
     while True:
         judged, flagged = (
             _judge(remaining, means, margin=config.outlier_margin, spread=config.outlier_spread, anchors=anchors)
