@@ -300,7 +300,7 @@ def _table(results: list[dict[str, Any]]) -> str:
             runs = cells.get((attack, rule), [])
             accs = torch.tensor([100 * r["test_accuracy"] for r in runs if r["test_accuracy"] is not None])
             alarms = sum(r["test_accuracy"] is None for r in runs)
-            spread = float(accs.std(correction=1)) if len(accs) > 1 else 0.0
+            spread = float(accs.std(correction=0))  # population std, as the docs' tables
             text = "-" if not len(accs) else f"{float(accs.mean()):.2f} ± {spread:.2f}"
             row.append(text + (f" ({alarms} alarm{'s' * (alarms > 1)})" if alarms else ""))
         lines.append(f"| {attack} | " + " | ".join(row) + " |")

@@ -718,7 +718,7 @@ def robust_adaptive() -> str:
             cells.append(f"{text} ({', '.join(notes)})")
         rows.append([_adaptive_attack(attack), *cells])
     seeds = sorted({r["seed"] for r in results})
-    header = ["attack (3 of 10 hostile)", *(_adaptive_rule(r) for r in rules)]
+    header = ["attack (3 hostile clients)", *(_adaptive_rule(r) for r in rules)]
     return (table(header, rows) + f"\nSeeds {', '.join(map(str, seeds))}; a seed that failed closed trained no "
             f"model and is left out of the mean. Data: [{ADAPTIVE_FILE}](results/{ADAPTIVE_FILE}).\n")
 

@@ -49,8 +49,9 @@ server (``seed``), so a round is reproducible.
 rule would reject half of the clients or more, or flags every set, its verdicts contradict that
 premise (a coalition outvoting a class's honest holders, clients with another class order): it
 aggregates nothing that round and says why (:attr:`RobustOutcome.alarm`); the server keeps its
-previous model. A server reference does not depend on the clients, so there only a verdict
-against every set is an alarm.
+previous model. With a server reference the same stop applies: the reference is the server's,
+but the typical distance the spread test scales by comes from the clients (one vote each, the
+median over clients of each client's median distance).
 
 A coalition need not reach that alarm: under non-IID partitions, a few colluders who all send
 images of one class labelled as another outnumber that class's one or two honest holders, who
@@ -316,7 +317,12 @@ def _judge(
         distance = {
             (i, c): float(torch.linalg.vector_norm(m - anchors[c])) for (i, c), m in means.items() if c in anchors
         }
-        typical = list(distance.values())
+        # one vote per client: a client's median distance, so that colluders sending many classes
+        # that sit on the reference cannot shrink the typical distance the honest clients are held to
+        per_client: dict[int, list[float]] = {}
+        for (i, _), d in distance.items():
+            per_client.setdefault(i, []).append(d)
+        typical = [float(torch.tensor(ds).median()) for ds in per_client.values()]
     else:
         references = {i: references_without(i) for i in nodes}
         distance = {
@@ -419,11 +425,10 @@ def robust_sets(
                 over_half[s.node_id] = (len(classes), len(classes) / judged[s.node_id], judged[s.node_id], classes)
         if not over_half:
             break
-        # judged by the other clients, the verdicts hold only while most clients are honest: a
-        # rule that would reject half of them or more, or flags every set, contradicts its premise
-        # and fails closed. A server reference judges alone, so only flagging every set is an alarm
-        # there (a reference unlike every client's images, e.g. another class order)
-        outvoted = anchors is None and 2 * (len(rejected) + 1) >= len(capped)
+        # the verdicts hold only while most clients are honest (the references, or with a server
+        # reference the typical distance, come from the clients): a rule that would reject half of
+        # them or more, or flags every set, contradicts its premise and fails closed
+        outvoted = 2 * (len(rejected) + 1) >= len(capped)
         if len(over_half) == len(remaining) or outvoted:
             alarm = _contradiction(len(capped), rejected, over_half, every=len(over_half) == len(remaining))
             logger.error("the robust rule raised an alarm: %s", alarm)
@@ -450,8 +455,9 @@ def _contradiction(clients: int, rejected: dict[int, str], over_half: dict[int, 
         verdict = f"every one of the {len(over_half)} remaining client sets is an outlier on most of its judged classes"
     else:
         verdict = f"it would reject {len(rejected) + 1} or more of the {clients} client sets"
+    before = f"nodes {', '.join(map(str, rejected))} rejected before" if rejected else "none rejected before"
     return (
-        f"{verdict} ({len(rejected)} rejected before); the rule assumes most clients are honest, so its "
+        f"{verdict} ({before}); the rule assumes most clients are honest, so its "
         "references cannot be trusted: no set is aggregated this round (clients that disagree about what "
         "the classes look like, e.g. colluding label flippers or a wrong class order on some clients)"
     )

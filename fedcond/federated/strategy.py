@@ -373,6 +373,13 @@ class FedCond(Strategy):
         report.rejected = dict(outcome.rejected)
         report.neutralised = dict(outcome.neutralised)
         report.robust_alarm = outcome.alarm
+        if outcome.alarm is not None:
+            # the sets contradict each other and none is known to be the honest side: every set
+            # leaves the union, so the next round judges fresh sets instead of the same contradiction
+            for node_id in list(self.client_sets):
+                report.forgotten[node_id] = "the robust rule failed closed"
+            self.client_sets.clear()
+            self.set_round.clear()
         for node_id, reason in outcome.rejected.items():
             logger.warning("round %d: the robust rule rejected the set of node %d: %s", server_round, node_id, reason)
             if node_id in report.accepted:  # this round's reply: counted as dropped, with the reason

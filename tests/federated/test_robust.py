@@ -569,7 +569,7 @@ def test_the_rule_never_rejects_half_of_the_clients(digits, digits_spec):
     config = parse_config(FederatedConfig, {"robust.outlier_nets": 2}).robust
     outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
     assert outcome.sets == [] and outcome.alarm is not None
-    assert "would reject 4 or more of the 7 client sets (3 rejected before)" in outcome.alarm
+    assert "would reject 4 or more of the 7 client sets (nodes 0, 1, 2 rejected before)" in outcome.alarm
 
 
 def test_a_round_the_rule_fails_closed_keeps_the_model_and_records_the_alarm(task_identity, digits):
@@ -581,6 +581,13 @@ def test_a_round_the_rule_fails_closed_keeps_the_model_and_records_the_alarm(tas
     report = strategy.rounds[-1]
     assert arrays is None and not report.trained and report.robust_alarm
     assert report.as_dict()["robust_alarm"] == report.robust_alarm
+    # every set leaves the union: the next round judges what is sent then, not the same contradiction
+    assert strategy.client_sets == {} and set(report.forgotten) == set(range(NUM_CLIENTS))
+    honest = [r for n, r in enumerate(_honest_reply(n, digits, classes=_classes(n)) for n in range(NUM_CLIENTS))
+              if n % 2 == 0]
+    arrays, _ = _round(strategy, honest, list(range(NUM_CLIENTS)), server_round=2)
+    assert arrays is not None and strategy.rounds[-1].trained and strategy.rounds[-1].robust_alarm is None
+    assert sorted(strategy.union.node_ids) == [0, 2, 4, 6]
 
 
 def _digits_reference(digits, per_class: int = 10):
@@ -605,7 +612,8 @@ def test_a_server_reference_judges_every_class_and_no_coalition_outvotes_it(digi
     assert "4 of 4 judged classes" in outcome.rejected[7]
     assert [s.node_id for s in outcome.sets] == [0, 1, 2, 3] and set(outcome.neutralised) <= {7, 8, 9}
     # a class the others could not judge (one holder) is judged by the server's reference
-    lone = [_mixed_set(0, digits, shown={3: 3}, n=10, offset=0), _mixed_set(1, digits, shown={4: 8}, n=10, offset=0)]
+    lone = [_mixed_set(0, digits, shown={3: 3}, n=10, offset=0), _mixed_set(1, digits, shown={4: 8}, n=10, offset=0),
+            _mixed_set(2, digits, shown={5: 5}, n=10, offset=0)]
     assert robust_sets(lone, spec=digits_spec, config=dataclasses.replace(config, reference_per_class=0),
                        model_name="convnet", seed=0).rejected == {}
     judged = robust_sets(lone, spec=digits_spec, config=config, model_name="convnet", seed=0,
@@ -647,3 +655,22 @@ def test_a_simulation_judges_against_the_servers_own_training_images(caplog):
         report = simulate_in_process(job)
     assert "against 4 of the server's own training images per class" in caplog.text
     assert report.metrics()["complete"] and len(report.history) == 2
+
+
+def test_colluders_on_the_server_reference_cannot_shrink_the_typical_distance(digits, digits_spec):
+    # four colluders send images whose class means sit on the server's reference (its own images,
+    # barely perturbed) for every class: 40 tiny distances beside the honest clients' 12. Held to
+    # the median of all those distances, every honest class would look far; with one vote per
+    # client the typical distance is an honest client's, and nobody honest is rejected
+    reference = _digits_reference(digits)
+    honest = [_mixed_set(n, digits, shown={c: c, c + 1: c + 1}, n=2, offset=40 + 2 * n)
+              for n, c in enumerate((0, 2, 4, 6, 8, 0))]
+    noise = torch.Generator().manual_seed(1)
+    on_reference = reference.images + 1e-3 * torch.randn(reference.images.shape, generator=noise)
+    colluders = [ClientSet(node_id=n, synthetic=SyntheticSet(on_reference, reference.labels.clone(), {}),
+                           class_counts=torch.full((10,), 20), metrics={}) for n in (7, 8, 9, 10)]
+    config = parse_config(FederatedConfig, {"robust.outlier_nets": 2, "robust.reference_per_class": 10}).robust
+    outcome = robust_sets(honest + colluders, spec=digits_spec, config=config, model_name="convnet", seed=0,
+                          reference=reference)
+    assert outcome.alarm is None and outcome.rejected == {}
+    assert {s.node_id for s in outcome.sets} == {0, 1, 2, 3, 4, 5, 7, 8, 9, 10}
