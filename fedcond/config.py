@@ -453,7 +453,7 @@ class RobustConfig(_SelfChecking):
         flippers that act alone, but under non-IID partitions a coalition of 2-3 colluders of 10
         outnumbers a class's honest holders and gets honest clients rejected: measured on
         digits, Dirichlet(0.1), a coordinated flip costs more with the rule than without it, so
-        it is opt-in; with a server reference it is not outvoted (docs/robustness.md).
+        it is opt-in; a server reference is not outvoted (docs/robustness.md).
     outlier_margin : float
         A client's class is an outlier when its mean embedding lies closer, by this factor, to
         another class's reference (the other clients' median embedding) than to its own class's.
@@ -464,7 +464,7 @@ class RobustConfig(_SelfChecking):
         Real images per class the server draws from its own training split and judges every
         client class against (the outlier rule's reference; 0, the default: the other clients'
         median). A server holding a small labelled set of its own gets a reference no coalition
-        of clients can outvote (docs/robustness.md).
+        of clients moves (docs/robustness.md).
     max_set_age : int
         Rounds a client's last accepted set stays in the union without a fresh one.
     """

@@ -464,6 +464,13 @@ def run_simulate(args: argparse.Namespace) -> int:
             + "[/]"
         )
         return 1
+    alarms = [h["robust_alarm"] for k in untrained for h in runs[k]["history"] if h.get("robust_alarm")]
+    if untrained and alarms:
+        console.print(
+            f"[red]fedcond simulate: error: no round of {', '.join(untrained)} trained the global model: the "
+            f"robust rule failed closed ({alarms[0]}); test_accuracy is null[/]"
+        )
+        return 1
     if untrained:
         console.print(
             f"[red]fedcond simulate: error: no round of {', '.join(untrained)} trained the global model "

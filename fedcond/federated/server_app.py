@@ -282,6 +282,7 @@ def run_federated(
         final_arrays = initial_arrays
     report = report_until(fed.rounds, complete=True)
     report.final_arrays = final_arrays
+    _warn_about_the_finished_run(report, fed)
     logger.info(
         "%s finished: test accuracy %s, uplink %d B, downlink %d B, %.1fs",
         fed.strategy,
@@ -349,7 +350,28 @@ def _report(
         history.append(entry)
     accuracies = [h["test_accuracy"] for h in history if h["test_accuracy"] is not None]
     trained_rounds = sum(1 for h in history if h.get("trained"))
-    if trained_rounds == 0 and complete:
+    nodes = len(list(grid.get_node_ids()))
+    return FederatedReport(
+        job=job,
+        test_accuracy=accuracies[-1] if accuracies and trained_rounds else None,
+        uplink_bytes=uplink_total,
+        downlink_bytes=downlink_total,
+        wall_seconds=wall,
+        history=history,
+        num_nodes=nodes,
+        trained_rounds=trained_rounds,
+        epsilon=getattr(strategy, "federation_epsilon", None),
+        attack=None if attack is None or attack.attackers == 0 else attack.kind,
+        attackers=0 if attack is None else attack.attackers,
+        complete=complete,
+        resumed_after=offset,
+    )
+
+
+def _warn_about_the_finished_run(report: FederatedReport, fed: FederatedConfig) -> None:
+    """Say once, at the end of a run, why it trained no model or split the data unexpectedly."""
+    history = report.history
+    if report.trained_rounds == 0:
         reasons = sorted(
             {
                 reason
@@ -374,29 +396,13 @@ def _report(
                 fed.strategy,
                 f": {reasons[0]}" if reasons else "",
             )
-    nodes = len(list(grid.get_node_ids()))
-    if nodes != fed.num_clients and complete:
+    if report.num_nodes != fed.num_clients:
         # under `flwr run` the federation's num-supernodes decides, and each node takes one partition
         logger.warning(
             "%d client nodes took part but the config says num-clients=%d: the data was split %d ways "
             "(with `flwr run`, set both, e.g. --federation-config \"num-supernodes=%d\")",
-            nodes, fed.num_clients, nodes, fed.num_clients,
+            report.num_nodes, fed.num_clients, report.num_nodes, fed.num_clients,
         )
-    return FederatedReport(
-        job=job,
-        test_accuracy=accuracies[-1] if accuracies and trained_rounds else None,
-        uplink_bytes=uplink_total,
-        downlink_bytes=downlink_total,
-        wall_seconds=wall,
-        history=history,
-        num_nodes=nodes,
-        trained_rounds=trained_rounds,
-        epsilon=getattr(strategy, "federation_epsilon", None),
-        attack=None if attack is None or attack.attackers == 0 else attack.kind,
-        attackers=0 if attack is None else attack.attackers,
-        complete=complete,
-        resumed_after=offset,
-    )
 
 
 app = ServerApp()

@@ -302,3 +302,19 @@ def test_a_policy_whose_ledger_cannot_be_written_stops_the_simulation_before_any
     err = capsys.readouterr().err
     assert "--client-policy" in err and "is a file, not a folder" in err and "Traceback" not in err
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_a_run_the_robust_rule_fails_closed_names_the_alarm(tmp_path, capsys, caplog):
+    # five label flippers of ten outvote the honest holders: the outlier rule judged by clients
+    # stops before rejecting half of the clients, and the run says so instead of "every reply dropped"
+    out = tmp_path / "alarm"
+    code = main(["simulate", "--engine", "inprocess", "--attack", "label-flip", "--attackers", "5",
+                 "--set", "robust.outlier_nets=2", "--set", "distill.iterations=20", "--set", "server_epochs=10",
+                 "--out", str(out)])
+    assert code == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] is None and metrics["history"][1]["robust_alarm"]
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the robust rule failed closed (it would reject 5 or more of the 10 client sets" in err
+    said = [r for r in caplog.records if "no round trained the global model" in r.getMessage()]
+    assert len(said) == 1 and "failed closed" in said[0].getMessage()  # said once, at the end of the run
