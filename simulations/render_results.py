@@ -671,6 +671,30 @@ def robust_byzantine() -> str:
     return table(["attack", *(ROBUST_METHODS[m] for m in methods)], rows) + f"\nData: {files}.\n"
 
 
+#: MNIST under attack (seed 0): file -> the rule its ``fedcond-*`` runs used
+MNIST_ROBUST_FILES = {
+    "bench_robust_mnist_cap_seed0.json": "count cap only (default)",
+    "bench_robust_mnist_plain_seed0.json": "rule off",
+    "bench_robust_mnist_seed0.json": "outlier rule judged by clients (`outlier_nets=2`)",
+    "bench_robust_mnist_server30_seed0.json": "outlier rule judged by 30 server images per class",
+}
+
+
+def robust_mnist() -> str:
+    """MNIST 10k, 10 clients, Dirichlet 0.1, seed 0: FedCond under each rule and attack that ran."""
+    columns = {label: load(file)["results"] for file, label in MNIST_ROBUST_FILES.items()
+               if (RESULTS / file).is_file()}
+    conditions = sorted({(r["attack"], r["attackers"]) for runs in columns.values() for r in runs},
+                        key=lambda c: (c[0] is not None, c[0] or "", c[1]))
+    rows = []
+    for kind, n in conditions:
+        cells = [_robust_cell([r for r in runs if r["attack"] == kind and r["attackers"] == n])
+                 for runs in columns.values()]
+        rows.append(["none" if kind is None else f"`{kind}` x {n}", *cells])
+    files = ", ".join(f"[{f}](results/{f})" for f in MNIST_ROBUST_FILES if (RESULTS / f).is_file())
+    return table(["attack", *columns], rows) + f"\nData: {files}.\n"
+
+
 ADAPTIVE_FILE = "bench_adaptive_digits.json"
 ADAPTIVE_RULES = {
     "cap": "count cap only (default)",
@@ -710,8 +734,10 @@ def robust_adaptive() -> str:
             accs = [100 * r["test_accuracy"] for r in runs if r["test_accuracy"] is not None]
             alarms = len(runs) - len(accs)
             text = "-"
-            if accs:
-                text = f"{statistics.fmean(accs):.2f} ± {statistics.pstdev(accs):.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
+            if len(accs) > 1:
+                text = f"{statistics.fmean(accs):.2f} ± {statistics.pstdev(accs):.2f}"
+            elif accs:
+                text = f"{accs[0]:.2f}"
             notes = [f"{sum(len(r['honest_rejected']) for r in runs)} honest rejected"]
             if alarms:
                 notes.append(f"{alarms} of {len(runs)} seeds failed closed")
@@ -726,6 +752,7 @@ def robust_adaptive() -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "robust-honest": robust_honest,
     "robust-adaptive": robust_adaptive,
+    "robust-mnist": robust_mnist,
     "robust-attacks": robust_attacks,
     "robust-byzantine": robust_byzantine,
     "dm-methods": dm_methods,
