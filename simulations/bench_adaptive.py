@@ -42,7 +42,6 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -51,7 +50,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_robust import RECIPES, SPEED  # noqa: E402 - simulations/ is a folder of scripts
+from bench_robust import RECIPES, SPEED, _peak_rss_mib  # noqa: E402 - simulations/ is a folder of scripts
+from bench_server_recipe import client_sets  # noqa: E402
 from provenance import earlier_run, machine_facts, recorded_command  # noqa: E402
 
 from fedcond.devices import keep_freed_cpu_memory
@@ -115,10 +115,6 @@ def rule_overrides(name: str) -> dict[str, Any]:
     raise argparse.ArgumentTypeError(f"rule {name!r}: expected cap, clients or serverK (K real images per class)")
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _job(args: argparse.Namespace, seed: int, out: Path | None = None) -> FederatedJob:
     recipe = RECIPES[args.dataset]
     mapping = {
@@ -137,8 +133,8 @@ def uploaded_sets(args: argparse.Namespace, seed: int, attack: AttackConfig | No
     """The sets the server received in round 1 of a FedCond run (run once, kept under ``--work``)."""
     tag = "none" if attack is None else f"{attack.kind}-{attack.attackers}"
     folder = args.work / f"{args.dataset}-seed{seed}-{tag}"
-    uploads = folder / "uploads" / "round-1"
     finished = folder / "finished"  # written once the run has returned
+    job = _job(args, seed, folder)
     if not finished.is_file():
         policy = simulated_client_policy(None, strategy="fedcond")
         if args.condensation_cache is not None:
@@ -147,15 +143,9 @@ def uploaded_sets(args: argparse.Namespace, seed: int, attack: AttackConfig | No
             policy = dataclasses.replace(policy, checkpoints=CheckpointPolicy(folder=cache))
         if folder.exists():
             raise SystemExit(f"{folder} holds an unfinished run: remove it and start again")
-        simulate(_job(args, seed, folder), engine="inprocess", attack=attack, policy=policy)
+        simulate(job, engine="inprocess", attack=attack, policy=policy)
         finished.write_text("the run returned; uploads/round-1 holds what the server received\n")
-    sets = []
-    for path in sorted(uploads.glob("client-*.npz")):
-        synthetic = SyntheticSet.load(path)
-        counts = torch.tensor(synthetic.meta["client_reported"]["class-counts"], dtype=torch.int64)
-        sets.append(ClientSet(node_id=int(synthetic.meta["node_id"]), synthetic=synthetic, class_counts=counts,
-                              metrics={}))
-    return sets
+    return client_sets(folder / "uploads", job)[0]
 
 
 def coalition(sets: list[ClientSet], attack: Attack, *, train, ipc: int, seed: int) -> tuple[list[ClientSet], set[int]]:
