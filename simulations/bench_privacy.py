@@ -5,7 +5,10 @@ audit (nearest-neighbour match rate, strongest membership attack's AUC and TPR a
 The real-data row is the audit's reference model (``--reference-size`` real images).
 
 Writes ``OUT/bench_privacy.json`` (rows, settings, peak RSS, the command) and
-``OUT/<dataset>_<method>_roc.png`` / ``..._nn.png``.
+``OUT/<dataset>_<method>_roc.png`` / ``..._nn.png``. A row is written when it is finished;
+within a row, ``OUT/stages/`` keeps the condensed set, its evaluation and the dataset's
+real-data reference attack as each is finished, so that ``--resume`` after a kill continues
+from the last finished stage (a CIFAR-10 row runs for hours on a CPU core).
 
 Examples (the digits table of docs/privacy.md; CIFAR-10 from its JPEG ImageFolder copy or
 torchvision's ``cifar-10-batches-py/`` under ``--cifar-dir``)::
@@ -29,17 +32,18 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import earlier_run, machine_facts, recorded_command  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import earlier_run, machine_facts, recorded_command, same_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.config import AuditConfig, AugmentConfig, DataConfig, DistillConfig, EvalConfig
 from fedcond.data.registry import load_dataset
 from fedcond.devices import keep_freed_cpu_memory
 from fedcond.distill.augment import LAYOUTS
 from fedcond.distill.condenser import get_condenser
-from fedcond.distill.evaluate import evaluate_synthetic
+from fedcond.distill.evaluate import EvalResult, evaluate_synthetic
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.privacy.audit import run_audit
 from fedcond.privacy.figures import save_nearest_neighbours, save_roc
+from fedcond.privacy.membership import MembershipResult
 from fedcond.privacy.private_condensation import PrivateCondensation
 
 logger = logging.getLogger("bench_privacy")
@@ -134,6 +138,67 @@ def condense(method: str, epsilon: float | None, args: argparse.Namespace, split
     return result.synthetic, extra
 
 
+class Stages:
+    """The finished stages of unfinished rows, under ``OUT/stages/``, each tagged with the command.
+
+    A stage is read back only under ``--resume`` and only when the same command wrote it, so a
+    stage of another run is recomputed (and overwritten) instead of being mixed into this one.
+    """
+
+    def __init__(self, folder: Path, command: str, *, resume: bool) -> None:
+        self.folder, self.command, self.resume = folder, command, resume
+        self.kept: list[str] = []  # the stages read back, in order (a row's ``seconds`` exclude them)
+
+    def _path(self, key: str, suffix: str) -> Path:
+        return self.folder / f"{key}{suffix}"
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        """The JSON stage ``key`` written by this command, or ``None``."""
+        path = self._path(key, ".json")
+        if not (self.resume and path.exists()):
+            return None
+        stage = json.loads(path.read_text())
+        if not same_command(stage.get("command", ""), self.command):
+            return None
+        logger.info("%s: kept from the earlier run (--resume)", key)
+        if key not in self.kept:
+            self.kept.append(key)
+        return stage["value"]
+
+    def save(self, key: str, value: dict[str, Any]) -> None:
+        """Write stage ``key`` (to a temporary name first, so a kill leaves no half-written stage)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(key, ".json")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"command": self.command, "value": value}) + "\n")
+        tmp.replace(path)
+
+    def load_set(self, key: str) -> SyntheticSet | None:
+        """The set condensed for ``key`` by this command (its stage records the file), or ``None``."""
+        if self.load(key) is None:
+            return None
+        return SyntheticSet.load(self._path(key, ".npz"))
+
+    def save_set(self, key: str, synthetic: SyntheticSet, extra: dict[str, Any]) -> None:
+        """Keep the condensed set beside the stage that vouches for it (set first, stage last)."""
+        synthetic.save(self._path(key, ".npz"))
+        self.save(key, extra)
+
+
+def condense_or_resume(
+    method: str, epsilon: float | None, args: argparse.Namespace, splits, stages: Stages, key: str
+) -> tuple[SyntheticSet, dict]:
+    """The row's condensed set: read back from ``stages`` under ``--resume``, else condensed now."""
+    synthetic = stages.load_set(key)
+    if synthetic is not None:
+        return synthetic, stages.load(key)
+    start = time.perf_counter()
+    synthetic, extra = condense(method, epsilon, args, splits)
+    logger.info("%s: condensed in %.0fs", key, time.perf_counter() - start)
+    stages.save_set(key, synthetic, extra)
+    return synthetic, extra
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = recorded_command(argv)
@@ -155,9 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     report_path = args.out / "bench_privacy.json"
     rows = (earlier_run(report_path, command) or {}).get("rows", []) if args.resume else []
     finished = {(r["dataset"], r["method"]) for r in rows}
+    stages = Stages(args.out / "stages", command, resume=args.resume)
     for name in args.datasets:
         splits = load_dataset(data_config(name, args))
         reference = None
+        if (kept := stages.load(f"{name}_reference")) is not None:
+            reference = (MembershipResult.from_dict(kept["result"]), kept["accuracy"])
         plan: list[tuple[str, float | None]] = []
         for method in args.methods:
             plan += [(method, e) for e in args.epsilons] if method == "dp" else [(method, None)]
@@ -167,13 +235,18 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("%s %s: kept from the earlier run (--resume)", name, label)
                 continue
             start = time.perf_counter()
-            synthetic, extra = condense(method, epsilon, args, splits)
-            logger.info("%s %s: condensed in %.0fs", name, label, time.perf_counter() - start)
-            acc = evaluate_synthetic(synthetic, splits.test, eval_config, seed=args.seed)
+            slug = f"{name}_{label.replace(' ', '_').replace('=', '')}"
+            synthetic, extra = condense_or_resume(method, epsilon, args, splits, stages, slug)
+            if (accuracies := stages.load(f"{slug}_evaluation")) is None:
+                accuracies = {"accuracies": evaluate_synthetic(synthetic, splits.test, eval_config,
+                                                               seed=args.seed).accuracies}
+                stages.save(f"{slug}_evaluation", accuracies)
+            acc = EvalResult(accuracies["accuracies"])
             report = run_audit(synthetic, splits, audit_config, reference=reference)
             if reference is None:
                 reference = (report.reference, report.details["reference_accuracy"])
-                ref = report.reference.strongest
+                stages.save(f"{name}_reference", {"result": report.reference.to_dict(), "accuracy": reference[1]})
+            ref = reference[0].strongest
             if not any(r["dataset"] == name and r["method"].startswith("real-data model") for r in rows):
                 rows.append(
                     {
@@ -189,7 +262,6 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
             strongest = report.target.strongest
-            slug = f"{name}_{label.replace(' ', '_').replace('=', '')}"
             save_roc({label: report.target, "real": report.reference}, args.out / f"{slug}_roc.png")
             save_nearest_neighbours(
                 report.recoverability.pixel,
@@ -220,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                     "verdict": report.verdict,
                     **extra,
                     "seconds": time.perf_counter() - start,
+                    "stages_kept": [k for k in stages.kept if k.startswith(slug)],
                 }
             )
             logger.info("%s", json.dumps(rows[-1]))

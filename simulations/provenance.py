@@ -56,6 +56,15 @@ def recorded_command(argv: list[str] | None = None) -> str:
     return shlex.join(["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
 
 
+def same_command(recorded: str, command: str) -> bool:
+    """Whether ``recorded`` and ``command`` are one run's command line, ``--resume`` aside."""
+
+    def without_resume(line: str) -> list[str]:
+        return [word for word in shlex.split(line) if word != "--resume"]
+
+    return without_resume(recorded) == without_resume(command)
+
+
 def earlier_run(path: Path, command: str) -> dict[str, Any] | None:
     """The JSON an earlier run of ``command`` left at ``path`` (``--resume``); ``None`` when absent.
 
@@ -69,11 +78,7 @@ def earlier_run(path: Path, command: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     earlier = json.loads(path.read_text())
-
-    def without_resume(recorded: str) -> list[str]:
-        return [word for word in shlex.split(recorded) if word != "--resume"]
-
-    if without_resume(earlier.get("command", "")) != without_resume(command):
+    if not same_command(earlier.get("command", ""), command):
         raise SystemExit(f"--resume: {path} was written by another command ({earlier.get('command')!r}); "
                          "use another --out or the same command")
     return earlier

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedcond.data.registry import CIFAR10_CLASSES
 from fedcond.plots import figure_classes
@@ -83,6 +84,53 @@ def test_resume_keeps_the_finished_rows_and_runs_the_rest(bench, tmp_path, monke
     assert [r["method"] for r in rows] == ["real-data model (20 images)", "noise-init", "real-init"]
     with pytest.raises(SystemExit, match="written by another command"):
         bench.main([*argv, "--seed", "1", "--resume"])
+
+
+def test_resume_continues_a_row_from_its_last_finished_stage(bench, tmp_path, monkeypatch):
+    from tests.killed import Killed, killed_at_call
+
+    out = tmp_path / "bench"
+    argv = ["--datasets", "digits", "--out", str(out), "--methods", "real-init", "noise-init", "--ipc", "1",
+            "--iterations", "2", "--batch-real", "4", "--no-bf16", "--eval-runs", "1", "--eval-epochs", "1",
+            "--audit-epochs", "1", "--shadow-models", "1", "--reference-size", "20", "--max-candidates", "20",
+            "--no-feature-space"]
+    audit, condense, evaluate = bench.run_audit, bench.condense, bench.evaluate_synthetic
+    # killed in the second row's audit: its set and evaluation are kept, and so is the reference
+    monkeypatch.setattr(bench, "run_audit", killed_at_call(audit, 2))
+    with pytest.raises(Killed):
+        bench.main(argv)
+    first = json.loads((out / "bench_privacy.json").read_text())["rows"]
+    assert [r["method"] for r in first] == ["real-data model (20 images)", "real-init"]
+    kept_set = bench.SyntheticSet.load(out / "stages" / "digits_noise-init.npz")
+
+    calls: list[str] = []
+    monkeypatch.setattr(bench, "condense", lambda method, *a, **k: calls.append(method) or condense(method, *a, **k))
+    monkeypatch.setattr(bench, "evaluate_synthetic", lambda *a, **k: calls.append("evaluate") or evaluate(*a, **k))
+
+    def audit_with_reference(synthetic, splits, config, *, reference):
+        calls.append("audit with the kept reference" if reference is not None else "audit")
+        assert bool(torch.equal(synthetic.images, kept_set.images))
+        return audit(synthetic, splits, config, reference=reference)
+
+    monkeypatch.setattr(bench, "run_audit", audit_with_reference)
+    assert bench.main([*argv, "--resume"]) == 0
+    rows = json.loads((out / "bench_privacy.json").read_text())["rows"]
+    assert calls == ["audit with the kept reference"]
+    assert rows[:2] == first and rows[2]["method"] == "noise-init"
+    assert rows[2]["stages_kept"] == ["digits_noise-init", "digits_noise-init_evaluation"]
+    assert rows[0]["mia_auc"] == first[0]["mia_auc"]
+
+    # stages written by another command are recomputed, not mixed in
+    other = tmp_path / "other"
+    (other / "stages").mkdir(parents=True)
+    for path in (out / "stages").iterdir():
+        (other / "stages" / path.name).write_bytes(path.read_bytes())
+    calls.clear()
+    monkeypatch.setattr(bench, "run_audit",
+                        lambda *a, reference, **k: calls.append("audit" if reference is None else "kept") or audit(
+                            *a, reference=reference, **k))
+    assert bench.main(["--datasets", "digits", "--out", str(other), *argv[4:], "--seed", "1", "--resume"]) == 0
+    assert calls == ["real-init", "evaluate", "audit", "noise-init", "evaluate", "kept"]
 
 
 def test_documented_commands_parse(bench):
