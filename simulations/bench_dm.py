@@ -219,6 +219,7 @@ def methods_section(
     variants: tuple[str, ...] = (),
     idm_queue: int = 10,
     gm_iterations: int = 0,
+    dm_reference: bool = False,
     dm_settings: dict[str, Any] | None = None,
     time_budget: float | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -233,7 +234,9 @@ def methods_section(
     started from ``dm_init`` (named ``dm...@init`` when it is not ``real``). ``variants`` adds
     DM rows with the IDM options (:data:`DM_VARIANTS`), class-mean matching, same start.
     ``gm_iterations`` > 0 adds a gradient-matching row (``gm``: the DSA paper's loops and pixel
-    learning rate 0.1, started like DM). ``dm_settings`` (``--dm-set``) are further
+    learning rate 0.1, started like DM). ``dm_reference`` adds a ``dm-reference`` row: the
+    straightforward DM of :func:`reference_dm` (real init, class-shared DSA) at the DM rows'
+    iterations, beside fedcond's ``dm``. ``dm_settings`` (``--dm-set``) are further
     :class:`DistillConfig` keys for every DM row (e.g. ``time_budget``, ``batch_real``); a
     row records the iterations its DM actually ran. ``time_budget`` (seconds) gives every
     iterative row (DM, its variants, ``gm``) the same wall-clock budget per set, counted from
@@ -248,6 +251,8 @@ def methods_section(
     methods: list[tuple[str, str | None]] = [(b, None) for b in baselines]
     suffix = ("" if dm_init == "real" else f"@{dm_init}") + ("" if dm_layout == DEFAULT_LAYOUT else f"/{dm_layout}")
     methods += [(("dm" if m == "mean" else f"dm-{m}") + suffix, m) for m in matchings]
+    if dm_reference:
+        methods.append(("dm-reference", None))
     methods += [(f"dm+{v}" + suffix, "mean") for v in variants]
     if gm_iterations > 0:
         methods.append(("gm" + ("" if dm_init == "real" else f"@{dm_init}"), None))
@@ -269,6 +274,11 @@ def methods_section(
                     result = get_condenser("dm", config, device=device).condense(splits.train)
                     syn = result.synthetic
                     iterations_run.append(int(syn.meta.get("iterations", config.iterations)))
+                elif method == "dm-reference":
+                    syn, _ = reference_dm(splits.train, ipc=ipc, iterations=iterations[ipc], seed=seed,
+                                          batch_real=int((dm_settings or {}).get("batch_real", DistillConfig().batch_real)),
+                                          device=device)
+                    iterations_run.append(iterations[ipc])
                 elif method.startswith("gm"):
                     syn = get_condenser(
                         "gm",
@@ -289,7 +299,7 @@ def methods_section(
                 "dataset": splits.spec.name,
                 "ipc": ipc,
                 "method": method,
-                "iterations": (iterations[ipc] if matching is not None
+                "iterations": (iterations[ipc] if matching is not None or method == "dm-reference"
                                else gm_iterations if method.startswith("gm") else 0),
                 "init": dm_init if matching is not None else None,
                 "dsa_layout": dm_layout if matching is not None else None,
@@ -409,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="methods section: equal wall-clock budget per set for every iterative row (DM, its "
                              "variants, gm); their iteration counts become caps")
+    parser.add_argument("--dm-reference", action="store_true",
+                        help="methods section: a dm-reference row, the straightforward per-class fp32 DM of the "
+                             "speed section, at the DM rows' iterations (not with --time-budget)")
     parser.add_argument("--gm-iterations", type=int, default=0,
                         help="methods section: a gradient-matching row (gm) with this many iterations (0: none)")
     parser.add_argument("--mnist-ipcs", default="10,1,50", help="methods section: MNIST IPCs (10 runs first)")
@@ -496,10 +509,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--whole-datasets: unknown {sorted(unknown)} (digits, mnist)")
     if args.time_budget is not None and "time_budget" in dm_settings:
         parser.error("--time-budget and --dm-set time_budget=...: give the budget once")
+    if args.dm_reference and (args.time_budget is not None or "time_budget" in dm_settings):
+        parser.error("--dm-reference runs at equal iterations and has no time budget: drop one of them")
+    if args.dm_reference and (args.dm_init != "real" or args.dm_dsa_layout != "class"):
+        parser.error("--dm-reference starts from real images with class-shared DSA: leave --dm-init and "
+                     "--dm-dsa-layout at real and class")
+    if args.dm_reference and set(dm_settings) - {"batch_real"}:
+        parser.error(f"--dm-reference: the reference takes no --dm-set {sorted(set(dm_settings) - {'batch_real'})}")
     row_settings: dict[str, Any] = {  # what every methods-section row shares
         "evaluation": evaluation, "device": args.device, "matchings": matchings, "baselines": baselines,
         "dm_init": args.dm_init, "dm_layout": args.dm_dsa_layout, "variants": variants, "idm_queue": args.idm_queue,
-        "gm_iterations": args.gm_iterations, "dm_settings": dm_settings, "time_budget": args.time_budget,
+        "gm_iterations": args.gm_iterations, "dm_reference": args.dm_reference, "dm_settings": dm_settings, "time_budget": args.time_budget,
         "on_row": record, "finished": finished}
     if "methods" in sections and mnist is not None and "mnist" in datasets and 10 in mnist_ipcs:
         # the headline number first: MNIST IPC 10 after --mnist-iterations iterations

@@ -165,6 +165,7 @@ DM_METHOD_NAMES = {
     "kmeans": "k-means centroids",
     "dm": "DM",
     "dm-mmd": "DM, mmd",
+    "dm-reference": "DM, straightforward reference (per-class fp32 loop)",
     "dm+queue": "DM + IDM queue",
     "dm+expand": "DM + partition-and-expand (factor 2)",
     "dm+idm": "DM + IDM queue + partition-and-expand",

@@ -35,6 +35,11 @@ def test_each_variant_names_real_config_fields(bench):
         (["--dm-variants", "idm,fast"], "unknown ['fast']"),
         (["--dm-set", "time_budget=-1"], "--dm-set"),
         (["--dm-set", "speed=3"], "--dm-set"),
+        (["--dm-reference", "--time-budget", "5"], "--dm-reference runs at equal iterations"),
+        (["--dm-reference", "--dm-set", "time_budget=5"], "--dm-reference runs at equal iterations"),
+        (["--dm-reference", "--dm-init", "noise"], "--dm-reference starts from real images"),
+        (["--dm-reference", "--dm-dsa-layout", "sample"], "--dm-reference starts from real images"),
+        (["--dm-reference", "--dm-set", "factor=2"], "the reference takes no --dm-set ['factor']"),
     ],
 )
 def test_bad_options_are_refused_by_name(bench, tmp_path, capsys, argv, message):
@@ -125,3 +130,18 @@ def test_resume_keeps_the_finished_rows_and_runs_the_rest(bench, tmp_path, monke
     assert saved["methods"][0] == first and len(evaluated) == 1 and saved["complete"] is True
     with pytest.raises(SystemExit, match="written by another command"):
         bench.main([*argv[:-2], "--baselines", "random", "--out", str(tmp_path), "--resume"])
+
+
+def test_the_reference_row_runs_at_the_dm_rows_iterations(bench, tmp_path, monkeypatch):
+    calls = []
+    reference = bench.reference_dm
+    monkeypatch.setattr(bench, "reference_dm", lambda data, **kw: calls.append(kw) or reference(data, **kw))
+    bench.main(["--sections", "methods", "--datasets", "digits", "--digits-ipcs", "1", "--digits-seeds", "2",
+                "--digits-iterations", "3", "--eval-runs", "1", "--eval-epochs", "1", "--baselines", "",
+                "--dm-matchings", "mean", "--dm-reference", "--no-compile", "--dm-set", "batch_real=16",
+                "--out", str(tmp_path)])
+    rows = {r["method"]: r for r in json.loads((tmp_path / "bench_dm.json").read_text())["methods"]}
+    assert list(rows) == ["dm", "dm-reference"]
+    assert [(c["ipc"], c["iterations"], c["seed"], c["batch_real"]) for c in calls] == [(1, 3, 0, 16), (1, 3, 1, 16)]
+    assert rows["dm-reference"]["iterations"] == 3 and rows["dm-reference"]["iterations_run"] == [3, 3]
+    assert rows["dm-reference"]["seeds"] == [0, 1] and len(rows["dm-reference"]["accuracy_per_seed"]) == 2
