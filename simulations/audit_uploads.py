@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in files:
             out = Path(work) / path.parent.name / path.stem
             extra = ["--data-dir", str(args.data_dir)] if args.data_dir else []
-            code = fedcond(["audit", "--synthetic", str(path), "--reference-cache", str(cache), "--out", str(out), *extra])
+            code = fedcond(["audit", "--synthetic", str(path), "--reference-cache", str(cache), "--out", str(out),
+                            *extra])
             if code != 0:
                 raise SystemExit(f"fedcond audit failed on {path} (exit {code})")
             metrics = json.loads((out / "metrics.json").read_text())

@@ -275,9 +275,9 @@ def methods_section(
                     syn = result.synthetic
                     iterations_run.append(int(syn.meta.get("iterations", config.iterations)))
                 elif method == "dm-reference":
+                    batch_real = int((dm_settings or {}).get("batch_real", DistillConfig().batch_real))
                     syn, _ = reference_dm(splits.train, ipc=ipc, iterations=iterations[ipc], seed=seed,
-                                          batch_real=int((dm_settings or {}).get("batch_real", DistillConfig().batch_real)),
-                                          device=device)
+                                          batch_real=batch_real, device=device)
                     iterations_run.append(iterations[ipc])
                 elif method.startswith("gm"):
                     syn = get_condenser(
