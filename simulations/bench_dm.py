@@ -519,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     row_settings: dict[str, Any] = {  # what every methods-section row shares
         "evaluation": evaluation, "device": args.device, "matchings": matchings, "baselines": baselines,
         "dm_init": args.dm_init, "dm_layout": args.dm_dsa_layout, "variants": variants, "idm_queue": args.idm_queue,
-        "gm_iterations": args.gm_iterations, "dm_reference": args.dm_reference, "dm_settings": dm_settings, "time_budget": args.time_budget,
+        "gm_iterations": args.gm_iterations, "dm_reference": args.dm_reference, "dm_settings": dm_settings,
+        "time_budget": args.time_budget,
         "on_row": record, "finished": finished}
     if "methods" in sections and mnist is not None and "mnist" in datasets and 10 in mnist_ipcs:
         # the headline number first: MNIST IPC 10 after --mnist-iterations iterations

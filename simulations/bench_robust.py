@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     finished = {(r["dataset"], r["seed"], r["method"], r["attack"], r["attackers"]) for r in record["results"]}
     for dataset in args.datasets:
         recipe = RECIPES[dataset]
-        base = {**recipe["common"], **SPEED, "partition": "dirichlet", "alpha": args.alpha, "num_clients": args.num_clients}
+        base = {**recipe["common"], **SPEED, "partition": "dirichlet", "alpha": args.alpha,
+                "num_clients": args.num_clients}
         if args.data_dir is not None:
             base["data_dir"] = str(args.data_dir)
         for seed in args.seeds:

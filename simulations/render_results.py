@@ -299,18 +299,22 @@ def federated() -> str:
     fedavg_digits = find(digits_old, method="fedavg")
     fedavg_mnist = {p: find(mnist_all, partition=p, method="fedavg") for p in ("dirichlet-0.1", "dirichlet-0.5", "iid")}
     rows = [
-        row("digits", "Dirichlet 0.1", "FedCond one-shot, real init", load("federated_digits_dir0.1_dsa_class.json")["summary"][0],
-            fedavg_digits, "federated_digits_dir0.1_dsa_class.json"),
+        row("digits", "Dirichlet 0.1", "FedCond one-shot, real init",
+            load("federated_digits_dir0.1_dsa_class.json")["summary"][0], fedavg_digits,
+            "federated_digits_dir0.1_dsa_class.json"),
         ["digits", "Dirichlet 0.1", "FedAvg, 20 rounds", "1", pct(fedavg_digits["test_accuracy_mean"]),
          f"{fedavg_digits['uplink_bytes'] / MIB:.1f} MiB", "1", link("federated_digits_dir0.1.json")],
-        row("MNIST 10k", "Dirichlet 0.1", "FedCond one-shot, real init", load("federated_mnist10k_dir0.1_dsa_class.json")["summary"][0],
-            fedavg_mnist["dirichlet-0.1"], "federated_mnist10k_dir0.1_dsa_class.json"),
+        row("MNIST 10k", "Dirichlet 0.1", "FedCond one-shot, real init",
+            load("federated_mnist10k_dir0.1_dsa_class.json")["summary"][0], fedavg_mnist["dirichlet-0.1"],
+            "federated_mnist10k_dir0.1_dsa_class.json"),
         row("MNIST 10k", "Dirichlet 0.1", "FedCond one-shot, real init, `distill.factor=2`",
             load("federated_mnist10k_dir0.1_factor2.json")["summary"][0], fedavg_mnist["dirichlet-0.1"],
             "federated_mnist10k_dir0.1_factor2.json"),
-        row("MNIST 10k", "Dirichlet 0.1", "FedCond, 2 rounds, real init", load("federated_mnist10k_dir0.1_multi_dsa_class.json")["summary"][0],
-            fedavg_mnist["dirichlet-0.1"], "federated_mnist10k_dir0.1_multi_dsa_class.json"),
-        row("MNIST 10k", "Dirichlet 0.5", "FedCond one-shot, real init", other["dirichlet-0.5"], fedavg_mnist["dirichlet-0.5"],
+        row("MNIST 10k", "Dirichlet 0.1", "FedCond, 2 rounds, real init",
+            load("federated_mnist10k_dir0.1_multi_dsa_class.json")["summary"][0], fedavg_mnist["dirichlet-0.1"],
+            "federated_mnist10k_dir0.1_multi_dsa_class.json"),
+        row("MNIST 10k", "Dirichlet 0.5", "FedCond one-shot, real init", other["dirichlet-0.5"],
+            fedavg_mnist["dirichlet-0.5"],
             "federated_mnist10k_dir0.5_iid_oneshot_dsa_class.json"),
         row("MNIST 10k", "IID", "FedCond one-shot, real init", other["iid"], fedavg_mnist["iid"],
             "federated_mnist10k_dir0.5_iid_oneshot_dsa_class.json"),
@@ -319,7 +323,8 @@ def federated() -> str:
         avg = fedavg_mnist[partition]
         rows.append(["MNIST 10k", label, "FedAvg, 20 rounds", "1", pct(avg["test_accuracy_mean"]),
                      f"{avg['uplink_bytes'] / MIB:.1f} MiB", "1", link("federated_mnist10k_all.json")])
-    return table(["data", "partition", "method", "seeds", "test accuracy (%)", "uplink", "uplink / FedAvg", "data"], rows)
+    return table(["data", "partition", "method", "seeds", "test accuracy (%)", "uplink", "uplink / FedAvg", "data"],
+                 rows)
 
 
 PRIVATE_DEFAULT_FILES = (
@@ -447,7 +452,8 @@ def continual() -> str:
 def privacy() -> str:
     """Audits of IPC-10 sets made with each method, and DP-DM."""
     rows = []
-    for file, dataset in (("bench_privacy_digits.json", "digits, 100 it."), ("bench_privacy_mnist.json", "MNIST, 30 it.")):
+    for file, dataset in (("bench_privacy_digits.json", "digits, 100 it."),
+                          ("bench_privacy_mnist.json", "MNIST, 30 it.")):
         for r in load(file)["rows"]:
             if r.get("nn_match_rate") is None:
                 continue
@@ -461,7 +467,8 @@ def privacy() -> str:
                 f"{epsilon:.3f}" if epsilon is not None else "–",
                 r.get("verdict", ""), link(file),
             ])
-    return table(["data", "method", "test accuracy (%)", "nn match", "NN ratio", "MIA AUC", "epsilon", "verdict", "data"], rows)
+    return table(["data", "method", "test accuracy (%)", "nn match", "NN ratio", "MIA AUC", "epsilon", "verdict",
+                  "data"], rows)
 
 
 def dp_mnist() -> str:
@@ -536,13 +543,15 @@ def readme() -> str:
          f"{find(cifar, method='random')['accuracy_mean'] * 100:.2f}%"],
         ["federated", "MNIST 10k, 10 clients, Dirichlet 0.1, one round, real init (permissive policy)",
          f"{fed['test_accuracy_mean'] * 100:.2f}%",
-         f"FedAvg (20 rounds) {avg['test_accuracy_mean'] * 100:.2f}%, with {avg['uplink_bytes'] / fed['uplink_bytes']:.0f}x the uplink"],
+         f"FedAvg (20 rounds) {avg['test_accuracy_mean'] * 100:.2f}%, "
+         f"with {avg['uplink_bytes'] / fed['uplink_bytes']:.0f}x the uplink"],
         *_private_default_row(),
         *_robust_readme_row(),
         ["continual", "full SplitMNIST, Naive, 10 images per class (`factor=2`)",
          f"{cl_dist['accuracy_mean']:.1f}%", f"random replay {cl_rand['accuracy_mean']:.1f}%"],
         ["audit", "digits, real-init DM: images that are near-copies",
-         f"{audit['real-init']['nn_match_rate'] * 100:.0f}%", f"noise-init {audit['noise-init']['nn_match_rate'] * 100:.0f}%"],
+         f"{audit['real-init']['nn_match_rate'] * 100:.0f}%",
+         f"noise-init {audit['noise-init']['nn_match_rate'] * 100:.0f}%"],
         ["DP-DM", "MNIST, 10 images per class, epsilon 1, delta 1e-5",
          f"{dp['mean_of_runs']:.2f}%", "(3 noise draws)"],
     ]
@@ -1032,7 +1041,8 @@ def provenance() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when a file differs from what would be written")
-    parser.add_argument("--provenance", action="store_true", help="list JSON files lacking command, commit or machine facts")
+    parser.add_argument("--provenance", action="store_true",
+                        help="list JSON files lacking command, commit or machine facts")
     parser.add_argument("--redraw", action="store_true",
                         help="redraw every figure, even one whose sidecar matches")
     args = parser.parse_args(argv)

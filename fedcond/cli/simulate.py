@@ -161,7 +161,10 @@ def _ray_options(args: argparse.Namespace) -> dict[str, int]:
     if args.engine != "ray" and given:
         flags = " and ".join(_RUN_OPTIONS[key] for key in given)
         raise CommandError(f"{flags}: Ray settings; --engine {args.engine} runs the clients one at a time")
-    return {key: default if getattr(args, key) is None else getattr(args, key) for key, default in _RAY_DEFAULTS.items()}
+    return {
+        key: default if getattr(args, key) is None else getattr(args, key)
+        for key, default in _RAY_DEFAULTS.items()
+    }
 
 
 def _is_demo(args: argparse.Namespace) -> bool:
@@ -255,6 +258,12 @@ def _check_job(args: argparse.Namespace, values: dict[str, Any]) -> FederatedJob
     refuse_ignored_keys(job.federated.ignored_keys(given), given)
     asked = {"data_dir": job.data.data_dir is not None, "download": job.data.download}
     refuse_files_of_bundled_data(job.data.dataset, {key: given[key] for key in given if asked.get(key)})
+    from fedcond.devices import resolve_device
+
+    try:  # every simulated client and the server run on this machine: its devices are theirs
+        resolve_device(job.device)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     return job
 
 
@@ -327,12 +336,6 @@ def run_simulate(args: argparse.Namespace) -> int:
     from fedcond.federated.server_app import run_identity, save_accuracy_curves
     from fedcond.federated.simulation import SimulationError, simulate
 
-    for folder in (CHECKPOINTS, CLIENT_CHECKPOINTS, UPLOADS, COMPARED_RUNS):
-        if args.overwrite and (out / folder).is_dir():
-            # the replaced run's checkpoints must not be resumed later, and its uploads are not
-            # what this run's server received
-            shutil.rmtree(out / folder)
-
     from fedcond.federated.policy import simulated_client_policy
 
     demo = _is_demo(args)
@@ -366,10 +369,16 @@ def run_simulate(args: argparse.Namespace) -> int:
     for _, this_job in jobs:
         check_partition(this_job)  # an infeasible split: one line now, not one per client later
     attack = _attack(args, jobs)
+    policies = {name: client_policy(name) for name, _ in jobs}
+    # every setting is checked by now: only a run that will start replaces the one in --out
+    for folder in (CHECKPOINTS, CLIENT_CHECKPOINTS, UPLOADS, COMPARED_RUNS):
+        if args.overwrite and (out / folder).is_dir():
+            # the replaced run's checkpoints must not be resumed later, and its uploads are not
+            # what this run's server received
+            shutil.rmtree(out / folder)
     if demo:
         console.print("[bold]fedcond simulate[/] demo: digits, 10 clients, Dirichlet(0.1), FedCond one-shot vs FedAvg")
     runs: dict[str, dict[str, Any]] = {}
-    policies = {name: client_policy(name) for name, _ in jobs}
 
     def policy_info(strategy: str) -> dict[str, Any]:
         return {"file": str(args.client_policy) if args.client_policy else None, **policies[strategy].as_dict()}

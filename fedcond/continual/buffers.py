@@ -55,8 +55,8 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from fedcond.config import DistillConfig, offset_seed
 from fedcond.continual.benchmarks import dataset_tensors, to_avalanche_dataset
 from fedcond.data.registry import ArrayDataset, DatasetSpec
-from fedcond.distill.coreset import HerdingSelector, herding_order
 from fedcond.distill.condenser import accepts_option, condenser_class, get_condenser
+from fedcond.distill.coreset import HerdingSelector, herding_order
 from fedcond.distill.formation import decode_formation, expand_labels
 from fedcond.distill.synthetic import SyntheticSet, dataset_meta
 

@@ -1,6 +1,7 @@
 """Datasets (bulk-loaded, normalised tensors) and federated partitioners."""
 
-from fedcond.data.registry import (
+# the registry first: imagefolder imports it
+from fedcond.data.registry import (  # noqa: I001 - the order above, not the alphabet
     ArrayDataset,
     DatasetNotFoundError,
     DatasetSpec,
@@ -9,7 +10,7 @@ from fedcond.data.registry import (
     get_spec,
     load_dataset,
 )
-from fedcond.data.imagefolder import ImageFolderError  # noqa: E402 - after the registry it imports
+from fedcond.data.imagefolder import ImageFolderError
 
 __all__ = [
     "ArrayDataset",

@@ -72,7 +72,9 @@ class _Context:
     generator: torch.Generator
 
 
-SyntheticAttack = Callable[[torch.Tensor, torch.Tensor, list[int], _Context], tuple[torch.Tensor, torch.Tensor, list[int]]]
+SyntheticAttack = Callable[
+    [torch.Tensor, torch.Tensor, list[int], _Context], tuple[torch.Tensor, torch.Tensor, list[int]]
+]
 WeightsAttack = Callable[[dict[str, np.ndarray], float, _Context], tuple[dict[str, np.ndarray], float]]
 
 
@@ -118,7 +120,8 @@ def _global_weights(ctx: _Context) -> dict[str, np.ndarray]:
 
 
 def _extreme_weights(weights, num_examples, ctx):
-    return {k: np.where(v >= 0, EXTREME_VALUE, -EXTREME_VALUE).astype(v.dtype) for k, v in weights.items()}, num_examples
+    extreme = {k: np.where(v >= 0, EXTREME_VALUE, -EXTREME_VALUE).astype(v.dtype) for k, v in weights.items()}
+    return extreme, num_examples
 
 
 def _inflated_examples(weights, num_examples, ctx):

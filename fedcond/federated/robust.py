@@ -183,7 +183,9 @@ def cap_claimed_counts(
         scaled = torch.floor(s.class_counts.double() * (cap / total)).to(torch.int64)
         scaled = torch.where(s.class_counts > 0, scaled.clamp(min=1), scaled)  # a held class keeps weight > 0
         out.append(dataclasses.replace(s, class_counts=scaled))
-        notes[s.node_id] = f"claimed {int(total)} real samples, capped to {int(scaled.sum())} ({factor:g} x the median claim)"
+        notes[s.node_id] = (
+            f"claimed {int(total)} real samples, capped to {int(scaled.sum())} ({factor:g} x the median claim)"
+        )
     return out, notes
 
 

@@ -356,7 +356,9 @@ class FedCond(Strategy):
         for node_id in stale:
             del self.client_sets[node_id]
             del self.set_round[node_id]
-            logger.warning("round %d: the set of node %d is older than %d rounds: aged out", server_round, node_id, max_age)
+            logger.warning(
+                "round %d: the set of node %d is older than %d rounds: aged out", server_round, node_id, max_age
+            )
         return {node_id: f"older than {max_age} rounds" for node_id in stale}
 
     def _robust_union(self, server_round: int, report: RoundReport) -> list[ClientSet]:

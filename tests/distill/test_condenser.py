@@ -9,7 +9,6 @@ import torch
 
 from fedcond.config import DistillConfig
 from fedcond.data.registry import ArrayDataset
-from fedcond.distill import condenser as registry
 from fedcond.distill import (
     CondensationResult,
     Condenser,
@@ -22,6 +21,7 @@ from fedcond.distill import (
     register_condenser,
     select_coreset,
 )
+from fedcond.distill import condenser as registry
 
 TINY = {"batch_real": 16, "dsa": False, "mixed_precision": False}
 

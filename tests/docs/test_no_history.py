@@ -20,7 +20,9 @@ PATTERNS = {
         re.IGNORECASE,
     ),
     "until ... now": re.compile(r"\buntil\b.{0,40}\bnow\b", re.IGNORECASE),
-    "a former default": re.compile(r"\b(the|an?) (old|former|previous) default\b|\bdefault (until|before) \w+", re.IGNORECASE),
+    "a former default": re.compile(
+        r"\b(the|an?) (old|former|previous) default\b|\bdefault (until|before) \w+", re.IGNORECASE
+    ),
     "a fix narrated": re.compile(r"\(fixed in\b|\bbefore the fix\b|\bafter the fix\b", re.IGNORECASE),
 }
 

@@ -142,7 +142,8 @@ def test_each_rule_refuses_the_request_that_breaks_it(policy, request_kwargs, ru
         (ClientPolicy(), {"action": "evaluate"}),
         (ClientPolicy(), {"action": "condense", "init": "noise", "iterations": 10, "dp_epsilon": 10.0,
                           "dp_delta": 1e-5}),
-        (policy_from_mapping({"allowed_init": ["real", "noise"]}), {"action": "condense", "init": "real", "iterations": 0}),
+        (policy_from_mapping({"allowed_init": ["real", "noise"]}),
+         {"action": "condense", "init": "real", "iterations": 0}),
     ],
 )
 def test_requests_that_keep_the_rules_are_served(policy, request_kwargs):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -44,7 +42,9 @@ def no_recondense(start: torch.Tensor) -> SyntheticSet:
 
 
 def test_withhold_leaves_the_flagged_images_out(digits):
-    synthetic, report = gate_release(half_copies(digits), digits.train, policy=GatePolicy(), recondense=no_recondense, seed=0)
+    synthetic, report = gate_release(
+        half_copies(digits), digits.train, policy=GatePolicy(), recondense=no_recondense, seed=0
+    )
     assert len(synthetic) == 5 and bool((synthetic.images == 6.0).all())
     assert (report.flagged, report.withheld, report.uploaded, report.replaced) == (5, 5, 5, 0)
     assert report.metrics()["gate-withheld"] == 5
@@ -52,7 +52,9 @@ def test_withhold_leaves_the_flagged_images_out(digits):
 
 def test_refuse_raises_naming_the_gate(digits):
     with pytest.raises(PolicyViolation) as info:
-        gate_release(half_copies(digits), digits.train, policy=GatePolicy(action="refuse"), recondense=no_recondense, seed=0)
+        gate_release(
+            half_copies(digits), digits.train, policy=GatePolicy(action="refuse"), recondense=no_recondense, seed=0
+        )
     assert info.value.rule == "gate"
 
 
@@ -121,7 +123,8 @@ def test_the_default_policy_serves_a_noise_init_request_through_the_gate(task_id
     reply = build_client_app()(condense_message(SMALL_JOB), context())
     assert not reply.has_error()
     metrics = reply.content.metric_records[METRICS_KEY]
-    assert "gate-flagged" in metrics and metrics["gate-uploaded"] == len(reply.content.array_records[SYNTHETIC_KEY]["labels"].numpy())
+    uploaded = reply.content.array_records[SYNTHETIC_KEY]["labels"].numpy()
+    assert "gate-flagged" in metrics and metrics["gate-uploaded"] == len(uploaded)
 
 
 def test_own_data_source_replaces_the_server_named_partition(task_identity, digits):

@@ -16,6 +16,7 @@ from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedProx, FedTrimm
 
 from fedcond.config import ConfigError, FederatedConfig, parse_config
 from fedcond.data import load_dataset
+from fedcond.distill.synthetic import SyntheticSet
 from fedcond.federated.aggregation import AggregatedSet
 from fedcond.federated.attacks import (
     ATTACKS,
@@ -47,8 +48,7 @@ from fedcond.federated.robust import cap_claimed_counts, embedding_outliers, rob
 from fedcond.federated.server_training import NonFiniteTraining, train_global_model
 from fedcond.federated.strategy import FedCond
 from fedcond.federated.validation import ClientSet, ReplyRejected, pixel_bounds, validate_reply
-from fedcond.distill.synthetic import SyntheticSet
-from tests.federated.conftest import request_to, synthetic_reply
+from tests.federated.conftest import synthetic_reply
 from tests.federated.test_strategy import FakeGrid
 
 IPC = 3
@@ -123,7 +123,8 @@ def test_a_reply_beyond_the_pixel_bounds_is_refused(task_identity, digits_spec, 
     images = torch.zeros((2, 1, 8, 8))
     images[1, 0, 3, 3] = value
     reply = synthetic_reply(1, classes={0: 10}, images=images)
-    kwargs = {"num_classes": 10, "image_shape": (1, 8, 8), "max_images": 20, "bounds": pixel_bounds(digits_spec, margin=1.0)}
+    kwargs = {"num_classes": 10, "image_shape": (1, 8, 8), "max_images": 20,
+              "bounds": pixel_bounds(digits_spec, margin=1.0)}
     if accepted:
         assert validate_reply(reply, **kwargs).synthetic.images.max() == value
     else:
@@ -132,7 +133,9 @@ def test_a_reply_beyond_the_pixel_bounds_is_refused(task_identity, digits_spec, 
 
 
 def test_more_than_ipc_images_in_a_class_is_refused(task_identity):
-    reply = synthetic_reply(1, classes={0: 10, 1: 10}, labels=torch.tensor([0, 0, 0, 1]), images=torch.zeros(4, 1, 8, 8))
+    reply = synthetic_reply(
+        1, classes={0: 10, 1: 10}, labels=torch.tensor([0, 0, 0, 1]), images=torch.zeros(4, 1, 8, 8)
+    )
     kwargs = {"num_classes": 10, "image_shape": (1, 8, 8), "max_images": 20}
     assert len(validate_reply(reply, ipc=3, **kwargs).synthetic) == 4
     with pytest.raises(ReplyRejected, match=r"classes \[0\] hold \[3\] images, more than ipc=2"):
@@ -177,7 +180,9 @@ def test_honest_sets_pass_the_robust_rule_untouched(task_identity, digits):
 
 
 @pytest.mark.parametrize("kind", [k for k, a in ATTACKS.items() if a.synthetic is not None])
-def test_every_synthetic_set_attack_is_refused_or_neutralised_and_the_round_goes_on(task_identity, digits, kind, caplog):
+def test_every_synthetic_set_attack_is_refused_or_neutralised_and_the_round_goes_on(
+    task_identity, digits, kind, caplog
+):
     strategy = _strategy()
     replies = [_honest_reply(n, digits, classes=_classes(n)) for n in range(NUM_CLIENTS)]
     attackers = (0, 4)  # 2 of 8, holding disjoint classes
@@ -209,7 +214,9 @@ def test_weighted_median_follows_the_weights_and_equals_the_lower_median_without
         weighted_median(values, torch.ones(3))
 
 
-def _labelled_set(node_id: int, digits, *, images_of: int, label: int, count: int, offset: int, n: int = IPC) -> ClientSet:
+def _labelled_set(
+    node_id: int, digits, *, images_of: int, label: int, count: int, offset: int, n: int = IPC
+) -> ClientSet:
     """A set of ``n`` real images of class ``images_of`` labelled ``label``, claiming ``count`` samples."""
     pool = (digits.train.labels == images_of).nonzero().flatten()[offset : offset + n]
     counts = torch.zeros(10, dtype=torch.int64)
@@ -406,7 +413,9 @@ def test_the_wait_for_nodes_ends_at_its_deadline():
         wait_for_nodes(FakeGrid([1]), minimum=2, timeout=0, poll=0.01)
 
 
-@pytest.mark.parametrize("bad", [{"robust.count_cap_factor": 0.5}, {"robust.max_set_age": 0}, {"robust.pixel_margin": -1}])
+@pytest.mark.parametrize(
+    "bad", [{"robust.count_cap_factor": 0.5}, {"robust.max_set_age": 0}, {"robust.pixel_margin": -1}]
+)
 def test_robust_settings_out_of_range_are_refused(bad):
     with pytest.raises(ConfigError, match="robust"):
         parse_config(FederatedConfig, bad)
@@ -429,7 +438,8 @@ def _weights_reply(request: Message) -> Message:
 
 @pytest.mark.parametrize(
     ("kind", "weight", "examples"),
-    [("scaled-update", 1 - 10 * 0.5, 10), ("extreme-pixels", EXTREME_VALUE, 10), ("count-inflation", 1.5, 10 * INFLATED_COUNT)],
+    [("scaled-update", 1 - 10 * 0.5, 10), ("extreme-pixels", EXTREME_VALUE, 10),
+     ("count-inflation", 1.5, 10 * INFLATED_COUNT)],
 )
 def test_weight_attacks_rewrite_only_the_attackers_replies(task_identity, kind, weight, examples):
     request = _weights_request()
@@ -529,7 +539,9 @@ def test_every_baseline_name_builds_flowers_strategy(name, cls):
 
 def _mixed_set(node_id: int, digits, *, shown: dict[int, int], n: int, offset: int) -> ClientSet:
     """``n`` real images of class ``shown[c]`` labelled ``c``, for each class ``c`` (60 samples claimed each)."""
-    parts = [_labelled_set(node_id, digits, images_of=s, label=c, count=60, offset=offset, n=n) for c, s in shown.items()]
+    parts = [
+        _labelled_set(node_id, digits, images_of=s, label=c, count=60, offset=offset, n=n) for c, s in shown.items()
+    ]
     return ClientSet(
         node_id=node_id,
         synthetic=SyntheticSet(torch.cat([p.synthetic.images for p in parts]),

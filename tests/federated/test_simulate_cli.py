@@ -86,7 +86,8 @@ def test_one_shot_end_to_end_in_process_with_a_fedavg_comparison(tmp_path):
         # run options are flags: --set resume=true would be ignored, --set out=... overridden by --out
         (["--set", "resume=true"], "--set: 'resume' is not a config key but a command-line option: use the flag "
                                    "--resume"),
-        (["--engine", "inprocess", "--cpus-per-client", "2"], "--cpus-per-client: Ray settings; --engine inprocess runs"),
+        (["--engine", "inprocess", "--cpus-per-client", "2"],
+         "--cpus-per-client: Ray settings; --engine inprocess runs"),
         (["--engine", "inprocess", "--max-concurrent-clients", "4"], "--max-concurrent-clients: Ray settings"),
         (["--set", "out=runs/elsewhere"], "'out' is not a config key but a command-line option: use the flag --out"),
         # settings the partition or the dataset does not read are refused, not recorded as if used
@@ -151,6 +152,7 @@ def test_dp_settings_fail_before_the_run_folder_and_the_simulation_engine(tmp_pa
 def test_cuda_without_a_gpu_is_one_clear_error(tmp_path, capsys):
     assert main(["simulate", "--device", "cuda", "--out", str(tmp_path / "cuda")]) == 2
     assert "no CUDA device is available" in capsys.readouterr().err
+    assert not (tmp_path / "cuda").exists(), "refused before the run folder and the simulation engine"
 
 
 def test_a_run_where_every_client_fails_reports_no_accuracy_and_fails(tmp_path, capsys, monkeypatch):
@@ -289,7 +291,8 @@ def test_the_default_policy_gates_every_upload_and_records_it(tmp_path):
 def test_a_bad_client_policy_file_is_one_line_before_any_client_runs(tmp_path, capsys):
     policy = tmp_path / "bad.toml"
     policy.write_text('allowed_init = ["pixels"]\n')
-    assert main(["simulate", "--engine", "inprocess", "--client-policy", str(policy), "--out", str(tmp_path / "x")]) == 2
+    argv = ["simulate", "--engine", "inprocess", "--client-policy", str(policy), "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
     assert "allowed_init" in capsys.readouterr().err
 
 
@@ -318,3 +321,24 @@ def test_a_run_the_robust_rule_fails_closed_names_the_alarm(tmp_path, capsys, ca
     assert "the robust rule failed closed (it would reject 5 or more of the 10 client sets" in err
     said = [r for r in caplog.records if "no round trained the global model" in r.getMessage()]
     assert len(said) == 1 and "failed closed" in said[0].getMessage()  # said once, at the end of the run
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--attack", "typo"], "--attack: unknown attack 'typo'"),
+        (["--client-policy", "missing-policy.toml"], "--client-policy missing-policy.toml"),
+        (["--compare", "fedavgg=2"], "--compare"),
+        (["--num-clients", "2000"], "into 2000 non-empty partitions"),
+    ],
+)
+def test_overwrite_with_a_bad_setting_keeps_the_earlier_run(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    earlier = {"metrics.json": "{}", "uploads/round-1/client-0.npz": "set", "checkpoints/fedcond/state.json": "{}",
+               "client-checkpoints/node-0/dm.npz": "state", "runs/fedavg/metrics.json": "{}"}
+    for name, text in earlier.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    assert main(["simulate", "--engine", "inprocess", *SMALL, "--out", str(out), "--overwrite", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert {name: (out / name).read_text() for name in earlier} == earlier
