@@ -333,10 +333,9 @@ def run_simulate(args: argparse.Namespace) -> int:
         raise CommandError(f"--resume: {args.out} holds no run to continue (no metrics.json, no {CLIENT_CHECKPOINTS}/)")
     out = prepare_run_folder(args.out, overwrite=args.overwrite, resume=args.resume)
     from fedcond.federated.job import job_from_mapping  # Flower is imported only when needed
+    from fedcond.federated.policy import simulated_client_policy
     from fedcond.federated.server_app import run_identity, save_accuracy_curves
     from fedcond.federated.simulation import SimulationError, simulate
-
-    from fedcond.federated.policy import simulated_client_policy
 
     demo = _is_demo(args)
     named_policy = _policy(args)
