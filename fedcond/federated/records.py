@@ -8,7 +8,6 @@ FedAvg/FedProx use Flower's own keys, which are the same ``"arrays"``/``"config"
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import numpy as np
@@ -17,7 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from torch import nn
 
 from fedcond.distill.synthetic import SyntheticSet
-from fedcond.federated.untrusted import client_text
+from fedcond.federated.untrusted import client_metrics, client_text
 
 __all__ = [
     "CLASS_COUNTS",
@@ -163,16 +162,16 @@ GATE_PREFIX = "gate-"
 def client_report(reply: Message) -> dict[str, object]:
     """A reply's facts for ``metrics.json``: error (if any), set size and release-gate results.
 
-    Values are copied only when they are finite numbers (the client's word, bounded to scalars);
-    an error reason is bounded to one line (:func:`~fedcond.federated.untrusted.client_text`).
+    Values are copied only as :func:`~fedcond.federated.untrusted.client_metrics` bounds them
+    (the client's word: short printable names, finite scalars, a bounded number of them); an
+    error reason is bounded to one line (:func:`~fedcond.federated.untrusted.client_text`).
     """
     if reply.has_error():
         return {"error_code": int(reply.error.code), "error": client_text(reply.error.reason)}
     out: dict[str, object] = {}
     if METRICS_KEY in reply.content.metric_records:
-        for key, value in reply.content.metric_records[METRICS_KEY].items():
-            wanted = key.startswith(GATE_PREFIX) or key in (SYNTHETIC_IMAGES, DISTILL_SECONDS, EPSILON)
-            if wanted and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        for key, value in client_metrics(reply.content.metric_records[METRICS_KEY]).items():
+            if key.startswith(GATE_PREFIX) or key in (SYNTHETIC_IMAGES, DISTILL_SECONDS, EPSILON):
                 out[key] = value
     return out
 

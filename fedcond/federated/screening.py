@@ -36,7 +36,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedcond.federated.records import LOCAL_ACCURACY, METRICS_KEY, NUM_EXAMPLES, POLICY_REFUSED
-from fedcond.federated.untrusted import ArrayPayloadError, check_array_payload, client_text
+from fedcond.federated.untrusted import ArrayPayloadError, check_array_payload, client_text, finite_number
 
 __all__ = ["MAX_WEIGHT", "ReplyScreen"]
 
@@ -52,10 +52,6 @@ Structure = tuple[tuple[str, tuple[int, ...], str], ...]
 
 def _structure(record: ArrayRecord) -> Structure:
     return tuple((name, tuple(array.shape), str(array.dtype)) for name, array in record.items())
-
-
-def _finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _structure_difference(found: Structure, expected: Structure) -> str:
@@ -204,7 +200,7 @@ class ReplyScreen(Strategy):
         if set(values) != metrics:
             return f"its metrics {client_text(sorted(values))} are not the expected {sorted(metrics)}"
         for name in sorted(metrics):
-            if not _finite_number(values[name]):
+            if not finite_number(values[name]):
                 return f"metric {name!r} ({client_text(values[name], limit=40)}) is not a finite number"
         weight = values[self.inner.weighted_by_key]
         if not 0 < weight <= MAX_WEIGHT:

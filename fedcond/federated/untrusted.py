@@ -11,19 +11,32 @@ passes decodes (``Array.numpy()``) to exactly the declared shape and dtype.
 A client's text (an error or refusal reason) reaches the server's log and ``metrics.json``
 through :func:`client_text` only: one line of at most :data:`MAX_CLIENT_TEXT` characters, in
 which control characters are escaped, so that a reply can neither fill the log nor forge a line
-of it.
+of it. A client's metrics reach the round's means, ``metrics.json`` and the upload files through
+:func:`client_metrics` only: at most :data:`MAX_METRICS` of them, each under a short printable
+name, each a finite number or a short list of them.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array
 from flwr.common.constant import SType
 
-__all__ = ["MAX_CLIENT_TEXT", "MAX_DIMS", "ArrayPayloadError", "check_array_payload", "client_text"]
+__all__ = [
+    "MAX_CLIENT_TEXT",
+    "MAX_DIMS",
+    "MAX_METRICS",
+    "MAX_METRIC_NAME",
+    "ArrayPayloadError",
+    "check_array_payload",
+    "client_metrics",
+    "client_text",
+    "finite_number",
+]
 
 #: most characters of a client's text kept in a log line or ``metrics.json`` (before the truncation mark)
 MAX_CLIENT_TEXT = 300
@@ -36,6 +49,47 @@ _MAX_NAME = 32
 
 #: dtype kinds a client's array may hold: booleans, integers, floats, complex numbers
 _NUMERIC_KINDS = "biufc"
+
+#: most metrics of one reply kept (fedcond's ClientApp sends about 20: its release gate's counts,
+#: the set size, the per-class counts, the time spent, epsilon and delta under DP)
+MAX_METRICS = 64
+
+#: longest metric name kept (the names reach ``metrics.json``, e.g. as ``client-mean-NAME``)
+MAX_METRIC_NAME = 64
+
+
+def finite_number(value: object) -> bool:
+    """Whether ``value`` is an int or float (not a bool) with a finite value."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def client_metrics(metrics: Mapping[str, object], *, max_list: int = 0) -> dict[str, float | list[float]]:
+    """The metrics of a reply that the server may keep, in the order the client sent them.
+
+    Kept: the first :data:`MAX_METRICS` entries whose name is at most :data:`MAX_METRIC_NAME`
+    printable characters (:func:`client_text` leaves it unchanged) and whose value is a finite
+    number, or a list of at most ``max_list`` finite numbers. Anything else is left out, so that
+    one reply can neither grow ``metrics.json`` or an upload file without bound nor forge a line
+    in them.
+
+    Parameters
+    ----------
+    metrics : Mapping[str, object]
+        The reply's metric record.
+    max_list : int
+        Longest list value kept (0: none; the per-class counts need ``num_classes``).
+    """
+    kept: dict[str, float | list[float]] = {}
+    for name, value in metrics.items():
+        if len(kept) == MAX_METRICS:
+            break
+        if not isinstance(name, str) or client_text(name, limit=MAX_METRIC_NAME) != name:
+            continue
+        if finite_number(value):
+            kept[name] = value
+        elif isinstance(value, list) and len(value) <= max_list and all(finite_number(v) for v in value):
+            kept[name] = list(value)
+    return kept
 
 
 def client_text(text: object, *, limit: int = MAX_CLIENT_TEXT) -> str:

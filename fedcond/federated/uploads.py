@@ -5,9 +5,10 @@ as its arrays arrived (no rescaling, no filtering), in the :class:`~fedcond.dist
 SyntheticSet` file format, so ``fedcond audit --synthetic OUT/uploads/round-1/client-K.npz``
 audits exactly what a client released. ``K`` is the Flower node id, an identity the server
 controls. The metadata holds the server's own facts (dataset, normalisation, round, node) and,
-under ``client_reported``, the metrics the client claimed (untrusted, kept for the audit trail):
-finite scalars, and lists of at most ``num_classes`` finite numbers (the per-class real counts
-the server weights the set by), so that the files alone rebuild the server's training set.
+under ``client_reported``, the metrics the client claimed (untrusted, kept for the audit trail,
+bounded by :func:`~fedcond.federated.untrusted.client_metrics`): finite scalars, and lists of at
+most ``num_classes`` finite numbers (the per-class real counts the server weights the set by), so
+that the files alone rebuild the server's training set.
 
 Only arrays within the server's size cap are written: a reply whose declared arrays exceed it,
 or whose bytes hold more or less than they declare
@@ -29,7 +30,7 @@ from flwr.app import Message
 from fedcond.data.registry import DatasetSpec
 from fedcond.distill.synthetic import FORMAT_VERSION, dataset_meta
 from fedcond.federated.records import IMAGES, LABELS, METRICS_KEY, SYNTHETIC_KEY
-from fedcond.federated.untrusted import ArrayPayloadError, check_array_payload, client_text
+from fedcond.federated.untrusted import ArrayPayloadError, check_array_payload, client_metrics, client_text
 
 __all__ = ["UPLOADS", "UploadStore"]
 
@@ -37,10 +38,6 @@ __all__ = ["UPLOADS", "UploadStore"]
 UPLOADS = "uploads"
 
 logger = logging.getLogger(__name__)
-
-
-def _finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class UploadStore:
@@ -104,15 +101,7 @@ class UploadStore:
     def _meta(self, reply: Message, *, server_round: int, node_id: int) -> dict[str, Any]:
         reported: dict[str, Any] = {}
         if METRICS_KEY in reply.content.metric_records:
-            for key, value in reply.content.metric_records[METRICS_KEY].items():
-                if _finite_number(value):
-                    reported[key] = value
-                elif (
-                    isinstance(value, list)
-                    and len(value) <= self.spec.num_classes
-                    and all(_finite_number(v) for v in value)
-                ):
-                    reported[key] = list(value)
+            reported = client_metrics(reply.content.metric_records[METRICS_KEY], max_list=self.spec.num_classes)
         return {
             "format_version": FORMAT_VERSION,
             **dataset_meta(self.spec),

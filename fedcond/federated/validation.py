@@ -38,7 +38,14 @@ from fedcond.federated.records import (
     SYNTHETIC_KEY,
     synthetic_from_record,
 )
-from fedcond.federated.untrusted import ArrayPayloadError, check_array_payload, client_text
+from fedcond.federated.untrusted import (
+    MAX_METRIC_NAME,
+    ArrayPayloadError,
+    check_array_payload,
+    client_metrics,
+    client_text,
+    finite_number,
+)
 
 __all__ = [
     "MAX_CLASS_COUNT",
@@ -66,17 +73,10 @@ PIXEL_MARGINS: dict[str, float] = {"mean": 10.0, "mmd": 1000.0}
 DEFAULT_PIXEL_MARGIN = 1000.0
 
 
-#: longest metric name of a reply kept in :attr:`ClientSet.metrics` (the names reach ``metrics.json``
-#: as ``client-mean-NAME``)
-MAX_METRIC_NAME = 64
 
 
 class ReplyRejected(ValueError):
     """A client reply failed validation; the message is the logged reason."""
-
-
-def _finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_privacy_claims(metrics: MetricRecord) -> None:
@@ -89,7 +89,7 @@ def _check_privacy_claims(metrics: MetricRecord) -> None:
         if key not in metrics:
             continue
         value = metrics[key]
-        if not (_finite_number(value) and 0 <= value <= high):
+        if not (finite_number(value) and 0 <= value <= high):
             allowed = "a finite number >= 0" if high == math.inf else f"a number in [0, {high:g}]"
             raise ReplyRejected(f"metric {key!r} ({client_text(value, limit=40)}) must be {allowed}")
 
@@ -99,11 +99,7 @@ def _reported_scalars(metrics: MetricRecord) -> dict[str, float]:
 
     A non-finite value (a NaN loss) is left out rather than averaged into the round's means.
     """
-    return {
-        key: value
-        for key, value in metrics.items()
-        if _finite_number(value) and client_text(key, limit=MAX_METRIC_NAME) == key
-    }
+    return {key: value for key, value in client_metrics(metrics).items() if not isinstance(value, list)}
 
 
 def pixel_bounds(spec: DatasetSpec, *, margin: float) -> tuple[torch.Tensor, torch.Tensor]:

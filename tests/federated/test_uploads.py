@@ -11,7 +11,8 @@ from flwr.app import Array
 
 from fedcond.data import get_spec
 from fedcond.distill.synthetic import SyntheticSet
-from fedcond.federated.records import METRICS_KEY
+from fedcond.federated.records import METRICS_KEY, client_report
+from fedcond.federated.untrusted import MAX_METRIC_NAME, MAX_METRICS
 from fedcond.federated.uploads import UploadStore
 
 from .conftest import forged_array, synthetic_reply
@@ -35,6 +36,25 @@ def test_a_kept_upload_holds_the_arrays_and_the_claimed_class_counts(task_identi
     with np.load(path, allow_pickle=False) as raw:  # stored as sent: no rescaling
         sent = reply.content.array_records["synthetic"]["images"].numpy()
         assert np.array_equal(raw["images"], sent) and json.loads(str(raw["meta"]))["round"] == 2
+
+
+def test_a_flood_of_metric_names_reaches_neither_the_upload_nor_the_run_record(task_identity, tmp_path):
+    reply = synthetic_reply(1003, classes={2: 40, 7: 9})
+    metrics = reply.content.metric_records[METRICS_KEY]
+    honest = dict(metrics.items())
+    metrics["gate-" + "A" * 100_000] = 1.0  # a name far past MAX_METRIC_NAME
+    for i in range(20_000):
+        metrics[f"gate-k{i}\nround 1: node 3 accepted"] = 1.0  # forged log lines
+    for i in range(20_000):
+        metrics[f"gate-{i}"] = 1.0  # short printable names: kept up to MAX_METRICS in all
+    path = UploadStore(tmp_path / "uploads", spec=get_spec("digits"), max_images=20).keep(reply, server_round=1)
+    reported = SyntheticSet.load(path).meta["client_reported"]
+    assert len(reported) == MAX_METRICS and path.stat().st_size < 20_000
+    assert {k: reported[k] for k in honest} == {k: v if not isinstance(v, list) else list(v) for k, v in honest.items()}
+    assert all(len(name) <= MAX_METRIC_NAME and "\n" not in name for name in reported)
+    record = client_report(reply)
+    assert len(record) <= MAX_METRICS and all(len(name) <= MAX_METRIC_NAME and "\n" not in name for name in record)
+    assert len(json.dumps(record)) < 5_000
 
 
 def _forged_reply(node_id: int, *, carried: int, declared: int) -> object:
