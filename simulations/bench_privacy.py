@@ -51,6 +51,8 @@ logger = logging.getLogger("bench_privacy")
 
 #: the datasets this benchmark reads, and where from: bundled, --data-dir or --cifar-dir
 DATASETS = ("digits", "mnist", "cifar10")
+#: the rows of each dataset: DM from real images, DM from noise, DP-DM (one row per --epsilons value)
+METHODS = ("real-init", "noise-init", "dp")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantile", type=float, default=AuditConfig().calibration_quantile,
                    help="nearest-neighbour threshold calibration quantile (small test sets need a larger one)")
     p.add_argument("--no-feature-space", action="store_true")
-    p.add_argument("--methods", nargs="*", default=["real-init", "noise-init", "dp"])
+    p.add_argument("--methods", nargs="*", default=list(METHODS), help=f"any of {', '.join(METHODS)}")
     p.add_argument("--no-bf16", action="store_true", help="fp32 embeddings (faster on CPUs without bf16 units)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--seed", type=int, default=0)
@@ -96,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if unknown := sorted(set(args.datasets) - set(DATASETS)):
         parser.error(f"--datasets: unknown {unknown} ({', '.join(DATASETS)})")
+    if unknown := sorted(set(args.methods) - set(METHODS)):
+        parser.error(f"--methods: unknown {unknown} ({', '.join(METHODS)})")
     if "cifar10" in args.datasets and args.cifar_dir is None:
         parser.error("--datasets cifar10 needs --cifar-dir (the CIFAR-10 root)")
     return args
@@ -172,6 +176,11 @@ class Stages:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({"command": self.command, "value": value}) + "\n")
         tmp.replace(path)
+
+    def kept_for(self, slug: str) -> list[str]:
+        """The stages of row ``slug`` read back (its set, its evaluation), not those of a row whose
+        slug merely starts the same (``dp_eps1`` and ``dp_eps10``)."""
+        return [key for key in self.kept if key in (slug, f"{slug}_evaluation")]
 
     def load_set(self, key: str) -> SyntheticSet | None:
         """The set condensed for ``key`` by this command (its stage records the file), or ``None``."""
@@ -292,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                     "verdict": report.verdict,
                     **extra,
                     "seconds": time.perf_counter() - start,
-                    "stages_kept": [k for k in stages.kept if k.startswith(slug)],
+                    "stages_kept": stages.kept_for(slug),
                 }
             )
             logger.info("%s", json.dumps(rows[-1]))

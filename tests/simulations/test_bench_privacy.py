@@ -23,6 +23,7 @@ def bench():
     [
         (["--datasets", "cifar10"], "--datasets cifar10 needs --cifar-dir"),
         (["--datasets", "digits", "svhn"], "--datasets: unknown ['svhn']"),
+        (["--methods", "real-init", "realinit"], "--methods: unknown ['realinit']"),
     ],
 )
 def test_bad_options_are_refused_by_name(bench, tmp_path, capsys, argv, message):
@@ -131,6 +132,13 @@ def test_resume_continues_a_row_from_its_last_finished_stage(bench, tmp_path, mo
                             *a, reference=reference, **k))
     assert bench.main(["--datasets", "digits", "--out", str(other), *argv[4:], "--seed", "1", "--resume"]) == 0
     assert calls == ["real-init", "evaluate", "audit", "noise-init", "evaluate", "kept"]
+
+
+def test_a_row_lists_its_own_kept_stages_only(bench, tmp_path):
+    stages = bench.Stages(tmp_path, "python bench_privacy.py", resume=True)
+    stages.kept = ["digits_dp_eps10", "digits_dp_eps10_evaluation", "digits_reference"]
+    assert stages.kept_for("digits_dp_eps1") == []
+    assert stages.kept_for("digits_dp_eps10") == ["digits_dp_eps10", "digits_dp_eps10_evaluation"]
 
 
 def test_documented_commands_parse(bench):
