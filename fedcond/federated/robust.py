@@ -26,9 +26,9 @@ images the class's prototype. The weight is the number of images sent, not the c
 real-sample count: it is bounded by ``ipc`` per class (validation caps it), so a liar cannot buy
 the reference with an inflated claim.
 
-A class is judged only where the others form a majority: at least two other clients hold it,
-together they sent at least as many of its images as the judged client, and none of them sent
-half of those images or more. Under non-IID partitions a class is typically held by one client
+A class is judged only where the others form a majority: at least three other clients hold it
+(with two, one of them always sent half or more), together they sent at least as many of its
+images as the judged client, and none of them sent half of those images or more. Under non-IID partitions a class is typically held by one client
 with many images and a few with one to five, whose sets are small and noisy (the release gate
 withholds their near-copies); a reference that one client owns is that client's word, and small
 sets are no reference for the client that holds the class. A client's class is an outlier when
@@ -46,7 +46,7 @@ without a majority of other holders cannot be judged. The embedding networks are
 server (``seed``), so a round is reproducible.
 
 **Failing closed.** References made of clients are only as honest as most clients. Where the
-rule would reject half of the clients or more, or flags every set, its verdicts contradict that
+rule would reject half of the clients or more, or every remaining set, its verdicts contradict that
 premise (a coalition outvoting a class's honest holders, clients with another class order): it
 aggregates nothing that round and says why (:attr:`RobustOutcome.alarm`); the server keeps its
 previous model. With a server reference the same stop applies: the reference is the server's,
@@ -88,8 +88,9 @@ logger = logging.getLogger(__name__)
 
 #: holders a class needs before its prototype sets the typical spread
 _SPREAD_MIN_HOLDERS = 3
-#: holders a class needs before any of them is judged: the others' median needs two clients
-_MIN_HOLDERS = 3
+#: other holders a class needs before a client's images of it are judged: with two, one of them
+#: always sent half or more, and a reference that one client owns is that client's word
+_MIN_OTHER_HOLDERS = 3
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ class RobustOutcome:
         Node id -> what was changed in a kept set (a capped claim, removed classes).
     alarm : str | None
         Why the rule failed closed (``sets`` is then empty): its verdicts would reject half of
-        the clients or more, or flag every set, which contradicts the honest majority it assumes.
+        the clients or more, or every remaining set (each an outlier on more than half of its
+        judged classes), which contradicts the honest majority it assumes.
     """
 
     sets: list[ClientSet]
@@ -261,7 +263,7 @@ def _reference_means(
 def _has_majority(others: list[float], own: float) -> bool:
     """Whether the other holders' images (counts per holder) can judge a client's ``own`` images of a class."""
     total = sum(others)
-    return len(others) >= 2 and total >= own and max(others) < 0.5 * total
+    return len(others) >= _MIN_OTHER_HOLDERS and total >= own and max(others) < 0.5 * total
 
 
 def embedding_outliers(
@@ -429,7 +431,7 @@ def robust_sets(
             break
         # the verdicts hold only while most clients are honest (the references, or with a server
         # reference the typical distance, come from the clients): a rule that would reject half of
-        # them or more, or flags every set, contradicts its premise and fails closed
+        # them or more, or every remaining set, contradicts its premise and fails closed
         outvoted = 2 * (len(rejected) + 1) >= len(capped)
         if len(over_half) == len(remaining) or outvoted:
             alarm = _contradiction(len(capped), rejected, over_half, every=len(over_half) == len(remaining))

@@ -308,6 +308,23 @@ def test_a_class_needs_a_majority_of_other_clients_to_judge_it(digits, digits_sp
     assert set(flagged) == {1} and set(flagged[1]) == {3}
 
 
+def test_two_other_holders_never_judge_a_class_and_three_do(digits, digits_spec):
+    # class 3: eights labelled 3 beside two clients of threes of equal size (and three clients of
+    # eights). Of two others, one always sent half of their images or more, so no reference is a
+    # majority's: nothing is judged. A third client of threes makes the others a majority, and
+    # the eights labelled 3 are flagged
+    sets = [
+        _labelled_set(1, digits, images_of=8, label=3, count=60, offset=0, n=10),
+        _labelled_set(0, digits, images_of=3, label=3, count=60, offset=0, n=10),
+        _labelled_set(4, digits, images_of=3, label=3, count=60, offset=10, n=10),
+        *(_eights(node, digits, offset=10 * node) for node in (6, 7, 8)),
+    ]
+    assert _flagged(sets, digits_spec) == {}
+    sets.append(_labelled_set(5, digits, images_of=3, label=3, count=60, offset=20, n=10))
+    flagged = _flagged(sets, digits_spec)
+    assert set(flagged) == {1} and set(flagged[1]) == {3}
+
+
 def test_a_rejected_client_shapes_no_reference(digits, digits_spec):
     # node 9 sends fours labelled 3, threes labelled 4, sixes labelled 5 and sevens labelled 7.
     # Its classes 3 and 4 are judged against the honest holders and flagged; no one else holds 5
