@@ -28,10 +28,11 @@ the reference with an inflated claim.
 
 A class is judged only where the others form a majority: at least three other clients hold it
 (with two, one of them always sent half or more), together they sent at least as many of its
-images as the judged client, and none of them sent half of those images or more. Under non-IID partitions a class is typically held by one client
-with many images and a few with one to five, whose sets are small and noisy (the release gate
-withholds their near-copies); a reference that one client owns is that client's word, and small
-sets are no reference for the client that holds the class. A client's class is an outlier when
+images as the judged client, and none of them sent half of those images or more. Under non-IID
+partitions a class is typically held by one client with many images and a few with one to five,
+whose sets are small and noisy (the release gate withholds their near-copies); a reference that
+one client owns is that client's word, and small sets are no reference for the client that holds
+the class. A client's class is an outlier when
 
 - its mean lies closer to another class's reference than to its own by ``outlier_margin``
   (flipped labels, images of the wrong class), or
