@@ -491,6 +491,23 @@ class RobustConfig(_SelfChecking):
             )
 
 
+#: the weight-averaging strategies (Flower's): their clients train the global model locally
+WEIGHT_AVERAGING = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+#: keys (or tables) that only some strategies read -> those strategies; every other key is read by all
+STRATEGY_KEYS: dict[str, tuple[str, ...]] = {
+    "distill": ("fedcond",),
+    "robust": ("fedcond",),
+    "server_epochs": ("fedcond",),
+    "server_lr": ("fedcond",),
+    "local_epochs": WEIGHT_AVERAGING,
+    "local_lr": WEIGHT_AVERAGING,
+    "local_batch_size": WEIGHT_AVERAGING,
+    "proximal_mu": ("fedprox",),
+    "trimmed_beta": ("fedtrimmedavg",),
+    "byzantine_nodes": ("krum", "multikrum", "bulyan"),
+}
+
+
 @dataclass(frozen=True)
 class FederatedConfig(_SelfChecking):
     """A federated run: partitioning, strategy and the clients' condensation settings.
@@ -541,6 +558,23 @@ class FederatedConfig(_SelfChecking):
                 f"config keys 'dp.*' apply to FedCond's DP-DM only; strategy {self.strategy!r} would run without "
                 "any privacy while the run config claimed it (drop dp.* for this strategy)"
             )
+
+    def ignored_keys(self, keys: Iterable[str], *, strategies: Iterable[str] = ()) -> dict[str, str]:
+        """The ``keys`` no run of these settings reads, each with the reason.
+
+        ``strategies`` are further runs of the same settings under other strategies (``fedcond
+        simulate --compare``): a key that any of them, or this config's strategy, reads (see
+        :data:`STRATEGY_KEYS`) is not ignored.
+        """
+        keys, runs = list(keys), {self.strategy, *strategies}
+        ignored = super().ignored_keys(keys)
+        for key in keys:
+            for table, readers in STRATEGY_KEYS.items():
+                if _is_under(key, table) and not runs & set(readers) and key not in ignored:
+                    ignored[key] = (
+                        f"it is read by {', '.join(readers)} only, and this command runs {', '.join(sorted(runs))}"
+                    )
+        return ignored
 
     def _unread_keys(self) -> dict[str, str]:
         unread = {}

@@ -27,6 +27,7 @@ __all__ = [
     "add_config_arguments",
     "add_data_arguments",
     "command_line_keys",
+    "config_key",
     "config_values",
     "console",
     "data_config_from",
@@ -364,11 +365,11 @@ def command_line_keys(
         Key (underscore spelling) -> ``--alpha 0.5`` or ``--set alpha=0.5``.
     """
     given = {
-        _config_key(key): f"{flag_names[key]} {value}" if not isinstance(value, bool) else flag_names[key]
+        config_key(key): f"{flag_names[key]} {value}" if not isinstance(value, bool) else flag_names[key]
         for key, value in flags.items()
         if value is not None and key in flag_names
     }
-    given.update({_config_key(key): f"--set {key}={value}" for key, value in overrides_from(overrides).items()})
+    given.update({config_key(key): f"--set {key}={value}" for key, value in overrides_from(overrides).items()})
     return given
 
 
@@ -406,7 +407,7 @@ def refuse_files_of_bundled_data(dataset: str, given: Mapping[str, str]) -> None
             )
 
 
-def _config_key(key: str) -> str:
+def config_key(key: str) -> str:
     """``distill.batch-real`` -> ``distill.batch_real``: one spelling, so a later source replaces it."""
     return ".".join(part.strip().replace("-", "_") for part in str(key).split("."))
 
@@ -418,10 +419,10 @@ RUN_OPTIONS: dict[str, str] = {"out": "--out", "overwrite": "--overwrite", "devi
 
 def _refuse_run_options(keys: Sequence[str], run_options: Mapping[str, str], *, source: str) -> None:
     for key in keys:
-        flag = run_options.get(_config_key(key))
+        flag = run_options.get(config_key(key))
         if flag is not None:
             raise CommandError(
-                f"{source}: {_config_key(key)!r} is not a config key but a command-line option: use the flag {flag}"
+                f"{source}: {config_key(key)!r} is not a config key but a command-line option: use the flag {flag}"
             )
 
 
@@ -485,6 +486,6 @@ def config_values(
         _refuse_run_options(list(table), run_options, source=f"config file {file}")
     _refuse_run_options(list(pairs), run_options, source="--set")
     for source in (table, {k: v for k, v in flags.items() if v is not None}, pairs):
-        values.update({_config_key(k): v for k, v in source.items()})
+        values.update({config_key(k): v for k, v in source.items()})
     return values
 

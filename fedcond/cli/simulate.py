@@ -23,6 +23,7 @@ from fedcond.cli.common import (
     add_common_arguments,
     add_config_arguments,
     command_line_keys,
+    config_key,
     config_values,
     console,
     prepare_run_folder,
@@ -255,7 +256,14 @@ def _check_job(args: argparse.Namespace, values: dict[str, Any]) -> FederatedJob
     flags = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items()}
     given = command_line_keys(flags, {key: "--" + flag.replace("_", "-") for flag, key in _FLAG_KEYS.items()},
                               args.overrides)
-    refuse_ignored_keys(job.federated.ignored_keys(given), given)
+    strategies = [name for name, _ in _comparisons(args, _is_demo(args))]
+    refuse_ignored_keys(job.federated.ignored_keys(given, strategies=strategies), given)
+    if args.config is not None:  # a file may serve several commands: its unread keys are named, not refused
+        from fedcond.config import load_toml
+
+        in_file = [key for key in map(config_key, load_toml(args.config)) if key not in given]
+        for key, reason in job.federated.ignored_keys(in_file, strategies=strategies).items():
+            console.print(f"[yellow]note:[/] {args.config}: {key} has no effect ({reason})")
     asked = {"data_dir": job.data.data_dir is not None, "download": job.data.download}
     refuse_files_of_bundled_data(job.data.dataset, {key: given[key] for key in given if asked.get(key)})
     from fedcond.devices import resolve_device

@@ -342,3 +342,38 @@ def test_overwrite_with_a_bad_setting_keeps_the_earlier_run(tmp_path, capsys, ar
     assert main(["simulate", "--engine", "inprocess", *SMALL, "--out", str(out), "--overwrite", *argv]) == 2
     assert message in capsys.readouterr().err
     assert {name: (out / name).read_text() for name in earlier} == earlier
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--strategy", "fedavg", "--ipc", "7"], "--ipc 7 has no effect: it is read by fedcond only"),
+        (["--strategy", "fedavg", "--set", "robust.outlier_nets=2"], "--set robust.outlier_nets=2 has no effect"),
+        (["--strategy", "fedavg", "--set", "server-epochs=3"], "--set server-epochs=3 has no effect"),
+        (["--set", "proximal-mu=0.5"], "--set proximal-mu=0.5 has no effect: it is read by fedprox only"),
+        (["--set", "local-epochs=4"], "--set local-epochs=4 has no effect"),
+        (["--strategy", "fedavg", "--set", "trimmed-beta=0.1", "--compare", "krum=2"],
+         "--set trimmed-beta=0.1 has no effect: it is read by fedtrimmedavg only, and this command runs fedavg, krum"),
+    ],
+)
+def test_a_key_no_run_of_the_command_reads_is_refused(tmp_path, capsys, argv, message):
+    assert main(["simulate", "--engine", "inprocess", "--out", str(tmp_path / "x"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_key_one_compared_run_reads_is_kept_and_a_files_unread_keys_are_named(tmp_path, capsys, monkeypatch):
+    from fedcond.cli import simulate as command
+
+    monkeypatch.setattr(command, "prepare_run_folder", lambda *a, **k: pytest.skip("checked: the run would start"))
+    config = tmp_path / "job.toml"
+    config.write_text('strategy = "fedcond"\nlocal-epochs = 3\n[robust]\noutlier_margin = 2.0\n')
+    with pytest.raises(pytest.skip.Exception):
+        main(["simulate", "--engine", "inprocess", "--config", str(config), "--out", str(tmp_path / "y")])
+    err = "".join(capsys.readouterr())
+    assert "robust.outlier_margin has no effect" in err and "local_epochs has no effect" in err
+    with pytest.raises(pytest.skip.Exception):
+        main(["simulate", "--engine", "inprocess", "--config", str(config), "--compare", "fedprox=2",
+              "--set", "proximal-mu=0.5", "--out", str(tmp_path / "z")])
+    err = "".join(capsys.readouterr())
+    assert "local_epochs has no effect" not in err and "proximal" not in err

@@ -71,7 +71,9 @@ def test_resume_refuses_a_folder_of_other_runs_and_keeps_it(tmp_path, capsys):
     out = tmp_path / "fedcond"
     assert main([*SMALL_RUN, "--out", str(out)]) == 0
     before = (out / "metrics.json").read_text()
-    code = main([*SMALL_RUN, "--strategy", "fedavg", "--rounds", "1", "--resume", "--out", str(out)])
+    fedavg = ["simulate", "--engine", "inprocess", "--num-clients", "2", "--partition", "iid", "--device", "cpu",
+              "--strategy", "fedavg", "--rounds", "1"]
+    code = main([*fedavg, "--resume", "--out", str(out)])
     assert code != 0 and "holds the run(s) ['fedcond']" in capsys.readouterr().err
     assert (out / "metrics.json").read_text() == before
     distilled = tmp_path / "distilled"
