@@ -39,6 +39,8 @@ __all__ = [
     "MAX_SEED",
     "Range",
     "RobustConfig",
+    "STRATEGY_KEYS",
+    "WEIGHT_AVERAGING",
     "choices_of",
     "load_toml",
     "offset_seed",

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcond.config import ConfigError, DataConfig, FederatedConfig, flatten_config, parse_config
+from fedcond.config import WEIGHT_AVERAGING, ConfigError, DataConfig, FederatedConfig, flatten_config, parse_config
 from fedcond.distill.matching import check_matching
 
 __all__ = ["DEMO_BASELINE_ROUNDS", "DEMO_JOB", "STRATEGIES", "FederatedJob", "job_from_mapping", "job_to_mapping"]
 
 #: FedCond and the weight-averaging baselines of :data:`fedcond.federated.baselines.BASELINES`
-STRATEGIES = ("fedcond", "fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+STRATEGIES = ("fedcond", *WEIGHT_AVERAGING)
 
 # The default demo (``fedcond simulate`` with no argument, ``flwr run .``, configs/demo.toml):
 # digits, 10 clients, Dirichlet(0.1), FedCond one-shot; compared with FedAvg over 20 rounds.
