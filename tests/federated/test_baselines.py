@@ -89,3 +89,12 @@ def test_the_fedavg_client_reports_its_partition_size_as_num_examples(task_ident
     strategy.configure_train(1, ArrayRecord(model.state_dict()), ConfigRecord(), FakeGrid([102]))
     arrays, _ = strategy.aggregate_train(1, [reply])
     assert strategy.dropped[1] == {} and arrays is not None
+
+
+def test_the_weight_averaging_names_are_the_baselines_and_each_strategy_key_names_real_strategies() -> None:
+    from fedcond.config import STRATEGY_KEYS, WEIGHT_AVERAGING
+    from fedcond.federated.baselines import BASELINES
+    from fedcond.federated.job import STRATEGIES
+
+    assert set(WEIGHT_AVERAGING) == set(BASELINES) and set(STRATEGIES) == {"fedcond", *BASELINES}
+    assert all(set(readers) <= set(STRATEGIES) for readers in STRATEGY_KEYS.values())
