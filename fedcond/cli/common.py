@@ -78,7 +78,7 @@ def add_common_arguments(
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=None if "seed" in from_config else 0,
         help="seed for every random generator (default "
         + ("the config file's seed, else 0)" if "seed" in from_config else "0)"),
@@ -405,6 +405,19 @@ def refuse_files_of_bundled_data(dataset: str, given: Mapping[str, str]) -> None
             raise CommandError(
                 f"{given[key]}: dataset {dataset} is bundled with scikit-learn and {what}; drop it"
             )
+
+
+def _seed(text: str) -> int:
+    """``--seed``: an integer in ``[0, MAX_SEED]``, refused by the parser (naming the flag) otherwise."""
+    from fedcond.config import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must lie in [0, {MAX_SEED}], got {value}")
+    return value
 
 
 def config_key(key: str) -> str:

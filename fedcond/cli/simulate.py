@@ -312,9 +312,11 @@ def _row(name: str, metrics: dict[str, Any], reference_uplink: int | None) -> di
 def _attack(args: argparse.Namespace, jobs: list[tuple[str, Any]]):  # noqa: ANN202 - AttackConfig | None
     """The simulated attack, checked against every run's strategy; ``None`` without ``--attack``."""
     if args.attack is None:
-        if args.attackers:
+        if args.attackers is not None:
             raise CommandError("--attackers needs --attack KIND")
         return None
+    if args.attackers == 0:
+        raise CommandError("--attackers 0: no client would attack; drop --attack and --attackers for an honest run")
     from fedcond.federated.attacks import AttackConfig, check_attack
 
     try:

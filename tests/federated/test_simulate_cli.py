@@ -102,6 +102,8 @@ def test_one_shot_end_to_end_in_process_with_a_fedavg_comparison(tmp_path):
         (["--set", "dp.epsilon=0"], "dp.epsilon must be > 0, got 0: a run without DP gives no dp.* key at all"),
         (["--set", "dp.epsilon=-1", "--set", "dp.delta=1e-6"], "dp.epsilon must be > 0, got -1"),
         (["--set", "=3"], "--set '=3' has no key before '='"),
+        (["--attackers", "0"], "--attackers needs --attack KIND"),
+        (["--attack", "label-flip", "--attackers", "0"], "--attackers 0: no client would attack"),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
@@ -117,6 +119,8 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
         (["--max-concurrent-clients", "0"], "argument --max-concurrent-clients: must lie in [1, 4096], got 0"),
         (["--cpus-per-client", str(10**20)], "argument --cpus-per-client: must lie in [1, 4096]"),
         (["--cpus-per-client", "two"], "argument --cpus-per-client: expected a whole number, got 'two'"),
+        (["--seed", "5000000000"], "argument --seed: must lie in [0, 4294967295], got 5000000000"),
+        (["--seed", "-3"], "argument --seed: must lie in [0, 4294967295], got -3"),
     ],
 )
 def test_ray_counts_out_of_range_are_refused_by_the_parser(tmp_path, capsys, argv, message):
