@@ -82,7 +82,8 @@ def check_compatible(synthetic: SyntheticSet, spec: DatasetSpec, *, tolerance: f
     Raises
     ------
     SyntheticSetError
-        If the image shape, label range, recorded dataset or normalisation mean/std differ.
+        If the image shape, label range, recorded dataset, class count or normalisation
+        mean/std differ.
     """
     meta = synthetic.meta
     name = meta.get("dataset")
@@ -90,6 +91,11 @@ def check_compatible(synthetic: SyntheticSet, spec: DatasetSpec, *, tolerance: f
         raise SyntheticSetError(
             f"the synthetic set was made from {name!r}, the audit dataset is {spec.name!r} "
             f"(audit it with --dataset {name})"
+        )
+    recorded = meta.get("num_classes")
+    if recorded is not None and recorded != spec.num_classes:
+        raise SyntheticSetError(
+            f"the synthetic set records num_classes {recorded!r:.40}, {spec.name} has {spec.num_classes}"
         )
     synthetic.validate(num_classes=spec.num_classes, image_shape=spec.image_shape)
     if len(synthetic) == 0:

@@ -120,6 +120,15 @@ def test_audit_refuses_a_set_with_another_normalisation(copied_set: Path, tmp_pa
     assert "normalisation mean" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("recorded", [10**12, 100])
+def test_audit_refuses_a_set_that_records_another_class_count(copied_set: Path, tmp_path: Path, capsys,
+                                                              recorded: int) -> None:
+    real = SyntheticSet.load(copied_set)
+    path = SyntheticSet(real.images, real.labels, {**real.meta, "num_classes": recorded}).save(tmp_path / "n.npz")
+    assert main(["audit", "--synthetic", str(path), "--out", str(tmp_path / "a"), *FAST_AUDIT]) == 2
+    assert f"records num_classes {recorded}, digits has 10" in capsys.readouterr().err
+
+
 def test_audit_refuses_a_set_of_another_shape(tmp_path: Path, capsys) -> None:
     bad = SyntheticSet(torch.zeros(10, 1, 28, 28), torch.arange(10), {"num_classes": 10})
     path = bad.save(tmp_path / "mnist_like.npz")
