@@ -18,7 +18,10 @@ What is read and what is skipped
   image) is an :class:`ImageFolderError` naming the file: it is never skipped silently, since
   a dropped image changes the data without a word.
 - Colour: one mode for every image, RGB as soon as any image has colour (greyscale images are
-  then replicated to three channels, losslessly), else greyscale.
+  then replicated to three channels, losslessly), else greyscale; greyscale with alpha (``LA``,
+  the alpha dropped) and palette images whose palette holds only greys count as greyscale.
+- Classes: at least two (a tree of one class would train a classifier that scores 100% and
+  learns nothing).
 - Size: every image must have the size of the most common one; the first that differs is named.
 
 Cache
@@ -58,7 +61,7 @@ IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif
 #: Pillow's 16-bit greyscale modes ("I" is how some Pillow versions open a 16-bit PNG)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 #: Pillow modes read as one greyscale channel
-_GREY_MODES = ("L", "1", *_SIXTEEN_BIT_MODES)
+_GREY_MODES = ("L", "LA", "1", *_SIXTEEN_BIT_MODES)
 #: below this many files the thread pool costs more than it saves
 _THREADED_FROM = 256
 #: progress is reported this many times per tree (at most)
@@ -148,7 +151,12 @@ def _decode(path: Path) -> np.ndarray:
                 raise ImageFolderError(
                     f"{path}: floating-point images (mode F) are not supported; save it as an 8- or 16-bit image"
                 )
-            return np.asarray(img.convert("L" if img.mode in _GREY_MODES else "RGB"))
+            if img.mode in _GREY_MODES:  # grey with or without alpha: one channel (alpha dropped)
+                return np.asarray(img.convert("L"))
+            rgb = np.asarray(img.convert("RGB"))
+            if img.mode in ("P", "PA") and (rgb == rgb[..., :1]).all():  # a palette of greys only
+                return np.ascontiguousarray(rgb[..., 0])
+            return rgb
     except ImageFolderError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, EOFError...
@@ -326,6 +334,11 @@ def read_image_folder(
         raise DatasetNotFoundError(
             f"no images ({', '.join(IMAGE_SUFFIXES)}) under {train_dir}/<class>/ for class(es) "
             f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}"
+        )
+    if len(classes) == 1:
+        # every label would be the same: a classifier scores 100% and learns nothing
+        raise ImageFolderError(
+            f"{train_dir} holds one class folder ({classes[0]}); classification needs at least two"
         )
     for split_dir, files in ((train_dir, train_files), (test_dir, test_files)):
         if not any(files):

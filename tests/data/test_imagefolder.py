@@ -175,7 +175,7 @@ def test_mixed_sizes_name_the_odd_image_and_an_example_of_the_common_size(tmp_pa
 def test_mixed_modes_are_read_as_rgb_without_loss(tmp_path) -> None:
     from PIL import Image
 
-    root = _tree(tmp_path, {"cat": 10})
+    root = _tree(tmp_path, {"cat": 10, "dog": 200})
     folder = root / "train" / "cat"
     Image.new("L", (6, 6), color=77).save(folder / "grey.png")
     Image.new("RGBA", (6, 6), color=(9, 99, 199, 0)).save(folder / "alpha.png")
@@ -183,10 +183,31 @@ def test_mixed_modes_are_read_as_rgb_without_loss(tmp_path) -> None:
     splits = _load("imagefolder", root)
     pixels = (splits.spec.denormalise(splits.train.images) * 255).round()[:, :, 0, 0]
     names = ["0.png", "1.png", "alpha.png", "grey.png", "palette.png"]  # sorted file order
-    by_name = dict(zip(names, pixels.tolist(), strict=True))
+    by_name = dict(zip(names, pixels[: len(names)].tolist(), strict=True))
     assert by_name["grey.png"] == [77, 77, 77]
     assert by_name["alpha.png"] == [9, 99, 199]  # alpha dropped, colour kept
     assert by_name["palette.png"] == [51, 102, 153]
+
+
+@pytest.mark.parametrize("mode", ["LA", "P"])
+def test_grey_images_with_alpha_or_a_grey_palette_read_as_one_channel(tmp_path, mode) -> None:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls, value in (("zero", 30), ("one", 200)):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            grey = Image.new("L", (6, 6), color=value)
+            (grey.convert("LA") if mode == "LA" else grey.convert("P")).save(folder / "0.png")
+    splits = _load("imagefolder", tmp_path)
+    assert splits.spec.channels == 1
+    assert (splits.spec.denormalise(splits.train.images) * 255).round()[:, 0, 0, 0].tolist() == [200, 30]
+
+
+def test_a_tree_of_one_class_is_refused_by_name(tmp_path) -> None:
+    root = _tree(tmp_path, {"cat": 10})
+    with pytest.raises(ImageFolderError, match=r"holds one class folder \(cat\); classification needs at least two"):
+        _load("imagefolder", root)
 
 
 # ------------------------------------------------------------------------------ progress, threads
@@ -275,9 +296,9 @@ def test_the_cache_can_be_turned_off_and_small_trees_are_never_cached(tmp_path, 
     import fedcond.data.imagefolder as imagefolder
     from fedcond.data.registry import image_cache_dir
 
-    root = _tree(tmp_path / "data", {"cat": 10})
+    root = _tree(tmp_path / "data", {"cat": 10, "dog": 200})
     monkeypatch.setenv("FEDCOND_CACHE_DIR", str(tmp_path / "cache"))
-    _load("imagefolder", root)  # 4 images: below CACHE_FROM
+    _load("imagefolder", root)  # 8 images: below CACHE_FROM
     assert not (tmp_path / "cache").exists()
     monkeypatch.setattr(imagefolder, "CACHE_FROM", 1)
     monkeypatch.setenv("FEDCOND_CACHE_DIR", "off")
