@@ -69,7 +69,7 @@ _PROGRESS_STEPS = 100
 #: trees of at least this many images are cached once decoded (smaller ones decode in about a second)
 CACHE_FROM = 2000
 #: part of every cache key: a change of what the arrays mean makes every earlier entry stale
-_CACHE_FORMAT = "fedcond-imagefolder-1"
+_CACHE_FORMAT = "fedcond-imagefolder-2"
 
 ProgressCallback = Callable[[int, int], None]
 
