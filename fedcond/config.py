@@ -755,6 +755,13 @@ class _FileString(str):
     __slots__ = ()
 
 
+class _FileInt(int):
+    """An integer a TOML file typed as one: unlike Flower's run config it is not read as a boolean
+    (``enabled = 0`` in a file, a client policy above all, is a typo for ``false``, not a switch)."""
+
+    __slots__ = ()
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin is Literal:
@@ -783,6 +790,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         raise ConfigError(
             f"config key {key!r}: the config file gives the string {str(value)!r}, expected "
             f"{annotation.__name__} (write it without quotes)"
+        )
+    if isinstance(value, _FileInt) and annotation is bool:
+        raise ConfigError(
+            f"config key {key!r}: the config file gives the number {int(value)}, expected true or false"
         )
     try:
         if annotation is bool:
@@ -958,4 +969,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from exc
     # strings stay strings: "3" in a file is a typo for 3, not a number to guess
-    return {k: _FileString(v) if isinstance(v, str) else v for k, v in _flatten_mapping(data).items()}
+    return {k: _file_value(v) for k, v in _flatten_mapping(data).items()}
+
+
+def _file_value(value: Any) -> Any:
+    """``value`` as a file typed it: strings and integers marked, so neither is read as another type."""
+    if isinstance(value, str):
+        return _FileString(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _FileInt(value)
+    return value

@@ -187,6 +187,24 @@ def test_a_quoted_number_in_a_config_file_is_refused_but_a_set_string_is_read(tm
     assert parse_config(FederatedConfig, {"num-clients": "3"}).num_clients == 3  # --set values are strings
 
 
+def test_a_number_for_a_boolean_in_a_config_file_is_refused_but_flowers_run_config_may_give_one(tmp_path) -> None:
+    from fedcond.config import ConfigError, DistillConfig, load_toml, parse_config
+    from fedcond.federated.policy import PolicyError, load_policy
+
+    path = tmp_path / "job.toml"
+    path.write_text("dsa = 0\nipc = 3\n")
+    with pytest.raises(ConfigError, match=r"'dsa': the config file gives the number 0, expected true or false"):
+        parse_config(DistillConfig, load_toml(path))
+    path.write_text("dsa = false\nipc = 3\n")
+    config = parse_config(DistillConfig, load_toml(path))
+    assert config.dsa is False and config.ipc == 3 and type(config.ipc) is int
+    assert parse_config(DistillConfig, {"dsa": 0}).dsa is False  # flwr run --run-config "distill.dsa=0"
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[gate]\nenabled = 0\n")  # the release gate stays on: a typo is no switch
+    with pytest.raises(PolicyError, match=r"'gate.enabled': the config file gives the number 0, expected true"):
+        load_policy(policy)
+
+
 # ---------------------------------------------------------------- configs that check themselves
 def _config_classes() -> list[type]:
     import dataclasses
