@@ -453,7 +453,10 @@ def privacy() -> str:
     """Audits of IPC-10 sets made with each method, and DP-DM."""
     rows = []
     for file, dataset in (("bench_privacy_digits.json", "digits, 100 it."),
-                          ("bench_privacy_mnist.json", "MNIST, 30 it.")):
+                          ("bench_privacy_mnist.json", "MNIST, 30 it."),
+                          ("bench_privacy_cifar10.json", "CIFAR-10 (JPEG copy), 200 it.")):
+        if not (RESULTS / file).is_file():
+            continue
         for r in load(file)["rows"]:
             if r.get("nn_match_rate") is None:
                 continue

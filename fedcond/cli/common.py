@@ -6,7 +6,7 @@ import argparse
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedcond.config import DataConfig, load_toml, parse_config
+from fedcond.config import MAX_SEED, DataConfig, load_toml, parse_config
 from fedcond.data.registry import DatasetSplits, available_datasets, load_dataset
 from fedcond.metrics_file import write_metrics
 
@@ -39,6 +39,7 @@ __all__ = [
     "refuse_files_of_bundled_data",
     "refuse_ignored_keys",
     "remove_unused_run_folders",
+    "whole_number",
     "write_metrics",
 ]
 
@@ -78,7 +79,7 @@ def add_common_arguments(
     )
     parser.add_argument(
         "--seed",
-        type=_seed,
+        type=whole_number(0, MAX_SEED),
         default=None if "seed" in from_config else 0,
         help="seed for every random generator (default "
         + ("the config file's seed, else 0)" if "seed" in from_config else "0)"),
@@ -407,17 +408,19 @@ def refuse_files_of_bundled_data(dataset: str, given: Mapping[str, str]) -> None
             )
 
 
-def _seed(text: str) -> int:
-    """``--seed``: an integer in ``[0, MAX_SEED]``, refused by the parser (naming the flag) otherwise."""
-    from fedcond.config import MAX_SEED
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number in ``[low, high]``, else the parser's error naming the flag."""
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must lie in [0, {MAX_SEED}], got {value}")
-    return value
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must lie in [{low}, {high}], got {value}")
+        return value
+
+    return parse
 
 
 def config_key(key: str) -> str:

@@ -30,6 +30,7 @@ from fedcond.cli.common import (
     print_table,
     refuse_files_of_bundled_data,
     refuse_ignored_keys,
+    whole_number,
     write_metrics,
 )
 from fedcond.config import FederatedConfig, choices_of
@@ -145,15 +146,7 @@ MAX_RAY_COUNT = 4096
 _RAY_DEFAULTS = {"cpus_per_client": 1, "max_concurrent_clients": 2}
 
 
-def _ray_count(text: str) -> int:
-    """An argparse type: a whole number in ``[1, MAX_RAY_COUNT]``."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= MAX_RAY_COUNT:
-        raise argparse.ArgumentTypeError(f"must lie in [1, {MAX_RAY_COUNT}], got {value}")
-    return value
+_ray_count = whole_number(1, MAX_RAY_COUNT)  # an argparse type
 
 
 def _ray_options(args: argparse.Namespace) -> dict[str, int]:
