@@ -791,6 +791,7 @@ FIGURES_DIR = ROOT / "docs" / "figures"
 EXAMPLE_IMAGES = (
     "kmeans_centroids_mnist_ipc10.png",
     "privacy_digits_real_init_class_nn.png",
+    "privacy_cifar10_real_init_nn.png",
     "privacy_digits_real_init_nn.png",
     "synthetic_mnist_ipc10.png",
 )
