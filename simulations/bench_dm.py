@@ -55,6 +55,7 @@ from fedcond.data.registry import DIGIT_DATASETS
 from fedcond.devices import keep_freed_cpu_memory
 from fedcond.distill import DistributionMatching, SyntheticSet, evaluate_synthetic, get_condenser
 from fedcond.distill.augment import LAYOUTS, SiameseAugment
+from fedcond.distill.condenser import ShortClassError
 from fedcond.distill.dm import INITS, initial_synthetic
 from fedcond.distill.matching import MATCHINGS
 from fedcond.models import get_model
@@ -262,39 +263,49 @@ def methods_section(
                 print(f"  {splits.spec.name} ipc={ipc} {method}: kept from the earlier run (--resume)", flush=True)
                 continue
             accuracies, per_seed, make_seconds, iterations_run = [], [], [], []
-            for seed in seeds:
-                start = time.perf_counter()
-                if matching is not None:
-                    options = dm_variant_options(method.split("+", 1)[1].split("@")[0].split("/")[0],
-                                                 idm_queue=idm_queue) if "+" in method else {}
-                    config = parse_config(DistillConfig, {
-                        "ipc": ipc, "iterations": iterations[ipc], "seed": seed,
-                        "compile": compile_dm and not options, "matching": matching, "init": dm_init,
-                        "augment.layout": dm_layout, **(dm_settings or {}), **budget, **options})
-                    result = get_condenser("dm", config, device=device).condense(splits.train)
-                    syn = result.synthetic
-                    iterations_run.append(int(syn.meta.get("iterations", config.iterations)))
-                elif method == "dm-reference":
-                    batch_real = int((dm_settings or {}).get("batch_real", DistillConfig().batch_real))
-                    syn, _ = reference_dm(splits.train, ipc=ipc, iterations=iterations[ipc], seed=seed,
-                                          batch_real=batch_real, device=device)
-                    iterations_run.append(iterations[ipc])
-                elif method.startswith("gm"):
-                    syn = get_condenser(
-                        "gm",
-                        DistillConfig(ipc=ipc, iterations=gm_iterations, seed=seed, init=dm_init, lr_img=0.1,
-                                      augment=AugmentConfig(layout=dm_layout), time_budget=time_budget),
-                        device=device,
-                    ).condense(splits.train).synthetic
-                    iterations_run.append(int(syn.meta.get("iterations", gm_iterations)))
-                else:  # the loop-free condensers (kmeans, random, herding), by name
-                    syn = get_condenser(method, DistillConfig(ipc=ipc, seed=seed), device=device).condense(
-                        splits.train
-                    ).synthetic
-                make_seconds.append(time.perf_counter() - start)
-                acc = evaluate(syn, splits, evaluation, seed, device)
-                accuracies += acc["runs"]
-                per_seed.append(acc["mean"])
+            try:
+                for seed in seeds:
+                    start = time.perf_counter()
+                    if matching is not None:
+                        options = dm_variant_options(method.split("+", 1)[1].split("@")[0].split("/")[0],
+                                                     idm_queue=idm_queue) if "+" in method else {}
+                        config = parse_config(DistillConfig, {
+                            "ipc": ipc, "iterations": iterations[ipc], "seed": seed,
+                            "compile": compile_dm and not options, "matching": matching, "init": dm_init,
+                            "augment.layout": dm_layout, **(dm_settings or {}), **budget, **options})
+                        result = get_condenser("dm", config, device=device).condense(splits.train)
+                        syn = result.synthetic
+                        iterations_run.append(int(syn.meta.get("iterations", config.iterations)))
+                    elif method == "dm-reference":
+                        batch_real = int((dm_settings or {}).get("batch_real", DistillConfig().batch_real))
+                        syn, _ = reference_dm(splits.train, ipc=ipc, iterations=iterations[ipc], seed=seed,
+                                              batch_real=batch_real, device=device)
+                        iterations_run.append(iterations[ipc])
+                    elif method.startswith("gm"):
+                        syn = get_condenser(
+                            "gm",
+                            DistillConfig(ipc=ipc, iterations=gm_iterations, seed=seed, init=dm_init, lr_img=0.1,
+                                          augment=AugmentConfig(layout=dm_layout), time_budget=time_budget),
+                            device=device,
+                        ).condense(splits.train).synthetic
+                        iterations_run.append(int(syn.meta.get("iterations", gm_iterations)))
+                    else:  # the loop-free condensers (kmeans, random, herding), by name
+                        syn = get_condenser(method, DistillConfig(ipc=ipc, seed=seed), device=device).condense(
+                            splits.train
+                        ).synthetic
+                    make_seconds.append(time.perf_counter() - start)
+                    acc = evaluate(syn, splits, evaluation, seed, device)
+                    accuracies += acc["runs"]
+                    per_seed.append(acc["mean"])
+            except ShortClassError as exc:
+                # the method cannot make this set from this data: recorded, and the run goes on
+                row = {"dataset": splits.spec.name, "ipc": ipc, "method": method, "seeds": seeds,
+                       "not_possible": str(exc)}
+                rows.append(row)
+                if on_row is not None:
+                    on_row(row)
+                print(f"  {splits.spec.name} ipc={ipc} {method}: not possible ({exc})", flush=True)
+                continue
             row = {
                 "dataset": splits.spec.name,
                 "ipc": ipc,
@@ -370,6 +381,10 @@ def markdown(results: dict[str, Any]) -> str:
                   "| dataset | IPC | method | DM iterations | seeds | test accuracy | make s | peak RSS GiB |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in results["methods"]:
+            if "not_possible" in r:
+                lines.append(f"| {r['dataset']} | {r['ipc']} | {r['method']} | – | {len(r['seeds'])} | "
+                             f"not possible: {r['not_possible']} | – | – |")
+                continue
             settings = ", ".join(f"{k}={v}" for k, v in (r.get("dm_settings") or {}).items())
             name = r["method"] + (f" ({settings})" if settings else "")
             iterations = (round(statistics.fmean(r["iterations_run"])) if r.get("iterations_run")

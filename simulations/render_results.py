@@ -211,7 +211,7 @@ def dm_equal_budget() -> str:
         if not (RESULTS / file).is_file():
             continue
         data = load(file)
-        runs = [r for r in data["methods"] if r["method"] in EQUAL_BUDGET_METHODS]
+        runs = [r for r in data["methods"] if r["method"] in EQUAL_BUDGET_METHODS and "not_possible" not in r]
         budgets = {r["time_budget"] for r in runs if r.get("time_budget") is not None}
         if len(budgets) != 1:
             raise ValueError(f"{file}: expected one --time-budget over its rows, found {sorted(budgets)}")
@@ -244,7 +244,7 @@ def dm_cifar10() -> str:
     for file in CIFAR10_DM_FILES:
         if not (RESULTS / file).is_file():
             continue
-        runs = load(file)["methods"]
+        runs = [r for r in load(file)["methods"] if "not_possible" not in r]
         best = {ipc: max(r["accuracy_mean"] for r in runs if r["ipc"] == ipc) for ipc in {r["ipc"] for r in runs}}
         for r in runs:
             iterations = r.get("iterations_run") or ([r["iterations"]] if r["iterations"] else None)

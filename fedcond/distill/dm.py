@@ -30,7 +30,7 @@ from fedcond.config import DistillConfig, choices_of
 from fedcond.data.registry import DIGIT_DATASETS, ArrayDataset, DatasetSpec
 from fedcond.devices import autocast_context, resolve_device
 from fedcond.distill.augment import SiameseAugment
-from fedcond.distill.condenser import register_condenser
+from fedcond.distill.condenser import ShortClassError, register_condenser
 from fedcond.distill.coreset import HerdingSelector
 from fedcond.distill.formation import check_factor, decode_formation, encode_formation, expand_labels
 from fedcond.distill.kmeans import kmeans
@@ -363,7 +363,7 @@ class DistributionMatching:
         tiles_per_class = cfg.ipc * factor * factor  # training images per class DM matches
         short = [c for c in classes if counts[c] < tiles_per_class]
         if factor > 1 and cfg.init != "noise" and short:
-            raise ValueError(
+            raise ShortClassError(
                 f"classes {short} hold fewer than ipc x factor^2 = {cfg.ipc} x {factor * factor} = "
                 f"{tiles_per_class} images, which {cfg.init} init with factor {factor} needs; "
                 "lower ipc or factor, or use noise init"

@@ -145,3 +145,16 @@ def test_the_reference_row_runs_at_the_dm_rows_iterations(bench, tmp_path, monke
     assert [(c["ipc"], c["iterations"], c["seed"], c["batch_real"]) for c in calls] == [(1, 3, 0, 16), (1, 3, 1, 16)]
     assert rows["dm-reference"]["iterations"] == 3 and rows["dm-reference"]["iterations_run"] == [3, 3]
     assert rows["dm-reference"]["seeds"] == [0, 1] and len(rows["dm-reference"]["accuracy_per_seed"]) == 2
+
+
+def test_a_method_that_cannot_make_a_set_from_the_data_is_recorded_and_the_run_goes_on(bench, tmp_path):
+    # partition-and-expand from real images needs ipc x 4 images per class: digits holds about 143
+    bench.main(["--sections", "methods", "--datasets", "digits", "--digits-ipcs", "50", "--digits-seeds", "1",
+                "--digits-iterations", "1", "--eval-runs", "1", "--eval-epochs", "1", "--baselines", "",
+                "--dm-matchings", "", "--dm-variants", "expand,queue", "--idm-queue", "2", "--no-compile",
+                "--dm-set", "batch_real=8", "--out", str(tmp_path)])
+    rows = {r["method"]: r for r in json.loads((tmp_path / "bench_dm.json").read_text())["methods"]}
+    assert list(rows) == ["dm+expand", "dm+queue"]
+    assert "fewer than ipc x factor^2 = 50 x 4 = 200 images" in rows["dm+expand"]["not_possible"]
+    assert "accuracy_mean" not in rows["dm+expand"] and rows["dm+queue"]["accuracy_mean"] > 0
+    assert "| digits | 50 | dm+expand | – | 1 | not possible:" in (tmp_path / "bench_dm.md").read_text()
