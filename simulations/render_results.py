@@ -235,7 +235,7 @@ def dm_equal_budget() -> str:
 
 
 #: CIFAR-10 distillation files (bench_dm.py --datasets cifar10), every row of each is shown
-CIFAR10_DM_FILES = ("bench_dm_cifar10_ipc10.json",)
+CIFAR10_DM_FILES = ("bench_dm_cifar10_ipc1.json", "bench_dm_cifar10_ipc10.json")
 
 
 def dm_cifar10() -> str:
