@@ -64,14 +64,17 @@ def test_cifar10_rows_run_on_a_slice_and_name_the_classes(bench, cifar10_slice, 
         assert (out / f"cifar10_{slug}_roc.png").exists()
 
 
+#: a digits run of seconds: 2 DM iterations, one 1-epoch evaluation network, a 20-image reference
+TINY_RUN = ["--ipc", "1", "--iterations", "2", "--batch-real", "4", "--no-bf16", "--eval-runs", "1",
+            "--eval-epochs", "1", "--audit-epochs", "1", "--shadow-models", "1", "--reference-size", "20",
+            "--max-candidates", "20", "--no-feature-space"]
+
+
 def test_resume_keeps_the_finished_rows_and_runs_the_rest(bench, tmp_path, monkeypatch):
     from tests.killed import Killed, killed_at_call
 
     out = tmp_path / "bench"
-    argv = ["--datasets", "digits", "--out", str(out), "--methods", "noise-init", "real-init", "--ipc", "1",
-            "--iterations", "2", "--batch-real", "4", "--no-bf16", "--eval-runs", "1", "--eval-epochs", "1",
-            "--audit-epochs", "1", "--shadow-models", "1", "--reference-size", "20", "--max-candidates", "20",
-            "--no-feature-space"]
+    argv = ["--datasets", "digits", "--out", str(out), "--methods", "noise-init", "real-init", *TINY_RUN]
     condense, made = bench.condense, []
     monkeypatch.setattr(bench, "condense", killed_at_call(condense, 2))
     with pytest.raises(Killed):
@@ -91,10 +94,7 @@ def test_resume_continues_a_row_from_its_last_finished_stage(bench, tmp_path, mo
     from tests.killed import Killed, killed_at_call
 
     out = tmp_path / "bench"
-    argv = ["--datasets", "digits", "--out", str(out), "--methods", "real-init", "noise-init", "--ipc", "1",
-            "--iterations", "2", "--batch-real", "4", "--no-bf16", "--eval-runs", "1", "--eval-epochs", "1",
-            "--audit-epochs", "1", "--shadow-models", "1", "--reference-size", "20", "--max-candidates", "20",
-            "--no-feature-space"]
+    argv = ["--datasets", "digits", "--out", str(out), "--methods", "real-init", "noise-init", *TINY_RUN]
     audit, condense, evaluate = bench.run_audit, bench.condense, bench.evaluate_synthetic
     # killed in the second row's audit: its set and evaluation are kept, and so is the reference
     monkeypatch.setattr(bench, "run_audit", killed_at_call(audit, 2))
