@@ -182,11 +182,12 @@ class Stages:
         slug merely starts the same (``dp_eps1`` and ``dp_eps10``)."""
         return [key for key in self.kept if key in (slug, f"{slug}_evaluation")]
 
-    def load_set(self, key: str) -> SyntheticSet | None:
-        """The set condensed for ``key`` by this command (its stage records the file), or ``None``."""
-        if self.load(key) is None:
+    def load_set(self, key: str) -> tuple[SyntheticSet, dict[str, Any]] | None:
+        """The set condensed for ``key`` by this command and its stage's facts, or ``None``."""
+        extra = self.load(key)
+        if extra is None:
             return None
-        return SyntheticSet.load(self._path(key, ".npz"))
+        return SyntheticSet.load(self._path(key, ".npz")), extra
 
     def save_set(self, key: str, synthetic: SyntheticSet, extra: dict[str, Any]) -> None:
         """Keep the condensed set beside the stage that vouches for it (set first, stage last)."""
@@ -198,9 +199,8 @@ def condense_or_resume(
     method: str, epsilon: float | None, args: argparse.Namespace, splits, stages: Stages, key: str
 ) -> tuple[SyntheticSet, dict]:
     """The row's condensed set: read back from ``stages`` under ``--resume``, else condensed now."""
-    synthetic = stages.load_set(key)
-    if synthetic is not None:
-        return synthetic, stages.load(key)
+    if (kept := stages.load_set(key)) is not None:
+        return kept
     start = time.perf_counter()
     synthetic, extra = condense(method, epsilon, args, splits)
     logger.info("%s: condensed in %.0fs", key, time.perf_counter() - start)
