@@ -234,6 +234,15 @@ def dm_equal_budget() -> str:
                   "data"], rows)
 
 
+def cpu_label(data: dict) -> str:
+    """The CPU a results file was measured on, with its widest vector unit ("AMD EPYC, AVX-512")."""
+    machine = data.get("cpu_model") or "not recorded"
+    flags = " ".join(data.get("cpu_flags") or [])
+    if flags:
+        machine += ", AMX" if "amx" in flags else ", AVX-512" if "avx512f" in flags else ", AVX2 only"
+    return machine
+
+
 #: CIFAR-10 distillation files (bench_dm.py --datasets cifar10), every row of each is shown
 CIFAR10_DM_FILES = ("bench_dm_cifar10_ipc1.json", "bench_dm_cifar10_ipc10.json")
 
@@ -244,7 +253,8 @@ def dm_cifar10() -> str:
     for file in CIFAR10_DM_FILES:
         if not (RESULTS / file).is_file():
             continue
-        runs = [r for r in load(file)["methods"] if "not_possible" not in r]
+        data = load(file)
+        runs = [r for r in data["methods"] if "not_possible" not in r]
         best = {ipc: max(r["accuracy_mean"] for r in runs if r["ipc"] == ipc) for ipc in {r["ipc"] for r in runs}}
         for r in runs:
             iterations = r.get("iterations_run") or ([r["iterations"]] if r["iterations"] else None)
@@ -252,9 +262,10 @@ def dm_cifar10() -> str:
                 str(r["ipc"]), _method_name(r),
                 str(round(sum(iterations) / len(iterations))) if iterations else "–",
                 pct(r["accuracy_mean"], r["accuracy_std"], bold=r["accuracy_mean"] == best[r["ipc"]]),
-                f"{r['make_seconds']:.0f}", f"{r['peak_rss_gib']:.2f}", link(file),
+                f"{r['make_seconds']:.0f}", f"{r['peak_rss_gib']:.2f}", cpu_label(data), link(file),
             ])
-    return table(["IPC", "method", "iterations", "test accuracy (%)", "make s", "peak RSS GiB", "data"], rows)
+    return table(["IPC", "method", "iterations", "test accuracy (%)", "make s", "peak RSS GiB", "CPU", "data"],
+                 rows)
 
 
 #: bench_dm.py --sections speed files, one run (one machine) each
@@ -266,11 +277,7 @@ def dm_speed() -> str:
     rows = []
     for file in SPEED_FILES:
         data = load(file)
-        machine = data.get("cpu_model") or "not recorded"
-        flags = " ".join(data.get("cpu_flags") or [])
-        if flags:
-            machine += ", AMX" if "amx" in flags else ", AVX-512" if "avx512f" in flags else ", AVX2 only"
-        machine += f", {data['threads']} thread{'s' if data['threads'] > 1 else ''}"
+        machine = f"{cpu_label(data)}, {data['threads']} thread{'s' if data['threads'] > 1 else ''}"
         for name, v in data["speed"]["variants"].items():
             rows.append([machine, name, f"{v['wall_s_per_it']:.2f}", f"{v['cpu_s_per_it']:.2f}",
                          f"{v['speedup_wall']:.2f}x", link(file)])
