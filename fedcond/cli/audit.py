@@ -108,8 +108,10 @@ def run_audit_command(args: argparse.Namespace) -> int:
     config = parse_config(AuditConfig, values)
     synthetic = SyntheticSet.load(args.synthetic)
     if args.dataset is None:  # audit against the data the set says it was made from
-        args.dataset = str(synthetic.meta.get("dataset") or "digits")
-        console.log(f"audit: dataset {args.dataset} (recorded in the synthetic set)")
+        recorded = synthetic.meta.get("dataset")
+        args.dataset = str(recorded or "digits")
+        where = "recorded in the synthetic set" if recorded else "the default; the set records none, give --dataset"
+        console.log(f"audit: dataset {args.dataset} ({where})")
     splits = load_data(args)
     device = resolve_device(args.device)
     cache, reference = args.reference_cache, None

@@ -482,7 +482,11 @@ def run_distill(args: argparse.Namespace) -> int:
             )
         console.print(f"[yellow]note:[/] --resume: no checkpoint in {out} yet, starting from iteration 0")
     if args.dp_epsilon is not None and config.init != "noise":
-        console.print("[yellow]DP forces --init noise (real init would publish real images)[/]")
+        if values.get("distill.init") is not None:  # asked for by name: refused, not overridden
+            raise CommandError(
+                f"--init {config.init} with --dp-epsilon: a start made from real images is published with "
+                "the set and no noise protects it; DP condenses from noise (leave --init out)"
+            )
         config = parse_config(DistillConfig, {**flatten_config(config), "init": "noise"})
     private = _private_condensation(dp, config, splits)
     if not dm:  # the small-class policy of every selection: ipc real images per class present

@@ -7,7 +7,7 @@ Users plug a :class:`DistilledBuffer` into any Avalanche supervised strategy thr
     from fedcond.continual import DistilledBuffer, DistilledReplayPlugin, make_split_benchmark
 
     bench = make_split_benchmark("split-digits", seed=0)
-    buffer = DistilledBuffer.per_class(10, num_classes=10, spec=bench.spec)
+    buffer = DistilledBuffer.per_class(10, spec=bench.spec)
     strategy = Naive(model=model, optimizer=optimizer, plugins=[DistilledReplayPlugin(buffer)])
     for experience in bench.scenario.train_stream:
         strategy.train(experience)

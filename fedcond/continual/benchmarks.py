@@ -4,9 +4,10 @@
 classes of a registry dataset (:func:`fedcond.data.load_dataset`) into 5 experiences of 2
 classes, in a class order drawn from the seed. The stream is made by
 :func:`avalanche.benchmarks.scenarios.supervised.class_incremental_benchmark` from
-:class:`~avalanche.benchmarks.utils.classification_dataset.ClassificationDataset` wrappers
-(``targets`` plus a constant task label 0, as in Avalanche's classic class-incremental
-benchmarks, so that Avalanche's own buffers can be mixed with the experience data).
+:class:`~avalanche.benchmarks.utils.classification_dataset.TaskAwareClassificationDataset`
+wrappers (``targets`` plus a constant task label 0, as in Avalanche's classic class-incremental
+benchmarks, so that Avalanche's own buffers can be mixed with the experience data, and
+strategies that read a dataset's ``task_set``, such as ``LwF``, run on them).
 
 Each sample is ``(image, label, task=0)`` with the image already normalised: there are no
 Avalanche transforms, so tensors can be read back in bulk with :func:`dataset_tensors`.
@@ -22,7 +23,7 @@ import torch
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
 from avalanche.benchmarks.utils import ConstantSequence, DataAttribute, TaskLabels
-from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
+from avalanche.benchmarks.utils.classification_dataset import TaskAwareClassificationDataset
 from avalanche.benchmarks.utils.data import AvalancheDataset
 from torch.utils.data import DataLoader, Dataset
 
@@ -80,7 +81,7 @@ def to_avalanche_dataset(
     labels: torch.Tensor,
     *,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> ClassificationDataset:
+) -> TaskAwareClassificationDataset:
     """Wrap tensors as an Avalanche classification dataset yielding ``(x, y, 0)``.
 
     Parameters
@@ -97,7 +98,7 @@ def to_avalanche_dataset(
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
     labels = labels.to(torch.long).cpu()
     base = _TensorClassification(images.detach().cpu(), labels, transform)
-    return ClassificationDataset(
+    return TaskAwareClassificationDataset(
         [base],
         data_attributes=[
             DataAttribute(base.targets, "targets"),
@@ -152,6 +153,10 @@ class SplitBenchmark:
         Classes of each experience.
     train, test : ArrayDataset
         The (possibly subsampled) splits the streams were made from.
+    seed : int
+        The seed that drew the class order and the subsamples.
+    train_per_class, test_per_class : int | None
+        The subsample sizes it was built with (``None``: every image).
     """
 
     name: str
@@ -160,6 +165,9 @@ class SplitBenchmark:
     experience_classes: list[list[int]]
     train: ArrayDataset
     test: ArrayDataset
+    seed: int
+    train_per_class: int | None = None
+    test_per_class: int | None = None
 
     @property
     def spec(self) -> DatasetSpec:
@@ -208,6 +216,9 @@ def make_split_benchmark(
         torchvision-layout root for MNIST / Fashion-MNIST (the folder holding ``MNIST/`` or
         ``FashionMNIST/``); for CIFAR-10 the CIFAR-10 root itself, holding torchvision's
         ``cifar-10-batches-py/`` or the ImageFolder layout ``train/<class>/``, ``test/<class>/``.
+    download : bool
+        Let torchvision download MNIST, Fashion-MNIST or CIFAR-10 into ``data_dir`` when absent
+        (never by default).
     num_experiences : int
         Must divide the number of classes (5 -> 2 classes per experience).
     train_per_class, test_per_class : int | None
@@ -242,4 +253,7 @@ def make_split_benchmark(
         num_experiences=num_experiences,
     )
     experience_classes = [order[i * per_exp : (i + 1) * per_exp] for i in range(num_experiences)]
-    return SplitBenchmark(name, scenario, order, experience_classes, train, test)
+    return SplitBenchmark(
+        name, scenario, order, experience_classes, train, test,
+        seed=seed, train_per_class=train_per_class, test_per_class=test_per_class,
+    )

@@ -105,7 +105,8 @@ def class_quotas(
     Raises
     ------
     ValueError
-        If the budget cannot give every class at least one image.
+        If the budget cannot give every class at least one image, or more classes arrive than
+        ``total_num_classes``.
     """
     if max_size <= 0:
         raise ValueError(f"the memory budget must be positive, got {max_size} images")
@@ -117,6 +118,11 @@ def class_quotas(
             raise ValueError(
                 f"a budget of {max_size} images is smaller than the {total_num_classes} classes: "
                 "every class needs at least one image"
+            )
+        if n > total_num_classes:
+            raise ValueError(
+                f"{n} classes seen but the budget is divided among total_num_classes={total_num_classes}: "
+                "the memory would exceed its budget"
             )
         return {c: max_size // total_num_classes for c in classes}
     if n == 0:
@@ -179,7 +185,7 @@ class DistilledBuffer(ExemplarsBuffer):
 
     Examples
     --------
-    >>> buffer = DistilledBuffer.per_class(10, num_classes=10, spec=spec)       # doctest: +SKIP
+    >>> buffer = DistilledBuffer.per_class(10, spec=spec)       # doctest: +SKIP
     >>> plugin = DistilledReplayPlugin(buffer)                                  # doctest: +SKIP
     >>> Naive(model=model, optimizer=opt, plugins=[plugin]).train(experience)   # doctest: +SKIP
     """
@@ -221,21 +227,31 @@ class DistilledBuffer(ExemplarsBuffer):
         """Wall-clock seconds spent in DM (cache hits excluded)."""
 
     @classmethod
-    def per_class(cls, memory_per_class: int, *, num_classes: int, spec: DatasetSpec, **kwargs: Any) -> DistilledBuffer:
-        """``memory_per_class`` images for every class (budget ``memory_per_class x num_classes``).
+    def per_class(cls, memory_per_class: int, *, spec: DatasetSpec, **kwargs: Any) -> DistilledBuffer:
+        """``memory_per_class`` images for every class of ``spec`` (budget ``memory_per_class x
+        spec.num_classes``).
+
+        Parameters
+        ----------
+        memory_per_class : int
+            Images kept for each class, a positive whole number.
+        spec : DatasetSpec
+            The stream's dataset: its image shape and class count.
+        **kwargs
+            The constructor's other arguments (``distill``, ``method``, ``device``, ``cache_dir`` ...).
 
         Raises
         ------
         ValueError
-            If ``memory_per_class`` is not positive.
+            If ``memory_per_class`` is not a positive whole number.
         """
-        if memory_per_class <= 0:
-            raise ValueError(f"memory_per_class must be positive, got {memory_per_class}")
+        if isinstance(memory_per_class, bool) or not isinstance(memory_per_class, int) or memory_per_class <= 0:
+            raise ValueError(f"memory_per_class must be a positive whole number, got {memory_per_class!r}")
         return cls(
-            memory_per_class * num_classes,
+            memory_per_class * spec.num_classes,
             spec=spec,
             adaptive_size=False,
-            total_num_classes=num_classes,
+            total_num_classes=spec.num_classes,
             **kwargs,
         )
 

@@ -11,7 +11,7 @@ memory image is transformed each time it is replayed; the experience's own image
 The plugin accepts any Avalanche buffer, so random or herding memories can be replayed with the
 same augmentation for an equal comparison.
 
->>> buffer = DistilledBuffer.per_class(10, num_classes=10, spec=spec)           # doctest: +SKIP
+>>> buffer = DistilledBuffer.per_class(10, spec=spec)           # doctest: +SKIP
 >>> strategy = Naive(model=model, optimizer=opt, plugins=[DistilledReplayPlugin(buffer)])  # doctest: +SKIP
 """
 
@@ -80,7 +80,15 @@ class DistilledReplayPlugin(SupervisedPlugin):
         drop_last: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Mix memory into every minibatch (nothing to do while the memory is empty)."""
+        """Mix memory into every minibatch (nothing to do while the memory is empty).
+
+        Raises
+        ------
+        ValueError
+            When the buffer was built for another dataset than the stream's (image shape),
+            before anything trains on the experience.
+        """
+        self._check_stream(strategy)
         memory = self.storage_policy.buffer
         if len(memory) == 0:
             return
@@ -98,6 +106,22 @@ class DistilledReplayPlugin(SupervisedPlugin):
             shuffle=shuffle,
             drop_last=drop_last,
         )
+
+    def _check_stream(self, strategy: SupervisedTemplate) -> None:
+        """Refuse an experience whose images are not the buffer's dataset's (read from one sample)."""
+        spec = getattr(self.storage_policy, "spec", None)
+        if spec is None:  # an Avalanche buffer of another kind: it knows no dataset
+            return
+        dataset = strategy.adapted_dataset
+        if len(dataset) == 0:
+            return
+        shape = tuple(torch.as_tensor(dataset[0][0]).shape)
+        if shape != tuple(spec.image_shape):
+            raise ValueError(
+                f"the buffer was built for {spec.name} images of shape {tuple(spec.image_shape)}, the stream's "
+                f"experience holds images of shape {shape}: build the buffer with the stream's spec "
+                "(e.g. spec=benchmark.spec)"
+            )
 
     def after_training_exp(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
         """Let the buffer absorb the experience just trained on."""

@@ -92,10 +92,23 @@ def make_storage_policy(
 
     Parameters
     ----------
+    kind : str
+        A replay kind (:data:`REPLAY_KINDS`): ``none``, ``random``, ``herding``, ``distilled``,
+        ``joint``.
+    spec : DatasetSpec
+        The stream's dataset (image shape, class count).
     memory_per_class : int
         Images per class (budget ``memory_per_class x num_classes``), unless ``max_memory``.
     max_memory : int | None
         A fixed total budget shared by the classes seen so far.
+    distill : DistillConfig | None
+        The condensation settings of a ``distilled`` memory (defaults when ``None``).
+    device : torch.device | str
+        Where a ``distilled`` memory is condensed.
+    cache_dir : str | Path | None
+        Reuse a ``distilled`` memory's condensed sets across runs (see :class:`DistilledBuffer`).
+    progress : bool
+        Show the condensation's progress bar.
 
     Raises
     ------

@@ -223,6 +223,27 @@ class _Agent:
     eval_mb_size: int = 512
 
 
+def _check_benchmark(config: ContinualConfig, benchmark: SplitBenchmark) -> None:
+    """Refuse a prebuilt stream that is not the one ``config`` describes (its results would be mislabelled)."""
+    wanted = {
+        "benchmark": config.benchmark,
+        "seed": config.seed,
+        "num_experiences": config.num_experiences,
+        "train_per_class": config.train_per_class,
+        "test_per_class": config.test_per_class,
+    }
+    built = {
+        "benchmark": benchmark.name,
+        "seed": benchmark.seed,
+        "num_experiences": benchmark.num_experiences,
+        "train_per_class": benchmark.train_per_class,
+        "test_per_class": benchmark.test_per_class,
+    }
+    differ = [f"{key}: config {wanted[key]!r}, benchmark {built[key]!r}" for key in wanted if wanted[key] != built[key]]
+    if differ:
+        raise ValueError("the prebuilt benchmark does not match the config (" + "; ".join(differ) + ")")
+
+
 def run_continual(
     config: ContinualConfig,
     *,
@@ -246,16 +267,28 @@ def run_continual(
         :func:`~fedcond.continual.benchmarks.make_split_benchmark`).
     cache_dir : str | Path | None
         Reuse distilled memories across runs (see :class:`DistilledBuffer`).
+    device : torch.device | str
+        Where the model trains and the memory is condensed (``"auto"``: CUDA when available).
+    progress : bool
+        Show the condensation's progress bar.
     benchmark : SplitBenchmark | None
-        A prebuilt stream (must match ``config``); built from ``config`` otherwise.
+        A prebuilt stream; built from ``config`` otherwise. Its name, seed, experience count
+        and subsample sizes must be ``config``'s.
     on_experience : callable | None
         ``on_experience(i, num_experiences, accuracy_row, memory_images)`` after each experience.
 
     Returns
     -------
     ContinualResult
+
+    Raises
+    ------
+    ValueError
+        When ``benchmark`` does not match ``config``, or the memory does not fit the stream.
     """
     device = resolve_device(device)
+    if benchmark is not None:
+        _check_benchmark(config, benchmark)
     start = time.perf_counter()
     _seed_everything(config.seed)
     bench = benchmark or make_split_benchmark(

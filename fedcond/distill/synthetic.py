@@ -282,12 +282,13 @@ class SyntheticSet:
         try:
             _check_declared_sizes(path, max_bytes=max_bytes)
             with np.load(path, allow_pickle=False) as archive:
-                missing = {"images", "labels", "meta"} - set(archive.files)
+                missing = {"images", "labels"} - set(archive.files)
                 if missing:
                     raise SyntheticSetError(f"{path} is not a fedcond synthetic set (missing {sorted(missing)})")
                 images = np.array(archive["images"])
                 labels = np.array(archive["labels"])
-                meta_raw = archive["meta"]
+                # a set written by another tool may carry no metadata: read as an empty record
+                meta_raw = archive["meta"] if "meta" in archive.files else np.array("{}")
             if meta_raw.ndim != 0 or meta_raw.dtype.kind not in "US":
                 raise SyntheticSetError(
                     f"{path}: member 'meta' must hold one JSON string, got a {meta_raw.dtype} array of shape "

@@ -14,7 +14,7 @@ from fedcond.federated.proximal import ProximalTerm
 from fedcond.federated.server_app import FederatedReport, run_federated
 from fedcond.federated.strategy import FedCond, RoundReport
 from fedcond.federated.validation import ClientSet, ReplyRejected, validate_reply
-from fedcond.lazy import lazy_attribute
+from fedcond.lazy import lazy_attribute, lazy_dir
 
 _LAZY = {
     "InProcessGrid": "fedcond.federated.inprocess",
@@ -51,3 +51,8 @@ __all__ += list(_LAZY)
 
 def __getattr__(name: str) -> object:
     return lazy_attribute(__name__, _LAZY, name)
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazy ones included (for ``dir()`` and completion)."""
+    return lazy_dir(globals(), _LAZY)

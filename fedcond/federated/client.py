@@ -295,7 +295,13 @@ def condense_partition(
     generator = torch.Generator().manual_seed(distill.seed)
     expected_labels = torch.tensor(present).repeat_interleave(distill.ipc)
     warm = start is None and warm_start is not None and torch.equal(warm_start.labels, expected_labels)
+    if warm and private is not None and "epsilon" not in warm_start.meta:
+        # a DP run may start only from what reveals nothing more: noise or an earlier DP set
+        logger.warning("the previous synthetic set was not condensed with DP: not reused as a DP run's start")
+        warm = False
     if start is not None:
+        if private is not None:
+            raise ValueError("an explicit start is published with the set: a DP run starts from noise")
         if start.shape[0] != expected_labels.shape[0]:
             raise ValueError(f"start holds {start.shape[0]} images, {expected_labels.shape[0]} expected")
     elif warm:
@@ -328,7 +334,8 @@ def condense_partition(
         result = engine.condense(data, start=start, **resumable)
     else:
         engine = get_condenser("dm", config, device=device, real_statistics=private.statistics, embedder=embedder)
-        result = private.condense(engine, data, start=start, **resumable)
+        # the start is data-independent noise or the previous round's DP set (post-processing)
+        result = private.condense(engine, data, start=start, start_is_public=True, **resumable)
     meta = {**result.synthetic.meta, "init": init, "warm_start": warm}
     synthetic = SyntheticSet(result.synthetic.images, result.synthetic.labels, meta)
     loss = result.losses[-1] if result.losses else float("nan")

@@ -64,6 +64,7 @@ from fedcond.federated.records import (
     FINAL_LOSS,
     LOCAL_ACCURACY,
     MEMORY_KEY,
+    MEMORY_PRIVACY_KEY,
     METRICS_KEY,
     MODEL_KEY,
     NUM_EXAMPLES,
@@ -263,7 +264,9 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
             embedder = _received_model(message, job, data)
         warm_start = None
         if MEMORY_KEY in context.state.array_records:
-            warm_start = synthetic_from_record(context.state.array_records[MEMORY_KEY])
+            privacy = context.state.config_records.get(MEMORY_PRIVACY_KEY)
+            meta = {} if privacy is None else {"epsilon": float(privacy["epsilon"])}
+            warm_start = synthetic_from_record(context.state.array_records[MEMORY_KEY], meta=meta)
         private = None
         if fed.dp is not None:
             private = _private_condensation(
@@ -294,6 +297,10 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
         # the distilled memory and the privacy ledger stay on the node across rounds
         # (Context.state never leaves it); the reported epsilon is cumulative over the rounds
         context.state[MEMORY_KEY] = synthetic_to_record(synthetic)
+        if "epsilon" in synthetic.meta:
+            context.state[MEMORY_PRIVACY_KEY] = ConfigRecord({"epsilon": float(synthetic.meta["epsilon"])})
+        elif MEMORY_PRIVACY_KEY in context.state:
+            del context.state[MEMORY_PRIVACY_KEY]
         if private is not None:
             context.state[DP_LEDGER_KEY] = ledger_to_record(private.state_dict())
         counts = data.class_counts()

@@ -29,6 +29,7 @@ __all__ = [
     "LABELS",
     "LOCAL_ACCURACY",
     "MEMORY_KEY",
+    "MEMORY_PRIVACY_KEY",
     "METRICS_KEY",
     "MODEL_KEY",
     "NUM_EXAMPLES",
@@ -59,6 +60,9 @@ CONFIG_KEY = "config"  # Flower's default ``configrecord_key``
 SYNTHETIC_KEY = "synthetic"
 METRICS_KEY = "metrics"
 MEMORY_KEY = "fedcond-memory"  # Context.state: the client's last synthetic set
+# Context.state: the last set's spent DP epsilon (absent when it was condensed without DP), so that
+# a DP run warm-starts only from an earlier DP set
+MEMORY_PRIVACY_KEY = "fedcond-memory-dp"
 DP_LEDGER_KEY = "fedcond-dp-ledger"  # Context.state: the client's DP accountant history
 
 # message action: FedCond sends "train.condense", FedAvg/FedProx the default "train"

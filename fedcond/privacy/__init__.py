@@ -7,7 +7,7 @@ on its disk and ``private_condensation`` puts them together into one private run
 (:class:`PrivateCondensation`). Opacus is imported through ``accounting`` only.
 """
 
-from fedcond.lazy import lazy_attribute
+from fedcond.lazy import lazy_attribute, lazy_dir
 from fedcond.privacy.audit import LEAKS, NO_EVIDENCE, AuditReport, check_compatible, run_audit, verdict_for
 from fedcond.privacy.membership import (
     AttackResult,
@@ -59,10 +59,13 @@ __all__ = [
 _LAZY = {
     "DPMeanStatistics": "fedcond.privacy.dp",
     "DPPlan": "fedcond.privacy.dp",
+    "LedgerError": "fedcond.privacy.ledger",
+    "PrivacyLedger": "fedcond.privacy.ledger",
     "PrivateCondensation": "fedcond.privacy.private_condensation",
     "PrivacyAccountant": "fedcond.privacy.accounting",
     "PrivacyBudgetError": "fedcond.privacy.accounting",
     "calibrate_noise_multiplier": "fedcond.privacy.accounting",
+    "data_source_digest": "fedcond.privacy.ledger",
 }
 __all__ += list(_LAZY)
 
@@ -70,3 +73,8 @@ __all__ += list(_LAZY)
 def __getattr__(name: str) -> object:
     """DP names import Opacus, so they load on first use."""
     return lazy_attribute(__name__, _LAZY, name)
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazy DP names included (for ``dir()`` and completion)."""
+    return lazy_dir(globals(), _LAZY)

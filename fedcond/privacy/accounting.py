@@ -183,10 +183,29 @@ class PrivacyAccountant:
         Raises
         ------
         PrivacyBudgetError
-            If ``state`` was written by an accountant of another mechanism.
+            If ``state`` is not an accountant state (no ``mechanism``, or a step that is not a
+            noise multiplier > 0, a sample rate in (0, 1] and a step count >= 0), or was written
+            by an accountant of another mechanism.
         """
-        if state.get("mechanism") != self.mechanism:
+        if not isinstance(state, Mapping) or "mechanism" not in state:
+            raise PrivacyBudgetError("not an accountant state: it has no 'mechanism' (write it with state_dict())")
+        if state["mechanism"] != self.mechanism:
             raise PrivacyBudgetError(
-                f"accountant state is for {state.get('mechanism')!r}, this accountant is {self.mechanism!r}"
+                f"accountant state is for {state['mechanism']!r}, this accountant is {self.mechanism!r}"
             )
-        self._accountant.history = [(float(s), float(q), int(n)) for s, q, n in state.get("history", [])]
+        history = []
+        for step in state.get("history", []):
+            try:
+                sigma, rate, count = step
+                entry = (float(sigma), float(rate), int(count))
+            except (TypeError, ValueError):
+                entry = None
+            if entry is None or not (
+                math.isfinite(entry[0]) and entry[0] > 0 and 0 < entry[1] <= 1 and entry[2] >= 0
+            ):
+                raise PrivacyBudgetError(
+                    f"accountant state holds a step {step!r} that is not [noise multiplier > 0, sample rate in "
+                    "(0, 1], steps >= 0]"
+                )
+            history.append(entry)
+        self._accountant.history = history

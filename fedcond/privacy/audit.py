@@ -254,6 +254,8 @@ def run_audit(
         ``train`` = members, ``test`` = held-out non-members.
     config : AuditConfig | None
         Attack strength and calibration (defaults when ``None``).
+    device : torch.device | str
+        Where the attacked, reference and shadow models train and the embeddings are computed.
     status : callable | None
         Receives a short message before each stage (the CLI shows it).
     reference : (MembershipResult, accuracy) | None
@@ -369,6 +371,11 @@ def _candidate_roles(
     train, test = splits.train, splits.test
     cal_mask = torch.ones(len(test), dtype=torch.bool)
     cal_mask[reference_indices] = False
+    if config.reference_size > len(train):
+        logger.warning(
+            "audit: reference_size %d is more than the %d training images; the reference model trains on all of them",
+            config.reference_size, len(train),
+        )
     real_subset = torch.randperm(len(train), generator=generator)[: min(config.reference_size, len(train))]
     m = min(config.max_candidates, reference_indices.numel(), real_subset.numel())
     outside = torch.ones(len(train), dtype=torch.bool)

@@ -183,9 +183,17 @@ def plan_dp(config: DPConfig, *, iterations: int, batch_real: int, class_counts:
     Raises
     ------
     PrivacyBudgetError
-        For a budget the accountant cannot meet.
+        For a budget the accountant cannot meet, or a ``delta`` of at least 1/N for the N real
+        images of ``class_counts`` (such a delta allows a mechanism that publishes one record
+        outright, so the pair guarantees nothing).
     """
     check_budget(epsilon=config.epsilon, delta=config.delta)
+    records = int(torch.as_tensor(class_counts).sum())
+    if records > 0 and config.delta >= 1 / records:
+        raise PrivacyBudgetError(
+            f"DP delta {config.delta:g} is at least 1/N for the N={records} real images: the guarantee would "
+            f"allow publishing one image outright; choose delta well below {1 / records:.2g} (1e-5 is usual)"
+        )
     q = config.sample_rate or sample_rate_for(batch_real=batch_real, class_counts=class_counts)
     sigma = calibrate_noise_multiplier(
         epsilon=config.epsilon, delta=config.delta, sample_rate=q, steps=iterations, accountant=config.accountant

@@ -35,6 +35,7 @@ import datetime
 import fcntl
 import json
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -48,7 +49,14 @@ import torch
 from fedcond.digests import tensor_digest
 from fedcond.privacy.accounting import PrivacyAccountant, PrivacyBudgetError
 
-__all__ = ["LEDGER_FORMAT", "LedgerError", "PrivacyLedger", "check_ledger_writable", "data_source_digest"]
+__all__ = [
+    "LEDGER_FORMAT",
+    "LedgerError",
+    "PrivacyLedger",
+    "check_ledger_writable",
+    "check_lifetime_budget",
+    "data_source_digest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +68,23 @@ _READABLE = (1, 2)
 
 class LedgerError(PrivacyBudgetError):
     """The ledger file is corrupt, unwritable, belongs to another data source, or the budget is spent."""
+
+
+def check_lifetime_budget(*, budget_epsilon: float | None, budget_delta: float) -> None:
+    """Refuse a lifetime budget that reads as no budget: ``budget_epsilon`` (when given) must be a
+    finite number > 0 and ``budget_delta`` lie strictly between 0 and 1.
+
+    Raises
+    ------
+    LedgerError
+        Naming the setting and its value.
+    """
+    if budget_epsilon is not None and not (
+        isinstance(budget_epsilon, (int, float)) and math.isfinite(budget_epsilon) and budget_epsilon > 0
+    ):
+        raise LedgerError(f"the lifetime budget_epsilon must be a finite number > 0, got {budget_epsilon!r}")
+    if not (isinstance(budget_delta, (int, float)) and 0 < budget_delta < 1):
+        raise LedgerError(f"the lifetime budget_delta must lie strictly between 0 and 1, got {budget_delta!r}")
 
 
 def data_source_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
@@ -314,6 +339,7 @@ class PrivacyLedger:
             ``budget_epsilon`` (the message gives what is spent, reserved and left), or the file
             cannot be read or written.
         """
+        check_lifetime_budget(budget_epsilon=budget_epsilon, budget_delta=budget_delta)
         with self._locked():
             if mechanism != self.mechanism:
                 raise LedgerError(

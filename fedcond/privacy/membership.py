@@ -283,6 +283,15 @@ def membership_inference(
         Candidates known to be in / out of the data behind ``target``.
     shadow_models : sequence of nn.Module
         OUT models: trained with the target's recipe on data disjoint from all candidates.
+    device : torch.device | str
+        Where the models score the candidates.
+    z : float
+        Normal quantile of the one-sided confidence bound on each attack's AUC (2.326: 99%).
+
+    Returns
+    -------
+    MembershipResult
+        The loss attack's result and, with shadow models, LiRA's.
     """
     x = torch.cat([members[0], nonmembers[0]])
     y = torch.cat([members[1], nonmembers[1]])

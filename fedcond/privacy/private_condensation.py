@@ -32,6 +32,7 @@ from fedcond.distill.matching import check_matching
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.privacy.accounting import PrivacyAccountant, PrivacyBudgetError
 from fedcond.privacy.dp import DPMeanStatistics, DPPlan, plan_dp
+from fedcond.privacy.ledger import LedgerError, check_lifetime_budget, data_source_digest
 
 if TYPE_CHECKING:
     from fedcond.data.registry import ArrayDataset
@@ -43,7 +44,7 @@ __all__ = ["DP_META_KEYS", "PrivateCondensation"]
 logger = logging.getLogger(__name__)
 
 #: Keys :meth:`PrivateCondensation.condense` writes into the set's metadata (``lifetime_epsilon``
-#: only with a ledger): the spent budget, the plan that spent it and how the noise was seeded.
+#: and ``lifetime_delta`` only with a ledger): the spent budget, the plan that spent it and how the noise was seeded.
 DP_META_KEYS = (
     "epsilon",
     "delta",
@@ -53,6 +54,7 @@ DP_META_KEYS = (
     "dp_clip_norm",
     "dp_accountant",
     "lifetime_epsilon",
+    "lifetime_delta",
 )
 
 
@@ -69,7 +71,8 @@ class PrivateCondensation:
         DP requires ``init="noise"`` (a real-image start would be published) and
         ``matching="mean"`` (the noise covers class means, nothing else).
     class_counts : torch.Tensor
-        Real images per class on this data owner (public under DP-DM, see ``docs/privacy.md``).
+        Real images per class on this data owner (public under DP-DM, see ``docs/privacy.md``);
+        :meth:`condense` refuses data whose counts differ (the noise is scaled by them).
     rounds : int
         How many such runs ``dp.epsilon`` must cover (federated multi-round: one run per round
         on the same data). Sigma is calibrated for ``rounds * iterations`` steps, so the composed
@@ -78,13 +81,16 @@ class PrivateCondensation:
         The accountant state of the earlier runs (:meth:`state_dict` of the previous round's
         object, e.g. from Flower's ``Context.state``); ``None`` for the first run.
     ledger : PrivacyLedger | None
-        The node's persistent ledger. This run is checked against ``budget_epsilon`` here;
+        The node's persistent ledger, bound to the data :meth:`condense` is given (its
+        ``source`` is that data's :func:`~fedcond.privacy.ledger.data_source_digest`). This run
+        is checked against ``budget_epsilon`` here;
         :meth:`condense` checks it again and reserves its spend (so overlapping runs on one
         ledger cannot both pass a budget that only one fits), then records it.
     budget_epsilon : float | None
-        The node's lifetime budget over every run in ``ledger`` (``None``: record, never refuse).
+        The node's lifetime budget over every run in ``ledger`` (``None``: record, never refuse;
+        otherwise a finite number > 0).
     budget_delta : float
-        The delta at which ``ledger`` is read.
+        The delta at which ``ledger`` is read, strictly between 0 and 1.
 
     Attributes
     ----------
@@ -95,14 +101,19 @@ class PrivateCondensation:
 
     Raises
     ------
+    ConfigError
+        For ``dp`` settings out of range (a mapping is parsed into :class:`~fedcond.config.DPConfig`,
+        which checks epsilon, delta, clip norm, sample rate and accountant).
     PrivacyBudgetError
-        For invalid DP settings (see :func:`~fedcond.privacy.dp.plan_dp`), ``rounds < 1``,
-        ``init`` other than ``noise``, ``matching`` other than ``mean``, a ``budget_epsilon``
-        without a ``ledger``, a state of another accountant, or a run that would take the
-        earlier runs past ``dp.epsilon``.
+        For a budget the accountant cannot meet or a delta of at least 1 / (real images) (see
+        :func:`~fedcond.privacy.dp.plan_dp`), ``rounds < 1``, ``init`` other than ``noise``,
+        ``matching`` other than ``mean``, a ``budget_epsilon`` without a ``ledger``, a state of
+        another accountant, or a run that would take the earlier runs past ``dp.epsilon``.
     LedgerError
-        When this run would take ``ledger`` past ``budget_epsilon``, or the ledger composes with
-        another accountant.
+        For a lifetime budget out of range, when this run would take ``ledger`` past
+        ``budget_epsilon``, or the ledger composes with another accountant.
+
+    Both are ``ValueError`` subclasses.
 
     Examples
     --------
@@ -144,6 +155,8 @@ class PrivateCondensation:
             )
         if budget_epsilon is not None and ledger is None:
             raise PrivacyBudgetError("a lifetime budget_epsilon needs a ledger that remembers the earlier runs")
+        check_lifetime_budget(budget_epsilon=budget_epsilon, budget_delta=budget_delta)
+        self._class_counts = torch.as_tensor(class_counts).detach().clone()
         self._iterations = distill.iterations
         self._rounds = rounds
         self._ledger = ledger
@@ -222,7 +235,9 @@ class PrivateCondensation:
         )
 
     # ------------------------------------------------------------------------- the run
-    def condense(self, condenser: Condenser, data: ArrayDataset, **options: Any) -> CondensationResult:
+    def condense(
+        self, condenser: Condenser, data: ArrayDataset, *, start_is_public: bool = False, **options: Any
+    ) -> CondensationResult:
         """Run ``condenser`` on ``data`` and certify the result.
 
         With a ledger, the run's spend is first reserved in it (the lifetime budget is checked
@@ -238,7 +253,12 @@ class PrivateCondensation:
         condenser : Condenser
             Built with ``real_statistics=self.statistics``.
         data : ArrayDataset
-            The data owner's real training data.
+            The data owner's real training data: its class counts must be the ``class_counts``
+            the plan was calibrated with, and with a ledger it must be the ledger's data source.
+        start_is_public : bool
+            Allow a ``start`` in ``options``. The start is published with the set and no noise
+            protects it, so pass ``True`` only for a start that reveals nothing about ``data``:
+            data-independent noise, or an earlier DP output of the same data (post-processing).
         **options
             Passed to ``condenser.condense`` (``start``, ``checkpoint_path``, ``resume`` ...).
 
@@ -251,20 +271,29 @@ class PrivateCondensation:
         Raises
         ------
         PrivacyBudgetError
-            When this object already ran, when the condenser did not draw its real statistics from
-            :attr:`statistics` (one release per iteration), when the set was started from real
-            images, or when the spent epsilon would exceed the request.
+            When this object already ran, when ``data``'s class counts differ from the plan's,
+            when a ``start`` is given without ``start_is_public`` (nothing is condensed), when the
+            condenser did not draw its real statistics from :attr:`statistics` (one release per
+            iteration), when the set was started from real images, or when the spent epsilon
+            would exceed the request.
         LedgerError
-            When the runs recorded and in flight leave no room for this one in the lifetime
-            budget (nothing is condensed), or the ledger cannot be written.
+            When ``data`` is not the ledger's data source, when the runs recorded and in flight
+            leave no room for this one in the lifetime budget (nothing is condensed), or the
+            ledger cannot be written.
         """
+        if options.get("start") is not None and not start_is_public:
+            raise PrivacyBudgetError(
+                "a given start is published with the set and no noise protects it: DP condenses from noise "
+                "(pass start_is_public=True only for data-independent noise or an earlier DP output of this data)"
+            )
         if self._started:
             raise PrivacyBudgetError(
                 "this PrivateCondensation already ran: it accounts one run; build a new one with its state_dict()"
             )
         self._started = True
-        self._check_ledger(reserve=True)
+        self._check_ledger(reserve=True)  # a refused run never reads the data
         try:
+            self._check_data(data)
             result = condenser.condense(data, **options)
             return self._certify(result)
         except BaseException:
@@ -275,6 +304,23 @@ class PrivateCondensation:
                     # the reservation stays charged: the budget errs towards privacy
                     logger.warning("could not withdraw the failed run's DP ledger reservation: %s", exc)
             raise
+
+    def _check_data(self, data: ArrayDataset) -> None:
+        """Refuse data other than the plan's (class counts) and the ledger's (data source)."""
+        counts = data.class_counts()
+        if counts.shape != self._class_counts.shape or not torch.equal(counts, self._class_counts.to(counts.dtype)):
+            raise PrivacyBudgetError(
+                f"the data holds {counts.tolist()} images per class, the DP plan was calibrated for "
+                f"class_counts={self._class_counts.tolist()}: build PrivateCondensation with "
+                "class_counts=data.class_counts() (the noise is scaled by them)"
+            )
+        if self._ledger is not None:
+            source = data_source_digest(data.images, data.labels)
+            if source != self._ledger.source:
+                raise LedgerError(
+                    f"DP ledger {self._ledger.path} belongs to another data source ({self._ledger.source[:12]}..., "
+                    f"this data is {source[:12]}...): use one ledger file per data source"
+                )
 
     def _certify(self, result: CondensationResult) -> CondensationResult:
         plan = self.plan
@@ -315,6 +361,7 @@ class PrivateCondensation:
                 steps=steps,
                 delta=self._budget_delta,
             )
+            meta["lifetime_delta"] = self._budget_delta
         synthetic = result.synthetic
         certified = SyntheticSet(synthetic.images, synthetic.labels, {**synthetic.meta, **meta})
         return dataclasses.replace(result, synthetic=certified)

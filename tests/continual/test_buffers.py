@@ -44,10 +44,13 @@ def test_budget_errors_are_named(digits_stream) -> None:
     spec = digits_stream.spec
     with pytest.raises(ValueError, match="budget must be positive"):
         class_quotas([1], max_size=0)
-    with pytest.raises(ValueError, match="memory_per_class must be positive"):
-        DistilledBuffer.per_class(0, num_classes=10, spec=spec)
-    with pytest.raises(ValueError, match="memory_per_class must be positive"):
-        DistilledBuffer.per_class(-3, num_classes=10, spec=spec)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="memory_per_class must be a positive whole number"):
+            DistilledBuffer.per_class(bad, spec=spec)
+    assert DistilledBuffer.per_class(3, spec=spec, distill=TINY_DM).max_size == 3 * spec.num_classes
+    # a budget divided among fewer classes than arrive would outgrow itself
+    with pytest.raises(ValueError, match="11 classes seen but the budget is divided among total_num_classes=10"):
+        class_quotas(list(range(11)), max_size=20, total_num_classes=10)
     with pytest.raises(ValueError, match="budget of 5 images is smaller than the 10 classes"):
         DistilledBuffer(5, spec=spec, adaptive_size=False, total_num_classes=10)
     buffer = DistilledBuffer(3, spec=spec, distill=TINY_DM)  # adaptive: fine until a 4th class arrives
@@ -61,7 +64,7 @@ def _tensors(data: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_per_class_buffer_holds_exactly_its_budget_with_the_right_labels(digits_stream) -> None:
-    buffer = DistilledBuffer.per_class(3, num_classes=10, spec=digits_stream.spec, distill=TINY_DM)
+    buffer = DistilledBuffer.per_class(3, spec=digits_stream.spec, distill=TINY_DM)
     seen: list[int] = []
     for i in range(3):
         data = _experience(digits_stream, i)
@@ -130,7 +133,7 @@ def test_class_with_a_single_sample_is_condensed_from_noise_to_its_full_quota(di
     data = _experience(digits_stream, 0)
     a, b = digits_stream.experience_classes[0]
     keep = torch.cat([torch.nonzero(data.labels == a).flatten(), torch.nonzero(data.labels == b).flatten()[:1]])
-    buffer = DistilledBuffer.per_class(3, num_classes=10, spec=digits_stream.spec, distill=TINY_DM)
+    buffer = DistilledBuffer.per_class(3, spec=digits_stream.spec, distill=TINY_DM)
     with caplog.at_level(logging.WARNING, logger="fedcond.continual.buffers"):
         buffer.update_from_tensors(data.images[keep], data.labels[keep])
     assert buffer.class_counts() == {a: 3, b: 3}
@@ -138,7 +141,7 @@ def test_class_with_a_single_sample_is_condensed_from_noise_to_its_full_quota(di
 
 
 def test_bad_experiences_are_refused(digits_stream) -> None:
-    buffer = DistilledBuffer.per_class(2, num_classes=10, spec=digits_stream.spec, distill=TINY_DM)
+    buffer = DistilledBuffer.per_class(2, spec=digits_stream.spec, distill=TINY_DM)
     with pytest.raises(ValueError, match="empty experience"):
         buffer.update_from_tensors(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="outside the 10 classes"):
@@ -146,7 +149,7 @@ def test_bad_experiences_are_refused(digits_stream) -> None:
 
 
 def test_a_returning_class_is_recondensed_within_its_quota(digits_stream) -> None:
-    buffer = DistilledBuffer.per_class(2, num_classes=10, spec=digits_stream.spec, distill=TINY_DM)
+    buffer = DistilledBuffer.per_class(2, spec=digits_stream.spec, distill=TINY_DM)
     data = _experience(digits_stream, 0)
     buffer.update_from_tensors(data.images, data.labels)
     old = buffer.tensors()[0].clone()
@@ -174,10 +177,10 @@ def dm_runs(monkeypatch) -> list[int]:
 def test_cache_reuses_a_condensation(digits_stream, tmp_path, dm_runs) -> None:
     runs = dm_runs
     data = _experience(digits_stream, 0)
-    first = DistilledBuffer.per_class(2, num_classes=10, spec=digits_stream.spec, distill=TINY_DM, cache_dir=tmp_path)
+    first = DistilledBuffer.per_class(2, spec=digits_stream.spec, distill=TINY_DM, cache_dir=tmp_path)
     first.update_from_tensors(data.images, data.labels)
     assert len(runs) == 1 and list(tmp_path.glob("dm-*.npz"))
-    second = DistilledBuffer.per_class(2, num_classes=10, spec=digits_stream.spec, distill=TINY_DM, cache_dir=tmp_path)
+    second = DistilledBuffer.per_class(2, spec=digits_stream.spec, distill=TINY_DM, cache_dir=tmp_path)
     second.update_from_tensors(data.images, data.labels)
     assert len(runs) == 1, "the second buffer ran DM instead of reading the cache"
     assert second.condense_seconds == 0
@@ -189,15 +192,15 @@ def test_cache_key_depends_on_the_data(digits_stream, tmp_path, dm_runs) -> None
     # same DM settings, other data: a fresh condensation, never the cached one of other classes
     runs = dm_runs
     spec = digits_stream.spec
-    first = DistilledBuffer.per_class(2, num_classes=10, spec=spec, distill=TINY_DM, cache_dir=tmp_path)
+    first = DistilledBuffer.per_class(2, spec=spec, distill=TINY_DM, cache_dir=tmp_path)
     first.update_from_tensors(*_tensors(_experience(digits_stream, 0)))
-    second = DistilledBuffer.per_class(2, num_classes=10, spec=spec, distill=TINY_DM, cache_dir=tmp_path)
+    second = DistilledBuffer.per_class(2, spec=spec, distill=TINY_DM, cache_dir=tmp_path)
     second.update_from_tensors(*_tensors(_experience(digits_stream, 1)))
     assert len(runs) == 2, "the second experience was read from the first one's cache entry"
     assert len(list(tmp_path.glob("dm-*.npz"))) == 2
     assert second.seen_classes == sorted(digits_stream.experience_classes[1])
     assert second.class_counts() == {c: 2 for c in digits_stream.experience_classes[1]}
-    uncached = DistilledBuffer.per_class(2, num_classes=10, spec=spec, distill=TINY_DM)
+    uncached = DistilledBuffer.per_class(2, spec=spec, distill=TINY_DM)
     uncached.update_from_tensors(*_tensors(_experience(digits_stream, 1)))
     assert torch.equal(second.tensors()[0], uncached.tensors()[0])
     assert torch.equal(second.tensors()[1], uncached.tensors()[1])
@@ -206,7 +209,7 @@ def test_cache_key_depends_on_the_data(digits_stream, tmp_path, dm_runs) -> None
     a, b = digits_stream.experience_classes[0]
     swapped = torch.where(labels == a, b, torch.where(labels == b, a, labels))
     for data in ((images.flip(-1), labels), (images, swapped)):
-        other = DistilledBuffer.per_class(2, num_classes=10, spec=spec, distill=TINY_DM, cache_dir=tmp_path)
+        other = DistilledBuffer.per_class(2, spec=spec, distill=TINY_DM, cache_dir=tmp_path)
         other.update_from_tensors(*data)
     assert len(runs) == 5 and len(list(tmp_path.glob("dm-*.npz"))) == 4  # one run: the uncached buffer
 
@@ -217,7 +220,7 @@ def test_multi_formation_buffer_counts_stored_images_and_replays_their_tiles(dig
     from fedcond.distill.formation import decode_formation
 
     buffer = DistilledBuffer.per_class(
-        2, num_classes=10, spec=digits_stream.spec, distill=dataclasses.replace(TINY_DM, factor=2)
+        2, spec=digits_stream.spec, distill=dataclasses.replace(TINY_DM, factor=2)
     )
     seen: list[int] = []
     for i in range(2):
@@ -305,7 +308,7 @@ def test_herding_buffer_keeps_the_herding_prefix_of_each_class(digits_stream) ->
 @pytest.mark.parametrize("method", ["herding", "gm"])
 def test_the_buffer_condenses_with_any_registered_method(digits_stream, method: str, tmp_path) -> None:
     buffer = DistilledBuffer.per_class(
-        2, num_classes=10, spec=digits_stream.spec, distill=TINY_DM, method=method, cache_dir=tmp_path
+        2, spec=digits_stream.spec, distill=TINY_DM, method=method, cache_dir=tmp_path
     )
     data = _experience(digits_stream, 0)
     buffer.update_from_tensors(*_tensors(data))
@@ -318,4 +321,4 @@ def test_the_buffer_condenses_with_any_registered_method(digits_stream, method: 
 
 def test_an_unknown_buffer_method_lists_the_registered_ones(digits_stream) -> None:
     with pytest.raises(ValueError, match="unknown condensation method 'kcenter'; registered: dm, gm"):
-        DistilledBuffer.per_class(2, num_classes=10, spec=digits_stream.spec, method="kcenter")
+        DistilledBuffer.per_class(2, spec=digits_stream.spec, method="kcenter")

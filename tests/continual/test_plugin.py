@@ -36,7 +36,7 @@ def test_naive_with_distilled_replay_keeps_exactly_the_budget(digits_stream) -> 
     spec = digits_stream.spec
     model = get_model("convnet", spec, generator=torch.Generator().manual_seed(0))
     initial = [p.detach().clone() for p in model.parameters()]
-    buffer = DistilledBuffer.per_class(2, num_classes=10, spec=spec, distill=TINY_DM)
+    buffer = DistilledBuffer.per_class(2, spec=spec, distill=TINY_DM)
     probe = _Probe()
     strategy = Naive(
         model=model,
@@ -69,22 +69,30 @@ def test_plugin_refuses_what_is_not_a_buffer() -> None:
 
 
 def test_plugin_refuses_bad_batch_sizes(digits_stream) -> None:
-    buffer = DistilledBuffer.per_class(1, num_classes=10, spec=digits_stream.spec, distill=TINY_DM)
+    buffer = DistilledBuffer.per_class(1, spec=digits_stream.spec, distill=TINY_DM)
     with pytest.raises(ValueError, match="batch_size_mem must be positive"):
         DistilledReplayPlugin(buffer, batch_size_mem=0)
 
 
-def test_plugin_works_with_another_supervised_strategy(digits_stream) -> None:
-    from avalanche.training.supervised import EWC
+@pytest.mark.parametrize(
+    ("strategy_name", "options"),
+    [
+        ("EWC", {"ewc_lambda": 1.0}),
+        # LwF reads each experience's ``task_set``: the split datasets must be task-aware
+        ("LwF", {"alpha": 1.0, "temperature": 2.0}),
+    ],
+)
+def test_plugin_works_with_another_supervised_strategy(digits_stream, strategy_name, options) -> None:
+    from avalanche.training import supervised
 
     spec = digits_stream.spec
     model = get_model("convnet", spec, generator=torch.Generator().manual_seed(1))
-    buffer = DistilledBuffer.per_class(1, num_classes=10, spec=spec, distill=TINY_DM)
-    strategy = EWC(
+    buffer = DistilledBuffer.per_class(1, spec=spec, distill=TINY_DM)
+    strategy = getattr(supervised, strategy_name)(
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
         criterion=torch.nn.CrossEntropyLoss(),
-        ewc_lambda=1.0,
+        **options,
         train_mb_size=32,
         train_epochs=1,
         plugins=[DistilledReplayPlugin(buffer)],
@@ -94,3 +102,25 @@ def test_plugin_works_with_another_supervised_strategy(digits_stream) -> None:
         strategy.train(experience)
         assert len(buffer.buffer) == 2 * (i + 1)
     assert set(buffer.class_counts()) == set(digits_stream.class_order[:4])
+
+
+def test_a_buffer_built_for_another_dataset_is_refused_before_training(digits_stream) -> None:
+    from avalanche.training.supervised import Naive
+
+    from fedcond.data.registry import get_spec
+
+    mnist_spec = get_spec("mnist")
+    model = get_model("convnet", digits_stream.spec, generator=torch.Generator().manual_seed(1))
+    initial = [p.detach().clone() for p in model.parameters()]
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+        criterion=torch.nn.CrossEntropyLoss(),
+        train_mb_size=32,
+        train_epochs=1,
+        plugins=[DistilledReplayPlugin(DistilledBuffer.per_class(1, spec=mnist_spec, distill=TINY_DM))],
+        evaluator=EvaluationPlugin(loggers=[]),
+    )
+    with pytest.raises(ValueError, match=r"built for mnist images of shape \(1, 28, 28\).*\(1, 8, 8\)"):
+        strategy.train(digits_stream.scenario.train_stream[0])
+    assert all(torch.equal(a, b) for a, b in zip(initial, model.parameters(), strict=True))  # nothing trained

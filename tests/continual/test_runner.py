@@ -153,3 +153,18 @@ def test_a_quota_equal_to_the_class_size_runs_and_every_kind_holds_it(digits_str
         for kind in ("random", "herding")
     }
     assert held["random"] == held["herding"] == [60, 120, 180, 240, 300]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"seed": 7}, "seed: config 7, benchmark 0"),
+        ({"num_experiences": 2}, "num_experiences: config 2, benchmark 5"),
+        ({"train_per_class": 20}, "train_per_class: config 20, benchmark 30"),
+        ({"benchmark": "split-mnist"}, "benchmark: config 'split-mnist', benchmark 'split-digits'"),
+    ],
+)
+def test_a_prebuilt_benchmark_other_than_the_configs_is_refused(digits_stream, overrides: dict, named: str) -> None:
+    with pytest.raises(ValueError, match="does not match the config") as info:
+        run_continual(tiny_config(replay="none", **overrides), benchmark=digits_stream)
+    assert named in str(info.value)

@@ -111,6 +111,17 @@ def test_missing_member_and_missing_file(tmp_path) -> None:
     assert zipfile.is_zipfile(path)
 
 
+def test_a_file_without_metadata_as_another_tool_writes_it_loads_with_empty_metadata(tmp_path) -> None:
+    path = tmp_path / "other_tool.npz"
+    images = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    np.savez(path, images=images, labels=np.array([0, 1, 2, 3], np.int64))
+    loaded = SyntheticSet.load(path, num_classes=10, image_shape=(1, 8, 8))
+    assert loaded.meta == {} and torch.equal(loaded.images, torch.from_numpy(images))
+    np.savez(path, images=images)
+    with pytest.raises(SyntheticSetError, match=r"missing \['labels'\]"):
+        SyntheticSet.load(path)
+
+
 def test_size_cap_validation() -> None:
     with pytest.raises(SyntheticSetError, match="exceed the cap"):
         _set(6).validate(max_images=4)

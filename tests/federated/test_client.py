@@ -78,6 +78,27 @@ def test_warm_start_is_used_only_when_it_fits_and_meta_says_which(caplog):
     assert fresh.meta["warm_start"] is False and "not reused" in caplog.text
 
 
+def test_a_dp_run_warm_starts_only_from_an_earlier_dp_set(caplog):
+    from fedcond.privacy import PrivateCondensation
+
+    job = job_from_mapping(JOB)
+    data = client_partition(job, partition_id=1, num_partitions=4)
+    distill = DistillConfig(ipc=3, iterations=1, seed=4, init="noise", batch_real=16, dsa=False,
+                            mixed_precision=False)
+
+    def private() -> PrivateCondensation:
+        return PrivateCondensation({"epsilon": 5.0, "delta": 1e-5}, distill=distill, class_counts=data.class_counts())
+
+    plain = condense_partition(data, distill=distill).synthetic  # fits, but was made without DP
+    with caplog.at_level(logging.WARNING):
+        first = condense_partition(data, distill=distill, private=private(), warm_start=plain).synthetic
+    assert first.meta["warm_start"] is False and "not condensed with DP" in caplog.text
+    again = condense_partition(data, distill=distill, private=private(), warm_start=first).synthetic
+    assert again.meta["warm_start"] is True and "epsilon" in again.meta
+    with pytest.raises(ValueError, match="a DP run starts from noise"):
+        condense_partition(data, distill=distill, private=private(), start=plain.images)
+
+
 def test_real_init_repeats_a_class_smaller_than_ipc():
     job = job_from_mapping(JOB)
     data = client_partition(job, partition_id=0, num_partitions=4)

@@ -68,6 +68,24 @@ def test_state_dict_round_trip_and_mechanism_check() -> None:
 
 
 @pytest.mark.parametrize(
+    ("state", "match"),
+    [
+        ({"history": []}, "no 'mechanism'"),
+        ({"mechanism": "rdp", "history": [[1.5, 0.1]]}, "holds a step"),
+        ({"mechanism": "rdp", "history": [["x", 0.1, 3]]}, "holds a step"),
+        ({"mechanism": "rdp", "history": [[0.0, 0.1, 3]]}, "holds a step"),  # no noise: no guarantee
+        ({"mechanism": "rdp", "history": [[1.5, 1.5, 3]]}, "holds a step"),
+        ({"mechanism": "rdp", "history": [[1.5, 0.1, -3]]}, "holds a step"),  # would lower the spend
+    ],
+)
+def test_a_malformed_accountant_state_is_refused_by_name(state: dict, match: str) -> None:
+    accountant = PrivacyAccountant("rdp")
+    with pytest.raises(PrivacyBudgetError, match=match):
+        accountant.load_state_dict(state)
+    assert accountant.steps == 0
+
+
+@pytest.mark.parametrize(
     ("epsilon", "delta", "match"),
     [
         (0.0, 1e-5, "epsilon"),

@@ -197,6 +197,17 @@ def test_dp_distill_reports_epsilon_within_the_request(tmp_path: Path) -> None:
     assert meta["dp_noise"] == metrics["dp_noise"] == "secret"  # no --dp-noise-seed: OS-seeded noise
 
 
+@pytest.mark.parametrize("init", ["real", "kmeans"])
+def test_dp_distill_refuses_an_init_from_real_images_asked_for_by_name(tmp_path: Path, capsys, init: str) -> None:
+    out = tmp_path / "dp"
+    argv = ["distill", "--ipc", "1", "--iterations", "3", "--eval-runs", "0", "--init", init,
+            "--dp-epsilon", "2", "--out", str(out), "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--init {init} with --dp-epsilon" in err and "leave --init out" in err
+    assert not (out / "synthetic.npz").exists()
+
+
 @pytest.mark.parametrize(
     ("flags", "match"), [(["--dp-epsilon", "0"], "epsilon"), (["--dp-epsilon", "1", "--dp-delta", "1"], "delta")]
 )

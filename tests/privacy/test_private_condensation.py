@@ -23,6 +23,11 @@ def digits():
     return load_dataset("digits")
 
 
+def _source(data_splits) -> str:
+    """The ledger identity of the digits training split (the data every run here condenses)."""
+    return data_source_digest(data_splits.train.images, data_splits.train.labels)
+
+
 def _run(private: PrivateCondensation, config: DistillConfig, data, **options):
     """Condense ``data`` with DM drawing its real statistics from ``private``."""
     return private.condense(DistributionMatching(config, real_statistics=private.statistics), data, **options)
@@ -68,7 +73,7 @@ def test_a_run_writes_epsilon_delta_and_the_plan_into_the_set_meta(digits) -> No
         plan.noise_multiplier, plan.sample_rate, plan.clip_norm, "rdp"
     )
     assert meta["dp_noise"] == "secret" and "lifetime_epsilon" not in meta
-    assert set(DP_META_KEYS) - set(meta) == {"lifetime_epsilon"}
+    assert set(DP_META_KEYS) - set(meta) == {"lifetime_epsilon", "lifetime_delta"}
     assert meta["method"] == "dm" and meta["iterations"] == 4  # the condenser's own metadata is kept
     assert private.state_dict()["history"] == [[plan.noise_multiplier, plan.sample_rate, 4]]
     with pytest.raises(PrivacyBudgetError, match="already ran"):  # one object, one accounted run
@@ -99,7 +104,7 @@ def test_rounds_restored_from_the_state_compose_like_one_accountant(digits) -> N
 
 def test_a_run_stopped_by_its_time_budget_is_charged_for_the_iterations_it_ran(digits, tmp_path) -> None:
     config = DistillConfig(iterations=20, time_budget=1e-9, **TINY)
-    ledger = PrivacyLedger(tmp_path / "ledger.json", source="d" * 64)
+    ledger = PrivacyLedger(tmp_path / "ledger.json", source=_source(digits))
     private = PrivateCondensation(BUDGET, distill=config, class_counts=digits.train.class_counts(), ledger=ledger)
     result = _run(private, config, digits.train)
     plan = private.plan
@@ -153,7 +158,7 @@ def test_a_refused_run_never_reaches_the_condenser_or_the_data(digits, tmp_path)
 
 def test_a_condenser_built_without_the_private_statistics_is_not_certified(digits, tmp_path) -> None:
     config = DistillConfig(iterations=2, **TINY)
-    ledger = PrivacyLedger(tmp_path / "ledger.json", source="f" * 64)
+    ledger = PrivacyLedger(tmp_path / "ledger.json", source=_source(digits))
     private = PrivateCondensation(BUDGET, distill=config, class_counts=digits.train.class_counts(), ledger=ledger)
     with pytest.raises(PrivacyBudgetError, match="made 0 DP releases"):
         private.condense(DistributionMatching(config), digits.train)  # non-private DM: nothing to certify
@@ -182,7 +187,7 @@ def test_two_runs_on_one_ledger_cannot_both_condense_past_its_budget(digits, tmp
 
     def build() -> PrivateCondensation:
         return PrivateCondensation(BUDGET, distill=config, class_counts=counts,
-                                   ledger=PrivacyLedger(path, source="a" * 64), budget_epsilon=(one + two) / 2)
+                                   ledger=PrivacyLedger(path, source=_source(digits)), budget_epsilon=(one + two) / 2)
 
     first, second = build(), build()  # both fit when built: nothing is spent or in flight yet
     refusals: list[str] = []
@@ -211,7 +216,7 @@ def test_a_run_that_fails_withdraws_its_reservation(digits, tmp_path) -> None:
     config = DistillConfig(iterations=2, **TINY)
     path = tmp_path / "ledger.json"
     private = PrivateCondensation(BUDGET, distill=config, class_counts=digits.train.class_counts(),
-                                  ledger=PrivacyLedger(path, source="b" * 64), budget_epsilon=3.0)
+                                  ledger=PrivacyLedger(path, source=_source(digits)), budget_epsilon=3.0)
     assert not path.exists()  # built, not run: nothing reserved
     with pytest.raises(RuntimeError, match="went away"):
         private.condense(_Failing(), digits.train)
@@ -225,3 +230,76 @@ def test_a_set_started_from_real_images_is_not_certified(digits) -> None:
     real_start = DistillConfig(iterations=1, **{**TINY, "init": "real"})
     with pytest.raises(PrivacyBudgetError, match="init='noise'"):
         _run(private, real_start, digits.train)
+
+
+def test_a_given_start_is_refused_unless_declared_public(digits) -> None:
+    config = DistillConfig(iterations=1, **TINY)
+    counts = digits.train.class_counts()
+    real = torch.stack([digits.train.images[digits.train.labels == c][0] for c in range(10)])
+    private = PrivateCondensation(BUDGET, distill=config, class_counts=counts)
+    with pytest.raises(PrivacyBudgetError, match="given start is published"):
+        _run(private, config, digits.train, start=real)
+    assert private.state_dict()["history"] == []  # nothing ran, nothing was charged
+    # noise declared public (as the federated client's start is) is certified
+    noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(0))
+    result = _run(private, config, digits.train, start=noise, start_is_public=True)
+    assert 0 < result.synthetic.meta["epsilon"] <= BUDGET["epsilon"]
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        lambda c: torch.cat([c[:3], torch.zeros(1, dtype=c.dtype), c[4:]]),  # a class's count zeroed
+        lambda c: c[:5],  # five of ten classes
+        lambda c: c + 1,  # one image more per class than the data holds
+    ],
+)
+def test_class_counts_other_than_the_datas_are_refused(digits, counts) -> None:
+    config = DistillConfig(iterations=1, **TINY)
+    private = PrivateCondensation(BUDGET, distill=config, class_counts=counts(digits.train.class_counts()))
+    with pytest.raises(PrivacyBudgetError, match="DP plan was calibrated for"):
+        _run(private, config, digits.train)
+    assert private.state_dict()["history"] == []
+
+
+def test_a_ledger_of_another_data_source_is_refused(digits, tmp_path) -> None:
+    config = DistillConfig(iterations=1, **TINY)
+    subset = digits.train.subset(torch.arange(500))
+    ledger = PrivacyLedger(tmp_path / "ledger.json", source=_source(digits))  # the whole split's ledger
+    private = PrivateCondensation(BUDGET, distill=config, class_counts=subset.class_counts(), ledger=ledger)
+    with pytest.raises(LedgerError, match="belongs to another data source"):
+        _run(private, config, subset)
+    assert ledger.runs == [] and ledger.reserved == []
+
+
+@pytest.mark.parametrize(
+    ("budget", "match"),
+    [
+        ({"budget_epsilon": -1.0}, "budget_epsilon must be a finite number > 0"),
+        ({"budget_epsilon": float("inf")}, "budget_epsilon must be a finite number > 0"),
+        ({"budget_delta": 1.5}, "budget_delta must lie strictly between 0 and 1"),
+        ({"budget_delta": 0.0}, "budget_delta must lie strictly between 0 and 1"),
+    ],
+)
+def test_a_lifetime_budget_out_of_range_is_refused(digits, tmp_path, budget: dict, match: str) -> None:
+    ledger = PrivacyLedger(tmp_path / "ledger.json", source=_source(digits))
+    with pytest.raises(LedgerError, match=match):
+        PrivateCondensation(BUDGET, distill=DistillConfig(iterations=1, **TINY),
+                            class_counts=digits.train.class_counts(), ledger=ledger, **budget)
+
+
+def test_the_set_records_the_delta_of_its_lifetime_epsilon(digits, tmp_path) -> None:
+    config = DistillConfig(iterations=1, **TINY)
+    ledger = PrivacyLedger(tmp_path / "ledger.json", source=_source(digits))
+    private = PrivateCondensation(BUDGET, distill=config, class_counts=digits.train.class_counts(), ledger=ledger,
+                                  budget_delta=1e-6)
+    meta = _run(private, config, digits.train).synthetic.meta
+    assert meta["lifetime_delta"] == 1e-6 and meta["lifetime_epsilon"] > meta["epsilon"]  # smaller delta
+
+
+def test_a_delta_of_at_least_one_over_the_images_is_refused(digits) -> None:
+    n = int(digits.train.class_counts().sum())
+    config = DistillConfig(iterations=1, **TINY)
+    with pytest.raises(PrivacyBudgetError, match=f"at least 1/N for the N={n} real images"):
+        PrivateCondensation({"epsilon": 1.0, "delta": 1 / n}, distill=config, class_counts=digits.train.class_counts())
+    PrivateCondensation({"epsilon": 1.0, "delta": 0.5 / n}, distill=config, class_counts=digits.train.class_counts())
