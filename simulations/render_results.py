@@ -239,7 +239,8 @@ def cpu_label(data: dict) -> str:
     machine = data.get("cpu_model") or "not recorded"
     flags = " ".join(data.get("cpu_flags") or [])
     if flags:
-        machine += ", AMX" if "amx" in flags else ", AVX-512" if "avx512f" in flags else ", AVX2 only"
+        machine += (", AMX" if "amx" in flags else ", AVX-512 with BF16" if "avx512_bf16" in flags
+                    else ", AVX-512" if "avx512f" in flags else ", AVX2 only")
     return machine
 
 
@@ -269,7 +270,11 @@ def dm_cifar10() -> str:
 
 
 #: bench_dm.py --sections speed files, one run (one machine) each
-SPEED_FILES = ("bench_dm_speed_mnist_dsa_class.json", "bench_dm_speed_mnist_epyc_avx2.json")
+SPEED_FILES = (
+    "bench_dm_speed_mnist_dsa_class.json",
+    "bench_dm_speed_mnist_epyc_avx2.json",
+    "bench_dm_speed_mnist_epyc_avx512.json",
+)
 
 
 def dm_speed() -> str:
