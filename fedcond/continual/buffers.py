@@ -285,13 +285,16 @@ class DistilledBuffer(ExemplarsBuffer):
     def synthetic_set(self) -> SyntheticSet:
         """The memory as a :class:`SyntheticSet` (e.g. to save it or train on it)."""
         images, labels = self.tensors()
+        counts = self.class_counts()
         meta = {
             "factor": self.factor,
             **dataset_meta(self.spec),
-            "method": "dm-continual",
+            "method": f"{self.method}-continual",
+            **({"ipc": max(counts.values())} if counts else {}),  # the largest quota; class_counts each
+            "init": self.distill.init,
             "iterations": self.distill.iterations,
             "seed": self.distill.seed,
-            "class_counts": {str(k): v for k, v in self.class_counts().items()},
+            "class_counts": {str(k): v for k, v in counts.items()},
         }
         return SyntheticSet(images.float().contiguous(), labels, meta)
 

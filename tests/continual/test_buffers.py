@@ -237,6 +237,8 @@ def test_multi_formation_buffer_counts_stored_images_and_replays_their_tiles(dig
     assert torch.allclose(buffer.training_tensors()[0], decode_formation(stored, factor=2))
     saved = buffer.synthetic_set()
     assert saved.factor == 2 and len(saved.decoded()) == 4 * len(saved)
+    # the set's record names what made it: method, images per class, init
+    assert (saved.meta["method"], saved.meta["ipc"], saved.meta["init"]) == ("dm-continual", 2, TINY_DM.init)
 
 
 def test_every_replay_kind_gives_an_adaptive_budgets_extra_images_to_the_oldest_classes(digits_stream) -> None:
@@ -317,6 +319,7 @@ def test_the_buffer_condenses_with_any_registered_method(digits_stream, method: 
     is_real = [bool((data.images == image).flatten(1).all(1).any()) for image in images]
     assert all(is_real) if method == "herding" else not any(is_real)
     assert [p.name.split("-")[0] for p in tmp_path.iterdir()] == [method]
+    assert buffer.synthetic_set().meta["method"] == f"{method}-continual"
 
 
 def test_an_unknown_buffer_method_lists_the_registered_ones(digits_stream) -> None:
