@@ -463,6 +463,11 @@ def run_distill(args: argparse.Namespace) -> int:
     dp = _dp_config(args)
     config, eval_config = settings.distill, settings.eval
     cls = _check_method(args, values)
+    if dp is not None and values.get("distill.init") not in (None, "noise"):  # refused, not overridden
+        raise CommandError(
+            f"--init {values['distill.init']} with --dp-epsilon: a start made from real images is published "
+            "with the set and no noise protects it; DP condenses from noise (leave --init out)"
+        )
     dm = args.method == "dm"
     out = prepare_run_folder(args.out, overwrite=args.overwrite, resume=args.resume)
     splits = _load(args, eval_config)
@@ -482,11 +487,6 @@ def run_distill(args: argparse.Namespace) -> int:
             )
         console.print(f"[yellow]note:[/] --resume: no checkpoint in {out} yet, starting from iteration 0")
     if args.dp_epsilon is not None and config.init != "noise":
-        if values.get("distill.init") is not None:  # asked for by name: refused, not overridden
-            raise CommandError(
-                f"--init {config.init} with --dp-epsilon: a start made from real images is published with "
-                "the set and no noise protects it; DP condenses from noise (leave --init out)"
-            )
         config = parse_config(DistillConfig, {**flatten_config(config), "init": "noise"})
     private = _private_condensation(dp, config, splits)
     if not dm:  # the small-class policy of every selection: ipc real images per class present

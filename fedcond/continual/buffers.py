@@ -245,6 +245,8 @@ class DistilledBuffer(ExemplarsBuffer):
         ValueError
             If ``memory_per_class`` is not a positive whole number.
         """
+        if "num_classes" in kwargs:
+            raise TypeError("DistilledBuffer.per_class takes the class count from spec: drop num_classes=")
         if isinstance(memory_per_class, bool) or not isinstance(memory_per_class, int) or memory_per_class <= 0:
             raise ValueError(f"memory_per_class must be a positive whole number, got {memory_per_class!r}")
         return cls(

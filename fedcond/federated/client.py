@@ -277,7 +277,9 @@ def condense_partition(
         Multi-round mode: the global model as DM's embedding network.
     warm_start : SyntheticSet | None
         The client's previous synthetic set (from ``Context.state``); used as the start point
-        when it holds exactly ``ipc`` images of each class present.
+        when it holds exactly ``ipc`` images of each class present. Under DP only when its
+        metadata carries an ``epsilon``: the caller vouches that it is an earlier DP output of
+        this same data (the ClientApp keeps that record on the node, beside the set).
     start : torch.Tensor | None
         Explicit start images (stored images, label order), e.g. the release gate's
         re-condensation; overrides the init and the warm start.
@@ -294,8 +296,9 @@ def condense_partition(
     init = distill.init if private is None else "noise"
     generator = torch.Generator().manual_seed(distill.seed)
     expected_labels = torch.tensor(present).repeat_interleave(distill.ipc)
-    warm = start is None and warm_start is not None and torch.equal(warm_start.labels, expected_labels)
-    if warm and private is not None and "epsilon" not in warm_start.meta:
+    fits = start is None and warm_start is not None and torch.equal(warm_start.labels, expected_labels)
+    warm = fits
+    if fits and private is not None and "epsilon" not in warm_start.meta:
         # a DP run may start only from what reveals nothing more: noise or an earlier DP set
         logger.warning("the previous synthetic set was not condensed with DP: not reused as a DP run's start")
         warm = False
@@ -307,7 +310,7 @@ def condense_partition(
     elif warm:
         start = warm_start.images
     else:
-        if warm_start is not None:
+        if warm_start is not None and not fits:
             logger.warning(
                 "the previous synthetic set does not hold ipc=%d images of each class: not reused", distill.ipc
             )

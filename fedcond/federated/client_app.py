@@ -85,8 +85,9 @@ from fedcond.federated.records import (
 )
 from fedcond.federated.release import gate_release
 from fedcond.models import get_model
+from fedcond.privacy.accounting import PrivacyBudgetError
 from fedcond.privacy.dp import derive_noise_seed
-from fedcond.privacy.ledger import LedgerError, PrivacyLedger, check_ledger_writable, data_source_digest
+from fedcond.privacy.ledger import PrivacyLedger, check_ledger_writable, data_source_digest
 from fedcond.privacy.private_condensation import PrivateCondensation
 from fedcond.training import accuracy
 
@@ -237,7 +238,9 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
         def wrapped(message: Message, context: Context) -> Message:
             try:
                 return handler(message, context, node_policy(context))
-            except (PolicyViolation, PolicyError, LedgerError) as exc:
+            # PrivacyBudgetError covers LedgerError: a DP plan the node cannot make (a budget the
+            # accountant cannot meet, a delta of 1/N or more for its data) is refused like a rule
+            except (PolicyViolation, PolicyError, PrivacyBudgetError) as exc:
                 return _refusal(message, exc)
 
         return wrapped

@@ -193,19 +193,23 @@ class PrivacyAccountant:
             raise PrivacyBudgetError(
                 f"accountant state is for {state['mechanism']!r}, this accountant is {self.mechanism!r}"
             )
+        steps = state.get("history", [])
+        if not isinstance(steps, (list, tuple)):
+            raise PrivacyBudgetError(f"accountant state's history must be a list of steps, got {type(steps).__name__}")
         history = []
-        for step in state.get("history", []):
+        for step in steps:
             try:
                 sigma, rate, count = step
-                entry = (float(sigma), float(rate), int(count))
-            except (TypeError, ValueError):
+                whole = isinstance(count, int) or (isinstance(count, float) and count.is_integer())
+                entry = (float(sigma), float(rate), int(count)) if whole and not isinstance(count, bool) else None
+            except (TypeError, ValueError, OverflowError):
                 entry = None
             if entry is None or not (
                 math.isfinite(entry[0]) and entry[0] > 0 and 0 < entry[1] <= 1 and entry[2] >= 0
             ):
                 raise PrivacyBudgetError(
                     f"accountant state holds a step {step!r} that is not [noise multiplier > 0, sample rate in "
-                    "(0, 1], steps >= 0]"
+                    "(0, 1], a whole number of steps >= 0]"
                 )
             history.append(entry)
         self._accountant.history = history

@@ -26,6 +26,7 @@ from fedcond.federated.records import (
     METRICS_KEY,
     MODEL_KEY,
     NUM_EXAMPLES,
+    POLICY_REFUSED,
     SYNTHETIC_KEY,
     model_to_record,
     synthetic_from_record,
@@ -214,9 +215,10 @@ def test_dp_epsilon_accumulates_across_rounds_in_context_state(task_identity):
         ledger = context.state.config_records[DP_LEDGER_KEY]
         assert sum(ledger["steps"]) == 2 * server_round  # 2 DM iterations per round, all accounted
     assert 0 < spent[0] < spent[1] <= 4.0 + 1e-9  # cumulative over the rounds, within the budget
-    # a third round was not planned: the client refuses to spend past its budget
-    with pytest.raises(ValueError, match="over the budget"):
-        app(_train_message(103, 3, model, job), context)
+    # a third round was not planned: the client refuses to spend past its budget, in a reply
+    refused = app(_train_message(103, 3, model, job), context)
+    assert refused.has_error() and refused.error.code == POLICY_REFUSED and "over the budget" in refused.error.reason
+    assert sum(context.state.config_records[DP_LEDGER_KEY]["steps"]) == 4  # nothing more was spent
 
 
 def test_a_configured_dp_noise_seed_gives_every_client_and_round_its_own_noise(task_identity, monkeypatch):

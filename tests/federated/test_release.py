@@ -155,6 +155,14 @@ def test_dp_budget_exhaustion_survives_a_restart(task_identity, tmp_path):
     assert len(json.loads(path.read_text())["runs"]) == 1
 
 
+def test_a_dp_plan_the_node_cannot_make_is_a_refusal_not_a_crash(task_identity):
+    # delta 0.1 is more than 1/N for the node's ~720 images: the plan is refused by name
+    policy = policy_from_mapping({"dp.budget_delta": 0.5})
+    reply = build_client_app(policy)(condense_message({**SMALL_JOB, "dp.epsilon": 1.0, "dp.delta": 0.1}), context())
+    assert reply.has_error() and reply.error.code == POLICY_REFUSED
+    assert "at least 1/N" in reply.error.reason
+
+
 def test_ledger_file_errors(tmp_path, digits):
     source = data_source_digest(digits.train.images, digits.train.labels)
     path = tmp_path / "l.json"

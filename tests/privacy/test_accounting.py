@@ -76,6 +76,9 @@ def test_state_dict_round_trip_and_mechanism_check() -> None:
         ({"mechanism": "rdp", "history": [[0.0, 0.1, 3]]}, "holds a step"),  # no noise: no guarantee
         ({"mechanism": "rdp", "history": [[1.5, 1.5, 3]]}, "holds a step"),
         ({"mechanism": "rdp", "history": [[1.5, 0.1, -3]]}, "holds a step"),  # would lower the spend
+        ({"mechanism": "rdp", "history": [[1.5, 0.1, 2.7]]}, "holds a step"),  # not truncated to 2
+        ({"mechanism": "rdp", "history": [[1.5, 0.1, float("inf")]]}, "holds a step"),
+        ({"mechanism": "rdp", "history": None}, "must be a list of steps"),
     ],
 )
 def test_a_malformed_accountant_state_is_refused_by_name(state: dict, match: str) -> None:
