@@ -36,6 +36,7 @@ import fcntl
 import json
 import logging
 import math
+import numbers
 import os
 import socket
 import tempfile
@@ -70,6 +71,11 @@ class LedgerError(PrivacyBudgetError):
     """The ledger file is corrupt, unwritable, belongs to another data source, or the budget is spent."""
 
 
+def _real(value: object) -> bool:
+    """A real number (NumPy scalars included), not a boolean."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_lifetime_budget(*, budget_epsilon: float | None, budget_delta: float) -> None:
     """Refuse a lifetime budget that reads as no budget: ``budget_epsilon`` (when given) must be a
     finite number > 0 and ``budget_delta`` lie strictly between 0 and 1.
@@ -80,10 +86,10 @@ def check_lifetime_budget(*, budget_epsilon: float | None, budget_delta: float) 
         Naming the setting and its value.
     """
     if budget_epsilon is not None and not (
-        isinstance(budget_epsilon, (int, float)) and math.isfinite(budget_epsilon) and budget_epsilon > 0
+        _real(budget_epsilon) and math.isfinite(budget_epsilon) and budget_epsilon > 0
     ):
         raise LedgerError(f"the lifetime budget_epsilon must be a finite number > 0, got {budget_epsilon!r}")
-    if not (isinstance(budget_delta, (int, float)) and 0 < budget_delta < 1):
+    if not (_real(budget_delta) and 0 < budget_delta < 1):
         raise LedgerError(f"the lifetime budget_delta must lie strictly between 0 and 1, got {budget_delta!r}")
 
 

@@ -279,6 +279,7 @@ def test_a_ledger_of_another_data_source_is_refused(digits, tmp_path) -> None:
         ({"budget_epsilon": float("inf")}, "budget_epsilon must be a finite number > 0"),
         ({"budget_delta": 1.5}, "budget_delta must lie strictly between 0 and 1"),
         ({"budget_delta": 0.0}, "budget_delta must lie strictly between 0 and 1"),
+        ({"budget_epsilon": True}, "budget_epsilon must be a finite number > 0"),
     ],
 )
 def test_a_lifetime_budget_out_of_range_is_refused(digits, tmp_path, budget: dict, match: str) -> None:
