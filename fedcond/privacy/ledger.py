@@ -208,11 +208,7 @@ class PrivacyLedger:
                 f"DP ledger {self.path} has version {state.get('version')!r}; this fedcond reads versions "
                 f"{', '.join(map(str, _READABLE))} (a newer fedcond wrote it?)"
             )
-        if state.get("source") != self.source:
-            raise LedgerError(
-                f"DP ledger {self.path} belongs to another data source ({str(state.get('source'))[:12]}..., "
-                f"this node's data is {self.source[:12]}...): use one ledger file per data source"
-            )
+        self.check_source(str(state.get("source")), recorded=True)
         history = state.get("history")
         runs = state.get("runs", [])
         reserved = state.get("reserved", [])
@@ -308,6 +304,24 @@ class PrivacyLedger:
             )
         trial.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
         return trial.epsilon(delta=delta)
+
+    def check_source(self, source: str, *, recorded: bool = False) -> None:
+        """Refuse a data source other than this ledger's.
+
+        ``source`` is the data's digest (:func:`data_source_digest`); with ``recorded`` it is the
+        one the file records, checked against the source this ledger was opened for.
+
+        Raises
+        ------
+        LedgerError
+            Naming both digests' first characters and the path.
+        """
+        if source != self.source:
+            file_side, data_side = (source, self.source) if recorded else (self.source, source)
+            raise LedgerError(
+                f"DP ledger {self.path} belongs to another data source ({file_side[:12]}..., "
+                f"this node's data is {data_side[:12]}...): use one ledger file per data source"
+            )
 
     # ------------------------------------------------------------------------- checking and recording
     def check(

@@ -32,7 +32,7 @@ from fedcond.distill.matching import check_matching
 from fedcond.distill.synthetic import SyntheticSet
 from fedcond.privacy.accounting import PrivacyAccountant, PrivacyBudgetError
 from fedcond.privacy.dp import DPMeanStatistics, DPPlan, plan_dp
-from fedcond.privacy.ledger import LedgerError, check_lifetime_budget, data_source_digest
+from fedcond.privacy.ledger import check_lifetime_budget, data_source_digest
 
 if TYPE_CHECKING:
     from fedcond.data.registry import ArrayDataset
@@ -315,12 +315,7 @@ class PrivateCondensation:
                 "class_counts=data.class_counts() (the noise is scaled by them)"
             )
         if self._ledger is not None:
-            source = data_source_digest(data.images, data.labels)
-            if source != self._ledger.source:
-                raise LedgerError(
-                    f"DP ledger {self._ledger.path} belongs to another data source ({self._ledger.source[:12]}..., "
-                    f"this data is {source[:12]}...): use one ledger file per data source"
-                )
+            self._ledger.check_source(data_source_digest(data.images, data.labels))
 
     def _certify(self, result: CondensationResult) -> CondensationResult:
         plan = self.plan
