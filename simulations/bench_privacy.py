@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import earlier_run, machine_facts, recorded_command, same_command  # noqa: E402 - simulations/ is a folder of scripts
+from provenance import earlier_run, machine_facts, other_machine, recorded_command, same_command  # noqa: E402 - simulations/ is a folder of scripts
 
 from fedcond.config import AuditConfig, AugmentConfig, DataConfig, DistillConfig, EvalConfig
 from fedcond.data.registry import load_dataset
@@ -145,12 +145,14 @@ def condense(method: str, epsilon: float | None, args: argparse.Namespace, split
 class Stages:
     """The finished stages of unfinished rows, under ``OUT/stages/``, each tagged with the command.
 
-    A stage is read back only under ``--resume`` and only when the same command wrote it, so a
-    stage of another run is recomputed (and overwritten) instead of being mixed into this one.
+    A stage is read back only under ``--resume`` and only when the same command wrote it on the
+    same kind of machine, so a stage of another run is recomputed (and overwritten) instead of
+    being mixed into this one.
     """
 
     def __init__(self, folder: Path, command: str, *, resume: bool) -> None:
         self.folder, self.command, self.resume = folder, command, resume
+        self.machine = {key: value for key, value in machine_facts().items() if key.startswith("cpu_")}
         self.kept: list[str] = []  # the stages read back, in order (a row's ``seconds`` exclude them)
 
     def _path(self, key: str, suffix: str) -> Path:
@@ -162,7 +164,7 @@ class Stages:
         if not (self.resume and path.exists()):
             return None
         stage = json.loads(path.read_text())
-        if not same_command(stage.get("command", ""), self.command):
+        if not same_command(stage.get("command", ""), self.command) or other_machine(stage) is not None:
             return None
         logger.info("%s: kept from the earlier run (--resume)", key)
         if key not in self.kept:
@@ -174,7 +176,7 @@ class Stages:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._path(key, ".json")
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"command": self.command, "value": value}) + "\n")
+        tmp.write_text(json.dumps({"command": self.command, **self.machine, "value": value}) + "\n")
         tmp.replace(path)
 
     def kept_for(self, slug: str) -> list[str]:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["earlier_run", "machine_facts", "recorded_command"]
+__all__ = ["earlier_run", "machine_facts", "other_machine", "recorded_command"]
 
 _ROOT = Path(__file__).resolve().parents[1]
 #: the CPU flags that decide which kernels torch runs
@@ -68,12 +68,14 @@ def same_command(recorded: str, command: str) -> bool:
 def earlier_run(path: Path, command: str) -> dict[str, Any] | None:
     """The JSON an earlier run of ``command`` left at ``path`` (``--resume``); ``None`` when absent.
 
-    The commands are compared without ``--resume`` itself.
+    The commands are compared without ``--resume`` itself, and the machine facts the file records
+    with this machine's: rows from another CPU kind would be mixed into one table.
 
     Raises
     ------
     SystemExit
-        When ``path`` was written by another command: its rows would not belong to this run.
+        When ``path`` was written by another command, or on another machine: its rows would not
+        belong to this run.
     """
     if not path.exists():
         return None
@@ -81,7 +83,21 @@ def earlier_run(path: Path, command: str) -> dict[str, Any] | None:
     if not same_command(earlier.get("command", ""), command):
         raise SystemExit(f"--resume: {path} was written by another command ({earlier.get('command')!r}); "
                          "use another --out or the same command")
+    if (other := other_machine(earlier)) is not None:
+        raise SystemExit(f"--resume: {path} was written on another machine ({other}); its rows cannot be "
+                         "compared with rows measured here: use another --out")
     return earlier
+
+
+def other_machine(record: dict[str, Any]) -> str | None:
+    """How the machine that wrote ``record`` differs from this one, or ``None`` when it does not.
+
+    Only the facts ``record`` carries are compared (a record without machine facts is not refused).
+    """
+    here = _cpu()
+    differences = [f"{key} {record[key]!r}, here {here[key]!r}" for key in ("cpu_model", "cpu_count", "cpu_flags")
+                   if key in record and record[key] != here[key]]
+    return "; ".join(differences) or None
 
 
 def machine_facts() -> dict[str, Any]:

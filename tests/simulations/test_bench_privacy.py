@@ -141,6 +141,15 @@ def test_a_row_lists_its_own_kept_stages_only(bench, tmp_path):
     assert stages.kept_for("digits_dp_eps10") == ["digits_dp_eps10", "digits_dp_eps10_evaluation"]
 
 
+def test_a_stage_written_on_another_machine_is_recomputed(bench, tmp_path):
+    stages = bench.Stages(tmp_path, "python bench_privacy.py", resume=True)
+    stages.save("digits_reference", {"accuracy": 0.9})
+    assert stages.load("digits_reference") == {"accuracy": 0.9}
+    path = tmp_path / "digits_reference.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "cpu_model": "another CPU"}))
+    assert stages.load("digits_reference") is None
+
+
 def test_documented_commands_parse(bench):
     assert any("cifar10" in argv for _, argv in documented_commands("simulations/bench_privacy.py"))
     assert unparsable_commands("simulations/bench_privacy.py", bench.parse_args) == []

@@ -29,3 +29,17 @@ def test_earlier_run_returns_the_same_commands_file_and_refuses_another(provenan
     assert provenance.earlier_run(path, "python bench.py --resume --seed 0")["rows"] == [1]
     with pytest.raises(SystemExit, match="written by another command"):
         provenance.earlier_run(path, "python bench.py --seed 1")
+
+
+def test_earlier_run_refuses_a_file_written_on_another_machine(provenance, tmp_path):
+    path = tmp_path / "bench.json"
+    here = provenance.machine_facts()
+    record = {"command": "python bench.py", "rows": [1], **{k: here[k] for k in ("cpu_model", "cpu_count", "cpu_flags")}}
+    path.write_text(json.dumps(record))
+    assert provenance.earlier_run(path, "python bench.py")["rows"] == [1]
+    path.write_text(json.dumps({**record, "cpu_flags": [*here["cpu_flags"], "amx_tile-elsewhere"]}))
+    with pytest.raises(SystemExit, match="written on another machine.*cpu_flags"):
+        provenance.earlier_run(path, "python bench.py")
+    path.write_text(json.dumps({**record, "cpu_model": "another CPU"}))
+    with pytest.raises(SystemExit, match="cpu_model 'another CPU'"):
+        provenance.earlier_run(path, "python bench.py")
