@@ -470,10 +470,12 @@ def privacy() -> str:
     rows = []
     for file, dataset in (("bench_privacy_digits.json", "digits, 100 it."),
                           ("bench_privacy_mnist.json", "MNIST, 30 it."),
-                          ("bench_privacy_cifar10.json", "CIFAR-10 (JPEG copy), 200 it.")):
+                          ("bench_privacy_cifar10.json", "CIFAR-10 (JPEG copy), 200 it."),
+                          ("bench_privacy_cifar10_noise_eps10.json", "CIFAR-10 (JPEG copy), 200 it.")):
         if not (RESULTS / file).is_file():
             continue
-        for r in load(file)["rows"]:
+        data = load(file)
+        for r in data["rows"]:
             if r.get("nn_match_rate") is None:
                 continue
             epsilon = r.get("epsilon")
@@ -484,10 +486,10 @@ def privacy() -> str:
                 f"{r['nn_distance_ratio']:.2f} (fresh {r['nn_distance_ratio_fresh']:.2f})",
                 f"{r['mia_auc']:.3f} ({r['mia_attack']})",
                 f"{epsilon:.3f}" if epsilon is not None else "–",
-                r.get("verdict", ""), link(file),
+                r.get("verdict", ""), cpu_label(data), link(file),
             ])
     return table(["data", "method", "test accuracy (%)", "nn match", "NN ratio", "MIA AUC", "epsilon", "verdict",
-                  "data"], rows)
+                  "CPU", "data"], rows)
 
 
 def dp_mnist() -> str:
