@@ -501,6 +501,7 @@ STRATEGY_KEYS: dict[str, tuple[str, ...]] = {
     "robust": ("fedcond",),
     "server_epochs": ("fedcond",),
     "server_lr": ("fedcond",),
+    "server_embedder": ("fedcond",),
     "local_epochs": WEIGHT_AVERAGING,
     "local_lr": WEIGHT_AVERAGING,
     "local_batch_size": WEIGHT_AVERAGING,
@@ -539,6 +540,9 @@ class FederatedConfig(_SelfChecking):
     test_per_class: int | None = ranged(None, ge=1, limit=MAX_IMAGES)
     server_epochs: int = ranged(300, ge=1, limit=MAX_STEPS)
     server_lr: float = ranged(0.01, gt=0.0, limit=MAX_LR)
+    #: multi-round: send the global model to the clients as DM's embedding network (FedDM's
+    #: choice); the clients' policy must set ``accept_server_embedder``, or the run must be DP
+    server_embedder: bool = False
     model: str = "convnet"
     seed: int = ranged(0, ge=0, limit=MAX_SEED)
     #: clients start from noise: a real-image start uploads near-copies of training images, and

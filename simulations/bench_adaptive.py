@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 outcome: RobustOutcome = robust_sets(
                     sets, spec=splits.spec, config=config, model_name=fed.model, seed=fed.seed * 1000 + 701,
+                    ipc=fed.distill.ipc,
                     reference=reference_for_job(splits, dataclasses.replace(fed, robust=config)),
                 )
                 row: dict[str, Any] = {

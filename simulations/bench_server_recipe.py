@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     fed = job.federated
     sets, counts_source = client_sets(args.run / "uploads", job)
     spec = load_splits(job.data).spec
-    outcome = robust_sets(sets, spec=spec, config=fed.robust, model_name=fed.model, seed=fed.seed * 1000 + 701)
+    outcome = robust_sets(sets, spec=spec, config=fed.robust, model_name=fed.model, seed=fed.seed * 1000 + 701,
+                          ipc=fed.distill.ipc)
     union = aggregate_sets(outcome.sets, num_classes=spec.num_classes)
     test = federated_test_set(job)
     lr = fed.server_lr if args.lr is None else args.lr

@@ -259,6 +259,7 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
             dp_epsilon=None if fed.dp is None else fed.dp.epsilon,
             dp_delta=None if fed.dp is None else fed.dp.delta,
             server_noise_seed=fed.dp is not None and fed.dp.noise_seed is not None,
+            server_embedder=MODEL_KEY in message.content.array_records,
         )
         data, seed_id = _node_data(policy, context, job)
         distill = dataclasses.replace(fed.distill, seed=offset_seed(fed.distill.seed, 1000 * seed_id + server_round))

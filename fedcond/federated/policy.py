@@ -215,6 +215,12 @@ class ClientPolicy:
     serve : tuple[str, ...]
         Message actions the node answers (:data:`ACTIONS`; default :data:`DEFAULT_SERVE`, without
         FedAvg/FedProx ``train``).
+    accept_server_embedder : bool
+        Condense with a model the server sends as DM's embedding network, without DP. Off by
+        default: the network decides which directions of the images the upload matches, and a
+        near-linear one makes the upload an exact projection of the training images that the
+        release gate cannot see (two uploads on complementary projections give the images back).
+        A DP request may carry one: the guarantee holds for any network.
     dp, gate, data, checkpoints
         See :class:`DPPolicy`, :class:`GatePolicy`, :class:`DataSourcePolicy`,
         :class:`CheckpointPolicy`.
@@ -223,6 +229,7 @@ class ClientPolicy:
     allowed_init: tuple[str, ...] = PRIVATE_INITS
     min_iterations: int = 0
     serve: tuple[str, ...] = DEFAULT_SERVE
+    accept_server_embedder: bool = False
     dp: DPPolicy = field(default_factory=DPPolicy)
     gate: GatePolicy = field(default_factory=GatePolicy)
     data: DataSourcePolicy = field(default_factory=DataSourcePolicy)
@@ -233,11 +240,14 @@ class ClientPolicy:
 
     @property
     def permissive(self) -> bool:
-        """Whether an upload may carry training images: a real-data init allowed or no release
-        gate (without required DP), or FedAvg/FedProx model updates served (they pass no gate)."""
+        """Whether an upload may carry training images: a real-data init, no release gate or a
+        server-chosen embedding network allowed (without required DP), or FedAvg/FedProx model
+        updates served (they pass no gate)."""
         real_init = any(init not in PRIVATE_INITS for init in self.allowed_init)
         serves_updates = "train" in self.serve and not self.dp.required  # required DP refuses train
-        return serves_updates or (not self.dp.required and (real_init or not self.gate.enabled))
+        return serves_updates or (
+            not self.dp.required and (real_init or not self.gate.enabled or self.accept_server_embedder)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The policy as JSON-ready values (for ``metrics.json``), plus ``permissive``."""
@@ -403,6 +413,7 @@ def check_request(
     dp_epsilon: float | None = None,
     dp_delta: float | None = None,
     server_noise_seed: bool = False,
+    server_embedder: bool = False,
 ) -> None:
     """Refuse a request that breaks ``policy``.
 
@@ -416,6 +427,8 @@ def check_request(
         The requested DP budget of the run (``None``: no DP).
     server_noise_seed : bool
         Whether the request carries a server-supplied ``dp.noise_seed``.
+    server_embedder : bool
+        Whether the request carries a model for DM's embedding network.
 
     Raises
     ------
@@ -428,6 +441,12 @@ def check_request(
     if action == "train" and dp.required:
         raise PolicyViolation(
             "dp.required", "this node releases only differentially private sets; a model update is not one"
+        )
+    if action == "evaluate" and dp.required:
+        raise PolicyViolation(
+            "dp.required",
+            "this node releases only differentially private results; an evaluation reports a server model's exact "
+            "accuracy and example count on the node's data (a membership oracle)",
         )
     if action != "condense":
         return
@@ -449,6 +468,12 @@ def check_request(
         raise PolicyViolation(
             "dp.honour_server_noise_seed",
             "the request sets dp.noise_seed: noise the server can regenerate protects nothing; this node draws its own",
+        )
+    if server_embedder and dp_epsilon is None and not policy.accept_server_embedder:
+        raise PolicyViolation(
+            "accept_server_embedder",
+            "the request sends a model to condense with and has no DP: a network the server chooses can make "
+            "the upload a projection of the training images that the release gate cannot see",
         )
     # DP-DM always starts from noise, whatever init the request names
     effective_init = "noise" if dp_epsilon is not None else init

@@ -15,6 +15,10 @@ because non-IID partitions are skewed: on digits with Dirichlet(0.1) over 10 cli
 honest totals span 17 to 359 with upper median 169, so the default factor 3 caps no honest
 client.
 
+A claim is also bounded by the images sent (:func:`bound_claims_by_images`): a class's images
+carry at most ``claim / min(ipc, claim)`` each, what an honest client's images carry, so a liar
+cannot move its capped total onto one image of one class.
+
 **Embedding outliers.** Each client's images of class ``c`` are embedded by a few randomly
 initialised networks (DM's own view of a class: the mean embedding). A client's class is judged
 against a *reference*: the server's own real images of the class when it holds some
@@ -78,6 +82,7 @@ from fedcond.models import get_model
 __all__ = [
     "RobustOutcome",
     "ServerReference",
+    "bound_claims_by_images",
     "cap_claimed_counts",
     "embedding_outliers",
     "robust_sets",
@@ -188,6 +193,45 @@ def cap_claimed_counts(
         out.append(dataclasses.replace(s, class_counts=scaled))
         notes[s.node_id] = (
             f"claimed {int(total)} real samples, capped to {int(scaled.sum())} ({factor:g} x the median claim)"
+        )
+    return out, notes
+
+
+def bound_claims_by_images(sets: Sequence[ClientSet], *, ipc: int) -> tuple[list[ClientSet], dict[int, str]]:
+    """Scale each class's claim down to the images the client sent of it.
+
+    An honest client sends ``min(ipc, n_kc)`` images of a class it holds ``n_kc`` real samples of
+    (more, never fewer, where it repeats a small class's images up to ``ipc``), and each image
+    then carries ``n_kc / ipc`` of the class's weight at most. A client that sends ``m_kc``
+    fewer images claims at most ``n_kc * m_kc / min(ipc, n_kc)``: the weight per image stays what
+    an honest client's would be, so a liar cannot put its whole (capped) claim on one image.
+    An honest client whose release gate withheld near-copies keeps its weight per image and
+    loses the withheld images' share.
+
+    Returns
+    -------
+    tuple[list[ClientSet], dict[int, str]]
+        The sets (bounded ones replaced) and node id -> a note for each bounded claim.
+    """
+    if ipc < 1:
+        raise ValueError(f"ipc must be >= 1, got {ipc}")
+    out, notes = [], {}
+    for s in sets:
+        counts = s.class_counts.to(torch.int64)
+        sent = torch.bincount(s.synthetic.labels.to(torch.int64), minlength=counts.numel())[: counts.numel()]
+        expected = counts.clamp(max=ipc)
+        short = (counts > 0) & (sent < expected)
+        if not bool(short.any()):
+            out.append(s)
+            continue
+        bounded = torch.where(short, (counts * sent) // expected.clamp(min=1), counts)
+        bounded = torch.where(counts > 0, bounded.clamp(min=1), bounded)  # a held class keeps weight > 0
+        out.append(dataclasses.replace(s, class_counts=bounded))
+        classes = short.nonzero().flatten().tolist()
+        notes[s.node_id] = (
+            f"classes {classes}: {[int(sent[c]) for c in classes]} images sent for claims of "
+            f"{[int(counts[c]) for c in classes]} real samples, counted as {[int(bounded[c]) for c in classes]} "
+            f"(at most claim / min(ipc={ipc}, claim) per image)"
         )
     return out, notes
 
@@ -374,6 +418,7 @@ def robust_sets(
     config: RobustConfig,
     model_name: str,
     seed: int,
+    ipc: int,
     reference: ServerReference | None = None,
 ) -> RobustOutcome:
     """Apply the robust rule to validated client sets (a no-op copy when ``config.enabled`` is off).
@@ -390,6 +435,8 @@ def robust_sets(
         Architecture of the random embedding networks (the job's model).
     seed : int
         Seeds the embedding networks.
+    ipc : int
+        The images per class the job asked for (:func:`bound_claims_by_images`).
     reference : ServerReference | None
         The server's own labelled images (``robust.reference_per_class`` per class,
         :func:`server_reference`); required when that key is above 0.
@@ -403,8 +450,13 @@ def robust_sets(
         return RobustOutcome(list(sets))
     if config.reference_per_class > 0 and reference is None:
         raise ValueError("robust.reference_per_class > 0: the server's reference images must be given")
+    # the total first, then each class by its images: a claim moved onto one image stays bounded
     capped, cap_notes = cap_claimed_counts(sets, factor=config.count_cap_factor)
-    neutralised = {node: [note] for node, note in cap_notes.items()}
+    capped, image_notes = bound_claims_by_images(capped, ipc=ipc)
+    neutralised: dict[int, list[str]] = {}
+    for notes in (cap_notes, image_notes):
+        for node, note in notes.items():
+            neutralised.setdefault(node, []).append(note)
     # a rejected client's sets must not shape the references that judge the others: reject the
     # most flagged client only, judge the rest again without it, and repeat (one pass per rejection)
     rejected: dict[int, str] = {}

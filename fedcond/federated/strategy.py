@@ -218,8 +218,8 @@ class FedCond(Strategy):
         train_config = ConfigRecord(dict(config))
         train_config[SERVER_ROUND] = server_round
         content = RecordDict({CONFIG_KEY: train_config})
-        if server_round > 1 and len(arrays) > 0:
-            content[MODEL_KEY] = arrays  # multi-round: the global model becomes DM's embedder
+        if server_round > 1 and len(arrays) > 0 and self.config.server_embedder:
+            content[MODEL_KEY] = arrays  # the global model becomes DM's embedder, where clients accept it
         self.rounds.append(RoundReport(server_round, sampled=len(chosen), forgotten=departed))
         logger.info("round %d: sampled %d of %d nodes", server_round, len(chosen), len(node_ids))
         return [
@@ -370,6 +370,7 @@ class FedCond(Strategy):
             config=self.config.robust,
             model_name=self.config.model,
             seed=self.config.seed * 1000 + 700 + server_round,
+            ipc=self.config.distill.ipc,
             reference=self.reference,
         )
         report.rejected = dict(outcome.rejected)

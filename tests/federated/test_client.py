@@ -154,12 +154,20 @@ def test_condense_handler_replies_a_valid_set_and_keeps_memory_in_context_state(
     assert metrics[NUM_EXAMPLES] == sum(metrics[CLASS_COUNTS])
     memory = synthetic_from_record(context.state.array_records[MEMORY_KEY])
     assert torch.equal(memory.images, accepted.synthetic.images)
-    # round 2, multi-round: the global model is the embedder and the memory is the start point
-    model = model_to_record(get_model("convnet", get_spec("digits")))
-    second = app(_train_message(102, 2, {MODEL_KEY: model}), context)
+    # round 2, multi-round: the memory is the start point
+    second = app(_train_message(102, 2), context)
     again = synthetic_from_record(second.content.array_records[SYNTHETIC_KEY])
     assert torch.equal(again.labels, memory.labels)
     assert (again.images - memory.images).abs().mean() < (again.images.std() * 0.5), "warm start from memory"
+
+
+def test_a_server_model_as_embedder_is_refused_without_dp_unless_the_policy_accepts_it(task_identity):
+    model = {MODEL_KEY: model_to_record(get_model("convnet", get_spec("digits")))}
+    refused = app(_train_message(102, 2, model), _context(2))
+    assert refused.has_error() and "'accept_server_embedder'" in refused.error.reason
+    accepting = build_client_app(policy_from_mapping({"accept_server_embedder": True}))
+    reply = accepting(_train_message(102, 2, model), _context(2))
+    assert not reply.has_error() and SYNTHETIC_KEY in reply.content.array_records
 
 
 def test_fedavg_train_handler_returns_weights_and_num_examples(task_identity):

@@ -118,6 +118,11 @@ def test_permissive_policies():
          "dp.max_epsilon"),
         (ClientPolicy(), {"action": "condense", "init": "noise", "iterations": 10, "dp_epsilon": 1.0,
                           "dp_delta": 0.5}, "dp.budget_delta"),
+        # a server-chosen embedding network can make a non-DP upload a projection of the images
+        (ClientPolicy(), {"action": "condense", "init": "noise", "iterations": 10, "server_embedder": True},
+         "accept_server_embedder"),
+        # an evaluation's exact accuracy on the node's data is not a DP release
+        (policy_from_mapping({"dp.required": True}), {"action": "evaluate"}, "dp.required"),
     ],
 )
 def test_each_rule_refuses_the_request_that_breaks_it(policy, request_kwargs, rule):
@@ -144,6 +149,11 @@ def test_each_rule_refuses_the_request_that_breaks_it(policy, request_kwargs, ru
                           "dp_delta": 1e-5}),
         (policy_from_mapping({"allowed_init": ["real", "noise"]}),
          {"action": "condense", "init": "real", "iterations": 0}),
+        (policy_from_mapping({"accept_server_embedder": True}),
+         {"action": "condense", "init": "noise", "iterations": 10, "server_embedder": True}),
+        # the DP guarantee holds whatever network embeds the images
+        (ClientPolicy(), {"action": "condense", "init": "noise", "iterations": 10, "dp_epsilon": 1.0,
+                          "server_embedder": True}),
     ],
 )
 def test_requests_that_keep_the_rules_are_served(policy, request_kwargs):
@@ -165,6 +175,7 @@ def test_model_updates_make_a_policy_permissive_unless_dp_is_required():
     assert "train" not in DEFAULT_SERVE and not DEFAULT_POLICY.permissive
     assert ClientPolicy(serve=ACTIONS).permissive
     assert not policy_from_mapping({"serve": list(ACTIONS), "dp.required": True}).permissive
+    assert policy_from_mapping({"accept_server_embedder": True}).permissive
 
 
 def test_simulated_clients_serve_train_only_for_weight_averaging_without_a_named_policy():

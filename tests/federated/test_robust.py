@@ -170,6 +170,39 @@ def test_claims_above_factor_times_the_upper_median_are_scaled_down_proportional
         cap_claimed_counts(sets, factor=0.5)
 
 
+def _sent(node_id: int, counts: dict[int, int], images: dict[int, int]) -> ClientSet:
+    claimed = torch.zeros(10, dtype=torch.int64)
+    for c, n in counts.items():
+        claimed[c] = n
+    labels = torch.tensor([c for c, m in images.items() for _ in range(m)])
+    return ClientSet(node_id, SyntheticSet(torch.zeros(len(labels), 1, 8, 8), labels, {}), claimed, {})
+
+
+def test_a_claim_is_bounded_by_the_images_sent_of_its_class(digits_spec):
+    from fedcond.federated.aggregation import aggregate_sets
+    from fedcond.federated.robust import bound_claims_by_images
+
+    honest = [_sent(i, {3: 40 + i, 5: 2}, {3: 10, 5: 10}) for i in range(9)]  # ipc 10; class 5 repeated up to ipc
+    withheld = _sent(9, {3: 50}, {3: 8})  # the release gate withheld two near-copies
+    liar = _sent(10, {3: 10**7}, {3: 1})  # the whole claim on one image
+    bounded, notes = bound_claims_by_images([*honest, withheld, liar], ipc=10)
+    assert [s.class_counts.tolist() for s in bounded[:9]] == [s.class_counts.tolist() for s in honest]
+    assert set(notes) == {9, 10} and "counted as [40]" in notes[9]
+    assert int(bounded[10].class_counts[3]) == 10**6  # a tenth of the claim: one image of ipc 10
+    config = parse_config(FederatedConfig, {}).robust
+    outcome = robust_sets([*honest, withheld, liar], spec=digits_spec, config=config, model_name="convnet", seed=0,
+                          ipc=10)
+    assert len(outcome.neutralised[10]) == 2  # capped, then bounded by its one image
+    # the liar's image weighs what one of ten images of its capped claim would: a few percent of
+    # class 3 (its whole capped claim on the one image would be about a quarter)
+    union = aggregate_sets(outcome.sets, num_classes=10)
+    threes = union.weights[union.labels == 3]
+    share = float(threes.max() / threes.sum())
+    assert share < 0.05, f"one image holds {share:.0%} of class 3's weight"
+    with pytest.raises(ValueError, match="ipc must be >= 1"):
+        bound_claims_by_images(honest, ipc=0)
+
+
 def test_honest_sets_pass_the_robust_rule_untouched(task_identity, digits):
     strategy = _strategy()
     replies = [_honest_reply(n, digits, classes=_classes(n)) for n in range(NUM_CLIENTS)]
@@ -284,7 +317,7 @@ def test_a_client_cannot_be_its_own_reference(digits, digits_spec):
     strict = embedding_outliers(sets, spec=digits_spec, model_name="convnet", nets=2, margin=2.0, spread=4.0, seed=0)
     assert set(strict) == {9}
     config = parse_config(FederatedConfig, {"robust.outlier_nets": 2}).robust
-    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0, ipc=IPC)
     assert set(outcome.rejected) == {9} and "1 of 1 judged classes" in outcome.rejected[9]
     assert outcome.neutralised == {} and [s.node_id for s in outcome.sets] == [0, 1, 4, 2, 3]
 
@@ -346,7 +379,7 @@ def test_a_rejected_client_shapes_no_reference(digits, digits_spec):
     counts = sum(f.class_counts for f in flipper)
     sets.append(ClientSet(node_id=9, synthetic=SyntheticSet(images, labels, {}), class_counts=counts, metrics={}))
     config = parse_config(FederatedConfig, {"robust.outlier_nets": 2}).robust
-    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0, ipc=IPC)
     assert set(outcome.rejected) == {9} and "2 of 2 judged classes" in outcome.rejected[9]
     assert set(outcome.neutralised) <= {9} and [s.node_id for s in outcome.sets] == list(range(7))
 
@@ -373,18 +406,18 @@ def test_by_default_the_rule_caps_claims_and_the_outlier_rule_is_opt_in(digits, 
         _eights(4, digits, offset=IPC),
         _eights(5, digits, offset=IPC + 10),
     ]
-    outcome = robust_sets(sets, spec=digits_spec, config=robust, model_name="convnet", seed=0)
+    outcome = robust_sets(sets, spec=digits_spec, config=robust, model_name="convnet", seed=0, ipc=IPC)
     assert outcome.rejected == {} and set(outcome.neutralised) == {2}
     assert int(outcome.sets[2].class_counts.sum()) <= 3 * 60
     judged = robust_sets(sets, spec=digits_spec, config=dataclasses.replace(robust, outlier_nets=2),
-                         model_name="convnet", seed=0)
+                         model_name="convnet", seed=0, ipc=IPC)
     assert set(judged.rejected) == {1}
 
 
 def test_robust_outcome_without_the_rule_is_a_copy(digits_spec):
     sets = [_client_set(i, t) for i, t in enumerate([10, 10**6])]
     config = parse_config(FederatedConfig, {"robust.enabled": False}).robust
-    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0, ipc=IPC)
     assert outcome.sets == sets and outcome.rejected == {} and outcome.neutralised == {}
 
 
@@ -576,12 +609,12 @@ def test_clients_that_contradict_each_other_fail_the_rule_closed(digits, digits_
     honest, swapped = {3: 3, 4: 4}, {3: 4, 4: 3}
     sets = [_mixed_set(n, digits, shown=swapped if n >= 3 else honest, n=5, offset=5 * n) for n in range(6)]
     config = parse_config(FederatedConfig, {"robust.outlier_nets": 2}).robust
-    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0, ipc=IPC)
     assert outcome.sets == [] and outcome.rejected == {}
     assert outcome.alarm is not None and "every one of the 6 remaining client sets" in outcome.alarm
     # with the honest clients a majority of every class's holders, the colluders are rejected
     sets += [_mixed_set(n, digits, shown=honest, n=5, offset=5 * n) for n in (6, 7, 8, 9)]
-    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0, ipc=IPC)
     assert outcome.alarm is None and set(outcome.rejected) == {3, 4, 5}
 
 
@@ -596,7 +629,7 @@ def test_the_rule_never_rejects_half_of_the_clients(digits, digits_spec):
     cycle = {3: 4, 4: 5, 5: 6, 6: 3}
     sets += [_mixed_set(n, digits, shown=cycle, n=10, offset=10 * n) for n in (7, 8, 9)]
     config = parse_config(FederatedConfig, {"robust.outlier_nets": 2}).robust
-    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0)
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0, ipc=IPC)
     assert outcome.sets == [] and outcome.alarm is not None
     assert "would reject 4 or more of the 7 client sets (nodes 0, 1, 2 rejected before)" in outcome.alarm
 
@@ -635,7 +668,7 @@ def test_a_server_reference_judges_every_class_and_no_coalition_outvotes_it(digi
     cycle = {3: 4, 4: 5, 5: 6, 6: 3}
     sets += [_mixed_set(n, digits, shown=cycle, n=10, offset=10 * n) for n in (7, 8, 9)]
     config = parse_config(FederatedConfig, {"robust.outlier_nets": 2, "robust.reference_per_class": 10}).robust
-    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0,
+    outcome = robust_sets(sets, spec=digits_spec, config=config, model_name="convnet", seed=0, ipc=IPC,
                           reference=_digits_reference(digits))
     assert outcome.alarm is None and set(outcome.rejected) == {7, 8, 9}
     assert "4 of 4 judged classes" in outcome.rejected[7]
@@ -644,8 +677,8 @@ def test_a_server_reference_judges_every_class_and_no_coalition_outvotes_it(digi
     lone = [_mixed_set(0, digits, shown={3: 3}, n=10, offset=0), _mixed_set(1, digits, shown={4: 8}, n=10, offset=0),
             _mixed_set(2, digits, shown={5: 5}, n=10, offset=0)]
     assert robust_sets(lone, spec=digits_spec, config=dataclasses.replace(config, reference_per_class=0),
-                       model_name="convnet", seed=0).rejected == {}
-    judged = robust_sets(lone, spec=digits_spec, config=config, model_name="convnet", seed=0,
+                       model_name="convnet", seed=0, ipc=IPC).rejected == {}
+    judged = robust_sets(lone, spec=digits_spec, config=config, model_name="convnet", seed=0, ipc=IPC,
                          reference=_digits_reference(digits))
     assert set(judged.rejected) == {1} and "class 4 images embed nearer class 8" in judged.rejected[1]
 
@@ -663,7 +696,7 @@ def test_a_server_reference_is_drawn_per_class_and_required_when_configured(digi
                          generator=torch.Generator().manual_seed(0))
     config = parse_config(FederatedConfig, {"robust.outlier_nets": 2, "robust.reference_per_class": 5}).robust
     with pytest.raises(ValueError, match="reference images must be given"):
-        robust_sets([_client_set(0, 10)], spec=digits_spec, config=config, model_name="convnet", seed=0)
+        robust_sets([_client_set(0, 10)], spec=digits_spec, config=config, model_name="convnet", seed=0, ipc=IPC)
     with pytest.raises(ValueError, match="needs the server's reference"):
         _strategy(**{"robust.reference_per_class": 5})
 
@@ -699,7 +732,7 @@ def test_colluders_on_the_server_reference_cannot_shrink_the_typical_distance(di
     colluders = [ClientSet(node_id=n, synthetic=SyntheticSet(on_reference, reference.labels.clone(), {}),
                            class_counts=torch.full((10,), 20), metrics={}) for n in (7, 8, 9, 10)]
     config = parse_config(FederatedConfig, {"robust.outlier_nets": 2, "robust.reference_per_class": 10}).robust
-    outcome = robust_sets(honest + colluders, spec=digits_spec, config=config, model_name="convnet", seed=0,
+    outcome = robust_sets(honest + colluders, spec=digits_spec, config=config, model_name="convnet", seed=0, ipc=IPC,
                           reference=reference)
     assert outcome.alarm is None and outcome.rejected == {}
     assert {s.node_id for s in outcome.sets} == {0, 1, 2, 3, 4, 5, 7, 8, 9, 10}

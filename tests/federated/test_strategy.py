@@ -71,9 +71,13 @@ def test_partial_participation_samples_as_many_nodes_as_flowers_fedavg(task_iden
     assert len(_configure(strategy, range(1, 11))) == expected
 
 
-def test_multi_round_sends_the_global_model_from_round_two(task_identity, digits_spec):
-    strategy = _strategy(digits_spec, rounds=3)
+def test_multi_round_sends_the_global_model_from_round_two_only_when_asked(task_identity, digits_spec):
     model = ArrayRecord({"w": Array(np.ones(3, np.float32))})
+    # by default the clients condense with their own random networks (their policy refuses a
+    # server-chosen one outside DP)
+    messages = _configure(_strategy(digits_spec, rounds=3), [1, 2], server_round=2, arrays=model)
+    assert not any(MODEL_KEY in m.content.array_records for m in messages)
+    strategy = _strategy(digits_spec, rounds=3, server_embedder=True)
     messages = _configure(strategy, [1, 2], server_round=2, arrays=model)
     assert all(MODEL_KEY in m.content.array_records for m in messages)
 

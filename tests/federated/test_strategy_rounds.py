@@ -72,7 +72,7 @@ def test_train_messages_carry_the_given_config_and_the_round(task_identity, digi
 
 
 def test_a_later_round_without_a_global_model_sends_no_model(task_identity, digits_spec) -> None:
-    strategy = _strategy(digits_spec, rounds=2)
+    strategy = _strategy(digits_spec, rounds=2, server_embedder=True)
     assert all(MODEL_KEY not in m.content.array_records for m in _configure(strategy, [1, 2], server_round=2))
     model = ArrayRecord({"w": Array(np.ones(2, np.float32))})
     sent = _configure(strategy, [1, 2], server_round=2, arrays=model)
