@@ -775,6 +775,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         raise ConfigError(f"config key {key!r} must be one of {', '.join(map(str, choices))}; got {value!r}")
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if isinstance(value, _FileString) and not value.strip():
+            # a templated file whose variable was empty: leaving the key out is how a file says
+            # "none", and a dropped ledger or data folder must not pass for a choice
+            raise ConfigError(f"config key {key!r} is an empty string in the file; leave the key out for none")
         if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
             return None
         return _coerce(value, args[0], key)

@@ -97,9 +97,19 @@ logger = logging.getLogger(__name__)
 
 
 
+class MalformedRequest(ValueError):
+    """The server's message holds a config the node cannot read: refused like a broken rule."""
+
+
 def _job(message: Message) -> tuple[FederatedJob, int]:
     config = message.content.config_records.get(CONFIG_KEY, ConfigRecord())
-    return job_from_mapping(dict(config)), int(config.get(SERVER_ROUND, 1))
+    try:
+        server_round = config.get(SERVER_ROUND, 1)
+        if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 1:
+            raise ValueError(f"config key {SERVER_ROUND!r} must be a round number >= 1, got {server_round!r}")
+        return job_from_mapping(dict(config)), server_round
+    except ValueError as exc:  # ConfigError is a ValueError
+        raise MalformedRequest(f"the request's config is malformed: {exc}") from exc
 
 
 def _partition_of(context: Context, job: FederatedJob) -> tuple[int, int]:
@@ -240,7 +250,7 @@ def build_client_app(policy: ClientPolicy | None = None) -> ClientApp:
                 return handler(message, context, node_policy(context))
             # PrivacyBudgetError covers LedgerError: a DP plan the node cannot make (a budget the
             # accountant cannot meet, a delta of 1/N or more for its data) is refused like a rule
-            except (PolicyViolation, PolicyError, PrivacyBudgetError) as exc:
+            except (PolicyViolation, PolicyError, PrivacyBudgetError, MalformedRequest) as exc:
                 return _refusal(message, exc)
 
         return wrapped

@@ -277,6 +277,8 @@ def _check_policy(policy: ClientPolicy) -> None:
         raise PolicyError(f"policy key 'allowed_init': unknown init kind(s) {unknown}; choose from {list(INIT_KINDS)}")
     if not policy.allowed_init:
         raise PolicyError("policy key 'allowed_init' is empty: the node would refuse every condensation")
+    if not policy.serve:
+        raise PolicyError("policy key 'serve' is empty: the node would refuse every request")
     unknown = [a for a in policy.serve if a not in ACTIONS]
     if unknown:
         raise PolicyError(f"policy key 'serve': unknown action(s) {unknown}; choose from {list(ACTIONS)}")

@@ -148,6 +148,20 @@ def check_ledger_writable(path: str | Path) -> None:
                 folder.rmdir()
 
 
+
+def _real(value: Any) -> float:
+    """A JSON number as a float; a string, a boolean or ``null`` is a corrupt row, not a value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} is not a number")
+    return float(value)
+
+
+def _whole(value: Any) -> int:
+    """A JSON integer; a fraction would be truncated (fewer steps charged), so it is corrupt."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not a whole number of steps")
+    return value
+
 class PrivacyLedger:
     """A node's DP accountant history, persisted in ``path`` and bound to ``source``.
 
@@ -215,12 +229,15 @@ class PrivacyLedger:
         if not isinstance(history, list) or not isinstance(runs, list) or not isinstance(reserved, list):
             raise LedgerError(f"DP ledger {self.path} is corrupt: 'history', 'runs' and 'reserved' must be lists")
         try:
-            rows = [(float(s), float(q), int(n)) for s, q, n in history]
+            rows = [(_real(s), _real(q), _whole(n)) for s, q, n in history]
             pending = [
-                (str(r["id"]), float(r["noise_multiplier"]), float(r["sample_rate"]), int(r["steps"])) for r in reserved
+                (str(r["id"]), _real(r["noise_multiplier"]), _real(r["sample_rate"]), _whole(r["steps"]))
+                for r in reserved
             ]
+            for run in runs:
+                _whole(run["steps"]), _real(run["epsilon_after"]), _real(run["delta"])
         except (TypeError, ValueError, KeyError) as exc:
-            raise LedgerError(f"DP ledger {self.path} is corrupt: bad history or reservation row ({exc})") from exc
+            raise LedgerError(f"DP ledger {self.path} is corrupt: bad history, run or reservation row ({exc})") from exc
         if any(not (s > 0 and 0 < q <= 1 and n > 0) for s, q, n in rows + [p[1:] for p in pending]):
             raise LedgerError(f"DP ledger {self.path} is corrupt: a history or reservation row is out of range")
         try:

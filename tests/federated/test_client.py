@@ -161,6 +161,17 @@ def test_condense_handler_replies_a_valid_set_and_keeps_memory_in_context_state(
     assert (again.images - memory.images).abs().mean() < (again.images.std() * 0.5), "warm start from memory"
 
 
+@pytest.mark.parametrize(
+    ("key", "value"), [("server-round", "abc"), ("server-round", 0), ("distill.ipc", "ten"), ("rounds", -1)]
+)
+def test_a_malformed_request_config_is_a_refusal_naming_the_key(task_identity, key, value):
+    message = _train_message(102, 1)
+    message.content.config_records[CONFIG_KEY][key] = value
+    reply = app(message, _context(2))
+    assert reply.has_error() and reply.error.code == POLICY_REFUSED
+    assert "malformed" in reply.error.reason and key.split(".")[-1] in reply.error.reason
+
+
 def test_a_server_model_as_embedder_is_refused_without_dp_unless_the_policy_accepts_it(task_identity):
     model = {MODEL_KEY: model_to_record(get_model("convnet", get_spec("digits")))}
     refused = app(_train_message(102, 2, model), _context(2))

@@ -148,6 +148,47 @@ def test_a_corrupt_reservation_is_refused(tmp_path) -> None:
         PrivacyLedger(path, source=SOURCE)
 
 
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("history", 199.9),  # a fractional step count would be truncated: fewer steps charged
+        ("history", True),  # a boolean is not a step count
+        ("history", "200"),  # nor is a string
+        ("run", 199.5),
+        ("run", None),
+    ],
+)
+def test_a_ledger_row_that_is_not_a_whole_number_of_steps_is_refused(tmp_path, where, value) -> None:
+    path = tmp_path / "ledger.json"
+    ledger = PrivacyLedger(path, source=SOURCE)
+    _check(ledger, None)
+    _record(ledger)
+    state = json.loads(path.read_text())
+    if where == "history":
+        state["history"][0][2] = value
+    else:
+        state["runs"][0]["steps"] = value
+    path.write_text(json.dumps(state))
+    with pytest.raises(LedgerError, match="corrupt"):
+        PrivacyLedger(path, source=SOURCE)
+
+
+def test_a_run_entry_that_is_not_a_record_is_refused(tmp_path) -> None:
+    path = tmp_path / "ledger.json"
+    ledger = PrivacyLedger(path, source=SOURCE)
+    _check(ledger, None)
+    _record(ledger)
+    state = json.loads(path.read_text())
+    state["runs"].append(42)
+    path.write_text(json.dumps(state))
+    with pytest.raises(LedgerError, match="corrupt"):
+        PrivacyLedger(path, source=SOURCE)
+    state["runs"][-1] = "x"
+    path.write_text(json.dumps(state))
+    with pytest.raises(LedgerError, match="corrupt"):
+        PrivacyLedger(path, source=SOURCE)
+
+
 # --------------------------------------------------------------------------- an unwritable folder
 def test_a_ledger_under_a_regular_file_is_refused_by_name(tmp_path) -> None:
     (tmp_path / "afile").write_text("a file, not a folder")

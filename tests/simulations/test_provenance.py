@@ -34,7 +34,8 @@ def test_earlier_run_returns_the_same_commands_file_and_refuses_another(provenan
 def test_earlier_run_refuses_a_file_written_on_another_machine(provenance, tmp_path):
     path = tmp_path / "bench.json"
     here = provenance.machine_facts()
-    record = {"command": "python bench.py", "rows": [1], **{k: here[k] for k in ("cpu_model", "cpu_count", "cpu_flags")}}
+    machine = {key: here[key] for key in ("cpu_model", "cpu_count", "cpu_flags")}
+    record = {"command": "python bench.py", "rows": [1], **machine}
     path.write_text(json.dumps(record))
     assert provenance.earlier_run(path, "python bench.py")["rows"] == [1]
     path.write_text(json.dumps({**record, "cpu_flags": [*here["cpu_flags"], "amx_tile-elsewhere"]}))
