@@ -149,15 +149,16 @@ def check_ledger_writable(path: str | Path) -> None:
 
 
 
-def _real(value: Any) -> float:
-    """A JSON number as a float; a string, a boolean or ``null`` is a corrupt row, not a value."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{value!r} is not a number")
+def _row_number(value: Any) -> float:
+    """A ledger row's JSON number as a float; a string, a boolean, ``null`` or a non-finite
+    value (an infinite noise multiplier reads as no spend) is a corrupt row, not a value."""
+    if not _real(value) or not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
     return float(value)
 
 
-def _whole(value: Any) -> int:
-    """A JSON integer; a fraction would be truncated (fewer steps charged), so it is corrupt."""
+def _row_steps(value: Any) -> int:
+    """A ledger row's JSON integer; a fraction would be truncated (fewer steps charged), so it is corrupt."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{value!r} is not a whole number of steps")
     return value
@@ -229,13 +230,14 @@ class PrivacyLedger:
         if not isinstance(history, list) or not isinstance(runs, list) or not isinstance(reserved, list):
             raise LedgerError(f"DP ledger {self.path} is corrupt: 'history', 'runs' and 'reserved' must be lists")
         try:
-            rows = [(_real(s), _real(q), _whole(n)) for s, q, n in history]
+            rows = [(_row_number(s), _row_number(q), _row_steps(n)) for s, q, n in history]
             pending = [
-                (str(r["id"]), _real(r["noise_multiplier"]), _real(r["sample_rate"]), _whole(r["steps"]))
+                (str(r["id"]), _row_number(r["noise_multiplier"]), _row_number(r["sample_rate"]),
+                 _row_steps(r["steps"]))
                 for r in reserved
             ]
             for run in runs:
-                _whole(run["steps"]), _real(run["epsilon_after"]), _real(run["delta"])
+                _row_steps(run["steps"]), _row_number(run["epsilon_after"]), _row_number(run["delta"])
         except (TypeError, ValueError, KeyError) as exc:
             raise LedgerError(f"DP ledger {self.path} is corrupt: bad history, run or reservation row ({exc})") from exc
         if any(not (s > 0 and 0 < q <= 1 and n > 0) for s, q, n in rows + [p[1:] for p in pending]):

@@ -156,18 +156,23 @@ def test_a_corrupt_reservation_is_refused(tmp_path) -> None:
         ("history", "200"),  # nor is a string
         ("run", 199.5),
         ("run", None),
+        ("reservation", float("inf")),  # an infinite noise multiplier would count as no spend
+        ("reservation", float("nan")),
     ],
 )
 def test_a_ledger_row_that_is_not_a_whole_number_of_steps_is_refused(tmp_path, where, value) -> None:
     path = tmp_path / "ledger.json"
     ledger = PrivacyLedger(path, source=SOURCE)
     _check(ledger, None)
-    _record(ledger)
+    if where != "reservation":
+        _record(ledger)
     state = json.loads(path.read_text())
     if where == "history":
         state["history"][0][2] = value
-    else:
+    elif where == "run":
         state["runs"][0]["steps"] = value
+    else:
+        state["reserved"][0]["noise_multiplier"] = value
     path.write_text(json.dumps(state))
     with pytest.raises(LedgerError, match="corrupt"):
         PrivacyLedger(path, source=SOURCE)
