@@ -515,6 +515,8 @@ STRATEGY_KEYS: dict[str, tuple[str, ...]] = {
 class FederatedConfig(_SelfChecking):
     """A federated run: partitioning, strategy and the clients' condensation settings.
 
+    ``server_embedder`` sends the global model to the clients from round 2 as DM's embedding
+    network (a client refuses it without DP unless its policy sets ``accept_server_embedder``).
     ``robust`` holds the FedCond server's defences; ``node_wait_timeout`` bounds the wait for
     ``min_available_nodes`` (seconds); ``trimmed_beta`` (FedTrimmedAvg's cut fraction) and
     ``byzantine_nodes`` (Krum, MultiKrum, Bulyan's assumed attackers) set Flower's robust

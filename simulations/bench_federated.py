@@ -64,13 +64,18 @@ from fedcond.federated.simulation import simulate
 
 #: the research setting of real-image starts: it uploads near-copies, so it needs a permissive policy
 PERMISSIVE = policy_from_mapping({"allowed_init": ["real", "noise"], "gate.enabled": False})
+#: multi-round FedCond as FedDM runs it: the global model is DM's embedder from round 2, which the
+#: default policy refuses without DP (docs/client-policy.md), so these research runs accept it
+PERMISSIVE_MULTI = policy_from_mapping({"allowed_init": ["real", "noise"], "gate.enabled": False,
+                                        "accept_server_embedder": True})
 
 # per-dataset recipes (CPU budgets: MNIST is subsampled, see docs/federated.md)
 RECIPES: dict[str, dict[str, Any]] = {
     "digits": {
         "common": {"dataset": "digits"},
         "fedcond": {"distill.ipc": 10, "distill.iterations": 200, "server_epochs": 300},
-        "multi": {"distill.ipc": 10, "distill.iterations": 100, "server_epochs": 300, "rounds": 3},
+        "multi": {"distill.ipc": 10, "distill.iterations": 100, "server_epochs": 300, "rounds": 3,
+                  "server_embedder": True},
     },
     "mnist": {
         # 1000 training images per class (10k of MNIST's 60k) split over the clients, the full
@@ -90,6 +95,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             "distill.batch_real": 64,
             "server_epochs": 100,
             "rounds": 2,
+            "server_embedder": True,
         },
     },
     "cifar10": {
@@ -102,6 +108,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             "distill.batch_real": 128,
             "server_epochs": 300,
             "rounds": 3,
+            "server_embedder": True,
         },
     },
 }
@@ -321,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                     job = job_from_mapping({**mapping, "seed": seed, "distill.seed": seed,
                                             **({"out": str(run_dir)} if fedcond_run else {})})
                     policy = (PERMISSIVE if method == "fedcond-realinit"
+                              else PERMISSIVE_MULTI if method.startswith("fedcond-multi")
                               else simulated_client_policy(None, strategy=mapping["strategy"]))
                     server_state, client_state = run_dir / CHECKPOINTS, run_dir / CLIENT_CHECKPOINTS
                     resumed = args.resume and (server_state.is_dir() or client_state.is_dir())

@@ -347,7 +347,21 @@ PRIVATE_DEFAULT_FILES = (
     "federated_private_default_digits.json",
     "federated_private_default_mnist10k.json",
     "federated_private_default_mnist10k_factor2.json",
+    "federated_private_default_mnist10k_3seeds.json",
+    "federated_private_default_mnist10k_ipc50_seed0.json",
 )
+#: FedAvg on the MNIST 10k Dirichlet-0.1 partitions, for the MNIST files that run FedCond alone:
+#: the three-seed run where it exists, else seed 0 of the federated table's run
+MNIST_FEDAVG_FILES = ("federated_fedavg_mnist10k_3seeds.json", "federated_mnist10k_all.json")
+
+
+def _mnist_fedavg() -> tuple[str, dict, dict] | None:
+    """(file, its data, its FedAvg Dirichlet-0.1 summary row) of the first MNIST FedAvg file present."""
+    for file in MNIST_FEDAVG_FILES:
+        if (RESULTS / file).is_file():
+            data = load(file)
+            return file, data, find(data["summary"], partition="dirichlet-0.1", method="fedavg")
+    return None
 
 
 def private_default() -> str:
@@ -355,16 +369,15 @@ def private_default() -> str:
     names = {"fedcond-oneshot": "FedCond, private default", "fedcond-realinit": "FedCond, real init (permissive)",
              "fedavg": "FedAvg, 20 rounds"}
     rows = []
-    fedavg_row = None  # FedAvg on the MNIST partitions, from the federated table's run: shown once, last
+    mnist_fedavg = _mnist_fedavg()
     for file in PRIVATE_DEFAULT_FILES:
         if not (RESULTS / file).is_file():
             continue
         data = load(file)
         fedavg_elsewhere = None
         if not any(r["method"] == "fedavg" for r in data["summary"]) and data["summary"][0]["dataset"] == "mnist":
-            # FedAvg on the same partitions (seed 0, MNIST 10k, Dirichlet 0.1) from the federated table's run
-            fedavg_elsewhere = find(load("federated_mnist10k_all.json")["summary"], partition="dirichlet-0.1",
-                                    method="fedavg")
+            fedavg_elsewhere = None if mnist_fedavg is None else mnist_fedavg[2]
+        overrides = re.findall(r"--set (\S+)", data.get("command", ""))
         for summary in data["summary"]:
             ratio = summary.get("uplink_ratio_to_fedavg")
             if ratio is None and fedavg_elsewhere is not None:
@@ -380,26 +393,25 @@ def private_default() -> str:
             independent = f"{flagged} / {audited}" if flagged is not None else "-"
             shares = [r["gate_time_share"] for r in runs if r.get("gate_time_share")]
             share = max(shares) if shares else None
-            factor = runs[0].get("config", {}).get("distill.factor", 1) if runs else 1
             name = names.get(summary["method"], summary["method"])
-            name += f", `distill.factor={factor}`" if factor != 1 else ""
+            if summary["method"] != "fedavg":
+                name += "".join(f", `{item}`" for item in overrides)
             rows.append([
                 summary["dataset"], name, str(summary["seeds"]),
                 pct(summary["test_accuracy_mean"], summary["test_accuracy_std"] or None),
                 f"{summary['uplink_bytes'] / MIB:.3f} MiB", f"1/{1 / ratio:.0f}" if ratio else "1", gate, independent,
-                f"{100 * share:.1f}%" if share else "-", link(file),
+                f"{100 * share:.1f}%" if share else "-", cpu_label(data), link(file),
             ])
-        if fedavg_elsewhere is not None:
-            fedavg_row = [
-                "mnist", "FedAvg, 20 rounds (the federated table's run)", str(fedavg_elsewhere["seeds"]),
-                pct(fedavg_elsewhere["test_accuracy_mean"]), f"{fedavg_elsewhere['uplink_bytes'] / MIB:.3f} MiB", "1",
-                "-", "-", "-", link("federated_mnist10k_all.json"),
-            ]
-    if fedavg_row is not None:
-        rows.append(fedavg_row)
+    if mnist_fedavg is not None:
+        file, data, fedavg = mnist_fedavg
+        rows.append([
+            "mnist", "FedAvg, 20 rounds", str(fedavg["seeds"]),
+            pct(fedavg["test_accuracy_mean"], fedavg["test_accuracy_std"] or None),
+            f"{fedavg['uplink_bytes'] / MIB:.3f} MiB", "1", "-", "-", "-", cpu_label(data), link(file),
+        ])
     return table(["data", "method", "seeds", "test accuracy (%)", "uplink", "uplink / FedAvg",
                   "gate: withheld / made", "independent check: near-copies / uploaded", "gate share of client time",
-                  "data"], rows)
+                  "CPU", "data"], rows)
 
 
 #: bench_server_recipe.py files: the global model retrained from a finished run's uploads

@@ -65,5 +65,5 @@ def run_policy(args: argparse.Namespace) -> int:
             raise CommandError(f"policy key 'checkpoints.folder': {folder} is not writable by this node")
     print(json.dumps(policy.as_dict(), indent=1))
     if policy.permissive:
-        console.print("[yellow]note: this policy is permissive: uploads may hold near-copies of training images[/]")
+        console.print("[yellow]note: this policy is permissive: uploads may hold or reveal training images[/]")
     return 0

@@ -372,6 +372,17 @@ def run_simulate(args: argparse.Namespace) -> int:
         check_partition(this_job)  # an infeasible split: one line now, not one per client later
     attack = _attack(args, jobs)
     policies = {name: client_policy(name) for name, _ in jobs}
+    for name, this_job in jobs:
+        fed = this_job.federated
+        if (fed.strategy == "fedcond" and fed.server_embedder and fed.rounds > 1 and fed.dp is None
+                and not policies[name].accept_server_embedder):
+            # every client would refuse every round after the first: say so now, not after round 1
+            console.print(
+                "[red]fedcond simulate: error: server-embedder = true sends the clients the global model to "
+                "condense with, which their policy refuses without DP (policy key 'accept_server_embedder'); "
+                "pass --client-policy with accept_server_embedder = true, or run with DP[/]"
+            )
+            return 2
     # every setting is checked by now: only a run that will start replaces the one in --out
     for folder in (CHECKPOINTS, CLIENT_CHECKPOINTS, UPLOADS, COMPARED_RUNS):
         if args.overwrite and (out / folder).is_dir():
@@ -463,7 +474,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     if permissive:
         console.print(
             f"[yellow]note: the client policy of {', '.join(permissive)} is permissive (real-image starts, no "
-            "release gate, or FedAvg/FedProx model updates): what the clients sent may hold or reveal their "
+            "release gate, a server-sent embedding network, or FedAvg/FedProx model updates): what the clients "
+            "sent may hold or reveal their "
             "training images; metrics.json records client_policy.permissive[/]"
         )
     untrained = [k for k, v in runs.items() if not v["trained_rounds"]]

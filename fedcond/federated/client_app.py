@@ -108,7 +108,7 @@ def _job(message: Message) -> tuple[FederatedJob, int]:
         if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 1:
             raise ValueError(f"config key {SERVER_ROUND!r} must be a round number >= 1, got {server_round!r}")
         return job_from_mapping(dict(config)), server_round
-    except ValueError as exc:  # ConfigError is a ValueError
+    except (TypeError, ValueError) as exc:  # ConfigError is a ValueError
         raise MalformedRequest(f"the request's config is malformed: {exc}") from exc
 
 
@@ -168,8 +168,19 @@ def _node_data(policy: ClientPolicy, context: Context, job: FederatedJob) -> tup
 
 
 def _received_model(message: Message, job: FederatedJob, data: ArrayDataset) -> torch.nn.Module:
-    """The global model the message carries, as the job's architecture for the node's data."""
-    return model_from_record(get_model(job.federated.model, data.spec), message.content.array_records[MODEL_KEY])
+    """The global model the message carries, as the job's architecture for the node's data.
+
+    Raises
+    ------
+    MalformedRequest
+        When the message carries no model, or arrays that are not the job's architecture.
+    """
+    if MODEL_KEY not in message.content.array_records:
+        raise MalformedRequest(f"the request carries no model (no {MODEL_KEY!r} array record)")
+    try:
+        return model_from_record(get_model(job.federated.model, data.spec), message.content.array_records[MODEL_KEY])
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise MalformedRequest(f"the request's model does not fit the job's {job.federated.model!r}: {exc}") from exc
 
 
 def _ledger_path(policy: ClientPolicy, context: Context) -> Path | None:

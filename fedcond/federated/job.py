@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from fedcond.config import WEIGHT_AVERAGING, ConfigError, DataConfig, FederatedConfig, flatten_config, parse_config
@@ -135,6 +135,8 @@ def job_from_mapping(values: Mapping[str, Any] | None) -> FederatedJob:
     resume = run.get("resume", False)
     if not isinstance(resume, bool):
         raise ConfigError(f"config key 'resume': expected true or false, got {resume!r}")
+    if out is not None and not isinstance(out, (str, PurePath)):
+        raise ConfigError(f"config key 'out': expected a folder path, got {out!r}")
     out_path = Path(out) if out not in (None, "") else None
     if resume and out_path is None:
         raise ConfigError("config key 'resume': true needs 'out', the folder of the run to continue")

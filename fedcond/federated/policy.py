@@ -18,6 +18,7 @@ Example policy file::
     allowed_init = ["noise"]          # real, herding and kmeans start from real images
     min_iterations = 100
     serve = ["condense", "evaluate"]  # no FedAvg/FedProx model updates from this node
+    accept_server_embedder = false    # no server-chosen embedding network without DP
 
     [dp]
     required = true
@@ -279,6 +280,11 @@ def _check_policy(policy: ClientPolicy) -> None:
         raise PolicyError("policy key 'allowed_init' is empty: the node would refuse every condensation")
     if not policy.serve:
         raise PolicyError("policy key 'serve' is empty: the node would refuse every request")
+    if policy.dp.required and "condense" not in policy.serve:
+        raise PolicyError(
+            f"policy keys 'serve' ({list(policy.serve)}) and 'dp.required' contradict: dp.required refuses "
+            "train and evaluate, so the node would refuse every request"
+        )
     unknown = [a for a in policy.serve if a not in ACTIONS]
     if unknown:
         raise PolicyError(f"policy key 'serve': unknown action(s) {unknown}; choose from {list(ACTIONS)}")

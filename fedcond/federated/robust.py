@@ -16,8 +16,9 @@ honest totals span 17 to 359 with upper median 169, so the default factor 3 caps
 client.
 
 A claim is also bounded by the images sent (:func:`bound_claims_by_images`): a class's images
-carry at most ``claim / min(ipc, claim)`` each, what an honest client's images carry, so a liar
-cannot move its capped total onto one image of one class.
+carry at most ``claim / min(ipc, claim)`` each, so a liar cannot move its capped total onto fewer
+stored images than an honest client sends. It can still send ``ipc`` copies (or jittered copies)
+of one image: the weight then rests on one picture, and the count cap is the bound.
 
 **Embedding outliers.** Each client's images of class ``c`` are embedded by a few randomly
 initialised networks (DM's own view of a class: the mean embedding). A client's class is judged
@@ -200,13 +201,16 @@ def cap_claimed_counts(
 def bound_claims_by_images(sets: Sequence[ClientSet], *, ipc: int) -> tuple[list[ClientSet], dict[int, str]]:
     """Scale each class's claim down to the images the client sent of it.
 
-    An honest client sends ``min(ipc, n_kc)`` images of a class it holds ``n_kc`` real samples of
-    (more, never fewer, where it repeats a small class's images up to ``ipc``), and each image
-    then carries ``n_kc / ipc`` of the class's weight at most. A client that sends ``m_kc``
-    fewer images claims at most ``n_kc * m_kc / min(ipc, n_kc)``: the weight per image stays what
-    an honest client's would be, so a liar cannot put its whole (capped) claim on one image.
-    An honest client whose release gate withheld near-copies keeps its weight per image and
-    loses the withheld images' share.
+    An honest client sends ``ipc`` images of every class it holds (repeating a small class's
+    images up to ``ipc``), less the near-copies its release gate withholds, so it sends at least
+    ``min(ipc, n_kc)`` for ``n_kc`` real samples unless the gate withheld some. A client that
+    sends ``m_kc`` fewer claims at most ``n_kc * m_kc / min(ipc, n_kc)``: each image carries at
+    most ``n_kc / ipc`` real samples' weight where ``n_kc >= ipc`` (an honest image's weight) and
+    one below that. A liar therefore cannot put its capped claim on one stored image; ``ipc``
+    copies of one image are ``ipc`` images to this bound (the count cap still holds). An honest
+    client whose gate withheld near-copies keeps its weight per image and loses the withheld
+    images' share; a claimed class with no image sent keeps a count of 1 (it weighs no image,
+    and only scales the union's total).
 
     Returns
     -------

@@ -162,7 +162,8 @@ def test_condense_handler_replies_a_valid_set_and_keeps_memory_in_context_state(
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("server-round", "abc"), ("server-round", 0), ("distill.ipc", "ten"), ("rounds", -1)]
+    ("key", "value"),
+    [("server-round", "abc"), ("server-round", 0), ("distill.ipc", "ten"), ("rounds", -1), ("out", [1, 2])],
 )
 def test_a_malformed_request_config_is_a_refusal_naming_the_key(task_identity, key, value):
     message = _train_message(102, 1)
@@ -170,6 +171,21 @@ def test_a_malformed_request_config_is_a_refusal_naming_the_key(task_identity, k
     reply = app(message, _context(2))
     assert reply.has_error() and reply.error.code == POLICY_REFUSED
     assert "malformed" in reply.error.reason and key.split(".")[-1] in reply.error.reason
+
+
+def test_a_model_that_is_missing_or_not_the_jobs_architecture_is_a_refusal(task_identity):
+    from flwr.app import Array, ArrayRecord
+
+    serving_updates = build_client_app(policy_from_mapping({"serve": ["condense", "train", "evaluate"]}))
+    job = {**JOB, "strategy": "fedavg"}
+    config = ConfigRecord({**job_to_mapping(job_from_mapping(job)), "server-round": 1})
+    no_model = Message(content=RecordDict({CONFIG_KEY: config}), dst_node_id=101, message_type="train")
+    reply = serving_updates(no_model, _context(1))
+    assert reply.has_error() and reply.error.code == POLICY_REFUSED and "carries no model" in reply.error.reason
+    wrong = ArrayRecord({"w": Array(torch.zeros(3).numpy())})
+    reply = serving_updates(Message(content=RecordDict({CONFIG_KEY: config, MODEL_KEY: wrong}), dst_node_id=101,
+                                    message_type="train"), _context(1))
+    assert reply.has_error() and reply.error.code == POLICY_REFUSED and "does not fit" in reply.error.reason
 
 
 def test_a_server_model_as_embedder_is_refused_without_dp_unless_the_policy_accepts_it(task_identity):

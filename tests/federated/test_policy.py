@@ -68,6 +68,7 @@ def test_file_round_trip_and_relative_paths(tmp_path):
         ("[data]\ndata_dir = '/x'\n", "data.data_dir"),
         ("min_iterations = '5'\n", "min_iterations"),  # a quoted number in a file
         ("serve = []\n", "serve"),
+        ("serve = ['evaluate']\n[dp]\nrequired = true\n", "contradict"),
         # an empty path (a template's empty variable) is not "no ledger", "no folder"
         ("[dp]\nledger = ''\n", "dp.ledger"),
         ("[data]\ndataset = 'digits'\ndata_dir = ''\n", "data.data_dir"),

@@ -381,3 +381,11 @@ def test_a_key_one_compared_run_reads_is_kept_and_a_files_unread_keys_are_named(
               "--set", "proximal-mu=0.5", "--out", str(tmp_path / "z")])
     err = "".join(capsys.readouterr())
     assert "local_epochs has no effect" not in err and "proximal" not in err
+
+
+def test_a_server_embedder_the_clients_would_refuse_is_an_error_before_the_run(tmp_path, capsys):
+    argv = ["simulate", "--engine", "inprocess", "--rounds", "2", "--set", "server-embedder=true"]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    printed = "".join(capsys.readouterr())
+    assert "'accept_server_embedder'" in printed and "run with DP" in printed
+    assert not (tmp_path / "x" / "metrics.json").exists()
