@@ -336,7 +336,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         raise CommandError(f"--resume: {args.out} holds no run to continue (no metrics.json, no {CLIENT_CHECKPOINTS}/)")
     out = prepare_run_folder(args.out, overwrite=args.overwrite, resume=args.resume)
     from fedcond.federated.job import job_from_mapping  # Flower is imported only when needed
-    from fedcond.federated.policy import simulated_client_policy
+    from fedcond.federated.policy import PolicyViolation, check_request, simulated_client_policy
     from fedcond.federated.server_app import run_identity, save_accuracy_curves
     from fedcond.federated.simulation import SimulationError, simulate
 
@@ -374,13 +374,18 @@ def run_simulate(args: argparse.Namespace) -> int:
     policies = {name: client_policy(name) for name, _ in jobs}
     for name, this_job in jobs:
         fed = this_job.federated
-        if (fed.strategy == "fedcond" and fed.server_embedder and fed.rounds > 1 and fed.dp is None
-                and not policies[name].accept_server_embedder):
+        if fed.strategy != "fedcond" or not fed.server_embedder or fed.rounds < 2:
+            continue
+        try:  # the clients' own rule (check_request), asked once here
+            check_request(policies[name], action="condense", server_embedder=True,
+                          dp_epsilon=None if fed.dp is None else fed.dp.epsilon)
+        except PolicyViolation as exc:
+            if exc.rule != "accept_server_embedder":
+                continue  # refused by another rule: the run reports it as the clients refuse
             # every client would refuse every round after the first: say so now, not after round 1
             console.print(
-                "[red]fedcond simulate: error: server-embedder = true sends the clients the global model to "
-                "condense with, which their policy refuses without DP (policy key 'accept_server_embedder'); "
-                "pass --client-policy with accept_server_embedder = true, or run with DP[/]"
+                f"[red]fedcond simulate: error: server-embedder = true: {exc}; pass --client-policy with "
+                "accept_server_embedder = true, or run with DP[/]"
             )
             return 2
     # every setting is checked by now: only a run that will start replaces the one in --out
