@@ -297,11 +297,10 @@ def condense_partition(
     generator = torch.Generator().manual_seed(distill.seed)
     expected_labels = torch.tensor(present).repeat_interleave(distill.ipc)
     fits = start is None and warm_start is not None and torch.equal(warm_start.labels, expected_labels)
-    warm = fits
-    if fits and private is not None and "epsilon" not in warm_start.meta:
-        # a DP run may start only from what reveals nothing more: noise or an earlier DP set
+    # a DP run may start only from what reveals nothing more: noise or an earlier DP set
+    warm = fits and (private is None or "epsilon" in warm_start.meta)
+    if fits and not warm:
         logger.warning("the previous synthetic set was not condensed with DP: not reused as a DP run's start")
-        warm = False
     if start is not None:
         if private is not None:
             raise ValueError("an explicit start is published with the set: a DP run starts from noise")
